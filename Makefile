@@ -1,0 +1,137 @@
+# fourbit: one C library (build/libfourbit.a), thin tools (build/bin/*), tests, benchmarks.
+#
+#   make              build the library and every tool
+#   make test         build, then run every test (unit, golden, bad-input, CLI)
+#   make test SAN=1   the same under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make demo         the main job on the embedded model (see README.md)
+#   make bench        benchmarks that print ratios measured in one run (BENCHMARKS.md)
+#   make CUDA=0       build without the optional CUDA code even when nvcc is present
+#
+# Sources are found by wildcard: src/<module>/*.c go into the library, tools/<name>.c become
+# build/bin/<name>, tests/test_<name>.c become build/tests/test_<name>. Adding a file needs
+# no edit here.
+
+CC       ?= cc
+OPT      ?= -O2
+SAN      ?= 0
+CUDA     ?= auto
+NVCC     ?= nvcc
+# Hopper by default; the CUDA path is only used by ref-runner / calibrate --device cuda.
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
+
+# Debian packages: pkg-config name -> package that provides it (for the error message).
+PKGS := yaml-0.1:libyaml-dev jansson:libjansson-dev libxxhash:libxxhash-dev \
+        libpcre2-8:libpcre2-dev openblas:libopenblas-dev
+
+ifeq ($(SAN),1)
+BUILD    ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1
+else
+BUILD    ?= build
+SANFLAGS :=
+endif
+
+# A fresh Debian machine: install what is missing before the flags are computed (root only;
+# otherwise the deps target names the packages to install).
+ifeq ($(filter clean,$(MAKECMDGOALS)),)
+_missing := $(strip $(foreach pp,$(PKGS),$(if $(shell pkg-config --exists $(firstword $(subst :, ,$(pp))) 2>/dev/null && echo y),,$(pp))))
+ifneq ($(_missing),)
+ifeq ($(shell id -u),0)
+$(info fourbit: missing $(_missing); running scripts/install-deps.sh)
+_rc := $(shell sh scripts/install-deps.sh 1>&2; echo $$?)
+endif
+endif
+endif
+
+# Strict IEEE: no contraction into FMA, no fast-math. The golden tests are bit-exact.
+PKG_CFLAGS := $(shell pkg-config --cflags $(foreach p,$(PKGS),$(firstword $(subst :, ,$(p)))) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(foreach p,$(PKGS),$(firstword $(subst :, ,$(p)))) 2>/dev/null)
+CFLAGS   ?= $(OPT) -g
+CFLAGS   += -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -ffp-contract=off -fno-fast-math \
+            -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter \
+            -pthread -Isrc $(PKG_CFLAGS) $(SANFLAGS)
+LDFLAGS  += -pthread $(SANFLAGS)
+LDLIBS   += $(PKG_LIBS) -lm
+
+# ---- CUDA detection (optional) -------------------------------------------------------------
+ifeq ($(CUDA),auto)
+  ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
+    CUDA := 1
+  else
+    CUDA := 0
+  endif
+endif
+CU_SRCS := $(wildcard src/cuda/*.cu)
+ifeq ($(CUDA),1)
+  CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
+  CFLAGS  += -DFB_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
+  CU_OBJS := $(patsubst src/%.cu,$(BUILD)/obj/%.o,$(CU_SRCS))
+else
+  CU_OBJS :=
+endif
+
+SRCS  := $(wildcard src/*/*.c)
+OBJS  := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+LIB   := $(BUILD)/libfourbit.a
+TOOLS := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/*.c))
+TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
+BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+
+.PHONY: all deps test demo bench clean announce
+all: deps announce $(TOOLS)
+
+# Checks the Debian packages; installs them (scripts/install-deps.sh) when missing and root.
+deps:
+	@missing=""; for pp in $(PKGS); do p=$${pp%%:*}; d=$${pp#*:}; \
+	  pkg-config --exists $$p 2>/dev/null || missing="$$missing $$d"; done; \
+	  command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ]; then scripts/install-deps.sh || exit 1; \
+	    else echo "fourbit: missing Debian packages:$$missing (run: sudo scripts/install-deps.sh)" >&2; exit 1; fi; \
+	    echo "fourbit: dependencies installed; run make again if the build fails to find them"; \
+	  fi
+
+announce:
+	@if [ "$(CUDA)" = 1 ]; then echo "fourbit: CUDA found ($(NVCC)); building src/cuda (make CUDA=0 to skip)"; \
+	 else echo "fourbit: CUDA not built (no nvcc or CUDA=0); CPU paths only"; fi
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.o: src/%.cu $(wildcard src/*/*.h)
+	@mkdir -p $(dir $@)
+	$(NVCC) -O2 $(CUDA_ARCH) -Isrc -DFB_HAVE_CUDA=1 -Xcompiler -fPIC,-ffp-contract=off -c $< -o $@
+
+$(LIB): $(OBJS) $(CU_OBJS)
+	@mkdir -p $(dir $@)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/bin/%: tools/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+
+$(BUILD)/tests/%: tests/%.c tests/test.h $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+
+$(BUILD)/bench/%: bench/%.c $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+
+# Every test binary and tests/*.sh script; prints "N passed, N failed" and fails on any failure.
+test: deps announce $(TOOLS) $(TESTS)
+	@BUILD=$(BUILD) sh tests/run-tests.sh
+
+# The main job on the embedded model, into a fresh demo-out/ (see scripts/demo.sh).
+demo: deps announce $(TOOLS)
+	@BUILD=$(BUILD) sh scripts/demo.sh
+
+# Benchmarks: synthetic full-size MiniMax-M2 layer; results go into BENCHMARKS.md by hand.
+bench: deps announce $(TOOLS) $(BENCHES)
+	@BUILD=$(BUILD) sh bench/run-bench.sh
+
+clean:
+	rm -rf build build-san demo-out
