@@ -1,0 +1,54 @@
+// match.h: target / ignore matching exactly as compressed-tensors / llm-compressor do it
+// (spec/compressed-tensors.md §9; compressed_tensors/utils/match.py).
+//
+// An entry is either "re:<pattern>", matched against the module name with Python re.match
+// semantics (anchored at the start only, not at the end; PCRE2 with Python-compatible
+// options), or a plain string that matches when it equals the module name exactly or equals
+// the module's class name ("Linear", "Embedding", "MiniMaxM2RMSNorm", ...).
+//
+// Module names are tensor names without the trailing ".weight" (e.g.
+// "model.layers.0.block_sparse_moe.experts.3.w1"). fb_module_class() gives the class name
+// of the module a weight tensor belongs to for MiniMax-M2-style checkpoints, one rule per
+// line, with the reason.
+#ifndef FB_QUANT_MATCH_H
+#define FB_QUANT_MATCH_H
+
+#include "common/fb.h"
+
+typedef struct fb_target fb_target;  // one compiled entry
+
+// Compiles one entry. Returns NULL with err set for an invalid regex (message names the
+// pattern and the PCRE2 error with its offset). `warn_no_dollar`, if non-NULL, is set to 1
+// when a "re:" entry lacks a trailing "$" (it would also match longer names).
+fb_target *fb_target_compile(const char *entry, int *warn_no_dollar, fb_err *err);
+void fb_target_free(fb_target *t);
+
+// The entry's original text.
+const char *fb_target_text(const fb_target *t);
+
+// 1 if the entry matches the module (by name or class), 0 otherwise.
+int fb_target_matches(const fb_target *t, const char *module_name, const char *class_name);
+
+// A compiled list of entries (a recipe's targets or ignore list).
+typedef struct fb_target_list {
+    size_t n;
+    fb_target **items;
+} fb_target_list;
+
+// Compiles every entry; on error frees what was built and returns -1 with err naming the
+// entry. `warn_cb`, if non-NULL, is called for each regex lacking "$".
+int fb_target_list_compile(const char *const *entries, size_t n, fb_target_list *out,
+                           void (*warn_cb)(void *ctx, const char *entry), void *ctx, fb_err *err);
+void fb_target_list_free(fb_target_list *l);
+
+// Index of the first entry matching the module, or -1.
+int fb_target_list_match(const fb_target_list *l, const char *module_name, const char *class_name);
+
+// Class name of the module owning weight tensor `tensor_name` with `ndim` dims in a
+// MiniMax-M2 (or generic HF decoder) checkpoint: "Linear" for 2-D projection weights (attention
+// q/k/v/o, experts w1/w2/w3, MLP gate/up/down, the MoE router gate, lm_head), "Embedding" for
+// embed_tokens, "MiniMaxM2RMSNorm" for norms, NULL for tensors that are not module weights
+// (biases, e_score_correction_bias, scales). The returned string is static.
+const char *fb_module_class(const char *tensor_name, int ndim);
+
+#endif
