@@ -41,8 +41,33 @@ int fb_target_list_compile(const char *const *entries, size_t n, fb_target_list 
                            void (*warn_cb)(void *ctx, const char *entry), void *ctx, fb_err *err);
 void fb_target_list_free(fb_target_list *l);
 
-// Index of the first entry matching the module, or -1.
+// Index of the first entry matching the module (by name or class), or -1.
 int fb_target_list_match(const fb_target_list *l, const char *module_name, const char *class_name);
+
+// 1 if the entry is a "re:" pattern.
+int fb_target_is_regex(const fb_target *t);
+
+// Name-only and class-only halves of fb_target_matches (match_name / _match_class). A
+// validator simulating vLLM (which matches classes differently) needs the name half alone.
+// Class matching walks the module's MRO: the class itself, then "Module" (torch.nn.Module),
+// so a plain "Module" entry matches every module that has a class.
+int fb_target_matches_name(const fb_target *t, const char *module_name);
+int fb_target_matches_class(const fb_target *t, const char *class_name);
+
+// Python re.match(pattern, s) for a "re:" entry (anchored at the start only). The entry must
+// be a regex (FB_ASSERT).
+int fb_regex_match(const fb_target *t, const char *s);
+
+// Like fb_target_list_match, but picks the most specific matching entry as
+// compressed_tensors.match_targets orders them: exact name (rank 0) before regex (rank 1)
+// before class name (rank 2); among equals, the first in list order. Returns the entry index
+// or -1; *rank (if non-NULL) gets the rank, -1 when nothing matched.
+int fb_target_list_match_ranked(const fb_target_list *l, const char *module_name,
+                                const char *class_name, int *rank);
+
+// The module name of a weight tensor ("a.b.weight" -> "a.b", malloc'ed, caller frees), or
+// NULL when the name does not end in ".weight".
+char *fb_module_name(const char *tensor_name);
 
 // Class name of the module owning weight tensor `tensor_name` with `ndim` dims in a
 // MiniMax-M2 (or generic HF decoder) checkpoint: "Linear" for 2-D projection weights (attention
