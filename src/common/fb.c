@@ -21,13 +21,13 @@ int fb_fail(fb_err *err, const char *fmt, ...) {
 
 int fb_err_prefix(fb_err *err, const char *fmt, ...) {
     if (!err) return -1;
-    char pre[1024], old[sizeof err->msg];
+    char pre[512], old[sizeof err->msg];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(pre, sizeof pre, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", pre, old);
+    snprintf(err->msg, sizeof err->msg, "%s: %.1500s", pre, old);
     return -1;
 }
 

@@ -97,6 +97,11 @@ int fb_cw_tensor_shard(const fb_cw *w, int idx);
 int fb_cw_n_shards(const fb_cw *w);
 const char *fb_cw_shard_name(const fb_cw *w, int shard);
 uint64_t fb_cw_total_bytes(const fb_cw *w);  // tensor payload bytes (the index total_size)
+// Tensor indices of a shard in file order (*idx borrowed from w); returns their count.
+// Producing data in this order lets the writer hash as it goes and bound dirty pages.
+int fb_cw_shard_tensors(const fb_cw *w, int shard, const int **idx);
+// Size of a shard's file (8 + header + payload).
+uint64_t fb_cw_shard_file_bytes(const fb_cw *w, int shard);
 
 // Opens shard `shard` for writing (header written). Returns 0 when the shard must be written,
 // 1 when it was verified from a previous run (resume) and must be skipped, -1 on error.
