@@ -304,7 +304,7 @@ int fb_target_list_match_ranked(const fb_target_list *l, const char *module_name
         int r = 3;
         if (fb_target_matches_name(t, module_name)) r = t->re ? 1 : 0;
         else if (fb_target_matches_class(t, class_name)) r = 2;
-        if (r < best_rank) {
+        if (r < best_rank || (r < 3 && r == best_rank && strcmp(t->text, l->items[best]->text) < 0)) {
             best_rank = r;
             best = (int)i;
         }

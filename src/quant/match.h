@@ -60,7 +60,8 @@ int fb_regex_match(const fb_target *t, const char *s);
 
 // Like fb_target_list_match, but picks the most specific matching entry as
 // compressed_tensors.match_targets orders them: exact name (rank 0) before regex (rank 1)
-// before class name (rank 2); among equals, the first in list order. Returns the entry index
+// before class name (rank 2); among equals, the smallest string (match_targets sorts the
+// entries with key ("re:" in x, x)). Returns the entry index
 // or -1; *rank (if non-NULL) gets the rank, -1 when nothing matched.
 int fb_target_list_match_ranked(const fb_target_list *l, const char *module_name,
                                 const char *class_name, int *rank);

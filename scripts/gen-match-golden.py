@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Golden cases for target/ignore matching (tests/golden/match/cases.json).
+
+The expected answers come from compressed-tensors' own matching functions and from Python's
+`re`, never from fourbit:
+  compressed_tensors.utils.match.match_name   (name half: "re:" -> re.match, else equality)
+  compressed_tensors.utils.match.is_match     (name or class in the module's MRO)
+  compressed_tensors.utils.match.match_targets (priority: exact, regex, class)
+  re.match / re.compile                        (raw regex cases, and which patterns are errors)
+
+Pinned versions (pip install --no-deps compressed-tensors==0.18.0 loguru; torch from the box):
+  compressed-tensors 0.18.0, Python 3.11.7, torch 2.x (CPU).
+
+Run from the repository root:  python3 scripts/gen-match-golden.py
+"""
+import json
+import os
+import re
+import sys
+
+import torch
+from torch import nn
+
+import compressed_tensors
+from compressed_tensors.utils.match import is_match, match_name, match_targets
+
+OUT = os.path.join("tests", "golden", "match", "cases.json")
+
+
+class MiniMaxM2RMSNorm(nn.Module):  # same class name as the remote code / transformers
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+
+def make_module(cls):
+    return {"Linear": lambda: nn.Linear(1, 1, bias=False),
+            "Embedding": lambda: nn.Embedding(1, 1),
+            "MiniMaxM2RMSNorm": MiniMaxM2RMSNorm}[cls]()
+
+
+# (module name, class, ndim of its .weight): MiniMax-M2 names (spec/loaders §0), a dense
+# llama-style MLP and look-alikes that trip careless regexes.
+MODULES = [
+    ("model.embed_tokens", "Embedding", 2),
+    ("lm_head", "Linear", 2),
+    ("model.norm", "MiniMaxM2RMSNorm", 1),
+    ("model.layers.0.input_layernorm", "MiniMaxM2RMSNorm", 1),
+    ("model.layers.0.post_attention_layernorm", "MiniMaxM2RMSNorm", 1),
+    ("model.layers.0.self_attn.q_proj", "Linear", 2),
+    ("model.layers.0.self_attn.k_proj", "Linear", 2),
+    ("model.layers.0.self_attn.v_proj", "Linear", 2),
+    ("model.layers.0.self_attn.o_proj", "Linear", 2),
+    ("model.layers.0.self_attn.q_norm", "MiniMaxM2RMSNorm", 1),
+    ("model.layers.0.self_attn.k_norm", "MiniMaxM2RMSNorm", 1),
+    ("model.layers.0.block_sparse_moe.gate", "Linear", 2),
+    ("model.layers.0.block_sparse_moe.experts.0.w1", "Linear", 2),
+    ("model.layers.0.block_sparse_moe.experts.0.w2", "Linear", 2),
+    ("model.layers.0.block_sparse_moe.experts.0.w3", "Linear", 2),
+    ("model.layers.12.block_sparse_moe.experts.255.w1", "Linear", 2),
+    ("model.layers.61.block_sparse_moe.gate", "Linear", 2),
+    ("model.layers.61.self_attn.o_proj", "Linear", 2),
+    ("model.layers.3.mlp.gate", "Linear", 2),
+    ("model.layers.3.mlp.gate_proj", "Linear", 2),
+    ("model.layers.3.mlp.up_proj", "Linear", 2),
+    ("model.layers.3.mlp.down_proj", "Linear", 2),
+    ("model.layers.3.mlp.experts.7.gate_proj", "Linear", 2),
+    ("model.layers.3.mlp.shared_expert_gate", "Linear", 2),
+    ("model.layers.10.self_attn.q_proj", "Linear", 2),
+]
+
+ENTRIES = [
+    # plain entries: exact names and classes
+    "lm_head", "model.embed_tokens", "embed_tokens", "Linear", "Embedding", "MiniMaxM2RMSNorm",
+    "Module", "linear", "gate", "model.layers.0.block_sparse_moe.gate", "LinearBase",
+    # regexes from recipes and loaders
+    r"re:.*block_sparse_moe\.gate$", r"re:.*block_sparse_moe.gate", r"re:.*mlp.gate",
+    r"re:.*mlp\.gate$", r"re:.*gate$", r"re:.*gate", r"re:.*lm_head", r"re:lm_head$",
+    r"re:^lm_head$", r"re:^model\.embed_tokens$", r"re:.*embed_tokens$",
+    r"re:.*self_attn\.(q|k|v|o)_proj$", r"re:.*self_attn\.[qkv]_proj$",
+    r"re:model.layers.\d+.self_attn.(q|k|v|o)_proj$",
+    r"re:model.layers.\d+.block_sparse_moe.experts.\d+.w[1-3]$",
+    r"re:.*(gate_up|gate|up|down)_proj$", r"re:.*experts.*", r"re:.*experts\.\d+\.w[13]$",
+    r"re:model\.layers\.[0-9]\.", r"re:model\.layers\.\d{2}\.", r"re:model\.layers\.(?:1\d|61)\.",
+    r"re:.*(?<!shared_expert_)gate$", r"re:.*\.gate(?!_)", r"re:.*\bgate\b", r"re:.*norm$",
+    r"re:.*_proj\Z", r"re:(?i).*LM_HEAD", r"re:model", r"re:layers", r"re:", r"re:.*",
+    r"re:.*\.(w1|w3)$|lm_head", r"re:.*[^_]gate$", r"re:.*q_proj$|.*k_proj$",
+    r"re:model\.layers\.0\.self_attn\.q_proj", r"re:.*experts\.\d{1,3}\.w2$",
+    r"re:(model\.)?layers\.3\.mlp\.(gate|up)_proj$", r"re:.*\x2egate$", r"re:.*\u002egate$",
+    r"re:.*layers\.\d{,1}\.self", r"re:.*?_proj$", r"re:.*(?P<p>[qk])_proj$",
+    r"re:.*(?P<a>\d)\.(?P=a)", r"re:(?x) .* gate $", r"re:[.]*model", r"re:[]a-z.]*$",
+    r"re:.*\.gate$\n",
+]
+
+# Patterns Python rejects (fourbit must reject them too; the message is ours).
+BAD_ENTRIES = [
+    r"re:(", r"re:[a-z", r"re:*a", r"re:a{2,1}", r"re:\p{L}", r"re:.*\K", r"re:(?<name>a)",
+    r"re:a(?i)b", r"re:\x4", r"re:.*\Qa\E", r"re:a**", r"re:\h", r"re:(?P<1>a)", "re:\\",
+]
+
+# Raw re.match cases on arbitrary subjects (newlines, Unicode).
+RAW = [
+    (r"abc$", "abc\n"), (r"abc$", "abc\n\n"), (r"abc\Z", "abc\n"), (r"abc", "abcdef"),
+    (r"a.c", "a\nc"), (r"\d+$", "\u0663\u0664"), (r"\w+$", "\u00e9t\u00e9"), (r"[\d]+$", "12"),
+    (r"x{,2}y$", "xxy"), (r"x{,2}y$", "xxxy"), (r"a\x62c", "abc"), (r"a\u0062c", "abc"),
+    (r"\bgate\b", "gate_proj"), (r"\bgate\b", "gate.x"), (r"(?s)a.c", "a\nc"),
+    (r"^abc$", "abc"), (r"a$|b", "b"), (r"\v", "\x0b"), (r"\v", "\n"), (r"[\v]", "\x0b"),
+    (r"\s", "\u00a0"), (r"a\$", "a$"), (r".*\.gate$", "m.gate"), (r"(?m)^b", "a\nb"),
+]
+
+
+def main():
+    cases = []
+    for ent in ENTRIES:
+        for name, cls, ndim in MODULES:
+            mod = make_module(cls)
+            cases.append({"entry": ent, "name": name, "class": cls,
+                          "match_name": bool(match_name(name, ent)),
+                          "is_match": bool(is_match(name, mod, ent))})
+    bad = []
+    for ent in BAD_ENTRIES:
+        try:
+            re.compile(ent[3:])
+            sys.exit(f"expected {ent!r} to be rejected by Python re")
+        except re.error as e:
+            bad.append({"entry": ent, "python_error": str(e)})
+    raw = [{"pattern": p, "subject": s, "match": re.match(p, s) is not None} for p, s in RAW]
+    # match_targets: the first element is the scheme llm-compressor picks
+    lists = [
+        ["Linear", r"re:.*self_attn\..*", "model.layers.0.self_attn.q_proj"],
+        ["Linear", r"re:.*self_attn\..*"],
+        [r"re:.*w1$", r"re:.*experts.*", "Linear"],
+        [r"re:.*experts.*", r"re:.*w1$", "Linear"],
+        ["Module", "Linear"],
+        ["Linear", "Module"],
+        ["Embedding", "lm_head"],
+    ]
+    ranked = []
+    for tl in lists:
+        for name, cls, ndim in MODULES:
+            mt = match_targets(name, make_module(cls), tl)
+            ranked.append({"targets": tl, "name": name, "class": cls,
+                           "first": mt[0] if mt else None})
+    doc = {"generator": "scripts/gen-match-golden.py",
+           "compressed_tensors": compressed_tensors.__version__,
+           "python": sys.version.split()[0],
+           "modules": [{"name": n, "class": c, "ndim": d} for n, c, d in MODULES],
+           "cases": cases, "bad": bad, "raw": raw, "ranked": ranked}
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        json.dump(doc, f, indent=0, ensure_ascii=True)
+        f.write("\n")
+    print(f"{OUT}: {len(cases)} cases, {len(bad)} bad, {len(raw)} raw, {len(ranked)} ranked")
+
+
+if __name__ == "__main__":
+    main()
