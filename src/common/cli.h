@@ -8,6 +8,7 @@
 #define FB_COMMON_CLI_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 typedef enum { FB_OPT_FLAG, FB_OPT_INT, FB_OPT_SIZE, FB_OPT_DOUBLE, FB_OPT_STR } fb_opt_kind;
 
