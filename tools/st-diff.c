@@ -1,0 +1,255 @@
+// st-diff: tensor-by-tensor comparison of two safetensors files or checkpoint directories.
+// Names, then dtypes and shapes, then bytes (exact, the default) or values (--atol/--rtol:
+// |a - b| <= atol + rtol * |b|, NaN equal to NaN). Exit 0 equal, 1 different, 2 usage error
+// or unreadable input (like diff(1)).
+#include <math.h>
+#include <string.h>
+
+#include "common/cli.h"
+#include "common/fb.h"
+#include "io/checkpoint.h"
+#include "quant/formats.h"
+
+static const char *TOOL = "st-diff";
+#define CHUNK (8u << 20)
+
+typedef struct stats {
+    size_t n_tensors, n_equal, n_diff, only_a, only_b, meta_diff;
+} stats;
+
+static void fmt_index(const fb_st_tensor *t, uint64_t flat, char *buf, size_t n) {
+    uint64_t idx[FB_MAX_DIMS];
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        uint64_t s = (uint64_t)(t->shape[d] ? t->shape[d] : 1);
+        idx[d] = flat % s;
+        flat /= s;
+    }
+    size_t k = 0;
+    k += (size_t)snprintf(buf + k, n - k, "[");
+    for (int d = 0; d < t->ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, d ? ", %llu" : "%llu", (unsigned long long)idx[d]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+static void fmt_shape(const fb_st_tensor *t, char *buf, size_t n) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < t->ndim && k < n; d++) k += (size_t)snprintf(buf + k, n - k, d ? ", %lld" : "%lld", (long long)t->shape[d]);
+    if (k < n) snprintf(buf + k, n - k, "]");
+}
+
+// Compares one tensor; returns 0 equal, 1 different, -1 I/O error.
+static int diff_tensor(const fb_ckpt *a, const fb_ckpt_tensor *ta, const fb_ckpt *b, const fb_ckpt_tensor *tb,
+                       int values, double atol, double rtol, int max_report, int quiet, json_t *jt, fb_err *err) {
+    const fb_st_tensor *x = ta->t, *y = tb->t;
+    const fb_st_file *fa = fb_ckpt_file(a, ta), *fb = fb_ckpt_file(b, tb);
+    int dt_is_float = fb_dtypes[x->dtype].is_float && x->dtype != FB_C64 && x->dtype != FB_F4 &&
+                      x->dtype != FB_F6_E2M3 && x->dtype != FB_F6_E3M2 && x->dtype != FB_F8_E4M3FNUZ &&
+                      x->dtype != FB_F8_E5M2FNUZ;
+    int use_values = values && dt_is_float;
+    unsigned char *ba = fb_malloc(CHUNK), *bb = fb_malloc(CHUNK);
+    size_t esz = (size_t)fb_dtypes[x->dtype].bits / 8;
+    if (esz == 0) esz = 1;
+    size_t per = (CHUNK / esz) * esz;
+    uint64_t mismatches = 0;
+    double max_abs = 0, max_rel = 0;
+    int reported = 0, rc = 0;
+    json_t *firsts = json_array();
+    for (uint64_t off = 0; off < x->nbytes; off += per) {
+        size_t n = (size_t)(x->nbytes - off < per ? x->nbytes - off : per);
+        if (fb_st_read(fa, x, off, ba, n, err) || fb_st_read(fb, y, off, bb, n, err)) { rc = -1; break; }
+        if (!use_values) {
+            if (memcmp(ba, bb, n) == 0) continue;
+            for (size_t k = 0; k < n; k += esz) {
+                if (memcmp(ba + k, bb + k, esz) == 0) continue;
+                mismatches++;
+                if (reported < max_report) {
+                    char ib[128];
+                    uint64_t flat = (off + k) / esz;
+                    fmt_index(x, flat, ib, sizeof ib);
+                    float va = 0, vb = 0;
+                    int f = fb_load_f32(x->dtype, ba, k / esz, &va) == 0 && fb_load_f32(x->dtype, bb, k / esz, &vb) == 0;
+                    if (!quiet) {
+                        if (f) printf("    %s%s: %.9g vs %.9g\n", x->name, ib, (double)va, (double)vb);
+                        else printf("    %s%s: bytes differ\n", x->name, ib);
+                    }
+                    json_array_append_new(firsts, json_string(ib));
+                    reported++;
+                }
+            }
+            continue;
+        }
+        for (size_t k = 0; k < n / esz; k++) {
+            float va, vb;
+            fb_load_f32(x->dtype, ba, k, &va);
+            fb_load_f32(x->dtype, bb, k, &vb);
+            if (isnan(va) && isnan(vb)) continue;
+            double d = fabs((double)va - (double)vb);
+            if (isnan(va) || isnan(vb) || (isinf(va) || isinf(vb) ? va != vb : 0)) d = INFINITY;
+            double rel = vb != 0 ? d / fabs((double)vb) : (d ? INFINITY : 0);
+            if (d > max_abs) max_abs = d;
+            if (rel > max_rel) max_rel = rel;
+            if (d <= atol + rtol * fabs((double)vb)) continue;
+            mismatches++;
+            if (reported < max_report) {
+                char ib[128];
+                fmt_index(x, off / esz + k, ib, sizeof ib);
+                if (!quiet) printf("    %s%s: %.9g vs %.9g (|diff| %.3g)\n", x->name, ib, (double)va, (double)vb, d);
+                json_array_append_new(firsts, json_string(ib));
+                reported++;
+            }
+        }
+    }
+    free(ba);
+    free(bb);
+    if (rc) {
+        json_decref(firsts);
+        return -1;
+    }
+    if (use_values) {
+        json_object_set_new(jt, "max_abs", json_real(isinf(max_abs) ? -1 : max_abs));
+        json_object_set_new(jt, "max_rel", json_real(isinf(max_rel) ? -1 : max_rel));
+    }
+    json_object_set_new(jt, "mismatches", json_integer((json_int_t)mismatches));
+    json_object_set_new(jt, "first_mismatches", firsts);
+    if (mismatches && !quiet) {
+        if (use_values)
+            printf("  %s: %llu of %llu elements outside atol %g rtol %g (max abs %.3g, max rel %.3g)\n", x->name,
+                   (unsigned long long)mismatches, (unsigned long long)x->nelem, atol, rtol, max_abs, max_rel);
+        else
+            printf("  %s: %llu of %llu elements differ\n", x->name, (unsigned long long)mismatches,
+                   (unsigned long long)x->nelem);
+    }
+    return mismatches ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    double atol = -1, rtol = -1;
+    int json = 0, quiet = 0, max_report = 5, meta = 0, common = 0;
+    const fb_opt opts[] = {
+        {"atol", 0, FB_OPT_DOUBLE, &atol, "X", "compare values with absolute tolerance X (default: exact bytes)", 0, 0},
+        {"rtol", 0, FB_OPT_DOUBLE, &rtol, "X", "compare values with relative tolerance X (default: exact bytes)", 0, 0},
+        {"max-report", 0, FB_OPT_INT, &max_report, "N", "mismatching indices printed per tensor", 0, 1000000},
+        {"common", 0, FB_OPT_FLAG, &common, NULL, "compare only the tensors present in both (names on one side are listed, not counted)", 0, 0},
+        {"metadata", 0, FB_OPT_FLAG, &meta, NULL, "also compare each file's __metadata__ (provenance)", 0, 0},
+        {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON report on stdout instead of text", 0, 0},
+        {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "print nothing; only the exit status", 0, 0},
+        {0},
+    };
+    const char *pos[2];
+    int npos;
+    int prc = fb_cli_parse(argc, argv, TOOL, "[options] A B",
+                           "Compares two safetensors files or checkpoint directories tensor by tensor: names,\n"
+                           "dtypes, shapes, then bytes (exact) or values (--atol/--rtol; NaN equals NaN). Prints the\n"
+                           "first mismatching indices with both values. Exit 0 equal, 1 different, 2 usage error or\n"
+                           "unreadable input.",
+                           opts, pos, 2, &npos);
+    if (prc == 1) return 0;
+    if (prc) return 2;
+    if (npos != 2) {
+        fprintf(stderr, "%s: need A and B (see --help)\n", TOOL);
+        return 2;
+    }
+    int values = atol >= 0 || rtol >= 0;
+    if (atol < 0) atol = 0;
+    if (rtol < 0) rtol = 0;
+    fb_err err = {{0}};
+    fb_ckpt *a = NULL, *b = NULL;
+    if (fb_ckpt_open(pos[0], &a, &err) || fb_ckpt_open(pos[1], &b, &err)) {
+        fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        fb_ckpt_close(a);
+        return 2;
+    }
+    int text = !json && !quiet;
+    stats st = {0};
+    json_t *jr = json_object(), *jts = json_array(), *ja = json_array(), *jb = json_array();
+    for (size_t i = 0; i < a->n_tensors; i++)
+        if (!fb_ckpt_find(b, a->tensors[i].t->name)) {
+            st.only_a++;
+            json_array_append_new(ja, json_string(a->tensors[i].t->name));
+            if (text) printf("only in A: %s\n", a->tensors[i].t->name);
+        }
+    for (size_t i = 0; i < b->n_tensors; i++)
+        if (!fb_ckpt_find(a, b->tensors[i].t->name)) {
+            st.only_b++;
+            json_array_append_new(jb, json_string(b->tensors[i].t->name));
+            if (text) printf("only in B: %s\n", b->tensors[i].t->name);
+        }
+    int io_fail = 0;
+    for (size_t i = 0; i < a->n_tensors && !io_fail; i++) {
+        const fb_ckpt_tensor *ta = &a->tensors[i], *tb = fb_ckpt_find(b, ta->t->name);
+        if (!tb) continue;
+        st.n_tensors++;
+        const fb_st_tensor *x = ta->t, *y = tb->t;
+        json_t *jt = json_object();
+        json_object_set_new(jt, "name", json_string(x->name));
+        int same_shape = x->ndim == y->ndim;
+        for (int d = 0; same_shape && d < x->ndim; d++) same_shape = x->shape[d] == y->shape[d];
+        int r;
+        if (x->dtype != y->dtype || !same_shape) {
+            r = 1;
+            if (text) {
+                char sa[160], sb[160];
+                fmt_shape(x, sa, sizeof sa);
+                fmt_shape(y, sb, sizeof sb);
+                printf("  %s: %s %s vs %s %s\n", x->name, fb_dtypes[x->dtype].name, sa, fb_dtypes[y->dtype].name, sb);
+            }
+            json_object_set_new(jt, "dtype_a", json_string(fb_dtypes[x->dtype].name));
+            json_object_set_new(jt, "dtype_b", json_string(fb_dtypes[y->dtype].name));
+            json_object_set_new(jt, "shape_differs", json_boolean(!same_shape));
+        } else {
+            r = diff_tensor(a, ta, b, tb, values, atol, rtol, max_report, !text, jt, &err);
+            if (r < 0) io_fail = 1;
+        }
+        if (r == 1) {
+            st.n_diff++;
+            json_array_append(jts, jt);
+        } else if (r == 0) st.n_equal++;
+        json_decref(jt);
+    }
+    if (meta && !io_fail) {
+        for (size_t f = 0; f < a->n_files && f < b->n_files; f++) {
+            const fb_st_file *fa = a->files[f], *fbb = b->files[f];
+            int same = fa->n_meta == fbb->n_meta;
+            for (size_t k = 0; same && k < fa->n_meta; k++) {
+                const char *v = fb_st_meta(fbb, fa->meta_keys[k]);
+                same = v && !strcmp(v, fa->meta_vals[k]);
+            }
+            if (!same) {
+                st.meta_diff++;
+                if (text) printf("__metadata__ differs: %s vs %s\n", fa->path, fbb->path);
+            }
+        }
+    }
+    if (io_fail) {
+        fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        json_decref(jr);
+        json_decref(jts);
+        json_decref(ja);
+        json_decref(jb);
+        fb_ckpt_close(a);
+        fb_ckpt_close(b);
+        return 2;
+    }
+    int differ = (!common && (st.only_a || st.only_b)) || st.n_diff || st.meta_diff;
+    if (json) {
+        json_object_set_new(jr, "equal", json_boolean(!differ));
+        json_object_set_new(jr, "compared", json_integer((json_int_t)st.n_tensors));
+        json_object_set_new(jr, "mode", json_string(values ? "values" : "bytes"));
+        json_object_set_new(jr, "only_in_a", ja);
+        json_object_set_new(jr, "only_in_b", jb);
+        json_object_set_new(jr, "different", jts);
+        json_dumpf(jr, stdout, JSON_INDENT(2));
+        putchar('\n');
+    } else {
+        json_decref(ja);
+        json_decref(jb);
+        json_decref(jts);
+        if (text)
+            printf("%s: %zu tensors compared (%s), %zu equal, %zu different, %zu only in A, %zu only in B\n",
+                   differ ? "DIFFERENT" : "EQUAL", st.n_tensors, values ? "values" : "bytes", st.n_equal, st.n_diff,
+                   st.only_a, st.only_b);
+    }
+    json_decref(jr);
+    fb_ckpt_close(a);
+    fb_ckpt_close(b);
+    return differ ? 1 : 0;
+}
