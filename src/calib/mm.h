@@ -1,0 +1,85 @@
+// mm.h: the MiniMax-M2 model description and the math of one decoder layer, in f32.
+//
+// The forward is the one the loaders compute (spec/loaders-vllm-transformers.md §1.4, §5.2,
+// checked against transformers 5.23 modeling_minimax_m2.py):
+//   decoder layer: h += o_proj(attn(rmsnorm(h, ln1)));  h += moe(rmsnorm(h, ln2))
+//   rmsnorm(x, w) = w * (x * rsqrt(mean(x^2) + eps))        variance in f32 (we sum in f64)
+//   attention: q = q_norm(q_proj x) over ALL heads at once (width heads*head_dim, "per_layer"),
+//              k = k_norm(k_proj x) likewise, v = v_proj x; neox (rotate-half) RoPE on the
+//              first rotary_dim dims of each head, the rest passes through;
+//              inv_freq[i] = 1 / theta^(2i/rotary_dim) (f32), angle = pos * inv_freq (f32);
+//              GQA (heads/kv_heads q heads per kv head), causal, scale head_dim^-0.5,
+//              softmax in f32 (max subtracted).
+//   router:    logits = x @ gate^T in f32; s = sigmoid(logits); the top-k experts by
+//              s + e_score_correction_bias (bias only for the choice; ties -> lower index);
+//              weights = s[chosen] / sum(s[chosen]); no routed scaling factor (neither vLLM
+//              nor transformers applies one for MiniMax-M2).
+//   expert e:  y = w2( silu(w1 x) * (w3 x) ), silu(g) = g / (1 + exp(-g));
+//              moe(x) = sum over chosen e, in ascending expert order, of weight_e * y_e.
+//   logits = lm_head(rmsnorm(h, model.norm)).
+// Partial rotary: vLLM reads config.rotary_dim; transformers >= 5.x turns rotary_dim into
+// partial_rotary_factor = rotary_dim / head_dim (older releases rotated all head_dim dims,
+// spec §5.1). We take rotary_dim, else partial_rotary_factor * head_dim, else head_dim, and
+// refuse a config where the two disagree.
+#ifndef FB_CALIB_MM_H
+#define FB_CALIB_MM_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/fb.h"
+
+typedef struct fb_mm_config {
+    int hidden;          // hidden_size (3072)
+    int inter;           // intermediate_size per expert (1536)
+    int n_layers;        // num_hidden_layers (62)
+    int n_heads;         // num_attention_heads (48)
+    int n_kv_heads;      // num_key_value_heads (8)
+    int head_dim;        // head_dim (128)
+    int rotary_dim;      // dims rotated per head (64)
+    double rope_theta;   // 5e6
+    double eps;          // rms_norm_eps (1e-6)
+    int n_experts;       // num_local_experts (256)
+    int top_k;           // num_experts_per_tok (8)
+    int vocab;           // vocab_size (200064)
+    int use_qk_norm;     // 1: q_norm/k_norm present
+    int use_routing_bias;  // 1: e_score_correction_bias used for the choice
+    int tie_embeddings;  // lm_head = embed_tokens
+    int block_m, block_n;  // FP8 weight_block_size (128, 128), 0 when not FP8
+} fb_mm_config;
+
+// Reads the model description from a parsed config.json. Fails (naming the key) on a missing
+// required key, a value out of range, or an architecture this engine does not compute
+// (scoring_func other than sigmoid, qk_norm_type other than per_layer, attention_bias, a
+// shared expert, an activation other than silu, rotary_dim disagreeing with
+// partial_rotary_factor).
+int fb_mm_config_parse(const json_t *cfg, fb_mm_config *out, fb_err *err);
+
+// ---- kernels (scalar reference code; all f32 in, f32 out) ------------------------------------
+
+// y[r] = w * (x[r] * rsqrt(mean(x[r]^2) + eps)) for `rows` rows of `n`. y may equal x.
+void fb_mm_rmsnorm(const float *x, const float *w, float eps, size_t rows, size_t n, float *y);
+
+// inv_freq[i] = 1 / theta^(2i/rotary_dim) for i < rotary_dim/2, in f32 as torch computes it.
+void fb_mm_rope_inv_freq(double theta, int rotary_dim, float *inv_freq);
+
+// Applies rotate-half RoPE in place to `n_heads` heads of `head_dim` (one token, position
+// `pos`), on the first rotary_dim dims of each head. inv_freq from fb_mm_rope_inv_freq.
+void fb_mm_rope(float *x, int n_heads, int head_dim, int rotary_dim, const float *inv_freq,
+                int64_t pos);
+
+// In-place softmax of n values (max subtracted, f32 exp, divided by the f32 sum).
+void fb_mm_softmax(float *x, size_t n);
+
+// Router for one token: from E logits, picks the k experts with the largest
+// sigmoid(logit) + bias (bias may be NULL; ties broken toward the lower expert index), writes
+// their indices (ascending score order is not promised; they are sorted by expert index) and
+// the renormalized unbiased sigmoid weights. scratch: E floats.
+void fb_mm_route(const float *logits, const float *bias, int E, int k, int32_t *idx,
+                 float *weight, float *scratch);
+
+// silu(g) * u elementwise, n values, into out (may alias g).
+void fb_mm_swiglu(const float *g, const float *u, size_t n, float *out);
+
+#endif

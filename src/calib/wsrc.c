@@ -1,0 +1,209 @@
+// wsrc.c: checkpoint-backed and in-memory weight sources (see wsrc.h).
+#include "calib/wsrc.h"
+
+#include <string.h>
+
+#include "io/checkpoint.h"
+#include "quant/formats.h"
+#include "quant/source.h"
+
+void fb_wsrc_close(fb_wsrc *s) {
+    if (!s) return;
+    if (s->close) s->close(s);
+    free(s->desc);
+    free(s);
+}
+
+static uint64_t row_elems(int ndim, const int64_t *shape) {
+    uint64_t n = 1;
+    for (int i = 1; i < ndim; i++) n *= (uint64_t)shape[i];
+    return n;
+}
+
+int fb_wsrc_load_full(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, float *out,
+                      fb_err *err) {
+    int nd;
+    int64_t sh[FB_MAX_DIMS];
+    if (!s->shape(s, name, &nd, sh))
+        return fb_fail(err, "%s: tensor %s is missing", s->desc, name);
+    int same = nd == ndim;
+    for (int i = 0; same && i < nd; i++) same = sh[i] == shape[i];
+    if (!same) {
+        char got[128] = "", want[128] = "";
+        for (int i = 0; i < nd; i++)
+            snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
+                     (long long)sh[i]);
+        for (int i = 0; i < ndim; i++)
+            snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "",
+                     (long long)shape[i]);
+        return fb_fail(err, "%s: tensor %s has shape [%s], expected [%s]", s->desc, name, got,
+                       want);
+    }
+    return s->load(s, name, 0, ndim ? shape[0] : 1, out, err);
+}
+
+// ---- checkpoint source (quant/source.h: FP8 pairing checked once at open) -------------------
+
+static int ck_shape(fb_wsrc *s, const char *name, int *ndim, int64_t shape[FB_MAX_DIMS]) {
+    fb_source *src = s->ctx;
+    const fb_ckpt_tensor *ct = fb_ckpt_find(src->ck, name);
+    if (!ct) return 0;
+    *ndim = ct->t->ndim;
+    for (int i = 0; i < ct->t->ndim; i++) shape[i] = ct->t->shape[i];
+    return 1;
+}
+
+#define CK_CHUNK_BYTES ((uint64_t)16 << 20)
+
+static int ck_load(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, float *out,
+                   fb_err *err) {
+    fb_source *src = s->ctx;
+    int64_t i = fb_source_index(src, name);
+    if (i < 0) return fb_fail(err, "%s: tensor %s is missing", s->desc, name);
+    const fb_st_tensor *t = src->ck->tensors[i].t;
+    const fb_st_file *f = fb_ckpt_file(src->ck, &src->ck->tensors[i]);
+    int64_t rows = t->ndim ? t->shape[0] : 1;
+    uint64_t cols = row_elems(t->ndim, t->shape);
+    if (r0 < 0 || nrows < 0 || r0 + nrows > rows)
+        return fb_fail(err, "%s: tensor %s: rows [%lld, %lld) outside [0, %lld)", f->path, name,
+                       (long long)r0, (long long)(r0 + nrows), (long long)rows);
+    if (src->role[i] == FB_SRC_FP8_SCALE || !fb_dtypes[t->dtype].is_float ||
+        fb_dtypes[t->dtype].bits < 8)
+        return fb_fail(err, "%s: tensor %s: dtype %s is not a weight dtype", f->path, name,
+                       fb_dtypes[t->dtype].name);
+    uint64_t rowbytes = cols * (uint64_t)fb_dtypes[t->dtype].bits / 8;
+    int64_t chunk = (int64_t)(CK_CHUNK_BYTES / (cols ? cols * 4 : 4));
+    if (chunk < 1) chunk = 1;
+    if (chunk > nrows) chunk = nrows;
+    int rc = 0;
+    if (t->ndim == 2) {
+        float *scale = NULL;
+        if (src->role[i] == FB_SRC_FP8_WEIGHT && fb_source_load_scale(src, (size_t)i, &scale, err))
+            return -1;
+        void *scratch = fb_malloc((size_t)((uint64_t)chunk * cols * 4) + 1);
+        for (int64_t r = 0; r < nrows && !rc; r += chunk) {
+            int64_t n = nrows - r < chunk ? nrows - r : chunk;
+            rc = fb_source_read_rows_f32(src, (size_t)i, scale, (uint64_t)(r0 + r), (size_t)n,
+                                         out + (uint64_t)r * cols, scratch, 0, err);
+            fb_st_release(f, t->offset + (uint64_t)(r0 + r) * rowbytes, (uint64_t)n * rowbytes);
+        }
+        free(scratch);
+        free(scale);
+        return rc;
+    }
+    // 1-D (norms, biases) and other ranks: plain floats as stored.
+    uint8_t *buf = fb_malloc((size_t)((uint64_t)chunk * rowbytes) + 1);
+    for (int64_t r = 0; r < nrows && !rc; r += chunk) {
+        int64_t n = nrows - r < chunk ? nrows - r : chunk;
+        uint64_t off = (uint64_t)(r0 + r) * rowbytes;
+        if (fb_st_read(f, t, off, buf, (size_t)((uint64_t)n * rowbytes), err)) rc = -1;
+        else if (fb_to_f32(t->dtype, buf, out + (uint64_t)r * cols, (size_t)((uint64_t)n * cols)))
+            rc = fb_fail(err, "%s: tensor %s: cannot convert dtype %s", f->path, name,
+                         fb_dtypes[t->dtype].name);
+    }
+    free(buf);
+    return rc;
+}
+
+static void ck_close(fb_wsrc *s) { fb_source_close(s->ctx); }
+
+fb_wsrc *fb_wsrc_open_ckpt(const char *path, fb_err *err) {
+    fb_source *src;
+    if (fb_source_open(path, &src, err)) return NULL;
+    fb_wsrc *s = fb_calloc(1, sizeof *s);
+    s->shape = ck_shape;
+    s->load = ck_load;
+    s->close = ck_close;
+    s->ctx = src;
+    s->config = src->ck->config;
+    s->desc = fb_strdup(path);
+    return s;
+}
+
+// ---- in-memory source --------------------------------------------------------------------
+
+typedef struct mem_t {
+    char *name;
+    int ndim;
+    int64_t shape[FB_MAX_DIMS];
+    float *data;
+} mem_t;
+
+typedef struct mem_ctx {
+    size_t n, cap;
+    mem_t *t;
+    json_t *config;
+} mem_ctx;
+
+static const mem_t *mem_find(const mem_ctx *m, const char *name) {
+    for (size_t i = 0; i < m->n; i++)
+        if (strcmp(m->t[i].name, name) == 0) return &m->t[i];
+    return NULL;
+}
+
+static int mem_shape(fb_wsrc *s, const char *name, int *ndim, int64_t shape[FB_MAX_DIMS]) {
+    const mem_t *t = mem_find(s->ctx, name);
+    if (!t) return 0;
+    *ndim = t->ndim;
+    memcpy(shape, t->shape, sizeof t->shape);
+    return 1;
+}
+
+static int mem_load(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, float *out,
+                    fb_err *err) {
+    const mem_t *t = mem_find(s->ctx, name);
+    if (!t) return fb_fail(err, "%s: tensor %s is missing", s->desc, name);
+    int64_t rows = t->ndim ? t->shape[0] : 1;
+    if (r0 < 0 || nrows < 0 || r0 + nrows > rows)
+        return fb_fail(err, "%s: tensor %s: rows [%lld, %lld) outside [0, %lld)", s->desc, name,
+                       (long long)r0, (long long)(r0 + nrows), (long long)rows);
+    uint64_t cols = row_elems(t->ndim, t->shape);
+    memcpy(out, t->data + (uint64_t)r0 * cols, (size_t)((uint64_t)nrows * cols) * sizeof(float));
+    return 0;
+}
+
+static void mem_close(fb_wsrc *s) {
+    mem_ctx *m = s->ctx;
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->t[i].name);
+        free(m->t[i].data);
+    }
+    free(m->t);
+    if (m->config) json_decref(m->config);
+    free(m);
+}
+
+fb_wsrc *fb_wsrc_mem_new(json_t *config) {
+    mem_ctx *m = fb_calloc(1, sizeof *m);
+    if (config) m->config = json_incref(config);
+    fb_wsrc *s = fb_calloc(1, sizeof *s);
+    s->shape = mem_shape;
+    s->load = mem_load;
+    s->close = mem_close;
+    s->ctx = m;
+    s->config = m->config;
+    s->desc = fb_strdup("<memory>");
+    return s;
+}
+
+int fb_wsrc_mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
+                    const float *data, fb_err *err) {
+    mem_ctx *m = s->ctx;
+    if (mem_find(m, name)) return fb_fail(err, "<memory>: duplicate tensor %s", name);
+    if (m->n == m->cap) {
+        m->cap = m->cap ? 2 * m->cap : 64;
+        m->t = fb_realloc(m->t, m->cap * sizeof *m->t);
+    }
+    mem_t *t = &m->t[m->n++];
+    memset(t, 0, sizeof *t);
+    t->name = fb_strdup(name);
+    t->ndim = ndim;
+    uint64_t n = 1;
+    for (int i = 0; i < ndim; i++) {
+        t->shape[i] = shape[i];
+        n *= (uint64_t)shape[i];
+    }
+    t->data = fb_malloc((size_t)n * sizeof(float) + 1);
+    memcpy(t->data, data, (size_t)n * sizeof(float));
+    return 0;
+}
