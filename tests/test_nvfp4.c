@@ -146,7 +146,7 @@ static void test_ct_golden(void) {
     static const uint8_t sc0[4] = {0x38, 0x38, 0x7e, 0x20};
     uint64_t rows, cols;
     float *w = load_bf16_as_f32(f, "nvfp4.crafted_ties.0.weight", &rows, &cols);
-    uint8_t p[64 * 2 / 2 * 2], s[8];
+    uint8_t p[2 * 64 / 2], s[2 * 64 / 16];
     REQUIRE(rows == 2 && cols == 64, "crafted_ties shape");
     float g = fb_nvfp4_global_scale(fb_nvfp4_absmax_ref(w, rows * cols));
     CHECK(g == 1.0f, "crafted_ties g = %g", (double)g);
