@@ -183,6 +183,13 @@ def grid_ties(rows, cols):
     return bf(base * rng.choice([1.0, 0.5, 3.0], size=(rows, 1)))
 
 
+def all_zero(rows, cols):
+    # an all-zero tensor (with -0.0 entries): NVFP4 g = 1.0 (clamp, overflow, nan_to_num)
+    t = torch.zeros(rows, cols, dtype=torch.bfloat16)
+    t[1::2, ::3] = -0.0
+    return t
+
+
 def fused(shapes, scales):
     return [heavy(r, c, df=3.0, scale=s) for (r, c), s in zip(shapes, scales)]
 
@@ -196,6 +203,7 @@ CASES = [
     ("tiny", [tiny(8, 256)], True),
     ("huge", [huge(8, 256)], True),
     ("ties", [grid_ties(16, 256)], True),
+    ("all_zero", [all_zero(4, 256)], True),
     ("fused_qkv", fused([(128, 256), (64, 256), (64, 256)], [0.01, 0.03, 0.005]), False),
     ("fused_w13", fused([(64, 256), (64, 256)], [0.02, 0.004]), False),
 ]

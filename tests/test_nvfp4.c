@@ -160,7 +160,7 @@ static void test_ct_golden(void) {
 static void test_quant_golden(void) {
     fb_st_file *f = open_golden(GOLDEN_DIR "/quant/quant_golden.safetensors");
     static const char *cases[] = {"heavy", "outliers", "zero_rows", "subnormal", "tiny",
-                                  "huge", "ties", "fused_qkv", "fused_w13"};
+                                  "huge", "ties", "all_zero", "fused_qkv", "fused_w13"};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_set(f, cases[i], ".nvfp4");
 
     // generate_gparam over every positive finite bf16 (CT 0.18 on the CPU)

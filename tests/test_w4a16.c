@@ -166,7 +166,7 @@ static void test_golden(void) {
 
     f = open_golden(GOLDEN_DIR "/quant/quant_golden.safetensors");
     static const char *cases[] = {"heavy.0", "outliers.0", "zero_rows.0", "subnormal.0",
-                                  "tiny.0", "huge.0", "ties.0", "fused_qkv.0", "fused_qkv.1",
+                                  "tiny.0", "huge.0", "ties.0", "all_zero.0", "fused_qkv.0", "fused_qkv.1",
                                   "fused_qkv.2", "fused_w13.0", "fused_w13.1"};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         check_ct(f, cases[i], ".w4a16");
