@@ -398,7 +398,185 @@ static int write_st(const char *path) {
 // ---- 5. the embedded model against transformers --------------------------------------------
 
 
-int main(void) {
+
+// ---- 5. the embedded model against transformers (scripts/make-model-reference.py) ---------
+// reference.safetensors: input_ids [S, T] i32, topk_values/indices [S, T, 16], logsumexp
+// [S, T], logits_seq0 [P, V]; hidden-states.safetensors: hidden_seq0 [L+2, P, H] (embeddings,
+// each layer's output, final norm), router_topk_index/weight_seq0 [L, P, k].
+// Tolerances (f32 forward, different summation order than torch): hidden states max abs diff
+// <= 1e-3 x (1 + max |h|) per layer; full-logit KL over seq 0; top-1 agreement 100%.
+#define MODEL_DIR "models/tiny-minimax-m2"
+#define GOLD_MODEL GOLDEN_DIR "/model"
+
+static void *st_tensor(fb_st_file *f, const char *name, fb_dtype dt, int ndim, int64_t *shape) {
+    const fb_st_tensor *t = fb_st_find(f, name);
+    if (!t || t->dtype != dt || t->ndim != ndim) {
+        CHECK(0, "%s: tensor %s missing or not %s with %d dims", f->path, name, fb_dtypes[dt].name, ndim);
+        return NULL;
+    }
+    void *p;
+    fb_err err;
+    if (fb_st_read_all(f, t, &p, &err)) { CHECK(0, "%s", err.msg); return NULL; }
+    for (int i = 0; i < ndim; i++) shape[i] = t->shape[i];
+    return p;
+}
+
+static double log_softmax_at(const float *lg, size_t V_, size_t i, double *lse_out) {
+    double m = -INFINITY, s = 0;
+    for (size_t v = 0; v < V_; v++) m = fmax(m, lg[v]);
+    for (size_t v = 0; v < V_; v++) s += exp(lg[v] - m);
+    double lse = m + log(s);
+    if (lse_out) *lse_out = lse;
+    return lg[i] - lse;
+}
+
+static void test_golden_model(void) {
+    if (access(MODEL_DIR "/config.json", R_OK) || access(GOLD_MODEL "/reference.safetensors", R_OK) ||
+        access(GOLD_MODEL "/hidden-states.safetensors", R_OK)) {
+        printf("golden model: %s or %s not present yet: skipped\n", MODEL_DIR, GOLD_MODEL);
+        return;
+    }
+    fb_err err;
+    fb_wsrc *src = fb_wsrc_open_ckpt(MODEL_DIR, &err);
+    REQUIRE(src, "%s", err.msg);
+    fb_mm_config c;
+    REQUIRE(src->config && fb_mm_config_parse(src->config, &c, &err) == 0, "%s", err.msg);
+    fb_st_file *rf, *hf;
+    REQUIRE(fb_st_open(GOLD_MODEL "/reference.safetensors", &rf, &err) == 0, "%s", err.msg);
+    REQUIRE(fb_st_open(GOLD_MODEL "/hidden-states.safetensors", &hf, &err) == 0, "%s", err.msg);
+    int64_t si[3], stv[3], sti[3], sl[2], slg[2], sh[3], sri[3], srw[3];
+    int32_t *ids = st_tensor(rf, "input_ids", FB_I32, 2, si);
+    float *topv = st_tensor(rf, "topk_values", FB_F32, 3, stv);
+    int32_t *topi = st_tensor(rf, "topk_indices", FB_I32, 3, sti);
+    float *lse = st_tensor(rf, "logsumexp", FB_F32, 2, sl);
+    float *lg0 = st_tensor(rf, "logits_seq0", FB_F32, 2, slg);
+    float *hid = st_tensor(hf, "hidden_seq0", FB_F32, 3, sh);
+    int32_t *ridx = st_tensor(hf, "router_topk_index_seq0", FB_I32, 3, sri);
+    float *rwt = st_tensor(hf, "router_topk_weight_seq0", FB_F32, 3, srw);
+    REQUIRE(ids && topv && topi && lse && lg0 && hid && ridx && rwt, "golden tensors");
+    size_t S = (size_t)si[0], Tn = (size_t)si[1], KK = (size_t)stv[2], P = (size_t)slg[0];
+    size_t Hh = (size_t)c.hidden, Vv = (size_t)c.vocab, L = (size_t)c.n_layers, k = (size_t)c.top_k;
+    REQUIRE(sh[0] == (int64_t)L + 2 && sh[1] == (int64_t)P && sh[2] == (int64_t)Hh &&
+            slg[1] == (int64_t)Vv && sri[0] == (int64_t)L && sri[2] == (int64_t)k, "golden shapes");
+    size_t *starts = malloc((S + 1) * sizeof(size_t));
+    for (size_t s = 0; s <= S; s++) starts[s] = s * Tn;
+    fb_fwd_opts o = {.threads = 2, .all_experts = 1};
+    fb_fwd *f = fb_fwd_new(src, &c, &o, &err);
+    REQUIRE(f && fb_fwd_set_tokens(f, ids, S * Tn, starts, S, &err) == 0, "%s", err.msg);
+    // Embeddings, then every layer: seq 0's first P positions against the reference.
+    double worst = 0;
+    for (size_t l = 0; l <= L; l++) {
+        if (l > 0) {
+            REQUIRE(fb_fwd_layer(f, (int)l - 1, &err) == 0, "%s", err.msg);
+            // Router choices of seq 0 (sorted by expert id on both sides).
+            const int32_t *ei = fb_fwd_route_idx(f);
+            const float *ew = fb_fwd_route_w(f);
+            size_t mism = 0;
+            double wd = 0;
+            for (size_t p = 0; p < P; p++)
+                for (size_t j = 0; j < k; j++) {
+                    size_t gi = ((l - 1) * P + p) * k + j;
+                    if (ei[p * k + j] != ridx[gi]) mism++;
+                    else wd = fmax(wd, fabs(ew[p * k + j] - rwt[gi]));
+                }
+            CHECK(mism == 0, "layer %zu: %zu router choices differ from transformers", l - 1, mism);
+            CHECK(wd < 1e-4, "layer %zu: routing weights max diff %.3g", l - 1, wd);
+        }
+        const float *h = fb_fwd_hidden(f), *ref = hid + l * P * Hh;
+        double md = 0, mx = 0;
+        for (size_t i = 0; i < P * Hh; i++) {
+            md = fmax(md, fabs((double)h[i] - ref[i]));
+            mx = fmax(mx, fabs(ref[i]));
+        }
+        double rel = md / (1 + mx);
+        worst = fmax(worst, rel);
+        CHECK(rel < 1e-3, "%s %zu: hidden max abs diff %.3g (max |h| %.3g)",
+              l ? "layer" : "embeddings", l ? l - 1 : 0, md, mx);
+        if (l == 0) CHECK(md == 0, "embeddings must be exact: %.3g", md);
+    }
+    // Logits of every position: top-1 agreement, logsumexp, top-k values; full-vocab KL on
+    // seq 0's first P positions, KL on (top-k + rest) elsewhere (a lower bound of the true KL).
+    float *lg = malloc(sizeof(float) * Tn * Vv);
+    size_t agree = 0, npos = 0;
+    double kl_full = 0, kl_coarse = 0, lse_d = 0, topv_d = 0;
+    size_t n_full = 0, n_coarse = 0;
+    for (size_t s = 0; s < S; s++) {
+        REQUIRE(fb_fwd_logits(f, s * Tn, Tn, lg, &err) == 0, "%s", err.msg);
+        for (size_t t = 0; t < Tn; t++) {
+            const float *x = lg + t * Vv;
+            size_t g = (s * Tn + t);
+            size_t am = 0;
+            for (size_t v = 1; v < Vv; v++) if (x[v] > x[am]) am = v;
+            agree += (int32_t)am == topi[g * KK];
+            npos++;
+            double mylse;
+            log_softmax_at(x, Vv, 0, &mylse);
+            lse_d = fmax(lse_d, fabs(mylse - lse[g]));
+            for (size_t j = 0; j < KK; j++)
+                topv_d = fmax(topv_d, fabs(x[topi[g * KK + j]] - topv[g * KK + j]));
+            if (s == 0 && t < P) {
+                const float *r = lg0 + t * Vv;
+                double rl;
+                log_softmax_at(r, Vv, 0, &rl);
+                double kl = 0;
+                for (size_t v = 0; v < Vv; v++) {
+                    double lp = r[v] - rl, lq = x[v] - mylse;
+                    kl += exp(lp) * (lp - lq);
+                }
+                kl_full += kl;
+                n_full++;
+            } else {
+                double kl = 0, pr = 0, qr = 0;
+                for (size_t j = 0; j < KK; j++) {
+                    double lp = topv[g * KK + j] - lse[g], lq = x[topi[g * KK + j]] - mylse;
+                    kl += exp(lp) * (lp - lq);
+                    pr += exp(lp);
+                    qr += exp(lq);
+                }
+                if (1 - pr > 1e-12 && 1 - qr > 1e-12) kl += (1 - pr) * log((1 - pr) / (1 - qr));
+                kl_coarse += kl;
+                n_coarse++;
+            }
+        }
+    }
+    double mkl = kl_full / (double)(n_full ? n_full : 1);
+    CHECK(agree == npos, "top-1 agreement %zu / %zu", agree, npos);
+    CHECK(mkl < 1e-3, "mean KL (full vocabulary, seq 0) %.3g", mkl);
+    CHECK(kl_coarse / (double)(n_coarse ? n_coarse : 1) < 1e-3, "mean KL (top-%zu + rest) %.3g", KK,
+          kl_coarse / (double)(n_coarse ? n_coarse : 1));
+    CHECK(lse_d < 1e-2, "logsumexp max diff %.3g", lse_d);
+    printf("golden model: top-1 %zu/%zu, mean KL full %.3g (%zu pos), top-%zu+rest %.3g (%zu pos), "
+           "logsumexp max diff %.3g, top-k logit max diff %.3g, hidden worst rel %.3g\n", agree, npos,
+           mkl, n_full, KK, kl_coarse / (double)(n_coarse ? n_coarse : 1), n_coarse, lse_d, topv_d, worst);
+    fb_fwd_free(f);
+    free(lg); free(starts); free(ids); free(topv); free(topi); free(lse); free(lg0); free(hid);
+    free(ridx); free(rwt);
+    fb_st_close(rf);
+    fb_st_close(hf);
+    fb_wsrc_close(src);
+}
+
+// `test_forward --write-fixture DIR`: writes the random tiny model as a checkpoint directory
+// (config.json + model.safetensors) for tests/t_calibrate.sh, and exits.
+static int write_fixture(const char *dir) {
+    char p[1024];
+    make_model();
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    if (write_st(p)) { fprintf(stderr, "cannot write %s\n", p); return 1; }
+    json_t *cj = tiny_config();
+    json_object_set_new(cj, "model_type", json_string("minimax_m2"));
+    json_object_set_new(cj, "quantization_config",
+                        json_pack("{s:s,s:s,s:s,s:[i,i]}", "quant_method", "fp8", "fmt",
+                                  "float8_e4m3fn", "activation_scheme", "dynamic",
+                                  "weight_block_size", 128, 128));
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    int rc = json_dump_file(cj, p, JSON_INDENT(2));
+    json_decref(cj);
+    return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--write-fixture")) return write_fixture(argv[2]);
     test_kernels();
 
     make_model();
@@ -542,6 +720,7 @@ int main(void) {
     fb_wsrc_close(ck);
     unlink(cp);
 
+    test_golden_model();
     fb_wsrc_close(mem);
     json_decref(cj);
     fb_calib_stats_free(st);

@@ -1,0 +1,79 @@
+#!/bin/sh
+# t_calibrate: the calibrate CLI on a random tiny checkpoint (written by
+# `test_forward --write-fixture`, BF16 + one FP8 block-scaled tensor): usage errors (2), bad
+# input (1, naming the line), sample selection (--dump-tokens, truncation, --skip-long, seeds),
+# a full run (statistics file, --json summary), determinism; the embedded model when present.
+. tests/lib.sh
+CAL="$BIN/calibrate"
+FX="$T_TMP/fx"
+mkdir -p "$FX"
+"$BUILD/tests/test_forward" --write-fixture "$FX" || { fail "fixture"; finish; exit 1; }
+
+# dataset: 12 samples of 1..12 tokens (ids 1..), one blank line
+i=1
+while [ $i -le 12 ]; do
+    ids=$(seq -s ', ' 1 $i)
+    echo "{\"input_ids\": [$ids]}"
+    [ $i = 6 ] && echo ""
+    i=$((i + 1))
+done > "$T_TMP/d.jsonl"
+
+expect_rc 0 "--help" -- "$CAL" --help
+expect_out "--seq-len" "--help lists options"
+expect_rc 2 "no arguments" -- "$CAL"
+expect_rc 2 "no output" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl"
+expect_rc 2 "bad template" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s" --template llama
+expect_rc 2 "bad samples" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s" --samples 0
+expect_rc 1 "missing model" -- "$CAL" --model "$T_TMP/nope" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s"
+expect_rc 1 "missing dataset" -- "$CAL" --model "$FX" --dataset "$T_TMP/nope.jsonl" -o "$T_TMP/s"
+
+# bad lines name the line
+{ head -3 "$T_TMP/d.jsonl"; echo '{"input_ids": [1, 2,'; } > "$T_TMP/bad.jsonl"
+expect_rc 1 "invalid JSON line" -- "$CAL" --model "$FX" --dataset "$T_TMP/bad.jsonl" -o "$T_TMP/s" --samples 100
+expect_out "bad.jsonl:4" "message names line 4"
+echo '{"input_ids": [1, 999]}' > "$T_TMP/bad2.jsonl"
+expect_rc 1 "id outside the vocabulary" -- "$CAL" --model "$FX" --dataset "$T_TMP/bad2.jsonl" -o "$T_TMP/s"
+expect_out "bad2.jsonl:1: input_ids\[1\]" "message names the line and index"
+echo '{"ids": [1]}' > "$T_TMP/bad3.jsonl"
+expect_rc 1 "no known field" -- "$CAL" --model "$FX" --dataset "$T_TMP/bad3.jsonl" -o "$T_TMP/s"
+
+# sample selection
+expect_rc 0 "dump tokens" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 100 --seq-len 5 --dump-tokens "$T_TMP/tok.jsonl"
+n=$(wc -l < "$T_TMP/tok.jsonl")
+[ "$n" = 12 ] && ok || fail "dump: $n samples, want 12 (blank line skipped)"
+long=$(grep -c '5, 6' "$T_TMP/tok.jsonl")
+[ "$long" = 0 ] && ok || fail "truncation to --seq-len 5"
+expect_rc 0 "skip long" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 100 --seq-len 5 --skip-long --dump-tokens "$T_TMP/tok2.jsonl"
+n=$(wc -l < "$T_TMP/tok2.jsonl")
+[ "$n" = 5 ] && ok || fail "--skip-long: $n samples, want 5"
+"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 1 --dump-tokens "$T_TMP/s1a" 2>/dev/null
+"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 1 --dump-tokens "$T_TMP/s1b" 2>/dev/null
+"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 2 --dump-tokens "$T_TMP/s2" 2>/dev/null
+cmp -s "$T_TMP/s1a" "$T_TMP/s1b" && ok || fail "same seed, same samples"
+cmp -s "$T_TMP/s1a" "$T_TMP/s2" && fail "different seeds, same samples" || ok
+
+# full run
+expect_rc 0 "calibrate run" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats.safetensors" --samples 10 --json
+expect_out '"experts_never_routed"' "json summary"
+expect_out '"tokens": [0-9]+' "json token count"
+[ -s "$T_TMP/stats.safetensors" ] && ok || fail "statistics file written"
+grep -q 'calibration-stats' "$T_TMP/stats.safetensors" && ok || fail "statistics metadata"
+grep -q 'block_sparse_moe.experts.7.w2.input_absmax' "$T_TMP/stats.safetensors" && ok || fail "expert absmax names"
+"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats2.safetensors" --samples 10 --quiet --threads 1 --expert-group 3
+cmp -s "$T_TMP/stats.safetensors" "$T_TMP/stats2.safetensors" && ok || fail "statistics differ between runs (threads/expert groups)"
+expect_rc 0 "routed-only run" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats3.safetensors" --samples 10 --routed-only --quiet
+grep -q '"routed"' "$T_TMP/stats3.safetensors" && ok || fail "routed-only mode recorded"
+
+# the embedded model, when its weights are there
+if [ -f models/tiny-minimax-m2/config.json ] && ls models/tiny-minimax-m2/*.safetensors >/dev/null 2>&1; then
+    V=$(sed -n 's/.*"vocab_size": *\([0-9]*\).*/\1/p' models/tiny-minimax-m2/config.json)
+    i=0
+    while [ $i -lt 4 ]; do
+        echo "{\"input_ids\": [$(seq -s ', ' $((i * 40 + 1)) $((i * 40 + 64)))]}"
+        i=$((i + 1))
+    done > "$T_TMP/m.jsonl"
+    expect_rc 0 "embedded model" -- "$CAL" --model models/tiny-minimax-m2 --dataset "$T_TMP/m.jsonl" -o "$T_TMP/tiny.safetensors" --json
+    expect_out '"layers": [1-9]' "embedded model summary"
+    [ -n "$V" ] && ok
+fi
+finish
