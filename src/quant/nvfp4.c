@@ -109,35 +109,48 @@ void fb_nvfp4_quantize_rows_ref(const float *w, size_t nrows, size_t cols, float
     }
 }
 
+// Dequantization goes through a 16-entry table per group: entry n = BF16(fp4(n) * (s3/g)),
+// exactly the per-element formula, computed 16 times instead of 16 times per group.
+static inline void dequant_lut(uint8_t scale_code, float g, float lut[16]) {
+    float t = fb_e4m3_to_f32(scale_code) / g;  // "scale = scale / global_scale"
+    for (int n = 0; n < 16; n++) lut[n] = bf16r(fb_nvfp4_fp4_value((uint8_t)n) * t);
+}
+
 void fb_nvfp4_dequant_rows(const uint8_t *packed, const uint8_t *scale, size_t nrows,
                            size_t cols, float g, float *out) {
     FB_ASSERT(cols % FB_NVFP4_GROUP == 0);
     fb_formats_init();
     size_t ng = cols / FB_NVFP4_GROUP;
-    for (size_t r = 0; r < nrows; r++) {
+    float lut[16];
+    for (size_t r = 0; r < nrows; r++)
         for (size_t k = 0; k < ng; k++) {
-            float t = fb_e4m3_to_f32(scale[r * ng + k]) / g;
+            dequant_lut(scale[r * ng + k], g, lut);
             const uint8_t *p = packed + r * (cols / 2) + k * (FB_NVFP4_GROUP / 2);
             float *o = out + r * cols + k * FB_NVFP4_GROUP;
-            for (int i = 0; i < FB_NVFP4_GROUP; i++) {
-                uint8_t nib = (uint8_t)((p[i / 2] >> (4 * (i & 1))) & 15);
-                o[i] = bf16r(fb_nvfp4_fp4_value(nib) * t);
+            for (int i = 0; i < FB_NVFP4_GROUP / 2; i++) {
+                o[2 * i] = lut[p[i] & 15];
+                o[2 * i + 1] = lut[p[i] >> 4];
             }
         }
-    }
 }
 
 void fb_nvfp4_dequant_rows_bf16(const uint8_t *packed, const uint8_t *scale, size_t nrows,
                                 size_t cols, float g, uint16_t *out) {
     FB_ASSERT(cols % FB_NVFP4_GROUP == 0);
-    float buf[FB_NVFP4_GROUP];
+    fb_formats_init();
+    size_t ng = cols / FB_NVFP4_GROUP;
+    float lut[16];
+    uint16_t lb[16];
     for (size_t r = 0; r < nrows; r++)
-        for (size_t k = 0; k < cols / FB_NVFP4_GROUP; k++) {
-            fb_nvfp4_dequant_rows(packed + r * (cols / 2) + k * (FB_NVFP4_GROUP / 2),
-                                  scale + r * (cols / FB_NVFP4_GROUP) + k, 1, FB_NVFP4_GROUP,
-                                  g, buf);
-            for (int i = 0; i < FB_NVFP4_GROUP; i++)
-                out[r * cols + k * FB_NVFP4_GROUP + i] = (uint16_t)(fb_f32_bits(buf[i]) >> 16);
+        for (size_t k = 0; k < ng; k++) {
+            dequant_lut(scale[r * ng + k], g, lut);
+            for (int n = 0; n < 16; n++) lb[n] = (uint16_t)(fb_f32_bits(lut[n]) >> 16);
+            const uint8_t *p = packed + r * (cols / 2) + k * (FB_NVFP4_GROUP / 2);
+            uint16_t *o = out + r * cols + k * FB_NVFP4_GROUP;
+            for (int i = 0; i < FB_NVFP4_GROUP / 2; i++) {
+                o[2 * i] = lb[p[i] & 15];
+                o[2 * i + 1] = lb[p[i] >> 4];
+            }
         }
 }
 

@@ -68,12 +68,15 @@ void fb_w4a16_quantize_rows_ref(const float *w, size_t nrows, size_t cols, size_
 void fb_w4a16_dequant_rows(const int32_t *packed, const uint16_t *scale, size_t nrows,
                            size_t cols, size_t group, float *out) {
     check_shape(cols, group);
+    float lut[16];  // per group: code u -> BF16((u - 8) * s), the per-element formula
     for (size_t r = 0; r < nrows; r++)
-        for (size_t c = 0; c < cols; c++) {
-            uint32_t word = (uint32_t)packed[r * (cols / 8) + c / 8];
-            int q = (int)((word >> (4 * (c % 8))) & 15) - 8;
-            float s = fb_bf16_to_f32(scale[r * (cols / group) + c / group]);
-            out[r * cols + c] = bf16r((float)q * s);
+        for (size_t k = 0; k < cols / group; k++) {
+            float s = fb_bf16_to_f32(scale[r * (cols / group) + k]);
+            for (int u = 0; u < 16; u++) lut[u] = bf16r((float)(u - 8) * s);
+            for (size_t c = k * group; c < (k + 1) * group; c += 8) {
+                uint32_t word = (uint32_t)packed[r * (cols / 8) + c / 8];
+                for (int j = 0; j < 8; j++) out[r * cols + c + j] = lut[(word >> (4 * j)) & 15];
+            }
         }
 }
 
