@@ -95,9 +95,9 @@ void fb_nvfp4_dequant_rows(const uint8_t *packed, const uint8_t *scale, size_t n
 void fb_nvfp4_dequant_rows_bf16(const uint8_t *packed, const uint8_t *scale, size_t nrows,
                                 size_t cols, float g, uint16_t *out);
 
-// The fast path fb_nvfp4_quantize_rows and fb_nvfp4_absmax use on this CPU: "avx512", "avx2" or "scalar". Chosen once
-// per process; FB_QUANT_IMPL=scalar|avx2|avx512 in the environment caps the choice (tests,
-// benchmarks).
+// The fast path fb_nvfp4_quantize_rows and fb_nvfp4_absmax use on this CPU: "avx512",
+// "avx2" or "scalar". Chosen once per process; FB_QUANT_IMPL=scalar|avx2|avx512 in the
+// environment caps the choice (tests, benchmarks).
 const char *fb_nvfp4_impl(void);
 
 #endif
