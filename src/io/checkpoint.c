@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <pthread.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -270,6 +271,8 @@ struct fb_cw {
     json_t *prev_manifest;   // from a killed run (resume)
     json_t *manifest;        // {"files": {name: {"xxh3_128":..., "bytes":...}}}
     pthread_mutex_t mu;
+    long kill_after_writes;  // fault injection for the kill-and-resume tests (0 = off)
+    long n_writes;
 };
 
 static int mkdir_p_parent_ok(const char *dst, fb_err *err) {
@@ -387,6 +390,10 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
     pthread_mutex_init(&w->mu, NULL);
     w->manifest = json_object();
     json_object_set_new(w->manifest, "files", json_object());
+    // Test-only fault injection: FOURBIT_FAULT_KILL_AFTER_WRITES=K makes the process SIGKILL
+    // itself on the K-th payload write, a real kill at a reproducible point.
+    const char *fk = getenv("FOURBIT_FAULT_KILL_AFTER_WRITES");
+    w->kill_after_writes = fk ? strtol(fk, NULL, 10) : 0;
 
     char *mark = fb_path_join(w->staging, STAGING_MARK);
     if (is_dir(w->staging)) {
@@ -693,6 +700,7 @@ int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_
         return fb_fail(err, "%s/%s.tmp: tensor %s: write error: %s", w->staging, sh->name, t->name,
                        strerror(errno == ENOSPC ? ENOSPC : errno));
     pthread_mutex_lock(&w->mu);
+    if (w->kill_after_writes && ++w->n_writes >= w->kill_after_writes) raise(SIGKILL);
     sh->written += n;
     if (pos == sh->hashed) {  // in file order: hash as we go, and keep dirty pages bounded
         XXH3_128bits_update(sh->hash, data, n);
