@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Golden cases for target/ignore matching (tests/golden/match/cases.json).
+"""Golden cases for target/ignore matching (tests/golden/match/cases.json) and for the
+quantization_config compressed-tensors writes (tests/golden/match/qconfig.json).
 
 The expected answers come from compressed-tensors' own matching functions and from Python's
 `re`, never from fourbit:
@@ -10,6 +11,18 @@ The expected answers come from compressed-tensors' own matching functions and fr
 
 Pinned versions (pip install --no-deps compressed-tensors==0.18.0 loguru; torch from the box):
   compressed-tensors 0.18.0, Python 3.11.7, torch 2.x (CPU).
+
+qconfig.json: a toy MiniMax-M2 module tree (same module names, classes and registration order
+as the MiniMax remote code: router gate = nn.Linear, experts.E.w1/w2/w3) gets a recipe's
+config through compressed-tensors' own apply_quantization_config, is marked compressed, and
+ModelCompressor.from_pretrained_model(...).update_config() writes config.json exactly as the
+oneshot path does. The toy's state-dict (names, shapes) is stored with it so the C test builds
+its plan from the same tensors.
+
+The AutoRound config (model-free flow) comes from auto-round's own
+auto_round.utils.model_free_utils._build_quantization_config (auto-round 0.16.1, wheel
+unpacked with --no-deps; pass its directory in AUTOROUND_SRC if it is not importable), fed
+with the toy's quantized / kept layers exactly as its model-free compressor derives them.
 
 Run from the repository root:  python3 scripts/gen-match-golden.py
 """
@@ -25,6 +38,7 @@ import compressed_tensors
 from compressed_tensors.utils.match import is_match, match_name, match_targets
 
 OUT = os.path.join("tests", "golden", "match", "cases.json")
+OUT_QC = os.path.join("tests", "golden", "match", "qconfig.json")
 
 
 class MiniMaxM2RMSNorm(nn.Module):  # same class name as the remote code / transformers
@@ -153,5 +167,155 @@ def main():
     print(f"{OUT}: {len(cases)} cases, {len(bad)} bad, {len(raw)} raw, {len(ranked)} ranked")
 
 
+# ---- quantization_config goldens ---------------------------------------------------------
+
+HID, INTER, NQ, NKV, NEXP, NLAYER, VOCAB = 256, 128, 512, 128, 2, 3, 64
+
+
+class Expert(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = nn.Linear(HID, INTER, bias=False)
+        self.w2 = nn.Linear(INTER, HID, bias=False)
+        self.w3 = nn.Linear(HID, INTER, bias=False)
+
+
+class SparseMoe(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gate = nn.Linear(HID, NEXP, bias=False)
+        self.experts = nn.ModuleList([Expert() for _ in range(NEXP)])
+        self.register_buffer("e_score_correction_bias", torch.zeros(NEXP))
+
+
+class Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q_proj = nn.Linear(HID, NQ, bias=False)
+        self.k_proj = nn.Linear(HID, NKV, bias=False)
+        self.v_proj = nn.Linear(HID, NKV, bias=False)
+        self.o_proj = nn.Linear(NQ, HID, bias=False)
+        self.q_norm = MiniMaxM2RMSNorm()
+        self.k_norm = MiniMaxM2RMSNorm()
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self_attn = Attention()
+        self.block_sparse_moe = SparseMoe()
+        self.input_layernorm = MiniMaxM2RMSNorm()
+        self.post_attention_layernorm = MiniMaxM2RMSNorm()
+
+
+class Inner(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(VOCAB, HID)
+        self.layers = nn.ModuleList([DecoderLayer() for _ in range(NLAYER)])
+        self.norm = MiniMaxM2RMSNorm()
+
+
+class ToyMiniMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.model = Inner()
+        self.lm_head = nn.Linear(HID, VOCAB, bias=False)
+
+
+GATE = r"re:.*block_sparse_moe\.gate$"
+STD_IGNORE = ["lm_head", "model.embed_tokens", GATE]
+RECIPES = {
+    "nvfp4": {"scheme": "NVFP4", "ignore": STD_IGNORE},
+    "nvfp4a16": {"scheme": "NVFP4A16", "ignore": STD_IGNORE},
+    "w4a16": {"scheme": "W4A16", "ignore": STD_IGNORE},
+    "experts_only": {"scheme": "NVFP4A16",
+                     "ignore": STD_IGNORE + [r"re:.*self_attn\.(q|k|v|o)_proj$"]},
+    "lm_head_only_ignored": {"scheme": "W4A16", "ignore": ["lm_head"]},
+    # explicit config_groups: attention W4A16, experts NVFP4A16 (mixed precision)
+    "mixed": {"config_groups": {
+        "attn": {"targets": [r"re:.*self_attn\.(q|k|v|o)_proj$"],
+                 "weights": {"num_bits": 4, "type": "int", "symmetric": True,
+                             "strategy": "group", "group_size": 128}},
+        "experts": {"targets": ["Linear"],
+                    "weights": {"num_bits": 4, "type": "float", "symmetric": True,
+                                "strategy": "tensor_group", "group_size": 16,
+                                "dynamic": False, "scale_dtype": "float8_e4m3fn"}}},
+        "ignore": STD_IGNORE},
+}
+
+
+def autoround_config(model, recipe):
+    if os.environ.get("AUTOROUND_SRC"):
+        sys.path.insert(0, os.environ["AUTOROUND_SRC"])
+    import auto_round
+    from auto_round.utils.model_free_utils import _build_quantization_config
+    qcfg = quant_config_for(recipe, model_out=model)
+    sd = model.state_dict()
+    quantized = [n for n, m in model.named_modules()
+                 if getattr(m, "quantization_scheme", None) is not None]
+    layers = [k[:-len(".weight")] for k, v in sd.items() if k.endswith(".weight") and v.dim() > 1]
+    ignored = [l for l in layers if l not in set(quantized)]
+    prefixes = []
+    for name in quantized:  # model_free.py::_write_config_files
+        parts = name.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit() and i > 0:
+                prefixes.append(".".join(parts[:i]))
+                break
+    block = ",".join(dict.fromkeys(prefixes)) or None
+    cfg = _build_quantization_config({"bits": 4, "group_size": 128, "sym": True,
+                                      "data_type": "int"}, {}, [], quantized, ignored, block)
+    return auto_round.__version__, cfg, json.dumps(cfg, indent=2)
+
+
+def quant_config_for(recipe, model_out=None):
+    import tempfile
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (QuantizationConfig, QuantizationScheme,
+                                                 QuantizationStatus, apply_quantization_config,
+                                                 preset_name_to_scheme)
+    torch.manual_seed(0)
+    model = model_out if model_out is not None else ToyMiniMax()
+    if "scheme" in recipe:  # mixin.resolve_quantization_config with targets [Linear]
+        groups = {"group_0": preset_name_to_scheme(recipe["scheme"], ["Linear"])}
+    else:
+        groups = {k: QuantizationScheme.model_validate(v)
+                  for k, v in recipe["config_groups"].items()}
+    cfg = QuantizationConfig(config_groups=groups, ignore=recipe["ignore"],
+                             quantization_status=QuantizationStatus.INITIALIZED)
+    apply_quantization_config(model, cfg, show_progress=False)
+    for m in model.modules():
+        if getattr(m, "quantization_scheme", None) is not None:
+            m.quantization_status = QuantizationStatus.COMPRESSED
+    mc = ModelCompressor.from_pretrained_model(model)
+    with tempfile.TemporaryDirectory() as d:
+        mc.update_config(d)
+        with open(os.path.join(d, "config.json")) as f:
+            qc = json.load(f)["quantization_config"]
+    return qc
+
+
+def main_qconfig():
+    model = ToyMiniMax()
+    tensors = [{"name": k, "shape": list(v.shape)} for k, v in model.state_dict().items()]
+    out = {"generator": "scripts/gen-match-golden.py",
+           "compressed_tensors": compressed_tensors.__version__,
+           "tensors": tensors, "recipes": {}}
+    for name, r in RECIPES.items():
+        qc = quant_config_for(r)
+        out["recipes"][name] = {"recipe": r, "quantization_config": qc,
+                                "dump": json.dumps(qc, indent=2, sort_keys=True)}
+    out["autoround"] = {}
+    for name in ("w4a16", "lm_head_only_ignored"):
+        ver, cfg, dump = autoround_config(ToyMiniMax(), RECIPES[name])
+        out["autoround"][name] = {"version": ver, "config": cfg, "dump": dump}
+    with open(OUT_QC, "w") as f:
+        json.dump(out, f, indent=1, sort_keys=True)
+        f.write("\n")
+    print(f"{OUT_QC}: {len(tensors)} tensors, {len(RECIPES)} recipes")
+
+
 if __name__ == "__main__":
     main()
+    main_qconfig()

@@ -1156,7 +1156,7 @@ json_t *fb_autoround_config_json(const fb_plan *p, const char *ar_version, fb_er
     json_object_set_new(o, "data_type", json_string("int"));
     json_object_set_new(o, "iters", json_integer(0));
     json_object_set_new(o, "model_free", json_true());
-    json_object_set_new(o, "autoround_version", json_string(ar_version ? ar_version : "0.9.0"));
+    json_object_set_new(o, "autoround_version", json_string(ar_version ? ar_version : "0.16.1"));
     // block_name_to_quantize: distinct prefixes before the first numeric component (index > 0)
     char blocks[1024] = "";
     for (size_t i = 0; i < p->n; i++) {

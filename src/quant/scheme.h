@@ -279,7 +279,7 @@ json_t *fb_qargs_to_json(const fb_qargs *a);
 // The plan must be W4A16 (int4 symmetric; group size from the group). extra_config lists the
 // Linear modules the plan keeps (router gates, lm_head, ignored attention), embeddings
 // excluded; block_name_to_quantize is the comma-joined distinct prefixes before the first
-// numeric component of quantized modules ("model.layers"). `ar_version` NULL = "0.9.0".
+// numeric component of quantized modules ("model.layers"). `ar_version` NULL = "0.16.1" (the auto-round release read).
 // Returns NULL with err when the plan is not int4 symmetric W4A16.
 json_t *fb_autoround_config_json(const fb_plan *p, const char *ar_version, fb_err *err);
 
