@@ -193,11 +193,11 @@ static void progress_cb(void *u, int layer, size_t done, size_t total) {
     p->last = now;
     double frac = ((double)layer + (double)done / (double)(total ? total : 1)) / p->n_layers;
     double el = now - p->t0, eta = frac > 0 ? el / frac - el : 0;
-    fprintf(stderr, "\rcalibrate: layer %d/%d  experts %3.0f%%  %.1f tok/s  elapsed %d:%02d  "
-                    "ETA %d:%02d:%02d   ", layer + 1, p->n_layers,
-            100.0 * (double)done / (double)(total ? total : 1),
-            el > 0 ? frac * (double)p->n_layers * (double)p->n_tok / el / p->n_layers : 0.0,
-            (int)el / 60, (int)el % 60, (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
+    double tps = el > 0 ? frac * (double)p->n_layers * (double)p->n_tok / el : 0.0;
+    fprintf(stderr, "\rcalibrate: layer %d/%d  experts %3.0f%%  %.1f tokens/s per layer  "
+                    "elapsed %d:%02d  ETA %d:%02d:%02d   ", layer + 1, p->n_layers,
+            100.0 * (double)done / (double)(total ? total : 1), tps, (int)el / 60, (int)el % 60,
+            (int)eta / 3600, (int)eta / 60 % 60, (int)eta % 60);
     fflush(stderr);
 }
 
