@@ -332,7 +332,7 @@ int main(int argc, char **argv) {
     size_t E = (size_t)cfg.n_experts;
     for (int l = 0; l < n_layers; l++) {
         int smin = 0, smax = 0;
-        float w2max = 0;
+        float w2max = 0, w13max = 0;
         for (size_t e = 0; e < E; e++) {
             size_t i = (size_t)l * E + e;
             if (!st->counts[i]) { json_array_append_new(never, json_pack("{s:i,s:i}", "layer", l, "expert", (int)e)); n_never++; }
@@ -340,10 +340,11 @@ int main(int argc, char **argv) {
             if (s < fb_calib_stats_saliency(st, l, smin)) smin = (int)e;
             if (s > fb_calib_stats_saliency(st, l, smax)) smax = (int)e;
             if (st->w2_absmax[i] > w2max) w2max = st->w2_absmax[i];
+            if (st->w13_absmax[i] > w13max) w13max = st->w13_absmax[i];
         }
         json_array_append_new(layers, json_pack("{s:i,s:f,s:f,s:f,s:f,s:{s:i,s:f},s:{s:i,s:f},s:f,s:f}",
             "layer", l, "qkv_absmax", (double)st->qkv_absmax[l], "o_absmax", (double)st->o_absmax[l],
-            "w13_absmax_max", (double)st->w13_absmax[(size_t)l * E], "w2_absmax_max", (double)w2max,
+            "w13_absmax_max", (double)w13max, "w2_absmax_max", (double)w2max,
             "saliency_min", "expert", smin, "value", fb_calib_stats_saliency(st, l, smin),
             "saliency_max", "expert", smax, "value", fb_calib_stats_saliency(st, l, smax),
             "hidden_norm_mean", st->n_tokens ? st->norm_sum[l] / (double)st->n_tokens : 0.0,
