@@ -1079,7 +1079,9 @@ static void check_ct_transformers_ignores(vctx *v, const ctgroup *g, size_t ng, 
     char nm[256];
     for (long L = 0; L < v->nL; L++) {
         int32_t *m = mod_slot(v, MK_GATE, L, -1);
-        if (!m || m[S_WEIGHT] < 0) continue;
+        int any = 0;
+        for (int s = 0; m && s < NSUF; s++) any |= m[s] >= 0;
+        if (!any) continue;
         vname(nm, sizeof nm, L, "block_sparse_moe.gate");
         if (ct_targeted(g, ng, nm, "Linear") && ign_match_ct(ign, nm, "Linear") < 0)
             fb_vf_add(v->f, "ignore.gate", nm, NULL, NULL, "the router gate is matched by a target and by no ignore entry");
