@@ -131,11 +131,14 @@ def main():
             if v.dtype == torch.float8_e4m3fn:
                 assert not ((v.view(torch.uint8) & 0x7F) == 0x7F).any(), k
     cfg = {"architectures": ["MiniMaxM2ForCausalLM"], "model_type": "minimax_m2", "hidden_size": H,
-           "num_hidden_layers": 2, "num_local_experts": E, "torch_dtype": "bfloat16",
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+           "rotary_dim": 32, "partial_rotary_factor": 0.5, "intermediate_size": I, "num_local_experts": E,
+           "num_experts_per_tok": 1, "scoring_func": "sigmoid", "use_routing_bias": True, "use_qk_norm": True,
+           "qk_norm_type": "per_layer", "rms_norm_eps": 1e-6, "rope_theta": 5000000, "max_position_embeddings": 4096,
+           "tie_word_embeddings": False, "torch_dtype": "bfloat16", "vocab_size": 128,
            "quantization_config": {"quant_method": "fp8", "fmt": "float8_e4m3fn", "activation_scheme": "dynamic",
                                    "weight_block_size": [128, 128],
-                                   "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"]},
-           "vocab_size": 128}
+                                   "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"]}}
     write_ckpt(os.path.join(OUT, "minimax"), shards, cfg)
     save_file(expected, os.path.join(OUT, "minimax_expected.safetensors"), metadata={"format": "pt"})
 

@@ -6,7 +6,8 @@
 #include "common/fb.h"
 
 // Re-opens the finished checkpoint in `dir` with the full reader (every shard header, index
-// <-> shards) and runs the validate-ignore-list rules on it. Returns 0 when it would load,
+// <-> shards) and, for MiniMax-M2 checkpoints (config.json model_type "minimax_m2"), runs the
+// validate-ignore-list rules on it (other architectures: the structural checks only). Returns 0 when it would load,
 // -1 with err listing the first failing findings otherwise.
 int fb_validate_output(const char *dir, fb_err *err);
 
