@@ -479,6 +479,9 @@ static int qscheme_parse(pctx *c, const json_t *o, const char *name, const char 
                 if (other) return pfail(c, p, "format '%s' is not supported by fourbit", fs);
                 return pfail(c, p, "unknown compression format '%s'", fs);
             }
+            if (s->format == FB_FMT_MIXED)
+                return pfail(c, p, "mixed-precision cannot be set as a format for a "
+                                   "QuantizationScheme");
         } else {
             return pfail(c, p, "unknown key '%s' (QuantizationScheme accepts: targets, weights, "
                                "input_activations, output_activations, format)", k);
@@ -934,11 +937,12 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
         if (g < 0) { e->rule = FB_RULE_NOT_TARGETED; continue; }
         const fb_qscheme *s = &cfg->groups[g];
         if (strcmp(e->cls, "Embedding") == 0) {
+            fb_fail(err, "tensor %s: target '%s' of group %s matches the Embedding %s; "
+                         "compressed-tensors would quantize it, fourbit does not write "
+                         "quantized embeddings: add '%s' to ignore",
+                    t[i].name, s->targets[te], s->name, e->module, e->module);
             fb_plan_free(out);
-            return fb_fail(err, "tensor %s: target '%s' of group %s matches the Embedding %s; "
-                                "compressed-tensors would quantize it, fourbit does not write "
-                                "quantized embeddings: add '%s' to ignore",
-                           t[i].name, s->targets[te], s->name, e->module, e->module);
+            return -1;
         }
         if (strcmp(e->cls, "Linear") != 0) { e->rule = FB_RULE_NOT_LINEAR; continue; }
         const char *why;
