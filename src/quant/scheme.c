@@ -848,7 +848,8 @@ char *fb_fused_key(const char *module_name) {
 // ---- the plan ------------------------------------------------------------------------------
 
 static const char *const RULE_TEXT[FB_RULE_COUNT] = {
-    [FB_RULE_NOT_WEIGHT] = "copied: not a module weight (bias, scale, buffer)",
+    [FB_RULE_NOT_WEIGHT] = "not a module weight (bias, buffer, scale): copied, except the FP8 "
+                           "weight_scale_inv of a dequantized weight",
     [FB_RULE_NO_CLASS] = "kept: weight of no quantizable module class",
     [FB_RULE_IGNORED] = "kept: matches an ignore entry",
     [FB_RULE_NOT_TARGETED] = "kept: no target matches",

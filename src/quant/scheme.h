@@ -182,7 +182,8 @@ typedef struct fb_tensor_desc {
 
 // Why a tensor is quantized or kept: one rule of the predicate each (fb_plan_rule_text).
 typedef enum fb_plan_rule {
-    FB_RULE_NOT_WEIGHT = 0,    // not "<module>.weight": bias, scale, buffer -> copied
+    FB_RULE_NOT_WEIGHT = 0,    // not "<module>.weight": bias, scale, buffer -> copied (a
+                               // writer drops the weight_scale_inv of FP8 weights it dequantizes)
     FB_RULE_NO_CLASS,          // a weight of no known module class (1-D non-norm, 3-D) -> kept
     FB_RULE_IGNORED,           // an ignore entry matches the module -> kept
     FB_RULE_NOT_TARGETED,      // no target of any group matches -> kept
@@ -279,7 +280,9 @@ json_t *fb_qargs_to_json(const fb_qargs *a);
 // The plan must be W4A16 (int4 symmetric; group size from the group). extra_config lists the
 // Linear modules the plan keeps (router gates, lm_head, ignored attention), embeddings
 // excluded; block_name_to_quantize is the comma-joined distinct prefixes before the first
-// numeric component of quantized modules ("model.layers"). `ar_version` NULL = "0.16.1" (the auto-round release read).
+// numeric component of quantized modules ("model.layers"). `ar_version` NULL = "0.16.1" (the
+// auto-round release read). Key order is auto-round's (json.dump without sort_keys): dump
+// with JSON_INDENT(2) and no JSON_SORT_KEYS to get its bytes.
 // Returns NULL with err when the plan is not int4 symmetric W4A16.
 json_t *fb_autoround_config_json(const fb_plan *p, const char *ar_version, fb_err *err);
 
