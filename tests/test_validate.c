@@ -15,6 +15,7 @@
 #include "test.h"
 
 #include "common/fb.h"
+#include "io/recipe.h"
 #include "io/safetensors.h"
 #include "quant/formats.h"
 #include "quant/validate.h"
@@ -675,6 +676,56 @@ int main(void) {
               "recipe without the gate ignore predicts the router KeyError");
         fb_findings_free(&r.f);
         json_decref(good);
+
+        // llm-compressor YAML recipes through fb_recipe_load and the tool's --recipe
+        static const struct {
+            const char *what, *yaml, *rule, *text;
+            int rc;
+        } RC[] = {
+            {"recipe: NVFP4, gate ignored", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+             "      targets: [Linear]\n      scheme: NVFP4\n      ignore: [lm_head, 're:.*block_sparse_moe\\.gate$']\n",
+             NULL, NULL, 0},
+            {"recipe: W4A16, gate ignored", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+             "      targets: [Linear]\n      scheme: W4A16\n      ignore: [lm_head, 're:.*block_sparse_moe\\.gate$']\n",
+             NULL, NULL, 0},
+            {"recipe: gate not ignored", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+             "      targets: [Linear]\n      scheme: NVFP4\n      ignore: [lm_head]\n",
+             "router.quantized", "KeyError: 'layers.0.block_sparse_moe.gate.weight_", 1},
+            {"recipe: regex without $", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+             "      targets: [Linear]\n      scheme: NVFP4A16\n      ignore: [lm_head, 're:.*gate']\n",
+             "ignore.regex-overmatch", "mlp.experts.0.gate_proj", 1},
+            {"recipe: q_proj alone ignored", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+             "      targets: [Linear]\n      scheme: NVFP4\n      ignore: [lm_head, 're:.*block_sparse_moe\\.gate$', 're:.*q_proj$']\n",
+             "recipe.unwritable", NULL, 1},
+        };
+        for (size_t i = 0; i < sizeof RC / sizeof RC[0]; i++) {
+            char rp[400];
+            snprintf(rp, sizeof rp, "%s/recipe%zu.yaml", g_tmp, i);
+            FILE *fp = fopen(rp, "w");
+            REQUIRE(fp, "write %s", rp);
+            fputs(RC[i].yaml, fp);
+            fclose(fp);
+            fb_recipe rec;
+            REQUIRE(fb_recipe_load(rp, &rec, &e) == 0, "%s: %s", RC[i].what, e.msg);
+            fb_findings_init(&r.f);
+            CHECK(fb_validate_recipe(c, &rec, NULL, &r.f, &nq, &nk, &e) == 0, "%s: %s", RC[i].what, e.msg);
+            if (RC[i].rule) {
+                const fb_finding *y = fb_findings_get(&r.f, RC[i].rule);
+                CHECK(y != NULL, "%s: rule %s did not fire", RC[i].what, RC[i].rule);
+                if (y && RC[i].text)
+                    CHECK(strstr(y->message, RC[i].text) || strstr(y->consequence, RC[i].text) || strstr(y->where, RC[i].text),
+                          "%s: \"%s\" not in \"%s\" / \"%s\"", RC[i].what, RC[i].text, y->message, y->consequence);
+            } else {
+                CHECK(r.f.n_errors == 0, "%s: %zu errors", RC[i].what, r.f.n_errors);
+            }
+            if (t_fail_) fb_findings_print(&r.f, RC[i].what, 0, stderr);
+            fb_findings_free(&r.f);
+            fb_recipe_free(&rec);
+            char cmd[900];
+            snprintf(cmd, sizeof cmd, "%s --quiet --recipe '%s' '%s'", g_bin, rp, r.dir);
+            int st = system(cmd);
+            CHECK(WIFEXITED(st) && WEXITSTATUS(st) == RC[i].rc, "%s: tool exit %d, want %d", RC[i].what, WEXITSTATUS(st), RC[i].rc);
+        }
         fb_ckpt_close(c);
     }
 

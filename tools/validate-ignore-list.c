@@ -6,6 +6,7 @@
 #include "common/cli.h"
 #include "common/fb.h"
 #include "io/checkpoint.h"
+#include "io/recipe.h"
 #include "quant/validate.h"
 
 static const char *TOOL = "validate-ignore-list";
@@ -20,7 +21,7 @@ int main(int argc, char **argv) {
         {"metadata-only", 0, FB_OPT_FLAG, &meta, NULL, "do not read any tensor bytes (skips the global-scale value rules)", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "print nothing; the exit status is the verdict", 0, 0},
         {"recipe", 0, FB_OPT_STR, &recipe, "R",
-         "preview: check what recipe R (a quantization_config JSON) would write from SRC", 0, 0},
+         "preview: check what recipe R (llm-compressor YAML, or a quantization_config .json) would write from SRC", 0, 0},
         {0},
     };
     const char *pos[2];
@@ -53,30 +54,42 @@ int main(int argc, char **argv) {
     double t0 = fb_now();
     char label[1024];
     if (recipe) {
-        json_error_t je;
-        json_t *r = json_load_file(recipe, 0, &je);
-        if (!r) {
-            fprintf(stderr, "%s: %s: line %d: %s\n", TOOL, recipe, je.line, je.text);
-            return 2;
-        }
-        json_t *qc = json_object_get(r, "quantization_config");
-        if (!qc) qc = r;
         fb_ckpt *c = NULL;
         if (fb_ckpt_open(pos[0], &c, &err) != 0) {
             fprintf(stderr, "%s: %s\n", TOOL, err.msg);
-            json_decref(r);
             return 1;
         }
         size_t nq = 0, nk = 0;
-        rc = fb_validate_preview(c, qc, &vo, &f, &nq, &nk, &err);
+        size_t rl = strlen(recipe);
+        if (rl > 5 && !strcmp(recipe + rl - 5, ".json")) {
+            // a quantization_config (or a config.json holding one)
+            json_error_t je;
+            json_t *r = json_load_file(recipe, 0, &je);
+            if (!r) {
+                fprintf(stderr, "%s: %s: line %d: %s\n", TOOL, recipe, je.line, je.text);
+                fb_ckpt_close(c);
+                return 2;
+            }
+            json_t *qc = json_object_get(r, "quantization_config");
+            rc = fb_validate_preview(c, qc ? qc : r, &vo, &f, &nq, &nk, &err);
+            json_decref(r);
+        } else {
+            fb_recipe rec;
+            if (fb_recipe_load(recipe, &rec, &err) != 0) {
+                fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+                fb_ckpt_close(c);
+                return 1;
+            }
+            rc = fb_validate_recipe(c, &rec, &vo, &f, &nq, &nk, &err);
+            fb_recipe_free(&rec);
+        }
         fb_ckpt_close(c);
-        json_decref(r);
         if (rc != 0) {
             fprintf(stderr, "%s: %s\n", TOOL, err.msg);
             fb_findings_free(&f);
             return 1;
         }
-        snprintf(label, sizeof label, "%s + %s (preview: %zu modules quantized, %zu kept)", pos[0], recipe, nq, nk);
+        snprintf(label, sizeof label, "%s + %s (preview: %zu Linear modules quantized, %zu kept)", pos[0], recipe, nq, nk);
     } else {
         if (fb_validate_dir(pos[0], &vo, &f, &err) != 0) {
             fprintf(stderr, "%s: %s\n", TOOL, err.msg);

@@ -126,6 +126,8 @@ static const vrule RULES[] = {
     {"value.block-scale", E, "Marlin requires block scales >= 0 and finite; NaN scales give NaN outputs",
      "recompute the block scales"},
     {"value.nonfinite", E, "NaN/Inf weights propagate to every output", "re-export the tensor from a clean source"},
+    {"recipe.unwritable", E, "the quantizer refuses the recipe (nothing would be written)",
+     "change the recipe as the message says"},
     {"gptq.config", E, "vLLM's GPTQ/AutoRound loader rejects or misreads the config",
      "write bits 4, group_size, sym and packing_format as AutoRound does (spec/autoround-reap-modelopt.md §A.4)"},
 };

@@ -122,18 +122,29 @@ typedef struct fb_vinput {
     const fb_vtensor *tensors;
     const char *const *extra_files; // other file names in the directory (remote code), or NULL
     size_t n_extra_files;
+    const char *const *extra_ignore;// recipe ignore entries to check like the config's (preview)
+    size_t n_extra_ignore;
 } fb_vinput;
 
 // The whole pass over an explicit description. fb_validate_ckpt is a wrapper around it.
 int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *out, fb_err *err);
 
-// Recipe preview (validate-ignore-list --recipe R SRC): given the quantization_config a
-// quantizer would write (compressed-tensors form: config_groups, ignore, format) and the
-// source checkpoint, predicts the output tensor set (every Linear .weight that a target
-// matches and no ignore entry matches becomes the scheme's tensors, the model-free way of
-// spec/compressed-tensors.md §9; an FP8-block source's weight_scale_inv disappears) and runs
-// the same rules on it. *quantized and *kept (optional) receive how many modules the recipe
-// would quantize and keep. Value rules are skipped (the values do not exist yet).
+// Recipe preview (validate-ignore-list --recipe R SRC): builds the quantization plan of
+// src/quant/scheme.h (the single quantize/keep predicate every writer uses) for the recipe
+// on the source checkpoint, predicts the output tensor set (each quantized Linear's .weight
+// becomes its scheme's tensors; an FP8-block source's weight_scale_inv disappears and its
+// FP8 weights become BF16) and the config.json a writer produces (the source's, with
+// quantization_config = fb_qconfig_to_json(plan)), and runs the same rules on it; the
+// recipe's own ignore entries are checked too (regexes without $, entries reaching experts).
+// A recipe the plan refuses (split q/k/v, unsupported scheme, bad group size) is a finding
+// [recipe.unwritable]. *quantized / *kept (optional) receive how many Linear modules the
+// recipe quantizes and keeps. Value rules are skipped (the values do not exist yet).
+struct fb_recipe;
+int fb_validate_recipe(const fb_ckpt *src, const struct fb_recipe *r, const fb_validate_opts *o,
+                       fb_findings *out, size_t *quantized, size_t *kept, fb_err *err);
+
+// The same for a quantization_config given as JSON (compressed-tensors form, e.g. taken
+// from another checkpoint's config.json); it is parsed with fb_qconfig_from_json.
 int fb_validate_preview(const fb_ckpt *src, const json_t *quantization_config,
                         const fb_validate_opts *o, fb_findings *out, size_t *quantized,
                         size_t *kept, fb_err *err);

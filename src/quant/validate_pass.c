@@ -1527,6 +1527,18 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         }
     }
 
+    // The recipe's own ignore entries (preview): a regex lacking $ or reaching an expert is
+    // caught before anything is written, even though the output lists expanded names.
+    if (in->n_extra_ignore) {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < in->n_extra_ignore; i++) json_array_append_new(arr, json_string(in->extra_ignore[i]));
+        ignlist ri;
+        ign_build(v, arr, "recipe.ignore", &ri);
+        check_ignore_entries(v, &ri);
+        ign_free(&ri);
+        json_decref(arr);
+    }
+
     // 3. every tensor: lands in a parameter, right dtype and shape
     char cons[1400], msg[256];
     for (size_t i = 0; i < in->n; i++) {
@@ -1731,157 +1743,5 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     ign_free(&ign);
     free(v->pn); free(v->top); free(v->lay); free(v->exp);
     free(v->sc_qkv); free(v->sc_o); free(v->sc_moe);
-    return rc;
-}
-
-// ---- recipe preview --------------------------------------------------------------------------
-//
-// Predicts the output of a compressed-tensors quantizer (model-free semantics,
-// spec/compressed-tensors.md §9: "<module>.weight" 2-D tensors of Linear modules, matched by a
-// target and by no ignore entry, become the group's tensors; an FP8-block source is
-// dequantized first) and validates that. Until the plan of src/quant/scheme.h is wired in,
-// this is the validator's own, independent reading of the same rules.
-
-typedef struct pv_tensor {
-    fb_vtensor vt;
-    char *name;
-} pv_tensor;
-
-static void pv_add(pv_tensor **a, size_t *n, size_t *cap, const char *name, fb_dtype dt, int ndim, const int64_t *shape) {
-    if (*n == *cap) {
-        *cap = *cap ? *cap * 2 : 256;
-        *a = fb_realloc(*a, *cap * sizeof **a);
-    }
-    pv_tensor *t = &(*a)[(*n)++];
-    memset(t, 0, sizeof *t);
-    t->name = fb_strdup(name);
-    t->vt.dtype = dt;
-    t->vt.ndim = ndim;
-    for (int i = 0; i < ndim; i++) t->vt.shape[i] = shape[i];
-}
-
-int fb_validate_preview(const fb_ckpt *src, const json_t *qc, const fb_validate_opts *o, fb_findings *out,
-                        size_t *quantized, size_t *kept, fb_err *err) {
-    if (!json_is_object(qc)) return fb_fail(err, "recipe preview: quantization_config is not a JSON object");
-    // Parse the groups with the validator's own schema checks (findings go to `out`).
-    vctx V;
-    memset(&V, 0, sizeof V);
-    V.f = out;
-    const json_t *cg = json_object_get(qc, "config_groups");
-    size_t ng = json_is_object(cg) ? json_object_size(cg) : 0;
-    ctgroup *g = fb_calloc(ng ? ng : 1, sizeof *g);
-    const char *k;
-    json_t *x;
-    size_t gi = 0;
-    json_object_foreach((json_t *)cg, k, x) {
-        ctgroup *G = &g[gi++];
-        G->name = k;
-        G->scheme = SC_SKIP;
-        char path[300];
-        snprintf(path, sizeof path, "recipe.config_groups.%s", k);
-        if (json_is_array(x)) {
-            ign_build(&V, x, path, &G->targets);
-            if (!strcasecmp(k, "NVFP4")) G->scheme = SC_CT_NVFP4;
-            else if (!strcasecmp(k, "NVFP4A16")) G->scheme = SC_CT_NVFP4A16;
-            else if (!strcasecmp(k, "W4A16")) { G->scheme = SC_CT_WNA16; G->w.group_size = 128; G->w.num_bits = 4; }
-            continue;
-        }
-        if (!json_is_object(x)) continue;
-        ign_build(&V, json_object_get(x, "targets"), path, &G->targets);
-        char sub[340];
-        snprintf(sub, sizeof sub, "%s.weights", path);
-        // schema findings are reported by the full pass on the predicted config; parse quietly here
-        fb_findings tmp;
-        fb_findings_init(&tmp);
-        V.f = &tmp;
-        ct_args(&V, json_object_get(x, "weights"), sub, &G->w);
-        ct_args(&V, json_object_get(x, "input_activations"), sub, &G->in);
-        V.f = out;
-        fb_findings_free(&tmp);
-        if (is_nvfp4(&G->w)) G->scheme = G->in.present ? SC_CT_NVFP4 : SC_CT_NVFP4A16;
-        else if (G->w.present && !G->w.is_float && G->w.num_bits == 4) G->scheme = SC_CT_WNA16;
-    }
-    ignlist ign;
-    {
-        fb_findings tmp;
-        fb_findings_init(&tmp);
-        V.f = &tmp;
-        ign_build(&V, json_object_get(qc, "ignore"), "recipe.ignore", &ign);
-        V.f = out;
-        fb_findings_free(&tmp);
-    }
-    pv_tensor *a = NULL;
-    size_t n = 0, cap = 0, nq = 0, nk = 0;
-    for (size_t i = 0; i < src->n_tensors; i++) {
-        const fb_st_tensor *t = src->tensors[i].t;
-        size_t len = strlen(t->name);
-        if (len > 17 && !strcmp(t->name + len - 17, ".weight_scale_inv")) continue;  // FP8 source: dequantized
-        fb_dtype dt = t->dtype == FB_F8_E4M3 ? FB_BF16 : t->dtype;
-        char *mod = fb_module_name(t->name);
-        const char *cls = mod ? fb_module_class(t->name, t->ndim) : NULL;
-        int grp = -1;
-        if (mod && cls && !strcmp(cls, "Linear") && t->ndim == 2 && ign_match_ct(&ign, mod, cls) < 0) {
-            for (size_t j = 0; j < ng && grp < 0; j++)
-                if (ign_match_ct(&g[j].targets, mod, cls) >= 0) grp = (int)j;
-        }
-        if (mod && cls && !strcmp(cls, "Linear") && t->ndim == 2) {
-            if (grp >= 0 && g[grp].scheme != SC_SKIP) nq++;
-            else nk++;
-        }
-        if (grp < 0 || g[grp].scheme == SC_SKIP) {
-            pv_add(&a, &n, &cap, t->name, dt, t->ndim, t->shape);
-            free(mod);
-            continue;
-        }
-        int64_t O = t->shape[0], I = t->shape[1];
-        char nm[1024];
-        int sc = g[grp].scheme;
-        if (sc == SC_CT_NVFP4 || sc == SC_CT_NVFP4A16) {
-            int64_t s1[2] = {O, I / 2}, s2[2] = {O, I / 16}, one[1] = {1};
-            snprintf(nm, sizeof nm, "%s.weight_packed", mod); pv_add(&a, &n, &cap, nm, FB_U8, 2, s1);
-            snprintf(nm, sizeof nm, "%s.weight_scale", mod); pv_add(&a, &n, &cap, nm, FB_F8_E4M3, 2, s2);
-            snprintf(nm, sizeof nm, "%s.weight_global_scale", mod); pv_add(&a, &n, &cap, nm, FB_F32, 1, one);
-            if (sc == SC_CT_NVFP4) { snprintf(nm, sizeof nm, "%s.input_global_scale", mod); pv_add(&a, &n, &cap, nm, FB_F32, 1, one); }
-        } else {
-            long gsz = g[grp].w.group_size > 0 ? g[grp].w.group_size : 128;
-            int64_t s1[2] = {O, (I + 7) / 8}, s2[2] = {O, g[grp].w.group_size == -1 ? 1 : (I + gsz - 1) / gsz}, two[1] = {2};
-            snprintf(nm, sizeof nm, "%s.weight_packed", mod); pv_add(&a, &n, &cap, nm, FB_I32, 2, s1);
-            snprintf(nm, sizeof nm, "%s.weight_scale", mod); pv_add(&a, &n, &cap, nm, FB_BF16, 2, s2);
-            snprintf(nm, sizeof nm, "%s.weight_shape", mod); pv_add(&a, &n, &cap, nm, FB_I64, 1, two);
-        }
-        free(mod);
-    }
-    // The predicted config.json: the source's, with quantization_config replaced wholesale.
-    json_t *cfg = src->config ? json_deep_copy(src->config) : json_object();
-    json_t *q2 = json_deep_copy(qc);
-    if (!json_object_get(q2, "quant_method")) json_object_set_new(q2, "quant_method", json_string("compressed-tensors"));
-    if (!json_object_get(q2, "quantization_status")) json_object_set_new(q2, "quantization_status", json_string("compressed"));
-    json_object_set_new(cfg, "quantization_config", q2);
-    fb_vtensor *vt = fb_calloc(n ? n : 1, sizeof *vt);
-    for (size_t i = 0; i < n; i++) { vt[i] = a[i].vt; vt[i].name = a[i].name; }
-    fb_vinput in = {0};
-    in.label = "recipe preview";
-    in.config = cfg;
-    in.n = n;
-    in.tensors = vt;
-    fb_validate_opts o2 = o ? *o : (fb_validate_opts){0};
-    o2.deep = 0;
-    o2.no_values = 1;
-    int rc = fb_validate(&in, &o2, out, err);
-    if (out->kind) {
-        char buf[300];
-        snprintf(buf, sizeof buf, "recipe preview: %s", out->kind);
-        free(out->kind);
-        out->kind = fb_strdup(buf);
-    }
-    for (size_t i = 0; i < n; i++) free(a[i].name);
-    free(a);
-    free(vt);
-    json_decref(cfg);
-    for (size_t i = 0; i < ng; i++) ign_free(&g[i].targets);
-    free(g);
-    ign_free(&ign);
-    if (quantized) *quantized = nq;
-    if (kept) *kept = nk;
     return rc;
 }
