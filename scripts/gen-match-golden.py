@@ -120,6 +120,8 @@ RAW = [
     (r"\bgate\b", "gate_proj"), (r"\bgate\b", "gate.x"), (r"(?s)a.c", "a\nc"),
     (r"^abc$", "abc"), (r"a$|b", "b"), (r"\v", "\x0b"), (r"\v", "\n"), (r"[\v]", "\x0b"),
     (r"\s", "\u00a0"), (r"a\$", "a$"), (r".*\.gate$", "m.gate"), (r"(?m)^b", "a\nb"),
+    (r".*mlp.gate", "m.mlp.gate_proj"), (r".*mlp.gate", "m.mlp.gate"), (r"abc$", "abc\n"),
+    (r"a|ab", "ab"), (r"(?:a|ab)", "ab"),
 ]
 
 
@@ -138,7 +140,8 @@ def main():
             sys.exit(f"expected {ent!r} to be rejected by Python re")
         except re.error as e:
             bad.append({"entry": ent, "python_error": str(e)})
-    raw = [{"pattern": p, "subject": s, "match": re.match(p, s) is not None} for p, s in RAW]
+    raw = [{"pattern": p, "subject": s, "match": re.match(p, s) is not None,
+            "fullmatch": re.fullmatch(p, s) is not None} for p, s in RAW]
     # match_targets: the first element is the scheme llm-compressor picks
     lists = [
         ["Linear", r"re:.*self_attn\..*", "model.layers.0.self_attn.q_proj"],

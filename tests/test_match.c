@@ -59,6 +59,10 @@ static void test_raw(json_t *doc) {
         int got = fb_regex_match(t, jstr(c, "subject"));
         CHECK(got == want, "re.match(%s, subject %zu) want %d got %d", jstr(c, "pattern"), i,
               want, got);
+        int wantf = json_is_true(json_object_get(c, "fullmatch"));
+        int gotf = fb_regex_fullmatch(t, jstr(c, "subject"));
+        CHECK(gotf == wantf, "re.fullmatch(%s, subject %zu) want %d got %d", jstr(c, "pattern"),
+              i, wantf, gotf);
         fb_target_free(t);
     }
 }

@@ -249,6 +249,16 @@ int fb_regex_match(const fb_target *t, const char *s) {
     return rc >= 0;  // PCRE2_ERROR_NOMATCH or an error (e.g. invalid UTF-8): no match
 }
 
+int fb_regex_fullmatch(const fb_target *t, const char *s) {
+    FB_ASSERT(t->re);
+    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
+    FB_ASSERT(md);
+    int rc = pcre2_match(t->re, (PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0,
+                         PCRE2_ANCHORED | PCRE2_ENDANCHORED, md, NULL);
+    pcre2_match_data_free(md);
+    return rc >= 0;
+}
+
 int fb_target_matches_name(const fb_target *t, const char *module_name) {
     if (t->re) return fb_regex_match(t, module_name);
     return strcmp(t->text, module_name) == 0;

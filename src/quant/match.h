@@ -58,6 +58,11 @@ int fb_target_matches_class(const fb_target *t, const char *class_name);
 // be a regex (FB_ASSERT).
 int fb_regex_match(const fb_target *t, const char *s);
 
+// Python re.fullmatch(pattern, s): the match must also end at the end of s (PCRE2
+// ENDANCHORED; a pattern's own "$" before a final newline does not count). For checking what
+// a regex lacking "$" would match if it had one.
+int fb_regex_fullmatch(const fb_target *t, const char *s);
+
 // Like fb_target_list_match, but picks the most specific matching entry as
 // compressed_tensors.match_targets orders them: exact name (rank 0) before regex (rank 1)
 // before class name (rank 2); among equals, the smallest string (match_targets sorts the
