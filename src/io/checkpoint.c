@@ -579,6 +579,9 @@ uint64_t fb_cw_shard_file_bytes(const fb_cw *w, int s) {
     return 8 + w->shards[s].header_len + w->shards[s].data_bytes;
 }
 
+int fb_cw_shard_skipped(const fb_cw *w, int s) { return w->shards[s].state == 3; }
+uint64_t fb_cw_tensor_bytes(const fb_cw *w, int idx) { return w->t[idx].nbytes; }
+
 char *fb_cw_path(const fb_cw *w, const char *name) { return fb_path_join(w->staging, name); }
 const char *fb_cw_staging_dir(const fb_cw *w) { return w->staging; }
 

@@ -107,6 +107,13 @@ uint64_t fb_cw_shard_file_bytes(const fb_cw *w, int shard);
 // 1 when it was verified from a previous run (resume) and must be skipped, -1 on error.
 int fb_cw_shard_begin(fb_cw *w, int shard, fb_err *err);
 
+// 1 when a shard was verified from a killed run (fb_cw_shard_begin returned 1): its tensors
+// must not be written again.
+int fb_cw_shard_skipped(const fb_cw *w, int shard);
+
+// Output bytes of tensor idx.
+uint64_t fb_cw_tensor_bytes(const fb_cw *w, int idx);
+
 // Writes n bytes at byte `off` of output tensor idx. Thread-safe; any order. Its shard must
 // have been begun.
 int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_err *err);

@@ -1,0 +1,701 @@
+// quantize.c: see quantize.h.
+#include "quant/quantize.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "calib/stats.h"
+#include "common/pool.h"
+#include "common/progress.h"
+#include "common/strmap.h"
+#include "io/checkpoint.h"
+#include "io/recipe.h"
+#include "quant/formats.h"
+#include "quant/nvfp4.h"
+#include "quant/scheme.h"
+#include "quant/source.h"
+#include "quant/validate_hook.h"
+#include "quant/w4a16.h"
+
+#define COPY_CHUNK (4u << 20)   // bytes per work item when copying / dequantizing kept tensors
+#define QROWS_BYTES (2u << 20)  // f32 bytes of weight rows read at a time while quantizing
+#define MAX_FUSED 4
+#define MAX_OUTS 4
+
+// ---- the output description -----------------------------------------------------------
+
+typedef struct out_decl {
+    char *name;
+    uint64_t nbytes;
+} out_decl;
+
+typedef struct member {
+    size_t src;              // source tensor index
+    size_t plan;             // plan entry
+    int n_out;
+    int out[MAX_OUTS];       // writer indices (packed, scale, global/shape/qzeros, input gs)
+    float igs;               // input_global_scale (W4A4)
+} member;
+
+enum { IT_COPY = 0, IT_QUANT = 1 };
+
+typedef struct item {
+    int type;
+    // copy
+    size_t src;
+    int out, fp8, last;      // last: the final chunk of its tensor
+    uint64_t r0, nrows, off, n;
+    // quant
+    fb_qkind qk;
+    size_t group_size;
+    int nm;
+    member m[MAX_FUSED];
+    // results (compute -> commit)
+    void *res[MAX_FUSED][MAX_OUTS];
+    size_t res_len[MAX_FUSED][MAX_OUTS];
+    int skip;                // every output lies in a resumed shard
+} item;
+
+typedef struct job {
+    const fb_quantize_opts *o;
+    fb_source *s;
+    fb_cw *w;
+    item *items;
+    size_t n_items;
+    float **scales;          // per source FP8 weight, loaded lazily per item (compute)
+    void **raw;              // per thread: raw read scratch
+    float **rows;            // per thread: f32 rows
+    size_t raw_cap, rows_cap;
+    int *pending;            // per shard: output tensors not yet complete
+    fb_progress *prog;
+    uint64_t quantized_elems;
+} job;
+
+static const char *src_path(const fb_source *s, size_t i) { return s->ck->files[s->ck->tensors[i].file]->path; }
+static const char *src_name(const fb_source *s, size_t i) { return s->ck->tensors[i].t->name; }
+
+// ---- compute ----------------------------------------------------------------------------
+
+static int load_scale(job *j, size_t src, float **out, fb_err *err) {
+    *out = NULL;
+    if (j->s->role[src] != FB_SRC_FP8_WEIGHT) return 0;
+    return fb_source_load_scale(j->s, src, out, err);
+}
+
+static int check_finite_rows(job *j, size_t src, const float *x, uint64_t r0, size_t nrows, size_t cols, fb_err *err) {
+    int64_t at = fb_find_nonfinite(FB_F32, x, nrows * cols, 1);
+    if (at < 0) return 0;
+    return fb_fail(err, "%s: tensor %s: %s at [%llu, %llu]; refusing to quantize it", src_path(j->s, src),
+                   src_name(j->s, src), isnan(x[at]) ? "NaN" : "Inf", (unsigned long long)(r0 + (uint64_t)at / cols),
+                   (unsigned long long)((uint64_t)at % cols));
+}
+
+static size_t rows_per_pass(size_t cols) {
+    size_t r = QROWS_BYTES / (cols * 4);
+    return r ? r : 1;
+}
+
+static int compute_quant(job *j, item *it, int tid, fb_err *err) {
+    float *rows = j->rows[tid];
+    void *raw = j->raw[tid];
+    float *scale[MAX_FUSED] = {0};
+    int rc = 0;
+    for (int k = 0; k < it->nm && !rc; k++) rc = load_scale(j, it->m[k].src, &scale[k], err);
+    float g = 1.0f;
+    if (!rc && (it->qk == FB_QK_NVFP4 || it->qk == FB_QK_NVFP4A16)) {
+        // Pass 1: amax of every member; the fused set shares the global scale of the largest.
+        float amax[MAX_FUSED];
+        for (int k = 0; k < it->nm && !rc; k++) {
+            const fb_st_tensor *t = j->s->ck->tensors[it->m[k].src].t;
+            size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1], per = rows_per_pass(C);
+            float a = 0;
+            for (size_t r = 0; r < R && !rc; r += per) {
+                size_t nr = R - r < per ? R - r : per;
+                rc = fb_source_read_rows_f32(j->s, it->m[k].src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
+                if (!rc) rc = check_finite_rows(j, it->m[k].src, rows, r, nr, C, err);
+                if (!rc) {
+                    float b = fb_nvfp4_absmax(rows, nr * C);
+                    if (b > a) a = b;
+                }
+            }
+            amax[k] = a;
+        }
+        if (!rc) g = fb_nvfp4_fused_global_scale(amax, (size_t)it->nm);
+    }
+    // Pass 2: quantize each member into whole-tensor output buffers.
+    for (int k = 0; k < it->nm && !rc; k++) {
+        member *m = &it->m[k];
+        const fb_st_tensor *t = j->s->ck->tensors[m->src].t;
+        size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1], per = rows_per_pass(C), G = it->group_size;
+        switch (it->qk) {
+        case FB_QK_NVFP4: case FB_QK_NVFP4A16:
+            it->res_len[k][0] = R * C / 2;
+            it->res_len[k][1] = R * C / 16;
+            it->res_len[k][2] = 4;
+            it->res_len[k][3] = it->qk == FB_QK_NVFP4 ? 4 : 0;
+            break;
+        default:
+            if (j->o->format == FB_QOUT_AUTOROUND) {
+                it->res_len[k][0] = C / 8 * R * 4;          // qweight [C/8, R]
+                it->res_len[k][1] = C / G * ((R + 7) / 8) * 4;  // qzeros [C/G, ceil(R/8)]
+                it->res_len[k][2] = C / G * R * 2;          // scales [C/G, R] f16
+            } else {
+                it->res_len[k][0] = R * (C / 8) * 4;        // weight_packed [R, C/8]
+                it->res_len[k][1] = R * (C / G) * 2;        // weight_scale [R, C/G] bf16
+                it->res_len[k][2] = 16;                     // weight_shape i64 [2]
+            }
+            it->res_len[k][3] = 0;
+        }
+        for (int q = 0; q < MAX_OUTS; q++) it->res[k][q] = it->res_len[k][q] ? fb_malloc(it->res_len[k][q]) : NULL;
+        int pass1_done = it->qk == FB_QK_NVFP4 || it->qk == FB_QK_NVFP4A16;
+        for (size_t r = 0; r < R && !rc; r += per) {
+            size_t nr = R - r < per ? R - r : per;
+            rc = fb_source_read_rows_f32(j->s, m->src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
+            if (!rc && !pass1_done) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
+            if (rc) break;
+            switch (it->qk) {
+            case FB_QK_NVFP4: case FB_QK_NVFP4A16:
+                fb_nvfp4_quantize_rows(rows, nr, C, g, (uint8_t *)it->res[k][0] + r * C / 2,
+                                       (uint8_t *)it->res[k][1] + r * C / 16);
+                break;
+            default:
+                if (j->o->format == FB_QOUT_AUTOROUND)
+                    fb_autoround_quantize_rows(rows, nr, C, G, r, R, it->res[k][0], it->res[k][2]);
+                else
+                    fb_w4a16_quantize_rows(rows, nr, C, G, (int32_t *)it->res[k][0] + r * (C / 8),
+                                           (uint16_t *)it->res[k][1] + r * (C / G));
+            }
+        }
+        if (rc) break;
+        if (it->qk == FB_QK_NVFP4 || it->qk == FB_QK_NVFP4A16) {
+            memcpy(it->res[k][2], &g, 4);
+            if (it->qk == FB_QK_NVFP4) memcpy(it->res[k][3], &m->igs, 4);
+        } else if (j->o->format == FB_QOUT_AUTOROUND) {
+            fb_autoround_qzeros(C, R, G, 1, it->res[k][1]);
+        } else {
+            int64_t shp[2] = {(int64_t)R, (int64_t)C};
+            memcpy(it->res[k][2], shp, 16);
+        }
+        fb_st_release(fb_ckpt_file(j->s->ck, &j->s->ck->tensors[m->src]), t->offset, t->nbytes);
+    }
+    for (int k = 0; k < it->nm; k++) free(scale[k]);
+    return rc;
+}
+
+static int compute(void *ctx, size_t idx, int tid, fb_err *err) {
+    job *j = ctx;
+    item *it = &j->items[idx];
+    if (it->skip) return 0;
+    if (it->type == IT_QUANT) return compute_quant(j, it, tid, err);
+    if (it->fp8) {
+        float *sc;
+        if (fb_source_load_scale(j->s, it->src, &sc, err)) return -1;
+        int rc = fb_source_read_rows_bf16(j->s, it->src, sc, it->r0, it->nrows, (uint16_t *)j->rows[tid], j->raw[tid],
+                                          j->o->allow_nan, err);
+        free(sc);
+        return rc;
+    }
+    const fb_ckpt_tensor *ct = &j->s->ck->tensors[it->src];
+    const fb_st_file *f = fb_ckpt_file(j->s->ck, ct);
+    if (fb_st_read(f, ct->t, it->off, j->rows[tid], it->n, err)) return -1;
+    fb_st_release(f, ct->t->offset + it->off, it->n);
+    return 0;
+}
+
+static int tensor_done(job *j, int out, fb_err *err) {
+    int sh = fb_cw_tensor_shard(j->w, out);
+    if (--j->pending[sh] == 0) return fb_cw_shard_end(j->w, sh, err);
+    return 0;
+}
+
+static int commit(void *ctx, size_t idx, int tid, fb_err *err) {
+    job *j = ctx;
+    item *it = &j->items[idx];
+    int rc = 0;
+    if (it->type == IT_COPY) {
+        if (!it->skip) rc = fb_cw_write(j->w, it->out, it->off, j->rows[tid], it->n, err);
+        if (!rc && it->last) rc = tensor_done(j, it->out, err);
+        fb_progress_add(j->prog, it->n, it->last ? 1 : 0);
+        return rc;
+    }
+    for (int k = 0; k < it->nm && !rc; k++) {
+        member *m = &it->m[k];
+        for (int q = 0; q < m->n_out && !rc; q++) {
+            int sh = fb_cw_tensor_shard(j->w, m->out[q]);
+            if (!it->skip && !fb_cw_shard_skipped(j->w, sh))
+                rc = fb_cw_write(j->w, m->out[q], 0, it->res[k][q], it->res_len[k][q], err);
+            if (!rc) rc = tensor_done(j, m->out[q], err);
+        }
+        const fb_st_tensor *t = j->s->ck->tensors[m->src].t;
+        j->quantized_elems += t->nelem;
+        fb_progress_add(j->prog, 2 * t->nelem, 1);
+    }
+    for (int k = 0; k < it->nm; k++)
+        for (int q = 0; q < MAX_OUTS; q++) {
+            free(it->res[k][q]);
+            it->res[k][q] = NULL;
+        }
+    return rc;
+}
+
+// ---- plan report ------------------------------------------------------------------------
+
+// "model.layers.12.block_sparse_moe.experts.7.w1" -> "model.layers.*.block_sparse_moe.experts.*.w1"
+static char *name_template(const char *name) {
+    size_t n = strlen(name);
+    char *t = fb_malloc(n + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < n;) {
+        if ((i == 0 || name[i - 1] == '.') && name[i] >= '0' && name[i] <= '9') {
+            size_t e = i;
+            while (e < n && name[e] >= '0' && name[e] <= '9') e++;
+            if (e == n || name[e] == '.') {
+                t[k++] = '*';
+                i = e;
+                continue;
+            }
+        }
+        t[k++] = name[i++];
+    }
+    t[k] = 0;
+    return t;
+}
+
+typedef struct plan_line {
+    char *key;     // template + verdict
+    char *text;
+    size_t count;
+} plan_line;
+
+static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_qconfig *cfg, const size_t *logical,
+                        size_t n, int verbose) {
+    plan_line *lines = NULL;
+    size_t nl = 0;
+    fb_strmap idx;
+    fb_strmap_init(&idx, 64);
+    for (size_t i = 0; i < n; i++) {
+        const fb_plan_entry *e = &p->e[i];
+        const char *name = src_name(s, logical[i]);
+        char why[512];
+        const char *dt = fb_dtypes[fb_source_logical_dtype(s, logical[i])].name;
+        if (e->quantize)
+            snprintf(why, sizeof why, "quantize %-9s target '%s' (%s)", fb_qkind_name(e->kind),
+                     cfg->groups[e->group].targets[e->target_entry], cfg->groups[e->group].name);
+        else if (e->rule == FB_RULE_IGNORED)
+            snprintf(why, sizeof why, "keep     %-9s ignored by '%s'", dt, cfg->ignore[e->ignore_entry]);
+        else
+            snprintf(why, sizeof why, "keep     %-9s %s", dt, fb_plan_rule_text(e->rule));
+        if (verbose) fprintf(f, "  %-72s %s\n", name, why);
+        char *tmpl = name_template(name);
+        size_t kl = strlen(tmpl) + strlen(why) + 2;
+        char *key = fb_malloc(kl);
+        snprintf(key, kl, "%s|%s", tmpl, why);
+        int64_t at = fb_strmap_get(&idx, key);
+        if (at < 0) {
+            lines = fb_realloc(lines, (nl + 1) * sizeof *lines);
+            lines[nl] = (plan_line){key, NULL, 0};
+            size_t tl = strlen(tmpl) + strlen(why) + 16;
+            lines[nl].text = fb_malloc(tl);
+            snprintf(lines[nl].text, tl, "%s  %s", why, tmpl);
+            fb_strmap_put(&idx, lines[nl].key, (int64_t)nl, NULL);
+            at = (int64_t)nl++;
+        } else {
+            free(key);
+        }
+        lines[at].count++;
+        free(tmpl);
+    }
+    if (verbose) fputc('\n', f);
+    for (size_t i = 0; i < nl; i++) {
+        fprintf(f, "  %6zu x  %s\n", lines[i].count, lines[i].text);
+        free(lines[i].key);
+        free(lines[i].text);
+    }
+    free(lines);
+    fb_strmap_free(&idx);
+}
+
+// ---- the job ----------------------------------------------------------------------------
+
+// Declares output tensor <name><suffix> (to the writer when there is one: not in a dry run)
+// and remembers its size. Returns the writer's index, or -1 with err.
+static int add_out_shape(fb_cw *w, out_decl **decls, size_t *nd, const char *name, const char *suffix, fb_dtype dt,
+                         int ndim, const int64_t *shape, fb_err *err) {
+    size_t l = strlen(name) + strlen(suffix) + 1;
+    char *full = fb_malloc(l);
+    snprintf(full, l, "%s%s", name, suffix);
+    int idx = w ? fb_cw_add(w, full, dt, ndim, shape, err) : (int)*nd;
+    uint64_t nb = 0;
+    fb_st_nbytes(dt, ndim, shape, &nb);
+    *decls = fb_realloc(*decls, (*nd + 1) * sizeof **decls);
+    (*decls)[*nd] = (out_decl){full, nb};
+    (*nd)++;
+    return idx;
+}
+
+static int add_out(fb_cw *w, out_decl **decls, size_t *nd, const char *name, const char *suffix, fb_dtype dt, int ndim,
+                   int64_t a, int64_t b, fb_err *err) {
+    int64_t shape[2] = {a, b};
+    return add_out_shape(w, decls, nd, name, suffix, dt, ndim, shape, err);
+}
+
+static char *hex_digest(const char *path, fb_err *err) {
+    char *h = fb_malloc(33);
+    if (fb_file_xxh128(path, h, err)) {
+        free(h);
+        return NULL;
+    }
+    return h;
+}
+
+int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o, FILE *report,
+                    fb_quantize_result *res, fb_err *err) {
+    double t0 = fb_now();
+    memset(res, 0, sizeof *res);
+    fb_recipe rec;
+    memset(&rec, 0, sizeof rec);
+    if (fb_recipe_load(o->recipe_path, &rec, err)) return -1;
+    fb_source *s = NULL;
+    fb_calib_stats *stats = NULL;
+    fb_plan plan;
+    memset(&plan, 0, sizeof plan);
+    fb_cw *w = NULL;
+    out_decl *decls = NULL;
+    size_t nd = 0;
+    size_t *logical = NULL;
+    fb_tensor_desc *desc = NULL;
+    item *items = NULL;
+    size_t n_items = 0;
+    job j;
+    memset(&j, 0, sizeof j);
+    char *recipe_hex = NULL, *calib_hex = NULL;
+    int rc = 0;
+
+    if (fb_source_open(src, &s, err)) { rc = -1; goto done; }
+    fb_ckpt *c = s->ck;
+    // The logical tensors: everything but FP8 block scales.
+    logical = fb_malloc((c->n_tensors + 1) * sizeof *logical);
+    desc = fb_malloc((c->n_tensors + 1) * sizeof *desc);
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_tensors; i++) {
+        if (s->role[i] == FB_SRC_FP8_SCALE) continue;
+        logical[n] = i;
+        desc[n] = (fb_tensor_desc){c->tensors[i].t->name, c->tensors[i].t->ndim, c->tensors[i].t->shape};
+        n++;
+    }
+    if (fb_plan_build(&rec.cfg, desc, n, &plan, err)) { rc = fb_err_prefix(err, "%s", o->recipe_path); goto done; }
+    // Which schemes the plan uses, and whether this tool writes them.
+    unsigned used = 0;
+    for (size_t i = 0; i < n; i++)
+        if (plan.e[i].quantize) used |= 1u << plan.e[i].kind;
+    if (!used) { rc = fb_fail(err, "%s: the recipe quantizes no tensor of %s (check targets and ignore)", o->recipe_path, src); goto done; }
+    if (used & ~o->allowed_kinds) {
+        for (int k = 0; k < 8; k++)
+            if ((used & ~o->allowed_kinds) & (1u << k)) {
+                rc = fb_fail(err, "%s: scheme %s is not written by %s (use %s)", o->recipe_path, fb_qkind_name((fb_qkind)k),
+                             o->tool, k == FB_QK_W4A16 ? "w4a16-quantize" : "nvfp4-quantize");
+                break;
+            }
+        goto done;
+    }
+    if (o->format == FB_QOUT_AUTOROUND && used != (1u << FB_QK_W4A16)) {
+        rc = fb_fail(err, "--format auto_round writes W4A16 only");
+        goto done;
+    }
+    snprintf(res->scheme, sizeof res->scheme, "%s",
+             __builtin_popcount(used) == 1 ? fb_qkind_name((fb_qkind)__builtin_ctz(used)) : "mixed");
+    if (used & (1u << FB_QK_NVFP4)) {
+        if (!o->calib_path) {
+            rc = fb_fail(err, "%s: NVFP4 (W4A4) needs each quantized Linear's input_global_scale: run `calibrate --model %s "
+                              "--dataset D.jsonl -o stats.safetensors` and pass --calib stats.safetensors, or use the "
+                              "weight-only scheme NVFP4A16 (recipes/minimax-nvfp4a16.yaml)", o->recipe_path, src);
+            goto done;
+        }
+        if (fb_calib_stats_read(o->calib_path, &stats, err)) { rc = -1; goto done; }
+    }
+    if (o->format == FB_QOUT_AUTOROUND)
+        for (size_t i = 0; i < n; i++)
+            if (plan.e[i].quantize && plan.e[i].kind == FB_QK_W4A16) {
+                const fb_st_tensor *t = c->tensors[logical[i]].t;
+                if (t->shape[0] % 8) {
+                    rc = fb_fail(err, "%s: tensor %s: AutoRound packing needs out features divisible by 8, got %lld",
+                                 src_path(s, logical[i]), t->name, (long long)t->shape[0]);
+                    goto done;
+                }
+            }
+
+    // Provenance.
+    recipe_hex = hex_digest(o->recipe_path, err);
+    if (!recipe_hex) { rc = -1; goto done; }
+    if (o->calib_path && stats) {
+        calib_hex = hex_digest(o->calib_path, err);
+        if (!calib_hex) { rc = -1; goto done; }
+    }
+    const char *mk[4] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format"};
+    const char *mv[4] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
+                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors"};
+    fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force, .tool = o->tool,
+                     .n_meta = 4, .meta_keys = mk, .meta_vals = mv};
+    if (!o->dry_run) {
+        w = fb_cw_create(dst, src, &wo, err);
+        if (!w) { rc = -1; goto done; }
+    }
+
+    // Output declaration and work items, in source order.
+    size_t cap_items = 0;
+    int *first_item_of_set = fb_malloc((plan.n_fused + 1) * sizeof(int));
+    for (size_t f = 0; f < plan.n_fused; f++) first_item_of_set[f] = -1;
+    uint64_t logical_in = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        size_t si = logical[i];
+        const fb_st_tensor *t = c->tensors[si].t;
+        const fb_plan_entry *e = &plan.e[i];
+        fb_dtype ldt = fb_source_logical_dtype(s, si);
+        uint64_t lbytes;
+        fb_st_nbytes(ldt, t->ndim, t->shape, &lbytes);
+        logical_in += lbytes;
+        if (!e->quantize) {
+            int out = add_out_shape(w, &decls, &nd, t->name, "", ldt, t->ndim, t->shape, err);
+            if (out < 0) { rc = -1; break; }
+            res->n_kept++;
+            int fp8 = s->role[si] == FB_SRC_FP8_WEIGHT;
+            uint64_t rows, cols;
+            fb_tensor_2d(t, &rows, &cols);
+            if (fp8) {
+                uint64_t per = s->bm * (COPY_CHUNK / (s->bm * cols) ? COPY_CHUNK / (s->bm * cols) : 1);
+                for (uint64_t r = 0; r < rows; r += per) {
+                    if (n_items == cap_items) { cap_items = cap_items ? 2 * cap_items : 1024; items = fb_realloc(items, cap_items * sizeof *items); }
+                    uint64_t nr = rows - r < per ? rows - r : per;
+                    memset(&items[n_items], 0, sizeof *items);
+                    items[n_items] = (item){.type = IT_COPY, .src = si, .out = out, .fp8 = 1, .r0 = r, .nrows = nr,
+                                            .off = r * cols * 2, .n = nr * cols * 2, .last = r + nr == rows};
+                    n_items++;
+                }
+            } else {
+                uint64_t nb = t->nbytes;
+                for (uint64_t off = 0; off < nb || off == 0; off += COPY_CHUNK) {
+                    if (n_items == cap_items) { cap_items = cap_items ? 2 * cap_items : 1024; items = fb_realloc(items, cap_items * sizeof *items); }
+                    uint64_t k = nb - off < COPY_CHUNK ? nb - off : COPY_CHUNK;
+                    memset(&items[n_items], 0, sizeof *items);
+                    items[n_items] = (item){.type = IT_COPY, .src = si, .out = out, .off = off, .n = k, .last = off + k >= nb};
+                    n_items++;
+                    if (nb == 0) break;
+                }
+            }
+            continue;
+        }
+        // A quantized module: declare its tensors.
+        res->n_quantized++;
+        if (t->ndim != 2) { rc = fb_fail(err, "%s: tensor %s: only 2-D weights can be quantized", src_path(s, si), t->name); break; }
+        int64_t R = t->shape[0], C = t->shape[1];
+        const fb_qscheme *g = &rec.cfg.groups[e->group];
+        size_t G = e->kind == FB_QK_W4A16 ? (size_t)(g->weights.group_size > 0 ? g->weights.group_size : FB_W4A16_GROUP) : 16;
+        if (C % (int64_t)G || C % 8) {
+            rc = fb_fail(err, "%s: tensor %s: %lld input columns are not a multiple of the group size %zu", src_path(s, si),
+                         t->name, (long long)C, G);
+            break;
+        }
+        size_t ml = strlen(t->name);
+        char *mod = fb_strdup(t->name);
+        if (ml > 7 && !strcmp(mod + ml - 7, ".weight")) mod[ml - 7] = 0;
+        member m = {.src = si, .plan = i};
+        if (e->kind == FB_QK_NVFP4 || e->kind == FB_QK_NVFP4A16) {
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_packed", FB_U8, 2, R, C / 2, err);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_scale", FB_F8_E4M3, 2, R, C / 16, err);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_global_scale", FB_F32, 1, 1, 0, err);
+            if (e->kind == FB_QK_NVFP4) {
+                m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".input_global_scale", FB_F32, 1, 1, 0, err);
+                float a;
+                if (fb_calib_stats_absmax(stats, mod, &a) != 0) {
+                    rc = fb_fail(err, "%s: no input absmax for module %s (was the statistics file made from this model?)",
+                                 o->calib_path, mod);
+                } else if (!(a > 0) || !isfinite(a)) {
+                    rc = fb_fail(err, "%s: module %s: input absmax %g: its input_global_scale would come from an amax of 0; "
+                                      "calibrate with all experts observed (the default) and more samples",
+                                 o->calib_path, mod, (double)a);
+                } else {
+                    m.igs = fb_nvfp4_input_global_scale(a);
+                }
+            }
+        } else if (o->format == FB_QOUT_AUTOROUND) {
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".qweight", FB_I32, 2, C / 8, R, err);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".qzeros", FB_I32, 2, C / (int64_t)G, (R + 7) / 8, err);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".scales", FB_F16, 2, C / (int64_t)G, R, err);
+        } else {
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_packed", FB_I32, 2, R, C / 8, err);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_scale", FB_BF16, 2, R, C / (int64_t)G, err);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_shape", FB_I64, 1, 2, 0, err);
+        }
+        free(mod);
+        for (int q = 0; q < m.n_out; q++)
+            if (m.out[q] < 0) rc = -1;
+        if (rc) break;
+        int nv = (e->kind == FB_QK_NVFP4 || e->kind == FB_QK_NVFP4A16);
+        if (nv && e->fused >= 0 && first_item_of_set[e->fused] >= 0) {
+            item *it = &items[first_item_of_set[e->fused]];
+            FB_ASSERT(it->nm < MAX_FUSED);
+            it->m[it->nm++] = m;
+            continue;
+        }
+        if (n_items == cap_items) { cap_items = cap_items ? 2 * cap_items : 1024; items = fb_realloc(items, cap_items * sizeof *items); }
+        memset(&items[n_items], 0, sizeof *items);
+        items[n_items].type = IT_QUANT;
+        items[n_items].qk = e->kind;
+        items[n_items].group_size = G;
+        items[n_items].m[0] = m;
+        items[n_items].nm = 1;
+        if (nv && e->fused >= 0) {
+            first_item_of_set[e->fused] = (int)n_items;
+            res->n_fused_sets++;
+        }
+        n_items++;
+    }
+    free(first_item_of_set);
+    if (rc) goto done;
+    res->bytes_in = logical_in;
+    for (size_t d = 0; d < nd; d++) res->bytes_out += decls[d].nbytes;
+
+    if (o->dry_run) {
+        fprintf(report, "%s: %s -> %s (dry run), recipe %s, scheme %s%s\n", o->tool, src, dst, o->recipe_path, res->scheme,
+                o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : "");
+        if (s->is_fp8) fprintf(report, "  source is FP8 block-scaled (%zux%zu): dequantized in memory, tile by tile\n", s->bm, s->bn);
+        for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
+        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose);
+        fprintf(report, "  %zu modules quantized (%zu fused sets share a global scale), %zu tensors kept\n", res->n_quantized,
+                res->n_fused_sets, res->n_kept);
+        fprintf(report, "  expected output: %.3f GB of tensors (%.2fx smaller than the %.3f GB BF16 equivalent)\n",
+                (double)res->bytes_out / 1e9, (double)logical_in / (double)(res->bytes_out ? res->bytes_out : 1),
+                (double)logical_in / 1e9);
+        goto done;
+    }
+
+    int ns = fb_cw_plan(w, err);
+    if (ns < 0) { rc = -1; goto done; }
+    res->n_shards = (size_t)ns;
+    j.o = o;
+    j.s = s;
+    j.w = w;
+    j.items = items;
+    j.n_items = n_items;
+    j.pending = fb_calloc((size_t)ns, sizeof *j.pending);
+    for (int d = 0; d < fb_cw_n_tensors(w); d++) j.pending[fb_cw_tensor_shard(w, d)]++;
+    for (int sh = 0; sh < ns && !rc; sh++) {
+        int b = fb_cw_shard_begin(w, sh, err);
+        if (b < 0) rc = -1;
+        else if (b == 1) res->n_resumed++;
+    }
+    if (rc) goto done;
+    // Items whose outputs all lie in resumed shards need no work.
+    for (size_t k = 0; k < n_items; k++) {
+        item *it = &items[k];
+        if (it->type == IT_COPY) it->skip = fb_cw_shard_skipped(w, fb_cw_tensor_shard(w, it->out));
+        else {
+            int all = 1;
+            for (int mm = 0; mm < it->nm; mm++)
+                for (int q = 0; q < it->m[mm].n_out; q++) all &= fb_cw_shard_skipped(w, fb_cw_tensor_shard(w, it->m[mm].out[q]));
+            it->skip = all;
+        }
+    }
+    // Per-thread buffers: the largest row block read while quantizing or copying.
+    int nt = o->threads < 1 ? 1 : o->threads;
+    size_t need = COPY_CHUNK * 2 + 4096;
+    for (size_t k = 0; k < n_items; k++) {
+        if (items[k].type != IT_QUANT) {
+            if (items[k].fp8 && items[k].n * 2 > need) need = items[k].n * 2;
+            continue;
+        }
+        for (int mm = 0; mm < items[k].nm; mm++) {
+            size_t C = (size_t)c->tensors[items[k].m[mm].src].t->shape[1];
+            size_t b = rows_per_pass(C) * C * 4;
+            if (b > need) need = b;
+        }
+    }
+    j.raw = fb_calloc((size_t)nt, sizeof *j.raw);
+    j.rows = fb_calloc((size_t)nt, sizeof *j.rows);
+    for (int t = 0; t < nt; t++) {
+        j.raw[t] = fb_aligned_alloc(need);
+        j.rows[t] = fb_aligned_alloc(need);
+    }
+    j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, o->quiet);
+    fb_ordered_job oj = {.n_items = n_items, .n_threads = nt, .compute = compute, .commit = commit, .ctx = &j,
+                         .cancel = o->cancel};
+    int r = fb_run_ordered(&oj, err);
+    fb_progress_finish(j.prog);
+    for (size_t k = 0; k < n_items; k++)
+        for (int mm = 0; mm < MAX_FUSED; mm++)
+            for (int q = 0; q < MAX_OUTS; q++) free(items[k].res[mm][q]);
+    if (r == -2) { rc = -2; goto done; }
+    if (r) { rc = -1; goto done; }
+    res->elements_quantized = j.quantized_elems;
+
+    // config.json, quantization_config.json, recipe.yaml, side files.
+    if (fb_copy_side_files(s, fb_cw_staging_dir(w), err) < 0) { rc = -1; goto done; }
+    json_t *cfg = c->config ? json_deep_copy(c->config) : json_object();
+    json_object_del(cfg, "quantization_config");
+    json_t *qc = NULL;
+    if (o->format == FB_QOUT_AUTOROUND) qc = fb_autoround_config_json(&plan, NULL, err);
+    else qc = fb_qconfig_to_json(&plan, NULL);
+    if (!qc) { json_decref(cfg); rc = -1; goto done; }
+    json_t *rd = json_object_get(cfg, "rotary_dim"), *hd = json_object_get(cfg, "head_dim");
+    if (json_is_integer(rd) && json_is_integer(hd) && json_integer_value(hd) > 0 && !json_object_get(cfg, "partial_rotary_factor"))
+        json_object_set_new(cfg, "partial_rotary_factor",
+                            json_real((double)json_integer_value(rd) / (double)json_integer_value(hd)));
+    json_object_set(cfg, "quantization_config", qc);
+    char *p = fb_cw_path(w, "config.json");
+    if (json_dump_file(cfg, p, JSON_INDENT(2)) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
+    free(p);
+    if (!rc && o->format == FB_QOUT_AUTOROUND) {
+        p = fb_cw_path(w, "quantization_config.json");
+        if (json_dump_file(qc, p, JSON_INDENT(2)) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
+        free(p);
+    }
+    json_decref(qc);
+    json_decref(cfg);
+    if (!rc) {
+        p = fb_cw_path(w, "recipe.yaml");
+        FILE *f = fopen(p, "w");
+        if (!f) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
+        else {
+            fprintf(f, "# written by fourbit %s %s\n# recipe: %s (xxh3-128 %s)\n# calibration: %s%s%s%s\n", o->tool, FB_VERSION,
+                    o->recipe_path, recipe_hex, calib_hex ? o->calib_path : "none", calib_hex ? " (xxh3-128 " : "",
+                    calib_hex ? calib_hex : "", calib_hex ? ")" : "");
+            fwrite(rec.text, 1, rec.text_len, f);
+            if (fclose(f) != 0) rc = fb_fail(err, "%s: write error: %s", p, strerror(errno));
+        }
+        free(p);
+    }
+    if (!rc && fb_cw_finish(w, err)) rc = -1;
+    if (!rc && fb_validate_output(fb_cw_staging_dir(w), err)) rc = -1;
+    if (!rc) {
+        rc = fb_cw_commit(w, err) ? -1 : 0;
+        w = NULL;
+    }
+
+done:
+    if (w) {
+        if (rc == -2) fb_cw_detach(w);
+        else fb_cw_abort(w);
+    }
+    if (j.raw)
+        for (int t = 0; t < (o->threads < 1 ? 1 : o->threads); t++) {
+            free(j.raw[t]);
+            free(j.rows[t]);
+        }
+    free(j.raw);
+    free(j.rows);
+    free(j.pending);
+    for (size_t d = 0; d < nd; d++) free(decls[d].name);
+    free(decls);
+    free(items);
+    free(desc);
+    free(logical);
+    free(recipe_hex);
+    free(calib_hex);
+    fb_plan_free(&plan);
+    fb_calib_stats_free(stats);
+    fb_source_close(s);
+    fb_recipe_free(&rec);
+    res->seconds = fb_now() - t0;
+    return rc;
+}

@@ -1,0 +1,60 @@
+// quantize.h: the checkpoint quantizer behind nvfp4-quantize and w4a16-quantize.
+//
+// SRC (BF16, or FP8 block-scaled dequantized tile by tile in memory exactly as fp8-dequant
+// does) + a recipe -> a compressed-tensors checkpoint (nvfp4-pack-quantized or
+// pack-quantized) or an AutoRound (auto_round:auto_gptq) one:
+//   1. the plan (src/quant/scheme.h fb_plan_build): which module is quantized with which
+//      scheme and why; kept tensors are copied (FP8 weights dequantized to BF16);
+//   2. output tensors declared in source order, cut into shards (src/io/checkpoint.h);
+//   3. work items = one kept tensor (in chunks), one quantized tensor, or one NVFP4 fused
+//      set (q/k/v of a layer, w1/w3 of an expert: pass 1 takes the amax of every member,
+//      pass 2 quantizes each with the shared global scale), computed by N threads and
+//      committed in order (src/common/pool.h); memory = threads x one item's buffers;
+//   4. config.json: the source's FP8 quantization_config replaced by the one the plan
+//      produces, partial_rotary_factor added when the source has rotary_dim;
+//      quantization_config.json too for AutoRound; recipe.yaml; tokenizer and side files;
+//   5. the validate-ignore-list rules on the staging directory, then rename into place.
+// NVFP4 (W4A4) reads each quantized module's input absmax from a calibration statistics
+// file (src/calib/stats.h) to write input_global_scale.
+// Shard __metadata__ carries provenance (tool, version, recipe and calibration digests) but
+// not the source path, so FP8 -> quantized equals FP8 -> fp8-dequant -> quantized byte for byte.
+#ifndef FB_QUANT_QUANTIZE_H
+#define FB_QUANT_QUANTIZE_H
+
+#include <stdatomic.h>
+#include <stdio.h>
+
+#include "common/fb.h"
+
+typedef enum fb_qout_format {
+    FB_QOUT_COMPRESSED_TENSORS = 0,  // nvfp4-pack-quantized / pack-quantized
+    FB_QOUT_AUTOROUND,               // auto_round:auto_gptq (W4A16 only)
+} fb_qout_format;
+
+typedef struct fb_quantize_opts {
+    const char *tool;          // "nvfp4-quantize" / "w4a16-quantize" (messages, provenance)
+    const char *recipe_path;
+    const char *calib_path;    // statistics file from calibrate, or NULL
+    fb_qout_format format;
+    unsigned allowed_kinds;    // bit (1 << fb_qkind) for each scheme this tool may write
+    int threads;
+    uint64_t max_shard_size;
+    int force, resume, dry_run, verbose, allow_nan;
+    int quiet;                 // no progress line
+    atomic_int *cancel;        // set by a signal handler to stop (staging kept for --resume)
+} fb_quantize_opts;
+
+typedef struct fb_quantize_result {
+    size_t n_quantized, n_kept, n_fused_sets, n_shards, n_resumed;
+    uint64_t bytes_in, bytes_out, elements_quantized;
+    double seconds;
+    char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")
+} fb_quantize_result;
+
+// Runs the whole job. `report` receives the dry-run plan (and with verbose, one line per
+// tensor) — the library writes nothing else. Returns 0 on success, -1 with err on failure
+// (nothing left behind), -2 when cancelled (the staging directory is kept for --resume).
+int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o, FILE *report,
+                    fb_quantize_result *res, fb_err *err);
+
+#endif

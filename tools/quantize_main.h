@@ -1,0 +1,100 @@
+// quantize_main.h: the command line shared by nvfp4-quantize and w4a16-quantize (one table,
+// one set of messages and exit codes); each tool is a main() that calls fb_quantize_main.
+#ifndef FB_TOOLS_QUANTIZE_MAIN_H
+#define FB_TOOLS_QUANTIZE_MAIN_H
+
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "common/cli.h"
+#include "common/fb.h"
+#include "quant/quantize.h"
+#include "quant/scheme.h"
+
+static atomic_int fb_qm_cancel;
+static void fb_qm_on_signal(int sig) {
+    (void)sig;
+    atomic_store(&fb_qm_cancel, 1);
+}
+
+static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned kinds, int has_format, const char *about) {
+    fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
+                          .cancel = &fb_qm_cancel};
+    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors";
+    int json = 0, quiet = 0;
+    fb_opt opts[16] = {
+        {"recipe", 'r', FB_OPT_STR, &recipe, "FILE", "llm-compressor recipe YAML (required; see recipes/)", 0, 0},
+        {"calib", 'c', FB_OPT_STR, &calib, "STATS", "calibration statistics from `calibrate` (NVFP4 W4A4 input scales)", 0, 0},
+        {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
+        {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
+        {"force", 'f', FB_OPT_FLAG, &o.force, NULL, "replace a non-empty DST", 0, 0},
+        {"resume", 0, FB_OPT_FLAG, &o.resume, NULL, "continue a killed run: keep shards whose manifest digest verifies", 0, 0},
+        {"dry-run", 'n', FB_OPT_FLAG, &o.dry_run, NULL, "print the plan (which tensors get which scheme and why) and stop", 0, 0},
+        {"verbose", 'v', FB_OPT_FLAG, &o.verbose, NULL, "with --dry-run: one line per tensor", 0, 0},
+        {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "let FP8 NaN codes through in tensors that are kept", 0, 0},
+        {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
+        {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
+    };
+    int no = 11;
+    if (has_format)
+        opts[no++] = (fb_opt){"format", 0, FB_OPT_STR, &format, "F", "compressed-tensors | auto_round", 0, 0};
+    opts[no] = (fb_opt){0};
+    const char *pos[2];
+    int npos;
+    int prc = fb_cli_parse(argc, argv, tool, "--recipe R [options] SRC DST", about, opts, pos, 2, &npos);
+    if (prc == 1) return 0;
+    if (prc) return 2;
+    if (npos != 2 || !recipe) {
+        fprintf(stderr, "%s: need --recipe R, SRC and DST (see --help)\n", tool);
+        return 2;
+    }
+    if (!strcmp(format, "auto_round") || !strcmp(format, "autoround")) o.format = FB_QOUT_AUTOROUND;
+    else if (strcmp(format, "compressed-tensors") != 0) {
+        fprintf(stderr, "%s: --format must be compressed-tensors or auto_round, got '%s'\n", tool, format);
+        return 2;
+    }
+    o.recipe_path = recipe;
+    o.calib_path = calib;
+    o.quiet = quiet;
+    signal(SIGINT, fb_qm_on_signal);
+    signal(SIGTERM, fb_qm_on_signal);
+    signal(SIGPIPE, SIG_IGN);
+    fb_quantize_result r;
+    fb_err err = {{0}};
+    int rc = fb_quantize_run(pos[0], pos[1], &o, stdout, &r, &err);
+    if (rc == -2) {
+        fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", tool,
+                pos[1]);
+        return 1;
+    }
+    if (rc) {
+        fprintf(stderr, "%s: %s\n", tool, err.msg);
+        return 1;
+    }
+    if (o.dry_run) return 0;
+    double el_per_s = r.seconds > 0 ? (double)r.elements_quantized / r.seconds : 0;
+    if (!quiet)
+        fprintf(stderr, "%s: %s: %zu modules quantized (%zu fused sets), %zu tensors kept, %zu shard(s) (%zu resumed), "
+                        "%.3f GB -> %.3f GB in %.2f s, peak RSS %.1f MiB\n",
+                tool, r.scheme, r.n_quantized, r.n_fused_sets, r.n_kept, r.n_shards, r.n_resumed, (double)r.bytes_in / 1e9,
+                (double)r.bytes_out / 1e9, r.seconds, (double)fb_peak_rss() / 1048576.0);
+    if (json) {
+        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:i}",
+                              "tool", tool, "version", FB_VERSION, "src", pos[0], "dst", pos[1], "scheme", r.scheme,
+                              "format", o.format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors",
+                              "quantized_modules", (json_int_t)r.n_quantized, "fused_sets", (json_int_t)r.n_fused_sets,
+                              "kept_tensors", (json_int_t)r.n_kept, "shards", (json_int_t)r.n_shards,
+                              "resumed_shards", (json_int_t)r.n_resumed, "bytes_in", (json_int_t)r.bytes_in,
+                              "bytes_out", (json_int_t)r.bytes_out, "seconds", r.seconds, "quantized_elements_per_s",
+                              el_per_s, "peak_rss_bytes", (json_int_t)fb_peak_rss(), "threads", o.threads);
+        json_dumpf(j, stdout, JSON_COMPACT);
+        putchar('\n');
+        json_decref(j);
+    }
+    return 0;
+}
+
+#endif
