@@ -295,9 +295,9 @@ static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_
         if (at < 0) {
             lines = fb_realloc(lines, (nl + 1) * sizeof *lines);
             lines[nl] = (plan_line){key, NULL, 0};
-            size_t tl = strlen(tmpl) + strlen(why) + 16;
+            size_t tl = strlen(tmpl) + strlen(why) + 80;
             lines[nl].text = fb_malloc(tl);
-            snprintf(lines[nl].text, tl, "%s  %s", why, tmpl);
+            snprintf(lines[nl].text, tl, "%-64s %s", tmpl, why);
             fb_strmap_put(&idx, lines[nl].key, (int64_t)nl, NULL);
             at = (int64_t)nl++;
         } else {
@@ -405,7 +405,11 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     }
     snprintf(res->scheme, sizeof res->scheme, "%s",
              __builtin_popcount(used) == 1 ? fb_qkind_name((fb_qkind)__builtin_ctz(used)) : "mixed");
-    if (used & (1u << FB_QK_NVFP4)) {
+    int need_calib = (used & (1u << FB_QK_NVFP4)) != 0;
+    if (need_calib && o->dry_run && !o->calib_path) {
+        need_calib = 0;
+    }
+    if (need_calib) {
         if (!o->calib_path) {
             rc = fb_fail(err, "%s: NVFP4 (W4A4) needs each quantized Linear's input_global_scale: run `calibrate --model %s "
                               "--dataset D.jsonl -o stats.safetensors` and pass --calib stats.safetensors, or use the "
@@ -507,7 +511,9 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
             if (e->kind == FB_QK_NVFP4) {
                 m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".input_global_scale", FB_F32, 1, 1, 0, err);
                 float a;
-                if (fb_calib_stats_absmax(stats, mod, &a) != 0) {
+                if (!stats) {
+                    m.igs = 0;  // dry run without statistics
+                } else if (fb_calib_stats_absmax(stats, mod, &a) != 0) {
                     rc = fb_fail(err, "%s: no input absmax for module %s (was the statistics file made from this model?)",
                                  o->calib_path, mod);
                 } else if (!(a > 0) || !isfinite(a)) {
@@ -561,6 +567,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                 o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : "");
         if (s->is_fp8) fprintf(report, "  source is FP8 block-scaled (%zux%zu): dequantized in memory, tile by tile\n", s->bm, s->bn);
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
+        if ((used & (1u << FB_QK_NVFP4)) && !stats)
+            fprintf(report, "  note: NVFP4 (W4A4) needs --calib STATS from `calibrate` for input_global_scale\n");
         report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose);
         fprintf(report, "  %zu modules quantized (%zu fused sets share a global scale), %zu tensors kept\n", res->n_quantized,
                 res->n_fused_sets, res->n_kept);
