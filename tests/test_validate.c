@@ -398,6 +398,26 @@ int main(void) {
     make_model(&m, Q_FP8); expect("fp8 source", &m, NULL, NULL, NULL, 0);
     make_model(&m, Q_MODELOPT); expect("modelopt legacy", &m, NULL, NULL, NULL, 0);
     make_model(&m, Q_GPTQ); expect("autoround", &m, NULL, NULL, NULL, 0);
+    make_model(&m, Q_MODELOPT);
+    {
+        // ModelOpt >= 0.31: quant_method "modelopt" in config.json (and the legacy file beside it)
+        json_t *q = json_pack("{s:s, s:s, s:i, s:n, s:O}", "quant_method", "modelopt", "quant_algo", "NVFP4", "group_size", 16,
+                              "kv_cache_quant_algo", "ignore",
+                              json_object_get(json_object_get(m.hfq, "quantization"), "exclude_modules"));
+        json_object_set_new(m.config, "quantization_config", q);
+    }
+    expect("modelopt in config.json", &m, NULL, NULL, NULL, 0);
+    make_model(&m, Q_MODELOPT);
+    json_object_set_new(json_object_get(m.hfq, "quantization"), "kv_cache_quant_algo", json_string("FP8"));
+    add(&m, "model.layers.0.self_attn.k_proj.k_scale", FB_F32, 0, 0, 0)->fill = 1.0f;
+    add(&m, "model.layers.0.self_attn.v_proj.v_scale", FB_F32, 0, 0, 0)->fill = 1.0f;
+    expect("modelopt FP8 kv scales (warning)", &m, NULL, "tensor.kv-scale", "PR #37214", 0);
+    make_model(&m, Q_MODELOPT);
+    set_fill(&m, "model.layers.1.block_sparse_moe.experts.0.w1.weight_scale_2", 0.002f);
+    expect("modelopt w1/w3 weight_scale_2", &m, NULL, "value.w13-global-scale", "weight_scale_2 of w1 and w3 differ", 1);
+    make_model(&m, Q_MODELOPT);
+    json_object_del(json_object_get(m.hfq, "quantization"), "kv_cache_quant_algo");
+    expect("modelopt legacy without kv_cache_quant_algo", &m, NULL, "quant.unknown-method", "kv_cache_quant_algo", 1);
     make_model(&m, Q_NVFP4); expect("nvfp4 deep", &m, "--deep", NULL, NULL, 0);
 
     // --- the quantized-router case: ignore ["lm_head"] only, gates quantized ---
@@ -450,7 +470,11 @@ int main(void) {
     expect("stray k_scale", &m, NULL, "tensor.kv-scale", "KeyError: 'layers.0.self_attn.qkv_proj.k_scale'", 1);
     make_model(&m, Q_NVFP4);
     add(&m, "model.layers.3.input_layernorm.weight", FB_BF16, 1, H, 0);
-    expect("layer beyond num_hidden_layers", &m, NULL, "layer.beyond", "layer 3 >= num_hidden_layers 3", 1);
+    expect("layer beyond num_hidden_layers", &m, NULL, "layer.beyond", "KeyError: 'layers.3.input_layernorm.weight'", 1);
+    make_model(&m, Q_NVFP4);
+    json_object_set_new(m.config, "num_mtp_modules", json_integer(1));
+    add(&m, "model.layers.3.self_attn.q_proj.weight", FB_BF16, 2, NH * HD, H);
+    expect("MTP layer", &m, NULL, "layer.beyond", "KeyError: 'layers.3.self_attn.qkv_proj.weight'", 1);
     make_model(&m, Q_NVFP4);
     find(&m, "model.layers.0.block_sparse_moe.experts.0.w1.weight_scale")->sh[1] = H / 32;
     expect("weight_scale shape", &m, NULL, "tensor.shape", "[256, 8] F8_E4M3", 1);

@@ -106,7 +106,7 @@ static const vrule RULES[] = {
      "keep the router gate and e_score_correction_bias unquantized (float) and add re:.*block_sparse_moe\\.gate$ to ignore"},
     {"router.bias-dtype", W, "vLLM copies e_score_correction_bias into float32; a narrower dtype has lost precision",
      "keep e_score_correction_bias in float32 as in the source"},
-    {"layer.beyond", E, "vLLM has no such layer: KeyError (skipped only for MTP layers when num_mtp_modules > 0)",
+    {"layer.beyond", E, "vLLM has no such layer: KeyError in MiniMaxM2Model.load_weights",
      "drop layers >= num_hidden_layers"},
     {"moe.experts", E, "vLLM builds num_local_experts experts per layer",
      "every layer must hold experts 0..num_local_experts-1, and gate rows and e_score_correction_bias must have num_local_experts entries"},

@@ -1550,14 +1550,16 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
             continue;
         }
         if (p->layer >= 0 && v->d.nhl > 0 && p->layer >= v->d.nhl) {
-            if (v->d.mtp > 0 && p->layer < v->d.nhl + v->d.mtp)
-                fb_vf_add_sev(f, "layer.beyond", FB_SEV_WARNING, t->name,
-                              "vLLM skips MTP layers (num_mtp_modules > 0); transformers reports them as unexpected", NULL,
-                              "layer %ld >= num_hidden_layers %ld (an MTP layer)", p->layer, v->d.nhl);
-            else {
-                keyerror_text(v, t->name, cons, sizeof cons);
-                fb_vf_add(f, "layer.beyond", t->name, cons, NULL, "layer %ld >= num_hidden_layers %ld", p->layer, v->d.nhl);
+            // get_spec_layer_idx_from_weight_name tests "model.layers.N." but AutoWeightsLoader
+            // has already stripped "model.", so in the vLLM read (01d99586) MTP layers are not
+            // skipped either: every layer past num_hidden_layers is a KeyError.
+            keyerror_text(v, t->name, cons, sizeof cons);
+            if (v->d.mtp > 0 && p->layer < v->d.nhl + v->d.mtp) {
+                size_t cl = strlen(cons);
+                snprintf(cons + cl, sizeof cons - cl, "; the MTP skip in load_weights compares against \"model.layers.N.\" after the prefix was stripped, so it does not fire; transformers reports the keys as unexpected");
             }
+            fb_vf_add(f, "layer.beyond", t->name, cons, NULL, "layer %ld >= num_hidden_layers %ld%s", p->layer, v->d.nhl,
+                      v->d.mtp > 0 && p->layer < v->d.nhl + v->d.mtp ? " (an MTP layer)" : "");
             continue;
         }
         if (p->expert >= 0 && v->d.E > 0 && p->expert >= v->d.E) {
@@ -1579,6 +1581,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         int sch = module_scheme(v, p->kind, p->layer);
         int role = suffix_role(v, p->kind, sch, p->suf);
         if (role == R_NO) {
+            if (p->kind == MK_BIAS && p->suf == S_NONE) continue;  // no use_routing_bias: config.use_routing_bias says it
             keyerror_text(v, t->name, cons, sizeof cons);
             if (p->kind == MK_GATE || p->kind == MK_BIAS)
                 fb_vf_add(f, "router.quantized", t->name, cons, NULL, "the router is quantized (it may only hold .weight)");
