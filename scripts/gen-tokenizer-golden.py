@@ -876,6 +876,11 @@ def main():
                 raise
             chat["cases"].append({"name": cname, "conversation": conv, "template": "minimax-m2",
                                   "error": str(e)})
+    # Python json.dumps(ensure_ascii=False) of values (the template's tojson filter).
+    values = [1.0, 1e20, 1.5e20, 1e16, 1e15, 1.2345678901234568e17, 0.0001, 1e-05, 1.2345e-07, -0.0, 0.1,
+              2.5, 1 / 3, 5e-324, 1.7976931348623157e308, 100.0, 12345.678, 0.5e-4, 123456789.125, 7, -3,
+              {"a": [1, "\u00e9\n\"\u0001\u007f\\/\t"], "b": None, "c": True, "d": False, "e": {}, "f": []}]
+    chat["pyjson"] = [{"value": v, "dumps": json.dumps(v, ensure_ascii=False)} for v in values]
     write_json(os.path.join(a.out, "chat.golden.json"), chat)
     diff = [c["name"] for c in chat["cases"] if c.get("tiny_model_template_equal") not in (None, True)]
     print("chat: %d cases; tiny model's own template differs on: %s" % (len(chat["cases"]), diff),
