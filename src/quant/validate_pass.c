@@ -1062,7 +1062,8 @@ static void setup_ct(vctx *v, const json_t *qc, ctgroup **groups_out, size_t *ng
             char w[256];
             vname(w, sizeof w, L, "mlp.experts");
             fb_vf_add(v->f, "ct.scheme", w,
-                      "vLLM: ValueError: All MoE projections need to have same quantization scheme but found multiple", NULL,
+                      "vLLM: ValueError: All MoE projections need to have same quantization scheme but found multiple",
+                      "make ignore and targets treat gate_proj, up_proj and down_proj alike (end regexes with $; never name experts)",
                       "ignore/targets give gate_proj/up_proj/down_proj of the experts different schemes");
             v->sc_moe[L] = SC_SKIP;
         } else {
@@ -1540,7 +1541,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     }
 
     // 3. every tensor: lands in a parameter, right dtype and shape
-    char cons[1400], msg[256];
+    char cons[1400], msg[256], nm[512];
     for (size_t i = 0; i < in->n; i++) {
         const fb_vtensor *t = &in->tensors[i];
         const pname *p = &v->pn[i];
@@ -1583,8 +1584,13 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         if (role == R_NO) {
             if (p->kind == MK_BIAS && p->suf == S_NONE) continue;  // no use_routing_bias: config.use_routing_bias says it
             keyerror_text(v, t->name, cons, sizeof cons);
-            if (p->kind == MK_GATE || p->kind == MK_BIAS)
-                fb_vf_add(f, "router.quantized", t->name, cons, NULL, "the router is quantized (it may only hold .weight)");
+            if (p->kind == MK_GATE || p->kind == MK_BIAS) {
+                char rn[128];
+                snprintf(rn, sizeof rn, "%s.%s", p->kind == MK_GATE ? "block_sparse_moe.gate" : "block_sparse_moe.e_score_correction_bias", "*");
+                snprintf(nm, sizeof nm, "model.layers.%ld.%s", p->layer, rn);
+                fb_vf_add(f, "router.quantized", nm, cons, NULL, "the router holds quantized tensors (%s, ...); it may only hold .weight",
+                          SUFNAME[p->suf]);
+            }
             else if (p->suf == S_IGSCALE && sch == SC_CT_NVFP4A16)
                 fb_vf_add(f, "tensor.keyerror", t->name, cons, "drop input_global_scale: NVFP4A16 (no input_activations) has none",
                           "input_global_scale in an NVFP4A16 checkpoint");
@@ -1611,7 +1617,6 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         ? NULL
         : "vLLM: ValueError: Following weights were not initialized from checkpoint (unquantized models are checked)";
     long expect_layers = v->d.nhl > 0 ? v->d.nhl : nL;
-    char nm[512];
     for (int k = MK_EMBED; k <= MK_NORM; k++) {
         if (k == MK_LMHEAD && v->tie) continue;
         if (mod_slot(v, k, -1, -1)[S_WEIGHT] < 0) {
