@@ -673,17 +673,17 @@ def dataset_golden(out_dir, tok_file):
     t = PreTrainedTokenizerFast(tokenizer_file=tok_file)
     raw = Tokenizer.from_file(tok_file)
     full = []
-    for r in recs:
+    for r in recs:  # the kinds in dataset.h's order: input_ids, messages, conversations, text
         msgs = record_messages(r)
-        if msgs is not None:
+        if "input_ids" in r:
+            full.append(r["input_ids"])
+        elif msgs is not None:
             ids = t.apply_chat_template(msgs, chat_template=MINIMAX_TEMPLATE, tokenize=True, return_dict=False)
             if hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             full.append(list(ids))
-        elif "text" in r:
-            full.append(raw.encode(r["text"], add_special_tokens=True).ids)
         else:
-            full.append(r["input_ids"])
+            full.append(raw.encode(r["text"], add_special_tokens=True).ids)
     settings = [
         {"samples": 0, "seq_len": 0, "seed": 42, "skip_long": False, "shuffle": True},
         {"samples": 10, "seq_len": 64, "seed": 42, "skip_long": False, "shuffle": True},

@@ -1617,7 +1617,7 @@ static void post_process(const pp *p, fb_ids *ids, size_t from) {
     default: {
         size_t n = ids->n - from;
         int32_t *seq = fb_malloc((n ? n : 1) * sizeof *seq);
-        memcpy(seq, ids->v + from, n * sizeof *seq);
+        if (n) memcpy(seq, ids->v + from, n * sizeof *seq);
         ids->n = from;
         for (size_t i = 0; i < p->nitems; i++) {
             if (p->items[i].is_seq) {
