@@ -6,6 +6,7 @@
 . tests/lib.sh
 CAL="$BIN/calibrate"
 FX="$T_TMP/fx"
+TOKJ=models/tiny-minimax-m2/tokenizer.json  # the fixture has no tokenizer; ids < 50 only
 mkdir -p "$FX"
 "$BUILD/tests/test_forward" --write-fixture "$FX" || { fail "fixture"; finish; exit 1; }
 
@@ -21,47 +22,49 @@ done > "$T_TMP/d.jsonl"
 expect_rc 0 "--help" -- "$CAL" --help
 expect_out "--seq-len" "--help lists options"
 expect_rc 2 "no arguments" -- "$CAL"
-expect_rc 2 "no output" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl"
-expect_rc 2 "bad template" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s" --template llama
-expect_rc 2 "bad samples" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s" --samples 0
+expect_rc 2 "no output" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl"
+expect_rc 2 "bad template" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s" --template llama
+expect_rc 2 "bad samples" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s" --samples 0
 expect_rc 1 "missing model" -- "$CAL" --model "$T_TMP/nope" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s"
-expect_rc 1 "missing dataset" -- "$CAL" --model "$FX" --dataset "$T_TMP/nope.jsonl" -o "$T_TMP/s"
+expect_rc 1 "missing dataset" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/nope.jsonl" -o "$T_TMP/s"
 
 # bad lines name the line
 { head -3 "$T_TMP/d.jsonl"; echo '{"input_ids": [1, 2,'; } > "$T_TMP/bad.jsonl"
-expect_rc 1 "invalid JSON line" -- "$CAL" --model "$FX" --dataset "$T_TMP/bad.jsonl" -o "$T_TMP/s" --samples 100
+expect_rc 1 "invalid JSON line" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/bad.jsonl" -o "$T_TMP/s" --samples 100
 expect_out "bad.jsonl:4" "message names line 4"
 echo '{"input_ids": [1, 999]}' > "$T_TMP/bad2.jsonl"
-expect_rc 1 "id outside the vocabulary" -- "$CAL" --model "$FX" --dataset "$T_TMP/bad2.jsonl" -o "$T_TMP/s"
-expect_out "bad2.jsonl:1: input_ids\[1\]" "message names the line and index"
+expect_rc 1 "id outside the vocabulary" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/bad2.jsonl" -o "$T_TMP/s"
+expect_out "bad2.jsonl:1: .*999" "message names the line and the id"
 echo '{"ids": [1]}' > "$T_TMP/bad3.jsonl"
-expect_rc 1 "no known field" -- "$CAL" --model "$FX" --dataset "$T_TMP/bad3.jsonl" -o "$T_TMP/s"
+expect_rc 1 "no known field" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/bad3.jsonl" -o "$T_TMP/s"
 
 # sample selection
-expect_rc 0 "dump tokens" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 100 --seq-len 5 --dump-tokens "$T_TMP/tok.jsonl"
+expect_rc 0 "dump tokens" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" --samples 100 --seq-len 5 --dump-tokens "$T_TMP/tok.jsonl"
 n=$(wc -l < "$T_TMP/tok.jsonl")
 [ "$n" = 12 ] && ok || fail "dump: $n samples, want 12 (blank line skipped)"
 long=$(grep -c '5, 6' "$T_TMP/tok.jsonl")
 [ "$long" = 0 ] && ok || fail "truncation to --seq-len 5"
-expect_rc 0 "skip long" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 100 --seq-len 5 --skip-long --dump-tokens "$T_TMP/tok2.jsonl"
+expect_rc 0 "skip long" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" --samples 100 --seq-len 5 --skip-long --dump-tokens "$T_TMP/tok2.jsonl"
 n=$(wc -l < "$T_TMP/tok2.jsonl")
 [ "$n" = 5 ] && ok || fail "--skip-long: $n samples, want 5"
-"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 1 --dump-tokens "$T_TMP/s1a" 2>/dev/null
-"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 1 --dump-tokens "$T_TMP/s1b" 2>/dev/null
-"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 2 --dump-tokens "$T_TMP/s2" 2>/dev/null
+"$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 1 --dump-tokens "$T_TMP/s1a" 2>/dev/null
+"$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 1 --dump-tokens "$T_TMP/s1b" 2>/dev/null
+"$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" --samples 4 --seed 2 --dump-tokens "$T_TMP/s2" 2>/dev/null
 cmp -s "$T_TMP/s1a" "$T_TMP/s1b" && ok || fail "same seed, same samples"
 cmp -s "$T_TMP/s1a" "$T_TMP/s2" && fail "different seeds, same samples" || ok
 
 # full run
-expect_rc 0 "calibrate run" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats.safetensors" --samples 10 --json
+expect_rc 1 "missing tokenizer" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s"
+expect_out "tokenizer.json" "message names the tokenizer"
+expect_rc 0 "calibrate run" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats.safetensors" --samples 10 --json
 expect_out '"experts_never_routed"' "json summary"
 expect_out '"tokens": [0-9]+' "json token count"
 [ -s "$T_TMP/stats.safetensors" ] && ok || fail "statistics file written"
 grep -q 'calibration-stats' "$T_TMP/stats.safetensors" && ok || fail "statistics metadata"
 grep -q 'block_sparse_moe.experts.7.w2.input_absmax' "$T_TMP/stats.safetensors" && ok || fail "expert absmax names"
-"$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats2.safetensors" --samples 10 --quiet --threads 1 --expert-group 3
+"$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats2.safetensors" --samples 10 --quiet --threads 1 --expert-group 3
 cmp -s "$T_TMP/stats.safetensors" "$T_TMP/stats2.safetensors" && ok || fail "statistics differ between runs (threads/expert groups)"
-expect_rc 0 "routed-only run" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats3.safetensors" --samples 10 --routed-only --quiet
+expect_rc 0 "routed-only run" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats3.safetensors" --samples 10 --routed-only --quiet
 grep -q '"routed"' "$T_TMP/stats3.safetensors" && ok || fail "routed-only mode recorded"
 
 # the embedded model, when its weights are there
@@ -75,5 +78,19 @@ if [ -f models/tiny-minimax-m2/config.json ] && ls models/tiny-minimax-m2/*.safe
     expect_rc 0 "embedded model" -- "$CAL" --model models/tiny-minimax-m2 --dataset "$T_TMP/m.jsonl" -o "$T_TMP/tiny.safetensors" --json
     expect_out '"layers": [1-9]' "embedded model summary"
     [ -n "$V" ] && ok
+    # chat records through the MiniMax-M2 template and the tokenizer, two files
+    cat > "$T_TMP/c1.jsonl" <<'J'
+{"messages": [{"role": "user", "content": "What does chomp do in Perl?"}, {"role": "assistant", "content": "It removes the trailing newline."}]}
+{"text": "def f(x):\n\treturn x ** 2\n"}
+J
+    cat > "$T_TMP/c2.jsonl" <<'J'
+{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]}
+J
+    expect_rc 0 "chat records" -- "$CAL" --model models/tiny-minimax-m2 --dataset "$T_TMP/c1.jsonl,$T_TMP/c2.jsonl" --dump-tokens "$T_TMP/ct.jsonl"
+    n=$(wc -l < "$T_TMP/ct.jsonl")
+    [ "$n" = 3 ] && ok || fail "chat records: $n samples, want 3"
+    # the MiniMax template starts with its BOS ]~!b[ (id 4091 in the tiny tokenizer)
+    grep -q '"input_ids": \[4091, ' "$T_TMP/ct.jsonl" && ok || fail "chat rendering starts with ]~!b["
+    expect_rc 0 "chat calibration" -- "$CAL" --model models/tiny-minimax-m2 --dataset "$T_TMP/c1.jsonl,$T_TMP/c2.jsonl" -o "$T_TMP/chat.safetensors" --quiet
 fi
 finish

@@ -403,8 +403,10 @@ static int write_st(const char *path) {
 // reference.safetensors: input_ids [S, T] i32, topk_values/indices [S, T, 16], logsumexp
 // [S, T], logits_seq0 [P, V]; hidden-states.safetensors: hidden_seq0 [L+2, P, H] (embeddings,
 // each layer's output, final norm), router_topk_index/weight_seq0 [L, P, k].
-// Tolerances (f32 forward, different summation order than torch): hidden states max abs diff
-// <= 1e-3 x (1 + max |h|) per layer; full-logit KL over seq 0; top-1 agreement 100%.
+// Tolerances (f32 forward, different summation order than torch; measured 7e-7 / 1e-12):
+// hidden states max abs diff <= 2e-5 x (1 + max |h|) per layer, identical router choices,
+// routing weights within 1e-5, top-1 agreement 100%, mean KL < 1e-6 (the issue asks < 1e-3),
+// logsumexp within 1e-3.
 #define MODEL_DIR "models/tiny-minimax-m2"
 #define GOLD_MODEL GOLDEN_DIR "/model"
 
@@ -480,7 +482,7 @@ static void test_golden_model(void) {
                     else wd = fmax(wd, fabs(ew[p * k + j] - rwt[gi]));
                 }
             CHECK(mism == 0, "layer %zu: %zu router choices differ from transformers", l - 1, mism);
-            CHECK(wd < 1e-4, "layer %zu: routing weights max diff %.3g", l - 1, wd);
+            CHECK(wd < 1e-5, "layer %zu: routing weights max diff %.3g", l - 1, wd);
         }
         const float *h = fb_fwd_hidden(f), *ref = hid + l * P * Hh;
         double md = 0, mx = 0;
@@ -490,7 +492,7 @@ static void test_golden_model(void) {
         }
         double rel = md / (1 + mx);
         worst = fmax(worst, rel);
-        CHECK(rel < 1e-3, "%s %zu: hidden max abs diff %.3g (max |h| %.3g)",
+        CHECK(rel < 2e-5, "%s %zu: hidden max abs diff %.3g (max |h| %.3g)",
               l ? "layer" : "embeddings", l ? l - 1 : 0, md, mx);
         if (l == 0) CHECK(md == 0, "embeddings must be exact: %.3g", md);
     }
@@ -541,10 +543,10 @@ static void test_golden_model(void) {
     }
     double mkl = kl_full / (double)(n_full ? n_full : 1);
     CHECK(agree == npos, "top-1 agreement %zu / %zu", agree, npos);
-    CHECK(mkl < 1e-3, "mean KL (full vocabulary, seq 0) %.3g", mkl);
-    CHECK(kl_coarse / (double)(n_coarse ? n_coarse : 1) < 1e-3, "mean KL (top-%zu + rest) %.3g", KK,
+    CHECK(mkl < 1e-6, "mean KL (full vocabulary, seq 0) %.3g", mkl);
+    CHECK(kl_coarse / (double)(n_coarse ? n_coarse : 1) < 1e-6, "mean KL (top-%zu + rest) %.3g", KK,
           kl_coarse / (double)(n_coarse ? n_coarse : 1));
-    CHECK(lse_d < 1e-2, "logsumexp max diff %.3g", lse_d);
+    CHECK(lse_d < 1e-3, "logsumexp max diff %.3g", lse_d);
     printf("golden model: top-1 %zu/%zu, mean KL full %.3g (%zu pos), top-%zu+rest %.3g (%zu pos), "
            "logsumexp max diff %.3g, top-k logit max diff %.3g, hidden worst rel %.3g\n", agree, npos,
            mkl, n_full, KK, kl_coarse / (double)(n_coarse ? n_coarse : 1), n_coarse, lse_d, topv_d, worst);

@@ -13,168 +13,63 @@
 #include "calib/forward.h"
 #include "common/cli.h"
 #include "common/fb.h"
+#include "io/chat.h"
+#include "io/dataset.h"
+#include "io/tokenizer.h"
 
 static const char *TOOL = "calibrate";
 
-// ---- samples -------------------------------------------------------------------------------
+// ---- samples (io/dataset.h: JSONL records -> token ids, shuffled, cut or skipped) ----------
 
 typedef struct samples {
     size_t n;           // samples
     size_t *starts;     // [n+1] into ids
     int32_t *ids;
     size_t n_tok;
-    size_t lines, skipped_long, truncated, empty;
+    fb_ds_set set;
 } samples;
 
-typedef struct line_index {
-    size_t n, cap;
-    uint64_t *off;  // [n+1]: byte offsets of line starts, off[n] = file size
-} line_index;
-
-static int index_lines(FILE *f, const char *path, line_index *li, fb_err *err) {
-    li->n = 0;
-    li->cap = 1024;
-    li->off = fb_malloc(li->cap * sizeof(uint64_t));
-    uint64_t pos = 0, start = 0;
-    int c, nonblank = 0;
-    char buf[1 << 16];
-    size_t got;
-    while ((got = fread(buf, 1, sizeof buf, f)) > 0) {
-        for (size_t i = 0; i < got; i++, pos++) {
-            c = (unsigned char)buf[i];
-            if (c == '\n') {
-                if (li->n + 2 > li->cap) li->off = fb_realloc(li->off, (li->cap *= 2) * sizeof(uint64_t));
-                li->off[li->n++] = start;
-                start = pos + 1;
-                nonblank = 0;
-            } else if (c != ' ' && c != '\t' && c != '\r') {
-                nonblank = 1;
-            }
-        }
-    }
-    if (ferror(f)) return fb_fail(err, "%s: read error", path);
-    if (nonblank || start < pos) {
-        if (li->n + 2 > li->cap) li->off = fb_realloc(li->off, (li->cap *= 2) * sizeof(uint64_t));
-        li->off[li->n++] = start;
-    }
-    li->off[li->n] = pos + 1;  // one past the end (the '\n' that may be missing)
-    return 0;
+// Splits a comma-separated list of paths (in place in a copy; *buf owns the strings).
+static size_t split_paths(const char *list, char **buf, const char ***paths) {
+    *buf = fb_strdup(list);
+    size_t n = 1;
+    for (const char *p = list; *p; p++) n += *p == ',';
+    *paths = fb_malloc(n * sizeof(char *));
+    n = 0;
+    for (char *tok = strtok(*buf, ","); tok; tok = strtok(NULL, ",")) (*paths)[n++] = tok;
+    return n;
 }
 
-static uint64_t splitmix64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// Token ids of one JSONL line (`input_ids`). *n = 0 for an empty sample.
-static int line_tokens(const char *path, size_t lineno, const char *text, int vocab,
-                       int32_t **ids, size_t *n, fb_err *err) {
-    json_error_t je;
-    json_t *j = json_loads(text, 0, &je);
-    if (!j) return fb_fail(err, "%s:%zu: invalid JSON: %s", path, lineno, je.text);
-    int rc = 0;
-    const json_t *arr = json_object_get(j, "input_ids");
-    if (!json_is_object(j)) {
-        rc = fb_fail(err, "%s:%zu: not a JSON object", path, lineno);
-    } else if (arr) {
-        if (!json_is_array(arr)) {
-            rc = fb_fail(err, "%s:%zu: \"input_ids\" is not an array", path, lineno);
-        } else {
-            size_t m = json_array_size(arr);
-            *ids = fb_malloc(m * sizeof(int32_t) + 1);
-            for (size_t i = 0; i < m && !rc; i++) {
-                const json_t *v = json_array_get(arr, i);
-                if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-                    json_integer_value(v) >= vocab)
-                    rc = fb_fail(err, "%s:%zu: input_ids[%zu] is not a token id in [0, %d)", path,
-                                 lineno, i, vocab);
-                else (*ids)[i] = (int32_t)json_integer_value(v);
-            }
-            *n = m;
-            if (rc) { free(*ids); *ids = NULL; }
-        }
-    } else if (json_object_get(j, "messages") || json_object_get(j, "text")) {
-        rc = fb_fail(err, "%s:%zu: \"messages\"/\"text\" samples need the tokenizer, which this "
-                          "build lacks; give pre-tokenized \"input_ids\"", path, lineno);
-    } else {
-        rc = fb_fail(err, "%s:%zu: no \"input_ids\", \"messages\" or \"text\" field", path, lineno);
-    }
-    json_decref(j);
-    return rc;
-}
-
-static int load_samples(const char *path, size_t want, size_t seq_len, uint64_t seed,
-                        int skip_long, int vocab, samples *S, fb_err *err) {
+static int load_samples(const char *const *paths, size_t npaths, const fb_ds_opts *o,
+                        fb_tok *tok, int vocab, samples *S, fb_err *err) {
     memset(S, 0, sizeof *S);
-    FILE *f = fopen(path, "rb");
-    if (!f) return fb_fail(err, "%s: cannot open the dataset", path);
-    line_index li = {0};
-    int rc = index_lines(f, path, &li, err);
-    size_t *order = NULL;
-    char *buf = NULL;
-    size_t bufcap = 0, cap = 0;
-    if (rc) goto done;
-    S->lines = li.n;
-    order = fb_malloc((li.n + 1) * sizeof(size_t));
-    for (size_t i = 0; i < li.n; i++) order[i] = i;
-    uint64_t st = seed;
-    for (size_t i = li.n; i > 1; i--) {
-        size_t j = (size_t)(splitmix64(&st) % i);
-        size_t t = order[i - 1]; order[i - 1] = order[j]; order[j] = t;
-    }
-    S->starts = fb_malloc((want + 1) * sizeof(size_t));
-    S->starts[0] = 0;
-    for (size_t k = 0; k < li.n && S->n < want; k++) {
-        size_t ln = order[k];
-        uint64_t a = li.off[ln], b = li.off[ln + 1] - 1;  // without the newline
-        if (b < a) b = a;
-        size_t len = (size_t)(b - a);
-        if (len + 1 > bufcap) buf = fb_realloc(buf, bufcap = len + 1);
-        if (fseeko(f, (off_t)a, SEEK_SET) != 0 || fread(buf, 1, len, f) != len) {
-            rc = fb_fail(err, "%s:%zu: read error", path, ln + 1);
-            goto done;
+    fb_dataset *ds;
+    if (fb_ds_open(paths, npaths, &ds, err)) return -1;
+    int rc = fb_ds_build(ds, o, tok, &S->set, err);
+    if (!rc && S->set.n == 0)
+        rc = fb_fail(err, "%s: no usable sample among %zu records", paths[0], S->set.n_records);
+    if (!rc) {
+        S->n = S->set.n;
+        S->starts = fb_malloc((S->n + 1) * sizeof(size_t));
+        S->ids = fb_malloc(S->set.total_tokens * sizeof(int32_t) + 1);
+        S->starts[0] = 0;
+        for (size_t i = 0; i < S->n && !rc; i++) {
+            const fb_ds_sample *x = &S->set.s[i];
+            for (size_t t = 0; t < x->n && !rc; t++)
+                if (x->ids[t] < 0 || x->ids[t] >= vocab) {
+                    const char *path;
+                    size_t line;
+                    fb_ds_where(ds, x->record, &path, &line);
+                    rc = fb_fail(err, "%s:%zu: token id %d (position %zu) is outside the model's "
+                                      "vocabulary [0, %d)", path, line, x->ids[t], t, vocab);
+                }
+            memcpy(S->ids + S->n_tok, x->ids, x->n * sizeof(int32_t));
+            S->n_tok += x->n;
+            S->starts[i + 1] = S->n_tok;
         }
-        buf[len] = 0;
-        size_t sp = 0;
-        while (sp < len && (buf[sp] == ' ' || buf[sp] == '\t' || buf[sp] == '\r')) sp++;
-        if (sp == len) { S->empty++; continue; }
-        int32_t *ids = NULL;
-        size_t n = 0;
-        if ((rc = line_tokens(path, ln + 1, buf, vocab, &ids, &n, err))) goto done;
-        if (n == 0) { S->empty++; free(ids); continue; }
-        if (n > seq_len) {
-            if (skip_long) { S->skipped_long++; free(ids); continue; }
-            n = seq_len;
-            S->truncated++;
-        }
-        if (S->n_tok + n > cap) S->ids = fb_realloc(S->ids, (cap = 2 * (S->n_tok + n)) * sizeof(int32_t));
-        memcpy(S->ids + S->n_tok, ids, n * sizeof(int32_t));
-        free(ids);
-        S->n_tok += n;
-        S->starts[++S->n] = S->n_tok;
     }
-    if (S->n == 0) rc = fb_fail(err, "%s: no usable sample among %zu lines", path, li.n);
-done:
-    fclose(f);
-    free(li.off);
-    free(order);
-    free(buf);
+    fb_ds_close(ds);
     return rc;
-}
-
-static int dump_tokens(const char *path, const samples *S, fb_err *err) {
-    FILE *f = strcmp(path, "-") ? fopen(path, "w") : stdout;
-    if (!f) return fb_fail(err, "%s: cannot create", path);
-    for (size_t s = 0; s < S->n; s++) {
-        fputs("{\"input_ids\": [", f);
-        for (size_t t = S->starts[s]; t < S->starts[s + 1]; t++)
-            fprintf(f, t > S->starts[s] ? ", %d" : "%d", S->ids[t]);
-        fputs("]}\n", f);
-    }
-    if (f != stdout ? fclose(f) != 0 : fflush(f) != 0) return fb_fail(err, "%s: write error", path);
-    return 0;
 }
 
 // ---- progress ------------------------------------------------------------------------------
@@ -205,18 +100,21 @@ static void progress_cb(void *u, int layer, size_t done, size_t total) {
 
 int main(int argc, char **argv) {
     const char *model = NULL, *dataset = NULL, *outp = NULL, *dump = NULL, *tmpl = "minimax";
+    const char *tokp = NULL;
     int n_samples = 128, seq_len = 2048, threads = 0, group = 32, chunk = 0, skip_long = 0;
-    int routed = 0, json = 0, quiet = 0, max_layers = 0;
+    int routed = 0, json = 0, quiet = 0, max_layers = 0, no_shuffle = 0;
     double seed_d = 42;
     const fb_opt opts[] = {
         {"model", 'm', FB_OPT_STR, &model, "SRC", "source checkpoint (FP8 block-scaled or BF16 directory)", 0, 0},
-        {"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data: one JSON object per line with \"input_ids\" (or \"messages\"/\"text\" with a tokenizer)", 0, 0},
+        {"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data, JSONL (comma-separated list for several files): per line \"messages\" (+ \"tools\"), \"conversations\", \"text\" or \"input_ids\"", 0, 0},
+        {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json)", 0, 0},
         {"output", 'o', FB_OPT_STR, &outp, "STATS", "statistics file to write (safetensors)", 0, 0},
         {"samples", 'n', FB_OPT_INT, &n_samples, "N", "calibration samples", 1, 100000000},
         {"seq-len", 'L', FB_OPT_INT, &seq_len, "L", "tokens per sample at most", 1, 1 << 24},
         {"seed", 's', FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed", 0, 0},
+        {"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order", 0, 0},
         {"skip-long", 0, FB_OPT_FLAG, &skip_long, NULL, "skip samples longer than --seq-len instead of truncating them (REAP)", 0, 0},
-        {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": minimax or chatml", 0, 0},
+        {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": minimax (MiniMax-M2's own) or chatml", 0, 0},
         {"dump-tokens", 0, FB_OPT_STR, &dump, "FILE", "write the selected samples' token ids as JSONL (\"-\" = stdout) and stop", 0, 0},
         {"threads", 't', FB_OPT_INT, &threads, "T", "worker threads (0 = every CPU)", 0, 256},
         {"expert-group", 0, FB_OPT_INT, &group, "G", "experts held in memory at once (f32: G x 3 x inter x hidden x 4 bytes)", 1, 1 << 20},
@@ -241,8 +139,11 @@ int main(int argc, char **argv) {
     if (npos) { fprintf(stderr, "%s: unexpected argument %s\n", TOOL, pos[0]); return 2; }
     if (!model || !dataset) { fprintf(stderr, "%s: --model and --dataset are required\n", TOOL); return 2; }
     if (!outp && !dump) { fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE) is required\n", TOOL); return 2; }
-    if (strcmp(tmpl, "minimax") && strcmp(tmpl, "chatml")) {
-        fprintf(stderr, "%s: --template must be minimax or chatml\n", TOOL);
+    fb_err err;
+    fb_ds_opts dso;
+    fb_ds_opts_default(&dso);
+    if (fb_chat_template_parse(tmpl, &dso.chat.tmpl, &err)) {
+        fprintf(stderr, "%s: --template: %s\n", TOOL, err.msg);
         return 2;
     }
     if (seed_d < 0 || seed_d != floor(seed_d) || seed_d > 9007199254740992.0) {
@@ -250,8 +151,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     uint64_t seed = (uint64_t)seed_d;
+    dso.samples = (size_t)n_samples;
+    dso.seq_len = (size_t)seq_len;
+    dso.seed = seed;
+    dso.no_shuffle = no_shuffle;
+    dso.skip_long = skip_long;
 
-    fb_err err;
     fb_wsrc *src = fb_wsrc_open_ckpt(model, &err);
     if (!src) { fprintf(stderr, "%s: %s\n", TOOL, err.msg); return 1; }
     fb_mm_config cfg;
@@ -265,19 +170,43 @@ int main(int argc, char **argv) {
         fb_wsrc_close(src);
         return 1;
     }
+    char *tokdef = NULL, *pathbuf = NULL;
+    const char **paths = NULL;
+    size_t npaths = split_paths(dataset, &pathbuf, &paths);
+    fb_tok *tok = NULL;
     samples S;
-    if (load_samples(dataset, (size_t)n_samples, (size_t)seq_len, seed, skip_long, cfg.vocab, &S,
-                     &err)) {
+    memset(&S, 0, sizeof S);
+    int rc = 0;
+    if (!tokp) {
+        tokdef = fb_malloc(strlen(model) + 32);
+        sprintf(tokdef, "%s/tokenizer.json", model);
+        tokp = tokdef;
+    }
+    if (fb_tok_load(tokp, &tok, &err) ||
+        load_samples(paths, npaths, &dso, tok, cfg.vocab, &S, &err)) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
-        fb_wsrc_close(src);
-        return 1;
+        rc = 1;
+        goto out_src;
     }
     if (!quiet && S.n < (size_t)n_samples)
-        fprintf(stderr, "%s: warning: %zu samples of %d asked (%zu lines, %zu too long, %zu empty)\n",
-                TOOL, S.n, n_samples, S.lines, S.skipped_long, S.empty);
-    int rc = 0;
+        fprintf(stderr, "%s: warning: %zu samples of %d asked (%zu records, %zu too long, "
+                        "%zu too short)\n", TOOL, S.n, n_samples, S.set.n_records,
+                S.set.n_skipped_long, S.set.n_skipped_short);
     if (dump) {
-        if (dump_tokens(dump, &S, &err)) { fprintf(stderr, "%s: %s\n", TOOL, err.msg); rc = 1; }
+        FILE *df = strcmp(dump, "-") ? fopen(dump, "w") : stdout;
+        if (!df) {
+            fprintf(stderr, "%s: %s: cannot create\n", TOOL, dump);
+            rc = 1;
+        } else {
+            if (fb_ds_write_jsonl(&S.set, df, dump, &err)) {
+                fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+                rc = 1;
+            }
+            if (df != stdout ? fclose(df) != 0 : fflush(df) != 0) {
+                fprintf(stderr, "%s: %s: write error\n", TOOL, dump);
+                rc = 1;
+            }
+        }
         goto out_src;
     }
     int n_layers = max_layers > 0 && max_layers < cfg.n_layers ? max_layers : cfg.n_layers;
@@ -298,7 +227,12 @@ int main(int argc, char **argv) {
 
     // Provenance.
     char digest[33] = "", s_samples[32], s_len[32], s_seed[32], s_tokh[32];
-    if (fb_file_xxh128(dataset, digest, &err)) goto fail;
+    char *digests = fb_calloc(npaths, 34);
+    for (size_t i = 0; i < npaths; i++) {
+        if (fb_file_xxh128(paths[i], digest, &err)) { free(digests); goto fail; }
+        if (i) strcat(digests, ",");
+        strcat(digests, digest);
+    }
     uint64_t h = 1469598103934665603ull;  // FNV-1a 64 of the token ids (little-endian int32)
     for (size_t i = 0; i < S.n_tok; i++)
         for (int b = 0; b < 4; b++) h = (h ^ ((uint32_t)S.ids[i] >> (8 * b) & 0xFF)) * 1099511628211ull;
@@ -308,9 +242,11 @@ int main(int argc, char **argv) {
     snprintf(s_tokh, sizeof s_tokh, "%016llx", (unsigned long long)h);
     const char *mk[] = {"tool", "version", "model", "dataset", "dataset_xxh128", "samples",
                         "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64"};
-    const char *mv[] = {TOOL, FB_VERSION, model, dataset, digest, s_samples, s_len, s_seed,
-                        skip_long ? "true" : "false", tmpl, s_tokh};
-    if (fb_calib_stats_write(st, outp, sizeof mk / sizeof mk[0], mk, mv, &err)) goto fail;
+    const char *mv[] = {TOOL, FB_VERSION, model, dataset, digests, s_samples, s_len, s_seed,
+                        skip_long ? "true" : "false", fb_chat_template_name(dso.chat.tmpl), s_tokh};
+    int wrc = fb_calib_stats_write(st, outp, sizeof mk / sizeof mk[0], mk, mv, &err);
+    free(digests);
+    if (wrc) goto fail;
 
     // Summary.
     const fb_fwd_timing *tm = fb_fwd_get_timing(f);
@@ -318,8 +254,9 @@ int main(int argc, char **argv) {
     json_object_set_new(js, "stats", json_string(outp));
     json_object_set_new(js, "samples", json_integer((json_int_t)S.n));
     json_object_set_new(js, "tokens", json_integer((json_int_t)S.n_tok));
-    json_object_set_new(js, "truncated", json_integer((json_int_t)S.truncated));
-    json_object_set_new(js, "skipped_long", json_integer((json_int_t)S.skipped_long));
+    json_object_set_new(js, "records", json_integer((json_int_t)S.set.n_records));
+    json_object_set_new(js, "truncated", json_integer((json_int_t)S.set.n_truncated));
+    json_object_set_new(js, "skipped_long", json_integer((json_int_t)S.set.n_skipped_long));
     json_object_set_new(js, "layers", json_integer(n_layers));
     json_object_set_new(js, "experts_mode", json_string(routed ? "routed" : "all"));
     json_object_set_new(js, "seconds", json_real(secs));
@@ -373,8 +310,13 @@ out:
     fb_fwd_free(f);
     fb_calib_stats_free(st);
 out_src:
+    fb_tok_free(tok);
+    fb_ds_set_free(&S.set);
     free(S.ids);
     free(S.starts);
+    free(tokdef);
+    free(pathbuf);
+    free(paths);
     fb_wsrc_close(src);
     return rc;
 }
