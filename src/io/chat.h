@@ -67,8 +67,8 @@ int fb_chat_render(const fb_chat_opts *o, json_t *messages, json_t *tools, char 
                    fb_err *err);
 
 // Python's json.dumps(v, ensure_ascii=False) of a JSON value (separators ", " and ": ", key
-// order kept, floats as repr), appended as a malloc'd string to *out. Used for tool schemas and
-// tool-call arguments; exposed for tests.
+// order kept, floats as repr): *out is a new malloc'd NUL-terminated string (caller frees) of
+// *out_len bytes. Used for tool schemas and tool-call arguments; exposed for tests.
 int fb_chat_pyjson(json_t *v, char **out, size_t *out_len, fb_err *err);
 
 #endif

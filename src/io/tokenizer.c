@@ -1102,7 +1102,7 @@ static int tok_from_json(fb_tok *t, json_t *root, fb_err *err) {
 int fb_tok_load_string(const char *json, size_t len, const char *name, fb_tok **out, fb_err *err) {
     *out = NULL;
     json_error_t je;
-    json_t *root = json_loadb(json, len, 0, &je);
+    json_t *root = json_loadb(json, len, JSON_ALLOW_NUL, &je);
     if (!root) return fb_fail(err, "%s: JSON error at line %d column %d: %s", name, je.line, je.column, je.text);
     fb_tok *t = fb_calloc(1, sizeof *t);
     t->name = fb_strdup(name);
