@@ -46,6 +46,28 @@ static int cmp_str(const void *a, const void *b) {
 
 // ---- reader ---------------------------------------------------------------------------
 
+// json_load_file reads with getc; a 10 MB index of 192k names parses much faster from memory.
+static json_t *load_json(const char *path, json_error_t *je) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return json_load_file(path, 0, je);  // same error text as before
+    struct stat st;
+    json_t *j = NULL;
+    if (fstat(fd, &st) == 0 && st.st_size >= 0) {
+        size_t n = (size_t)st.st_size;
+        char *buf = fb_malloc(n + 1);
+        size_t got = 0;
+        while (got < n) {
+            ssize_t r = read(fd, buf + got, n - got);
+            if (r <= 0) break;
+            got += (size_t)r;
+        }
+        j = json_loadb(buf, got, 0, je);
+        free(buf);
+    }
+    close(fd);
+    return j;
+}
+
 void fb_ckpt_close(fb_ckpt *c) {
     if (!c) return;
     for (size_t i = 0; i < c->n_files; i++) {
@@ -125,7 +147,7 @@ int fb_ckpt_open(const char *path, fb_ckpt **out, fb_err *err) {
         char *cfg = fb_path_join(c->dir, "config.json");
         if (file_exists(cfg)) {
             json_error_t je;
-            c->config = json_load_file(cfg, 0, &je);
+            c->config = load_json(cfg, &je);
             if (!c->config || !json_is_object(c->config))
                 rc = fb_fail(err, "%s: invalid JSON: %s (line %d)", cfg, c->config ? "not an object" : je.text, je.line);
         }
@@ -137,7 +159,7 @@ int fb_ckpt_open(const char *path, fb_ckpt **out, fb_err *err) {
         if (!rc && file_exists(idx)) {
             c->has_index = 1;
             json_error_t je;
-            c->index_json = json_load_file(idx, 0, &je);
+            c->index_json = load_json(idx, &je);
             json_t *wm = c->index_json ? json_object_get(c->index_json, "weight_map") : NULL;
             if (!c->index_json) rc = fb_fail(err, "%s: invalid JSON: %s (line %d)", idx, je.text, je.line);
             else if (!json_is_object(wm)) rc = fb_fail(err, "%s: no \"weight_map\" object", idx);
