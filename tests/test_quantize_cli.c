@@ -1,0 +1,543 @@
+// test_quantize_cli.c: nvfp4-quantize and w4a16-quantize end to end on the embedded model
+// (models/tiny-minimax-m2, FP8 block-scaled), as a user runs them.
+//
+// Golden: tests/golden/model-quant/*.json (scripts/gen-model-quant-golden.py) hold, per output
+// tensor of the reference tools run on the BF16 version of the model (llm-compressor's
+// model_free_ptq for NVFP4A16 / W4A16 / experts-only NVFP4A16, auto-round's model-free RTN for
+// the AutoRound packing, NVFP4A16 weights + generate_gparam input scales for NVFP4 W4A4),
+// dtype, shape and xxh3-128 of the payload; and the quantization_config the reference wrote
+// (plus the one compressed-tensors' oneshot path writes). Each tool's output must match them
+// tensor for tensor; the first mismatches are printed.
+//
+// Then: FP8 source vs fp8-dequant + quantize (byte-identical shards); --dry-run writes nothing;
+// refusals (NVFP4 without --calib, a recipe that quantizes the router gate, an unknown recipe
+// key, a scheme of the other tool, a NaN in a BF16 weight) exit 1 with their message and leave
+// nothing behind; SIGKILL mid-run then --resume gives byte-identical output.
+#include <dirent.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "io/checkpoint.h"
+#include "st_build.h"
+#include "test.h"
+
+#define MODEL "models/tiny-minimax-m2"
+#define GOLD GOLDEN_DIR "/model-quant"
+
+static char dir[256], bin[256];
+
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    char full[4500];
+    snprintf(full, sizeof full, "%s >%s/log 2>&1", cmd, dir);
+    int st = system(full);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+static int log_has_(const char *s, int loud) {
+    char p[300];
+    snprintf(p, sizeof p, "%s/log", dir);
+    FILE *f = fopen(p, "r");
+    if (!f) return 0;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    int ok = strstr(buf, s) != NULL;
+    if (!ok && loud) fprintf(stderr, "    log: %s", buf);
+    return ok;
+}
+
+static int log_has(const char *s) { return log_has_(s, 1); }
+
+static int exists(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int exists(const char *fmt, ...) {
+    char p[600];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p, sizeof p, fmt, ap);
+    va_end(ap);
+    return access(p, F_OK) == 0;
+}
+
+// Nothing named out, out.partial or out.* beside it.
+static int nothing_left(const char *out) {
+    return !exists("%s/%s", dir, out) && !exists("%s/%s.partial", dir, out);
+}
+
+static void hex128(const void *data, size_t n, char hex[33]) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(data, n));
+    for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", c.digest[i]);
+}
+
+// {name: [dtype, shape, xxh3-128 hex]} of every tensor of the checkpoint in path (NULL and a
+// message on failure). Caller decrefs.
+static json_t *digest_ckpt(const char *path) {
+    fb_ckpt *c;
+    fb_err err;
+    if (fb_ckpt_open(path, &c, &err)) {
+        fprintf(stderr, "    %s\n", err.msg);
+        return NULL;
+    }
+    json_t *out = json_object();
+    for (size_t i = 0; i < c->n_tensors; i++) {
+        const fb_st_tensor *t = c->tensors[i].t;
+        void *buf = NULL;
+        if (fb_st_read_all(fb_ckpt_file(c, &c->tensors[i]), t, &buf, &err)) {
+            fprintf(stderr, "    %s\n", err.msg);
+            json_decref(out);
+            out = NULL;
+            break;
+        }
+        char hex[33];
+        hex128(buf, t->nbytes, hex);
+        free(buf);
+        json_t *shape = json_array();
+        for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+        json_object_set_new(out, t->name, json_pack("[s o s]", fb_dtypes[t->dtype].name, shape, hex));
+    }
+    fb_ckpt_close(c);
+    return out;
+}
+
+// Compares a checkpoint's tensors with a golden {"tensors": {...}}: same names, and for each
+// the same dtype, shape and digest. Prints the first mismatches; returns how many differ.
+static int compare_tensors(const char *label, const char *out_dir, json_t *gold) {
+    json_t *want = json_object_get(gold, "tensors");
+    json_t *got = digest_ckpt(out_dir);
+    if (!want || !got) {
+        CHECK(0, "%s: cannot read the golden or the output %s", label, out_dir);
+        json_decref(got);
+        return 1;
+    }
+    int bad = 0, shown = 0;
+    const char *name;
+    json_t *w;
+    json_object_foreach(want, name, w) {
+        json_t *g = json_object_get(got, name);
+        const char *why = NULL;
+        if (!g) why = "missing from the output";
+        else if (!json_equal(json_array_get(w, 0), json_array_get(g, 0))) why = "dtype differs";
+        else if (!json_equal(json_array_get(w, 1), json_array_get(g, 1))) why = "shape differs";
+        else if (!json_equal(json_array_get(w, 2), json_array_get(g, 2))) why = "bytes differ";
+        if (!why) continue;
+        if (shown++ < 5) {
+            char *ws = json_dumps(w, JSON_COMPACT), *gs = g ? json_dumps(g, JSON_COMPACT) : NULL;
+            fprintf(stderr, "    %s: tensor %s: %s: reference %s, fourbit %s\n", label, name, why, ws, gs ? gs : "-");
+            free(ws);
+            free(gs);
+        }
+        bad++;
+    }
+    json_object_foreach(got, name, w) {
+        if (json_object_get(want, name)) continue;
+        if (shown++ < 5) fprintf(stderr, "    %s: tensor %s: only in fourbit's output\n", label, name);
+        bad++;
+    }
+    CHECK(bad == 0, "%s: %d of %zu tensors differ from the reference (%s)", label, bad, json_object_size(want),
+          json_string_value(json_object_get(gold, "reference")));
+    json_decref(got);
+    return bad;
+}
+
+// Notes (does not fail) where two semantically equal objects list their keys in another
+// order: compressed-tensors writes config.json with sort_keys=True, pydantic order otherwise.
+static void note_key_order(const char *label, const char *path, json_t *ref, json_t *got, int *budget) {
+    if (!json_is_object(ref) || !json_is_object(got)) return;
+    const char *k;
+    json_t *v;
+    char ro[1024] = "", go[1024] = "";
+    size_t rl = 0, gl = 0;
+    json_object_foreach(ref, k, v)
+        if (json_object_get(got, k) && rl < sizeof ro) rl += (size_t)snprintf(ro + rl, sizeof ro - rl, "%s ", k);
+    json_object_foreach(got, k, v)
+        if (json_object_get(ref, k) && gl < sizeof go) gl += (size_t)snprintf(go + gl, sizeof go - gl, "%s ", k);
+    // the same difference is noted once per run, not once per golden
+    static char seen[16][256];
+    static int n_seen;
+    char key[256];
+    snprintf(key, sizeof key, "%s|%.100s|%.100s", strchr(path + (*path == '/'), '/') ? strchr(path + (*path == '/'), '/') : path, ro, go);
+    int dup = 0;
+    for (int i = 0; i < n_seen; i++) dup |= !strcmp(seen[i], key);
+    if (strcmp(ro, go) && !dup && (*budget)-- > 0) {
+        if (n_seen < 16) snprintf(seen[n_seen++], sizeof seen[0], "%s", key);
+        printf("  note: %s: key order differs at %s: reference [%.200s] fourbit [%.200s]\n", label, *path ? path : "/", ro,
+               go);
+    }
+    json_object_foreach(ref, k, v) {
+        char sub[512];
+        snprintf(sub, sizeof sub, "%s/%s", path, k);
+        note_key_order(label, sub, v, json_object_get(got, k), budget);
+    }
+}
+
+static json_t *load_qconfig(const char *out_dir, const char *file, const char *key) {
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s", out_dir, file);
+    json_t *cfg = json_load_file(p, 0, NULL);
+    json_t *qc = key ? json_incref(json_object_get(cfg, key)) : json_incref(cfg);
+    json_decref(cfg);
+    return qc;
+}
+
+static void print_diff(const char *label, const char *what, json_t *a, json_t *b) {
+    char *as = json_dumps(a, JSON_COMPACT | JSON_SORT_KEYS), *bs = json_dumps(b, JSON_COMPACT | JSON_SORT_KEYS);
+    fprintf(stderr, "    %s: %s\n      reference %.1500s\n      fourbit   %.1500s\n", label, what, as ? as : "null", bs ? bs : "null");
+    free(as);
+    free(bs);
+}
+
+// quantization_config of the output against the golden: equal to the oneshot path's
+// (compressed-tensors' apply + update_config, what the issue asks for) and, where the golden
+// has one, to model_free_ptq's except for the differences of that entrypoint (noted).
+static void compare_qconfig(const char *label, const char *out_dir, json_t *gold) {
+    json_t *qc = load_qconfig(out_dir, "config.json", "quantization_config");
+    REQUIRE(qc, "%s: config.json has no quantization_config", label);
+    int budget = 6;
+    json_t *oneshot = json_object_get(gold, "quantization_config_oneshot");
+    json_t *ref = json_object_get(gold, "quantization_config");
+    if (oneshot) {
+        CHECK(json_equal(qc, oneshot), "%s: quantization_config differs from compressed-tensors' oneshot config", label);
+        if (!json_equal(qc, oneshot)) print_diff(label, "quantization_config", oneshot, qc);
+        note_key_order(label, "", oneshot, qc, &budget);
+    }
+    if (json_is_object(ref) && oneshot) {
+        // model_free_ptq: its config group is named after the preset, its ignore list is the
+        // recipe's (not expanded to module names) and it has no sparsity_config. Compare
+        // the rest.
+        json_t *r = json_deep_copy(ref), *g = json_deep_copy(qc);
+        json_t *rg = json_object_get(r, "config_groups"), *gg = json_object_get(g, "config_groups");
+        CHECK(json_object_size(rg) == 1 && json_object_size(gg) == 1, "%s: one config group each", label);
+        void *ri = json_object_iter(rg), *gi = json_object_iter(gg);
+        if (ri && gi) {
+            CHECK(json_equal(json_object_iter_value(ri), json_object_iter_value(gi)),
+                  "%s: the config group (scheme) differs from model_free_ptq's", label);
+            if (strcmp(json_object_iter_key(ri), json_object_iter_key(gi)))
+                printf("  note: %s: model_free_ptq names the config group '%s', fourbit (like oneshot) '%s'\n", label,
+                       json_object_iter_key(ri), json_object_iter_key(gi));
+        }
+        if (!json_equal(json_object_get(r, "ignore"), json_object_get(g, "ignore"))) {
+            char *a = json_dumps(json_object_get(r, "ignore"), JSON_COMPACT), *b = json_dumps(json_object_get(g, "ignore"), JSON_COMPACT);
+            printf("  note: %s: ignore: model_free_ptq writes the recipe's %s, fourbit (like oneshot) %s\n", label, a, b);
+            free(a);
+            free(b);
+        }
+        if (json_object_get(g, "sparsity_config") && !json_object_get(r, "sparsity_config"))
+            printf("  note: %s: sparsity_config {} written by fourbit and oneshot, not by model_free_ptq\n", label);
+        const char *keys[] = {"config_groups", "ignore", "sparsity_config"};
+        for (int i = 0; i < 3; i++) {
+            json_object_del(r, keys[i]);
+            json_object_del(g, keys[i]);
+        }
+        CHECK(json_equal(r, g), "%s: the rest of quantization_config differs from model_free_ptq's", label);
+        if (!json_equal(r, g)) print_diff(label, "quantization_config without config_groups/ignore/sparsity_config", r, g);
+        json_decref(r);
+        json_decref(g);
+    } else if (json_is_object(ref)) {  // AutoRound: the reference's own config, in both files
+        CHECK(json_equal(qc, ref), "%s: quantization_config differs from auto-round's", label);
+        if (!json_equal(qc, ref)) print_diff(label, "quantization_config", ref, qc);
+        note_key_order(label, "", ref, qc, &budget);
+        json_t *qj = load_qconfig(out_dir, "quantization_config.json", NULL);
+        json_t *rj = json_object_get(gold, "quantization_config_json");
+        CHECK(qj && json_equal(qj, rj), "%s: quantization_config.json differs from auto-round's", label);
+        if (qj && rj) note_key_order(label, "quantization_config.json", rj, qj, &budget);
+        json_decref(qj);
+    }
+    json_decref(qc);
+}
+
+static json_t *load_gold(const char *name) {
+    char p[300];
+    snprintf(p, sizeof p, "%s/%s", GOLD, name);
+    json_error_t je;
+    json_t *g = json_load_file(p, 0, &je);
+    REQUIRE(g, "%s: %s (run scripts/gen-model-quant-golden.py)", p, je.text);
+    return g;
+}
+
+// 1 when the embedded model's shards are the ones the golden was made from ("source_files":
+// {file: xxh3-128 of the whole file}); otherwise one failure saying to remake the golden, and
+// the tensor comparisons are skipped (they would all differ for that reason alone).
+static int source_matches(json_t *g) {
+    static int checked, ok;
+    if (checked) return ok;
+    checked = 1;
+    ok = 1;
+    const char *fn;
+    json_t *want;
+    json_object_foreach(json_object_get(g, "source_files"), fn, want) {
+        char p[400];
+        snprintf(p, sizeof p, "%s/%s", MODEL, fn);
+        FILE *f = fopen(p, "rb");
+        char hex[33] = "missing";
+        if (f) {
+            XXH3_state_t *st = XXH3_createState();
+            XXH3_128bits_reset(st);
+            static unsigned char buf[1 << 16];
+            size_t n;
+            while ((n = fread(buf, 1, sizeof buf, f)) > 0) XXH3_128bits_update(st, buf, n);
+            XXH128_canonical_t c;
+            XXH128_canonicalFromHash(&c, XXH3_128bits_digest(st));
+            for (int i = 0; i < 16; i++) snprintf(hex + 2 * i, 3, "%02x", c.digest[i]);
+            XXH3_freeState(st);
+            fclose(f);
+        }
+        if (strcmp(hex, json_string_value(want))) ok = 0;
+    }
+    CHECK(ok && json_object_size(json_object_get(g, "source_files")) == 2,
+          "%s changed since " GOLD " was made: rerun python3 scripts/gen-model-quant-golden.py --remake-stats "
+          "(tensor comparisons skipped)", MODEL);
+    return ok;
+}
+
+// Runs the golden's tool with its arguments on the embedded model into dir/out, then compares
+// the tensors and the quantization_config with the golden.
+static void golden_case(const char *file, const char *out) {
+    json_t *g = load_gold(file);
+    char args[1024] = "", od[400];
+    size_t l = 0, i;
+    json_t *a;
+    json_array_foreach(json_object_get(g, "args"), i, a)
+        l += (size_t)snprintf(args + l, sizeof args - l, " %s", json_string_value(a));
+    const char *tool = json_string_value(json_object_get(g, "tool"));
+    snprintf(od, sizeof od, "%s/%s", dir, out);
+    int rc = run("%s/%s -q%s %s %s", bin, tool, args, MODEL, od);
+    CHECK(rc == 0, "%s: %s%s: exit %d", file, tool, args, rc);
+    if (rc == 0 && source_matches(g)) {
+        compare_tensors(file, od, g);
+        compare_qconfig(file, od, g);
+    }
+    json_decref(g);
+}
+
+// Reads a 4-byte f32 tensor from a checkpoint (NAN when absent).
+static float read_f32(fb_ckpt *c, const char *name) {
+    const fb_ckpt_tensor *t = fb_ckpt_find(c, name);
+    float v = __builtin_nanf("");
+    fb_err err;
+    if (t && t->t->nbytes == 4 && fb_st_read(fb_ckpt_file(c, t), t->t, 0, &v, 4, &err) == 0) return v;
+    return __builtin_nanf("");
+}
+
+static void goldens(void) {
+    golden_case("nvfp4a16.json", "nvfp4a16");
+    golden_case("w4a16.json", "w4a16");
+    golden_case("autoround.json", "autoround");
+    golden_case("experts-only.json", "experts-only");
+    golden_case("nvfp4.json", "nvfp4");
+
+    // NVFP4 W4A4: the validator accepts it, input_global_scale is one value per q/k/v set
+    CHECK(run("%s/validate-ignore-list %s/nvfp4", bin, dir) == 0, "validate-ignore-list accepts the NVFP4 output");
+    fb_ckpt *c;
+    fb_err err;
+    char p[400];
+    snprintf(p, sizeof p, "%s/nvfp4", dir);
+    if (fb_ckpt_open(p, &c, &err) == 0) {
+        int same = 0, layers = 0;
+        for (int L = 0; L < 64; L++) {
+            char n[200];
+            snprintf(n, sizeof n, "model.layers.%d.self_attn.q_proj.input_global_scale", L);
+            if (!fb_ckpt_find(c, n)) break;
+            layers++;
+            float q = read_f32(c, n);
+            snprintf(n, sizeof n, "model.layers.%d.self_attn.k_proj.input_global_scale", L);
+            float k = read_f32(c, n);
+            snprintf(n, sizeof n, "model.layers.%d.self_attn.v_proj.input_global_scale", L);
+            float v = read_f32(c, n);
+            same += q == k && k == v && q > 0;
+        }
+        CHECK(layers == 4 && same == layers, "input_global_scale equal across q/k/v: %d of %d layers", same, layers);
+        fb_ckpt_close(c);
+    } else {
+        CHECK(0, "%s", err.msg);
+    }
+}
+
+// Every *.safetensors and the index in a and b are byte-identical (and the same files).
+static int same_shards(const char *a, const char *b) {
+    DIR *d = opendir(a);
+    if (!d) return 0;
+    int n = 0, ok = 1;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (!(l > 12 && !strcmp(e->d_name + l - 12, ".safetensors")) && strcmp(e->d_name, "model.safetensors.index.json"))
+            continue;
+        n++;
+        if (run("cmp %s/%s %s/%s", a, e->d_name, b, e->d_name) != 0) {
+            fprintf(stderr, "    %s/%s and %s/%s differ\n", a, e->d_name, b, e->d_name);
+            ok = 0;
+        }
+    }
+    closedir(d);
+    return ok && n > 1;
+}
+
+// FP8 source vs fp8-dequant then quantize: the same tensors and the same bytes.
+static void fp8_vs_bf16(void) {
+    REQUIRE(run("%s/fp8-dequant -q %s %s/bf16", bin, MODEL, dir) == 0, "fp8-dequant of the embedded model");
+    struct {
+        const char *tool, *args, *fp8_out, *out;
+    } cases[] = {
+        {"nvfp4-quantize", "--recipe recipes/minimax-nvfp4a16.yaml", "nvfp4a16", "b-nvfp4a16"},
+        {"w4a16-quantize", "--recipe recipes/minimax-w4a16.yaml", "w4a16", "b-w4a16"},
+        {"w4a16-quantize", "--recipe recipes/minimax-w4a16.yaml --format auto_round", "autoround", "b-autoround"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char a[400], b[400];
+        snprintf(a, sizeof a, "%s/%s", dir, cases[i].fp8_out);
+        snprintf(b, sizeof b, "%s/%s", dir, cases[i].out);
+        int rc = run("%s/%s -q %s %s/bf16 %s", bin, cases[i].tool, cases[i].args, dir, b);
+        CHECK(rc == 0, "%s %s from the BF16 copy: exit %d", cases[i].tool, cases[i].args, rc);
+        if (rc) continue;
+        json_t *da = digest_ckpt(a), *db = digest_ckpt(b);
+        CHECK(da && db && json_equal(da, db), "%s: FP8 source and fp8-dequant first give the same tensors", cases[i].args);
+        json_decref(da);
+        json_decref(db);
+        CHECK(same_shards(a, b), "%s: FP8 source and fp8-dequant first give byte-identical shards", cases[i].args);
+        CHECK(run("cmp %s/config.json %s/config.json", a, b) == 0, "%s: same config.json", cases[i].args);
+    }
+}
+
+static void dry_run(void) {
+    int rc = run("%s/nvfp4-quantize --dry-run --recipe recipes/minimax-nvfp4a16.yaml %s %s/dry", bin, MODEL, dir);
+    CHECK(rc == 0, "dry run: exit %d", rc);
+    CHECK(log_has("112 modules quantized") && log_has("ignored by 're:.*block_sparse_moe\\.gate$'") &&
+              log_has("target 'Linear'") && log_has("expected output"),
+          "dry run lists the plan: counts, matched target and ignore entry, expected size");
+    CHECK(nothing_left("dry"), "dry run writes nothing");
+    rc = run("%s/w4a16-quantize -n --recipe recipes/minimax-w4a16.yaml --format auto_round %s %s/dry", bin, MODEL, dir);
+    CHECK(rc == 0 && nothing_left("dry"), "w4a16-quantize dry run writes nothing (exit %d)", rc);
+    // NVFP4 (W4A4) dry run works without statistics
+    rc = run("%s/nvfp4-quantize -n --recipe recipes/minimax.yaml %s %s/dry", bin, MODEL, dir);
+    CHECK(rc == 0 && nothing_left("dry"), "NVFP4 dry run without --calib (exit %d)", rc);
+}
+
+static void write_recipe(const char *name, const char *body) {
+    char p[400];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    stb_write_text(p, body);
+}
+
+static void refusals(void) {
+    int rc = run("%s/nvfp4-quantize -q --recipe recipes/minimax.yaml %s %s/r1", bin, MODEL, dir);
+    CHECK(rc == 1 && log_has("calibrate") && log_has("--calib") && log_has("NVFP4A16"),
+          "NVFP4 without --calib: exit %d, message points to calibrate and NVFP4A16", rc);
+    CHECK(nothing_left("r1"), "NVFP4 without --calib: nothing left behind");
+
+    write_recipe("gate.yaml", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+                              "      targets: [Linear]\n      scheme: NVFP4A16\n"
+                              "      ignore: [lm_head, model.embed_tokens]\n");
+    rc = run("%s/nvfp4-quantize -q --recipe %s/gate.yaml %s %s/r2", bin, dir, MODEL, dir);
+    CHECK(rc == 1 && log_has("block_sparse_moe.gate") && log_has("ignore"),
+          "a recipe quantizing the router gate is refused by the validation: exit %d", rc);
+    CHECK(nothing_left("r2"), "gate recipe: nothing left behind");
+    write_recipe("gate-w4.yaml", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+                                 "      targets: [Linear]\n      scheme: W4A16\n"
+                                 "      ignore: [lm_head, model.embed_tokens]\n");
+    rc = run("%s/w4a16-quantize -q --recipe %s/gate-w4.yaml %s %s/r2", bin, dir, MODEL, dir);
+    CHECK(rc == 1 && log_has("block_sparse_moe.gate") && nothing_left("r2"), "W4A16 gate recipe refused: exit %d", rc);
+
+    write_recipe("bad.yaml", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
+                             "      targets: [Linear]\n      scheme: NVFP4A16\n      ignroe: [lm_head]\n");
+    rc = run("%s/nvfp4-quantize -q --recipe %s/bad.yaml %s %s/r3", bin, dir, MODEL, dir);
+    CHECK(rc == 1 && log_has("bad.yaml:6") && log_has("ignroe"), "unknown recipe key: exit %d, file:line and the key", rc);
+    CHECK(nothing_left("r3"), "bad recipe: nothing left behind");
+
+    rc = run("%s/nvfp4-quantize -q --recipe recipes/minimax-w4a16.yaml %s %s/r4", bin, MODEL, dir);
+    CHECK(rc == 1 && log_has("W4A16") && log_has("w4a16-quantize"), "W4A16 recipe given to nvfp4-quantize: exit %d", rc);
+    rc = run("%s/w4a16-quantize -q --recipe recipes/minimax-nvfp4a16.yaml %s %s/r4", bin, MODEL, dir);
+    CHECK(rc == 1 && log_has("nvfp4-quantize"), "NVFP4A16 recipe given to w4a16-quantize: exit %d", rc);
+    rc = run("%s/w4a16-quantize -q --recipe recipes/minimax.yaml --format auto_round %s %s/r4", bin, MODEL, dir);
+    CHECK(rc == 1, "NVFP4 recipe given to w4a16-quantize --format auto_round: exit %d", rc);
+    CHECK(nothing_left("r4"), "wrong scheme: nothing left behind");
+
+    // A NaN in a BF16 source weight: refused naming the tensor and the index.
+    char d[400], p[500];
+    snprintf(d, sizeof d, "%s/nan", dir);
+    mkdir(d, 0755);
+    enum { R = 32, C = 256 };
+    static uint16_t w[2][R * C];
+    uint64_t x = 12345;
+    for (int t = 0; t < 2; t++)
+        for (int i = 0; i < R * C; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            w[t][i] = (uint16_t)(0x3c00 + (x & 0x3ff)) | (uint16_t)((x >> 20 & 1) << 15);  // +-[2^-7, 2^-6)
+        }
+    w[1][5 * C + 77] = 0x7fc1;  // NaN at [5, 77] of the second tensor
+    char h[1024];
+    size_t nb = (size_t)R * C * 2;
+    snprintf(h, sizeof h,
+             "{\"model.layers.0.self_attn.q_proj.weight\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[0,%zu]},"
+             "\"model.layers.0.block_sparse_moe.experts.3.w2.weight\":{\"dtype\":\"BF16\",\"shape\":[%d,%d],\"data_offsets\":[%zu,%zu]}}",
+             R, C, nb, R, C, nb, 2 * nb);
+    snprintf(p, sizeof p, "%s/model.safetensors", d);
+    stb_write_raw(p, h, -1, w, 2 * nb, 0);
+    snprintf(p, sizeof p, "%s/config.json", d);
+    stb_write_text(p, "{\"model_type\":\"minimax_m2\",\"architectures\":[\"MiniMaxM2ForCausalLM\"]}");
+    const char *nan_msg = "tensor model.layers.0.block_sparse_moe.experts.3.w2.weight: NaN at [5, 77]";
+    rc = run("%s/nvfp4-quantize -q --recipe recipes/minimax-nvfp4a16.yaml %s %s/r5", bin, d, dir);
+    CHECK(rc == 1 && log_has(nan_msg), "NaN in a BF16 weight (NVFP4A16): exit %d, tensor and index named", rc);
+    CHECK(nothing_left("r5"), "NaN: nothing left behind");
+    rc = run("%s/w4a16-quantize -q --recipe recipes/minimax-w4a16.yaml %s %s/r5", bin, d, dir);
+    CHECK(rc == 1 && log_has(nan_msg), "NaN in a BF16 weight (W4A16): exit %d, tensor and index named", rc);
+    CHECK(nothing_left("r5"), "NaN (W4A16): nothing left behind");
+}
+
+// SIGKILL in the middle of the run (the writer kills itself at its K-th write), then --resume:
+// the output equals an uninterrupted run byte for byte.
+static void kill_and_resume(void) {
+    struct {
+        const char *tool, *args, *ref, *res;
+        int k;
+    } cases[] = {
+        {"nvfp4-quantize", "--recipe recipes/minimax.yaml --calib " GOLD "/calib-stats.safetensors", "k-ref", "k-res", 40},
+        {"w4a16-quantize", "--recipe recipes/minimax-w4a16.yaml --format auto_round", "k-ref2", "k-res2", 60},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *t = cases[i].tool, *a = cases[i].args;
+        CHECK(run("%s/%s -q --max-shard-size 1MB %s %s %s/%s", bin, t, a, MODEL, dir, cases[i].ref) == 0,
+              "%s: uninterrupted run", t);
+        int rc = run("FOURBIT_FAULT_KILL_AFTER_WRITES=%d %s/%s -q --threads 1 --max-shard-size 1MB %s %s %s/%s", cases[i].k,
+                     bin, t, a, MODEL, dir, cases[i].res);
+        int partial = run("ls %s/%s.partial/model-00001-of-0000*.safetensors", dir, cases[i].res) == 0 &&
+                      exists("%s/%s.partial/fourbit-manifest.json", dir, cases[i].res);
+        CHECK(rc == 128 + SIGKILL && !exists("%s/%s", dir, cases[i].res) && partial,
+              "%s: killed mid-way (exit %d) with finished shards in staging", t, rc);
+        rc = run("%s/%s --resume --json --max-shard-size 1MB %s %s %s/%s", bin, t, a, MODEL, dir, cases[i].res);
+        CHECK(rc == 0 && log_has("\"resumed_shards\":") && !log_has_("\"resumed_shards\":0", 0), "%s: resume kept finished shards (exit %d)", t, rc);
+        char x[400], y[400];
+        snprintf(x, sizeof x, "%s/%s", dir, cases[i].ref);
+        snprintf(y, sizeof y, "%s/%s", dir, cases[i].res);
+        CHECK(same_shards(x, y) && run("cmp %s/config.json %s/config.json && cmp %s/fourbit-manifest.json %s/fourbit-manifest.json",
+                                       x, y, x, y) == 0,
+              "%s: resumed output byte-identical to an uninterrupted run", t);
+    }
+}
+
+int main(void) {
+    const char *b = getenv("BUILD");
+    snprintf(bin, sizeof bin, "%s/bin", b ? b : "build");
+    snprintf(dir, sizeof dir, "/tmp/fb-test-qcli-XXXXXX");
+    REQUIRE(mkdtemp(dir), "mkdtemp");
+    REQUIRE(exists("%s/model.safetensors.index.json", MODEL), "the embedded model %s", MODEL);
+    goldens();
+    fp8_vs_bf16();
+    dry_run();
+    refusals();
+    kill_and_resume();
+    if (getenv("FB_KEEP")) printf("outputs kept in %s\n", dir);  // FB_KEEP=1: keep them for a look
+    else run("rm -rf %s", dir);
+    TEST_MAIN_END();
+}
