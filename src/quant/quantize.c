@@ -340,6 +340,13 @@ static int add_out(fb_cw *w, out_decl **decls, size_t *nd, const char *name, con
     return add_out_shape(w, decls, nd, name, suffix, dt, ndim, shape, err);
 }
 
+static const fb_ckpt *g_order_ck;  // qsort context (set right before the sort, single-threaded)
+static int cmp_module_order(const void *a, const void *b) {
+    const char *x = g_order_ck->tensors[*(const size_t *)a].t->name, *y = g_order_ck->tensors[*(const size_t *)b].t->name;
+    int r = fb_module_order_cmp(x, y);
+    return r ? r : strcmp(x, y);
+}
+
 static char *hex_digest(const char *path, fb_err *err) {
     char *h = fb_malloc(33);
     if (fb_file_xxh128(path, h, err)) {
@@ -378,11 +385,16 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     logical = fb_malloc((c->n_tensors + 1) * sizeof *logical);
     desc = fb_malloc((c->n_tensors + 1) * sizeof *desc);
     size_t n = 0;
-    for (size_t i = 0; i < c->n_tensors; i++) {
-        if (s->role[i] == FB_SRC_FP8_SCALE) continue;
-        logical[n] = i;
-        desc[n] = (fb_tensor_desc){c->tensors[i].t->name, c->tensors[i].t->ndim, c->tensors[i].t->shape};
-        n++;
+    for (size_t i = 0; i < c->n_tensors; i++)
+        if (s->role[i] != FB_SRC_FP8_SCALE) logical[n++] = i;
+    // Canonical order (torch named_modules order of the module names), not the source files'
+    // order: the output is then the same whether the source is the FP8 release or its
+    // fp8-dequant copy (whose writer lays tensors out by alignment).
+    g_order_ck = c;
+    qsort(logical, n, sizeof *logical, cmp_module_order);
+    for (size_t k = 0; k < n; k++) {
+        const fb_st_tensor *t = c->tensors[logical[k]].t;
+        desc[k] = (fb_tensor_desc){t->name, t->ndim, t->shape};
     }
     if (fb_plan_build(&rec.cfg, desc, n, &plan, err)) { rc = fb_err_prefix(err, "%s", o->recipe_path); goto done; }
     // Which schemes the plan uses, and whether this tool writes them.
@@ -651,7 +663,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                             json_real((double)json_integer_value(rd) / (double)json_integer_value(hd)));
     json_object_set(cfg, "quantization_config", qc);
     char *p = fb_cw_path(w, "config.json");
-    if (json_dump_file(cfg, p, JSON_INDENT(2)) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
+    // Sorted keys, as save_pretrained / compressed-tensors write config.json.
+    if (json_dump_file(cfg, p, JSON_INDENT(2) | JSON_SORT_KEYS) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
     free(p);
     if (!rc && o->format == FB_QOUT_AUTOROUND) {
         p = fb_cw_path(w, "quantization_config.json");
