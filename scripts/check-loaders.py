@@ -43,6 +43,40 @@ def load(path, device, dtype):
     return model, bad, time.time() - t0
 
 
+def decompress_nvfp4(qdir, outdir):
+    """The checkpoint decompressed module by module by compressed-tensors' own
+    NVFP4PackedCompressor.decompress, written as a plain BF16 checkpoint. This sidesteps
+    transformers' fused-expert loading (see the report) and shows what the tensors hold."""
+    import glob
+    import shutil
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from safetensors.torch import save_file
+    scheme = preset_name_to_scheme("NVFP4A16", ["Linear"])
+    sd = {}
+    for f in glob.glob(os.path.join(qdir, "*.safetensors")):
+        sd.update(load_file(f))
+    out, mods = {}, {}
+    for k, v in sd.items():
+        for suf in (".weight_packed", ".weight_scale", ".weight_global_scale", ".input_global_scale"):
+            if k.endswith(suf):
+                mods.setdefault(k[: -len(suf)], {})[suf[1:]] = v
+                break
+        else:
+            out[k] = v
+    for m, msd in mods.items():
+        msd.pop("input_global_scale", None)
+        out[m + ".weight"] = NVFP4PackedCompressor.decompress(msd, scheme)["weight"].to(torch.bfloat16)
+    shutil.rmtree(outdir, ignore_errors=True)
+    os.makedirs(outdir)
+    save_file(out, os.path.join(outdir, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(qdir, "config.json")) as f:
+        cfg = json.load(f)
+    cfg.pop("quantization_config", None)
+    with open(os.path.join(outdir, "config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
 def run(model, ids, device):
     with torch.no_grad():
         return model(ids.to(device)).logits.float().cpu()
@@ -86,10 +120,18 @@ def main():
     tgt = ids[:, 1:]
     res["source"]["ppl"] = float(torch.exp(-lpb.gather(-1, tgt[..., None]).mean()))
     del base
+    import tempfile
+    tmp = tempfile.mkdtemp()
+    todo = []
     for name in ("nvfp4a16", "nvfp4", "w4a16", "w4a16-autoround"):
         p = os.path.join(a.demo_out, name)
-        if not os.path.isdir(p):
-            continue
+        if os.path.isdir(p):
+            todo.append((name, p))
+            if name.startswith("nvfp4"):
+                d = os.path.join(tmp, name)
+                decompress_nvfp4(p, d)
+                todo.append((name + " (compressed-tensors decompress)", d))
+    for name, p in todo:
         try:
             m, bad, dt = load(p, a.device, torch.bfloat16)
         except Exception as e:  # noqa: BLE001
