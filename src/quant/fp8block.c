@@ -176,33 +176,17 @@ static int64_t dequant_bf16_table(const uint8_t *w, const float *scale, uint64_t
 
 int64_t fb_fp8_dequant_f32(const uint8_t *w, const float *scale, uint64_t r0, size_t nrows,
                            size_t cols, size_t bm, size_t bn, float *out) {
-    fb_formats_init();
-    size_t sc = (cols + bn - 1) / bn;
-    float table[256];
-    unsigned nanflag = 0;
-    size_t r = 0;
-    while (r < nrows) {
-        uint64_t rb = (r0 + r) / bm;
-        size_t rend = (size_t)((rb + 1) * bm - r0);
-        if (rend > nrows) rend = nrows;
-        const float *srow = scale + rb * sc;
-        for (size_t tj = 0; tj < sc; tj++) {
-            float s = srow[tj];
-            for (int b = 0; b < 256; b++) table[b] = fb_bf16_to_f32(fb_f32_to_bf16(fb_e4m3_lut[b] * s));
-            size_t c0 = tj * bn, c1 = c0 + bn < cols ? c0 + bn : cols;
-            for (size_t rr = r; rr < rend; rr++) {
-                const uint8_t *wp = w + rr * cols;
-                float *op = out + rr * cols;
-                unsigned acc = 0;
-                for (size_t c = c0; c < c1; c++) {
-                    uint8_t b = wp[c];
-                    op[c] = table[b];
-                    acc |= ((b & 0x7Fu) == 0x7Fu);
-                }
-                nanflag |= acc;
-            }
-        }
-        r = rend;
+    // The bf16 values are produced in the first half of `out`, then widened in place from the
+    // end: writing float i overwrites bf16 slots 2i and 2i+1, both >= i, so already read.
+    // The halves are read with memcpy (character access), so no type-based aliasing
+    // assumption can reorder them across the float stores.
+    unsigned char *bytes = (unsigned char *)out;
+    int64_t nan = fb_fp8_dequant_bf16(w, scale, r0, nrows, cols, bm, bn, (uint16_t *)(void *)out);
+    for (size_t i = nrows * cols; i-- > 0;) {
+        uint16_t h;
+        memcpy(&h, bytes + 2 * i, 2);
+        float f = fb_bf16_to_f32(h);
+        memcpy(bytes + 4 * i, &f, 4);
     }
-    return nanflag ? find_nan(w, nrows * cols) : -1;
+    return nan;
 }
