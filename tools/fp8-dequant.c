@@ -44,7 +44,6 @@ typedef struct job {
     uint16_t **outb;       // per thread
     int allow_nan;
     fb_progress *prog;
-    uint64_t last_chunk_of_tensor_mark;
 } job;
 
 static int compute(void *ctx, size_t k, int tid, fb_err *err) {
@@ -187,7 +186,7 @@ int main(int argc, char **argv) {
         int nm = fb_cw_shard_tensors(w, sh, &members);
         if (b == 1) {  // verified from the killed run
             resumed++;
-            for (int m = 0; m < nm; m++) fb_progress_add(j.prog, c->tensors[src_of[members[m]]].t->nbytes, 1);
+            for (int m = 0; m < nm; m++) fb_progress_add(j.prog, fb_cw_tensor_bytes(w, members[m]), 1);
             continue;
         }
         // Chunks in file order; scales of this shard's FP8 weights.
