@@ -1,0 +1,105 @@
+// cufwd.h: the layer-wise MiniMax-M2 forward on an NVIDIA GPU (Hopper, sm_90): the same math
+// as calib/forward.c (calib/mm.h), with hidden states kept on the device.
+//
+// Built only when nvcc is present (the Makefile defines FB_HAVE_CUDA and compiles
+// src/cuda/*.cu); callers guard their use with #ifdef FB_HAVE_CUDA.
+//
+// Numerics. Weights come from a weight source (calib/wsrc.h) as f32 (FP8 / NVFP4 / int4
+// already dequantized to bf16-exact values on the host), are uploaded and, in the default
+// mode, converted to bf16 on the device (exact: the values are bf16 already). GEMMs are
+// cuBLAS with bf16 inputs and f32 accumulation/output (CUBLAS_COMPUTE_32F); activations are
+// rounded to bf16 at each GEMM input, as a bf16 model does. With gemm_f32 every GEMM is an
+// f32 cublasSgemm (no TF32) on f32 activations, so the result follows the CPU engine to
+// f32 rounding differences (summation order). Everything else is f32 kernels mirroring
+// mm.c: RMSNorm (sum of squares in f64 per row, as the CPU), rotate-half RoPE on the first
+// rotary_dim dims (angles pos * inv_freq in f32, cosf/sinf), causal GQA attention with a
+// row softmax in f32 (max subtracted), sigmoid router with the correction bias used for the
+// choice only (ties to the lower index), SwiGLU, routing-weighted combine in ascending expert
+// order. Experts run in routed mode (each expert on its routed tokens) or all-experts mode
+// (w1/w3 of every expert on every token: calibration), giving the same layer output.
+//
+// Memory on the device: hidden states + MoE accumulator (2 x tokens x hidden f32), one layer's
+// attention and router weights, `expert_group` experts' weights, per-token-chunk scratch, and
+// lm_head (V x H, bf16 or f32) once logits are asked for.
+#ifndef FB_CUDA_CUFWD_H
+#define FB_CUDA_CUFWD_H
+
+#ifdef __cplusplus
+extern "C" {  // the library's C headers carry no linkage blocks of their own
+#endif
+
+#include "calib/forward.h"
+#include "calib/mm.h"
+#include "calib/stats.h"
+#include "calib/wsrc.h"
+
+typedef struct fb_cufwd_opts {
+    int gemm_f32;          // 1: f32 GEMMs on f32 activations; 0: bf16 inputs, f32 accumulate
+    int all_experts;       // 1: calibration mode
+    int expert_group;      // experts whose weights are on the device at once (0 = 16)
+    int token_chunk;       // token rows per expert GEMM in all-experts mode (0 = 8192)
+    int host_threads;      // threads loading/dequantizing weights on the host (0 = every CPU)
+    // W4A4 activation emulation: the input global scale of a Linear input (layer, kind,
+    // expert = -1 for attention), or 0 for none. NULL for no emulation.
+    float (*act_gs)(void *user, int layer, fb_lin_kind kind, int expert);
+    void *act_user;
+    fb_calib_stats *stats; // statistics (input absmax per Linear, counts, saliency); NULL
+} fb_cufwd_opts;
+
+typedef struct fb_cufwd fb_cufwd;
+
+// Timing of the device forward (seconds, host wall clock around synchronised phases).
+typedef struct fb_cufwd_timing {
+    double load_s;     // host loads (read + dequant) and uploads of weights
+    double attn_s;     // norms, projections, attention, router
+    double expert_s;   // expert GEMMs, SwiGLU, combine
+    double gemm_flops; // 2*m*n*k of all GEMMs (projections, attention, experts, lm_head)
+    size_t n_emulated; // Linear input blocks fake-quantized (act_gs != 0)
+} fb_cufwd_timing;
+
+// 1 when a CUDA device is usable (name filled), else 0 with the reason in why.
+int fb_cuda_probe(char *name, size_t name_sz, char *why, size_t why_sz);
+
+// A device forward over model cfg reading weights from src (both borrowed). NULL with err set
+// when no GPU is usable or the options are invalid.
+fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_cufwd_opts *o,
+                       fb_err *err);
+void fb_cufwd_free(fb_cufwd *f);
+
+// As fb_fwd_set_tokens (embeddings looked up on the host, uploaded).
+int fb_cufwd_set_tokens(fb_cufwd *f, const int32_t *ids, size_t n_tok, const size_t *starts,
+                        size_t n_seq, fb_err *err);
+
+// Runs layer `layer` (the next one). Fails naming the tensor, or with the CUDA/cuBLAS error.
+int fb_cufwd_layer(fb_cufwd *f, int layer, fb_err *err);
+
+// Copies the current hidden states (n_tok x hidden f32) to out (host).
+int fb_cufwd_hidden(fb_cufwd *f, float *out, fb_err *err);
+
+// Logits of tokens [t0, t0+n) (n x vocab f32, host buffer) after the final norm and lm_head.
+int fb_cufwd_logits(fb_cufwd *f, size_t t0, size_t n, float *out, fb_err *err);
+
+const fb_cufwd_timing *fb_cufwd_get_timing(const fb_cufwd *f);
+
+// ---- benchmark helpers ------------------------------------------------------------------------
+
+// Measures cuBLAS bf16 GEMM throughput (bf16 inputs, f32 accumulate, f32 output) for
+// m x n x k, `iters` repetitions after a warm-up. Returns TFLOP/s, or -1 with err set.
+double fb_cuda_gemm_tflops(int m, int n, int k, int iters, int out_f32, fb_err *err);
+
+// Measures the device FP8 block-scaled dequant kernel (e4m3 bytes * block scale -> bf16, the
+// fp8-dequant numerics) over rows x cols, and the host-to-device copy rate of the fp8 bytes
+// from pinned memory. Fills GB/s of fp8 input consumed by each. Returns 0 or -1.
+int fb_cuda_fp8_dequant_rate(int rows, int cols, int iters, double *dequant_gbs,
+                             double *h2d_gbs, fb_err *err);
+
+// Dequantizes FP8 block-scaled rows on the device (for tests): in[rows*cols] e4m3 bytes,
+// scale[ceil(rows/bm) * ceil(cols/bn)] f32, out bf16 bits; host buffers. Returns 0 or -1.
+int fb_cuda_fp8_dequant_host(const uint8_t *in, const float *scale, int rows, int cols, int bm,
+                             int bn, uint16_t *out, fb_err *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,378 @@
+// test_runner: ref-runner's pieces and the runner on the embedded model.
+//   - KL / NLL / top-1 of one position against hand-computed values; quantiles as numpy's;
+//   - W4A4 activation emulation against tests/golden/runner/w4a4.safetensors (vLLM's NVFP4
+//     emulation steps in torch, scripts/gen-runner-golden.py);
+//   - the quantized weight source: NVFP4 and int4 pack-quantized weights dequantized from
+//     the compressed-tensors golden tensors (tests/golden/quant, compressed-tensors 0.18
+//     decompress) must equal the golden decompressed values bit for bit; AutoRound weights
+//     equal an independent nibble-by-nibble decode; row ranges; malformed parts are refused;
+//   - the runner on models/tiny-minimax-m2 (when present): the model against itself gives KL
+//     exactly 0, top-1 1, cosine 1; its perplexity on the held-out ids of
+//     tests/golden/model/reference.safetensors matches transformers' float32 NLL; mismatched
+//     configs and --emulate-w4a4 on a checkpoint without input scales are refused.
+#include <jansson.h>
+#include <math.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "calib/runner.h"
+#include "calib/wsrc_quant.h"
+#include "quant/formats.h"
+#include "st_build.h"
+#include "test.h"
+
+// ---- safetensors helpers -------------------------------------------------------------------
+
+typedef struct part {
+    const char *name;
+    const char *dtype;
+    int ndim;
+    int64_t shape[2];
+    const void *data;
+    size_t nbytes;
+} part;
+
+// Writes the parts as one safetensors file.
+static int write_parts(const char *path, const part *p, int n) {
+    json_t *h = json_object();
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        json_t *sh = json_array();
+        for (int d = 0; d < p[i].ndim; d++) json_array_append_new(sh, json_integer(p[i].shape[d]));
+        json_object_set_new(h, p[i].name, json_pack("{s:s,s:o,s:[I,I]}", "dtype", p[i].dtype,
+                                                    "shape", sh, "data_offsets", (json_int_t)off,
+                                                    (json_int_t)(off + p[i].nbytes)));
+        off += p[i].nbytes;
+    }
+    char *hs = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    unsigned char *buf = malloc(off + 1);
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        memcpy(buf + o, p[i].data, p[i].nbytes);
+        o += p[i].nbytes;
+    }
+    int rc = stb_write_raw(path, hs, -1, buf, off, 0);
+    free(buf);
+    free(hs);
+    return rc;
+}
+
+static const fb_st_tensor *gfind(fb_st_file *f, const char *name, void **data) {
+    const fb_st_tensor *t = fb_st_find(f, name);
+    fb_err err;
+    if (!t || fb_st_read_all(f, t, data, &err)) {
+        fprintf(stderr, "golden tensor %s missing\n", name);
+        exit(1);
+    }
+    return t;
+}
+
+static part gpart(fb_st_file *f, const char *gname, const char *name, void **keep) {
+    const fb_st_tensor *t = gfind(f, gname, keep);
+    part p = {name, fb_dtypes[t->dtype].name, t->ndim, {0, 0}, *keep, (size_t)t->nbytes};
+    for (int d = 0; d < t->ndim && d < 2; d++) p.shape[d] = t->shape[d];
+    return p;
+}
+
+// ---- pieces ----------------------------------------------------------------------------------
+
+static void test_compare_row(void) {
+    // p_ref = [.5, .25, .25], p_q = [.25, .5, .25]: KL = .5 ln 2 - .25 ln 2 = .25 ln 2
+    float lr[3] = {logf(0.5f), logf(0.25f), logf(0.25f)};
+    float lq[3] = {logf(0.25f) + 3.0f, logf(0.5f) + 3.0f, logf(0.25f) + 3.0f};  // shift-invariant
+    double nr, nq, kl;
+    int ag;
+    fb_runner_compare_row(lr, lq, 3, 1, &nr, &nq, &kl, &ag);
+    CHECK(fabs(kl - 0.25 * log(2.0)) < 1e-6, "KL %.9f, want %.9f", kl, 0.25 * log(2.0));
+    CHECK(fabs(nr - log(4.0)) < 1e-6 && fabs(nq - log(2.0)) < 1e-6, "NLL %g %g", nr, nq);
+    CHECK(ag == 0, "argmax 0 vs 1 disagree");
+    fb_runner_compare_row(lr, lr, 3, 0, &nr, &nq, &kl, &ag);
+    CHECK(kl == 0.0 && ag == 1 && nr == nq, "identical rows: KL %g exactly 0, agree", kl);
+    // ties: lowest index is the argmax for both
+    float a[4] = {1, 3, 3, 0}, b[4] = {1, 3, 3, 2};
+    fb_runner_compare_row(a, b, 4, -1, &nr, &nq, &kl, &ag);
+    CHECK(ag == 1 && nr == 0 && nq == 0, "ties agree on the lower index; unscored NLL 0");
+    CHECK(kl > 0, "different rows: KL %g > 0", kl);
+    double s[4] = {1, 2, 3, 4};
+    CHECK(fb_runner_quantile(s, 4, 0.5) == 2.5, "median of 1..4");
+    CHECK(fabs(fb_runner_quantile(s, 4, 0.99) - 3.97) < 1e-12, "p99 of 1..4 (numpy 3.97)");
+    CHECK(fb_runner_quantile(s, 1, 0.99) == 1 && fb_runner_quantile(s, 0, 0.5) == 0, "n 1, 0");
+}
+
+static void test_w4a4(void) {
+    fb_st_file *f;
+    fb_err err;
+    REQUIRE(fb_st_open(GOLDEN_DIR "/runner/w4a4.safetensors", &f, &err) == 0, "%s", err.msg);
+    uint16_t *x;
+    const fb_st_tensor *tx = gfind(f, "x", (void **)&x);
+    size_t m = (size_t)tx->shape[0], n = (size_t)tx->shape[1];
+    const char *cases[] = {"calibrated", "small_gs", "large_gs"};
+    for (int c = 0; c < 3; c++) {
+        char nm[64];
+        float *gs;
+        uint16_t *want;
+        snprintf(nm, sizeof nm, "%s.gs", cases[c]);
+        gfind(f, nm, (void **)&gs);
+        snprintf(nm, sizeof nm, "%s.x_dq", cases[c]);
+        gfind(f, nm, (void **)&want);
+        float *v = malloc(m * n * sizeof(float));
+        for (size_t i = 0; i < m * n; i++) v[i] = fb_bf16_to_f32(x[i]);
+        fb_w4a4_fake_quant_rows(v, m, n, gs[0]);
+        size_t bad = 0, first = 0;
+        for (size_t i = 0; i < m * n; i++)
+            if (fb_f32_bits(v[i]) != fb_f32_bits(fb_bf16_to_f32(want[i])) &&
+                !(v[i] == 0 && fb_bf16_to_f32(want[i]) == 0)) {
+                if (!bad) first = i;
+                bad++;
+            }
+        CHECK(bad == 0, "W4A4 %s: %zu of %zu values differ (first %zu: %g, want %g)", cases[c],
+              bad, m * n, first, v[first], fb_bf16_to_f32(want[first]));
+        free(v); free(gs); free(want);
+    }
+    free(x);
+    fb_st_close(f);
+}
+
+// ---- quantized weight source -------------------------------------------------------------------
+
+static void test_wsrc_quant(const char *tmp) {
+    fb_st_file *g;
+    fb_err err;
+    REQUIRE(fb_st_open(GOLDEN_DIR "/quant/quant_golden.safetensors", &g, &err) == 0, "%s", err.msg);
+    const char *cases[] = {"tiny", "ties", "huge", "zero_rows", "subnormal", "all_zero"};
+    for (int c = 0; c < 6; c++) {
+        char gn[12][96];
+        void *keep[12] = {0};
+        const char *sfx[] = {"nvfp4.weight_packed", "nvfp4.weight_scale",
+                             "nvfp4.weight_global_scale", "w4a16.weight_packed",
+                             "w4a16.weight_scale", "w4a16.weight_shape", "ar.qweight",
+                             "ar.qzeros", "ar.scales", "weight"};
+        const char *dst[] = {"m.nv.weight_packed", "m.nv.weight_scale",
+                             "m.nv.weight_global_scale", "m.i4.weight_packed",
+                             "m.i4.weight_scale", "m.i4.weight_shape", "m.ar.qweight",
+                             "m.ar.qzeros", "m.ar.scales", "m.plain.weight"};
+        part p[10];
+        for (int i = 0; i < 10; i++) {
+            snprintf(gn[i], sizeof gn[i], "%s.0.%s", cases[c], sfx[i]);
+            p[i] = gpart(g, gn[i], dst[i], &keep[i]);
+        }
+        char path[512];
+        snprintf(path, sizeof path, "%s/q_%s.safetensors", tmp, cases[c]);
+        REQUIRE(write_parts(path, p, 10) == 0, "write %s", path);
+        fb_wsrc *s = fb_wsrc_open_quant(path, &err);
+        REQUIRE(s, "%s", err.msg);
+        CHECK(!strcmp(fb_wsrc_quant_format(s), "mixed"), "format %s", fb_wsrc_quant_format(s));
+        CHECK(fb_wsrc_quant_kind(s, "m.nv") == FB_WQ_NVFP4 && fb_wsrc_quant_kind(s, "m.i4") == FB_WQ_INT4_CT &&
+              fb_wsrc_quant_kind(s, "m.ar") == FB_WQ_AUTOROUND && fb_wsrc_quant_kind(s, "m.plain") == FB_WQ_PLAIN &&
+              fb_wsrc_quant_kind(s, "m.none") == -1, "kinds");
+        int64_t R = p[9].shape[0], C = p[9].shape[1];
+        int nd;
+        int64_t sh[FB_MAX_DIMS];
+        const char *names[] = {"m.nv.weight", "m.i4.weight", "m.ar.weight", "m.plain.weight"};
+        float *w[4];
+        // "huge" overflows AutoRound's fp16 scales to Inf: refused, not turned into Inf weights.
+        int ar_inf = !strcmp(cases[c], "huge");
+        for (int k = 0; k < 4; k++) {
+            CHECK(s->shape(s, names[k], &nd, sh) && nd == 2 && sh[0] == R && sh[1] == C,
+                  "%s %s: shape", cases[c], names[k]);
+            w[k] = calloc((size_t)(R * C), sizeof(float));
+            int lr = fb_wsrc_load_full(s, names[k], 2, (int64_t[]){R, C}, w[k], &err);
+            if (k == 2 && ar_inf)
+                CHECK(lr != 0 && strstr(err.msg, "m.ar.scales") && strstr(err.msg, "not finite"),
+                      "Inf AutoRound scale refused: %s", err.msg);
+            else
+                CHECK(lr == 0, "%s: %s", names[k], err.msg);
+        }
+        // NVFP4 / int4 against compressed-tensors' decompress, where the golden has it.
+        const char *dq[] = {"nvfp4.dequant", "w4a16.dequant"};
+        for (int k = 0; k < 2; k++) {
+            char dn[96];
+            snprintf(dn, sizeof dn, "%s.0.%s", cases[c], dq[k]);
+            if (!fb_st_find(g, dn)) continue;
+            uint16_t *ref;
+            gfind(g, dn, (void **)&ref);
+            size_t bad = 0;
+            for (int64_t i = 0; i < R * C; i++)
+                bad += fb_f32_bits(w[k][i]) != fb_f32_bits(fb_bf16_to_f32(ref[i]));
+            CHECK(bad == 0, "%s %s: %zu of %lld values differ from compressed-tensors", cases[c],
+                  dq[k], bad, (long long)(R * C));
+            free(ref);
+        }
+        // AutoRound: independent decode, word [i/8][o] nibble i%8, q = u - 8, w = f16(s) * q.
+        if (!ar_inf) {
+            const int32_t *qw = keep[6];
+            const uint16_t *sc = keep[8];
+            int64_t G = C / p[8].shape[0];
+            size_t bad = 0;
+            for (int64_t o = 0; o < R; o++)
+                for (int64_t i = 0; i < C; i++) {
+                    uint32_t word = (uint32_t)qw[(i / 8) * R + o];
+                    int q = (int)((word >> (4 * (i % 8))) & 15) - 8;
+                    float v = fb_f16_to_f32(sc[(i / G) * R + o]) * (float)q;
+                    bad += fb_f32_bits(v) != fb_f32_bits(w[2][o * C + i]) && !(v == 0 && w[2][o * C + i] == 0);
+                }
+            CHECK(bad == 0, "%s AutoRound: %zu values differ from the nibble decode", cases[c], bad);
+        }
+        // Plain BF16 read as stored; quantized ones close to it (not for the extreme cases).
+        {
+            const uint16_t *pw = keep[9];
+            size_t bad = 0;
+            double d2[3] = {0}, r2 = 0;
+            for (int64_t i = 0; i < R * C; i++) {
+                float v = fb_bf16_to_f32(pw[i]);
+                bad += fb_f32_bits(v) != fb_f32_bits(w[3][i]);
+                r2 += (double)v * v;
+                for (int k = 0; k < 3; k++) d2[k] += ((double)w[k][i] - v) * ((double)w[k][i] - v);
+            }
+            CHECK(bad == 0, "%s plain: %zu values differ", cases[c], bad);
+            if (!strcmp(cases[c], "ties"))  // (tiny: below AutoRound's 1e-5 scale floor)
+                for (int k = 0; k < 3; k++)
+                    CHECK(sqrt(d2[k] / r2) < 0.2, "%s %s: relative error %g", cases[c], names[k],
+                          sqrt(d2[k] / r2));
+        }
+        // Row ranges equal the slice of the whole.
+        if (R >= 4) {
+            float *sub = malloc((size_t)(2 * C) * sizeof(float));
+            for (int k = 0; k < 3 - ar_inf; k++) {
+                CHECK(s->load(s, names[k], 1, 2, sub, &err) == 0, "%s", err.msg);
+                CHECK(!memcmp(sub, w[k] + C, (size_t)(2 * C) * sizeof(float)), "%s rows 1..3",
+                      names[k]);
+            }
+            CHECK(s->load(s, names[0], R - 1, 2, sub, &err) != 0 && strstr(err.msg, "outside"),
+                  "rows past the end: %s", err.msg);
+            free(sub);
+        }
+        for (int k = 0; k < 4; k++) free(w[k]);
+        fb_wsrc_close(s);
+
+        // Malformed parts: asymmetric zero points, fp8 NaN scale, bad global scale.
+        if (c == 0) {
+            int32_t *qz = malloc(p[7].nbytes);
+            memcpy(qz, p[7].data, p[7].nbytes);
+            qz[0] = 0x77777778;
+            uint8_t *sc = malloc(p[1].nbytes);
+            memcpy(sc, p[1].data, p[1].nbytes);
+            sc[5] = 0x7F;
+            float gz = -1.0f;
+            part b[10];
+            memcpy(b, p, sizeof b);
+            b[7].data = qz;
+            b[1].data = sc;
+            b[2].data = &gz;
+            snprintf(path, sizeof path, "%s/bad.safetensors", tmp);
+            REQUIRE(write_parts(path, b, 10) == 0, "write bad");
+            s = fb_wsrc_open_quant(path, &err);
+            REQUIRE(s, "%s", err.msg);
+            float *buf = malloc((size_t)(R * C) * sizeof(float));
+            CHECK(s->load(s, "m.ar.weight", 0, R, buf, &err) != 0 && strstr(err.msg, "m.ar.qzeros") &&
+                  strstr(err.msg, "asymmetric"), "asymmetric qzeros refused: %s", err.msg);
+            CHECK(s->load(s, "m.nv.weight", 0, R, buf, &err) != 0 &&
+                  strstr(err.msg, "m.nv.weight_global_scale"), "negative global scale: %s", err.msg);
+            CHECK(s->load(s, "m.missing.weight", 0, 1, buf, &err) != 0 && strstr(err.msg, "missing"),
+                  "missing weight: %s", err.msg);
+            fb_wsrc_close(s);
+            b[2].data = p[2].data;
+            REQUIRE(write_parts(path, b, 10) == 0, "write bad");
+            s = fb_wsrc_open_quant(path, &err);
+            REQUIRE(s, "%s", err.msg);
+            CHECK(s->load(s, "m.nv.weight", 0, R, buf, &err) != 0 && strstr(err.msg, "NaN") &&
+                  strstr(err.msg, "m.nv.weight_scale"), "NaN scale refused: %s", err.msg);
+            float igs;
+            CHECK(fb_wsrc_quant_input_gs(s, "m.nv", &igs, &err) == 0, "no input_global_scale");
+            fb_wsrc_close(s);
+            free(buf); free(qz); free(sc);
+        }
+        for (int i = 0; i < 10; i++) free(keep[i]);
+    }
+    fb_st_close(g);
+}
+
+// ---- the runner on the embedded model --------------------------------------------------------
+
+static void test_model(void) {
+    const char *M = "models/tiny-minimax-m2";
+    struct stat st;
+    if (stat("models/tiny-minimax-m2/model-00001-of-00002.safetensors", &st) != 0) {
+        printf("test_runner: %s absent, runner-on-model checks skipped\n", M);
+        return;
+    }
+    fb_err err;
+    fb_st_file *g;
+    REQUIRE(fb_st_open(GOLDEN_DIR "/model/reference.safetensors", &g, &err) == 0, "%s", err.msg);
+    int32_t *ids;
+    float *nll;
+    const fb_st_tensor *ti = gfind(g, "input_ids", (void **)&ids);
+    gfind(g, "nll", (void **)&nll);
+    size_t S = (size_t)ti->shape[0], T = (size_t)ti->shape[1];
+    size_t starts[16];
+    for (size_t s = 0; s <= S; s++) starts[s] = s * T;
+    double want = 0;
+    for (size_t i = 0; i < S * (T - 1); i++) want += nll[i];
+    want /= (double)(S * (T - 1));
+
+    fb_wsrc *a = fb_wsrc_open_auto(M, &err), *b = fb_wsrc_open_auto(M, &err);
+    REQUIRE(a && b, "%s", err.msg);
+    CHECK(!fb_wsrc_is_quant(a), "FP8 reference opens as a plain checkpoint source");
+    fb_runner_opts o = {.threads = 2, .device = FB_DEV_CPU, .logit_block = 48};
+    fb_runner_result r;
+    REQUIRE(fb_runner_run(a, b, ids, S * T, starts, S, &o, &r, &err) == 0, "%s", err.msg);
+    CHECK(r.n_scored == S * (T - 1), "scored %zu", r.n_scored);
+    CHECK(r.kld_mean == 0 && r.kld_max == 0 && r.top1 == 1.0, "self: KL %g max %g top1 %g",
+          r.kld_mean, r.kld_max, r.top1);
+    CHECK(r.nll_ref == r.nll_quant, "self: same NLL");
+    for (int l = 0; l < r.n_layers; l++)
+        CHECK(r.layers[l].rel_l2 == 0 && fabs(r.layers[l].cos_min - 1) < 1e-12,
+              "self layer %d: rel %g cos %g", l, r.layers[l].rel_l2, r.layers[l].cos_min);
+    CHECK(fabs(r.nll_ref - want) < 1e-4 * want, "mean NLL %.7f vs transformers f32 %.7f", r.nll_ref,
+          want);
+    printf("test_runner: held-out ppl %.5f (transformers %.5f), %zu positions\n", r.ppl_ref,
+           exp(want), r.n_scored);
+    fb_runner_result_free(&r);
+
+    // A partial run compares hidden states only.
+    o.max_layers = 2;
+    REQUIRE(fb_runner_run(a, b, ids, S * T, starts, S, &o, &r, &err) == 0, "%s", err.msg);
+    CHECK(r.n_layers == 2 && r.n_scored == 0, "partial run: %d layers, %zu scored", r.n_layers,
+          r.n_scored);
+    fb_runner_result_free(&r);
+    o.max_layers = 0;
+
+    // Refusals.
+    o.emulate_w4a4 = 1;
+    CHECK(fb_runner_run(a, b, ids, S * T, starts, S, &o, &r, &err) != 0 &&
+          strstr(err.msg, "input_global_scale"), "W4A4 emulation without input scales: %s",
+          err.msg);
+    o.emulate_w4a4 = 0;
+    json_t *cfg = json_deep_copy(a->config);
+    json_object_set_new(cfg, "num_local_experts", json_integer(16));
+    fb_wsrc *m = fb_wsrc_mem_new(cfg);
+    CHECK(fb_runner_run(a, m, ids, S * T, starts, S, &o, &r, &err) != 0 &&
+          strstr(err.msg, "num_local_experts"), "different models refused: %s", err.msg);
+    json_decref(cfg);
+    fb_wsrc_close(m);
+    o.device = FB_DEV_CUDA;
+    char name[96], why[256];
+    if (!fb_runner_cuda_available(name, sizeof name, why, sizeof why))
+        CHECK(fb_runner_run(a, b, ids, S * T, starts, S, &o, &r, &err) != 0 &&
+              strstr(err.msg, "cuda"), "no GPU: %s", err.msg);
+    fb_wsrc_close(a);
+    fb_wsrc_close(b);
+    free(ids);
+    free(nll);
+    fb_st_close(g);
+}
+
+int main(void) {
+    (void)stb_write_text;
+    char tmp[] = "/tmp/fourbit-test-runner.XXXXXX";
+    REQUIRE(mkdtemp(tmp), "mkdtemp");
+    test_compare_row();
+    test_w4a4();
+    test_wsrc_quant(tmp);
+    test_model();
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+    if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp);
+    TEST_MAIN_END();
+}
