@@ -64,7 +64,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     signal(SIGPIPE, SIG_IGN);
     fb_quantize_result r;
     fb_err err = {{0}};
-    int rc = fb_quantize_run(pos[0], pos[1], &o, stdout, &r, &err);
+    int rc = fb_quantize_run(pos[0], pos[1], &o, o.dry_run ? stdout : stderr, &r, &err);
     if (rc == -2) {
         fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", tool,
                 pos[1]);

@@ -379,6 +379,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     char *recipe_hex = NULL, *calib_hex = NULL;
     int rc = 0;
 
+    if (!o->dry_run)  // the dry run lists them with the plan
+        for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "%s: warning: %s\n", o->tool, rec.warnings[k]);
     if (fb_source_open(src, &s, err)) { rc = -1; goto done; }
     fb_ckpt *c = s->ck;
     // The logical tensors: everything but FP8 block scales.

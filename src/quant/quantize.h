@@ -52,7 +52,8 @@ typedef struct fb_quantize_result {
 } fb_quantize_result;
 
 // Runs the whole job. `report` receives the dry-run plan (and with verbose, one line per
-// tensor) — the library writes nothing else. Returns 0 on success, -1 with err on failure
+// tensor) and the recipe's warnings (regexes without a trailing $) — the library writes
+// nothing else. Returns 0 on success, -1 with err on failure
 // (nothing left behind), -2 when cancelled (the staging directory is kept for --resume).
 int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o, FILE *report,
                     fb_quantize_result *res, fb_err *err);
