@@ -45,9 +45,14 @@ fi
 
 if [ -x "$B/ref-runner" ]; then
     step "ref-runner: each quantized model against the FP8 source on held-out text"
+    printf '%-18s %10s %10s %12s\n' "" "KL mean" "top-1" "perplexity"
     for d in nvfp4 nvfp4a16 w4a16 w4a16-autoround; do
-        printf '%-18s ' "$d:"
-        $B/ref-runner --reference "$M" --quantized "$OUT/$d" --data data/demo-chat.jsonl --samples 8 --seq-len 256 2>&1 | tail -n 1
+        emu=""; [ "$d" = nvfp4 ] && emu=--emulate-w4a4
+        r=$($B/ref-runner --reference "$M" --quantized "$OUT/$d" --data data/demo-chat.jsonl --samples 8 --seq-len 256 $emu 2>&1) || true
+        kl=$(printf '%s\n' "$r" | awk '/KL divergence/ {print $4}')
+        top=$(printf '%s\n' "$r" | awk '/top-1 agreement/ {print $3}')
+        ppl=$(printf '%s\n' "$r" | awk '/perplexity/ {print $5 " (ref " $3 ")"}')
+        printf '%-18s %10s %10s   %s\n' "$d${emu:+ (W4A4)}:" "$kl" "$top" "$ppl"
     done
 fi
 
