@@ -44,7 +44,7 @@ else
 fi
 
 if [ -x "$B/ref-runner" ]; then
-    step "ref-runner: each quantized model against the FP8 source on held-out text"
+    step "ref-runner: each quantized model against the FP8 source on data/demo-chat.jsonl"
     printf '%-18s %10s %10s %12s\n' "" "KL mean" "top-1" "perplexity"
     for d in nvfp4 nvfp4a16 w4a16 w4a16-autoround; do
         emu=""; [ "$d" = nvfp4 ] && emu=--emulate-w4a4
