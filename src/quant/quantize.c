@@ -177,7 +177,7 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
             int64_t shp[2] = {(int64_t)R, (int64_t)C};
             memcpy(it->res[k][2], shp, 16);
         }
-        fb_st_release(fb_ckpt_file(j->s->ck, &j->s->ck->tensors[m->src]), t->offset, t->nbytes);
+        fb_source_release(j->s, m->src);  // read twice (amax, quantize), released once
     }
     for (int k = 0; k < it->nm; k++) free(scale[k]);
     return rc;
@@ -194,6 +194,7 @@ static int compute(void *ctx, size_t idx, int tid, fb_err *err) {
         int rc = fb_source_read_rows_bf16(j->s, it->src, sc, it->r0, it->nrows, (uint16_t *)j->rows[tid], j->raw[tid],
                                           j->o->allow_nan, err);
         free(sc);
+        if (it->last) fb_source_release(j->s, it->src);
         return rc;
     }
     const fb_ckpt_tensor *ct = &j->s->ck->tensors[it->src];
@@ -382,6 +383,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     if (!o->dry_run)  // the dry run lists them with the plan
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "%s: warning: %s\n", o->tool, rec.warnings[k]);
     if (fb_source_open(src, &s, err)) { rc = -1; goto done; }
+    s->keep_cache = 1;  // NVFP4 reads each weight twice; compute() releases each when done
     fb_ckpt *c = s->ck;
     // The logical tensors: everything but FP8 block scales.
     logical = fb_malloc((c->n_tensors + 1) * sizeof *logical);

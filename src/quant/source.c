@@ -167,8 +167,13 @@ static int read_rows_raw(const fb_source *s, size_t i, uint64_t r0, size_t nrows
     uint64_t row_bytes = cols * (uint64_t)fb_dtypes[ct->t->dtype].bits / 8;
     const fb_st_file *f = s->ck->files[ct->file];
     if (fb_st_read(f, ct->t, r0 * row_bytes, buf, nrows * row_bytes, err) != 0) return -1;
-    fb_st_release(f, ct->t->offset + r0 * row_bytes, nrows * row_bytes);
+    if (!s->keep_cache) fb_st_release(f, ct->t->offset + r0 * row_bytes, nrows * row_bytes);
     return 0;
+}
+
+void fb_source_release(const fb_source *s, size_t i) {
+    const fb_ckpt_tensor *ct = &s->ck->tensors[i];
+    fb_st_release(s->ck->files[ct->file], ct->t->offset, ct->t->nbytes);
 }
 
 static int nan_error(const fb_source *s, size_t i, uint64_t r0, int64_t at, uint64_t cols, fb_err *err) {

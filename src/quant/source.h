@@ -24,6 +24,9 @@ typedef struct fb_source {
     size_t bm, bn;               // weight_block_size (rows, cols)
     fb_src_role *role;           // [ck->n_tensors]
     int *partner;                // [ck->n_tensors]: the scale of a weight / weight of a scale, -1
+    int keep_cache;              // 0 (default): reads drop the page cache behind them; 1: the
+                                 // caller reads a tensor twice and releases it itself
+                                 // (fb_source_release). Set before any read, never during.
 } fb_source;
 
 // Opens the checkpoint and checks the FP8 pairing (missing scale, wrong shape or dtype,
@@ -62,6 +65,9 @@ static inline void fb_tensor_2d(const fb_st_tensor *t, uint64_t *rows, uint64_t 
         *rows = t->nelem / (*cols ? *cols : 1);
     }
 }
+
+// Drops the page cache of source tensor i (for callers that set keep_cache).
+void fb_source_release(const fb_source *s, size_t i);
 
 // Copies every regular file of the source directory that is not a safetensors shard, the
 // index, config.json or a fourbit manifest (tokenizer, generation config, chat template,
