@@ -500,9 +500,9 @@ static void sb_add(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
     }
 }
 
-static const fb_cw *g_sort_w;  // only used under qsort in plan (single-threaded)
-static int cmp_layout(const void *a, const void *b) {
-    const out_tensor *x = &g_sort_w->t[*(const int *)a], *y = &g_sort_w->t[*(const int *)b];
+static int cmp_layout(const void *a, const void *b, void *ctx) {
+    const fb_cw *w = ctx;
+    const out_tensor *x = &w->t[*(const int *)a], *y = &w->t[*(const int *)b];
     int bx = fb_dtypes[x->dt].bits, by = fb_dtypes[y->dt].bits;
     if (bx != by) return bx > by ? -1 : 1;  // larger alignment first
     return *(const int *)a - *(const int *)b;
@@ -538,8 +538,7 @@ int fb_cw_plan(fb_cw *w, fb_err *err) {
     }
     for (int s = 0; s < ns; s++) {
         shard *sh = &w->shards[s];
-        g_sort_w = w;
-        qsort(sh->members, (size_t)sh->n_members, sizeof(int), cmp_layout);
+        qsort_r(sh->members, (size_t)sh->n_members, sizeof(int), cmp_layout, w);
         size_t cap = 4096, len = 0;
         char *b = fb_malloc(cap);
         b[0] = 0;

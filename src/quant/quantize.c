@@ -341,9 +341,9 @@ static int add_out(fb_cw *w, out_decl **decls, size_t *nd, const char *name, con
     return add_out_shape(w, decls, nd, name, suffix, dt, ndim, shape, err);
 }
 
-static const fb_ckpt *g_order_ck;  // qsort context (set right before the sort, single-threaded)
-static int cmp_module_order(const void *a, const void *b) {
-    const char *x = g_order_ck->tensors[*(const size_t *)a].t->name, *y = g_order_ck->tensors[*(const size_t *)b].t->name;
+static int cmp_module_order(const void *a, const void *b, void *ctx) {
+    const fb_ckpt *c = ctx;
+    const char *x = c->tensors[*(const size_t *)a].t->name, *y = c->tensors[*(const size_t *)b].t->name;
     int r = fb_module_order_cmp(x, y);
     return r ? r : strcmp(x, y);
 }
@@ -394,8 +394,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     // Canonical order (torch named_modules order of the module names), not the source files'
     // order: the output is then the same whether the source is the FP8 release or its
     // fp8-dequant copy (whose writer lays tensors out by alignment).
-    g_order_ck = c;
-    qsort(logical, n, sizeof *logical, cmp_module_order);
+    qsort_r(logical, n, sizeof *logical, cmp_module_order, c);
     for (size_t k = 0; k < n; k++) {
         const fb_st_tensor *t = c->tensors[logical[k]].t;
         desc[k] = (fb_tensor_desc){t->name, t->ndim, t->shape};
