@@ -18,6 +18,10 @@
 #include "calib/runner.h"
 #include "calib/wsrc_quant.h"
 #include "quant/formats.h"
+#ifdef FB_HAVE_CUDA
+#include "cuda/cufwd.h"
+#include "quant/fp8block.h"
+#endif
 #include "st_build.h"
 #include "test.h"
 
@@ -363,6 +367,136 @@ static void test_model(void) {
     fb_st_close(g);
 }
 
+#ifdef FB_HAVE_CUDA
+// CPU vs CUDA on the embedded model (only where a GPU is usable): hidden states per layer,
+// logits (KL of the CUDA distribution from the CPU one, top-1), held-out NLL, statistics of
+// the all-experts (calibration) mode against the CPU engine's; the FP8 dequant kernel against
+// the CPU reference bit for bit.
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        r += (double)a[i] * a[i];
+    }
+    return r > 0 ? sqrt(d / r) : sqrt(d);
+}
+
+static void test_cuda(void) {
+    char name[96], why[256];
+    if (!fb_runner_cuda_available(name, sizeof name, why, sizeof why)) {
+        printf("test_runner: CUDA checks skipped: %s\n", why);
+        return;
+    }
+    fb_err err;
+    {   // FP8 dequant kernel = CPU reference, bit for bit (every code, partial tiles)
+        int R = 200, C = 264;
+        uint8_t *w = malloc((size_t)R * C);
+        float sc[2 * 3] = {1.0f, 0.5f, 3.0e-3f, 7.25f, 1e-6f, 448.0f};
+        for (int i = 0; i < R * C; i++) {
+            w[i] = (uint8_t)(i * 37 + i / 256);
+            if ((w[i] & 0x7F) == 0x7F) w[i] ^= 1;
+        }
+        uint16_t *a = malloc((size_t)R * C * 2), *b = malloc((size_t)R * C * 2);
+        fb_fp8_dequant_bf16_ref(w, sc, 0, (size_t)R, (size_t)C, 128, 128, a);
+        CHECK(fb_cuda_fp8_dequant_host(w, sc, R, C, 128, 128, b, &err) == 0, "%s", err.msg);
+        CHECK(!memcmp(a, b, (size_t)R * C * 2), "CUDA FP8 dequant = CPU reference");
+        free(w); free(a); free(b);
+    }
+    const char *M = "models/tiny-minimax-m2";
+    fb_st_file *g;
+    REQUIRE(fb_st_open(GOLDEN_DIR "/model/reference.safetensors", &g, &err) == 0, "%s", err.msg);
+    int32_t *ids;
+    float *nll;
+    const fb_st_tensor *ti = gfind(g, "input_ids", (void **)&ids);
+    gfind(g, "nll", (void **)&nll);
+    size_t S = (size_t)ti->shape[0], T = (size_t)ti->shape[1], N = S * T;
+    size_t starts[16];
+    for (size_t s = 0; s <= S; s++) starts[s] = s * T;
+    fb_wsrc *src = fb_wsrc_open_auto(M, &err);
+    REQUIRE(src, "%s", err.msg);
+    fb_mm_config cfg;
+    REQUIRE(fb_mm_config_parse(src->config, &cfg, &err) == 0, "%s", err.msg);
+    size_t H = (size_t)cfg.hidden, V = (size_t)cfg.vocab, L = (size_t)cfg.n_layers;
+    // CPU reference run: hidden states per layer, logits, all-experts statistics.
+    fb_calib_stats *cst = fb_calib_stats_new(cfg.n_layers, cfg.n_experts);
+    fb_fwd_opts fo = {.threads = 2, .all_experts = 1, .stats = cst};
+    fb_fwd *cf = fb_fwd_new(src, &cfg, &fo, &err);
+    REQUIRE(cf && fb_fwd_set_tokens(cf, ids, N, starts, S, &err) == 0, "%s", err.msg);
+    float *ch = malloc(L * N * H * sizeof(float)), *gh = malloc(N * H * sizeof(float));
+    for (size_t l = 0; l < L; l++) {
+        REQUIRE(fb_fwd_layer(cf, (int)l, &err) == 0, "%s", err.msg);
+        memcpy(ch + l * N * H, fb_fwd_hidden(cf), N * H * sizeof(float));
+    }
+    float *cl = malloc(N * V * sizeof(float)), *gl = malloc(N * V * sizeof(float));
+    REQUIRE(fb_fwd_logits(cf, 0, N, cl, &err) == 0, "%s", err.msg);
+    fb_fwd_free(cf);
+    for (int mode = 0; mode < 3; mode++) {  // f32 routed, f32 all-experts, bf16 routed
+        int f32 = mode < 2, all = mode == 1;
+        fb_calib_stats *gst = fb_calib_stats_new(cfg.n_layers, cfg.n_experts);
+        fb_cufwd_opts co = {.gemm_f32 = f32, .all_experts = all, .stats = gst, .token_chunk = 200};
+        fb_cufwd *gf = fb_cufwd_new(src, &cfg, &co, &err);
+        REQUIRE(gf && fb_cufwd_set_tokens(gf, ids, N, starts, S, &err) == 0, "%s", err.msg);
+        double worst = 0;
+        for (size_t l = 0; l < L; l++) {
+            REQUIRE(fb_cufwd_layer(gf, (int)l, &err) == 0, "%s", err.msg);
+            REQUIRE(fb_cufwd_hidden(gf, gh, &err) == 0, "%s", err.msg);
+            double r = rel_l2(ch + l * N * H, gh, N * H);
+            if (r > worst) worst = r;
+        }
+        REQUIRE(fb_cufwd_logits(gf, 0, N, gl, &err) == 0, "%s", err.msg);
+        double kl = 0, klmax = 0, nl = 0;
+        size_t agree = 0, ns = 0;
+        for (size_t s = 0; s < S; s++)
+            for (size_t t = 0; t + 1 < T; t++) {
+                size_t i = s * T + t;
+                double nr, nq, k;
+                int ag;
+                fb_runner_compare_row(cl + i * V, gl + i * V, V, ids[i + 1], &nr, &nq, &k, &ag);
+                kl += k;
+                if (k > klmax) klmax = k;
+                nl += nq;
+                agree += (size_t)ag;
+                ns++;
+            }
+        kl /= (double)ns;
+        nl /= (double)ns;
+        double want = 0;
+        for (size_t i = 0; i < ns; i++) want += nll[i];
+        want /= (double)ns;
+        double stat_rel = 0;
+        for (int l = 0; l < cfg.n_layers; l++)
+            for (int e = 0; e < cfg.n_experts; e++) {
+                size_t si = (size_t)l * cfg.n_experts + e;
+                if (all) {
+                    double d = fabs(gst->w2_absmax[si] - cst->w2_absmax[si]) / cst->w2_absmax[si];
+                    if (d > stat_rel) stat_rel = d;
+                }
+            }
+        const char *mn[] = {"f32 routed", "f32 all-experts", "bf16 routed"};
+        printf("test_runner: CUDA %s on %s: hidden rel L2 <= %.3g, KL(cpu||cuda) mean %.3g max "
+               "%.3g, top-1 %.4f, NLL %.6f (cpu/transformers %.6f)%s\n", mn[mode], name, worst,
+               kl, klmax, (double)agree / (double)ns, nl, want, "");
+        if (all) printf("test_runner: CUDA all-experts w2 input absmax vs CPU: max rel %.3g\n", stat_rel);
+        if (f32) {
+            CHECK(worst < 1e-4, "%s: hidden states rel %g", mn[mode], worst);
+            CHECK(kl < 1e-7 && (double)agree / (double)ns > 0.995, "%s: KL %g top-1 %zu/%zu",
+                  mn[mode], kl, agree, ns);
+            CHECK(fabs(nl - want) < 1e-4 * want, "%s: NLL %g vs %g", mn[mode], nl, want);
+            if (all) CHECK(stat_rel < 1e-4, "all-experts statistics rel %g", stat_rel);
+        } else {
+            CHECK(worst < 0.05 && kl < 0.02 && (double)agree / (double)ns > 0.9,
+                  "%s: hidden rel %g, KL %g, top-1 %zu/%zu", mn[mode], worst, kl, agree, ns);
+        }
+        fb_cufwd_free(gf);
+        fb_calib_stats_free(gst);
+    }
+    fb_calib_stats_free(cst);
+    free(ch); free(gh); free(cl); free(gl); free(ids); free(nll);
+    fb_wsrc_close(src);
+    fb_st_close(g);
+}
+#endif
+
 int main(void) {
     (void)stb_write_text;
     char tmp[] = "/tmp/fourbit-test-runner.XXXXXX";
@@ -371,6 +505,9 @@ int main(void) {
     test_w4a4();
     test_wsrc_quant(tmp);
     test_model();
+#ifdef FB_HAVE_CUDA
+    if (access("models/tiny-minimax-m2/config.json", F_OK) == 0) test_cuda();
+#endif
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
     if (system(cmd)) fprintf(stderr, "could not remove %s\n", tmp);

@@ -98,6 +98,14 @@ int fb_cuda_fp8_dequant_rate(int rows, int cols, int iters, double *dequant_gbs,
 int fb_cuda_fp8_dequant_host(const uint8_t *in, const float *scale, int rows, int cols, int bm,
                              int bn, uint16_t *out, fb_err *err);
 
+// One synthetic full-size layer on the device (every weight resident in bf16, random values;
+// no checkpoint): n_seq sequences of seq_len tokens, experts in all-experts (calibration) or
+// routed mode; runs `layers` layers (the first warms up) and reports the last one's wall time,
+// GEMM FLOPs (2*m*n*k, causal attention counted in full), attention+router and expert times.
+int fb_cuda_bench_layer(const fb_mm_config *cfg, size_t n_seq, size_t seq_len, int all_experts,
+                        int layers, double *secs, double *flops, double *attn_s, double *expert_s,
+                        fb_err *err);
+
 #ifdef __cplusplus
 }
 #endif
