@@ -430,8 +430,8 @@ static void test_cuda(void) {
     float *cl = malloc(N * V * sizeof(float)), *gl = malloc(N * V * sizeof(float));
     REQUIRE(fb_fwd_logits(cf, 0, N, cl, &err) == 0, "%s", err.msg);
     fb_fwd_free(cf);
-    for (int mode = 0; mode < 3; mode++) {  // f32 routed, f32 all-experts, bf16 routed
-        int f32 = mode < 2, all = mode == 1;
+    for (int mode = 0; mode < 4; mode++) {  // f32 routed, f32 all-experts, bf16 routed, bf16 all
+        int f32 = mode < 2, all = mode == 1 || mode == 3;
         fb_calib_stats *gst = fb_calib_stats_new(cfg.n_layers, cfg.n_experts);
         fb_cufwd_opts co = {.gemm_f32 = f32, .all_experts = all, .stats = gst, .token_chunk = 200};
         fb_cufwd *gf = fb_cufwd_new(src, &cfg, &co, &err);
@@ -472,11 +472,11 @@ static void test_cuda(void) {
                     if (d > stat_rel) stat_rel = d;
                 }
             }
-        const char *mn[] = {"f32 routed", "f32 all-experts", "bf16 routed"};
+        const char *mn[] = {"f32 routed", "f32 all-experts", "bf16 routed", "bf16 all-experts"};
         printf("test_runner: CUDA %s on %s: hidden rel L2 <= %.3g, KL(cpu||cuda) mean %.3g max "
                "%.3g, top-1 %.4f, NLL %.6f (cpu/transformers %.6f)%s\n", mn[mode], name, worst,
                kl, klmax, (double)agree / (double)ns, nl, want, "");
-        if (all) printf("test_runner: CUDA all-experts w2 input absmax vs CPU: max rel %.3g\n", stat_rel);
+        if (all) printf("test_runner: CUDA %s w2 input absmax vs CPU: max rel %.3g\n", mn[mode], stat_rel);
         if (f32) {
             CHECK(worst < 1e-4, "%s: hidden states rel %g", mn[mode], worst);
             CHECK(kl < 1e-7 && (double)agree / (double)ns > 0.995, "%s: KL %g top-1 %zu/%zu",
@@ -486,6 +486,7 @@ static void test_cuda(void) {
         } else {
             CHECK(worst < 0.05 && kl < 0.02 && (double)agree / (double)ns > 0.9,
                   "%s: hidden rel %g, KL %g, top-1 %zu/%zu", mn[mode], worst, kl, agree, ns);
+            if (all) CHECK(stat_rel < 0.05, "%s statistics rel %g", mn[mode], stat_rel);
         }
         fb_cufwd_free(gf);
         fb_calib_stats_free(gst);

@@ -272,14 +272,18 @@ __global__ void k_swiglu(const float *G, int I, size_t rows, float *P) {
     }
 }
 
+__device__ inline float to_f(float v) { return v; }
+__device__ inline float to_f(bf16 v) { return __bfloat162float(v); }
+
 // All-experts mode: max |silu(G[:, j]) * G[:, I + j]| over the rows, without storing it.
-__global__ void k_swiglu_absmax(const float *G, int I, size_t rows, unsigned *amax) {
+template <typename T>
+__global__ void k_swiglu_absmax(const T *G, int I, size_t rows, unsigned *amax) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     size_t n = rows * (size_t)I;
     float m = 0;
     for (; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t r = i / (size_t)I, j = i % (size_t)I;
-        float g = G[r * 2 * I + j], u = G[r * 2 * I + I + j];
+        float g = to_f(G[r * 2 * I + j]), u = to_f(G[r * 2 * I + I + j]);
         m = fmaxf(m, fabsf(__fmul_rn(g / (1.0f + expf(-g)), u)));
     }
     m = block_max_f(m);
@@ -287,13 +291,16 @@ __global__ void k_swiglu_absmax(const float *G, int I, size_t rows, unsigned *am
 }
 
 // out[r] = swiglu of row (idx[r] - base) of G
-__global__ void k_gather_swiglu(const float *G, int I, const int32_t *idx, int base, int rows,
+template <typename T>
+__global__ void k_gather_swiglu(const T *G, int I, const int32_t *idx, int base, int rows,
                                 float *out) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        const float *g = G + (size_t)(idx[r] - base) * 2 * I;
+        const T *g = G + (size_t)(idx[r] - base) * 2 * I;
         float *o = out + (size_t)r * I;
-        for (int j = threadIdx.x; j < I; j += blockDim.x)
-            o[j] = __fmul_rn(g[j] / (1.0f + expf(-g[j])), g[I + j]);
+        for (int j = threadIdx.x; j < I; j += blockDim.x) {
+            float a = to_f(g[j]);
+            o[j] = __fmul_rn(a / (1.0f + expf(-a)), to_f(g[I + j]));
+        }
     }
 }
 
@@ -430,6 +437,19 @@ static int gemm(fb_cufwd *f, const void *x, int ldx, const void *w, int ldw, flo
     cudaDataType_t dt = f->f32 ? CUDA_R_32F : CUDA_R_16BF;
     CB(cublasGemmEx(f->cb, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, dt, ldw, x, dt, ldx, &zero,
                     y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    f->tm.gemm_flops += 2.0 * m * (double)n * k;
+    return 0;
+}
+
+// The same with a bf16 output (all-experts mode's gate-up product in bf16 GEMM mode: what a
+// bf16 model holds there; halves the traffic of the largest intermediate).
+static int gemm_bf16out(fb_cufwd *f, const void *x, int ldx, const void *w, int ldw, bf16 *y,
+                        int ldy, int m, int n, int k, fb_err *err) {
+    if (m == 0 || n == 0) return 0;
+    const float one = 1.0f, zero = 0.0f;
+    CB(cublasGemmEx(f->cb, CUBLAS_OP_T, CUBLAS_OP_N, n, m, k, &one, w, CUDA_R_16BF, ldw, x,
+                    CUDA_R_16BF, ldx, &zero, y, CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F,
+                    CUBLAS_GEMM_DEFAULT));
     f->tm.gemm_flops += 2.0 * m * (double)n * k;
     return 0;
 }
@@ -948,12 +968,18 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                 if (to_op(f, f->xn2 + c0 * H, n * H, &f->s_w1, &xw, err)) return -1;
                 for (int i = 0; i < g; i++) {
                     int e = e0 + i;
-                    if (gemm(f, xw, H, f->w13[i], H, G, 2 * I, (int)n, 2 * I, H, err)) return -1;
-                    {
-                        size_t gb = (n * I + 255) / 256;
-                        k_swiglu_absmax<<<(unsigned)(gb > 8192 ? 8192 : gb), 256>>>(G, I, n, &w2m[e]);
-                        KCHECK();
+                    size_t gb = (n * I + 255) / 256;
+                    unsigned gsz = (unsigned)(gb > 8192 ? 8192 : gb);
+                    if (f->f32) {
+                        if (gemm(f, xw, H, f->w13[i], H, G, 2 * I, (int)n, 2 * I, H, err)) return -1;
+                        k_swiglu_absmax<float><<<gsz, 256>>>(G, I, n, &w2m[e]);
+                    } else {
+                        if (gemm_bf16out(f, xw, H, f->w13[i], H, (bf16 *)G, 2 * I, (int)n, 2 * I,
+                                         H, err))
+                            return -1;
+                        k_swiglu_absmax<bf16><<<gsz, 256>>>((const bf16 *)G, I, n, &w2m[e]);
                     }
+                    KCHECK();
                     // routed rows of this chunk: token-ascending within the expert's list
                     const int32_t *lo = rtok.data() + off[e], *hi = rtok.data() + off[e + 1];
                     const int32_t *a = std::lower_bound(lo, hi, (int32_t)c0);
@@ -961,8 +987,12 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                     size_t r0 = (size_t)(a - rtok.data()), cnt = (size_t)(b - a);
                     if (!cnt) continue;
                     float *Pr = XY;  // routed SwiGLU rows [cnt, I], then Y [cnt, H]
-                    k_gather_swiglu<<<(unsigned)(cnt < 65535 ? cnt : 65535), 256>>>(
-                        G, I, rtok_d + r0, (int)c0, (int)cnt, Pr);
+                    unsigned gr = (unsigned)(cnt < 65535 ? cnt : 65535);
+                    if (f->f32)
+                        k_gather_swiglu<float><<<gr, 256>>>(G, I, rtok_d + r0, (int)c0, (int)cnt, Pr);
+                    else
+                        k_gather_swiglu<bf16><<<gr, 256>>>((const bf16 *)G, I, rtok_d + r0, (int)c0,
+                                                           (int)cnt, Pr);
                     KCHECK();
                     const void *pw;
                     if (to_op(f, Pr, cnt * I, &f->s_w2, &pw, err)) return -1;
@@ -1193,7 +1223,7 @@ extern "C" int fb_cuda_bench_layer(const fb_mm_config *cfg, size_t n_seq, size_t
     memset(&o, 0, sizeof o);
     o.all_experts = all_experts;
     o.expert_group = cfg->n_experts;
-    o.token_chunk = 16384;
+    o.token_chunk = 32768;
     fb_mm_config c = *cfg;
     c.n_layers = layers;
     err->msg[0] = 0;

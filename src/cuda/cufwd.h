@@ -16,7 +16,9 @@
 // row softmax in f32 (max subtracted), sigmoid router with the correction bias used for the
 // choice only (ties to the lower index), SwiGLU, routing-weighted combine in ascending expert
 // order. Experts run in routed mode (each expert on its routed tokens) or all-experts mode
-// (w1/w3 of every expert on every token: calibration), giving the same layer output.
+// (w1/w3 of every expert on every token: calibration), giving the same layer output (in bf16
+// GEMM mode the all-experts gate-up product is stored in bf16, as a bf16 model holds it; the
+// routed path keeps it in f32).
 //
 // Memory on the device: hidden states + MoE accumulator (2 x tokens x hidden f32), one layer's
 // attention and router weights, `expert_group` experts' weights, per-token-chunk scratch, and
