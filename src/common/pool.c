@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <string.h>
+#include <time.h>
 
 typedef struct {
     const fb_ordered_job *j;
@@ -51,8 +52,17 @@ static void *worker(void *arg) {
             break;
         }
         pthread_mutex_lock(&st->mu);
-        while (st->turn != k && !stopped(st)) pthread_cond_wait(&st->cv, &st->mu);
+        // A cancel flag set from a signal handler cannot signal the condition variable, so
+        // the wait wakes up every 50 ms to look at it.
+        while (st->turn != k && !stopped(st)) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50000000L;
+            if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
+            pthread_cond_timedwait(&st->cv, &st->mu, &ts);
+        }
         if (stopped(st)) {
+            pthread_cond_broadcast(&st->cv);  // wake the others: they must stop too
             pthread_mutex_unlock(&st->mu);
             break;
         }
