@@ -11,6 +11,10 @@
 #include <unistd.h>
 
 #include "calib/forward.h"
+#include "calib/runner.h"
+#ifdef FB_HAVE_CUDA
+#include "cuda/cufwd.h"
+#endif
 #include "common/cli.h"
 #include "common/fb.h"
 #include "io/chat.h"
@@ -100,8 +104,9 @@ static void progress_cb(void *u, int layer, size_t done, size_t total) {
 
 int main(int argc, char **argv) {
     const char *model = NULL, *dataset = NULL, *outp = NULL, *dump = NULL, *tmpl = "minimax";
-    const char *tokp = NULL;
+    const char *tokp = NULL, *devs = NULL;
     int n_samples = 128, seq_len = 2048, threads = 0, group = 32, chunk = 0, skip_long = 0;
+    int cuda_f32 = 0;
     int routed = 0, json = 0, quiet = 0, max_layers = 0, no_shuffle = 0;
     double seed_d = 42;
     const fb_opt opts[] = {
@@ -121,6 +126,8 @@ int main(int argc, char **argv) {
         {"token-chunk", 0, FB_OPT_INT, &chunk, "C", "token rows per expert GEMM (0 = 512)", 0, 1 << 24},
         {"routed-only", 0, FB_OPT_FLAG, &routed, NULL, "observe experts on their routed tokens only (old llm-compressor) instead of all tokens", 0, 0},
         {"layers", 0, FB_OPT_INT, &max_layers, "N", "run only the first N layers (0 = all)", 0, 1 << 20},
+        {"device", 0, FB_OPT_STR, &devs, "DEV", "cpu or cuda (default: cuda when built with CUDA and a GPU is present, else cpu)", 0, 0},
+        {"cuda-f32", 0, FB_OPT_FLAG, &cuda_f32, NULL, "with --device cuda: f32 GEMMs (follow the CPU engine) instead of bf16 ones (as a bf16 model runs)", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary text", 0, 0},
         {0},
@@ -137,6 +144,21 @@ int main(int argc, char **argv) {
     if (prc == 1) return 0;
     if (prc) return 2;
     if (npos) { fprintf(stderr, "%s: unexpected argument %s\n", TOOL, pos[0]); return 2; }
+    int use_cuda = 0;
+    {
+        char gpu[128], why[256];
+        if (!devs) use_cuda = fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why);
+        else if (!strcmp(devs, "cuda")) {
+            if (!fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why)) {
+                fprintf(stderr, "%s: --device cuda: %s\n", TOOL, why);
+                return 1;
+            }
+            use_cuda = 1;
+        } else if (strcmp(devs, "cpu") != 0) {
+            fprintf(stderr, "%s: --device must be cpu or cuda, not %s\n", TOOL, devs);
+            return 2;
+        }
+    }
     if (!model || !dataset) { fprintf(stderr, "%s: --model and --dataset are required\n", TOOL); return 2; }
     if (!outp && !dump) { fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE) is required\n", TOOL); return 2; }
     fb_err err;
@@ -215,12 +237,31 @@ int main(int argc, char **argv) {
     fb_fwd_opts fo = {.threads = threads, .all_experts = !routed, .expert_group = group,
                       .token_chunk = chunk, .stats = st, .progress = progress_cb,
                       .progress_user = &pg};
-    fb_fwd *f = fb_fwd_new(src, &cfg, &fo, &err);
+    fb_fwd *f = NULL;
+#ifdef FB_HAVE_CUDA
+    fb_cufwd *cf = NULL;
+#endif
     double t0 = fb_now();
-    if (!f || fb_fwd_set_tokens(f, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
-    for (int l = 0; l < n_layers; l++) {
-        pg.layer = l;
-        if (fb_fwd_layer(f, l, &err)) goto fail;
+    if (use_cuda) {
+#ifdef FB_HAVE_CUDA
+        // The device engine: the same math and statistics (src/cuda/cufwd.h), bf16 GEMMs.
+        fb_cufwd_opts co = {.gemm_f32 = cuda_f32, .all_experts = !routed, .expert_group = group, .token_chunk = chunk,
+                            .host_threads = threads, .stats = st};
+        cf = fb_cufwd_new(src, &cfg, &co, &err);
+        if (!cf || fb_cufwd_set_tokens(cf, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
+        for (int l = 0; l < n_layers; l++) {
+            pg.layer = l;
+            if (!quiet && pg.on) fprintf(stderr, "\r%s: layer %d/%d on the GPU", TOOL, l + 1, n_layers);
+            if (fb_cufwd_layer(cf, l, &err)) goto fail;
+        }
+#endif
+    } else {
+        f = fb_fwd_new(src, &cfg, &fo, &err);
+        if (!f || fb_fwd_set_tokens(f, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
+        for (int l = 0; l < n_layers; l++) {
+            pg.layer = l;
+            if (fb_fwd_layer(f, l, &err)) goto fail;
+        }
     }
     if (pg.on) fprintf(stderr, "\r%*s\r", 110, "");
     double secs = fb_now() - t0;
@@ -249,7 +290,20 @@ int main(int argc, char **argv) {
     if (wrc) goto fail;
 
     // Summary.
-    const fb_fwd_timing *tm = fb_fwd_get_timing(f);
+    double load_s = 0, expert_gflops = 0;
+    if (f) {
+        const fb_fwd_timing *tm = fb_fwd_get_timing(f);
+        load_s = tm->load_s;
+        expert_gflops = tm->expert_s > 0 ? tm->expert_flops / tm->expert_s / 1e9 : 0;
+    }
+#ifdef FB_HAVE_CUDA
+    if (cf) {
+        const fb_cufwd_timing *ct = fb_cufwd_get_timing(cf);
+        load_s = ct->load_s;
+        double gs = ct->attn_s + ct->expert_s;
+        expert_gflops = gs > 0 ? ct->gemm_flops / gs / 1e9 : 0;  // all GEMMs on the device
+    }
+#endif
     json_t *js = json_object();
     json_object_set_new(js, "stats", json_string(outp));
     json_object_set_new(js, "samples", json_integer((json_int_t)S.n));
@@ -261,8 +315,9 @@ int main(int argc, char **argv) {
     json_object_set_new(js, "experts_mode", json_string(routed ? "routed" : "all"));
     json_object_set_new(js, "seconds", json_real(secs));
     json_object_set_new(js, "tokens_per_s_per_layer", json_real(secs > 0 ? (double)S.n_tok * n_layers / secs : 0));
-    json_object_set_new(js, "load_seconds", json_real(tm->load_s));
-    json_object_set_new(js, "expert_gflops", json_real(tm->expert_s > 0 ? tm->expert_flops / tm->expert_s / 1e9 : 0));
+    json_object_set_new(js, "device", json_string(use_cuda ? "cuda" : "cpu"));
+    json_object_set_new(js, "load_seconds", json_real(load_s));
+    json_object_set_new(js, use_cuda ? "gemm_gflops" : "expert_gflops", json_real(expert_gflops));
     json_object_set_new(js, "peak_rss_bytes", json_integer((json_int_t)fb_peak_rss()));
     json_t *never = json_array(), *layers = json_array();
     size_t n_never = 0;
@@ -308,6 +363,9 @@ fail:
     rc = 1;
 out:
     fb_fwd_free(f);
+#ifdef FB_HAVE_CUDA
+    fb_cufwd_free(cf);
+#endif
     fb_calib_stats_free(st);
 out_src:
     fb_tok_free(tok);
