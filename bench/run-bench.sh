@@ -14,6 +14,7 @@
 #    GB/s and peak RSS; ratios to the floor and to fp8-dequant.
 # 3. validate-ignore-list on 96k/192k-tensor synthetic headers (bench/bench_validate.c).
 # 4. the calibration forward (bench/bench_calib.c).
+# 5. the CUDA layer benchmark (bench/bench_cuda_layer.c), when a GPU is present.
 set -u
 : "${BUILD:=build}"
 DIR=${FOURBIT_BENCH_DIR:-/tmp/fourbit-bench}
@@ -84,3 +85,6 @@ $BUILD/bench/bench_validate "$DIR" 2>&1 | grep -E "^(fp8|nvfp4|broken)"
 echo
 echo "-- 4. calibration forward --"
 $BUILD/bench/bench_calib 2>&1 | tail -n 12
+echo
+echo "-- 5. CUDA: one full-size layer on the GPU vs cuBLAS bf16 peak (needs a GPU; skipped otherwise) --"
+if [ -x "$BUILD/bench/bench_cuda_layer" ]; then $BUILD/bench/bench_cuda_layer 2>&1 | tail -n 12; else echo "  (not built: no nvcc)"; fi
