@@ -8,7 +8,7 @@
 // the same order (divisions stay divisions: vdivps is correctly rounded), and the roundings
 // to bf16 / fp8 e4m3 are done on the bits exactly like quant/formats.h. Inputs are finite
 // (callers reject NaN/Inf), so min/max never see a NaN. The build uses -ffp-contract=off and
-// no -ffast-math; the intrinsics below never fuse a multiply and an add.
+// no fast-math flags; the intrinsics below never fuse a multiply and an add.
 //
 // Layout of the work: a row is cut into chunks of up to CHUNK groups; for each chunk, (1) the
 // group maxima, (2) the group scales for 8/16 groups at once, (3) the element step per group.
