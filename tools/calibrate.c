@@ -23,61 +23,6 @@
 
 static const char *TOOL = "calibrate";
 
-// ---- samples (io/dataset.h: JSONL records -> token ids, shuffled, cut or skipped) ----------
-
-typedef struct samples {
-    size_t n;           // samples
-    size_t *starts;     // [n+1] into ids
-    int32_t *ids;
-    size_t n_tok;
-    fb_ds_set set;
-} samples;
-
-// Splits a comma-separated list of paths (in place in a copy; *buf owns the strings).
-static size_t split_paths(const char *list, char **buf, const char ***paths) {
-    *buf = fb_strdup(list);
-    size_t n = 1;
-    for (const char *p = list; *p; p++) n += *p == ',';
-    *paths = fb_malloc(n * sizeof(char *));
-    n = 0;
-    for (char *tok = strtok(*buf, ","); tok; tok = strtok(NULL, ",")) (*paths)[n++] = tok;
-    return n;
-}
-
-static int load_samples(const char *const *paths, size_t npaths, const fb_ds_opts *o,
-                        fb_tok *tok, int vocab, samples *S, fb_err *err) {
-    memset(S, 0, sizeof *S);
-    fb_dataset *ds;
-    if (fb_ds_open(paths, npaths, &ds, err)) return -1;
-    int rc = fb_ds_build(ds, o, tok, &S->set, err);
-    if (!rc && S->set.n == 0)
-        rc = fb_fail(err, "%s: no usable sample among %zu records", paths[0], S->set.n_records);
-    if (!rc) {
-        S->n = S->set.n;
-        S->starts = fb_malloc((S->n + 1) * sizeof(size_t));
-        S->ids = fb_malloc(S->set.total_tokens * sizeof(int32_t) + 1);
-        S->starts[0] = 0;
-        for (size_t i = 0; i < S->n && !rc; i++) {
-            const fb_ds_sample *x = &S->set.s[i];
-            for (size_t t = 0; t < x->n && !rc; t++)
-                if (x->ids[t] < 0 || x->ids[t] >= vocab) {
-                    const char *path;
-                    size_t line;
-                    fb_ds_where(ds, x->record, &path, &line);
-                    rc = fb_fail(err, "%s:%zu: token id %d (position %zu) is outside the model's "
-                                      "vocabulary [0, %d)", path, line, x->ids[t], t, vocab);
-                }
-            memcpy(S->ids + S->n_tok, x->ids, x->n * sizeof(int32_t));
-            S->n_tok += x->n;
-            S->starts[i + 1] = S->n_tok;
-        }
-    }
-    fb_ds_close(ds);
-    return rc;
-}
-
-// ---- progress ------------------------------------------------------------------------------
-
 typedef struct prog {
     int on, n_layers;
     size_t n_tok;
@@ -194,9 +139,9 @@ int main(int argc, char **argv) {
     }
     char *tokdef = NULL, *pathbuf = NULL;
     const char **paths = NULL;
-    size_t npaths = split_paths(dataset, &pathbuf, &paths);
+    size_t npaths = fb_split_list(dataset, &pathbuf, &paths);
     fb_tok *tok = NULL;
-    samples S;
+    fb_ds_tokens S = {0};
     memset(&S, 0, sizeof S);
     int rc = 0;
     if (!tokp) {
@@ -205,7 +150,7 @@ int main(int argc, char **argv) {
         tokp = tokdef;
     }
     if (fb_tok_load(tokp, &tok, &err) ||
-        load_samples(paths, npaths, &dso, tok, cfg.vocab, &S, &err)) {
+        fb_ds_load_tokens(dataset, &dso, tok, cfg.vocab, &S, &err)) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
         rc = 1;
         goto out_src;
@@ -369,9 +314,7 @@ out:
     fb_calib_stats_free(st);
 out_src:
     fb_tok_free(tok);
-    fb_ds_set_free(&S.set);
-    free(S.ids);
-    free(S.starts);
+    fb_ds_tokens_free(&S);
     free(tokdef);
     free(pathbuf);
     free(paths);

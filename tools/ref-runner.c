@@ -22,56 +22,6 @@
 
 static const char *TOOL = "ref-runner";
 
-typedef struct samples {
-    size_t n;
-    size_t *starts;  // [n+1]
-    int32_t *ids;
-    size_t n_tok;
-    fb_ds_set set;
-} samples;
-
-static size_t split_paths(const char *list, char **buf, const char ***paths) {
-    *buf = fb_strdup(list);
-    size_t n = 1;
-    for (const char *p = list; *p; p++) n += *p == ',';
-    *paths = fb_malloc(n * sizeof(char *));
-    n = 0;
-    for (char *tok = strtok(*buf, ","); tok; tok = strtok(NULL, ",")) (*paths)[n++] = tok;
-    return n;
-}
-
-static int load_samples(const char *const *paths, size_t npaths, const fb_ds_opts *o,
-                        fb_tok *tok, int vocab, samples *S, fb_err *err) {
-    memset(S, 0, sizeof *S);
-    fb_dataset *ds;
-    if (fb_ds_open(paths, npaths, &ds, err)) return -1;
-    int rc = fb_ds_build(ds, o, tok, &S->set, err);
-    if (!rc && S->set.n == 0)
-        rc = fb_fail(err, "%s: no usable sample among %zu records", paths[0], S->set.n_records);
-    if (!rc) {
-        S->n = S->set.n;
-        S->starts = fb_malloc((S->n + 1) * sizeof(size_t));
-        S->ids = fb_malloc(S->set.total_tokens * sizeof(int32_t) + 1);
-        S->starts[0] = 0;
-        for (size_t i = 0; i < S->n && !rc; i++) {
-            const fb_ds_sample *x = &S->set.s[i];
-            for (size_t t = 0; t < x->n && !rc; t++)
-                if (x->ids[t] < 0 || x->ids[t] >= vocab) {
-                    const char *path;
-                    size_t line;
-                    fb_ds_where(ds, x->record, &path, &line);
-                    rc = fb_fail(err, "%s:%zu: token id %d (position %zu) is outside the model's "
-                                      "vocabulary [0, %d)", path, line, x->ids[t], t, vocab);
-                }
-            memcpy(S->ids + S->n_tok, x->ids, x->n * sizeof(int32_t));
-            S->n_tok += x->n;
-            S->starts[i + 1] = S->n_tok;
-        }
-    }
-    fb_ds_close(ds);
-    return rc;
-}
-
 typedef struct prog {
     int on;
     double t0, last;
@@ -183,9 +133,8 @@ int main(int argc, char **argv) {
     int rc = 0;
     fb_wsrc *ref = NULL, *qs = NULL;
     fb_tok *tok = NULL;
-    char *tokdef = NULL, *pathbuf = NULL;
-    const char **paths = NULL;
-    samples S;
+    char *tokdef = NULL;
+    fb_ds_tokens S = {0};
     memset(&S, 0, sizeof S);
     fb_runner_result res;
     memset(&res, 0, sizeof res);
@@ -201,9 +150,8 @@ int main(int argc, char **argv) {
         sprintf(tokdef, "%s/tokenizer.json", refp);
         tokp = tokdef;
     }
-    size_t npaths = split_paths(data, &pathbuf, &paths);
     if (fb_tok_load(tokp, &tok, &err) ||
-        load_samples(paths, npaths, &dso, tok, cfg.vocab, &S, &err))
+        fb_ds_load_tokens(data, &dso, tok, cfg.vocab, &S, &err))
         goto fail;
     if (!quiet && n_samples && S.n < (size_t)n_samples)
         fprintf(stderr, "%s: warning: %zu samples of %d asked (%zu records, %zu too short)\n",
@@ -302,12 +250,8 @@ fail:
 out:
     fb_runner_result_free(&res);
     fb_tok_free(tok);
-    fb_ds_set_free(&S.set);
-    free(S.ids);
-    free(S.starts);
+    fb_ds_tokens_free(&S);
     free(tokdef);
-    free(pathbuf);
-    free(paths);
     fb_wsrc_close(qs);
     fb_wsrc_close(ref);
     return rc;

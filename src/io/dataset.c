@@ -368,3 +368,65 @@ int fb_ds_write_jsonl(const fb_ds_set *s, FILE *f, const char *name, fb_err *err
     if (fflush(f) != 0 || ferror(f)) return fb_fail(err, "%s: write error: %s", name, strerror(errno));
     return 0;
 }
+
+size_t fb_split_list(const char *list, char **buf, const char ***items) {
+    *buf = fb_strdup(list);
+    size_t n = 1;
+    for (const char *p = list; *p; p++) n += *p == ',';
+    *items = fb_malloc(n * sizeof(char *));
+    n = 0;
+    char *save = NULL;
+    for (char *t = strtok_r(*buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) (*items)[n++] = t;
+    return n;
+}
+
+void fb_ds_tokens_free(fb_ds_tokens *t) {
+    if (!t) return;
+    fb_ds_set_free(&t->set);
+    free(t->ids);
+    free(t->starts);
+    memset(t, 0, sizeof *t);
+}
+
+int fb_ds_load_tokens(const char *path_list, const fb_ds_opts *o, fb_tok *tok, int vocab,
+                      fb_ds_tokens *S, fb_err *err) {
+    memset(S, 0, sizeof *S);
+    char *buf;
+    const char **paths;
+    size_t npaths = fb_split_list(path_list, &buf, &paths);
+    fb_dataset *ds;
+    int rc = npaths ? fb_ds_open(paths, npaths, &ds, err) : fb_fail(err, "no dataset given");
+    if (rc) {
+        free(buf);
+        free(paths);
+        return -1;
+    }
+    rc = fb_ds_build(ds, o, tok, &S->set, err);
+    if (!rc && S->set.n == 0)
+        rc = fb_fail(err, "%s: no usable sample among %zu records", paths[0], S->set.n_records);
+    if (!rc) {
+        S->n = S->set.n;
+        S->starts = fb_malloc((S->n + 1) * sizeof(size_t));
+        S->ids = fb_malloc(S->set.total_tokens * sizeof(int32_t) + 1);
+        S->starts[0] = 0;
+        for (size_t i = 0; i < S->n && !rc; i++) {
+            const fb_ds_sample *x = &S->set.s[i];
+            for (size_t t = 0; t < x->n && !rc; t++)
+                if (x->ids[t] < 0 || x->ids[t] >= vocab) {
+                    const char *path;
+                    size_t line;
+                    fb_ds_where(ds, x->record, &path, &line);
+                    rc = fb_fail(err, "%s:%zu: token id %d (position %zu) is outside the model's "
+                                      "vocabulary [0, %d)", path, line, x->ids[t], t, vocab);
+                }
+            memcpy(S->ids + S->n_tok, x->ids, x->n * sizeof(int32_t));
+            S->n_tok += x->n;
+            S->starts[i + 1] = S->n_tok;
+        }
+    }
+    fb_ds_close(ds);
+    free(buf);
+    free(paths);
+    if (rc) fb_ds_tokens_free(S);
+    return rc;
+}

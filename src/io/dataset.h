@@ -108,4 +108,25 @@ void fb_ds_set_free(fb_ds_set *s);
 // to f; `name` names the output in errors. -1 on a write error.
 int fb_ds_write_jsonl(const fb_ds_set *s, FILE *f, const char *name, fb_err *err);
 
+// The selected samples packed for a forward pass (calibrate, ref-runner): the ids of every
+// sample back to back, sample i at ids[starts[i] .. starts[i+1]).
+typedef struct fb_ds_tokens {
+    size_t n;            // samples
+    size_t *starts;      // [n + 1]
+    int32_t *ids;        // [n_tok]
+    size_t n_tok;
+    fb_ds_set set;       // the samples as built (records, counts of skipped / truncated)
+} fb_ds_tokens;
+
+// Opens the comma-separated list of JSONL files `path_list`, builds the samples (fb_ds_build)
+// and packs them. Fails naming file:line for a token id outside [0, vocab), and when no record
+// gives a usable sample. *out is owned by the caller (fb_ds_tokens_free), empty on failure.
+int fb_ds_load_tokens(const char *path_list, const fb_ds_opts *o, fb_tok *tok, int vocab,
+                      fb_ds_tokens *out, fb_err *err);
+void fb_ds_tokens_free(fb_ds_tokens *t);
+
+// Splits a comma-separated list in place of a copy: *buf owns the strings, *items (malloc'ed)
+// points into it. Returns the count. Free both with free().
+size_t fb_split_list(const char *list, char **buf, const char ***items);
+
 #endif
