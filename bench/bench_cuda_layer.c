@@ -10,6 +10,14 @@
 //     weights from disk + uploading + dequantizing on the GPU + compute, summed (no overlap)
 //     and overlapped (I/O and compute in parallel: the larger of the two).
 // Usage: bench_cuda_layer [n_seq [seq_len [routed]]]   (defaults 64 2048; exit 0 without a GPU)
+//
+// Checkpoint mode: bench_cuda_layer --ckpt DIR [n_seq [seq_len [expert_group]]] runs the real
+// engine (calibration, all-experts, bf16 GEMMs) over layer 0 of the FP8 checkpoint DIR (e.g.
+// from gen_minimax_layer) on random token ids, with the page cache of DIR's shards dropped
+// first (cold reads), and reports the layer's wall time split into host reads (and the part
+// of them not hidden behind compute), upload, device dequant, attention and experts, and the
+// projected 62-layer time.
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +25,8 @@
 #include <unistd.h>
 
 #include "calib/mm.h"
+#include "calib/stats.h"
+#include "calib/wsrc.h"
 #include "common/fb.h"
 #ifdef FB_HAVE_CUDA
 #include "cuda/cufwd.h"
@@ -62,6 +72,97 @@ static double disk_rate(const char *dir, size_t mb) {
 }
 #endif
 
+#ifdef FB_HAVE_CUDA
+// Drops the page cache of every .safetensors file of dir (written data flushed first).
+static void drop_cache(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        size_t n = strlen(de->d_name);
+        if (n < 12 || strcmp(de->d_name + n - 12, ".safetensors")) continue;
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        int fd = open(p, O_RDONLY);
+        if (fd < 0) continue;
+        fdatasync(fd);
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+        close(fd);
+    }
+    closedir(d);
+}
+
+static int bench_ckpt(const char *dir, size_t n_seq, size_t seq_len, int group) {
+    fb_err err;
+    double peak = fb_cuda_gemm_tflops(8192, 8192, 8192, 20, 0, &err);
+    if (peak < 0) { fprintf(stderr, "bench_cuda_layer: %s\n", err.msg); return 1; }
+    fb_wsrc *src = fb_wsrc_open_ckpt(dir, &err);
+    fb_mm_config c;
+    if (!src || fb_mm_config_parse(src->config, &c, &err)) {
+        fprintf(stderr, "bench_cuda_layer: %s\n", err.msg);
+        return 1;
+    }
+    size_t N = n_seq * seq_len;
+    int32_t *ids = fb_malloc(N * sizeof *ids);
+    size_t *st = fb_malloc((n_seq + 1) * sizeof *st);
+    uint64_t r = 88172645463325252ull;
+    for (size_t i = 0; i < N; i++) {
+        r ^= r << 13; r ^= r >> 7; r ^= r << 17;
+        ids[i] = (int32_t)(r % (uint64_t)c.vocab);
+    }
+    for (size_t i = 0; i <= n_seq; i++) st[i] = i * seq_len;
+    printf("bench_cuda_layer --ckpt %s: %zu x %zu = %zu tokens, all experts, bf16 GEMMs, expert "
+           "group %d; cuBLAS bf16 peak %.1f TFLOP/s\n", dir, n_seq, seq_len, N, group, peak);
+    int rc = 1;
+    for (int pass = 0; pass < 2; pass++) {  // pass 0 also warms up cuBLAS / allocations
+        drop_cache(dir);
+        fb_calib_stats *stt = fb_calib_stats_new(c.n_layers, c.n_experts);
+        fb_cufwd_opts o = {.all_experts = 1, .expert_group = group, .token_chunk = 32768,
+                           .stats = stt};
+        fb_cufwd *f = fb_cufwd_new(src, &c, &o, &err);
+        if (!f || fb_cufwd_set_tokens(f, ids, N, st, n_seq, &err)) {
+            fprintf(stderr, "bench_cuda_layer: %s\n", err.msg);
+            fb_cufwd_free(f);
+            fb_calib_stats_free(stt);
+            break;
+        }
+        fb_cufwd_timing t0 = *fb_cufwd_get_timing(f);
+        double w0 = fb_now();
+        int lrc = fb_cufwd_layer(f, 0, &err);
+        double wall = fb_now() - w0;
+        const fb_cufwd_timing *t = fb_cufwd_get_timing(f);
+        if (lrc) fprintf(stderr, "bench_cuda_layer: %s\n", err.msg);
+        else {
+            double load = t->load_s - t0.load_s, rd = t->read_s - t0.read_s;
+            double wait = t->wait_s - t0.wait_s, up = t->upload_s - t0.upload_s;
+            double dq = t->dequant_s - t0.dequant_s, at = t->attn_s - t0.attn_s;
+            double ex = t->expert_s - t0.expert_s, gb = (t->fp8_bytes - t0.fp8_bytes) / 1e9;
+            double fl = t->gemm_flops - t0.gemm_flops;
+            printf("  pass %d: layer wall %.3f s = weights %.3f s (of which waiting for host reads "
+                   "%.3f s) + attention/router %.3f s + experts %.3f s\n", pass, wall, load, wait,
+                   at, ex);
+            printf("    host reads %.3f s for %.2f GB FP8 raw (%.2f GB/s, overlapped with compute "
+                   "except %.3f s); upload %.3f s (%.1f GB/s); device dequant %.3f s (%.0f GB/s)\n",
+                   rd, gb, gb / rd, wait, up, gb / up, dq, gb / dq);
+            printf("    compute %.3f s: %.1f TFLOP -> %.1f TFLOP/s = %.2f of the peak (%.2f over "
+                   "the whole layer wall time)\n", at + ex, fl / 1e12, fl / (at + ex) / 1e12,
+                   fl / (at + ex) / 1e12 / peak, fl / wall / 1e12 / peak);
+            printf("    projected 62 layers: %.0f s = %.2f h (the Python tools: 4.7 h for the "
+                   "139B REAP model: %.0fx)\n", 62 * wall, 62 * wall / 3600,
+                   4.7 * 3600 / (62 * wall));
+            rc = 0;
+        }
+        fb_cufwd_free(f);
+        fb_calib_stats_free(stt);
+        if (lrc) { rc = 1; break; }
+    }
+    free(ids);
+    free(st);
+    fb_wsrc_close(src);
+    return rc;
+}
+#endif
+
 int main(int argc, char **argv) {
 #ifndef FB_HAVE_CUDA
     (void)argc; (void)argv;
@@ -73,6 +174,9 @@ int main(int argc, char **argv) {
         printf("bench_cuda_layer: %s; nothing to measure\n", why);
         return 0;
     }
+    if (argc > 2 && !strcmp(argv[1], "--ckpt"))
+        return bench_ckpt(argv[2], argc > 3 ? (size_t)atol(argv[3]) : 64,
+                          argc > 4 ? (size_t)atol(argv[4]) : 2048, argc > 5 ? atoi(argv[5]) : 32);
     size_t n_seq = argc > 1 ? (size_t)atol(argv[1]) : 64, seq_len = argc > 2 ? (size_t)atol(argv[2]) : 2048;
     int routed = argc > 3 && atoi(argv[3]) != 0;
     fb_mm_config c = {.hidden = 3072, .inter = 1536, .n_layers = 62, .n_heads = 48,

@@ -105,6 +105,55 @@ static int ck_load(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, floa
     return rc;
 }
 
+// Index of the first e4m3 NaN code (low 7 bits all set) in b[0..n), or -1. Eight bytes at a
+// time: (x & 0x7F) + 1 carries into bit 7 exactly when the low 7 bits are 0x7F, never into the
+// next byte.
+static int64_t fp8_find_nan(const uint8_t *b, uint64_t n) {
+    const uint64_t lo = 0x7F7F7F7F7F7F7F7Full, one = 0x0101010101010101ull,
+                   hi = 0x8080808080808080ull;
+    uint64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, b + i, 8);
+        if (((x & lo) + one) & hi) break;
+    }
+    for (; i < n; i++)
+        if ((b[i] & 0x7F) == 0x7F) return (int64_t)i;
+    return -1;
+}
+
+static int ck_load_fp8(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, uint8_t *bytes,
+                       float **scale, int *bm, int *bn, fb_err *err) {
+    fb_source *src = s->ctx;
+    int64_t i = fb_source_index(src, name);
+    if (i < 0) return fb_fail(err, "%s: tensor %s is missing", s->desc, name);
+    if (src->role[i] != FB_SRC_FP8_WEIGHT) return 0;  // fb_source_check: FP8 weights are 2-D
+    if (!bytes) return 1;
+    const fb_st_tensor *t = src->ck->tensors[i].t;
+    const fb_st_file *f = fb_ckpt_file(src->ck, &src->ck->tensors[i]);
+    int64_t rows = t->shape[0];
+    uint64_t cols = (uint64_t)t->shape[1];
+    if (r0 < 0 || nrows < 0 || r0 + nrows > rows)
+        return fb_fail(err, "%s: tensor %s: rows [%lld, %lld) outside [0, %lld)", f->path, name,
+                       (long long)r0, (long long)(r0 + nrows), (long long)rows);
+    uint64_t off = (uint64_t)r0 * cols, n = (uint64_t)nrows * cols;
+    for (uint64_t d = 0; d < n; d += CK_CHUNK_BYTES) {  // drop the page cache behind us
+        uint64_t m = n - d < CK_CHUNK_BYTES ? n - d : CK_CHUNK_BYTES;
+        if (fb_st_read(f, t, off + d, bytes + d, (size_t)m, err)) return -1;
+        fb_st_release(f, t->offset + off + d, m);
+    }
+    int64_t at = fp8_find_nan(bytes, n);
+    if (at >= 0)  // the message of the f32 path (quant/source.c)
+        return fb_fail(err, "%s: tensor %s: NaN code at [%llu, %llu] (use --allow-nan to convert "
+                       "it to NaN)", f->path, name,
+                       (unsigned long long)((uint64_t)r0 + (uint64_t)at / cols),
+                       (unsigned long long)((uint64_t)at % cols));
+    if (fb_source_load_scale(src, (size_t)i, scale, err)) return -1;
+    *bm = (int)src->bm;
+    *bn = (int)src->bn;
+    return 1;
+}
+
 static void ck_close(fb_wsrc *s) { fb_source_close(s->ctx); }
 
 fb_wsrc *fb_wsrc_open_ckpt(const char *path, fb_err *err) {
@@ -113,6 +162,7 @@ fb_wsrc *fb_wsrc_open_ckpt(const char *path, fb_err *err) {
     fb_wsrc *s = fb_calloc(1, sizeof *s);
     s->shape = ck_shape;
     s->load = ck_load;
+    s->load_fp8 = ck_load_fp8;
     s->close = ck_close;
     s->ctx = src;
     s->config = src->ck->config;

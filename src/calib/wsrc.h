@@ -12,9 +12,14 @@
 //     does: bf16_rne(fp8 * scale) widened to f32, src/quant/fp8block.h);
 //   - an in-memory table of f32 tensors (tests, synthetic benchmarks).
 // Another source (a quantized NVFP4 / W4A16 checkpoint dequantized as its format defines, for
-// ref-runner) fills in the same struct: the three callbacks and `ctx`.
+// ref-runner) fills in the same struct: the callbacks and `ctx`.
 //
-// Thread safety: `shape` and `load` may be called from several threads at once.
+// Raw FP8 access (optional): a source whose weights are FP8 E4M3 block-scaled may also give
+// them as stored (`load_fp8`: e4m3 bytes + the f32 block scales), so that a GPU engine uploads
+// one byte a weight and dequantizes on the device with the same numerics
+// (bf16_rne(float(e4m3) * scale)). Sources without it leave it NULL; callers then use `load`.
+//
+// Thread safety: `shape`, `load` and `load_fp8` may be called from several threads at once.
 #ifndef FB_CALIB_WSRC_H
 #define FB_CALIB_WSRC_H
 
@@ -30,6 +35,16 @@ struct fb_wsrc {
     // Reads rows [r0, r0+nrows) of tensor `name` as f32 into out (nrows * row-size floats).
     // Fails naming the tensor (missing, rows out of range, unsupported dtype, I/O error).
     int (*load)(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, float *out, fb_err *err);
+    // Optional (NULL: none). When tensor `name` is a 2-D FP8 E4M3 block-scaled weight, reads
+    // rows [r0, r0+nrows) as stored into `bytes` (nrows * cols e4m3 codes), sets *scale to the
+    // whole tensor's f32 block scales ([ceil(rows/bm), ceil(cols/bn)] row-major, malloc'ed,
+    // the caller frees; index it with global row numbers r0 + r) and *bm/*bn to the block
+    // size, and returns 1. Returns 0, reading nothing, when the tensor exists but is not FP8
+    // block-scaled (use `load`). `bytes` NULL: only answers 1 or 0 (no read, *scale untouched).
+    // Returns -1 with err set naming the tensor for a missing tensor, rows out of range, an I/O
+    // error, or an FP8 NaN code (0x7F/0xFF: `load` fails on it too).
+    int (*load_fp8)(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, uint8_t *bytes,
+                    float **scale, int *bm, int *bn, fb_err *err);
     // Releases ctx and everything the source owns (not the struct's storage when embedded).
     void (*close)(fb_wsrc *s);
     void *ctx;

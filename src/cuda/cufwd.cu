@@ -355,15 +355,30 @@ __global__ void k_fill_u8(unsigned char *x, size_t n, unsigned seed) {
     }
 }
 
-// FP8 block-scaled dequant (fp8-dequant numerics: BF16(float(fp8) * scale)), 8 bytes a thread.
+// FP8 block-scaled dequant (fp8-dequant numerics: BF16(float(fp8) * scale), the product in f32
+// rounded to nearest even), 8 bytes a thread. Row r of `in` is row r0 + r of the tensor (the
+// block scale's row index); `cols` must be a multiple of 8. T = float widens the bf16 value
+// exactly (the f32 GEMM mode; what the host's fb_fp8_dequant_f32 gives).
+__device__ inline void store8(bf16 *out, size_t i, const bf16 *o) {
+    reinterpret_cast<uint4 *>(out)[i] = *reinterpret_cast<const uint4 *>(o);
+}
+__device__ inline void store8(float *out, size_t i, const bf16 *o) {
+    float4 a = make_float4(__bfloat162float(o[0]), __bfloat162float(o[1]), __bfloat162float(o[2]),
+                           __bfloat162float(o[3]));
+    float4 b = make_float4(__bfloat162float(o[4]), __bfloat162float(o[5]), __bfloat162float(o[6]),
+                           __bfloat162float(o[7]));
+    reinterpret_cast<float4 *>(out)[2 * i] = a;
+    reinterpret_cast<float4 *>(out)[2 * i + 1] = b;
+}
+template <typename T>
 __global__ void k_fp8_dequant(const unsigned char *in, const float *scale, int rows, int cols,
-                              int bm, int bn, bf16 *out) {
+                              int r0, int bm, int bn, T *out) {
     size_t n8 = (size_t)rows * cols / 8;
     int sc = (cols + bn - 1) / bn;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     for (; i < n8; i += (size_t)gridDim.x * blockDim.x) {
         size_t e0 = i * 8;
-        int r = (int)(e0 / cols), c = (int)(e0 % cols);
+        int r = (int)(e0 / cols) + r0, c = (int)(e0 % cols);
         float s = scale[(size_t)(r / bm) * sc + c / bn];
         uint2 v = reinterpret_cast<const uint2 *>(in)[i];
         unsigned char b[8];
@@ -374,11 +389,33 @@ __global__ void k_fp8_dequant(const unsigned char *in, const float *scale, int r
             __half_raw hr = __nv_cvt_fp8_to_halfraw(b[j], __NV_E4M3);
             o[j] = __float2bfloat16_rn(__fmul_rn(__half2float(__half(hr)), s));
         }
-        reinterpret_cast<uint4 *>(out)[i] = *reinterpret_cast<uint4 *>(o);
+        store8(out, i, o);
     }
 }
 
 // ---- the engine --------------------------------------------------------------------------------
+
+// One expert group read on the host (double-buffered: the next group is read by a background
+// thread while the current one is uploaded and computed). FP8 groups hold raw e4m3 bytes in
+// pinned memory plus each tensor's block scales; other sources fill `f32` (dequantized by
+// the source on the host, uploaded as before).
+struct grp_buf {
+    struct fb_cufwd *f;
+    int l, e0, g;
+    int fp8;               // every tensor of the group is FP8 block-scaled (raw bytes in `bytes`)
+    uint8_t *bytes;        // pinned, [n_slots][3 I H]
+    size_t bytes_cap;
+    float *f32;            // pageable, [n_slots][3 I H]
+    size_t f32_cap;
+    std::vector<float *> sc;    // [3 g] block scales (malloc'ed by the source)
+    std::vector<int> bm, bn;    // [3 g]
+    pthread_t th;
+    int running;           // th started, not joined
+    int next, failed;      // work queue of the reader threads
+    pthread_mutex_t mu;
+    fb_err err;
+    double read_s;         // wall time of this group's read
+};
 
 struct fb_cufwd {
     fb_mm_config cfg;
@@ -411,6 +448,11 @@ struct fb_cufwd {
     void *head;
     float *hbuf;           // host staging for loads
     size_t hbuf_cap;
+    uint8_t *hb8;          // pinned host staging of raw FP8 bytes (attention, lm_head)
+    size_t hb8_cap;
+    buf s_fp8, s_scale;    // device staging of raw FP8 bytes and their block scales
+    grp_buf gb[2];         // expert groups on the host
+    cudaEvent_t ev[3];     // upload start, upload end, dequant end
     fb_cufwd_timing tm;
 };
 
@@ -513,6 +555,9 @@ static int alloc_f(float **p, size_t n, fb_err *err) {
     return 0;
 }
 
+static void grp_join(grp_buf *b);
+static void grp_free_scales(grp_buf *b);
+
 static fb_cufwd *cufwd_new_common(const fb_mm_config *cfg, const fb_cufwd_opts *o, fb_err *err) {
     char name[96], why[256];
     if (!fb_cuda_probe(name, sizeof name, why, sizeof why)) {
@@ -548,6 +593,12 @@ static fb_cufwd *cufwd_new_common(const fb_mm_config *cfg, const fb_cufwd_opts *
         fb_cufwd_free(f);
         return NULL;
     }
+    for (auto &e : f->ev)
+        if (cudaEventCreate(&e) != cudaSuccess) {
+            fb_fail(err, "CUDA: cudaEventCreate failed");
+            fb_cufwd_free(f);
+            return NULL;
+        }
     f->n_slots = f->o.expert_group;
     f->w13 = (void **)calloc((size_t)f->n_slots, sizeof(void *));
     f->w2 = (void **)calloc((size_t)f->n_slots, sizeof(void *));
@@ -582,12 +633,20 @@ extern "C" void fb_cufwd_free(fb_cufwd *f) {
     free(f->w13);
     free(f->w2);
     fb_cufwd::buf *bs[] = {&f->s_f32a, &f->s_f32b, &f->s_f32c, &f->s_w1, &f->s_w2, &f->s_S,
-                           &f->s_P, &f->s_idx, &f->s_wt, &f->s_stage};
+                           &f->s_P, &f->s_idx, &f->s_wt, &f->s_stage, &f->s_fp8, &f->s_scale};
     for (auto b : bs) if (b->p) cudaFree(b->p);
     void *ps[] = {f->h, f->acc, f->xn2, f->ridx_d, f->rw_d, f->inv_freq, f->absmax_d, f->sal_d,
                   f->norms_d, f->fnorm, f->head};
     for (auto p : ps) if (p) cudaFree(p);
     free(f->hbuf);
+    if (f->hb8) cudaFreeHost(f->hb8);
+    for (auto &b : f->gb) {
+        grp_join(&b);
+        grp_free_scales(&b);
+        if (b.bytes) cudaFreeHost(b.bytes);
+        free(b.f32);
+    }
+    for (auto e : f->ev) if (e) cudaEventDestroy(e);
     if (f->cb) cublasDestroy(f->cb);
     delete f;
 }
@@ -603,6 +662,17 @@ static float *host_buf(fb_cufwd *f, size_t n) {
     return f->hbuf;
 }
 
+// Grows a pinned host buffer (contents lost).
+static int grow_pinned(uint8_t **p, size_t *cap, size_t bytes, fb_err *err) {
+    if (*cap >= bytes) return 0;
+    if (*p) cudaFreeHost(*p);
+    *p = NULL;
+    *cap = 0;
+    CK(cudaMallocHost((void **)p, bytes + 64));
+    *cap = bytes;
+    return 0;
+}
+
 // Uploads n f32 host values into a device buffer of the operand type (dst allocated by caller).
 static int upload_op(fb_cufwd *f, const float *hsrc, size_t n, void *dst, fb_err *err) {
     if (f->f32) {
@@ -616,11 +686,102 @@ static int upload_op(fb_cufwd *f, const float *hsrc, size_t n, void *dst, fb_err
     return 0;
 }
 
+// 0 when tensor `name` is [d0, d1] (ndim 2) or [d0] (ndim 1), else -1 with the message of
+// fb_wsrc_load_full.
+static int check_shape(fb_cufwd *f, const char *name, int ndim, int64_t d0, int64_t d1,
+                       fb_err *err) {
+    int nd;
+    int64_t sh[FB_MAX_DIMS];
+    if (!f->src->shape(f->src, name, &nd, sh))
+        return fb_fail(err, "%s: tensor %s is missing", f->src->desc, name);
+    if (nd == ndim && sh[0] == d0 && (ndim < 2 || sh[1] == d1)) return 0;
+    char got[128] = "";
+    for (int i = 0; i < nd; i++)
+        snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "",
+                 (long long)sh[i]);
+    if (ndim == 2)
+        return fb_fail(err, "%s: tensor %s has shape [%s], expected [%lld, %lld]", f->src->desc,
+                       name, got, (long long)d0, (long long)d1);
+    return fb_fail(err, "%s: tensor %s has shape [%s], expected [%lld]", f->src->desc, name, got,
+                   (long long)d0);
+}
+
+// 1 when weight `name` can travel raw: the source has load_fp8, says the tensor is FP8
+// block-scaled, and the row length suits the dequant kernel (a multiple of 8).
+static int raw_fp8(fb_cufwd *f, const char *name, int64_t cols) {
+    if (!f->src->load_fp8 || cols % 8) return 0;
+    fb_err e;
+    return f->src->load_fp8(f->src, name, 0, 0, NULL, NULL, NULL, NULL, &e) == 1;
+}
+
+// Dequantizes rows x cols e4m3 bytes already on the device (`dbytes`) with host block scales
+// `sc` (the whole tensor's, nsc floats; rows are the tensor's first rows) into dst (operand
+// type). Times the kernel into tm.dequant_s when `timed` (the caller synchronises).
+static int dequant_dev(fb_cufwd *f, const uint8_t *dbytes, const float *dsc, int64_t rows,
+                       int64_t cols, int bm, int bn, void *dst, fb_err *err) {
+    size_t n = (size_t)rows * (size_t)cols;
+    if (!n) return 0;
+    if (f->f32)
+        k_fp8_dequant<float><<<grid_for(n / 8), 256>>>(dbytes, dsc, (int)rows, (int)cols, 0, bm, bn,
+                                                       (float *)dst);
+    else
+        k_fp8_dequant<bf16><<<grid_for(n / 8), 256>>>(dbytes, dsc, (int)rows, (int)cols, 0, bm, bn,
+                                                      (bf16 *)dst);
+    KCHECK();
+    return 0;
+}
+
+// Loads 2-D weight `name` [d0, d1] into device memory dst of the operand type: raw FP8 bytes
+// uploaded and dequantized on the device when the source offers them, else f32 from the
+// source (host dequant) converted on the device.
+static int load_w(fb_cufwd *f, const char *name, int64_t d0, int64_t d1, void *dst, fb_err *err) {
+    if (check_shape(f, name, 2, d0, d1, err)) return -1;
+    size_t n = (size_t)d0 * (size_t)d1;
+    if (!raw_fp8(f, name, d1)) {
+        float *hb = host_buf(f, n);
+        if (f->src->load(f->src, name, 0, d0, hb, err)) return -1;
+        return upload_op(f, hb, n, dst, err);
+    }
+    if (grow_pinned(&f->hb8, &f->hb8_cap, n, err)) return -1;
+    float *sc = NULL;
+    int bm = 0, bn = 0;
+    double t0 = now_s();
+    int r = f->src->load_fp8(f->src, name, 0, d0, f->hb8, &sc, &bm, &bn, err);
+    f->tm.read_s += now_s() - t0;
+    if (r != 1) {
+        free(sc);
+        return r < 0 ? -1 : fb_fail(err, "%s: tensor %s: no longer FP8", f->src->desc, name);
+    }
+    size_t nsc = (size_t)((d0 + bm - 1) / bm) * (size_t)((d1 + bn - 1) / bn);
+    int rc = -1;
+    t0 = now_s();
+    if (!grow(&f->s_fp8, n, err) && !grow(&f->s_scale, nsc * 4, err) &&
+        cudaMemcpy(f->s_fp8.p, f->hb8, n, cudaMemcpyHostToDevice) == cudaSuccess &&
+        cudaMemcpy(f->s_scale.p, sc, nsc * 4, cudaMemcpyHostToDevice) == cudaSuccess) {
+        double t1 = now_s();
+        f->tm.upload_s += t1 - t0;
+        f->tm.fp8_bytes += n;
+        if (!dequant_dev(f, (const uint8_t *)f->s_fp8.p, (const float *)f->s_scale.p, d0, d1, bm,
+                         bn, dst, err) &&
+            cudaDeviceSynchronize() == cudaSuccess) {
+            f->tm.dequant_s += now_s() - t1;
+            rc = 0;
+        }
+    }
+    free(sc);
+    if (rc && !err->msg[0]) fb_fail(err, "CUDA: upload of %s failed", name);
+    return rc;
+}
+
 // Loads a whole tensor (shape d0 x d1) from the source into a fresh device buffer: f32 when
 // as_f32, else the operand type.
 static int load_dev(fb_cufwd *f, const char *name, int ndim, int64_t d0, int64_t d1, int as_f32,
                     void **out, fb_err *err) {
     size_t n = (size_t)d0 * (size_t)(ndim > 1 ? d1 : 1);
+    if (!as_f32 && ndim == 2) {
+        CK(cudaMalloc(out, n * f->wsz + 64));
+        return load_w(f, name, d0, d1, *out, err);
+    }
     float *hb = host_buf(f, n);
     int64_t shape[2] = {d0, d1};
     if (fb_wsrc_load_full(f->src, name, ndim, shape, hb, err)) return -1;
@@ -693,16 +854,13 @@ static int load_attn(fb_cufwd *f, int l, fb_err *err) {
         load_dev(f, LN("post_attention_layernorm.weight"), 1, H, 0, 1, (void **)&f->ln2, err))
         return -1;
     size_t nq = (size_t)((Dq + 2 * Dk) * H);
-    float *hb = host_buf(f, nq);
     struct { const char *s; int64_t rows, at; } parts[] = {
         {"self_attn.q_proj.weight", Dq, 0}, {"self_attn.k_proj.weight", Dk, Dq},
         {"self_attn.v_proj.weight", Dk, Dq + Dk}};
-    for (auto &p : parts) {
-        int64_t sh[2] = {p.rows, H};
-        if (fb_wsrc_load_full(f->src, LN(p.s), 2, sh, hb + p.at * H, err)) return -1;
-    }
     CK(cudaMalloc(&f->wqkv, nq * f->wsz + 64));
-    if (upload_op(f, hb, nq, f->wqkv, err)) return -1;
+    for (auto &p : parts)
+        if (load_w(f, LN(p.s), p.rows, H, (char *)f->wqkv + (size_t)(p.at * H) * f->wsz, err))
+            return -1;
     if (load_dev(f, LN("self_attn.o_proj.weight"), 2, H, Dq, 0, &f->wo, err)) return -1;
     if (c->use_qk_norm &&
         (load_dev(f, LN("self_attn.q_norm.weight"), 1, Dq, 0, 1, (void **)&f->qn, err) ||
@@ -722,86 +880,202 @@ static int load_attn(fb_cufwd *f, int l, fb_err *err) {
     return 0;
 }
 
-typedef struct ld_job {
-    fb_cufwd *f;
-    int l, e0, g;
-    float *hb;    // [g][3 I H]
-    int next;
-    pthread_mutex_t mu;
-    int failed;
-    fb_err err;
-} ld_job;
-
-static void *ld_main(void *p) {
-    ld_job *j = (ld_job *)p;
-    const fb_mm_config *c = &j->f->cfg;
+// Expert tensor k (0 w1, 1 w3, 2 w2) of expert e: name, rows, cols, offset in the group slot.
+static void expert_tensor(const fb_mm_config *c, int l, int e, int k, char *name, size_t nsz,
+                          int64_t *rows, int64_t *cols, size_t *at) {
+    static const char *w[] = {"w1", "w3", "w2"};
+    snprintf(name, nsz, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, w[k]);
     size_t IH = (size_t)c->inter * c->hidden;
+    *rows = k < 2 ? c->inter : c->hidden;
+    *cols = k < 2 ? c->hidden : c->inter;
+    *at = (size_t)k * IH;
+}
+
+static void grp_fail(grp_buf *b, const fb_err *e) {
+    pthread_mutex_lock(&b->mu);
+    if (!b->failed) { b->failed = 1; b->err = *e; }
+    pthread_mutex_unlock(&b->mu);
+}
+
+// Reader thread: takes tensors off the group's queue (3 per expert) until none is left.
+static void *grp_worker(void *p) {
+    grp_buf *b = (grp_buf *)p;
+    const fb_mm_config *c = &b->f->cfg;
+    size_t IH = (size_t)c->inter * c->hidden;
+    fb_wsrc *src = b->f->src;
     for (;;) {
-        pthread_mutex_lock(&j->mu);
-        int i = j->failed ? j->g : j->next++;
-        pthread_mutex_unlock(&j->mu);
-        if (i >= j->g) break;
-        struct { const char *w; size_t at; int64_t r, cc; } t[] = {
-            {"w1", 0, c->inter, c->hidden}, {"w3", IH, c->inter, c->hidden},
-            {"w2", 2 * IH, c->hidden, c->inter}};
-        for (auto &x : t) {
-            char n[256];
-            snprintf(n, sizeof n, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", j->l,
-                     j->e0 + i, x.w);
-            int64_t sh[2] = {x.r, x.cc};
-            fb_err e;
-            if (fb_wsrc_load_full(j->f->src, n, 2, sh, j->hb + (size_t)i * 3 * IH + x.at, &e)) {
-                pthread_mutex_lock(&j->mu);
-                if (!j->failed) { j->failed = 1; j->err = e; }
-                pthread_mutex_unlock(&j->mu);
-                break;
-            }
+        pthread_mutex_lock(&b->mu);
+        int t = b->failed ? 3 * b->g : b->next++;
+        pthread_mutex_unlock(&b->mu);
+        if (t >= 3 * b->g) break;
+        int i = t / 3, k = t % 3;
+        char n[256];
+        int64_t rows, cols;
+        size_t at;
+        expert_tensor(c, b->l, b->e0 + i, k, n, sizeof n, &rows, &cols, &at);
+        fb_err e;
+        int rc;
+        if (b->fp8) {
+            rc = src->load_fp8(src, n, 0, rows, b->bytes + (size_t)i * 3 * IH + at, &b->sc[t],
+                               &b->bm[t], &b->bn[t], &e);
+            if (rc == 0) rc = fb_fail(&e, "%s: tensor %s: no longer FP8", src->desc, n);
+            else if (rc == 1) rc = 0;
+        } else {
+            int64_t sh[2] = {rows, cols};
+            rc = fb_wsrc_load_full(src, n, 2, sh, b->f32 + (size_t)i * 3 * IH + at, &e);
         }
+        if (rc) grp_fail(b, &e);
     }
     return NULL;
 }
 
-// Puts experts e0..e0+g-1 of layer l into slots 0..g-1.
-static int load_experts(fb_cufwd *f, int l, int e0, int g, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
-    size_t IH = (size_t)c->inter * c->hidden;
-    if (f->all_experts_w) {  // synthetic: every expert resident
-        for (int i = 0; i < g; i++) {
-            f->w13[i] = (char *)f->all_experts_w + (size_t)(e0 + i) * 3 * IH * f->wsz;
-            f->w2[i] = (char *)f->w13[i] + 2 * IH * f->wsz;
-        }
-        return 0;
-    }
-    float *hb = host_buf(f, (size_t)g * 3 * IH);
-    ld_job j;
-    memset(&j, 0, sizeof j);
-    j.f = f; j.l = l; j.e0 = e0; j.g = g; j.hb = hb;
-    pthread_mutex_init(&j.mu, NULL);
+// Reads experts b->e0 .. +g of layer b->l into b on the host (several threads).
+static void *grp_read(void *p) {
+    grp_buf *b = (grp_buf *)p;
+    fb_cufwd *f = b->f;
+    double t0 = now_s();
     int nth = f->o.host_threads > 0 ? f->o.host_threads : fb_ncpu();
-    if (nth > g) nth = g;
+    if (nth > 3 * b->g) nth = 3 * b->g;
     if (nth > 64) nth = 64;
     pthread_t th[64];
     int started = 0;
     for (int i = 1; i < nth; i++)
-        if (pthread_create(&th[started], NULL, ld_main, &j) == 0) started++;
-    ld_main(&j);
+        if (pthread_create(&th[started], NULL, grp_worker, b) == 0) started++;
+    grp_worker(b);
     for (int i = 0; i < started; i++) pthread_join(th[i], NULL);
-    pthread_mutex_destroy(&j.mu);
-    if (j.failed) {
-        *err = j.err;
+    b->read_s = now_s() - t0;
+    return NULL;
+}
+
+static void grp_join(grp_buf *b) {
+    if (!b->running) return;
+    pthread_join(b->th, NULL);
+    pthread_mutex_destroy(&b->mu);
+    b->running = 0;
+}
+
+static void grp_free_scales(grp_buf *b) {
+    for (auto &p : b->sc) { free(p); p = NULL; }
+}
+
+// Starts reading experts e0..e0+g-1 of layer l into b in the background: checks names and
+// shapes, decides FP8 (raw bytes) or f32 for the group, sizes the host buffers, then hands the
+// reads to a thread (grp_join waits for it).
+static int grp_start(fb_cufwd *f, grp_buf *b, int l, int e0, int g, fb_err *err) {
+    const fb_mm_config *c = &f->cfg;
+    size_t IH = (size_t)c->inter * c->hidden;
+    b->f = f; b->l = l; b->e0 = e0; b->g = g;
+    b->fp8 = 1;
+    for (int t = 0; t < 3 * g; t++) {
+        char n[256];
+        int64_t rows, cols;
+        size_t at;
+        expert_tensor(c, l, e0 + t / 3, t % 3, n, sizeof n, &rows, &cols, &at);
+        if (check_shape(f, n, 2, rows, cols, err)) return -1;
+        if (!raw_fp8(f, n, cols)) b->fp8 = 0;
+    }
+    size_t need = (size_t)f->n_slots * 3 * IH;
+    if (b->fp8) {
+        if (grow_pinned(&b->bytes, &b->bytes_cap, need, err)) return -1;
+    } else if (b->f32_cap < need) {
+        free(b->f32);
+        b->f32 = (float *)fb_malloc(need * sizeof(float) + 64);
+        b->f32_cap = need;
+    }
+    grp_free_scales(b);
+    b->sc.assign((size_t)3 * g, NULL);
+    b->bm.assign((size_t)3 * g, 0);
+    b->bn.assign((size_t)3 * g, 0);
+    b->next = 0;
+    b->failed = 0;
+    b->read_s = 0;
+    pthread_mutex_init(&b->mu, NULL);
+    if (pthread_create(&b->th, NULL, grp_read, b) != 0) {
+        grp_read(b);  // no thread: read now
+        pthread_mutex_destroy(&b->mu);
+        return 0;
+    }
+    b->running = 1;
+    return 0;
+}
+
+// Waits for group b's read, then puts its experts into device slots 0..g-1: raw FP8 bytes in
+// one pinned-memory copy, block scales, and one dequant kernel per tensor (or the f32 values
+// converted on the device). Synchronises the device before returning.
+static int grp_upload(fb_cufwd *f, grp_buf *b, fb_err *err) {
+    const fb_mm_config *c = &f->cfg;
+    size_t IH = (size_t)c->inter * c->hidden;
+    double tw = now_s();
+    grp_join(b);
+    f->tm.wait_s += now_s() - tw;
+    f->tm.read_s += b->read_s;
+    if (b->failed) {
+        *err = b->err;
         return -1;
     }
+    int g = b->g;
     for (int i = 0; i < g; i++) {
         if (!f->w13[i]) {
             CK(cudaMalloc(&f->w13[i], 2 * IH * f->wsz + 64));
             CK(cudaMalloc(&f->w2[i], IH * f->wsz + 64));
         }
-        if (upload_op(f, hb + (size_t)i * 3 * IH, 2 * IH, f->w13[i], err) ||
-            upload_op(f, hb + (size_t)i * 3 * IH + 2 * IH, IH, f->w2[i], err))
+    }
+    if (!b->fp8) {
+        double t0 = now_s();
+        for (int i = 0; i < g; i++)
+            if (upload_op(f, b->f32 + (size_t)i * 3 * IH, 2 * IH, f->w13[i], err) ||
+                upload_op(f, b->f32 + (size_t)i * 3 * IH + 2 * IH, IH, f->w2[i], err))
+                return -1;
+        CK(cudaDeviceSynchronize());
+        f->tm.upload_s += now_s() - t0;
+        return 0;
+    }
+    // scales of every tensor, packed
+    std::vector<size_t> so((size_t)3 * g + 1, 0);
+    for (int t = 0; t < 3 * g; t++) {
+        int64_t rows = t % 3 < 2 ? c->inter : c->hidden, cols = t % 3 < 2 ? c->hidden : c->inter;
+        so[t + 1] = so[t] + (size_t)((rows + b->bm[t] - 1) / b->bm[t]) *
+                                (size_t)((cols + b->bn[t] - 1) / b->bn[t]);
+    }
+    std::vector<float> sc(so[3 * g]);
+    for (int t = 0; t < 3 * g; t++) memcpy(sc.data() + so[t], b->sc[t], (so[t + 1] - so[t]) * 4);
+    grp_free_scales(b);
+    size_t nb = (size_t)g * 3 * IH;
+    if (grow(&f->s_fp8, nb, err) || grow(&f->s_scale, sc.size() * 4, err)) return -1;
+    CK(cudaEventRecord(f->ev[0]));
+    CK(cudaMemcpyAsync(f->s_fp8.p, b->bytes, nb, cudaMemcpyHostToDevice));
+    CK(cudaMemcpyAsync(f->s_scale.p, sc.data(), sc.size() * 4, cudaMemcpyHostToDevice));
+    CK(cudaEventRecord(f->ev[1]));
+    for (int t = 0; t < 3 * g; t++) {
+        int i = t / 3, k = t % 3;
+        int64_t rows = k < 2 ? c->inter : c->hidden, cols = k < 2 ? c->hidden : c->inter;
+        void *dst = k < 2 ? (char *)f->w13[i] + (size_t)k * IH * f->wsz : f->w2[i];
+        if (dequant_dev(f, (const uint8_t *)f->s_fp8.p + (size_t)i * 3 * IH + (size_t)k * IH,
+                        (const float *)f->s_scale.p + so[t], rows, cols, b->bm[t], b->bn[t], dst,
+                        err))
             return -1;
     }
+    CK(cudaEventRecord(f->ev[2]));
+    CK(cudaEventSynchronize(f->ev[2]));
+    float up = 0, dq = 0;
+    CK(cudaEventElapsedTime(&up, f->ev[0], f->ev[1]));
+    CK(cudaEventElapsedTime(&dq, f->ev[1], f->ev[2]));
+    f->tm.upload_s += 1e-3 * up;
+    f->tm.dequant_s += 1e-3 * dq;
+    f->tm.fp8_bytes += nb;
     return 0;
 }
+
+// Joins any background read on return (error paths included).
+struct grp_guard {
+    fb_cufwd *f;
+    ~grp_guard() {
+        for (auto &b : f->gb) {
+            grp_join(&b);
+            grp_free_scales(&b);
+        }
+    }
+};
 
 static int run_attention(fb_cufwd *f, int l, fb_err *err) {
     const fb_mm_config *c = &f->cfg;
@@ -929,10 +1203,32 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
         return -1;
     float *G = (float *)f->s_f32a.p, *XY = (float *)f->s_f32b.p, *P = (float *)f->s_f32c.p;
     int Gs = f->n_slots;
-    for (int e0 = 0; e0 < E; e0 += Gs) {
+    // Expert weights come in groups of Gs through two host buffers: while group gi is uploaded
+    // and computed, a background thread reads group gi+1 from the source (its buffer's upload,
+    // group gi-1, has finished: grp_upload synchronises). The upload itself (pinned memory,
+    // ~50 GB/s) is not overlapped with compute (the device slots are reused); neither is the
+    // next layer's first read (attention weights are read synchronously by load_attn).
+    grp_guard guard{f};
+    if (!f->all_experts_w) {
+        double tl = now_s();
+        if (grp_start(f, &f->gb[0], l, 0, E < Gs ? E : Gs, err)) return -1;
+        f->tm.load_s += now_s() - tl;
+    }
+    for (int e0 = 0, gi = 0; e0 < E; e0 += Gs, gi++) {
         int g = E - e0 < Gs ? E - e0 : Gs;
         double tl = now_s();
-        if (load_experts(f, l, e0, g, err)) return -1;
+        if (f->all_experts_w) {  // synthetic: every expert resident
+            size_t IH = (size_t)I * H;
+            for (int i = 0; i < g; i++) {
+                f->w13[i] = (char *)f->all_experts_w + (size_t)(e0 + i) * 3 * IH * f->wsz;
+                f->w2[i] = (char *)f->w13[i] + 2 * IH * f->wsz;
+            }
+        } else {
+            if (grp_upload(f, &f->gb[gi & 1], err)) return -1;
+            if (e0 + Gs < E && grp_start(f, &f->gb[(gi + 1) & 1], l, e0 + Gs,
+                                         E - e0 - Gs < Gs ? E - e0 - Gs : Gs, err))
+                return -1;
+        }
         CK(cudaDeviceSynchronize());
         double te = now_s();
         f->tm.load_s += te - tl;
@@ -1173,9 +1469,9 @@ extern "C" int fb_cuda_fp8_dequant_rate(int rows, int cols, int iters, double *d
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
-    k_fp8_dequant<<<grid_for(n / 8), 256>>>(in, scale, rows, cols, bm, bn, out);
+    k_fp8_dequant<bf16><<<grid_for(n / 8), 256>>>(in, scale, rows, cols, 0, bm, bn, out);
     cudaEventRecord(e0);
-    for (int i = 0; i < iters; i++) k_fp8_dequant<<<grid_for(n / 8), 256>>>(in, scale, rows, cols, bm, bn, out);
+    for (int i = 0; i < iters; i++) k_fp8_dequant<bf16><<<grid_for(n / 8), 256>>>(in, scale, rows, cols, 0, bm, bn, out);
     cudaEventRecord(e1);
     cudaEventSynchronize(e1);
     float ms = 0;
@@ -1206,7 +1502,7 @@ extern "C" int fb_cuda_fp8_dequant_host(const uint8_t *in, const float *scale, i
     CK(cudaMalloc(&dout, n * 2));
     CK(cudaMemcpy(din, in, n, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(ds, scale, ns * 4, cudaMemcpyHostToDevice));
-    k_fp8_dequant<<<grid_for(n / 8), 256>>>(din, ds, rows, cols, bm, bn, dout);
+    k_fp8_dequant<bf16><<<grid_for(n / 8), 256>>>(din, ds, rows, cols, 0, bm, bn, dout);
     KCHECK();
     CK(cudaMemcpy(out, dout, n * 2, cudaMemcpyDeviceToHost));
     cudaFree(din); cudaFree(ds); cudaFree(dout);

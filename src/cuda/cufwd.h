@@ -4,9 +4,15 @@
 // Built only when nvcc is present (the Makefile defines FB_HAVE_CUDA and compiles
 // src/cuda/*.cu); callers guard their use with #ifdef FB_HAVE_CUDA.
 //
-// Numerics. Weights come from a weight source (calib/wsrc.h) as f32 (FP8 / NVFP4 / int4
-// already dequantized to bf16-exact values on the host), are uploaded and, in the default
-// mode, converted to bf16 on the device (exact: the values are bf16 already). GEMMs are
+// Numerics. Weights come from a weight source (calib/wsrc.h). FP8 block-scaled weights of a
+// source with `load_fp8` (a checkpoint) travel raw: e4m3 bytes and f32 block scales are read
+// into pinned host memory, copied to the device, and dequantized there by the fp8-dequant
+// kernel (bf16(float(e4m3) * scale), f32 product, RNE), giving the very bf16 values the host
+// dequant gives (widened to f32 in f32 GEMM mode). Other weights come as f32 (NVFP4 / int4 /
+// BF16 already dequantized to bf16-exact values on the host), are uploaded and, in the
+// default mode, converted to bf16 on the device (exact: the values are bf16 already). Expert
+// weights are read by host threads one group ahead (double-buffered) while the device computes
+// the current group. GEMMs are
 // cuBLAS with bf16 inputs and f32 accumulation/output (CUBLAS_COMPUTE_32F); activations are
 // rounded to bf16 at each GEMM input, as a bf16 model does. With gemm_f32 every GEMM is an
 // f32 cublasSgemm (no TF32) on f32 activations, so the result follows the CPU engine to
@@ -52,7 +58,15 @@ typedef struct fb_cufwd fb_cufwd;
 
 // Timing of the device forward (seconds, host wall clock around synchronised phases).
 typedef struct fb_cufwd_timing {
-    double load_s;     // host loads (read + dequant) and uploads of weights
+    double load_s;     // engine time spent on weights: waiting for host reads, attention
+                       // weights' reads, uploads and device dequant (reads of the next expert
+                       // group that overlap compute are not in it)
+    double read_s;     // host reads of weights (wall time of each read, overlapped or not;
+                       // for non-FP8 weights of experts, host dequant included)
+    double wait_s;     // part of load_s spent waiting for expert reads (not hidden by compute)
+    double upload_s;   // host-to-device copies of weights
+    double dequant_s;  // FP8 dequant on the device
+    double fp8_bytes;  // FP8 weight bytes uploaded raw
     double attn_s;     // norms, projections, attention, router
     double expert_s;   // expert GEMMs, SwiGLU, combine
     double gemm_flops; // 2*m*n*k of all GEMMs (projections, attention, experts, lm_head)
