@@ -24,55 +24,17 @@
 
 #include "io/checkpoint.h"
 #include "st_build.h"
+#include "cli_util.h"
 #include "test.h"
 
 #define MODEL "models/tiny-minimax-m2"
 #define GOLD GOLDEN_DIR "/model-quant"
 
-static char dir[256], bin[256];
 
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int run(const char *fmt, ...) {
-    char cmd[4096];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    char full[4500];
-    snprintf(full, sizeof full, "%s >%s/log 2>&1", cmd, dir);
-    int st = system(full);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-}
-
-static int log_has_(const char *s, int loud) {
-    char p[300];
-    snprintf(p, sizeof p, "%s/log", dir);
-    FILE *f = fopen(p, "r");
-    if (!f) return 0;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    int ok = strstr(buf, s) != NULL;
-    if (!ok && loud) fprintf(stderr, "    log: %s", buf);
-    return ok;
-}
-
-static int log_has(const char *s) { return log_has_(s, 1); }
-
-static int exists(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int exists(const char *fmt, ...) {
-    char p[600];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(p, sizeof p, fmt, ap);
-    va_end(ap);
-    return access(p, F_OK) == 0;
-}
 
 // Nothing named out, out.partial or out.* beside it.
 static int nothing_left(const char *out) {
-    return !exists("%s/%s", dir, out) && !exists("%s/%s.partial", dir, out);
+    return !cli_exists("%s/%s", cli_dir, out) && !cli_exists("%s/%s.partial", cli_dir, out);
 }
 
 static void hex128(const void *data, size_t n, char hex[33]) {
@@ -301,7 +263,7 @@ static int source_matches(json_t *g) {
     return ok;
 }
 
-// Runs the golden's tool with its arguments on the embedded model into dir/out, then compares
+// Runs the golden's tool with its arguments on the embedded model into cli_dir/out, then compares
 // the tensors and the quantization_config with the golden.
 static void golden_case(const char *file, const char *out) {
     json_t *g = load_gold(file);
@@ -311,8 +273,8 @@ static void golden_case(const char *file, const char *out) {
     json_array_foreach(json_object_get(g, "args"), i, a)
         l += (size_t)snprintf(args + l, sizeof args - l, " %s", json_string_value(a));
     const char *tool = json_string_value(json_object_get(g, "tool"));
-    snprintf(od, sizeof od, "%s/%s", dir, out);
-    int rc = run("%s/%s -q%s %s %s", bin, tool, args, MODEL, od);
+    snprintf(od, sizeof od, "%s/%s", cli_dir, out);
+    int rc = cli_run("%s/%s -q%s %s %s", cli_bin, tool, args, MODEL, od);
     CHECK(rc == 0, "%s: %s%s: exit %d", file, tool, args, rc);
     if (rc == 0 && source_matches(g)) {
         compare_tensors(file, od, g);
@@ -338,11 +300,11 @@ static void goldens(void) {
     golden_case("nvfp4.json", "nvfp4");
 
     // NVFP4 W4A4: the validator accepts it, input_global_scale is one value per q/k/v set
-    CHECK(run("%s/validate-ignore-list %s/nvfp4", bin, dir) == 0, "validate-ignore-list accepts the NVFP4 output");
+    CHECK(cli_run("%s/validate-ignore-list %s/nvfp4", cli_bin, cli_dir) == 0, "validate-ignore-list accepts the NVFP4 output");
     fb_ckpt *c;
     fb_err err;
     char p[400];
-    snprintf(p, sizeof p, "%s/nvfp4", dir);
+    snprintf(p, sizeof p, "%s/nvfp4", cli_dir);
     if (fb_ckpt_open(p, &c, &err) == 0) {
         int same = 0, layers = 0;
         for (int L = 0; L < 64; L++) {
@@ -375,7 +337,7 @@ static int same_shards(const char *a, const char *b) {
         if (!(l > 12 && !strcmp(e->d_name + l - 12, ".safetensors")) && strcmp(e->d_name, "model.safetensors.index.json"))
             continue;
         n++;
-        if (run("cmp %s/%s %s/%s", a, e->d_name, b, e->d_name) != 0) {
+        if (cli_run("cmp %s/%s %s/%s", a, e->d_name, b, e->d_name) != 0) {
             fprintf(stderr, "    %s/%s and %s/%s differ\n", a, e->d_name, b, e->d_name);
             ok = 0;
         }
@@ -386,7 +348,7 @@ static int same_shards(const char *a, const char *b) {
 
 // FP8 source vs fp8-dequant then quantize: the same tensors and the same bytes.
 static void fp8_vs_bf16(void) {
-    REQUIRE(run("%s/fp8-dequant -q %s %s/bf16", bin, MODEL, dir) == 0, "fp8-dequant of the embedded model");
+    REQUIRE(cli_run("%s/fp8-dequant -q %s %s/bf16", cli_bin, MODEL, cli_dir) == 0, "fp8-dequant of the embedded model");
     struct {
         const char *tool, *args, *fp8_out, *out;
     } cases[] = {
@@ -396,9 +358,9 @@ static void fp8_vs_bf16(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char a[400], b[400];
-        snprintf(a, sizeof a, "%s/%s", dir, cases[i].fp8_out);
-        snprintf(b, sizeof b, "%s/%s", dir, cases[i].out);
-        int rc = run("%s/%s -q %s %s/bf16 %s", bin, cases[i].tool, cases[i].args, dir, b);
+        snprintf(a, sizeof a, "%s/%s", cli_dir, cases[i].fp8_out);
+        snprintf(b, sizeof b, "%s/%s", cli_dir, cases[i].out);
+        int rc = cli_run("%s/%s -q %s %s/bf16 %s", cli_bin, cases[i].tool, cases[i].args, cli_dir, b);
         CHECK(rc == 0, "%s %s from the BF16 copy: exit %d", cases[i].tool, cases[i].args, rc);
         if (rc) continue;
         json_t *da = digest_ckpt(a), *db = digest_ckpt(b);
@@ -406,66 +368,66 @@ static void fp8_vs_bf16(void) {
         json_decref(da);
         json_decref(db);
         CHECK(same_shards(a, b), "%s: FP8 source and fp8-dequant first give byte-identical shards", cases[i].args);
-        CHECK(run("cmp %s/config.json %s/config.json", a, b) == 0, "%s: same config.json", cases[i].args);
+        CHECK(cli_run("cmp %s/config.json %s/config.json", a, b) == 0, "%s: same config.json", cases[i].args);
     }
 }
 
 static void dry_run(void) {
-    int rc = run("%s/nvfp4-quantize --dry-run --recipe recipes/minimax-nvfp4a16.yaml %s %s/dry", bin, MODEL, dir);
+    int rc = cli_run("%s/nvfp4-quantize --dry-run --recipe recipes/minimax-nvfp4a16.yaml %s %s/dry", cli_bin, MODEL, cli_dir);
     CHECK(rc == 0, "dry run: exit %d", rc);
-    CHECK(log_has("112 modules quantized") && log_has("ignored by 're:.*block_sparse_moe\\.gate$'") &&
-              log_has("target 'Linear'") && log_has("expected output"),
+    CHECK(cli_log_has("112 modules quantized") && cli_log_has("ignored by 're:.*block_sparse_moe\\.gate$'") &&
+              cli_log_has("target 'Linear'") && cli_log_has("expected output"),
           "dry run lists the plan: counts, matched target and ignore entry, expected size");
     CHECK(nothing_left("dry"), "dry run writes nothing");
-    rc = run("%s/w4a16-quantize -n --recipe recipes/minimax-w4a16.yaml --format auto_round %s %s/dry", bin, MODEL, dir);
+    rc = cli_run("%s/w4a16-quantize -n --recipe recipes/minimax-w4a16.yaml --format auto_round %s %s/dry", cli_bin, MODEL, cli_dir);
     CHECK(rc == 0 && nothing_left("dry"), "w4a16-quantize dry run writes nothing (exit %d)", rc);
     // NVFP4 (W4A4) dry run works without statistics
-    rc = run("%s/nvfp4-quantize -n --recipe recipes/minimax.yaml %s %s/dry", bin, MODEL, dir);
+    rc = cli_run("%s/nvfp4-quantize -n --recipe recipes/minimax.yaml %s %s/dry", cli_bin, MODEL, cli_dir);
     CHECK(rc == 0 && nothing_left("dry"), "NVFP4 dry run without --calib (exit %d)", rc);
 }
 
 static void write_recipe(const char *name, const char *body) {
     char p[400];
-    snprintf(p, sizeof p, "%s/%s", dir, name);
+    snprintf(p, sizeof p, "%s/%s", cli_dir, name);
     stb_write_text(p, body);
 }
 
 static void refusals(void) {
-    int rc = run("%s/nvfp4-quantize -q --recipe recipes/minimax.yaml %s %s/r1", bin, MODEL, dir);
-    CHECK(rc == 1 && log_has("calibrate") && log_has("--calib") && log_has("NVFP4A16"),
+    int rc = cli_run("%s/nvfp4-quantize -q --recipe recipes/minimax.yaml %s %s/r1", cli_bin, MODEL, cli_dir);
+    CHECK(rc == 1 && cli_log_has("calibrate") && cli_log_has("--calib") && cli_log_has("NVFP4A16"),
           "NVFP4 without --calib: exit %d, message points to calibrate and NVFP4A16", rc);
     CHECK(nothing_left("r1"), "NVFP4 without --calib: nothing left behind");
 
     write_recipe("gate.yaml", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
                               "      targets: [Linear]\n      scheme: NVFP4A16\n"
                               "      ignore: [lm_head, model.embed_tokens]\n");
-    rc = run("%s/nvfp4-quantize -q --recipe %s/gate.yaml %s %s/r2", bin, dir, MODEL, dir);
-    CHECK(rc == 1 && log_has("block_sparse_moe.gate") && log_has("ignore"),
+    rc = cli_run("%s/nvfp4-quantize -q --recipe %s/gate.yaml %s %s/r2", cli_bin, cli_dir, MODEL, cli_dir);
+    CHECK(rc == 1 && cli_log_has("block_sparse_moe.gate") && cli_log_has("ignore"),
           "a recipe quantizing the router gate is refused by the validation: exit %d", rc);
     CHECK(nothing_left("r2"), "gate recipe: nothing left behind");
     write_recipe("gate-w4.yaml", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
                                  "      targets: [Linear]\n      scheme: W4A16\n"
                                  "      ignore: [lm_head, model.embed_tokens]\n");
-    rc = run("%s/w4a16-quantize -q --recipe %s/gate-w4.yaml %s %s/r2", bin, dir, MODEL, dir);
-    CHECK(rc == 1 && log_has("block_sparse_moe.gate") && nothing_left("r2"), "W4A16 gate recipe refused: exit %d", rc);
+    rc = cli_run("%s/w4a16-quantize -q --recipe %s/gate-w4.yaml %s %s/r2", cli_bin, cli_dir, MODEL, cli_dir);
+    CHECK(rc == 1 && cli_log_has("block_sparse_moe.gate") && nothing_left("r2"), "W4A16 gate recipe refused: exit %d", rc);
 
     write_recipe("bad.yaml", "default_stage:\n  default_modifiers:\n    QuantizationModifier:\n"
                              "      targets: [Linear]\n      scheme: NVFP4A16\n      ignroe: [lm_head]\n");
-    rc = run("%s/nvfp4-quantize -q --recipe %s/bad.yaml %s %s/r3", bin, dir, MODEL, dir);
-    CHECK(rc == 1 && log_has("bad.yaml:6") && log_has("ignroe"), "unknown recipe key: exit %d, file:line and the key", rc);
+    rc = cli_run("%s/nvfp4-quantize -q --recipe %s/bad.yaml %s %s/r3", cli_bin, cli_dir, MODEL, cli_dir);
+    CHECK(rc == 1 && cli_log_has("bad.yaml:6") && cli_log_has("ignroe"), "unknown recipe key: exit %d, file:line and the key", rc);
     CHECK(nothing_left("r3"), "bad recipe: nothing left behind");
 
-    rc = run("%s/nvfp4-quantize -q --recipe recipes/minimax-w4a16.yaml %s %s/r4", bin, MODEL, dir);
-    CHECK(rc == 1 && log_has("W4A16") && log_has("w4a16-quantize"), "W4A16 recipe given to nvfp4-quantize: exit %d", rc);
-    rc = run("%s/w4a16-quantize -q --recipe recipes/minimax-nvfp4a16.yaml %s %s/r4", bin, MODEL, dir);
-    CHECK(rc == 1 && log_has("nvfp4-quantize"), "NVFP4A16 recipe given to w4a16-quantize: exit %d", rc);
-    rc = run("%s/w4a16-quantize -q --recipe recipes/minimax.yaml --format auto_round %s %s/r4", bin, MODEL, dir);
+    rc = cli_run("%s/nvfp4-quantize -q --recipe recipes/minimax-w4a16.yaml %s %s/r4", cli_bin, MODEL, cli_dir);
+    CHECK(rc == 1 && cli_log_has("W4A16") && cli_log_has("w4a16-quantize"), "W4A16 recipe given to nvfp4-quantize: exit %d", rc);
+    rc = cli_run("%s/w4a16-quantize -q --recipe recipes/minimax-nvfp4a16.yaml %s %s/r4", cli_bin, MODEL, cli_dir);
+    CHECK(rc == 1 && cli_log_has("nvfp4-quantize"), "NVFP4A16 recipe given to w4a16-quantize: exit %d", rc);
+    rc = cli_run("%s/w4a16-quantize -q --recipe recipes/minimax.yaml --format auto_round %s %s/r4", cli_bin, MODEL, cli_dir);
     CHECK(rc == 1, "NVFP4 recipe given to w4a16-quantize --format auto_round: exit %d", rc);
     CHECK(nothing_left("r4"), "wrong scheme: nothing left behind");
 
     // A NaN in a BF16 source weight: refused naming the tensor and the index.
     char d[400], p[500];
-    snprintf(d, sizeof d, "%s/nan", dir);
+    snprintf(d, sizeof d, "%s/nan", cli_dir);
     mkdir(d, 0755);
     enum { R = 32, C = 256 };
     static uint16_t w[2][R * C];
@@ -487,11 +449,11 @@ static void refusals(void) {
     snprintf(p, sizeof p, "%s/config.json", d);
     stb_write_text(p, "{\"model_type\":\"minimax_m2\",\"architectures\":[\"MiniMaxM2ForCausalLM\"]}");
     const char *nan_msg = "tensor model.layers.0.block_sparse_moe.experts.3.w2.weight: NaN at [5, 77]";
-    rc = run("%s/nvfp4-quantize -q --recipe recipes/minimax-nvfp4a16.yaml %s %s/r5", bin, d, dir);
-    CHECK(rc == 1 && log_has(nan_msg), "NaN in a BF16 weight (NVFP4A16): exit %d, tensor and index named", rc);
+    rc = cli_run("%s/nvfp4-quantize -q --recipe recipes/minimax-nvfp4a16.yaml %s %s/r5", cli_bin, d, cli_dir);
+    CHECK(rc == 1 && cli_log_has(nan_msg), "NaN in a BF16 weight (NVFP4A16): exit %d, tensor and index named", rc);
     CHECK(nothing_left("r5"), "NaN: nothing left behind");
-    rc = run("%s/w4a16-quantize -q --recipe recipes/minimax-w4a16.yaml %s %s/r5", bin, d, dir);
-    CHECK(rc == 1 && log_has(nan_msg), "NaN in a BF16 weight (W4A16): exit %d, tensor and index named", rc);
+    rc = cli_run("%s/w4a16-quantize -q --recipe recipes/minimax-w4a16.yaml %s %s/r5", cli_bin, d, cli_dir);
+    CHECK(rc == 1 && cli_log_has(nan_msg), "NaN in a BF16 weight (W4A16): exit %d, tensor and index named", rc);
     CHECK(nothing_left("r5"), "NaN (W4A16): nothing left behind");
 }
 
@@ -507,20 +469,20 @@ static void kill_and_resume(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const char *t = cases[i].tool, *a = cases[i].args;
-        CHECK(run("%s/%s -q --max-shard-size 1MB %s %s %s/%s", bin, t, a, MODEL, dir, cases[i].ref) == 0,
+        CHECK(cli_run("%s/%s -q --max-shard-size 1MB %s %s %s/%s", cli_bin, t, a, MODEL, cli_dir, cases[i].ref) == 0,
               "%s: uninterrupted run", t);
-        int rc = run("FOURBIT_FAULT_KILL_AFTER_WRITES=%d %s/%s -q --threads 1 --max-shard-size 1MB %s %s %s/%s", cases[i].k,
-                     bin, t, a, MODEL, dir, cases[i].res);
-        int partial = run("ls %s/%s.partial/model-00001-of-0000*.safetensors", dir, cases[i].res) == 0 &&
-                      exists("%s/%s.partial/fourbit-manifest.json", dir, cases[i].res);
-        CHECK(rc == 128 + SIGKILL && !exists("%s/%s", dir, cases[i].res) && partial,
+        int rc = cli_run("FOURBIT_FAULT_KILL_AFTER_WRITES=%d %s/%s -q --threads 1 --max-shard-size 1MB %s %s %s/%s", cases[i].k,
+                     cli_bin, t, a, MODEL, cli_dir, cases[i].res);
+        int partial = cli_run("ls %s/%s.partial/model-00001-of-0000*.safetensors", cli_dir, cases[i].res) == 0 &&
+                      cli_exists("%s/%s.partial/fourbit-manifest.json", cli_dir, cases[i].res);
+        CHECK(rc == 128 + SIGKILL && !cli_exists("%s/%s", cli_dir, cases[i].res) && partial,
               "%s: killed mid-way (exit %d) with finished shards in staging", t, rc);
-        rc = run("%s/%s --resume --json --max-shard-size 1MB %s %s %s/%s", bin, t, a, MODEL, dir, cases[i].res);
-        CHECK(rc == 0 && log_has("\"resumed_shards\":") && !log_has_("\"resumed_shards\":0", 0), "%s: resume kept finished shards (exit %d)", t, rc);
+        rc = cli_run("%s/%s --resume --json --max-shard-size 1MB %s %s %s/%s", cli_bin, t, a, MODEL, cli_dir, cases[i].res);
+        CHECK(rc == 0 && cli_log_has("\"resumed_shards\":") && !cli_log_has_("\"resumed_shards\":0", 0), "%s: resume kept finished shards (exit %d)", t, rc);
         char x[400], y[400];
-        snprintf(x, sizeof x, "%s/%s", dir, cases[i].ref);
-        snprintf(y, sizeof y, "%s/%s", dir, cases[i].res);
-        CHECK(same_shards(x, y) && run("cmp %s/config.json %s/config.json && cmp %s/fourbit-manifest.json %s/fourbit-manifest.json",
+        snprintf(x, sizeof x, "%s/%s", cli_dir, cases[i].ref);
+        snprintf(y, sizeof y, "%s/%s", cli_dir, cases[i].res);
+        CHECK(same_shards(x, y) && cli_run("cmp %s/config.json %s/config.json && cmp %s/fourbit-manifest.json %s/fourbit-manifest.json",
                                        x, y, x, y) == 0,
               "%s: resumed output byte-identical to an uninterrupted run", t);
     }
@@ -528,16 +490,16 @@ static void kill_and_resume(void) {
 
 int main(void) {
     const char *b = getenv("BUILD");
-    snprintf(bin, sizeof bin, "%s/bin", b ? b : "build");
-    snprintf(dir, sizeof dir, "/tmp/fb-test-qcli-XXXXXX");
-    REQUIRE(mkdtemp(dir), "mkdtemp");
-    REQUIRE(exists("%s/model.safetensors.index.json", MODEL), "the embedded model %s", MODEL);
+    snprintf(cli_bin, sizeof cli_bin, "%s/bin", b ? b : "build");
+    snprintf(cli_dir, sizeof cli_dir, "/tmp/fb-test-qcli-XXXXXX");
+    REQUIRE(mkdtemp(cli_dir), "mkdtemp");
+    REQUIRE(cli_exists("%s/model.safetensors.index.json", MODEL), "the embedded model %s", MODEL);
     goldens();
     fp8_vs_bf16();
     dry_run();
     refusals();
     kill_and_resume();
-    if (getenv("FB_KEEP")) printf("outputs kept in %s\n", dir);  // FB_KEEP=1: keep them for a look
-    else run("rm -rf %s", dir);
+    if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);  // FB_KEEP=1: keep them for a look
+    else cli_run("rm -rf %s", cli_dir);
     TEST_MAIN_END();
 }
