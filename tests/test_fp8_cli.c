@@ -211,6 +211,27 @@ static void kill_and_resume(void) {
     CHECK(cli_run("%s/fp8-dequant -q --max-shard-size 3MB %s %s/res2", cli_bin, d, cli_dir) == 0, "other shard size");
 }
 
+// Split jobs over one staging directory, then a merge: the result is byte-identical to one
+// run; the merge refuses to start without the jobs' directory.
+static void split_jobs(void) {
+    const char *src = GOLDEN_DIR "/fp8/minimax";
+    CHECK(cli_run("%s/fp8-dequant -q --max-shard-size 300KB %s %s/one", cli_bin, src, cli_dir) == 0, "single run");
+    CHECK(cli_run("%s/fp8-dequant -q --merge --shard-count 3 %s %s/split", cli_bin, src, cli_dir) == 1 &&
+              cli_log_has("run the split jobs"), "merge before any job is refused");
+    for (int i = 0; i < 3; i++)
+        CHECK(cli_run("%s/fp8-dequant -q --max-shard-size 300KB --shard-index %d --shard-count 3 %s %s/split", cli_bin, i,
+                      src, cli_dir) == 0, "split job %d", i);
+    CHECK(!cli_exists("%s/split", cli_dir) && cli_exists("%s/split.partial/fourbit-manifest.job-1-of-3.json", cli_dir),
+          "jobs leave their shards in the shared staging directory, nothing in place");
+    CHECK(cli_run("%s/fp8-dequant --json --merge --shard-count 3 --max-shard-size 300KB %s %s/split", cli_bin, src,
+                  cli_dir) == 0 && cli_log_has("\"resumed_shards\":7"), "merge verifies the 7 shards the jobs wrote");
+    CHECK(cli_run("cd %s/one && for f in *; do cmp \"$f\" ../split/\"$f\" || exit 1; done", cli_dir) == 0 &&
+              !cli_exists("%s/split/fourbit-manifest.job-0-of-3.json", cli_dir),
+          "merged output byte-identical to a single run (manifest included)");
+    CHECK(cli_run("%s/fp8-dequant -q --shard-index 3 --shard-count 3 %s %s/bad", cli_bin, src, cli_dir) != 0,
+          "shard index out of range refused");
+}
+
 int main(void) {
     const char *b = getenv("BUILD");
     snprintf(cli_bin, sizeof cli_bin, "%s/bin", b ? b : "build");
@@ -220,6 +241,7 @@ int main(void) {
     refusals();
     full_disk();
     kill_and_resume();
+    split_jobs();
     cli_run("rm -rf %s", cli_dir);
     TEST_MAIN_END();
 }

@@ -488,6 +488,21 @@ static void kill_and_resume(void) {
     }
 }
 
+// Two split jobs and a merge give the same bytes as one run (NVFP4A16, 7 shards of <= 1 MB).
+static void split_jobs(void) {
+    const char *r = "recipes/minimax-nvfp4a16.yaml";
+    CHECK(cli_run("%s/nvfp4-quantize -q --max-shard-size 1MB --recipe %s %s %s/q-one", cli_bin, r, MODEL, cli_dir) == 0,
+          "single run");
+    for (int i = 0; i < 2; i++)
+        CHECK(cli_run("%s/nvfp4-quantize -q --max-shard-size 1MB --shard-index %d --shard-count 2 --recipe %s %s %s/q-split",
+                      cli_bin, i, r, MODEL, cli_dir) == 0, "split job %d", i);
+    CHECK(!cli_exists("%s/q-split", cli_dir), "split jobs rename nothing into place");
+    CHECK(cli_run("%s/nvfp4-quantize -q --merge --shard-count 2 --max-shard-size 1MB --recipe %s %s %s/q-split", cli_bin,
+                  r, MODEL, cli_dir) == 0, "merge");
+    CHECK(cli_run("cd %s/q-one && for f in *; do cmp \"$f\" ../q-split/\"$f\" || exit 1; done", cli_dir) == 0,
+          "merged output byte-identical to a single run");
+}
+
 int main(void) {
     const char *b = getenv("BUILD");
     snprintf(cli_bin, sizeof cli_bin, "%s/bin", b ? b : "build");
@@ -499,6 +514,7 @@ int main(void) {
     dry_run();
     refusals();
     kill_and_resume();
+    split_jobs();
     if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);  // FB_KEEP=1: keep them for a look
     else cli_run("rm -rf %s", cli_dir);
     TEST_MAIN_END();

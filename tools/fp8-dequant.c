@@ -72,6 +72,7 @@ static int commit(void *ctx, size_t k, int tid, fb_err *err) {
 
 int main(int argc, char **argv) {
     int threads = fb_ncpu(), force = 0, resume = 0, dry = 0, json = 0, quiet = 0, allow_nan = 0;
+    int shard_index = 0, shard_count = 1, merge = 0;
     uint64_t max_shard = 5000000000ull;
     const fb_opt opts[] = {
         {"threads", 't', FB_OPT_INT, &threads, "N", "worker threads (each reads, dequantizes, writes in order)", 1, 1024},
@@ -82,6 +83,9 @@ int main(int argc, char **argv) {
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
         {"allow-nan", 0, FB_OPT_FLAG, &allow_nan, NULL, "convert FP8 NaN codes (0x7F/0xFF) to NaN instead of failing", 0, 0},
+        {"shard-index", 0, FB_OPT_INT, &shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},
+        {"shard-count", 0, FB_OPT_INT, &shard_count, "N", "number of split jobs sharing DST.partial (then run once with --merge)", 1, 1 << 20},
+        {"merge", 0, FB_OPT_FLAG, &merge, NULL, "after split jobs: verify their shards, write the rest, index, validate, rename", 0, 0},
         {0},
     };
     const char *pos[2];
@@ -136,7 +140,13 @@ int main(int argc, char **argv) {
     char opbuf[128];
     snprintf(opbuf, sizeof opbuf, "fp8 block dequant %zux%zu -> bf16 (f32 product, RNE)", s->bm, s->bn);
     const char *mv[] = {src, opbuf};
+    if (merge && shard_count < 2) {
+        fprintf(stderr, "%s: --merge needs the --shard-count of the split jobs\n", TOOL);
+        fb_source_close(s);
+        return 2;
+    }
     fb_cw_opts wo = {.max_shard_size = max_shard, .resume = resume, .force = force, .tool = TOOL,
+                     .shard_index = shard_index, .shard_count = shard_count, .merge = merge,
                      .n_meta = 2, .meta_keys = mk, .meta_vals = mv};
     fb_cw *w = fb_cw_create(dst, src, &wo, &err);
     if (!w) {
@@ -178,14 +188,15 @@ int main(int argc, char **argv) {
         j.outb[t] = fb_aligned_alloc(max_out);
     }
     j.prog = fb_progress_start(TOOL, bytes_out, n_fp8 + n_copy, quiet);
-    int resumed = 0;
+    int resumed = 0, others = 0;
     for (int sh = 0; sh < n_shards && !rc; sh++) {
         int b = fb_cw_shard_begin(w, sh, &err);
         if (b < 0) { rc = -1; break; }
         const int *members;
         int nm = fb_cw_shard_tensors(w, sh, &members);
-        if (b == 1) {  // verified from the killed run
-            resumed++;
+        if (b == 1 || b == 2) {  // verified from an earlier run / written by another split job
+            resumed += b == 1;
+            others += b == 2;
             for (int m = 0; m < nm; m++) fb_progress_add(j.prog, fb_cw_tensor_bytes(w, members[m]), 1);
             continue;
         }
@@ -232,11 +243,18 @@ int main(int argc, char **argv) {
     }
     fb_progress_finish(j.prog);
 
+    if (!rc && fb_cw_split_job(w)) {  // the merge run writes the rest
+        if (!quiet)
+            fprintf(stderr, "%s: split job %d of %d done in %s.partial; run again with --merge --shard-count %d when every job has finished\n",
+                    TOOL, shard_index, shard_count, dst, shard_count);
+        fb_cw_detach(w);
+        w = NULL;
+    }
     // Side files and config.json without quantization_config.
-    if (!rc) {
+    if (!rc && w) {
         if (fb_copy_side_files(s, fb_cw_staging_dir(w), &err) < 0) rc = -1;
     }
-    if (!rc && c->config) {
+    if (!rc && w && c->config) {
         json_t *cfg = json_deep_copy(c->config);
         json_object_del(cfg, "quantization_config");
         char *p = fb_cw_path(w, "config.json");
@@ -244,9 +262,11 @@ int main(int argc, char **argv) {
         free(p);
         json_decref(cfg);
     }
-    if (!rc && fb_cw_finish(w, &err)) rc = -1;
-    if (!rc && fb_validate_output(fb_cw_staging_dir(w), &err)) rc = -1;
-    if (rc == -2) {
+    if (!rc && w && fb_cw_finish(w, &err)) rc = -1;
+    if (!rc && w && fb_validate_output(fb_cw_staging_dir(w), &err)) rc = -1;
+    if (!w) {
+        // a split job: its shards are in place, nothing to commit
+    } else if (rc == -2) {
         fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", TOOL,
                 dst);
         fb_cw_detach(w);
@@ -267,7 +287,10 @@ int main(int argc, char **argv) {
     free(src_of);
     double dt = fb_now() - t0;
     if (!rc) {
-        if (!quiet)
+        if (!quiet && others)
+            fprintf(stderr, "%s: %d of %d shard(s) written by this job (%d resumed), %.2f s, peak RSS %.1f MiB\n", TOOL,
+                    n_shards - others - resumed, n_shards, resumed, dt, (double)fb_peak_rss() / 1048576.0);
+        else if (!quiet)
             fprintf(stderr, "%s: %zu FP8 weights dequantized, %zu tensors copied, %d shard(s) (%d resumed), "
                             "%.3f GB in %.2f s (%.2f GB/s of input), peak RSS %.1f MiB\n",
                     TOOL, n_fp8, n_copy, n_shards, resumed, (double)bytes_in / 1e9, dt, (double)bytes_in / 1e9 / dt,
@@ -279,6 +302,7 @@ int main(int argc, char **argv) {
                                   "bytes_in", (json_int_t)bytes_in, "bytes_out", (json_int_t)bytes_out, "seconds", dt,
                                   "gb_per_s_in", (double)bytes_in / 1e9 / dt, "peak_rss_bytes",
                                   (json_int_t)fb_peak_rss(), "threads", threads);
+            json_object_set_new(o, "shards_of_other_jobs", json_integer(others));
             json_dumpf(o, stdout, JSON_COMPACT);
             putchar('\n');
             json_decref(o);

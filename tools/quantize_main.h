@@ -22,10 +22,11 @@ static void fb_qm_on_signal(int sig) {
 
 static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned kinds, int has_format, const char *about) {
     fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
+                          .shard_count = 1,
                           .cancel = &fb_qm_cancel};
     const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors";
     int json = 0, quiet = 0;
-    fb_opt opts[16] = {
+    fb_opt opts[20] = {
         {"recipe", 'r', FB_OPT_STR, &recipe, "FILE", "llm-compressor recipe YAML (required; see recipes/)", 0, 0},
         {"calib", 'c', FB_OPT_STR, &calib, "STATS", "calibration statistics from `calibrate` (NVFP4 W4A4 input scales)", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
@@ -37,8 +38,11 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "let FP8 NaN codes through in tensors that are kept", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
+        {"shard-index", 0, FB_OPT_INT, &o.shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},
+        {"shard-count", 0, FB_OPT_INT, &o.shard_count, "N", "number of split jobs sharing DST.partial (then run once with --merge)", 1, 1 << 20},
+        {"merge", 0, FB_OPT_FLAG, &o.merge, NULL, "after split jobs: verify their shards, write the rest, index, validate, rename", 0, 0},
     };
-    int no = 11;
+    int no = 14;
     if (has_format)
         opts[no++] = (fb_opt){"format", 0, FB_OPT_STR, &format, "F", "compressed-tensors | auto_round", 0, 0};
     opts[no] = (fb_opt){0};
@@ -49,6 +53,10 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     if (prc) return 2;
     if (npos != 2 || !recipe) {
         fprintf(stderr, "%s: need --recipe R, SRC and DST (see --help)\n", tool);
+        return 2;
+    }
+    if (o.merge && o.shard_count < 2) {
+        fprintf(stderr, "%s: --merge needs the --shard-count of the split jobs\n", tool);
         return 2;
     }
     if (!strcmp(format, "auto_round") || !strcmp(format, "autoround")) o.format = FB_QOUT_AUTOROUND;
@@ -75,6 +83,14 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         return 1;
     }
     if (o.dry_run) return 0;
+    if (r.split_job) {
+        if (!quiet)
+            fprintf(stderr, "%s: split job %d of %d: %zu of %zu shard(s) written (%zu resumed) in %s.partial, %.2f s; "
+                            "run again with --merge --shard-count %d when every job has finished\n",
+                    tool, o.shard_index, o.shard_count, r.n_shards - r.n_other_jobs - r.n_resumed, r.n_shards, r.n_resumed,
+                    pos[1], r.seconds, o.shard_count);
+        return 0;
+    }
     double el_per_s = r.seconds > 0 ? (double)r.elements_quantized / r.seconds : 0;
     if (!quiet)
         fprintf(stderr, "%s: %s: %zu modules quantized (%zu fused sets), %zu tensors kept, %zu shard(s) (%zu resumed), "

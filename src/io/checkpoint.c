@@ -272,7 +272,7 @@ typedef struct shard {
     char *header;            // padded header JSON
     uint64_t header_len;
     int fd;
-    int state;               // 0 not begun, 1 open, 2 done, 3 skipped (resumed)
+    int state;               // 0 not begun, 1 open, 2 done, 3 skipped (resumed), 4 another job's
     uint64_t written;        // payload bytes received
     uint64_t hashed;         // bytes of the file hashed in order so far
     uint64_t synced;         // bytes flushed and released from the page cache
@@ -290,7 +290,8 @@ struct fb_cw {
     shard *shards;
     int n_shards;
     int planned;
-    json_t *prev_manifest;   // from a killed run (resume)
+    json_t *prev_manifest;   // from a killed run (resume), or the union of the jobs' (merge)
+    char manifest_name[96];  // fourbit-manifest.json, or .job-<i>-of-<n>.json for a split job
     json_t *manifest;        // {"files": {name: {"xxh3_128":..., "bytes":...}}}
     pthread_mutex_t mu;
     long kill_after_writes;  // fault injection for the kill-and-resume tests (0 = off)
@@ -417,7 +418,24 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
     const char *fk = getenv("FOURBIT_FAULT_KILL_AFTER_WRITES");
     w->kill_after_writes = fk ? strtol(fk, NULL, 10) : 0;
 
+    if (o->shard_count > 1 && (o->shard_index < 0 || o->shard_index >= o->shard_count)) {
+        fb_fail(err, "shard index %d is outside [0, %d)", o->shard_index, o->shard_count);
+        fb_cw_detach(w);
+        return NULL;
+    }
+    if (o->shard_count > 1 && !o->merge)
+        snprintf(w->manifest_name, sizeof w->manifest_name, "fourbit-manifest.job-%d-of-%d.json", o->shard_index,
+                 o->shard_count);
+    else
+        snprintf(w->manifest_name, sizeof w->manifest_name, "fourbit-manifest.json");
     char *mark = fb_path_join(w->staging, STAGING_MARK);
+    if (o->merge && !is_dir(w->staging)) {
+        fb_fail(err, "%s: no staging directory to merge: run the split jobs (--shard-index i --shard-count n) first",
+                w->staging);
+        free(mark);
+        fb_cw_detach(w);
+        return NULL;
+    }
     if (is_dir(w->staging)) {
         if (!file_exists(mark)) {
             fb_fail(err, "%s: exists and was not made by fourbit; remove it or choose another output", w->staging);
@@ -425,9 +443,23 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
             fb_cw_detach(w);
             return NULL;
         }
-        if (o->resume) {
-            char *mp = fb_path_join(w->staging, "fourbit-manifest.json");
-            w->prev_manifest = json_load_file(mp, 0, NULL);  // absent: nothing finished yet
+        if (o->merge) {
+            // The union of every job's manifest: shards they finished are verified, not redone.
+            w->prev_manifest = json_object();
+            json_t *files = json_object();
+            json_object_set_new(w->prev_manifest, "files", files);
+            for (int j = 0; j < o->shard_count; j++) {
+                char nm[96];
+                snprintf(nm, sizeof nm, "fourbit-manifest.job-%d-of-%d.json", j, o->shard_count);
+                char *mp = fb_path_join(w->staging, nm);
+                json_t *m = json_load_file(mp, 0, NULL);
+                free(mp);
+                if (m) json_object_update(files, json_object_get(m, "files"));
+                json_decref(m);
+            }
+        } else if (o->resume || o->shard_count > 1) {  // split jobs share the directory
+            char *mp = fb_path_join(w->staging, w->manifest_name);
+            w->prev_manifest = o->resume ? json_load_file(mp, 0, NULL) : NULL;  // absent: nothing finished
             free(mp);
         } else if (rm_rf(w->staging) != 0) {
             fb_fail(err, "%s: cannot remove the staging directory of an earlier run: %s", w->staging, strerror(errno));
@@ -436,7 +468,7 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
             return NULL;
         }
     }
-    if (!is_dir(w->staging) && mkdir(w->staging, 0755) != 0) {
+    if (!is_dir(w->staging) && mkdir(w->staging, 0755) != 0 && errno != EEXIST) {  // jobs race here
         fb_fail(err, "%s: cannot create: %s", w->staging, strerror(errno));
         free(mark);
         fb_cw_detach(w);
@@ -600,7 +632,8 @@ uint64_t fb_cw_shard_file_bytes(const fb_cw *w, int s) {
     return 8 + w->shards[s].header_len + w->shards[s].data_bytes;
 }
 
-int fb_cw_shard_skipped(const fb_cw *w, int s) { return w->shards[s].state == 3; }
+int fb_cw_shard_skipped(const fb_cw *w, int s) { return w->shards[s].state >= 3; }
+int fb_cw_split_job(const fb_cw *w) { return w->o.shard_count > 1 && !w->o.merge; }
 uint64_t fb_cw_tensor_bytes(const fb_cw *w, int idx) { return w->t[idx].nbytes; }
 
 char *fb_cw_path(const fb_cw *w, const char *name) { return fb_path_join(w->staging, name); }
@@ -622,8 +655,10 @@ static int write_full(int fd, const void *buf, size_t n, uint64_t off) {
 }
 
 static int write_manifest(fb_cw *w, fb_err *err) {
-    char *p = fb_path_join(w->staging, "fourbit-manifest.json.tmp");
-    char *q = fb_path_join(w->staging, "fourbit-manifest.json");
+    char tmpn[110];
+    snprintf(tmpn, sizeof tmpn, "%s.tmp", w->manifest_name);
+    char *p = fb_path_join(w->staging, tmpn);
+    char *q = fb_path_join(w->staging, w->manifest_name);
     json_object_set_new(w->manifest, "tool", json_string(w->o.tool));
     json_object_set_new(w->manifest, "version", json_string(FB_VERSION));
     int rc = 0;
@@ -649,6 +684,10 @@ int fb_cw_shard_begin(fb_cw *w, int s, fb_err *err) {
     FB_ASSERT(w->planned && s >= 0 && s < w->n_shards);
     shard *sh = &w->shards[s];
     FB_ASSERT(sh->state == 0);
+    if (w->o.shard_count > 1 && !w->o.merge && s % w->o.shard_count != w->o.shard_index) {
+        sh->state = 4;
+        return 2;
+    }
     char *final = fb_path_join(w->staging, sh->name);
     if (w->prev_manifest && file_exists(final)) {
         json_t *e = json_object_get(json_object_get(w->prev_manifest, "files"), sh->name);
@@ -743,7 +782,7 @@ int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_
 
 int fb_cw_shard_end(fb_cw *w, int s, fb_err *err) {
     shard *sh = &w->shards[s];
-    if (sh->state == 3) return 0;
+    if (sh->state >= 3) return 0;
     FB_ASSERT(sh->state == 1);
     char *final = fb_path_join(w->staging, sh->name);
     size_t fl = strlen(final);
@@ -787,6 +826,15 @@ int fb_cw_shard_end(fb_cw *w, int s, fb_err *err) {
 }
 
 int fb_cw_finish(fb_cw *w, fb_err *err) {
+    FB_ASSERT(!fb_cw_split_job(w));
+    if (w->o.merge)  // the jobs' manifests are folded into fourbit-manifest.json
+        for (int j = 0; j < w->o.shard_count; j++) {
+            char nm[96];
+            snprintf(nm, sizeof nm, "fourbit-manifest.job-%d-of-%d.json", j, w->o.shard_count);
+            char *mp = fb_path_join(w->staging, nm);
+            unlink(mp);
+            free(mp);
+        }
     for (int s = 0; s < w->n_shards; s++)
         if (w->shards[s].state != 2 && w->shards[s].state != 3)
             return fb_fail(err, "%s: shard %s was not written", w->staging, w->shards[s].name);
@@ -807,7 +855,7 @@ int fb_cw_finish(fb_cw *w, fb_err *err) {
     struct dirent *e;
     while (d && (e = readdir(d)) && !rc) {
         if (e->d_name[0] == '.' || ends_with(e->d_name, ".safetensors") ||
-            !strcmp(e->d_name, "fourbit-manifest.json") || ends_with(e->d_name, ".tmp"))
+            !strncmp(e->d_name, "fourbit-manifest", 16) || ends_with(e->d_name, ".tmp"))
             continue;
         char *fp = fb_path_join(w->staging, e->d_name);
         char hex[33];
@@ -884,9 +932,22 @@ int fb_cw_commit(fb_cw *w, fb_err *err) {
 
 void fb_cw_abort(fb_cw *w) {
     if (!w) return;
-    for (int s = 0; s < w->n_shards; s++)
-        if (w->shards[s].fd >= 0) { close(w->shards[s].fd); w->shards[s].fd = -1; }
-    rm_rf(w->staging);
+    for (int s = 0; s < w->n_shards; s++) {
+        shard *sh = &w->shards[s];
+        if (sh->fd < 0) continue;
+        close(sh->fd);
+        sh->fd = -1;
+        if (w->o.shard_count > 1) {  // the staging directory is shared: remove only our .tmp
+            size_t l = strlen(sh->name) + 5;
+            char *t = fb_malloc(l);
+            snprintf(t, l, "%s.tmp", sh->name);
+            char *p = fb_path_join(w->staging, t);
+            unlink(p);
+            free(p);
+            free(t);
+        }
+    }
+    if (w->o.shard_count <= 1) rm_rf(w->staging);
     cw_free(w);
 }
 

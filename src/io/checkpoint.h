@@ -71,6 +71,14 @@ typedef struct fb_cw_opts {
     uint64_t max_shard_size;  // bytes of tensor payload per shard (0 = 5e9, HF's "5GB")
     int resume;               // keep verified shards from a killed run in <dst>.partial
     int force;                // allow replacing a non-empty dst at commit
+    // Split jobs (Slurm arrays, GNU parallel, ssh loops over a shared file system): with
+    // shard_count > 1, job shard_index writes only the output shards s with
+    // s % shard_count == shard_index into the shared staging directory and records them in
+    // fourbit-manifest.job-<i>-of-<n>.json; nothing is renamed into place. A final run with
+    // merge set (same options) verifies every shard the jobs wrote (digest and header, as
+    // resume does), writes any missing one itself, then the index, validates and renames.
+    int shard_index, shard_count;
+    int merge;
     const char *tool;         // "fp8-dequant", ... (provenance)
     // Extra __metadata__ entries for every shard (provenance): n_meta key/value pairs.
     size_t n_meta;
@@ -104,11 +112,12 @@ int fb_cw_shard_tensors(const fb_cw *w, int shard, const int **idx);
 uint64_t fb_cw_shard_file_bytes(const fb_cw *w, int shard);
 
 // Opens shard `shard` for writing (header written). Returns 0 when the shard must be written,
-// 1 when it was verified from a previous run (resume) and must be skipped, -1 on error.
+// 1 when it was verified from a previous run (resume, merge) and must be skipped, 2 when it
+// belongs to another split job (skip it), -1 on error.
 int fb_cw_shard_begin(fb_cw *w, int shard, fb_err *err);
 
-// 1 when a shard was verified from a killed run (fb_cw_shard_begin returned 1): its tensors
-// must not be written again.
+// 1 when a shard must not be written by this run: verified from an earlier run (resume,
+// merge) or belonging to another split job (fb_cw_shard_begin returned 1 or 2).
 int fb_cw_shard_skipped(const fb_cw *w, int shard);
 
 // Output bytes of tensor idx.
@@ -134,11 +143,17 @@ const char *fb_cw_staging_dir(const fb_cw *w);
 // validator can open; it is still not in place.
 int fb_cw_finish(fb_cw *w, fb_err *err);
 
+// 1 for a split job that is not the merge: after the shards, stop with fb_cw_detach (the
+// merge run writes the index and renames).
+int fb_cw_split_job(const fb_cw *w);
+
 // Renames the staging directory to dst (replacing an empty dst, or any dst with force).
 // Frees w.
 int fb_cw_commit(fb_cw *w, fb_err *err);
 
-// Removes the staging directory and everything in it; frees w. Use on any error.
+// Removes the staging directory and everything in it; frees w. Use on any error. For split
+// jobs and merges (shard_count > 1) the directory is shared, so only this run's unfinished
+// .tmp files are removed.
 void fb_cw_abort(fb_cw *w);
 
 // Leaves the staging directory for a later --resume and frees w (on interruption).

@@ -229,7 +229,7 @@ static int commit(void *ctx, size_t idx, int tid, fb_err *err) {
             if (!rc) rc = tensor_done(j, m->out[q], err);
         }
         const fb_st_tensor *t = j->s->ck->tensors[m->src].t;
-        j->quantized_elems += t->nelem;
+        if (!it->skip) j->quantized_elems += t->nelem;
         fb_progress_add(j->prog, 2 * t->nelem, 1);
     }
     for (int k = 0; k < it->nm; k++)
@@ -455,6 +455,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     const char *mv[4] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
                          o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors"};
     fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force, .tool = o->tool,
+                     .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge,
                      .n_meta = 4, .meta_keys = mk, .meta_vals = mv};
     if (!o->dry_run) {
         w = fb_cw_create(dst, src, &wo, err);
@@ -607,6 +608,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         int b = fb_cw_shard_begin(w, sh, err);
         if (b < 0) rc = -1;
         else if (b == 1) res->n_resumed++;
+        else if (b == 2) res->n_other_jobs++;
     }
     if (rc) goto done;
     // Items whose outputs all lie in resumed shards need no work.
@@ -651,6 +653,12 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     if (r == -2) { rc = -2; goto done; }
     if (r) { rc = -1; goto done; }
     res->elements_quantized = j.quantized_elems;
+    if (fb_cw_split_job(w)) {  // this job's shards are in place; the merge run does the rest
+        res->split_job = 1;
+        fb_cw_detach(w);
+        w = NULL;
+        goto done;
+    }
 
     // config.json, quantization_config.json, recipe.yaml, side files.
     if (fb_copy_side_files(s, fb_cw_staging_dir(w), err) < 0) { rc = -1; goto done; }

@@ -40,12 +40,15 @@ typedef struct fb_quantize_opts {
     int threads;
     uint64_t max_shard_size;
     int force, resume, dry_run, verbose, allow_nan;
+    int shard_index, shard_count, merge;  // split jobs over a shared DST.partial (checkpoint.h)
     int quiet;                 // no progress line
     atomic_int *cancel;        // set by a signal handler to stop (staging kept for --resume)
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {
     size_t n_quantized, n_kept, n_fused_sets, n_shards, n_resumed;
+    size_t n_other_jobs;       // shards left to other split jobs
+    int split_job;             // 1: a split job finished its shards; the merge run completes
     uint64_t bytes_in, bytes_out, elements_quantized;
     double seconds;
     char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")
