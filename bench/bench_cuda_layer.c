@@ -16,7 +16,8 @@
 // from gen_minimax_layer) on random token ids, with the page cache of DIR's shards dropped
 // first (cold reads), and reports the layer's wall time split into host reads (and the part
 // of them not hidden behind compute), upload, device dequant, attention and experts, and the
-// projected 62-layer time.
+// projected 62-layer time. BENCH_HOST_DEQUANT=1: the same with the source's raw FP8 access
+// hidden (weights dequantized to f32 on the host and uploaded as f32: the path before).
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -113,13 +114,17 @@ static int bench_ckpt(const char *dir, size_t n_seq, size_t seq_len, int group) 
     for (size_t i = 0; i <= n_seq; i++) st[i] = i * seq_len;
     printf("bench_cuda_layer --ckpt %s: %zu x %zu = %zu tokens, all experts, bf16 GEMMs, expert "
            "group %d; cuBLAS bf16 peak %.1f TFLOP/s\n", dir, n_seq, seq_len, N, group, peak);
+    fb_wsrc plain = *src;  // BENCH_HOST_DEQUANT: no raw FP8 access
+    plain.load_fp8 = NULL;
+    int host_dq = getenv("BENCH_HOST_DEQUANT") && atoi(getenv("BENCH_HOST_DEQUANT"));
+    if (host_dq) printf("  BENCH_HOST_DEQUANT: weights dequantized on the host, uploaded as f32\n");
     int rc = 1;
     for (int pass = 0; pass < 2; pass++) {  // pass 0 also warms up cuBLAS / allocations
         drop_cache(dir);
         fb_calib_stats *stt = fb_calib_stats_new(c.n_layers, c.n_experts);
         fb_cufwd_opts o = {.all_experts = 1, .expert_group = group, .token_chunk = 32768,
                            .stats = stt};
-        fb_cufwd *f = fb_cufwd_new(src, &c, &o, &err);
+        fb_cufwd *f = fb_cufwd_new(host_dq ? &plain : src, &c, &o, &err);
         if (!f || fb_cufwd_set_tokens(f, ids, N, st, n_seq, &err)) {
             fprintf(stderr, "bench_cuda_layer: %s\n", err.msg);
             fb_cufwd_free(f);
@@ -141,6 +146,7 @@ static int bench_ckpt(const char *dir, size_t n_seq, size_t seq_len, int group) 
             printf("  pass %d: layer wall %.3f s = weights %.3f s (of which waiting for host reads "
                    "%.3f s) + attention/router %.3f s + experts %.3f s\n", pass, wall, load, wait,
                    at, ex);
+            if (host_dq) gb = 3.0 * c.n_experts * c.inter * c.hidden / 1e9;
             printf("    host reads %.3f s for %.2f GB FP8 raw (%.2f GB/s, overlapped with compute "
                    "except %.3f s); upload %.3f s (%.1f GB/s); device dequant %.3f s (%.0f GB/s)\n",
                    rd, gb, gb / rd, wait, up, gb / up, dq, gb / dq);
