@@ -89,20 +89,15 @@ int main(int argc, char **argv) {
     if (prc == 1) return 0;
     if (prc) return 2;
     if (npos) { fprintf(stderr, "%s: unexpected argument %s\n", TOOL, pos[0]); return 2; }
-    int use_cuda = 0;
+    int use_cuda;
     {
-        char gpu[128], why[256];
-        if (!devs) use_cuda = fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why);
-        else if (!strcmp(devs, "cuda")) {
-            if (!fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why)) {
-                fprintf(stderr, "%s: --device cuda: %s\n", TOOL, why);
-                return 1;
-            }
-            use_cuda = 1;
-        } else if (strcmp(devs, "cpu") != 0) {
-            fprintf(stderr, "%s: --device must be cpu or cuda, not %s\n", TOOL, devs);
-            return 2;
+        fb_err derr;
+        int dev = fb_runner_pick_device(devs, &derr);
+        if (dev < 0) {
+            fprintf(stderr, "%s: %s\n", TOOL, derr.msg);
+            return dev == -1 ? 2 : 1;
         }
+        use_cuda = dev == FB_DEV_CUDA;
     }
     if (!model || !dataset) { fprintf(stderr, "%s: --model and --dataset are required\n", TOOL); return 2; }
     if (!outp && !dump) { fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE) is required\n", TOOL); return 2; }

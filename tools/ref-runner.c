@@ -91,21 +91,14 @@ int main(int argc, char **argv) {
     }
     fb_runner_opts ro = {.threads = threads, .expert_group = group, .emulate_w4a4 = emulate,
                          .cuda_gemm_f32 = cuda_f32, .max_layers = max_layers};
-    char gpu[96] = "", why[256] = "";
-    if (!devs) {
-        ro.device = fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why) ? FB_DEV_CUDA
-                                                                                 : FB_DEV_CPU;
-    } else if (!strcmp(devs, "cpu")) {
-        ro.device = FB_DEV_CPU;
-    } else if (!strcmp(devs, "cuda")) {
-        if (!fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why)) {
-            fprintf(stderr, "%s: --device cuda: %s\n", TOOL, why);
-            return 1;
+    {
+        fb_err derr;
+        int dev = fb_runner_pick_device(devs, &derr);
+        if (dev < 0) {
+            fprintf(stderr, "%s: %s\n", TOOL, derr.msg);
+            return dev == -1 ? 2 : 1;
         }
-        ro.device = FB_DEV_CUDA;
-    } else {
-        fprintf(stderr, "%s: --device must be cpu or cuda, not %s\n", TOOL, devs);
-        return 2;
+        ro.device = dev;
     }
     fb_err err;
     fb_ds_opts dso;

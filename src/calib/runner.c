@@ -93,6 +93,18 @@ int fb_runner_cuda_available(char *name, size_t name_sz, char *why, size_t why_s
 #endif
 }
 
+int fb_runner_pick_device(const char *name, fb_err *err) {
+    char gpu[128], why[256];
+    if (!name) return fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why) ? FB_DEV_CUDA : FB_DEV_CPU;
+    if (!strcmp(name, "cpu")) return FB_DEV_CPU;
+    if (strcmp(name, "cuda") != 0) return fb_fail(err, "--device must be cpu or cuda, not %s", name);
+    if (!fb_runner_cuda_available(gpu, sizeof gpu, why, sizeof why)) {
+        fb_fail(err, "--device cuda: %s", why);
+        return -2;
+    }
+    return FB_DEV_CUDA;
+}
+
 // ---- W4A4 input scales ---------------------------------------------------------------------
 
 typedef struct w4a4 {

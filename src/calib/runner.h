@@ -98,4 +98,9 @@ void fb_w4a4_fake_quant_rows(float *x, size_t rows, size_t cols, float gs);
 // the reason in why (always 0 "built without CUDA" when FB_HAVE_CUDA is not defined).
 int fb_runner_cuda_available(char *name, size_t name_sz, char *why, size_t why_sz);
 
+// The --device choice of calibrate and ref-runner: NULL picks cuda when a GPU is usable, else
+// cpu; "cpu" or "cuda" as asked. Returns FB_DEV_CPU / FB_DEV_CUDA; -1 with err for an unknown
+// name (a usage error), -2 with err when cuda was asked but no GPU is usable.
+int fb_runner_pick_device(const char *name, fb_err *err);
+
 #endif
