@@ -499,7 +499,7 @@ static void split_jobs(void) {
     CHECK(!cli_exists("%s/q-split", cli_dir), "split jobs rename nothing into place");
     CHECK(cli_run("%s/nvfp4-quantize -q --merge --shard-count 2 --max-shard-size 1MB --recipe %s %s %s/q-split", cli_bin,
                   r, MODEL, cli_dir) == 0, "merge");
-    CHECK(cli_run("cd %s/q-one && for f in *; do cmp \"$f\" ../q-split/\"$f\" || exit 1; done", cli_dir) == 0,
+    CHECK(cli_run("cd %s/q-one && for f in *; do [ \"$f\" = README.md ] || cmp \"$f\" ../q-split/\"$f\" || exit 1; done", cli_dir) == 0,
           "merged output byte-identical to a single run");
 }
 

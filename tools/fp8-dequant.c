@@ -12,6 +12,7 @@
 #include "common/fb.h"
 #include "common/pool.h"
 #include "common/progress.h"
+#include "io/card.h"
 #include "io/checkpoint.h"
 #include "quant/source.h"
 #include "quant/validate_hook.h"
@@ -262,6 +263,14 @@ int main(int argc, char **argv) {
         free(p);
         json_decref(cfg);
     }
+    json_t *left_out = w ? fb_side_files_left_out(s) : NULL;
+    if (!rc && w) {  // the model card (src/io/card.h), never the source's README.md
+        fb_card_info ci = {.tool = TOOL, .src = src, .src_dir = c->dir, .src_config = c->config, .scheme = "BF16",
+                           .format = "BF16 safetensors (FP8 block scales applied)", .seconds = fb_now() - t0,
+                           .bytes_in = bytes_out, .bytes_out = bytes_out, .n_shards = (size_t)n_shards,
+                           .left_out = left_out, .has_auto_map = c->config && json_object_get(c->config, "auto_map")};
+        if (fb_card_write(fb_cw_staging_dir(w), &ci, &err)) rc = -1;
+    }
     if (!rc && w && fb_cw_finish(w, &err)) rc = -1;
     if (!rc && w && fb_validate_output(fb_cw_staging_dir(w), &err)) rc = -1;
     if (!w) {
@@ -295,6 +304,13 @@ int main(int argc, char **argv) {
                             "%.3f GB in %.2f s (%.2f GB/s of input), peak RSS %.1f MiB\n",
                     TOOL, n_fp8, n_copy, n_shards, resumed, (double)bytes_in / 1e9, dt, (double)bytes_in / 1e9 / dt,
                     (double)fb_peak_rss() / 1048576.0);
+        size_t nlo = left_out ? json_array_size(left_out) : 0;
+        if (!quiet && nlo) {
+            fprintf(stderr, "%s: not carried over from %s (listed in %s/README.md):\n", TOOL, src, dst);
+            for (size_t i = 0; i < nlo; i++)
+                fprintf(stderr, "  %-28s %s\n", json_string_value(json_object_get(json_array_get(left_out, i), "name")),
+                        json_string_value(json_object_get(json_array_get(left_out, i), "why")));
+        }
         if (json) {
             json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I, s:i, s:i, s:I, s:I, s:f, s:f, s:I, s:i}", "tool", TOOL,
                                   "version", FB_VERSION, "src", src, "dst", dst, "fp8_weights", (json_int_t)n_fp8,
@@ -303,11 +319,13 @@ int main(int argc, char **argv) {
                                   "gb_per_s_in", (double)bytes_in / 1e9 / dt, "peak_rss_bytes",
                                   (json_int_t)fb_peak_rss(), "threads", threads);
             json_object_set_new(o, "shards_of_other_jobs", json_integer(others));
+            json_object_set_new(o, "not_carried_over", left_out ? json_incref(left_out) : json_array());
             json_dumpf(o, stdout, JSON_COMPACT);
             putchar('\n');
             json_decref(o);
         }
     }
+    if (left_out) json_decref(left_out);
     fb_source_close(s);
     return rc == 0 ? 0 : 1;
 }

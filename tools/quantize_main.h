@@ -97,6 +97,13 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                         "%.3f GB -> %.3f GB in %.2f s, peak RSS %.1f MiB\n",
                 tool, r.scheme, r.n_quantized, r.n_fused_sets, r.n_kept, r.n_shards, r.n_resumed, (double)r.bytes_in / 1e9,
                 (double)r.bytes_out / 1e9, r.seconds, (double)fb_peak_rss() / 1048576.0);
+    size_t nlo = r.left_out ? json_array_size(r.left_out) : 0;
+    if (!quiet && nlo) {
+        fprintf(stderr, "%s: not carried over from %s (listed in %s/README.md):\n", tool, pos[0], pos[1]);
+        for (size_t i = 0; i < nlo; i++)
+            fprintf(stderr, "  %-28s %s\n", json_string_value(json_object_get(json_array_get(r.left_out, i), "name")),
+                    json_string_value(json_object_get(json_array_get(r.left_out, i), "why")));
+    }
     if (json) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:i}",
                               "tool", tool, "version", FB_VERSION, "src", pos[0], "dst", pos[1], "scheme", r.scheme,
@@ -106,10 +113,12 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                               "resumed_shards", (json_int_t)r.n_resumed, "bytes_in", (json_int_t)r.bytes_in,
                               "bytes_out", (json_int_t)r.bytes_out, "seconds", r.seconds, "quantized_elements_per_s",
                               el_per_s, "peak_rss_bytes", (json_int_t)fb_peak_rss(), "threads", o.threads);
+        json_object_set_new(j, "not_carried_over", r.left_out ? json_incref(r.left_out) : json_array());
         json_dumpf(j, stdout, JSON_COMPACT);
         putchar('\n');
         json_decref(j);
     }
+    if (r.left_out) json_decref(r.left_out);
     return 0;
 }
 

@@ -855,7 +855,8 @@ int fb_cw_finish(fb_cw *w, fb_err *err) {
     struct dirent *e;
     while (d && (e = readdir(d)) && !rc) {
         if (e->d_name[0] == '.' || ends_with(e->d_name, ".safetensors") ||
-            !strncmp(e->d_name, "fourbit-manifest", 16) || ends_with(e->d_name, ".tmp"))
+            !strncmp(e->d_name, "fourbit-manifest", 16) || ends_with(e->d_name, ".tmp") ||
+            !strcmp(e->d_name, "README.md"))  // the card: dated, and ref-runner --card appends to it
             continue;
         char *fp = fb_path_join(w->staging, e->d_name);
         char hex[33];

@@ -9,6 +9,7 @@
 #include "common/pool.h"
 #include "common/progress.h"
 #include "common/strmap.h"
+#include "io/card.h"
 #include "io/checkpoint.h"
 #include "io/recipe.h"
 #include "quant/formats.h"
@@ -682,8 +683,30 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (json_dump_file(qc, p, JSON_INDENT(2)) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
         free(p);
     }
+    int auto_map = json_object_get(cfg, "auto_map") != NULL;
     json_decref(qc);
     json_decref(cfg);
+    if (!rc) {  // the model card (src/io/card.h), never the source's README.md
+        char *plan_text = NULL;
+        size_t plan_len = 0;
+        FILE *pf = open_memstream(&plan_text, &plan_len);
+        if (pf) {
+            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0);
+            fclose(pf);
+        }
+        res->left_out = fb_side_files_left_out(s);
+        fb_card_info ci = {.tool = o->tool, .src = src, .src_dir = c->dir, .src_config = c->config, .scheme = res->scheme,
+                           .format = o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq (AutoRound's GPTQ packing)"
+                                     : (used & ((1u << FB_QK_NVFP4) | (1u << FB_QK_NVFP4A16))) ? "compressed-tensors nvfp4-pack-quantized"
+                                                                                             : "compressed-tensors pack-quantized",
+                           .plan = plan_text, .ignore = (const char *const *)rec.cfg.ignore, .n_ignore = rec.cfg.n_ignore,
+                           .recipe_path = o->recipe_path, .recipe_text = rec.text, .recipe_len = rec.text_len,
+                           .calib_path = calib_hex ? o->calib_path : NULL, .seconds = fb_now() - t0,
+                           .bytes_in = res->bytes_in, .bytes_out = res->bytes_out, .n_shards = res->n_shards,
+                           .left_out = res->left_out, .has_auto_map = auto_map};
+        rc = fb_card_write(fb_cw_staging_dir(w), &ci, err);
+        free(plan_text);
+    }
     if (!rc) {
         p = fb_cw_path(w, "recipe.yaml");
         FILE *f = fopen(p, "w");

@@ -13,6 +13,7 @@
 //   4. config.json: the source's FP8 quantization_config replaced by the one the plan
 //      produces, partial_rotary_factor added when the source has rotary_dim;
 //      quantization_config.json too for AutoRound; recipe.yaml; tokenizer and side files;
+//      README.md, the model card (src/io/card.h);
 //   5. the validate-ignore-list rules on the staging directory, then rename into place.
 // NVFP4 (W4A4) reads each quantized module's input absmax from a calibration statistics
 // file (src/calib/stats.h) to write input_global_scale.
@@ -23,6 +24,8 @@
 
 #include <stdatomic.h>
 #include <stdio.h>
+
+#include <jansson.h>
 
 #include "common/fb.h"
 
@@ -52,6 +55,8 @@ typedef struct fb_quantize_result {
     uint64_t bytes_in, bytes_out, elements_quantized;
     double seconds;
     char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")
+    json_t *left_out;          // entries of SRC not carried over, [{"name", "why"}] (source.h
+                               // fb_side_files_left_out); NULL unless written; caller decrefs
 } fb_quantize_result;
 
 // Runs the whole job. `report` receives the dry-run plan (and with verbose, one line per

@@ -232,26 +232,121 @@ int fb_source_read_rows_f32(const fb_source *s, size_t i, const float *scale, ui
     }
 }
 
-int fb_copy_side_files(const fb_source *s, const char *dir, fb_err *err) {
-    DIR *d = opendir(s->ck->dir);
-    if (!d) return fb_fail(err, "%s: cannot list directory", s->ck->dir);
-    struct dirent *e;
-    int n = 0, rc = 0;
-    while ((e = readdir(d)) && !rc) {
-        const char *nm = e->d_name;
-        if (nm[0] == '.' || ends_with(nm, ".safetensors") || !strcmp(nm, "model.safetensors.index.json") ||
-            !strcmp(nm, "config.json") || !strcmp(nm, "fourbit-manifest.json") || ends_with(nm, ".tmp"))
-            continue;
-        char *sp = fb_path_join(s->ck->dir, nm);
-        struct stat st;
-        if (stat(sp, &st) == 0 && S_ISREG(st.st_mode)) {
-            char *dp = fb_path_join(dir, nm);
-            rc = fb_copy_file(sp, dp, err);
-            free(dp);
-            n++;
+// What a writer does with each entry of the source directory. Copied: everything a loader or
+// a user of the output needs beside the weights -- tokenizer files, chat template,
+// generation_config.json, licence and notice files, remote code (*.py named by auto_map) and
+// any other top-level file we do not know to be about the source alone. Left out, and listed
+// in the tool's summary and the card: the source's README.md (the card of another model: the
+// writer puts its own), training logs (they describe the run that made the source), hidden
+// files (.gitattributes lists the source repository's LFS patterns; the Hub writes its own on
+// upload) and subfolders (figures, docs: not read by any loader).
+static const struct {
+    const char *prefix, *suffix;  // both must match (NULL = any)
+    const char *why;
+} LEFT_OUT[] = {
+    {"README", NULL, "the source's model card; this output gets its own README.md"},
+    {"readme", NULL, "the source's model card; this output gets its own README.md"},
+    {"train-log", NULL, "training log of the run that made the source, not of this output"},
+    {"train_log", NULL, "training log of the run that made the source, not of this output"},
+    {"trainer_state.json", NULL, "training state of the source run"},
+    {"training_args", NULL, "training arguments of the source run"},
+    {"train_results", NULL, "training results of the source run"},
+    {"all_results", NULL, "training / evaluation results of the source, not of this output"},
+    {"eval_results", NULL, "evaluation results of the source, not of this output"},
+    {"events.out.tfevents", NULL, "TensorBoard log of the source run"},
+    {NULL, ".log", "log file of the source run"},
+};
+
+int fb_side_file_policy(const char *nm, int is_dir, const char **why) {
+    *why = NULL;
+    if (!strcmp(nm, ".") || !strcmp(nm, "..") || ends_with(nm, ".safetensors") ||
+        !strcmp(nm, "model.safetensors.index.json") || !strcmp(nm, "config.json") ||
+        !strncmp(nm, "fourbit-manifest", 16) || ends_with(nm, ".tmp") || !strcmp(nm, ".fourbit-staging"))
+        return -1;
+    if (nm[0] == '.') {
+        *why = !strcmp(nm, ".gitattributes") ? "the source repository's git/LFS attributes; the Hub writes its own on upload"
+                                             : "hidden file";
+        return 0;
+    }
+    if (is_dir) {
+        *why = "subfolder: no loader reads it (figures, docs); copy it by hand if the output needs it";
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof LEFT_OUT / sizeof LEFT_OUT[0]; i++)
+        if ((!LEFT_OUT[i].prefix || !strncmp(nm, LEFT_OUT[i].prefix, strlen(LEFT_OUT[i].prefix))) &&
+            (!LEFT_OUT[i].suffix || ends_with(nm, LEFT_OUT[i].suffix))) {
+            *why = LEFT_OUT[i].why;
+            return 0;
         }
-        free(sp);
+    return 1;
+}
+
+// Side files come from a checkpoint directory only: a bare .safetensors file's neighbours are
+// not its side files.
+static int src_is_dir(const fb_source *s) {
+    struct stat st;
+    return stat(s->ck->path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+// Sorted entry names of the source directory (NULL when it cannot be listed).
+static char **list_dir(const char *dir, size_t *n) {
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    char **v = NULL;
+    size_t k = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        v = fb_realloc(v, (k + 1) * sizeof *v);
+        v[k++] = fb_strdup(e->d_name);
     }
     closedir(d);
-    return rc ? -1 : n;
+    if (k) qsort(v, k, sizeof *v, cmp_name);
+    *n = k;
+    return v ? v : fb_calloc(1, sizeof *v);
+}
+
+json_t *fb_side_files_left_out(const fb_source *s) {
+    json_t *a = json_array();
+    size_t n = 0;
+    char **v = src_is_dir(s) ? list_dir(s->ck->dir, &n) : NULL;
+    for (size_t i = 0; i < n; i++) {
+        char *sp = fb_path_join(s->ck->dir, v[i]);
+        struct stat st;
+        int isd = stat(sp, &st) == 0 && S_ISDIR(st.st_mode);
+        const char *why;
+        if (fb_side_file_policy(v[i], isd, &why) == 0) {
+            char nm[512];  // "figures/" reads better than "figures"
+            snprintf(nm, sizeof nm, "%s%s", v[i], isd ? "/" : "");
+            json_array_append_new(a, json_pack("{s:s, s:s}", "name", nm, "why", why));
+        }
+        free(sp);
+        free(v[i]);
+    }
+    free(v);
+    return a;
+}
+
+int fb_copy_side_files(const fb_source *s, const char *dir, fb_err *err) {
+    if (!src_is_dir(s)) return 0;
+    size_t n = 0;
+    char **v = list_dir(s->ck->dir, &n);
+    if (!v) return fb_fail(err, "%s: cannot list directory", s->ck->dir);
+    int copied = 0, rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *sp = fb_path_join(s->ck->dir, v[i]);
+        struct stat st;
+        const char *why;
+        if (!rc && stat(sp, &st) == 0 && S_ISREG(st.st_mode) && fb_side_file_policy(v[i], 0, &why) == 1) {
+            char *dp = fb_path_join(dir, v[i]);
+            rc = fb_copy_file(sp, dp, err);
+            free(dp);
+            copied++;
+        }
+        free(sp);
+        free(v[i]);
+    }
+    free(v);
+    return rc ? -1 : copied;
 }

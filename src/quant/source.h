@@ -69,9 +69,19 @@ static inline void fb_tensor_2d(const fb_st_tensor *t, uint64_t *rows, uint64_t 
 // Drops the page cache of source tensor i (for callers that set keep_cache).
 void fb_source_release(const fb_source *s, size_t i);
 
-// Copies every regular file of the source directory that is not a safetensors shard, the
-// index, config.json or a fourbit manifest (tokenizer, generation config, chat template,
-// remote code, README) into dir. Returns the number copied or -1.
+// What a writer does with entry `name` of the source directory (is_dir: a subfolder):
+// 1 copied, 0 left out (*why says why, a static string), -1 not a side file (shards, the
+// index, config.json, manifests: the writer makes its own). The policy and its reasons are
+// one table in source.c.
+int fb_side_file_policy(const char *name, int is_dir, const char **why);
+
+// Copies every regular top-level file of the source directory that fb_side_file_policy says
+// to copy (tokenizer, generation config, chat template, remote code, licences) into dir.
+// Nothing for a source given as a bare .safetensors file. Returns the number copied or -1.
 int fb_copy_side_files(const fb_source *s, const char *dir, fb_err *err);
+
+// The entries of the source directory a writer leaves out, sorted by name, as a new JSON
+// array of {"name", "why"} (subfolders end in "/"); empty for a bare .safetensors source.
+json_t *fb_side_files_left_out(const fb_source *s);
 
 #endif
