@@ -5,6 +5,11 @@
 // (calib/runner.h). With --max-kld / --min-top1 (or a recipe's `fourbit:` block) it is a
 // check.
 //
+// A W4A4 checkpoint (NVFP4 with input_global_scale) is evaluated with its activations
+// fake-quantized by default, as Blackwell runs it; --no-emulate-w4a4 gives the weight-only view
+// of Hopper, where vLLM runs the same checkpoint through Marlin with bf16 activations. The
+// report says which. --card DIR appends the measured table to DIR/README.md (src/io/card.h).
+//
 // Exit: 0 within the thresholds (or none given), 1 a threshold exceeded or bad input / failure
 // (the message says which), 2 usage error.
 #include <math.h>
@@ -15,6 +20,7 @@
 #include "calib/wsrc_quant.h"
 #include "common/cli.h"
 #include "common/fb.h"
+#include "io/card.h"
 #include "io/chat.h"
 #include "io/dataset.h"
 #include "io/recipe.h"
@@ -38,13 +44,13 @@ static void progress_cb(void *u, const char *phase, size_t done, size_t total) {
 
 int main(int argc, char **argv) {
     const char *refp = NULL, *qp = NULL, *data = NULL, *tokp = NULL, *tmpl = "minimax";
-    const char *recp = NULL, *devs = NULL;
+    const char *recp = NULL, *devs = NULL, *cardp = NULL;
     int n_samples = 32, seq_len = 512, threads = 0, group = 32, json = 0, quiet = 0;
-    int no_shuffle = 0, emulate = 0, cuda_f32 = 0, max_layers = 0;
+    int no_shuffle = 0, emulate = 0, no_emulate = 0, cuda_f32 = 0, max_layers = 0;
     double seed_d = 42, max_kld = -1, min_top1 = -1;
     const fb_opt opts[] = {
         {"reference", 'r', FB_OPT_STR, &refp, "SRC", "reference checkpoint (FP8 block-scaled or BF16 directory)", 0, 0},
-        {"quantized", 'q', FB_OPT_STR, &qp, "DST", "quantized checkpoint (compressed-tensors NVFP4 / NVFP4A16 / W4A16, or AutoRound)", 0, 0},
+        {"quantized", 0, FB_OPT_STR, &qp, "DST", "quantized checkpoint (compressed-tensors NVFP4 / NVFP4A16 / W4A16, or AutoRound)", 0, 0},
         {"data", 'd', FB_OPT_STR, &data, "D.jsonl", "evaluation data, JSONL (comma-separated list for several files): \"messages\", \"conversations\", \"text\" or \"input_ids\" per line", 0, 0},
         {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json)", 0, 0},
         {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": minimax or chatml", 0, 0},
@@ -54,7 +60,9 @@ int main(int argc, char **argv) {
         {"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order", 0, 0},
         {"device", 0, FB_OPT_STR, &devs, "DEV", "cpu or cuda (default: cuda when built with CUDA and a GPU is present, else cpu)", 0, 0},
         {"cuda-f32", 0, FB_OPT_FLAG, &cuda_f32, NULL, "CUDA: f32 GEMMs instead of bf16 inputs with f32 accumulation", 0, 0},
-        {"emulate-w4a4", 0, FB_OPT_FLAG, &emulate, NULL, "NVFP4 W4A4: fake-quantize every quantized Linear's input as vLLM's NVFP4 emulation does (input_global_scale + dynamic per-16 fp8 scales)", 0, 0},
+        {"emulate-w4a4", 0, FB_OPT_FLAG, &emulate, NULL, "fake-quantize every quantized Linear's input as vLLM's NVFP4 W4A4 path does (input_global_scale + dynamic per-16 fp8 scales); the default for a W4A4 checkpoint, an error for others", 0, 0},
+        {"no-emulate-w4a4", 0, FB_OPT_FLAG, &no_emulate, NULL, "W4A4 checkpoint: bf16 activations, the weight-only view of vLLM on Hopper (Marlin)", 0, 0},
+        {"card", 0, FB_OPT_STR, &cardp, "DIR", "append the measured quality table to DIR/README.md (the model card a fourbit writer made)", 0, 0},
         {"max-kld", 0, FB_OPT_DOUBLE, &max_kld, "X", "fail (exit 1) when the mean KL divergence exceeds X (default: the recipe's, else no check)", 0, 0},
         {"min-top1", 0, FB_OPT_DOUBLE, &min_top1, "Y", "fail (exit 1) when top-1 agreement is below Y, a fraction (default: the recipe's, else no check)", 0, 0},
         {"recipe", 0, FB_OPT_STR, &recp, "R", "recipe whose fourbit: max_kld / min_top1 are the thresholds", 0, 0},
@@ -62,7 +70,7 @@ int main(int argc, char **argv) {
         {"expert-group", 0, FB_OPT_INT, &group, "G", "CPU: experts held in memory at once", 1, 1 << 20},
         {"layers", 0, FB_OPT_INT, &max_layers, "N", "run only the first N layers, then compare hidden states only (0 = all and logits)", 0, 1 << 20},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "JSON report on stdout", 0, 0},
-        {"quiet", 0, FB_OPT_FLAG, &quiet, NULL, "no progress or table", 0, 0},
+        {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or table", 0, 0},
         {0},
     };
     const char *pos[1];
@@ -82,6 +90,10 @@ int main(int argc, char **argv) {
     }
     if (seed_d < 0 || seed_d != floor(seed_d) || seed_d > 9007199254740992.0) {
         fprintf(stderr, "%s: --seed must be a non-negative integer\n", TOOL);
+        return 2;
+    }
+    if (emulate && no_emulate) {
+        fprintf(stderr, "%s: --emulate-w4a4 and --no-emulate-w4a4 exclude each other\n", TOOL);
         return 2;
     }
     if (max_kld != -1 && !(max_kld >= 0)) { fprintf(stderr, "%s: --max-kld must be >= 0\n", TOOL); return 2; }
@@ -137,6 +149,16 @@ int main(int argc, char **argv) {
     qs = fb_wsrc_open_auto(qp, &err);
     if (!qs) goto fail;
     if (!ref->config) { fb_fail(&err, "%s: no config.json", refp); goto fail; }
+    // The reference is the FP8/BF16 source; a quantized one is almost surely a swap.
+    if (strcmp(fb_wsrc_quant_format(ref), "plain") != 0) {
+        fb_fail(&err, "%s: --reference is a quantized checkpoint (%s); pass the FP8/BF16 source as --reference and %s as "
+                      "--quantized (swapped?)", refp, fb_wsrc_quant_format(ref), refp);
+        goto fail;
+    }
+    // W4A4 checkpoints are measured as Blackwell runs them unless asked otherwise.
+    int is_w4a4 = !strcmp(fb_wsrc_quant_format(qs), "nvfp4");
+    if (!emulate && !no_emulate && is_w4a4) emulate = 1;
+    ro.emulate_w4a4 = emulate;
     if (fb_mm_config_parse(ref->config, &cfg, &err)) { fb_err_prefix(&err, "%s", refp); goto fail; }
     if (!tokp) {
         tokdef = fb_malloc(strlen(refp) + 32);
@@ -173,6 +195,7 @@ int main(int argc, char **argv) {
         json_object_set_new(js, "format", json_string(qfmt));
         json_object_set_new(js, "device", json_string(res.device));
         json_object_set_new(js, "emulate_w4a4", json_boolean(emulate));
+        json_object_set_new(js, "view", json_string(emulate ? "w4a4" : is_w4a4 ? "weight-only" : "as stored"));
         json_object_set_new(js, "samples", json_integer((json_int_t)S.n));
         json_object_set_new(js, "tokens", json_integer((json_int_t)res.n_tokens));
         json_object_set_new(js, "scored", json_integer((json_int_t)res.n_scored));
@@ -206,8 +229,12 @@ int main(int argc, char **argv) {
         free(s);
         json_decref(js);
     } else if (!quiet) {
-        printf("ref-runner: %s (reference) vs %s (%s%s), %s\n", refp, qp, qfmt,
-               emulate ? ", W4A4 activations emulated" : "", res.device);
+        printf("ref-runner: %s (reference) vs %s (%s), %s\n", refp, qp, qfmt, res.device);
+        if (emulate)
+            printf("  activations: W4A4 emulated, as vLLM runs it on Blackwell%s\n",
+                   is_w4a4 ? " (the default for W4A4; --no-emulate-w4a4 for Hopper's weight-only view)" : "");
+        else if (is_w4a4)
+            printf("  activations: bf16 (--no-emulate-w4a4), the weight-only view of vLLM on Hopper (Marlin)\n");
         printf("  %zu samples, %zu tokens, %zu scored positions, %d layers, %.1f s\n", S.n,
                res.n_tokens, res.n_scored, res.n_layers, res.seconds);
         printf("  layer   cos mean    cos min     rel L2\n");
@@ -226,6 +253,32 @@ int main(int argc, char **argv) {
         if (min_top1 >= 0)
             printf("  check: top-1 %.2f%% %s %.2f%%  %s\n", 100.0 * res.top1,
                    top1_bad ? "<" : ">=", 100.0 * min_top1, top1_bad ? "FAIL" : "ok");
+    }
+    if (cardp) {
+        char *sec = NULL;
+        size_t sl = 0;
+        FILE *f = open_memstream(&sec, &sl);
+        fprintf(f, "## Measured quality (ref-runner)\n\n");
+        fprintf(f, "Against `%s` on `%s` (%zu samples, %zu tokens, %zu scored positions), %s, %s.\n\n", refp, data, S.n,
+                res.n_tokens, res.n_scored, res.device,
+                emulate ? "activations W4A4-emulated (vLLM on Blackwell)"
+                        : is_w4a4 ? "activations bf16 (vLLM on Hopper, weight-only)" : "activations bf16");
+        fprintf(f, "| metric | value |\n|---|---|\n");
+        fprintf(f, "| KL divergence mean / median / p99 / max | %.6f / %.6f / %.6f / %.6f |\n", res.kld_mean,
+                res.kld_median, res.kld_p99, res.kld_max);
+        fprintf(f, "| top-1 agreement | %.2f%% |\n", 100.0 * res.top1);
+        fprintf(f, "| perplexity reference / quantized | %.4f / %.4f (%+.2f%%) |\n", res.ppl_ref, res.ppl_quant,
+                100.0 * (res.ppl_quant / res.ppl_ref - 1.0));
+        if (max_kld >= 0) fprintf(f, "| check mean KL <= %g | %s |\n", max_kld, kld_bad ? "FAIL" : "pass");
+        if (min_top1 >= 0) fprintf(f, "| check top-1 >= %g | %s |\n", min_top1, top1_bad ? "FAIL" : "pass");
+        fprintf(f, "\nMeasured by fourbit %s `ref-runner`.\n", FB_VERSION);
+        fclose(f);
+        if (fb_card_append(cardp, sec, &err)) {
+            free(sec);
+            goto fail;
+        }
+        free(sec);
+        if (!quiet && !json) printf("  quality table appended to %s/README.md\n", cardp);
     }
     if (!pass) {
         if (kld_bad)
