@@ -6,13 +6,14 @@
 #   FP8 -> NVFP4 W4A4 (nvfp4-quantize --calib)      recipes/minimax.yaml
 #   FP8 -> W4A16 (w4a16-quantize) and AutoRound     recipes/minimax-w4a16.yaml
 #   validate-ignore-list on each output
-#   ref-runner: KL divergence / top-1 of each quantized model against the source (when built)
+#   ref-runner: KL divergence / top-1 of each quantized model against the source (when built),
+#     checked against each recipe's fourbit: thresholds (pass / MISS, with why a tiny model misses)
 # then a summary of what was written.
 set -eu
 : "${BUILD:=build}"
 B=$BUILD/bin
 M=models/tiny-minimax-m2
-OUT=demo-out
+OUT=${DEMO_OUT:-demo-out}   # DEMO_OUT: elsewhere (tests/t_demo.sh)
 rm -rf "$OUT" "$OUT".partial
 mkdir -p "$OUT"
 t0=$(date +%s.%N)
@@ -44,16 +45,49 @@ else
 fi
 
 if [ -x "$B/ref-runner" ]; then
-    step "ref-runner: each quantized model against the FP8 source on data/demo-chat.jsonl"
-    printf '%-18s %10s %10s %12s\n' "" "KL mean" "top-1" "perplexity"
-    for d in nvfp4 nvfp4a16 w4a16 w4a16-autoround; do
-        emu=""; [ "$d" = nvfp4 ] && emu=--emulate-w4a4
-        r=$($B/ref-runner --reference "$M" --quantized "$OUT/$d" --data data/demo-chat.jsonl --samples 8 --seq-len 256 $emu 2>&1) || true
-        kl=$(printf '%s\n' "$r" | awk '/KL divergence/ {print $4}')
-        top=$(printf '%s\n' "$r" | awk '/top-1 agreement/ {print $3}')
-        ppl=$(printf '%s\n' "$r" | awk '/perplexity/ {print $5 " (ref " $3 ")"}')
-        printf '%-18s %10s %10s   %s\n' "$d${emu:+ (W4A4)}:" "$kl" "$top" "$ppl"
+    step "ref-runner: each quantized model against the FP8 source, checked against its recipe's fourbit: thresholds"
+    printf '%-18s %10s %10s %24s  %s\n' "" "KL mean" "top-1" "perplexity (ref)" "check (recipe thresholds)"
+    misses=0
+    for dr in nvfp4:minimax.yaml nvfp4a16:minimax-nvfp4a16.yaml w4a16:minimax-w4a16.yaml w4a16-autoround:minimax-w4a16.yaml; do
+        d=${dr%%:*}; rcp=recipes/${dr#*:}
+        # W4A4 (nvfp4) is measured with activations emulated, as Blackwell runs it (the default);
+        # the table goes into each output's model card (--card).
+        set +e
+        r=$($B/ref-runner --reference "$M" --quantized "$OUT/$d" --data data/demo-chat.jsonl --samples 8 --seq-len 256 \
+            --recipe "$rcp" --card "$OUT/$d" --json 2>"$OUT/ref-runner-$d.err")
+        rrc=$?
+        set -e
+        field() { printf '%s\n' "$r" | sed -n "s/^  \"$1\": \([^,]*\),\{0,1\}$/\1/p" | head -1; }
+        kl=$(field kld_mean); top=$(field top1); pr=$(field ppl_reference); pq=$(field ppl_quantized)
+        mk=$(field max_kld); mt=$(field min_top1)
+        # The verdict names each threshold and what was measured against it.
+        why=$(awk -v kl="${kl:-0}" -v t="${top:-0}" -v mk="${mk:-null}" -v mt="${mt:-null}" 'BEGIN {
+            s = "";
+            if (mk != "null") s = s sprintf("KL %.4f %s %g", kl, kl <= mk ? "<=" : ">", mk);
+            if (mt != "null") s = s sprintf("%stop-1 %.4f %s %g", s == "" ? "" : ", ", t, t >= mt ? ">=" : "<", mt);
+            print s }')
+        case $rrc in
+            0) verdict="pass: $why" ;;
+            1) if [ -n "$kl" ]; then verdict="MISS: $why"; misses=$((misses + 1));
+               else verdict="ERROR: $(tail -n 1 "$OUT/ref-runner-$d.err")"; fi ;;
+            *) verdict="ERROR (exit $rrc): $(tail -n 1 "$OUT/ref-runner-$d.err")" ;;
+        esac
+        lab=$d; [ "$d" = nvfp4 ] && lab="nvfp4 (W4A4)"
+        printf '%-18s %10.6f %10.4f %12.2f (%.2f)  %s\n' "$lab:" "${kl:-0}" "${top:-0}" "${pq:-0}" "${pr:-0}" "$verdict"
     done
+    if [ "$misses" -gt 0 ]; then
+        cat <<'T'
+
+A MISS here is expected of the embedded model and says nothing against the recipes: the
+thresholds are set for the full MiniMax-M2 (62 layers, hidden 3072, 256 experts), where each
+Linear sums thousands of inputs and the 4-bit rounding errors average out. The embedded model
+has hidden 256, 8 experts and a 4096-token vocabulary, was trained on 6M tokens of English
+documentation (not chat), and is unsure of its next token (perplexity about 230 on this chat
+data): its top-1 flips on small logit changes, and 8 samples of 256 tokens make a noisy
+estimate. On a real checkpoint, `ref-runner --recipe R` exits 1 on a miss: treat it as a
+failed check. Each table above is also in the output's README.md (ref-runner --card).
+T
+    fi
 fi
 
 step "summary"
