@@ -419,6 +419,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         rc = fb_fail(err, "--format auto_round writes W4A16 only");
         goto done;
     }
+    // The loader rules on the predicted output, before statistics are read or anything is written.
+    if (fb_validate_recipe_before_write(c, &rec, err)) { rc = fb_err_prefix(err, "%s", o->recipe_path); goto done; }
     snprintf(res->scheme, sizeof res->scheme, "%s",
              __builtin_popcount(used) == 1 ? fb_qkind_name((fb_qkind)__builtin_ctz(used)) : "mixed");
     int need_calib = (used & (1u << FB_QK_NVFP4)) != 0;

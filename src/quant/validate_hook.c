@@ -18,6 +18,27 @@ static int is_minimax(const char *dir) {
     return yes;
 }
 
+// Fails with the first error findings, one per line (rule, message, where; then the fix on
+// its own line): a finding is read, not scrolled through. Frees f.
+static int fail_findings(fb_findings *f, const char *what, int (*keep)(const char *rule), fb_err *err) {
+    char buf[sizeof err->msg];
+    size_t n = 0;
+    for (size_t i = 0; i < f->n; i++) n += f->items[i].sev == FB_SEV_ERROR && (!keep || keep(f->items[i].rule));
+    size_t k = (size_t)snprintf(buf, sizeof buf, "%s (%zu error(s), nothing written):", what, n);
+    int shown = 0;
+    for (size_t i = 0; i < f->n && shown < 3 && k < sizeof buf; i++) {
+        const fb_finding *x = &f->items[i];
+        if (x->sev != FB_SEV_ERROR || (keep && !keep(x->rule))) continue;
+        k += (size_t)snprintf(buf + k, sizeof buf - k, "\n  [%s] %s%s%s%s", x->rule, x->message,
+                              x->where && *x->where ? " (" : "", x->where ? x->where : "",
+                              x->where && *x->where ? ")" : "");
+        if (x->fix && *x->fix && k < sizeof buf) k += (size_t)snprintf(buf + k, sizeof buf - k, "\n    fix: %s", x->fix);
+        shown++;
+    }
+    fb_findings_free(f);
+    return fb_fail(err, "%s", buf);
+}
+
 int fb_validate_output(const char *dir, fb_err *err) {
     if (!is_minimax(dir)) {
         fb_ckpt *c;
@@ -36,18 +57,33 @@ int fb_validate_output(const char *dir, fb_err *err) {
         fb_findings_free(&f);
         return 0;
     }
-    char buf[sizeof err->msg];
-    size_t k = (size_t)snprintf(buf, sizeof buf, "the output would not load (%zu error(s), nothing written):", f.n_errors);
-    int shown = 0;
-    for (size_t i = 0; i < f.n && shown < 3 && k < sizeof buf; i++) {
-        const fb_finding *x = &f.items[i];
-        if (x->sev != FB_SEV_ERROR) continue;
-        k += (size_t)snprintf(buf + k, sizeof buf - k, " [%s] %s%s%s%s%s", x->rule, x->message,
-                              x->where && *x->where ? " (" : "", x->where ? x->where : "",
-                              x->where && *x->where ? ")" : "", x->fix && *x->fix ? ";" : "");
-        if (x->fix && *x->fix && k < sizeof buf) k += (size_t)snprintf(buf + k, sizeof buf - k, " fix: %s.", x->fix);
-        shown++;
+    return fail_findings(&f, "the output would not load", NULL, err);
+}
+
+// Rules a recipe decides (targets, ignore, scheme, router): the up-front check refuses on
+// these; what the source itself lacks is found by fb_validate_output on the real output.
+static int recipe_rule(const char *rule) {
+    static const char *const pre[] = {"ignore.", "router.", "ct.", "recipe.", "quant.", "tensor.keyerror"};
+    for (size_t i = 0; i < sizeof pre / sizeof pre[0]; i++)
+        if (!strncmp(rule, pre[i], strlen(pre[i]))) return 1;
+    return 0;
+}
+
+int fb_validate_recipe_before_write(const fb_ckpt *src, const struct fb_recipe *r, fb_err *err) {
+    const char *mt = src->config ? json_string_value(json_object_get(src->config, "model_type")) : NULL;
+    if (!mt || strcmp(mt, "minimax_m2") != 0) return 0;
+    fb_findings f;
+    fb_findings_init(&f);
+    fb_validate_opts o = {0};
+    if (fb_validate_recipe(src, r, &o, &f, NULL, NULL, err) != 0) {
+        fb_findings_free(&f);
+        return -1;
     }
-    fb_findings_free(&f);
-    return fb_fail(err, "%s", buf);
+    int bad = 0;
+    for (size_t i = 0; i < f.n; i++) bad |= f.items[i].sev == FB_SEV_ERROR && recipe_rule(f.items[i].rule);
+    if (!bad) {
+        fb_findings_free(&f);
+        return 0;
+    }
+    return fail_findings(&f, "the recipe would write a checkpoint that does not load", recipe_rule, err);
 }
