@@ -55,6 +55,12 @@ int main(int argc, char **argv) {
     char label[1024];
     if (recipe) {
         fb_ckpt *c = NULL;
+        char *owner = fb_ckpt_shard_owner(pos[0]);
+        if (owner) {
+            fprintf(stderr, "%s: %s is a file of the checkpoint directory %s; pass the directory\n", TOOL, pos[0], owner);
+            free(owner);
+            return 1;
+        }
         if (fb_ckpt_open(pos[0], &c, &err) != 0) {
             fprintf(stderr, "%s: %s\n", TOOL, err.msg);
             return 1;

@@ -380,6 +380,12 @@ static const char *cfg_str(const json_t *o, const char *key) {
 
 fb_wsrc *fb_wsrc_open_quant(const char *path, fb_err *err) {
     fb_ckpt *ck;
+    char *owner = fb_ckpt_shard_owner(path);
+    if (owner) {
+        fb_fail(err, "%s is a file of the checkpoint directory %s; pass the directory", path, owner);
+        free(owner);
+        return NULL;
+    }
     if (fb_ckpt_open(path, &ck, err)) return NULL;
     wq_ctx *q = fb_calloc(1, sizeof *q);
     q->ck = ck;

@@ -247,6 +247,20 @@ int fb_ckpt_open(const char *path, fb_ckpt **out, fb_err *err) {
     return 0;
 }
 
+char *fb_ckpt_shard_owner(const char *path) {
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return NULL;
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : fb_strdup(".");
+    char *a = fb_path_join(dir, "config.json"), *b = fb_path_join(dir, "model.safetensors.index.json");
+    int owned = file_exists(a) || file_exists(b);
+    free(a);
+    free(b);
+    if (owned) return dir;
+    free(dir);
+    return NULL;
+}
+
 const fb_ckpt_tensor *fb_ckpt_find(const fb_ckpt *c, const char *name) {
     int64_t i = fb_strmap_get(c->by_name_, name);
     return i < 0 ? NULL : &c->tensors[i];

@@ -57,6 +57,12 @@ int fb_ckpt_open(const char *path, fb_ckpt **out, fb_err *err);
 
 void fb_ckpt_close(fb_ckpt *c);
 
+// When `path` is a file inside a checkpoint directory (one holding config.json or
+// model.safetensors.index.json), that directory (malloc'ed; the caller frees), else NULL.
+// Tools that need a whole checkpoint refuse such a path: a shard alone has no config and
+// only part of the tensors, so its output would not load (st-diff still compares files).
+char *fb_ckpt_shard_owner(const char *path);
+
 // The tensor with this name and its file, or NULL.
 const fb_ckpt_tensor *fb_ckpt_find(const fb_ckpt *c, const char *name);
 

@@ -33,6 +33,13 @@ static const char *tpath(const fb_source *s, size_t i) { return s->ck->files[s->
 
 int fb_source_open(const char *path, fb_source **out, fb_err *err) {
     *out = NULL;
+    char *owner = fb_ckpt_shard_owner(path);
+    if (owner) {
+        fb_fail(err, "%s is a file of the checkpoint directory %s; pass the directory (a shard alone has no config.json "
+                     "and part of the tensors)", path, owner);
+        free(owner);
+        return -1;
+    }
     fb_source *s = fb_calloc(1, sizeof *s);
     if (fb_ckpt_open(path, &s->ck, err) != 0) {
         free(s);

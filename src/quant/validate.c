@@ -456,6 +456,15 @@ int fb_validate_ckpt(const fb_ckpt *c, const fb_validate_opts *o, fb_findings *o
 int fb_validate_dir(const char *path, const fb_validate_opts *o, fb_findings *out, fb_err *err) {
     fb_ckpt *c = NULL;
     fb_err e2;
+    char *owner = fb_ckpt_shard_owner(path);
+    if (owner) {  // its config would not be read: every config rule would mislead
+        char fix[1200];
+        snprintf(fix, sizeof fix, "validate the directory: validate-ignore-list %s", owner);
+        fb_vf_add(out, "ckpt.unreadable", NULL, NULL, fix, "%s is one file of the checkpoint directory %s, not a checkpoint",
+                  path, owner);
+        free(owner);
+        return 0;
+    }
     if (fb_ckpt_open(path, &c, &e2) != 0) {
         fb_vf_add(out, "ckpt.unreadable", NULL, NULL, NULL, "%s", e2.msg);
         return 0;
