@@ -43,4 +43,33 @@ grep -q "stale" "$T_TMP/out" && fail "validator reports a config it never read" 
 expect_rc 1 "validate-ignore-list --recipe on a shard file" -- "$BIN/validate-ignore-list" --recipe recipes/minimax.yaml $SH
 expect_out "pass the directory" "preview names the directory"
 expect_rc 0 "st-diff still compares shard files" -- "$BIN/st-diff" $SH $SH
+# item 4: statistics carry the source's identity; another model's are refused unless --force
+"$BIN/fp8-dequant" -q $M "$T_TMP/bf16" || fail "fp8-dequant"
+expect_rc 0 "FP8 statistics on the BF16 copy (same model)" -- "$BIN/nvfp4-quantize" -q --recipe recipes/minimax.yaml --calib "$T_TMP/stats.safetensors" "$T_TMP/bf16" "$T_TMP/q4a"
+cp -r "$T_TMP/bf16" "$T_TMP/other"
+# another model: the first byte of layer 2's o_proj flipped (offsets from the safetensors header)
+name=model.layers.2.self_attn.o_proj.weight
+fn="$T_TMP/other/$(sed -n "s/.*\"$name\": *\"\([^\"]*\)\".*/\1/p" "$T_TMP/other/model.safetensors.index.json")"
+hl=$(od -An -t u8 -N8 "$fn" | tr -d ' ')
+off=$(dd if="$fn" bs=1 skip=8 count="$hl" 2>/dev/null | sed -n "s/.*\"$name\":{[^}]*\"data_offsets\":\[\([0-9]*\),.*/\1/p")
+[ -n "$off" ] && ok || fail "offset of $name in $fn"
+pos=$((8 + hl + off))
+b=$(od -An -t u1 -j "$pos" -N1 "$fn" | tr -d ' ')
+printf "$(printf '\\%03o' $((b ^ 1)))" | dd of="$fn" bs=1 seek="$pos" conv=notrunc 2>/dev/null
+cmp -s "$fn" "$T_TMP/bf16/$(basename "$fn")" && fail "the byte was not flipped" || ok
+"$BIN/calibrate" -q --model "$T_TMP/other" --dataset $D --samples 4 -o "$T_TMP/stats-other.safetensors" || fail "calibrate other"
+expect_rc 1 "another model's statistics" -- "$BIN/nvfp4-quantize" -q --recipe recipes/minimax.yaml --calib "$T_TMP/stats-other.safetensors" $M "$T_TMP/q4b"
+expect_out "statistics made from another model .*the weights of layer 2 differ" "message names the first layer that differs"
+expect_out "or pass --force" "message says how to override"
+nothing_left "$T_TMP/q4b" "identity refusal"
+expect_rc 0 "--force uses them" -- "$BIN/nvfp4-quantize" -q --force --recipe recipes/minimax.yaml --calib "$T_TMP/stats-other.safetensors" $M "$T_TMP/q4b"
+expect_out "warning: .*another model.*--force: used anyway" "--force warns"
+sed 's/"rope_theta": *[0-9.e+]*/"rope_theta": 12345.0/' $M/config.json > "$T_TMP/cfg.json"
+cmp -s "$T_TMP/cfg.json" $M/config.json && fail "config edit" || ok
+cp -r "$T_TMP/bf16" "$T_TMP/other-cfg"; cp "$T_TMP/cfg.json" "$T_TMP/other-cfg/config.json"
+expect_rc 1 "statistics of a model with another config" -- "$BIN/nvfp4-quantize" -q --recipe recipes/minimax.yaml --calib "$T_TMP/stats.safetensors" "$T_TMP/other-cfg" "$T_TMP/q4c"
+expect_out "its config.json differs" "message says the config differs"
+expect_rc 0 "a statistics file without identity (older calibrate)" -- "$BIN/nvfp4-quantize" -q --recipe recipes/minimax.yaml --calib tests/golden/model-quant/calib-stats.safetensors $M "$T_TMP/q4d"
+expect_out "records no source identity" "older statistics: a warning that it cannot be checked"
+
 finish

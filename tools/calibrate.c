@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "calib/forward.h"
+#include "calib/identity.h"
 #include "calib/runner.h"
 #ifdef FB_HAVE_CUDA
 #include "cuda/cufwd.h"
@@ -221,11 +222,21 @@ int main(int argc, char **argv) {
     snprintf(s_len, sizeof s_len, "%d", seq_len);
     snprintf(s_seed, sizeof s_seed, "%llu", (unsigned long long)seed);
     snprintf(s_tokh, sizeof s_tokh, "%016llx", (unsigned long long)h);
+    // The source's identity, which nvfp4-quantize --calib compares with its own (calib/identity.h).
+    char id_cfg[33], *id_layers = NULL;
+    fb_source *ids = NULL;
+    if (fb_source_open(model, &ids, &err) || fb_source_identity(ids, n_layers, id_cfg, &id_layers, &err)) {
+        fb_source_close(ids);
+        free(digests);
+        goto fail;
+    }
+    fb_source_close(ids);
     const char *mk[] = {"tool", "version", "model", "dataset", "dataset_xxh128", "samples",
-                        "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64"};
+                        "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64", FB_ID_KEY_CONFIG, FB_ID_KEY_LAYERS};
     const char *mv[] = {TOOL, FB_VERSION, model, dataset, digests, s_samples, s_len, s_seed,
-                        skip_long ? "true" : "false", fb_chat_template_name(dso.chat.tmpl), s_tokh};
+                        skip_long ? "true" : "false", fb_chat_template_name(dso.chat.tmpl), s_tokh, id_cfg, id_layers};
     int wrc = fb_calib_stats_write(st, outp, sizeof mk / sizeof mk[0], mk, mv, &err);
+    free(id_layers);
     free(digests);
     if (wrc) goto fail;
 

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "calib/identity.h"
 #include "calib/stats.h"
 #include "common/pool.h"
 #include "common/progress.h"
@@ -435,6 +436,18 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
             goto done;
         }
         if (fb_calib_stats_read(o->calib_path, &stats, err)) { rc = -1; goto done; }
+        // Statistics of another model give wrong input scales silently: refused unless --force.
+        int ic = fb_identity_check(s, o->calib_path, err);
+        if (ic < 0 && !o->force) {
+            char why[sizeof err->msg];
+            snprintf(why, sizeof why, "%s", err->msg);
+            rc = fb_fail(err, "%.1500s; calibrate with --model %.200s, or pass --force to use these anyway", why, src);
+            goto done;
+        }
+        if (ic < 0) fprintf(report, "%s: warning: %s (--force: used anyway)\n", o->tool, err->msg);
+        if (ic == 1)
+            fprintf(report, "%s: warning: %s records no source identity (made by an older calibrate): it cannot be "
+                            "checked to come from %s\n", o->tool, o->calib_path, src);
     }
     if (o->format == FB_QOUT_AUTOROUND)
         for (size_t i = 0; i < n; i++)
