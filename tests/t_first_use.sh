@@ -72,4 +72,18 @@ expect_out "its config.json differs" "message says the config differs"
 expect_rc 0 "a statistics file without identity (older calibrate)" -- "$BIN/nvfp4-quantize" -q --recipe recipes/minimax.yaml --calib tests/golden/model-quant/calib-stats.safetensors $M "$T_TMP/q4d"
 expect_out "records no source identity" "older statistics: a warning that it cannot be checked"
 
+# item 7: an already-quantized checkpoint given as the source
+"$BIN/nvfp4-quantize" -q --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/q7" || fail "nvfp4a16"
+"$BIN/w4a16-quantize" -q --format auto_round --recipe recipes/minimax-w4a16.yaml $M "$T_TMP/q7ar" || fail "autoround"
+expect_rc 1 "NVFP4 checkpoint as a source" -- "$BIN/nvfp4-quantize" --recipe recipes/minimax-nvfp4a16.yaml "$T_TMP/q7" "$T_TMP/o7"
+expect_out "already quantized \(compressed-tensors nvfp4-pack-quantized\); pass the FP8 or BF16 source" "names what it is"
+grep -q "block scale" "$T_TMP/out" && fail "still the block-scale message" || ok
+expect_rc 1 "AutoRound checkpoint as a source" -- "$BIN/w4a16-quantize" --recipe recipes/minimax-w4a16.yaml "$T_TMP/q7ar" "$T_TMP/o7"
+expect_out "already quantized \(auto-round" "AutoRound named"
+expect_rc 1 "fp8-dequant of a quantized checkpoint" -- "$BIN/fp8-dequant" "$T_TMP/q7" "$T_TMP/o7"
+expect_out "already quantized" "fp8-dequant"
+expect_rc 1 "calibrate on a quantized checkpoint" -- "$BIN/calibrate" --model "$T_TMP/q7" --dataset $D -o "$T_TMP/s7"
+expect_out "already quantized" "calibrate"
+nothing_left "$T_TMP/o7" "quantized source"
+
 finish

@@ -49,6 +49,29 @@ int fb_source_open(const char *path, fb_source **out, fb_err *err) {
     s->bm = s->bn = 128;
     json_t *qc = c->config ? json_object_get(c->config, "quantization_config") : NULL;
     int rc = 0;
+    // An already-quantized checkpoint given as the source: say so, before any tensor rule
+    // (its weight_scale tensors would otherwise read as FP8 scales without weights).
+    const char *qkind = NULL;
+    char qb[160];
+    if (qc && json_is_object(qc)) {
+        const char *qm = json_string_value(json_object_get(qc, "quant_method"));
+        const char *fmt = json_string_value(json_object_get(qc, "format"));
+        if (qm && strcmp(qm, "fp8") != 0) qkind = fmt ? fmt : qm;
+        if (qm && fmt && !strcmp(qm, "compressed-tensors")) qkind = fmt;
+        if (qkind) {
+            snprintf(qb, sizeof qb, "%s%s%s", qm, strcmp(qm, qkind) ? " " : "", strcmp(qm, qkind) ? qkind : "");
+            qkind = qb;
+        }
+    }
+    for (size_t i = 0; !qkind && i < c->n_tensors; i++) {
+        const char *nm = c->tensors[i].t->name;
+        if (ends_with(nm, ".weight_packed") || ends_with(nm, ".qweight")) qkind = ends_with(nm, ".qweight") ? "GPTQ/AutoRound" : "compressed-tensors";
+    }
+    if (qkind) {
+        fb_fail(err, "%s: this checkpoint is already quantized (%s); pass the FP8 or BF16 source it was made from", path, qkind);
+        fb_source_close(s);
+        return -1;
+    }
     if (qc && json_is_object(qc)) {
         const char *qm = json_string_value(json_object_get(qc, "quant_method"));
         if (qm && !strcmp(qm, "fp8")) {
