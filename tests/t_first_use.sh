@@ -86,4 +86,22 @@ expect_rc 1 "calibrate on a quantized checkpoint" -- "$BIN/calibrate" --model "$
 expect_out "already quantized" "calibrate"
 nothing_left "$T_TMP/o7" "quantized source"
 
+# item 9: a killed run restarted without --resume says what it discarded; --resume with a
+# changed recipe says why it rewrites
+Q="$BIN/nvfp4-quantize --threads 1 --max-shard-size 1MB"
+FOURBIT_FAULT_KILL_AFTER_WRITES=200 $Q -q --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/o9" >/dev/null 2>&1
+ls "$T_TMP/o9.partial/"*.safetensors >/dev/null 2>&1 && ok || fail "killed run left finished shards"
+expect_rc 0 "restart without --resume" -- $Q -q --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/o9"
+expect_out "o9.partial held [0-9]+ finished shard\(s\) of an interrupted run: started over without them \(rerun with --resume" "the discarded shards are mentioned"
+rm -rf "$T_TMP/o9"
+FOURBIT_FAULT_KILL_AFTER_WRITES=200 $Q -q --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/o9" >/dev/null 2>&1
+{ echo "# edited"; cat recipes/minimax-nvfp4a16.yaml; } > "$T_TMP/edited.yaml"
+expect_rc 0 "--resume with a changed recipe" -- $Q -q --resume --recipe "$T_TMP/edited.yaml" $M "$T_TMP/o9"
+expect_out "--resume: model-00001-of-[0-9]+.safetensors of the earlier run is rewritten: its header differs \(the recipe" "why the shards are rewritten"
+expect_out "\(and [0-9]+ more\)" "how many"
+rm -rf "$T_TMP/o9"
+FOURBIT_FAULT_KILL_AFTER_WRITES=200 $Q -q --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/o9" >/dev/null 2>&1
+expect_rc 0 "--resume unchanged" -- $Q -q --resume --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/o9"
+grep -q "rewritten" "$T_TMP/out" && fail "an unchanged resume reports rewrites" || ok
+
 finish

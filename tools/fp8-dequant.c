@@ -243,6 +243,7 @@ int main(int argc, char **argv) {
         if (!rc && fb_cw_shard_end(w, sh, &err)) rc = -1;
     }
     fb_progress_finish(j.prog);
+    if (w && fb_cw_notice(w)) fprintf(stderr, "%s: %s\n", TOOL, fb_cw_notice(w));
 
     if (!rc && fb_cw_split_job(w)) {  // the merge run writes the rest
         if (!quiet)

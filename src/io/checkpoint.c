@@ -308,6 +308,8 @@ struct fb_cw {
     char manifest_name[96];  // fourbit-manifest.json, or .job-<i>-of-<n>.json for a split job
     json_t *manifest;        // {"files": {name: {"xxh3_128":..., "bytes":...}}}
     pthread_mutex_t mu;
+    char notice[1024];       // what happened to an earlier run's shards (fb_cw_notice), "" if nothing
+    int n_rewritten;         // --resume: shards of the earlier run rewritten (changed)
     long kill_after_writes;  // fault injection for the kill-and-resume tests (0 = off)
     long n_writes;
 };
@@ -379,6 +381,17 @@ static int path_within(const char *inner, const char *outer) {
 }
 
 #define STAGING_MARK ".fourbit-staging"
+
+// Finished shards (*.safetensors, not .tmp) in a staging directory.
+static int count_shards(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += e->d_name[0] != '.' && ends_with(e->d_name, ".safetensors");
+    closedir(d);
+    return n;
+}
 
 fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_err *err) {
     size_t dl = strlen(dst);
@@ -475,6 +488,15 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
             char *mp = fb_path_join(w->staging, w->manifest_name);
             w->prev_manifest = o->resume ? json_load_file(mp, 0, NULL) : NULL;  // absent: nothing finished
             free(mp);
+        } else if (count_shards(w->staging) > 0 &&
+                   (snprintf(w->notice, sizeof w->notice,
+                             "%s held %d finished shard(s) of an interrupted run: started over without them (rerun "
+                             "with --resume to keep verified shards)", w->staging, count_shards(w->staging)),
+                    rm_rf(w->staging) != 0)) {
+            fb_fail(err, "%s: cannot remove the staging directory of an earlier run: %s", w->staging, strerror(errno));
+            free(mark);
+            fb_cw_detach(w);
+            return NULL;
         } else if (rm_rf(w->staging) != 0) {
             fb_fail(err, "%s: cannot remove the staging directory of an earlier run: %s", w->staging, strerror(errno));
             free(mark);
@@ -646,6 +668,15 @@ uint64_t fb_cw_shard_file_bytes(const fb_cw *w, int s) {
     return 8 + w->shards[s].header_len + w->shards[s].data_bytes;
 }
 
+const char *fb_cw_notice(const fb_cw *w) {
+    if (!w->notice[0]) return NULL;
+    if (w->n_rewritten > 1 && !strstr(w->notice, " (and ")) {
+        size_t l = strlen(w->notice);
+        snprintf((char *)w->notice + l, sizeof w->notice - l, " (and %d more)", w->n_rewritten - 1);
+    }
+    return w->notice;
+}
+
 int fb_cw_shard_skipped(const fb_cw *w, int s) { return w->shards[s].state >= 3; }
 int fb_cw_split_job(const fb_cw *w) { return w->o.shard_count > 1 && !w->o.merge; }
 uint64_t fb_cw_tensor_bytes(const fb_cw *w, int idx) { return w->t[idx].nbytes; }
@@ -721,12 +752,23 @@ int fb_cw_shard_begin(fb_cw *w, int s, fb_err *err) {
             }
         }
         char hex[33];
-        if (same_header && fb_file_xxh128(final, hex, NULL) == 0 && strcmp(hex, want) == 0) {
+        int same_data = same_header && fb_file_xxh128(final, hex, NULL) == 0 && want && strcmp(hex, want) == 0;
+        if (same_data) {
             memcpy(sh->digest, hex, 33);
             sh->state = 3;
             free(final);
             return record_digest(w, sh->name, hex, fb_cw_shard_file_bytes(w, s), err) ? -1 : 1;
         }
+        // Say why the earlier shard is not kept: the first reason, and how many.
+        pthread_mutex_lock(&w->mu);
+        if (w->n_rewritten++ == 0 && !w->notice[0])
+            snprintf(w->notice, sizeof w->notice, "--resume: %s of the earlier run is rewritten: %s", sh->name,
+                     !want ? "it is not in the earlier run's manifest (unfinished)"
+                     : !same_size ? "its size differs (another plan: recipe, source or --max-shard-size changed)"
+                     : !same_header ? "its header differs (the recipe, calibration statistics, tool version or "
+                                      "options changed)"
+                                    : "its digest does not match the manifest (the file changed on disk)");
+        pthread_mutex_unlock(&w->mu);
         unlink(final);
     }
     free(final);

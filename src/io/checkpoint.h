@@ -126,6 +126,12 @@ int fb_cw_shard_begin(fb_cw *w, int shard, fb_err *err);
 // merge) or belonging to another split job (fb_cw_shard_begin returned 1 or 2).
 int fb_cw_shard_skipped(const fb_cw *w, int shard);
 
+// What became of an earlier run's shards, for the tool to print (NULL when nothing to say):
+// a staging directory with finished shards removed because --resume was not given, or, with
+// --resume, the first shard rewritten instead of kept and why (size, header or digest
+// differs), with how many more. Valid until commit/abort/detach; call after the shards began.
+const char *fb_cw_notice(const fb_cw *w);
+
 // Output bytes of tensor idx.
 uint64_t fb_cw_tensor_bytes(const fb_cw *w, int idx);
 

@@ -627,6 +627,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         else if (b == 2) res->n_other_jobs++;
     }
     if (rc) goto done;
+    if (fb_cw_notice(w)) fprintf(report, "%s: %s\n", o->tool, fb_cw_notice(w));
     // Items whose outputs all lie in resumed shards need no work.
     for (size_t k = 0; k < n_items; k++) {
         item *it = &items[k];
