@@ -104,4 +104,15 @@ FOURBIT_FAULT_KILL_AFTER_WRITES=200 $Q -q --recipe recipes/minimax-nvfp4a16.yaml
 expect_rc 0 "--resume unchanged" -- $Q -q --resume --recipe recipes/minimax-nvfp4a16.yaml $M "$T_TMP/o9"
 grep -q "rewritten" "$T_TMP/out" && fail "an unchanged resume reports rewrites" || ok
 
+# item 10: --calib with a weight-only scheme is refused, not silently ignored; w4a16-quantize has none
+expect_rc 1 "NVFP4A16 with --calib" -- "$BIN/nvfp4-quantize" --recipe recipes/minimax-nvfp4a16.yaml --calib "$T_TMP/stats.safetensors" $M "$T_TMP/o10"
+expect_out "used only by NVFP4 \(W4A4\).*scheme is NVFP4A16" "message says why"
+expect_rc 1 "NVFP4A16 dry run with --calib" -- "$BIN/nvfp4-quantize" --dry-run --recipe recipes/minimax-nvfp4a16.yaml --calib "$T_TMP/stats.safetensors" $M "$T_TMP/o10"
+nothing_left "$T_TMP/o10" "--calib refusal"
+expect_rc 2 "w4a16-quantize --calib" -- "$BIN/w4a16-quantize" --recipe recipes/minimax-w4a16.yaml --calib "$T_TMP/stats.safetensors" $M "$T_TMP/o10"
+expect_rc 0 "w4a16-quantize --help" -- "$BIN/w4a16-quantize" --help
+grep -q -- "--calib" "$T_TMP/out" && fail "w4a16-quantize --help lists --calib" || ok
+expect_rc 0 "nvfp4-quantize --help" -- "$BIN/nvfp4-quantize" --help
+expect_out "-c, --calib STATS" "nvfp4-quantize still has --calib"
+
 finish

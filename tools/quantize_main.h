@@ -28,7 +28,6 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     int json = 0, quiet = 0;
     fb_opt opts[20] = {
         {"recipe", 'r', FB_OPT_STR, &recipe, "FILE", "llm-compressor recipe YAML (required; see recipes/)", 0, 0},
-        {"calib", 'c', FB_OPT_STR, &calib, "STATS", "calibration statistics from `calibrate` (NVFP4 W4A4 input scales)", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
         {"force", 'f', FB_OPT_FLAG, &o.force, NULL, "replace a non-empty DST", 0, 0},
@@ -42,7 +41,9 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         {"shard-count", 0, FB_OPT_INT, &o.shard_count, "N", "number of split jobs sharing DST.partial (then run once with --merge)", 1, 1 << 20},
         {"merge", 0, FB_OPT_FLAG, &o.merge, NULL, "after split jobs: verify their shards, write the rest, index, validate, rename", 0, 0},
     };
-    int no = 14;
+    int no = 13;
+    if (kinds & (1u << FB_QK_NVFP4))  // only NVFP4 (W4A4) uses statistics
+        opts[no++] = (fb_opt){"calib", 'c', FB_OPT_STR, &calib, "STATS", "calibration statistics from `calibrate` (NVFP4 W4A4 input scales; refused for weight-only schemes)", 0, 0};
     if (has_format)
         opts[no++] = (fb_opt){"format", 0, FB_OPT_STR, &format, "F", "compressed-tensors | auto_round", 0, 0};
     opts[no] = (fb_opt){0};

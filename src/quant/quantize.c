@@ -425,6 +425,12 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     snprintf(res->scheme, sizeof res->scheme, "%s",
              __builtin_popcount(used) == 1 ? fb_qkind_name((fb_qkind)__builtin_ctz(used)) : "mixed");
     int need_calib = (used & (1u << FB_QK_NVFP4)) != 0;
+    if (o->calib_path && !need_calib) {  // silently ignoring it would let a user believe it was used
+        rc = fb_fail(err, "%s: --calib %s is used only by NVFP4 (W4A4) input scales, and this recipe's scheme is %s "
+                          "(weight-only, no calibration): drop --calib, or use an NVFP4 recipe (recipes/minimax.yaml)",
+                     o->recipe_path, o->calib_path, __builtin_popcount(used) == 1 ? fb_qkind_name((fb_qkind)__builtin_ctz(used)) : "mixed");
+        goto done;
+    }
     if (need_calib && o->dry_run && !o->calib_path) {
         need_calib = 0;
     }
