@@ -5,6 +5,8 @@
 #   make test SAN=1   the same under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make demo         the main job on the embedded model (see README.md)
 #   make bench        benchmarks that print ratios measured in one run (BENCHMARKS.md)
+#   make install      the tools into $(DESTDIR)$(PREFIX)/bin, the recipes into
+#                     $(DESTDIR)$(PREFIX)/share/fourbit/recipes (PREFIX=/usr/local by default)
 #   make CUDA=0       build without the optional CUDA code even when nvcc is present
 #
 # Sources are found by wildcard: src/<module>/*.c go into the library, tools/<name>.c become
@@ -18,6 +20,10 @@ CUDA     ?= auto
 NVCC     ?= nvcc
 # Hopper by default; the CUDA path is only used by ref-runner / calibrate --device cuda.
 CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
+# make install: PREFIX is where the tools go (bin/, share/fourbit/), DESTDIR a staging root
+# prepended to it (packaging), as the GNU conventions have it.
+PREFIX   ?= /usr/local
+DESTDIR  ?=
 
 # Debian packages: pkg-config name -> package that provides it (for the error message).
 PKGS := yaml-0.1:libyaml-dev jansson:libjansson-dev libxxhash:libxxhash-dev \
@@ -79,7 +85,7 @@ TOOLS := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/*.c))
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
 
-.PHONY: all deps test demo bench clean announce
+.PHONY: all deps test demo bench clean announce install
 all: deps announce $(TOOLS)
 
 # Checks the Debian packages; installs them (scripts/install-deps.sh) when missing and root.
@@ -132,6 +138,13 @@ demo: deps announce $(TOOLS)
 # Benchmarks: synthetic full-size MiniMax-M2 layer; results go into BENCHMARKS.md by hand.
 bench: deps announce $(TOOLS) $(BENCHES)
 	@BUILD=$(BUILD) sh bench/run-bench.sh
+
+# The built tools and the shipped recipes; nothing else is needed at run time.
+install: $(TOOLS)
+	install -d "$(DESTDIR)$(PREFIX)/bin" "$(DESTDIR)$(PREFIX)/share/fourbit/recipes"
+	install -m 755 $(TOOLS) "$(DESTDIR)$(PREFIX)/bin/"
+	install -m 644 recipes/*.yaml "$(DESTDIR)$(PREFIX)/share/fourbit/recipes/"
+	@echo "fourbit: tools installed in $(DESTDIR)$(PREFIX)/bin, recipes in $(DESTDIR)$(PREFIX)/share/fourbit/recipes"
 
 clean:
 	rm -rf build build-san demo-out

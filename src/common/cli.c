@@ -32,6 +32,7 @@ void fb_cli_usage(FILE *f, const char *tool, const char *synopsis, const char *a
         fprintf(f, "  %-28s %s%s\n", left, o->help, def);
     }
     fprintf(f, "  %-28s %s\n", "-h, --help", "print this help and exit");
+    fprintf(f, "  %-28s %s\n", "    --version", "print the version and exit");
     fprintf(f, "\nexit status: 0 success, 1 bad input or result, 2 usage error\n");
 }
 
@@ -92,6 +93,10 @@ int fb_cli_parse(int argc, char **argv, const char *tool, const char *synopsis, 
         if (!strcmp(a, "--")) { only_pos = 1; continue; }
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             fb_cli_usage(stdout, tool, synopsis, about, opts);
+            return 1;
+        }
+        if (!strcmp(a, "--version")) {
+            printf("%s %s (fourbit)\n", tool, FB_VERSION);
             return 1;
         }
         const fb_opt *o = NULL;

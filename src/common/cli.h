@@ -23,7 +23,7 @@ typedef struct fb_opt {
 } fb_opt;
 
 // Parses argv. Positional arguments are returned in pos[0..*npos) (at most maxpos).
-// Returns 0; 1 when --help was given (usage printed to stdout); 2 on a usage error (message
+// Returns 0; 1 when --help or --version was given (usage or "tool version" printed to stdout); 2 on a usage error (message
 // printed to stderr). `synopsis` is the usage line after the tool name, `about` a paragraph.
 int fb_cli_parse(int argc, char **argv, const char *tool, const char *synopsis, const char *about,
                  const fb_opt *opts, const char **pos, int maxpos, int *npos);
