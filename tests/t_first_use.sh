@@ -115,4 +115,29 @@ grep -q -- "--calib" "$T_TMP/out" && fail "w4a16-quantize --help lists --calib" 
 expect_rc 0 "nvfp4-quantize --help" -- "$BIN/nvfp4-quantize" --help
 expect_out "-c, --calib STATS" "nvfp4-quantize still has --calib"
 
+# item 13: calibrate shows what the model sees, and says what it cut or refused
+C="$BIN/calibrate --model $M --dataset data/demo-chat.jsonl"
+expect_rc 0 "--dump-text" -- $C --samples 2 --seq-len 64 --dump-text -
+expect_out '^\{"record":[0-9]+,"tokens":[0-9]+,"text":".*\]~b\]' "rendered text with the template's special tokens"
+expect_rc 0 "truncation in the text summary" -- $C --samples 2 --seq-len 16 -o "$T_TMP/s13"
+expect_out "warning: 2 of 2 samples truncated to --seq-len 16" "truncation warned"
+expect_out "samples truncated to --seq-len 16: 2" "truncation in the summary"
+expect_rc 2 "--seq-len past max_position_embeddings" -- $C --seq-len 4096 -o "$T_TMP/s13b"
+expect_out "--seq-len 4096 exceeds max_position_embeddings 2048" "message names the limit"
+expect_rc 1 "--skip-long dropping everything" -- $C --seq-len 4 --skip-long -o "$T_TMP/s13c"
+expect_out "8 longer than 4 tokens dropped by --skip-long.*raise --seq-len" "message says why and what to do"
+
+# item 15: a .json array dataset, --version, an unsupported scheme
+printf '[\n  {"text": "a"}\n]\n' > "$T_TMP/arr.json"
+expect_rc 1 "pretty JSON array dataset" -- "$BIN/calibrate" --model $M --dataset "$T_TMP/arr.json" -o "$T_TMP/s15"
+expect_out "JSON array; the dataset must be JSONL" "hint: JSONL expected"
+printf '[{"text": "a"}]\n' > "$T_TMP/arr1.json"
+expect_rc 1 "one-line JSON array dataset" -- "$BIN/calibrate" --model $M --dataset "$T_TMP/arr1.json" -o "$T_TMP/s15"
+expect_out "a JSON array, not an object: the dataset must be JSONL" "hint: JSONL expected"
+for t in fp8-dequant calibrate nvfp4-quantize w4a16-quantize validate-ignore-list st-diff ref-runner; do
+    [ -x "$BIN/$t" ] || continue
+    expect_rc 0 "$t --version" -- "$BIN/$t" --version
+    expect_out "^$t [0-9]+\.[0-9]+\.[0-9]+" "$t --version"
+done
+
 finish

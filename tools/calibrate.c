@@ -50,7 +50,7 @@ static void progress_cb(void *u, int layer, size_t done, size_t total) {
 
 int main(int argc, char **argv) {
     const char *model = NULL, *dataset = NULL, *outp = NULL, *dump = NULL, *tmpl = "minimax";
-    const char *tokp = NULL, *devs = NULL;
+    const char *tokp = NULL, *devs = NULL, *dump_text = NULL;
     int n_samples = 128, seq_len = 2048, threads = 0, group = 32, chunk = 0, skip_long = 0;
     int cuda_f32 = 0;
     int routed = 0, json = 0, quiet = 0, max_layers = 0, no_shuffle = 0;
@@ -67,6 +67,7 @@ int main(int argc, char **argv) {
         {"skip-long", 0, FB_OPT_FLAG, &skip_long, NULL, "skip samples longer than --seq-len instead of truncating them (REAP)", 0, 0},
         {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": minimax (MiniMax-M2's own) or chatml", 0, 0},
         {"dump-tokens", 0, FB_OPT_STR, &dump, "FILE", "write the selected samples' token ids as JSONL (\"-\" = stdout) and stop", 0, 0},
+        {"dump-text", 0, FB_OPT_STR, &dump_text, "FILE", "write the selected samples as the model sees them (template rendered, special tokens shown, cut to --seq-len) as JSONL {record, tokens, text} (\"-\" = stdout) and stop", 0, 0},
         {"threads", 't', FB_OPT_INT, &threads, "T", "worker threads (0 = every CPU)", 0, 256},
         {"expert-group", 0, FB_OPT_INT, &group, "G", "experts held in memory at once (f32: G x 3 x inter x hidden x 4 bytes)", 1, 1 << 20},
         {"token-chunk", 0, FB_OPT_INT, &chunk, "C", "token rows per expert GEMM (0 = 512)", 0, 1 << 24},
@@ -101,7 +102,10 @@ int main(int argc, char **argv) {
         use_cuda = dev == FB_DEV_CUDA;
     }
     if (!model || !dataset) { fprintf(stderr, "%s: --model and --dataset are required\n", TOOL); return 2; }
-    if (!outp && !dump) { fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE) is required\n", TOOL); return 2; }
+    if (!outp && !dump && !dump_text) {
+        fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE / --dump-text FILE) is required\n", TOOL);
+        return 2;
+    }
     fb_err err;
     fb_ds_opts dso;
     fb_ds_opts_default(&dso);
@@ -133,6 +137,14 @@ int main(int argc, char **argv) {
         fb_wsrc_close(src);
         return 1;
     }
+    // Positions past the model's trained context give statistics of inputs it never sees.
+    json_t *mpe = json_object_get(src->config, "max_position_embeddings");
+    if (json_is_integer(mpe) && json_integer_value(mpe) > 0 && seq_len > json_integer_value(mpe)) {
+        fprintf(stderr, "%s: --seq-len %d exceeds max_position_embeddings %lld of %s/config.json\n", TOOL, seq_len,
+                (long long)json_integer_value(mpe), model);
+        fb_wsrc_close(src);
+        return 2;
+    }
     char *tokdef = NULL, *pathbuf = NULL;
     const char **paths = NULL;
     size_t npaths = fb_split_list(dataset, &pathbuf, &paths);
@@ -155,6 +167,42 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: warning: %zu samples of %d asked (%zu records, %zu too long, "
                         "%zu too short)\n", TOOL, S.n, n_samples, S.set.n_records,
                 S.set.n_skipped_long, S.set.n_skipped_short);
+    if (!quiet && S.set.n_truncated)
+        fprintf(stderr, "%s: warning: %zu of %zu samples truncated to --seq-len %d tokens (their ends are not "
+                        "calibrated on; raise --seq-len, or --skip-long to drop them)\n", TOOL, S.set.n_truncated, S.n,
+                seq_len);
+    if (dump_text) {
+        FILE *df = strcmp(dump_text, "-") ? fopen(dump_text, "w") : stdout;
+        if (!df) {
+            fprintf(stderr, "%s: %s: cannot create\n", TOOL, dump_text);
+            rc = 1;
+            goto out_src;
+        }
+        for (size_t i = 0; i < S.set.n && !rc; i++) {
+            const fb_ds_sample *sm = &S.set.s[i];
+            char *txt = NULL;
+            size_t tl = 0;
+            if (fb_tok_decode(tok, sm->ids, sm->n, 0, &txt, &tl, &err)) {
+                fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+                rc = 1;
+                break;
+            }
+            // record: its index over the dataset's records (the line number for one file without
+            // blank lines, 0-based)
+            json_t *j = json_pack("{s:I, s:I, s:s%}", "record", (json_int_t)sm->record, "tokens", (json_int_t)sm->n,
+                                  "text", txt, tl);
+            char *line_s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENSURE_ASCII);
+            fprintf(df, "%s\n", line_s);
+            free(line_s);
+            json_decref(j);
+            free(txt);
+        }
+        if (df != stdout ? fclose(df) != 0 : fflush(df) != 0) {
+            fprintf(stderr, "%s: %s: write error\n", TOOL, dump_text);
+            rc = 1;
+        }
+        goto out_src;
+    }
     if (dump) {
         FILE *df = strcmp(dump, "-") ? fopen(dump, "w") : stdout;
         if (!df) {
@@ -302,6 +350,8 @@ int main(int argc, char **argv) {
     } else if (!quiet) {
         printf("calibrate: %zu samples, %zu tokens, %d layers in %.1f s (%.1f tokens/s per layer)\n",
                S.n, S.n_tok, n_layers, secs, secs > 0 ? (double)S.n_tok * n_layers / secs : 0.0);
+        printf("  samples truncated to --seq-len %d: %zu; dropped as too long: %zu, too short: %zu\n", seq_len,
+               S.set.n_truncated, S.set.n_skipped_long, S.set.n_skipped_short);
         printf("  experts never routed: %zu of %zu; peak RSS %.2f GB\n", n_never,
                E * (size_t)n_layers, (double)fb_peak_rss() / 1e9);
         printf("  statistics: %s\n", outp);

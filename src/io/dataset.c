@@ -52,7 +52,10 @@ static const char *const MESSAGE_ROLES[] = {"system", "user", "assistant", "tool
 
 // Which kind a record is, after checking its shape; REC_NONE with err set when it is bad.
 static int record_kind(json_t *rec, fb_err *err) {
-    if (!json_is_object(rec)) return fb_fail(err, "not a JSON object"), REC_NONE;
+    if (json_is_array(rec))  // a .json file holding one array of records
+        return fb_fail(err, "a JSON array, not an object: the dataset must be JSONL, one JSON object per line "
+                            "(convert an array file with: jq -c '.[]' in.json > out.jsonl)"), REC_NONE;
+    if (!json_is_object(rec)) return fb_fail(err, "not a JSON object (the dataset is JSONL: one object per line)"), REC_NONE;
     for (int k = 0; k < REC_NONE; k++) {
         json_t *v = json_object_get(rec, REC_KEYS[k].key);
         if (!v) continue;
@@ -132,8 +135,11 @@ static int index_file(fb_dataset *ds, uint32_t fi, fb_err *err) {
         json_error_t je;
         json_t *rec = json_loadb(line + skip, n - skip, JSON_ALLOW_NUL, &je);
         if (!rec) {
-            rc = fb_fail(err, "%s:%llu: invalid JSON at column %d: %s", path, (unsigned long long)lineno, je.column,
-                         je.text);
+            // A pretty-printed JSON array ("[" alone on line 1) is the usual mistake: say what is wanted.
+            int arr = lineno == 1 && line[skip] == '[';
+            rc = fb_fail(err, "%s:%llu: invalid JSON at column %d: %s%s", path, (unsigned long long)lineno, je.column,
+                         je.text, arr ? " (this looks like a JSON array; the dataset must be JSONL, one JSON object "
+                                        "per line: convert it with jq -c '.[]' in.json > out.jsonl)" : "");
             break;
         }
         fb_err why;
@@ -403,7 +409,10 @@ int fb_ds_load_tokens(const char *path_list, const fb_ds_opts *o, fb_tok *tok, i
     }
     rc = fb_ds_build(ds, o, tok, &S->set, err);
     if (!rc && S->set.n == 0)
-        rc = fb_fail(err, "%s: no usable sample among %zu records", paths[0], S->set.n_records);
+        rc = fb_fail(err, "%s: no usable sample among %zu records (%zu longer than %zu tokens dropped by --skip-long, %zu "
+                          "shorter than %zu tokens)%s", paths[0], S->set.n_records, S->set.n_skipped_long, o->seq_len,
+                     S->set.n_skipped_short, o->min_len,
+                     S->set.n_skipped_long ? ": raise --seq-len, or drop --skip-long to truncate instead" : "");
     if (!rc) {
         S->n = S->set.n;
         S->starts = fb_malloc((S->n + 1) * sizeof(size_t));
