@@ -133,7 +133,7 @@ expect_rc 1 "pretty JSON array dataset" -- "$BIN/calibrate" --model $M --dataset
 expect_out "JSON array; the dataset must be JSONL" "hint: JSONL expected"
 printf '[{"text": "a"}]\n' > "$T_TMP/arr1.json"
 expect_rc 1 "one-line JSON array dataset" -- "$BIN/calibrate" --model $M --dataset "$T_TMP/arr1.json" -o "$T_TMP/s15"
-expect_out "a JSON array, not an object: the dataset must be JSONL" "hint: JSONL expected"
+expect_out "a JSON array, not a JSON object: the dataset must be JSONL" "hint: JSONL expected"
 for t in fp8-dequant calibrate nvfp4-quantize w4a16-quantize validate-ignore-list st-diff ref-runner; do
     [ -x "$BIN/$t" ] || continue
     expect_rc 0 "$t --version" -- "$BIN/$t" --version

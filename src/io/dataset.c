@@ -53,7 +53,7 @@ static const char *const MESSAGE_ROLES[] = {"system", "user", "assistant", "tool
 // Which kind a record is, after checking its shape; REC_NONE with err set when it is bad.
 static int record_kind(json_t *rec, fb_err *err) {
     if (json_is_array(rec))  // a .json file holding one array of records
-        return fb_fail(err, "a JSON array, not an object: the dataset must be JSONL, one JSON object per line "
+        return fb_fail(err, "a JSON array, not a JSON object: the dataset must be JSONL, one JSON object per line "
                             "(convert an array file with: jq -c '.[]' in.json > out.jsonl)"), REC_NONE;
     if (!json_is_object(rec)) return fb_fail(err, "not a JSON object (the dataset is JSONL: one object per line)"), REC_NONE;
     for (int k = 0; k < REC_NONE; k++) {
