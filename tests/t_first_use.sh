@@ -140,4 +140,8 @@ for t in fp8-dequant calibrate nvfp4-quantize w4a16-quantize validate-ignore-lis
     expect_out "^$t [0-9]+\.[0-9]+\.[0-9]+" "$t --version"
 done
 
+printf 'default_stage:\n  default_modifiers:\n    QuantizationModifier:\n      targets: [Linear]\n      scheme: FP8_DYNAMIC\n      ignore: [lm_head]\n' > "$T_TMP/fp8d.yaml"
+expect_rc 1 "scheme FP8_DYNAMIC" -- "$BIN/nvfp4-quantize" --dry-run --recipe "$T_TMP/fp8d.yaml" $M "$T_TMP/o15"
+expect_out "unsupported scheme FP8_DYNAMIC" "named as an unsupported scheme, not by its strategy"
+
 finish

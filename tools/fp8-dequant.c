@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     int shard_index = 0, shard_count = 1, merge = 0;
     uint64_t max_shard = 5000000000ull;
     const fb_opt opts[] = {
-        {"threads", 't', FB_OPT_INT, &threads, "N", "worker threads (each reads, dequantizes, writes in order)", 1, 1024},
+        {"threads", 't', FB_OPT_INT, &threads, "N", "worker threads, one per CPU of this machine by default (each reads, dequantizes, writes in order)", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &max_shard, "SIZE", "largest output shard (5GB = 5e9 bytes, as Hugging Face)", 0, 0},
         {"force", 'f', FB_OPT_FLAG, &force, NULL, "replace a non-empty DST", 0, 0},
         {"resume", 0, FB_OPT_FLAG, &resume, NULL, "continue a killed run: keep shards whose manifest digest verifies", 0, 0},

@@ -28,7 +28,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     int json = 0, quiet = 0;
     fb_opt opts[20] = {
         {"recipe", 'r', FB_OPT_STR, &recipe, "FILE", "llm-compressor recipe YAML (required; see recipes/)", 0, 0},
-        {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
+        {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads (one per CPU of this machine by default, as calibrate)", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
         {"force", 'f', FB_OPT_FLAG, &o.force, NULL, "replace a non-empty DST", 0, 0},
         {"resume", 0, FB_OPT_FLAG, &o.resume, NULL, "continue a killed run: keep shards whose manifest digest verifies", 0, 0},

@@ -950,6 +950,9 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
         fb_qkind k = fb_qscheme_kind(s, &why);
         if (k == FB_QK_UNSUPPORTED) {
             fb_plan_free(out);
+            if (s->preset)  // a preset is named as the user wrote it, not by its expanded fields
+                return fb_fail(err, "unsupported scheme %s: it cannot be written by fourbit, which writes NVFP4, NVFP4A16 and W4A16 (first matched "
+                                    "by tensor %s, target '%s')", s->preset, t[i].name, s->targets[te]);
             return fb_fail(err, "tensor %s: group %s (target '%s') cannot be written by fourbit: %s",
                            t[i].name, s->name, s->targets[te], why);
         }
