@@ -144,4 +144,15 @@ printf 'default_stage:\n  default_modifiers:\n    QuantizationModifier:\n      t
 expect_rc 1 "scheme FP8_DYNAMIC" -- "$BIN/nvfp4-quantize" --dry-run --recipe "$T_TMP/fp8d.yaml" $M "$T_TMP/o15"
 expect_out "unsupported scheme FP8_DYNAMIC" "named as an unsupported scheme, not by its strategy"
 
+# item 15: st-diff of an FP8 source against its BF16 dequant recognises the weight/scale pairs
+expect_rc 0 "st-diff FP8 source vs its fp8-dequant copy" -- "$BIN/st-diff" $M "$T_TMP/bf16"
+expect_out "^EQUAL: .* 0 only in A, 0 only in B" "no weight_scale_inv listed as only in A"
+expect_out "112 FP8 block-scaled weights compared dequantized" "the pairs are named"
+grep -q "only in A: .*weight_scale_inv" "$T_TMP/out" && fail "st-diff lists weight_scale_inv" || ok
+expect_rc 0 "st-diff the other way round" -- "$BIN/st-diff" "$T_TMP/bf16" $M
+expect_out "^EQUAL: .* 0 only in A, 0 only in B" "B's scales consumed too"
+expect_rc 1 "st-diff FP8 vs a changed BF16 copy" -- "$BIN/st-diff" $M "$T_TMP/other"
+expect_out "model.layers.2.self_attn.o_proj.weight\[0, 0\]: " "the changed element is named"
+expect_out "model.layers.2.self_attn.o_proj.weight: 1 of [0-9]+ elements differ \(FP8 side dequantized\)" "one element differs"
+
 finish

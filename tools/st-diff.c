@@ -2,6 +2,10 @@
 // Names, then dtypes and shapes, then bytes (exact, the default) or values (--atol/--rtol:
 // |a - b| <= atol + rtol * |b|, NaN equal to NaN). Exit 0 equal, 1 different, 2 usage error
 // or unreadable input (like diff(1)).
+// An FP8 block-scaled weight (F8_E4M3 + weight_scale_inv) on one side and a BF16 tensor of the
+// same name and shape on the other -- a source and its fp8-dequant copy -- is compared
+// dequantized (bf16(fp8 * scale_inv), as fp8-dequant writes it), and its weight_scale_inv is
+// not reported as a tensor missing from the other side.
 #include <math.h>
 #include <string.h>
 
@@ -9,12 +13,14 @@
 #include "common/fb.h"
 #include "io/checkpoint.h"
 #include "quant/formats.h"
+#include "quant/source.h"
 
 static const char *TOOL = "st-diff";
 #define CHUNK (8u << 20)
 
 typedef struct stats {
     size_t n_tensors, n_equal, n_diff, only_a, only_b, meta_diff;
+    size_t fp8_pairs;  // FP8 weights compared dequantized against BF16 (their scales consumed)
 } stats;
 
 static void fmt_index(const fb_st_tensor *t, uint64_t flat, char *buf, size_t n) {
@@ -121,6 +127,86 @@ static int diff_tensor(const fb_ckpt *a, const fb_ckpt_tensor *ta, const fb_ckpt
     return mismatches ? 1 : 0;
 }
 
+// FP8 weight fi of fs against BF16 tensor pt of pc (same name and shape): the FP8 side
+// dequantized exactly as fp8-dequant does, compared as bytes, or as values with tolerances.
+// fp8_is_a orders the printed values as A vs B. Returns 0 equal, 1 different, -1 error.
+static int diff_fp8_pair(const fb_source *fs, size_t fi, const fb_ckpt *pc, const fb_ckpt_tensor *pt, int fp8_is_a,
+                         int values, double atol, double rtol, int max_report, int quiet, json_t *jt, fb_err *err) {
+    const fb_st_tensor *x = fs->ck->tensors[fi].t, *y = pt->t;
+    uint64_t rows = (uint64_t)x->shape[0], cols = (uint64_t)x->shape[1];
+    float *scale = NULL;
+    if (fb_source_load_scale(fs, fi, &scale, err)) return -1;
+    uint64_t per = CHUNK / (cols * 4) ? CHUNK / (cols * 4) : 1;
+    uint16_t *d = fb_malloc(per * cols * 2), *q = fb_malloc(per * cols * 2);
+    void *scratch = fb_malloc(per * cols * 4);
+    uint64_t mismatches = 0;
+    int reported = 0, rc = 0;
+    json_t *firsts = json_array();
+    for (uint64_t r = 0; r < rows && !rc; r += per) {
+        size_t nr = (size_t)(rows - r < per ? rows - r : per), n = nr * (size_t)cols;
+        if (fb_source_read_rows_bf16(fs, fi, scale, r, nr, d, scratch, 1, err) ||
+            fb_st_read(fb_ckpt_file(pc, pt), y, r * cols * 2, q, n * 2, err)) {
+            rc = -1;
+            break;
+        }
+        for (size_t k = 0; k < n; k++) {
+            float va, vb;
+            fb_load_f32(FB_BF16, d, k, &va);
+            fb_load_f32(FB_BF16, q, k, &vb);
+            if (!fp8_is_a) { float t = va; va = vb; vb = t; }
+            int bad;
+            if (!values) bad = d[k] != q[k];
+            else bad = !(isnan(va) && isnan(vb)) && !(fabs((double)va - (double)vb) <= atol + rtol * fabs((double)vb));
+            if (!bad) continue;
+            mismatches++;
+            if (reported < max_report) {
+                char ib[128];
+                fmt_index(x, r * cols + k, ib, sizeof ib);
+                if (!quiet) printf("    %s%s: %.9g vs %.9g\n", x->name, ib, (double)va, (double)vb);
+                json_array_append_new(firsts, json_string(ib));
+                reported++;
+            }
+        }
+    }
+    free(d);
+    free(q);
+    free(scratch);
+    free(scale);
+    if (rc) {
+        json_decref(firsts);
+        return -1;
+    }
+    json_object_set_new(jt, "fp8_pair", json_true());
+    json_object_set_new(jt, "mismatches", json_integer((json_int_t)mismatches));
+    json_object_set_new(jt, "first_mismatches", firsts);
+    if (mismatches && !quiet)
+        printf("  %s: %llu of %llu elements differ (FP8 side dequantized)\n", x->name, (unsigned long long)mismatches,
+               (unsigned long long)x->nelem);
+    return mismatches ? 1 : 0;
+}
+
+// 1 when tensor `name` is an FP8 block-scaled weight in `fp8` and a plain BF16 tensor of the
+// same shape in `other` (of which `other_src`, when known, does not see it as FP8).
+static int fp8_pair(const fb_source *fp8, const fb_ckpt *other, const char *name, size_t *fi) {
+    if (!fp8 || !fp8->is_fp8) return 0;
+    int64_t i = fb_source_index(fp8, name);
+    const fb_ckpt_tensor *o = fb_ckpt_find(other, name);
+    if (i < 0 || !o || fp8->role[i] != FB_SRC_FP8_WEIGHT || o->t->dtype != FB_BF16) return 0;
+    const fb_st_tensor *x = fp8->ck->tensors[i].t;
+    if (x->ndim != o->t->ndim || x->ndim != 2 || x->shape[0] != o->t->shape[0] || x->shape[1] != o->t->shape[1]) return 0;
+    *fi = (size_t)i;
+    return 1;
+}
+
+// 1 when tensor `name` of `fp8` is the block scale of a weight that `other` holds as BF16.
+static int paired_scale(const fb_source *fp8, const fb_ckpt *other, const char *name) {
+    if (!fp8 || !fp8->is_fp8) return 0;
+    int64_t i = fb_source_index(fp8, name);
+    size_t fi;
+    return i >= 0 && fp8->role[i] == FB_SRC_FP8_SCALE && fp8->partner[i] >= 0 &&
+           fp8_pair(fp8, other, fp8->ck->tensors[fp8->partner[i]].t->name, &fi);
+}
+
 int main(int argc, char **argv) {
     double atol = -1, rtol = -1;
     int json = 0, quiet = 0, max_report = 5, meta = 0, common = 0;
@@ -160,15 +246,22 @@ int main(int argc, char **argv) {
     }
     int text = !json && !quiet;
     stats st = {0};
+    // The FP8 view of each side, when it is an FP8 block-scaled checkpoint (else NULL).
+    fb_source *src_a = NULL, *src_b = NULL;
+    fb_err ignore;
+    if (fb_source_open(pos[0], &src_a, &ignore)) src_a = NULL;
+    if (fb_source_open(pos[1], &src_b, &ignore)) src_b = NULL;
     json_t *jr = json_object(), *jts = json_array(), *ja = json_array(), *jb = json_array();
     for (size_t i = 0; i < a->n_tensors; i++)
         if (!fb_ckpt_find(b, a->tensors[i].t->name)) {
+            if (paired_scale(src_a, b, a->tensors[i].t->name)) continue;
             st.only_a++;
             json_array_append_new(ja, json_string(a->tensors[i].t->name));
             if (text) printf("only in A: %s\n", a->tensors[i].t->name);
         }
     for (size_t i = 0; i < b->n_tensors; i++)
         if (!fb_ckpt_find(a, b->tensors[i].t->name)) {
+            if (paired_scale(src_b, a, b->tensors[i].t->name)) continue;
             st.only_b++;
             json_array_append_new(jb, json_string(b->tensors[i].t->name));
             if (text) printf("only in B: %s\n", b->tensors[i].t->name);
@@ -184,7 +277,16 @@ int main(int argc, char **argv) {
         int same_shape = x->ndim == y->ndim;
         for (int d = 0; same_shape && d < x->ndim; d++) same_shape = x->shape[d] == y->shape[d];
         int r;
-        if (x->dtype != y->dtype || !same_shape) {
+        size_t fi;
+        if (fp8_pair(src_a, b, x->name, &fi)) {
+            st.fp8_pairs++;
+            r = diff_fp8_pair(src_a, fi, b, tb, 1, values, atol, rtol, max_report, !text, jt, &err);
+            if (r < 0) io_fail = 1;
+        } else if (fp8_pair(src_b, a, x->name, &fi)) {
+            st.fp8_pairs++;
+            r = diff_fp8_pair(src_b, fi, a, ta, 0, values, atol, rtol, max_report, !text, jt, &err);
+            if (r < 0) io_fail = 1;
+        } else if (x->dtype != y->dtype || !same_shape) {
             r = 1;
             if (text) {
                 char sa[160], sb[160];
@@ -221,6 +323,8 @@ int main(int argc, char **argv) {
     }
     if (io_fail) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        fb_source_close(src_a);
+        fb_source_close(src_b);
         json_decref(jr);
         json_decref(jts);
         json_decref(ja);
@@ -233,6 +337,7 @@ int main(int argc, char **argv) {
     if (json) {
         json_object_set_new(jr, "equal", json_boolean(!differ));
         json_object_set_new(jr, "compared", json_integer((json_int_t)st.n_tensors));
+        json_object_set_new(jr, "fp8_pairs", json_integer((json_int_t)st.fp8_pairs));
         json_object_set_new(jr, "mode", json_string(values ? "values" : "bytes"));
         json_object_set_new(jr, "only_in_a", ja);
         json_object_set_new(jr, "only_in_b", jb);
@@ -247,7 +352,12 @@ int main(int argc, char **argv) {
             printf("%s: %zu tensors compared (%s), %zu equal, %zu different, %zu only in A, %zu only in B\n",
                    differ ? "DIFFERENT" : "EQUAL", st.n_tensors, values ? "values" : "bytes", st.n_equal, st.n_diff,
                    st.only_a, st.only_b);
+        if (text && st.fp8_pairs)
+            printf("  %zu FP8 block-scaled weights compared dequantized with their BF16 counterparts (their "
+                   "weight_scale_inv consumed, not listed)\n", st.fp8_pairs);
     }
+    fb_source_close(src_a);
+    fb_source_close(src_b);
     json_decref(jr);
     fb_ckpt_close(a);
     fb_ckpt_close(b);
