@@ -95,6 +95,14 @@ struct fb_arch {
     // scope: the leaf under "<experts>.E") and whether the role is a parameter itself
     // (FB_ROLE_ROUTER_BIAS), not a module with a ".weight". NULL path: the family has none.
     struct { const char *path; int is_param; } role[FB_ROLE_COUNT];
+    // config.json keys whose names differ between families (the validator checks them).
+    const char *key_n_experts;   // "num_local_experts" (MiniMax) / "num_experts" (Qwen3)
+    const char *key_inter;       // "intermediate_size" / "moe_intermediate_size"
+    int partial_rotary;          // the config carries rotary_dim / partial_rotary_factor
+    fb_router_kind router;       // the family's router (the config cannot change it)
+    fb_qk_norm qk_norm;          // the family's q/k norm kind (NONE if the config can turn it off)
+    const char *vllm_model;      // vLLM's model class whose load_weights maps the names
+                                 // ("MiniMaxM2Model"); the CausalLM class is classes[0]
     // vLLM's loader names for the expert Linears (gate, up, down) after its own mapping
     // (both families: gate_proj, up_proj, down_proj, fused into w13 / w2).
     const char *vllm_expert[3];
