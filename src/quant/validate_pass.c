@@ -380,6 +380,15 @@ static void keyerror_text(const vctx *v, const char *name, char *out, size_t cap
     snprintf(out, cap, "vLLM: KeyError: '%s' (%s.load_weights)", pn, v->arch->vllm_model);
 }
 
+// The fix of a quantized router, in the family's names.
+static const char *router_fix(const vctx *v, char *buf, size_t cap) {
+    const char *bias = v->arch->role[FB_ROLE_ROUTER_BIAS].path;
+    const char *leaf = bias ? strrchr(bias, '.') : NULL;
+    snprintf(buf, cap, "keep the router gate%s%s unquantized (float) and add %s to ignore",
+             leaf ? " and " : "", leaf ? leaf + 1 : "", v->arch->router_ignore);
+    return buf;
+}
+
 // ---- JSON helpers ----------------------------------------------------------------------------
 
 static long jint(const json_t *o, const char *k, long dflt) {
@@ -1294,7 +1303,8 @@ static void check_tensor_shape(vctx *v, const fb_vtensor *t, const pname *p, int
         for (int d = 0; d < FB_DTYPE_COUNT; d++)
             if (dtm & DT(d)) { strcat(want, want[0] ? "/" : ""); strcat(want, fb_dtypes[d].name); }
         int router = p->kind == MK_GATE || p->kind == MK_BIAS;
-        fb_vf_add(v->f, router ? "router.quantized" : "tensor.dtype", t->name, NULL, NULL,
+        char fix[256];
+        fb_vf_add(v->f, router ? "router.quantized" : "tensor.dtype", t->name, NULL, router ? router_fix(v, fix, sizeof fix) : NULL,
                   "%s is %s, the %s scheme needs %s", SUFNAME[p->suf][0] ? SUFNAME[p->suf] : "tensor",
                   fb_dtypes[t->dtype].name, SCNAME[sch], want);
         return;
@@ -1574,7 +1584,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     }
 
     // 3. every tensor: lands in a parameter, right dtype and shape
-    char cons[1400], msg[256], nm[512];
+    char cons[1400], msg[256], nm[512], fix[256];
     for (size_t i = 0; i < in->n; i++) {
         const fb_vtensor *t = &in->tensors[i];
         const pname *p = &v->pn[i];
@@ -1621,8 +1631,8 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
                 char rn[128];
                 snprintf(rn, sizeof rn, "%s.%s", v->MODS[p->kind].path, "*");
                 snprintf(nm, sizeof nm, "%s.%ld.%s", v->arch->layers, p->layer, rn);
-                fb_vf_add(f, "router.quantized", nm, cons, NULL, "the router holds quantized tensors (%s, ...); it may only hold .weight",
-                          SUFNAME[p->suf]);
+                fb_vf_add(f, "router.quantized", nm, cons, router_fix(v, fix, sizeof fix),
+                          "the router holds quantized tensors (%s, ...); it may only hold .weight", SUFNAME[p->suf]);
             }
             else if (p->suf == S_IGSCALE && sch == SC_CT_NVFP4A16)
                 fb_vf_add(f, "tensor.keyerror", t->name, cons, "drop input_global_scale: NVFP4A16 (no input_activations) has none",
