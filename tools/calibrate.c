@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "calib/forward.h"
-#include "calib/runner.h"
+#include "jobs/runner.h"
 #ifdef FB_HAVE_CUDA
 #include "cuda/cufwd.h"
 #endif

@@ -11,13 +11,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "calib/runner.h"
+#include "jobs/runner.h"
 #include "calib/wsrc_quant.h"
 #include "common/cli.h"
 #include "common/fb.h"
 #include "io/chat.h"
 #include "io/dataset.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "io/tokenizer.h"
 
 static const char *TOOL = "ref-runner";

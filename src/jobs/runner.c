@@ -1,6 +1,6 @@
 // runner.c: reference vs quantized forward in lockstep, and the comparison statistics (see
 // runner.h).
-#include "calib/runner.h"
+#include "jobs/runner.h"
 
 #include <math.h>
 #include <pthread.h>
