@@ -27,6 +27,11 @@ expect_out "^  \[ignore.gate\]" "NVFP4A16: one finding per line"
 expect_rc 1 "W4A16 dry run without gate ignore" -- "$BIN/w4a16-quantize" --dry-run --recipe "$T_TMP/nogate-w4.yaml" $M "$T_TMP/o5"
 expect_out "\[ignore.gate\]" "W4A16 dry run refused"
 expect_rc 0 "the shipped recipe still plans" -- "$BIN/nvfp4-quantize" --dry-run --recipe recipes/minimax.yaml $M "$T_TMP/o5"
+if [ -f models/tiny-qwen3-moe/config.json ]; then  # every family of the architecture table
+    expect_rc 1 "Qwen3-MoE dry run without gate ignore" -- "$BIN/nvfp4-quantize" --dry-run --recipe "$T_TMP/nogate-a16.yaml" models/tiny-qwen3-moe "$T_TMP/o5"
+    expect_out "^  \[ignore.gate\] .*mlp.gate" "Qwen3-MoE: the mlp.gate named up front"
+    expect_rc 0 "Qwen3-MoE shipped recipe still plans" -- "$BIN/nvfp4-quantize" --dry-run --recipe recipes/qwen3-moe-nvfp4a16.yaml models/tiny-qwen3-moe "$T_TMP/o5"
+fi
 
 # item 6: a shard file given where a checkpoint directory is wanted
 SH=$M/model-00001-of-00002.safetensors

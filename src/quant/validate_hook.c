@@ -70,8 +70,7 @@ static int recipe_rule(const char *rule) {
 }
 
 int fb_validate_recipe_before_write(const fb_ckpt *src, const struct fb_recipe *r, fb_err *err) {
-    const char *mt = src->config ? json_string_value(json_object_get(src->config, "model_type")) : NULL;
-    if (!mt || strcmp(mt, "minimax_m2") != 0) return 0;
+    if (!src->config || !fb_arch_from_config(src->config, NULL)) return 0;  // rules exist for known families only
     fb_findings f;
     fb_findings_init(&f);
     fb_validate_opts o = {0};

@@ -17,7 +17,7 @@ int fb_validate_output(const char *dir, fb_err *err);
 // that quantizes the router gates is refused up front, not blamed on the statistics file or
 // found after the whole job. Only errors the recipe decides count (ignore, router, ct.*,
 // recipe.*, quant.*, tensor.keyerror); what the source itself lacks is left to
-// fb_validate_output. MiniMax-M2 sources only (others: 0). Returns 0 or -1 with err listing
+// fb_validate_output. Families of the architecture table only (others: 0). Returns 0 or -1 with err listing
 // the first failing findings, one per line.
 struct fb_recipe;
 int fb_validate_recipe_before_write(const fb_ckpt *src, const struct fb_recipe *r, fb_err *err);
