@@ -18,6 +18,7 @@
 #endif
 #include "common/cli.h"
 #include "common/fb.h"
+#include "common/sha256.h"
 #include "io/chat.h"
 #include "io/dataset.h"
 #include "io/tokenizer.h"
@@ -257,11 +258,18 @@ int main(int argc, char **argv) {
 
     // Provenance.
     char digest[33] = "", s_samples[32], s_len[32], s_seed[32], s_tokh[32];
-    char *digests = fb_calloc(npaths, 34);
+    char *digests = fb_calloc(npaths, 34), *shas = fb_calloc(npaths, 66), sha[65];
     for (size_t i = 0; i < npaths; i++) {
-        if (fb_file_xxh128(paths[i], digest, &err)) { free(digests); goto fail; }
+        // sha256 too: what a model card reader checks with sha256sum
+        if (fb_file_xxh128(paths[i], digest, &err) || fb_file_sha256(paths[i], sha, &err)) {
+            free(digests);
+            free(shas);
+            goto fail;
+        }
         if (i) strcat(digests, ",");
         strcat(digests, digest);
+        if (i) strcat(shas, ",");
+        strcat(shas, sha);
     }
     uint64_t h = 1469598103934665603ull;  // FNV-1a 64 of the token ids (little-endian int32)
     for (size_t i = 0; i < S.n_tok; i++)
@@ -276,16 +284,18 @@ int main(int argc, char **argv) {
     if (fb_source_open(model, &ids, &err) || fb_source_identity(ids, n_layers, id_cfg, &id_layers, &err)) {
         fb_source_close(ids);
         free(digests);
+        free(shas);
         goto fail;
     }
     fb_source_close(ids);
     const char *mk[] = {"tool", "version", "model", "dataset", "dataset_xxh128", "samples",
-                        "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64", FB_ID_KEY_CONFIG, FB_ID_KEY_LAYERS};
+                        "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64", FB_ID_KEY_CONFIG, FB_ID_KEY_LAYERS, "dataset_sha256"};
     const char *mv[] = {TOOL, FB_VERSION, model, dataset, digests, s_samples, s_len, s_seed,
-                        skip_long ? "true" : "false", fb_chat_template_name(dso.chat.tmpl), s_tokh, id_cfg, id_layers};
+                        skip_long ? "true" : "false", fb_chat_template_name(dso.chat.tmpl), s_tokh, id_cfg, id_layers, shas};
     int wrc = fb_calib_stats_write(st, outp, sizeof mk / sizeof mk[0], mk, mv, &err);
     free(id_layers);
     free(digests);
+    free(shas);
     if (wrc) goto fail;
 
     // Summary.

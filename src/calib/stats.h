@@ -22,7 +22,8 @@
 // "fourbit.kind": "calibration-stats", "fourbit.stats_version": "1", "num_layers",
 // "num_experts", "tokens", "experts_mode" ("all" | "routed"), "architecture" (model_type;
 // absent in files written before it existed = minimax_m2), plus the provenance the tool
-// adds (tool, version, model, dataset, dataset_xxh128, samples, seq_len, seed, template).
+// adds (tool, version, model, dataset, dataset_xxh128, dataset_sha256, samples, seq_len, seed,
+// template) and the source identity (calib/identity.h).
 // Tensors are laid out 8-byte types first, so every payload is naturally aligned.
 #ifndef FB_CALIB_STATS_H
 #define FB_CALIB_STATS_H

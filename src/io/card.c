@@ -176,8 +176,9 @@ int fb_card_write(const char *dir, const fb_card_info *c, fb_err *err) {
         if (!st) {
             fprintf(o, "none (weight-only scheme: no activation statistics are used)\n\n");
         } else {
-            fprintf(o, "| | |\n|---|---|\n| statistics file | `%s` |\n| dataset | `%s` |\n| dataset xxh3-128 | `%s` |\n",
-                    c->calib_path, meta(st, "dataset"), meta(st, "dataset_xxh128"));
+            fprintf(o, "| | |\n|---|---|\n| statistics file | `%s` |\n| dataset | `%s` |\n| dataset sha256 | `%s` |\n"
+                       "| dataset xxh3-128 | `%s` |\n",
+                    c->calib_path, meta(st, "dataset"), meta(st, "dataset_sha256"), meta(st, "dataset_xxh128"));
             fprintf(o, "| samples | %s |\n| sequence length (at most) | %s |\n| chat template | %s |\n| shuffle seed | %s |\n",
                     meta(st, "samples"), meta(st, "seq_len"), meta(st, "template"), meta(st, "seed"));
             fprintf(o, "| tokens | %s |\n| experts observed | %s |\n| made by | %s %s |\n\n", meta(st, "tokens"),
