@@ -74,6 +74,10 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     fb_quantize_result r;
     fb_err err = {{0}};
     int rc = fb_quantize_run(pos[0], pos[1], &o, o.dry_run ? stdout : stderr, &r, &err);
+    if (rc && r.left_out) {  // filled before a late failure (validation, commit)
+        json_decref(r.left_out);
+        r.left_out = NULL;
+    }
     if (rc == -2) {
         fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", tool,
                 pos[1]);
