@@ -66,7 +66,7 @@ import tempfile
 
 import torch
 import xxhash
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import compressed_tensors
 import llmcompressor
@@ -213,12 +213,12 @@ def quantize_fused_set(named_weights, scheme):
 
 # ---- 4. oneshot ---------------------------------------------------------------------------------
 
-def run_oneshot(bf16, out, scheme, calib_ids=None):
+def run_oneshot(bf16, out, scheme, calib_ids=None, dtype=torch.bfloat16):
     from llmcompressor import oneshot
     from llmcompressor.modeling.moe.linearize import load_quantizable_moe
     from llmcompressor.modifiers.quantization import QuantizationModifier
     with load_quantizable_moe(Qwen3MoeForCausalLM):
-        model = Qwen3MoeForCausalLM.from_pretrained(bf16, dtype=torch.bfloat16)
+        model = Qwen3MoeForCausalLM.from_pretrained(bf16, dtype=dtype)
     recipe = QuantizationModifier(targets="Linear", scheme=scheme, ignore=list(ONESHOT_IGNORE))
     kw = {}
     if calib_ids is not None:
@@ -325,8 +325,16 @@ def main():
                 f.write(json.dumps({"input_ids": x}) + "\n")
         out = run_oneshot(bf16, os.path.join(work, "os-NVFP4"), "NVFP4", ids)
         t = digests(out)
+        # information only: the same calibration with the model held in float32 (a float32
+        # forward, as a C float32 calibrate would run it); its weights are not used
+        out32 = run_oneshot(bf16, os.path.join(work, "os-NVFP4-f32"), "NVFP4", ids, dtype=torch.float32)
+        igs32 = {}
+        for fn in sorted(os.listdir(out32)):
+            if fn.endswith(".safetensors"):
+                for k, v in load_file(os.path.join(out32, fn)).items():
+                    if k.endswith(".input_global_scale"):
+                        igs32[k] = float(v.float().reshape(-1)[0].item())
         wdiff = sorted(k for k in g if not k.endswith("input_global_scale") and t.get(k) != g[k])
-        from safetensors.torch import load_file
         igs = {}
         for fn in sorted(os.listdir(out)):
             if fn.endswith(".safetensors"):
@@ -343,6 +351,8 @@ def main():
                                             "sequences": N_CALIB, "tokens_each": CALIB_LEN},
                             "weights_differ_from_nvfp4a16": wdiff,
                             "input_global_scale": dict(sorted(igs.items())),
+                            "input_global_scale_f32_model": dict(sorted(igs32.items())),
+                            "input_global_scale_f32_model_differs": sorted(k for k in igs if igs32.get(k) != igs[k]),
                             "quantization_config": read_qconfig(out), "tensors": t}
     for fname, doc in results.items():
         emit(fname, doc)
