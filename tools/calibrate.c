@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 #include "calib/forward.h"
-#include "calib/runner.h"
+#include "jobs/runner.h"
 #ifdef FB_HAVE_CUDA
 #include "cuda/cufwd.h"
 #endif
@@ -121,13 +121,13 @@ int main(int argc, char **argv) {
 
     fb_wsrc *src = fb_wsrc_open_ckpt(model, &err);
     if (!src) { fprintf(stderr, "%s: %s\n", TOOL, err.msg); return 1; }
-    fb_mm_config cfg;
+    fb_model_config cfg;
     if (!src->config) {
         fprintf(stderr, "%s: %s: no config.json\n", TOOL, model);
         fb_wsrc_close(src);
         return 1;
     }
-    if (fb_mm_config_parse(src->config, &cfg, &err)) {
+    if (fb_model_config_parse(src->config, &cfg, &err)) {
         fprintf(stderr, "%s: %s: %s\n", TOOL, model, err.msg);
         fb_wsrc_close(src);
         return 1;

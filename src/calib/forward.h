@@ -85,7 +85,7 @@ typedef struct fb_fwd fb_fwd;
 
 // A forward over the model `cfg` reading weights from `src` (both borrowed; they must outlive
 // the engine). Returns NULL with err set for invalid options.
-fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_fwd_opts *o, fb_err *err);
+fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_fwd_opts *o, fb_err *err);
 void fb_fwd_free(fb_fwd *f);
 
 // Sets the tokens: n_tok ids (each < vocab), n_seq sequences, sequence s being

@@ -78,7 +78,7 @@ int fb_cuda_probe(char *name, size_t name_sz, char *why, size_t why_sz);
 
 // A device forward over model cfg reading weights from src (both borrowed). NULL with err set
 // when no GPU is usable or the options are invalid.
-fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_cufwd_opts *o,
+fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_cufwd_opts *o,
                        fb_err *err);
 void fb_cufwd_free(fb_cufwd *f);
 
@@ -118,7 +118,7 @@ int fb_cuda_fp8_dequant_host(const uint8_t *in, const float *scale, int rows, in
 // no checkpoint): n_seq sequences of seq_len tokens, experts in all-experts (calibration) or
 // routed mode; runs `layers` layers (the first warms up) and reports the last one's wall time,
 // GEMM FLOPs (2*m*n*k, causal attention counted in full), attention+router and expert times.
-int fb_cuda_bench_layer(const fb_mm_config *cfg, size_t n_seq, size_t seq_len, int all_experts,
+int fb_cuda_bench_layer(const fb_model_config *cfg, size_t n_seq, size_t seq_len, int all_experts,
                         int layers, double *secs, double *flops, double *attn_s, double *expert_s,
                         fb_err *err);
 

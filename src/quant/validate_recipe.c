@@ -3,7 +3,7 @@
 // validated with the same pass as a finished checkpoint (see validate.h).
 #include <string.h>
 
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "quant/scheme.h"
 #include "quant/validate_priv.h"
 

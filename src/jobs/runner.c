@@ -1,6 +1,6 @@
 // runner.c: reference vs quantized forward in lockstep, and the comparison statistics (see
 // runner.h).
-#include "calib/runner.h"
+#include "jobs/runner.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -140,14 +140,14 @@ static int w4a4_hook(void *u, int layer, fb_lin_kind kind, int expert, float *x,
     return 0;
 }
 
-// The largest input_global_scale among the Linears `names` (suffixes of `base`); 0 when none
+// The largest input_global_scale among the Linears of `roles` of (layer, expert); 0 when none
 // has one.
-static int gs_max(fb_wsrc *s, const char *base, const char *const *names, int n, float *out,
-                  int *found, fb_err *err) {
+static int gs_max(fb_wsrc *s, const fb_arch *a, const fb_role *roles, int n, int l, int e,
+                  float *out, int *found, fb_err *err) {
     float m = 0;
     for (int i = 0; i < n; i++) {
         char p[512];
-        snprintf(p, sizeof p, "%s%s", base, names[i]);
+        if (fb_arch_module(a, roles[i], l, e, p, sizeof p)) continue;
         float g;
         int r = fb_wsrc_quant_input_gs(s, p, &g, err);
         if (r < 0) return -1;
@@ -160,7 +160,7 @@ static int gs_max(fb_wsrc *s, const char *base, const char *const *names, int n,
     return 0;
 }
 
-static int w4a4_build(fb_wsrc *s, const fb_mm_config *c, int L, w4a4 *w, fb_err *err) {
+static int w4a4_build(fb_wsrc *s, const fb_model_config *c, int L, w4a4 *w, fb_err *err) {
     memset(w, 0, sizeof *w);
     w->L = L;
     w->E = c->n_experts;
@@ -170,19 +170,16 @@ static int w4a4_build(fb_wsrc *s, const fb_mm_config *c, int L, w4a4 *w, fb_err 
     w->w2 = fb_calloc((size_t)L * (size_t)c->n_experts, sizeof(float));
     atomic_init(&w->n, 0);
     int found = 0;
-    static const char *const qkv[] = {".q_proj", ".k_proj", ".v_proj"}, *const o[] = {".o_proj"},
-                             *const w13[] = {".w1", ".w3"}, *const w2[] = {".w2"};
+    static const fb_role qkv[] = {FB_ROLE_Q, FB_ROLE_K, FB_ROLE_V}, o[] = {FB_ROLE_O},
+                         w13[] = {FB_ROLE_W_GATE, FB_ROLE_W_UP}, w2[] = {FB_ROLE_W_DOWN};
     for (int l = 0; l < L; l++) {
-        char b[256];
-        snprintf(b, sizeof b, "model.layers.%d.self_attn", l);
-        if (gs_max(s, b, qkv, 3, &w->qkv[l], &found, err) ||
-            gs_max(s, b, o, 1, &w->o[l], &found, err))
+        if (gs_max(s, c->arch, qkv, 3, l, -1, &w->qkv[l], &found, err) ||
+            gs_max(s, c->arch, o, 1, l, -1, &w->o[l], &found, err))
             return -1;
         for (int e = 0; e < c->n_experts; e++) {
             size_t i = (size_t)l * (size_t)c->n_experts + (size_t)e;
-            snprintf(b, sizeof b, "model.layers.%d.block_sparse_moe.experts.%d", l, e);
-            if (gs_max(s, b, w13, 2, &w->w13[i], &found, err) ||
-                gs_max(s, b, w2, 1, &w->w2[i], &found, err))
+            if (gs_max(s, c->arch, w13, 2, l, e, &w->w13[i], &found, err) ||
+                gs_max(s, c->arch, w2, 1, l, e, &w->w2[i], &found, err))
                 return -1;
         }
     }
@@ -209,7 +206,7 @@ typedef struct eng {
     double secs;
 } eng;
 
-static int eng_new(eng *e, fb_wsrc *src, const fb_mm_config *cfg, const fb_runner_opts *o,
+static int eng_new(eng *e, fb_wsrc *src, const fb_model_config *cfg, const fb_runner_opts *o,
                    const fb_fwd_hooks *hooks, w4a4 *act, fb_err *err) {
     memset(e, 0, sizeof *e);
     e->H = (size_t)cfg->hidden;
@@ -333,7 +330,10 @@ static int cmp_double(const void *a, const void *b) {
 
 // ---- the run -------------------------------------------------------------------------------
 
-static int same_arch(const fb_mm_config *a, const fb_mm_config *b, fb_err *err) {
+static int same_arch(const fb_model_config *a, const fb_model_config *b, fb_err *err) {
+    if (a->arch != b->arch)
+        return fb_fail(err, "the checkpoints are different models: the reference is %s, the "
+                            "quantized checkpoint %s", a->arch->label, b->arch->label);
     struct { const char *key; double x, y; } f[] = {
         {"hidden_size", a->hidden, b->hidden},
         {"intermediate_size", a->inter, b->inter},
@@ -347,7 +347,8 @@ static int same_arch(const fb_mm_config *a, const fb_mm_config *b, fb_err *err) 
         {"num_local_experts", a->n_experts, b->n_experts},
         {"num_experts_per_tok", a->top_k, b->top_k},
         {"vocab_size", a->vocab, b->vocab},
-        {"use_qk_norm", a->use_qk_norm, b->use_qk_norm},
+        {"use_qk_norm", a->qk_norm, b->qk_norm},
+        {"norm_topk_prob", a->norm_topk_prob, b->norm_topk_prob},
         {"use_routing_bias", a->use_routing_bias, b->use_routing_bias},
         {"tie_word_embeddings", a->tie_embeddings, b->tie_embeddings},
     };
@@ -359,9 +360,9 @@ static int same_arch(const fb_mm_config *a, const fb_mm_config *b, fb_err *err) 
     return 0;
 }
 
-static int parse_cfg(fb_wsrc *s, fb_mm_config *c, fb_err *err) {
+static int parse_cfg(fb_wsrc *s, fb_model_config *c, fb_err *err) {
     if (!s->config) return fb_fail(err, "%s: no config.json", s->desc);
-    if (fb_mm_config_parse(s->config, c, err)) return fb_err_prefix(err, "%s", s->desc);
+    if (fb_model_config_parse(s->config, c, err)) return fb_err_prefix(err, "%s", s->desc);
     return 0;
 }
 
@@ -375,7 +376,7 @@ int fb_runner_run(fb_wsrc *ref, fb_wsrc *quant, const int32_t *ids, size_t n_tok
                   fb_runner_result *res, fb_err *err) {
     memset(res, 0, sizeof *res);
     double t_start = fb_now();
-    fb_mm_config cr, cq;
+    fb_model_config cr, cq;
     if (parse_cfg(ref, &cr, err) || parse_cfg(quant, &cq, err) || same_arch(&cr, &cq, err))
         return -1;
     int L = o->max_layers > 0 && o->max_layers < cr.n_layers ? o->max_layers : cr.n_layers;

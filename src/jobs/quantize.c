@@ -1,5 +1,5 @@
 // quantize.c: see quantize.h.
-#include "quant/quantize.h"
+#include "jobs/quantize.h"
 
 #include <errno.h>
 #include <math.h>
@@ -10,7 +10,7 @@
 #include "common/progress.h"
 #include "common/strmap.h"
 #include "io/checkpoint.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
 #include "quant/scheme.h"
