@@ -347,6 +347,7 @@ def main():
                                          "moe_calibrate_all_experts=True) on the BF16 source, "
                                          "save_pretrained(save_compressed=True)",
                             "scheme": "NVFP4", "recipe_ignore": ONESHOT_IGNORE,
+                            "suggested_recipe": "recipes/qwen3-moe.yaml",
                             "calibration": {"file": OUT + "/calib-ids.jsonl", "seed": CALIB_SEED,
                                             "sequences": N_CALIB, "tokens_each": CALIB_LEN},
                             "weights_differ_from_nvfp4a16": wdiff,
