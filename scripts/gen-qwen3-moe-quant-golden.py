@@ -45,6 +45,13 @@ Steps:
     NVFP4 (W4A4) calibrated on calib-ids.jsonl (N_CALIB fixed random sequences, all tokens to all
     experts: moe_calibrate_all_experts=True, the default), which gives each Linear's
     input_global_scale. Its weights are checked equal to the NVFP4A16 golden's.
+ 4b. NVFP4 calibration uses pipeline="basic" (one plain forward of the whole model per batch).
+    llm-compressor's default for this model, SequentialPipeline, calibrates Qwen3-MoE with
+    NON-CAUSAL attention here (llmcompressor 0.14.0.1, transformers 5.17.0, torch 2.15.0): its
+    o_proj input scales equal those of a transformers forward with an all-zero additive mask
+    (e.g. 2008.72 vs 739.94 causal, layer 0, float32 model), while "basic" equals the causal
+    forward exactly. Its values are kept for information as
+    "input_global_scale_sequential_pipeline".
  5. quantization_config: the reference run's own (config.json of its output); for NVFP4A16 and
     W4A16 also "quantization_config_oneshot" (config.json of the oneshot cross-check run, whose
     ignore list is expanded to module names and whose group is named "group_0").
@@ -213,7 +220,7 @@ def quantize_fused_set(named_weights, scheme):
 
 # ---- 4. oneshot ---------------------------------------------------------------------------------
 
-def run_oneshot(bf16, out, scheme, calib_ids=None, dtype=torch.bfloat16):
+def run_oneshot(bf16, out, scheme, calib_ids=None, dtype=torch.bfloat16, pipeline="basic"):
     from llmcompressor import oneshot
     from llmcompressor.modeling.moe.linearize import load_quantizable_moe
     from llmcompressor.modifiers.quantization import QuantizationModifier
@@ -225,7 +232,8 @@ def run_oneshot(bf16, out, scheme, calib_ids=None, dtype=torch.bfloat16):
         from datasets import Dataset
         ds = Dataset.from_dict({"input_ids": calib_ids,
                                 "attention_mask": [[1] * len(x) for x in calib_ids]})
-        kw = dict(dataset=ds, num_calibration_samples=len(calib_ids), max_seq_length=CALIB_LEN)
+        kw = dict(dataset=ds, num_calibration_samples=len(calib_ids), max_seq_length=CALIB_LEN,
+                  pipeline=pipeline)
     oneshot(model=model, recipe=recipe, **kw)
     model.save_pretrained(out, save_compressed=True)
     return out
@@ -325,26 +333,29 @@ def main():
                 f.write(json.dumps({"input_ids": x}) + "\n")
         out = run_oneshot(bf16, os.path.join(work, "os-NVFP4"), "NVFP4", ids)
         t = digests(out)
+
+        def input_scales(d):
+            r = {}
+            for fn in sorted(os.listdir(d)):
+                if fn.endswith(".safetensors"):
+                    for k, v in load_file(os.path.join(d, fn)).items():
+                        if k.endswith(".input_global_scale"):
+                            r[k] = float(v.float().reshape(-1)[0].item())
+            return dict(sorted(r.items()))
+        # information only: llm-compressor's default pipeline for this model (SequentialPipeline)
+        # calibrates with non-causal attention (see the header), so it is not the golden
+        igs_seq = input_scales(run_oneshot(bf16, os.path.join(work, "os-NVFP4-seq"), "NVFP4", ids,
+                                           pipeline="sequential"))
         # information only: the same calibration with the model held in float32 (a float32
         # forward, as a C float32 calibrate would run it); its weights are not used
-        out32 = run_oneshot(bf16, os.path.join(work, "os-NVFP4-f32"), "NVFP4", ids, dtype=torch.float32)
-        igs32 = {}
-        for fn in sorted(os.listdir(out32)):
-            if fn.endswith(".safetensors"):
-                for k, v in load_file(os.path.join(out32, fn)).items():
-                    if k.endswith(".input_global_scale"):
-                        igs32[k] = float(v.float().reshape(-1)[0].item())
+        igs32 = input_scales(run_oneshot(bf16, os.path.join(work, "os-NVFP4-f32"), "NVFP4", ids,
+                                         dtype=torch.float32))
         wdiff = sorted(k for k in g if not k.endswith("input_global_scale") and t.get(k) != g[k])
-        igs = {}
-        for fn in sorted(os.listdir(out)):
-            if fn.endswith(".safetensors"):
-                for k, v in load_file(os.path.join(out, fn)).items():
-                    if k.endswith(".input_global_scale"):
-                        igs[k] = float(v.float().reshape(-1)[0].item())
+        igs = input_scales(out)
         results["nvfp4.json"] = {"reference": "llmcompressor.oneshot(model loaded under load_quantizable_moe, "
                                          f"QuantizationModifier(targets='Linear', scheme='NVFP4', ignore={ONESHOT_IGNORE!r}), "
                                          f"dataset=calib-ids.jsonl ({N_CALIB} x {CALIB_LEN} ids), "
-                                         "moe_calibrate_all_experts=True) on the BF16 source, "
+                                         "moe_calibrate_all_experts=True, pipeline='basic') on the BF16 source, "
                                          "save_pretrained(save_compressed=True)",
                             "scheme": "NVFP4", "recipe_ignore": ONESHOT_IGNORE,
                             "suggested_recipe": "recipes/qwen3-moe.yaml",
@@ -354,6 +365,7 @@ def main():
                             "input_global_scale": dict(sorted(igs.items())),
                             "input_global_scale_f32_model": dict(sorted(igs32.items())),
                             "input_global_scale_f32_model_differs": sorted(k for k in igs if igs32.get(k) != igs[k]),
+                            "input_global_scale_sequential_pipeline": igs_seq,
                             "quantization_config": read_qconfig(out), "tensors": t}
     for fname, doc in results.items():
         emit(fname, doc)
