@@ -23,9 +23,10 @@ so it is installed with --no-deps next to torch 2.15 and its other requirements)
     llmcompressor       == 0.14.0.1
     compressed-tensors  == 0.19.0
     torch 2.15.0 (CPU), transformers 5.17.0, accelerate 1.15.0, datasets 5.2.0,
+    torchvision 0.29.2 (llm-compressor's MoE loader imports every transformers model module),
     safetensors 0.8.0, xxhash 4.1.0 (xxh3_128 hexdigest = canonical big-endian)
-    pip install torch transformers==5.17.0 accelerate==1.15.0 compressed-tensors==0.19.0 \
-                xxhash==4.1.0 datasets nvidia-ml-py pillow
+    pip install torch torchvision transformers==5.17.0 accelerate==1.15.0 \
+                compressed-tensors==0.19.0 xxhash==4.1.0 datasets nvidia-ml-py pillow
     pip install --no-deps llmcompressor==0.14.0.1
 
 Steps:
