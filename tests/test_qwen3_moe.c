@@ -10,14 +10,20 @@
 //      choices (as sets) and weights, logits (full-vocabulary KL on sequence 0, top-k + rest
 //      elsewhere), logsumexp;
 //   4. the validator runs vLLM's qwen3_moe rules: the fixture and its dequant are loadable, a
-//      quantized mlp.gate and unequal expert gate/up global scales are refused.
+//      quantized mlp.gate and unequal expert gate/up global scales are refused;
+//   5. the engine interface (calib/engine.h) and its hooks keyed by role: what each hook sees
+//      is consistent with the statistics and the routing, an in-place change of a Linear input
+//      reaches the result, and the CUDA engine (when a GPU is present) reports the same.
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 #include <xxhash.h>
 
 #include "arch/arch.h"
+#include "calib/engine.h"
 #include "calib/forward.h"
+#include "cuda/cuengine.h"
 #include "cli_util.h"
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
@@ -345,6 +351,199 @@ static void test_validator(void) {
           "a quantized mlp.gate is refused (exit %d)", rc);
 }
 
+// ---- 5. the engine interface and its hooks --------------------------------------------------------
+
+typedef struct hook_rec {
+    int L, E;
+    size_t ntok;
+    double *gate_rows;   // [L]   rows seen by expert_input_all(W_GATE, expert -1)
+    double *down_rows;   // [L*E] rows seen by expert_input_all(W_DOWN, e)
+    double *out_rows;    // [L*E] rows seen by expert_output(e)
+    double *out_sum;     // [L*E] sum of the expert outputs seen
+    double *q_rows;      // [L]   rows seen by linear_input(Q)
+    int bad_tok, bad_role, layers;
+    pthread_mutex_t mu;
+    int zero_o_layer;    // linear_input(O) of this layer is zeroed (-1: none)
+} hook_rec;
+
+static int h_lin(void *u, fb_role role, int l, int e, float *x, size_t rows, size_t cols, fb_err *err) {
+    hook_rec *r = u;
+    (void)err;
+    pthread_mutex_lock(&r->mu);
+    if (role == FB_ROLE_Q && e == -1) r->q_rows[l] += (double)rows;
+    else if (role != FB_ROLE_O && role != FB_ROLE_W_GATE && role != FB_ROLE_W_DOWN) r->bad_role++;
+    pthread_mutex_unlock(&r->mu);
+    if (role == FB_ROLE_O && l == r->zero_o_layer) memset(x, 0, rows * cols * sizeof(float));
+    return 0;
+}
+
+static int h_all(void *u, fb_role role, int l, int e, size_t t0, const float *x, size_t rows, size_t cols,
+                 fb_err *err) {
+    hook_rec *r = u;
+    (void)x, (void)cols, (void)err;
+    pthread_mutex_lock(&r->mu);
+    if (role == FB_ROLE_W_GATE && e == -1) r->gate_rows[l] += (double)rows;
+    else if (role == FB_ROLE_W_DOWN && e >= 0 && e < r->E) r->down_rows[(size_t)l * r->E + e] += (double)rows;
+    else r->bad_role++;
+    if (t0 + rows > r->ntok) r->bad_tok++;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+static int h_out(void *u, int l, int e, const int32_t *tok, const float *y, size_t rows, size_t cols, fb_err *err) {
+    hook_rec *r = u;
+    (void)err;
+    double s = 0;
+    for (size_t i = 0; i < rows * cols; i++) s += y[i];
+    pthread_mutex_lock(&r->mu);
+    r->out_rows[(size_t)l * r->E + e] += (double)rows;
+    r->out_sum[(size_t)l * r->E + e] += s;
+    for (size_t i = 0; i < rows; i++)
+        if (tok[i] < 0 || (size_t)tok[i] >= r->ntok || (i && tok[i] <= tok[i - 1])) r->bad_tok++;
+    pthread_mutex_unlock(&r->mu);
+    return 0;
+}
+
+static int h_layer(void *u, int l, const float *h, size_t ntok, size_t hidden, fb_err *err) {
+    hook_rec *r = u;
+    (void)h, (void)hidden, (void)err;
+    if (ntok != r->ntok || l != r->layers) r->bad_tok++;
+    r->layers++;
+    return 0;
+}
+
+static void rec_init(hook_rec *r, const fb_model_config *c, size_t ntok) {
+    memset(r, 0, sizeof *r);
+    r->L = c->n_layers, r->E = c->n_experts, r->ntok = ntok, r->zero_o_layer = -1;
+    r->gate_rows = calloc((size_t)r->L, sizeof(double));
+    r->q_rows = calloc((size_t)r->L, sizeof(double));
+    r->down_rows = calloc((size_t)(r->L * r->E), sizeof(double));
+    r->out_rows = calloc((size_t)(r->L * r->E), sizeof(double));
+    r->out_sum = calloc((size_t)(r->L * r->E), sizeof(double));
+    pthread_mutex_init(&r->mu, NULL);
+}
+
+static void rec_free(hook_rec *r) {
+    free(r->gate_rows); free(r->q_rows); free(r->down_rows); free(r->out_rows); free(r->out_sum);
+}
+
+// Runs every layer on an engine; the final hidden states into *h (malloc'ed).
+static int run_engine(fb_engine *e, const int32_t *ids, size_t n, const size_t *starts, size_t nseq, int L,
+                      size_t H, float **h, fb_err *err) {
+    if (fb_engine_set_tokens(e, ids, n, starts, nseq, err)) return -1;
+    for (int l = 0; l < L; l++)
+        if (fb_engine_layer(e, l, err)) return -1;
+    const float *x = fb_engine_hidden(e, err);
+    if (!x) return -1;
+    *h = malloc(n * H * sizeof(float));
+    memcpy(*h, x, n * H * sizeof(float));
+    return 0;
+}
+
+static void test_engine_hooks(void) {
+    fb_err err;
+    fb_wsrc *src = fb_wsrc_open_ckpt(QMODEL, &err);
+    REQUIRE(src, "%s", err.msg);
+    fb_model_config c;
+    REQUIRE(fb_model_config_parse(src->config, &c, &err) == 0, "%s", err.msg);
+    size_t S = 3, T = 40, n = S * T, H = (size_t)c.hidden;
+    int32_t *ids = malloc(n * sizeof(int32_t));
+    for (size_t i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u) % 4000u);
+    size_t starts[4] = {0, T, 2 * T, 3 * T};
+    // All-experts (calibration) mode with statistics: what the hooks see against the counts.
+    hook_rec r;
+    rec_init(&r, &c, n);
+    fb_fwd_hooks hk = {.user = &r, .linear_input = h_lin, .expert_input_all = h_all, .expert_output = h_out,
+                       .layer_output = h_layer};
+    fb_calib_stats *st = fb_calib_stats_new(c.n_layers, c.n_experts);
+    fb_engine_opts eo = {.threads = 2, .all_experts = 1, .token_chunk = 16, .stats = st, .hooks = &hk};
+    fb_engine *e = fb_engine_cpu_new(src, &c, &eo, &err);
+    REQUIRE(e, "%s", err.msg);
+    float *h_all_mode = NULL;
+    REQUIRE(run_engine(e, ids, n, starts, S, c.n_layers, H, &h_all_mode, &err) == 0, "%s", err.msg);
+    int ok_rows = 1, ok_counts = 1;
+    for (int l = 0; l < c.n_layers; l++) {
+        if (r.gate_rows[l] != (double)n || r.q_rows[l] != (double)n) ok_rows = 0;
+        for (int x = 0; x < c.n_experts; x++) {
+            size_t i = (size_t)l * c.n_experts + x;
+            if (r.down_rows[i] != (double)n) ok_rows = 0;
+            if (r.out_rows[i] != (double)st->counts[i]) ok_counts = 0;
+        }
+    }
+    CHECK(ok_rows, "all-experts mode: every expert's gate/up and down input covers all %zu tokens, q/k/v too", n);
+    CHECK(ok_counts, "expert_output rows equal the routed counts of the statistics");
+    CHECK(r.bad_tok == 0 && r.bad_role == 0 && r.layers == c.n_layers, "token indices / roles / layer order (%d %d %d)",
+          r.bad_tok, r.bad_role, r.layers);
+    fb_engine_free(e);
+    // Routed mode: the same final hidden states (calib/forward.h), linear_input sees experts' rows.
+    hook_rec r2;
+    rec_init(&r2, &c, n);
+    fb_fwd_hooks hk2 = hk;
+    hk2.user = &r2;
+    fb_engine_opts eo2 = {.threads = 2, .hooks = &hk2};
+    e = fb_engine_cpu_new(src, &c, &eo2, &err);
+    REQUIRE(e, "%s", err.msg);
+    float *h_routed = NULL;
+    REQUIRE(run_engine(e, ids, n, starts, S, c.n_layers, H, &h_routed, &err) == 0, "%s", err.msg);
+    double md = 0, osum_d = 0;
+    for (size_t i = 0; i < n * H; i++) md = fmax(md, fabs((double)h_routed[i] - h_all_mode[i]));
+    for (size_t i = 0; i < (size_t)(c.n_layers * c.n_experts); i++) {
+        osum_d = fmax(osum_d, fabs(r2.out_sum[i] - r.out_sum[i]) / (1 + fabs(r.out_sum[i])));
+        if (r2.out_rows[i] != r.out_rows[i]) ok_counts = 0;
+    }
+    CHECK(md < 1e-4, "routed and all-experts modes give the same hidden states (max diff %.3g)", md);
+    CHECK(ok_counts && osum_d < 1e-4, "expert outputs agree between modes (%.3g)", osum_d);
+    fb_engine_free(e);
+    // An in-place change of a Linear input reaches the result: zero o_proj's input of layer 1.
+    hook_rec r3;
+    rec_init(&r3, &c, n);
+    r3.zero_o_layer = 1;
+    hk2.user = &r3;
+    e = fb_engine_cpu_new(src, &c, &eo2, &err);
+    REQUIRE(e, "%s", err.msg);
+    float *h_zero = NULL;
+    REQUIRE(run_engine(e, ids, n, starts, S, c.n_layers, H, &h_zero, &err) == 0, "%s", err.msg);
+    double zd = 0;
+    for (size_t i = 0; i < n * H; i++) zd = fmax(zd, fabs((double)h_zero[i] - h_routed[i]));
+    CHECK(zd > 1e-3, "zeroing o_proj's input of layer 1 changes the output (max diff %.3g)", zd);
+    fb_engine_free(e);
+    // The CUDA engine, f32 GEMMs: the same hook observations (GPU machines only).
+    char gpu[128], why[256];
+    if (fb_engine_cuda_available(gpu, sizeof gpu, why, sizeof why)) {
+        hook_rec r4;
+        rec_init(&r4, &c, n);
+        hk.user = &r4;
+        fb_calib_stats *st4 = fb_calib_stats_new(c.n_layers, c.n_experts);
+        fb_engine_opts eo4 = {.threads = 2, .all_experts = 1, .token_chunk = 16, .gemm_f32 = 1, .stats = st4,
+                              .hooks = &hk};
+        e = fb_engine_cuda_new(src, &c, &eo4, &err);
+        REQUIRE(e, "%s", err.msg);
+        float *h_gpu = NULL;
+        REQUIRE(run_engine(e, ids, n, starts, S, c.n_layers, H, &h_gpu, &err) == 0, "%s", err.msg);
+        double gd = 0, sd = 0;
+        int same = 1;
+        for (size_t i = 0; i < n * H; i++) gd = fmax(gd, fabs((double)h_gpu[i] - h_all_mode[i]));
+        for (size_t i = 0; i < (size_t)(c.n_layers * c.n_experts); i++) {
+            if (r4.out_rows[i] != r.out_rows[i] || r4.down_rows[i] != r.down_rows[i]) same = 0;
+            sd = fmax(sd, fabs(r4.out_sum[i] - r.out_sum[i]) / (1 + fabs(r.out_sum[i])));
+        }
+        CHECK(gd < 1e-3, "%s: hidden states vs the CPU engine max diff %.3g", gpu, gd);
+        CHECK(same && sd < 1e-3 && r4.bad_tok == 0 && r4.bad_role == 0 && r4.layers == c.n_layers,
+              "%s: the hooks see what they see on the CPU (out sums %.3g)", gpu, sd);
+        printf("engine hooks on %s (f32): hidden max diff %.3g vs CPU, expert output sums rel %.3g\n", gpu, gd, sd);
+        fb_engine_free(e);
+        fb_calib_stats_free(st4);
+        free(h_gpu);
+        rec_free(&r4);
+    } else {
+        printf("engine hooks: CUDA engine not checked (%s)\n", why);
+    }
+    fb_calib_stats_free(st);
+    rec_free(&r); rec_free(&r2); rec_free(&r3);
+    free(h_all_mode); free(h_routed); free(h_zero); free(ids);
+    fb_wsrc_close(src);
+}
+
 int main(void) {
     const char *b = getenv("BUILD");
     snprintf(cli_bin, sizeof cli_bin, "%s/bin", b ? b : "build");
@@ -354,6 +553,7 @@ int main(void) {
     test_dequant();
     test_forward();
     test_validator();
+    test_engine_hooks();
     if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);
     else cli_run("rm -rf %s", cli_dir);
     TEST_MAIN_END();
