@@ -106,8 +106,18 @@ typedef struct worker_buf {
     float *x;        // gathered input rows (routed mode): chunk x H
     float *g, *u;    // w1 / w3 outputs, then SwiGLU (in g): rows x I
     float *p;        // routed SwiGLU rows (all-experts mode): chunk x I
-    size_t s_cap, x_cap, g_cap, u_cap, p_cap;
+    int32_t *tok;    // absolute token of each routed row (expert_output hook)
+    size_t s_cap, x_cap, g_cap, u_cap, p_cap, tok_cap;
 } worker_buf;
+
+static int32_t *wb_tok(worker_buf *wb, size_t n) {
+    if (wb->tok_cap < n) {
+        free(wb->tok);
+        wb->tok = fb_malloc(n * sizeof(int32_t) + 4);
+        wb->tok_cap = n;
+    }
+    return wb->tok;
+}
 
 struct fb_fwd {
     fb_model_config cfg;
@@ -186,6 +196,7 @@ void fb_fwd_free(fb_fwd *f) {
     free(f->ew);
     for (int i = 0; i < f->nth; i++) {
         free(f->wb[i].s); free(f->wb[i].x); free(f->wb[i].g); free(f->wb[i].u); free(f->wb[i].p);
+        free(f->wb[i].tok);
     }
     free(f->wb);
     free(f->inv_freq);
@@ -375,7 +386,7 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         float m = absmax(xn, L * H);
         if (m > qkv_max || m != m) qkv_max = m;
         if (f->o.hooks && f->o.hooks->linear_input &&
-            f->o.hooks->linear_input(f->o.hooks->user, l, FB_LIN_QKV, -1, xn, L, H, err)) {
+            f->o.hooks->linear_input(f->o.hooks->user, FB_ROLE_Q, l, -1, xn, L, H, err)) {
             rc = -1;
             break;
         }
@@ -399,7 +410,7 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         m = absmax(ao, L * Dq);
         if (m > o_max || m != m) o_max = m;
         if (f->o.hooks && f->o.hooks->linear_input &&
-            f->o.hooks->linear_input(f->o.hooks->user, l, FB_LIN_O, -1, ao, L, Dq, err)) {
+            f->o.hooks->linear_input(f->o.hooks->user, FB_ROLE_O, l, -1, ao, L, Dq, err)) {
             rc = -1;
             break;
         }
@@ -528,7 +539,7 @@ static void moe_item(void *ctx, int w, size_t i) {
             if (m > st->w13_absmax[si] || m != m) st->w13_absmax[si] = m;
         }
         if (hk && hk->linear_input &&
-            hk->linear_input(hk->user, j->l, FB_LIN_W13, e, wb->x, cnt, H, &err)) {
+            hk->linear_input(hk->user, FB_ROLE_W_GATE, j->l, e, wb->x, cnt, H, &err)) {
             par_err_set(&j->pe, &err);
             return;
         }
@@ -543,6 +554,11 @@ static void moe_item(void *ctx, int w, size_t i) {
         float m = absmax(wb->g, rows * NI);
         if (m > st->w2_absmax[si] || m != m) st->w2_absmax[si] = m;
     }
+    if (all && hk && hk->expert_input_all &&
+        hk->expert_input_all(hk->user, FB_ROLE_W_DOWN, j->l, e, j->t0, wb->g, rows, NI, &err)) {
+        par_err_set(&j->pe, &err);
+        return;
+    }
     double fl = 4.0 * (double)rows * (double)NI * (double)H;
     if (cnt) {
         float *pr = wb->g;
@@ -552,13 +568,21 @@ static void moe_item(void *ctx, int w, size_t i) {
                 memcpy(wb->p + r * NI, wb->g + (size_t)j->rtok[r0 + r] * NI, NI * sizeof(float));
             pr = wb->p;
         } else if (hk && hk->linear_input &&
-                   hk->linear_input(hk->user, j->l, FB_LIN_W2, e, pr, cnt, NI, &err)) {
+                   hk->linear_input(hk->user, FB_ROLE_W_DOWN, j->l, e, pr, cnt, NI, &err)) {
             par_err_set(&j->pe, &err);
             return;
         }
         float *y = j->y + r0 * H;
         sgemm_nt(pr, ew->w2, y, cnt, H, NI);
         fl += 2.0 * (double)cnt * (double)NI * (double)H;
+        if (hk && hk->expert_output) {
+            int32_t *tok = wb_tok(wb, cnt);
+            for (size_t r = 0; r < cnt; r++) tok[r] = (int32_t)j->t0 + j->rtok[r0 + r];
+            if (hk->expert_output(hk->user, j->l, e, tok, y, cnt, H, &err)) {
+                par_err_set(&j->pe, &err);
+                return;
+            }
+        }
         double sal = 0;
         for (size_t r = 0; r < cnt; r++) {
             float *yr = y + r * H;
@@ -619,6 +643,12 @@ static int run_moe(fb_fwd *f, int l, fb_err *err) {
         for (size_t c0 = 0; c0 < f->ntok && !rc; c0 += C) {
             size_t n = f->ntok - c0 < C ? f->ntok - c0 : C;
             fb_mm_rmsnorm(f->h + c0 * H, f->aw.ln2, (float)c->eps, n, H, xn);
+            const fb_fwd_hooks *hk = f->o.hooks;
+            if (e0 == 0 && f->o.all_experts && hk && hk->expert_input_all &&
+                hk->expert_input_all(hk->user, FB_ROLE_W_GATE, l, -1, c0, xn, n, H, err)) {
+                rc = -1;
+                break;
+            }
             // Routed rows of this group's experts, by expert then token (counting sort).
             memset(off, 0, (G + 1) * sizeof(size_t));
             for (size_t t = 0; t < n; t++)

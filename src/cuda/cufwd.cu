@@ -321,6 +321,18 @@ __global__ void k_swiglu(const float *G, int I, size_t rows, float *P) {
 __device__ inline float to_f(float v) { return v; }
 __device__ inline float to_f(bf16 v) { return __bfloat162float(v); }
 
+// SwiGLU of every row of a gate-up product of either type (the expert_input_all hook).
+template <typename T>
+__global__ void k_swiglu_any(const T *G, int I, size_t rows, float *P) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t n = rows * (size_t)I;
+    for (; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / (size_t)I, j = i % (size_t)I;
+        float g = to_f(G[r * 2 * I + j]), u = to_f(G[r * 2 * I + I + j]);
+        P[i] = __fmul_rn(g / (1.0f + expf(-g)), u);
+    }
+}
+
 // All-experts mode: max |silu(G[:, j]) * G[:, I + j]| over the rows, without storing it.
 template <typename T>
 __global__ void k_swiglu_absmax(const T *G, int I, size_t rows, unsigned *amax) {
@@ -556,17 +568,48 @@ static int to_op(fb_cufwd *f, const float *x, size_t n, fb_cufwd::buf *b, const 
     return 0;
 }
 
-static int fake_quant(fb_cufwd *f, float *x, size_t rows, size_t cols, int layer,
-                      fb_lin_kind kind, int expert, fb_err *err) {
-    if (!f->o.act_gs) return 0;
-    float gs = f->o.act_gs(f->o.act_user, layer, kind, expert);
-    if (!(gs > 0)) return 0;
-    if (cols % 16) return fb_fail(err, "W4A4 emulation: input width %zu is not a multiple of 16", cols);
-    size_t g = rows * cols / 16;
-    if (g) k_fake_quant<<<(unsigned)((g + 255) / 256), 256>>>(x, g, gs);
-    KCHECK();
-    f->tm.n_emulated += g;
+// A Linear input on the device: the W4A4 emulation (act_gs), then the host linear_input hook
+// on a host copy (copied back: the GEMM uses what the hook left).
+static int fake_quant(fb_cufwd *f, float *x, size_t rows, size_t cols, int layer, fb_role role,
+                      int expert, fb_err *err) {
+    if (f->o.act_gs) {
+        float gs = f->o.act_gs(f->o.act_user, role, layer, expert);
+        if (gs > 0) {
+            if (cols % 16) return fb_fail(err, "W4A4 emulation: input width %zu is not a multiple of 16", cols);
+            size_t g = rows * cols / 16;
+            if (g) k_fake_quant<<<(unsigned)((g + 255) / 256), 256>>>(x, g, gs);
+            KCHECK();
+            f->tm.n_emulated += g;
+        }
+    }
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (h && h->linear_input && rows) {
+        std::vector<float> hx(rows * cols);
+        CK(cudaMemcpy(hx.data(), x, rows * cols * 4, cudaMemcpyDeviceToHost));
+        if (h->linear_input(h->user, role, layer, expert, hx.data(), rows, cols, err)) return -1;
+        CK(cudaMemcpy(x, hx.data(), rows * cols * 4, cudaMemcpyHostToDevice));
+    }
     return 0;
+}
+
+// Host hooks that only observe: a host copy of device rows.
+static int hook_expert_input_all(fb_cufwd *f, fb_role role, int layer, int expert, size_t t0,
+                                 const float *x, size_t rows, size_t cols, fb_err *err) {
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (!h || !h->expert_input_all || !rows) return 0;
+    std::vector<float> hx(rows * cols);
+    CK(cudaMemcpy(hx.data(), x, rows * cols * 4, cudaMemcpyDeviceToHost));
+    return h->expert_input_all(h->user, role, layer, expert, t0, hx.data(), rows, cols, err);
+}
+
+// tok: host array of the rows' absolute token indices.
+static int hook_expert_output(fb_cufwd *f, int layer, int expert, const int32_t *tok,
+                              const float *y, size_t rows, size_t cols, fb_err *err) {
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (!h || !h->expert_output || !rows) return 0;
+    std::vector<float> hy(rows * cols);
+    CK(cudaMemcpy(hy.data(), y, rows * cols * 4, cudaMemcpyDeviceToHost));
+    return h->expert_output(h->user, layer, expert, tok, hy.data(), rows, cols, err);
 }
 
 static int absmax(const float *x, size_t n, unsigned *slot, fb_err *err) {
@@ -1155,7 +1198,7 @@ static int run_attention(fb_cufwd *f, int l, fb_err *err) {
         k_rmsnorm<<<L, 256>>>(hs, f->ln1, (float)c->eps, H, xn);
         KCHECK();
         if (absmax(xn, (size_t)L * H, &f->absmax_d[0], err)) return -1;
-        if (fake_quant(f, xn, (size_t)L, (size_t)H, l, FB_LIN_QKV, -1, err)) return -1;
+        if (fake_quant(f, xn, (size_t)L, (size_t)H, l, FB_ROLE_Q, -1, err)) return -1;
         const void *xw;
         if (to_op(f, xn, (size_t)L * H, &f->s_w1, &xw, err)) return -1;
         if (gemm(f, xw, H, f->wqkv, H, qkv, Dqkv, L, Dqkv, H, err)) return -1;
@@ -1186,7 +1229,7 @@ static int run_attention(fb_cufwd *f, int l, fb_err *err) {
             f->tm.gemm_flops += 4.0 * rep * (double)L * L * hd;
         }
         if (absmax(ao, (size_t)L * Dq, &f->absmax_d[1], err)) return -1;
-        if (fake_quant(f, ao, (size_t)L, (size_t)Dq, l, FB_LIN_O, -1, err)) return -1;
+        if (fake_quant(f, ao, (size_t)L, (size_t)Dq, l, FB_ROLE_O, -1, err)) return -1;
         const void *aw;
         if (to_op(f, ao, (size_t)L * Dq, &f->s_w1, &aw, err)) return -1;
         float *po = qkv;  // qkv is dead now
@@ -1302,17 +1345,18 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                                                                          (int)cnt, H, XY);
                 KCHECK();
                 if (absmax(XY, cnt * H, &w13m[e], err)) return -1;
-                if (fake_quant(f, XY, cnt, (size_t)H, l, FB_LIN_W13, e, err)) return -1;
+                if (fake_quant(f, XY, cnt, (size_t)H, l, FB_ROLE_W_GATE, e, err)) return -1;
                 const void *xw;
                 if (to_op(f, XY, cnt * H, &f->s_w1, &xw, err)) return -1;
                 if (gemm(f, xw, H, f->w13[i], H, G, 2 * I, (int)cnt, 2 * I, H, err)) return -1;
                 k_swiglu<<<grid_for(cnt * I), 256>>>(G, I, cnt, P);
                 KCHECK();
                 if (absmax(P, cnt * I, &w2m[e], err)) return -1;
-                if (fake_quant(f, P, cnt, (size_t)I, l, FB_LIN_W2, e, err)) return -1;
+                if (fake_quant(f, P, cnt, (size_t)I, l, FB_ROLE_W_DOWN, e, err)) return -1;
                 const void *pw;
                 if (to_op(f, P, cnt * I, &f->s_w2, &pw, err)) return -1;
                 if (gemm(f, pw, I, f->w2[i], I, XY, H, (int)cnt, H, I, err)) return -1;
+                if (hook_expert_output(f, l, e, rtok.data() + r0, XY, cnt, (size_t)H, err)) return -1;
                 k_combine<<<(unsigned)cnt, 256>>>(f->acc, XY, rtok_d + r0, rwt_d + r0, 0, H,
                                                   f->sal_d + e);
                 KCHECK();
@@ -1320,6 +1364,9 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
         } else {
             for (size_t c0 = 0; c0 < N; c0 += C) {
                 size_t n = N - c0 < C ? N - c0 : C;
+                if (gi == 0 && hook_expert_input_all(f, FB_ROLE_W_GATE, l, -1, c0, f->xn2 + c0 * H, n,
+                                                     (size_t)H, err))
+                    return -1;
                 const void *xw;
                 // In f32 mode the chunk is used in place; otherwise converted once per group.
                 if (to_op(f, f->xn2 + c0 * H, n * H, &f->s_w1, &xw, err)) return -1;
@@ -1337,6 +1384,13 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                         k_swiglu_absmax<bf16><<<gsz, 256>>>((const bf16 *)G, I, n, &w2m[e]);
                     }
                     KCHECK();
+                    if (f->o.hooks && f->o.hooks->expert_input_all) {  // every row's SwiGLU
+                        if (f->f32) k_swiglu_any<float><<<grid_for(n * I), 256>>>(G, I, n, P);
+                        else k_swiglu_any<bf16><<<grid_for(n * I), 256>>>((const bf16 *)G, I, n, P);
+                        KCHECK();
+                        if (hook_expert_input_all(f, FB_ROLE_W_DOWN, l, e, c0, P, n, (size_t)I, err))
+                            return -1;
+                    }
                     // routed rows of this chunk: token-ascending within the expert's list
                     const int32_t *lo = rtok.data() + off[e], *hi = rtok.data() + off[e + 1];
                     const int32_t *a = std::lower_bound(lo, hi, (int32_t)c0);
@@ -1357,11 +1411,14 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                         if (grow(&f->s_w2, cnt * H * 4, err)) return -1;
                         if (gemm(f, pw, I, f->w2[i], I, (float *)f->s_w2.p, H, (int)cnt, H, I, err))
                             return -1;
+                        if (hook_expert_output(f, l, e, a, (const float *)f->s_w2.p, cnt, (size_t)H, err))
+                            return -1;
                         k_combine<<<(unsigned)cnt, 256>>>(f->acc + c0 * H, (const float *)f->s_w2.p,
                                                           rtok_d + r0, rwt_d + r0, (int)c0, H,
                                                           f->sal_d + e);
                     } else {
                         if (gemm(f, pw, I, f->w2[i], I, XY, H, (int)cnt, H, I, err)) return -1;
+                        if (hook_expert_output(f, l, e, a, XY, cnt, (size_t)H, err)) return -1;
                         k_combine<<<(unsigned)cnt, 256>>>(f->acc + c0 * H, XY, rtok_d + r0,
                                                           rwt_d + r0, (int)c0, H, f->sal_d + e);
                     }
@@ -1431,6 +1488,13 @@ static int run_layer(fb_cufwd *f, int layer, fb_err *err) {
     if (run_moe(f, layer, err)) return -1;
     CK(cudaDeviceSynchronize());
     f->next_layer++;
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (h && h->layer_output && f->ntok) {
+        size_t H = (size_t)f->cfg.hidden;
+        std::vector<float> hh(f->ntok * H);
+        CK(cudaMemcpy(hh.data(), f->h, f->ntok * H * 4, cudaMemcpyDeviceToHost));
+        if (h->layer_output(h->user, layer, hh.data(), f->ntok, H, err)) return -1;
+    }
     return 0;
 }
 
