@@ -402,10 +402,10 @@ static void test_quant_golden(void) {
         if (!rc && i == 0) {
             // ref-runner: the quantized Qwen3-MoE against its source (pre-tokenized data: no
             // tokenizer needed), and the source against itself (KL exactly 0).
-            int rr = cli_run("%s/ref-runner --json --quiet --device cpu -r %s -q %s -d %s/quant/calib-ids.jsonl -n 4 -L 64",
+            int rr = cli_run("%s/ref-runner --json --quiet --device cpu -r %s --quantized %s -d %s/quant/calib-ids.jsonl -n 4 -L 64",
                              cli_bin, QMODEL, od, QGOLD);
             CHECK(rr == 0 && cli_log_has("\"kld_mean\""), "ref-runner on the Qwen3-MoE NVFP4A16 output (exit %d)", rr);
-            rr = cli_run("%s/ref-runner --quiet --device cpu --max-kld 0 --min-top1 1 -r %s -q %s -d %s/quant/calib-ids.jsonl -n 4 -L 64",
+            rr = cli_run("%s/ref-runner --quiet --device cpu --max-kld 0 --min-top1 1 -r %s --quantized %s -d %s/quant/calib-ids.jsonl -n 4 -L 64",
                          cli_bin, QMODEL, QMODEL, QGOLD);
             CHECK(rr == 0, "ref-runner of the source against itself passes KL 0 / top-1 1 (exit %d)", rr);
             // Unequal expert gate/up global scales: up_proj of expert 3 in layer 2 rescaled by 2
