@@ -36,4 +36,12 @@ awk 'BEGIN { for (i = 0; i < 200000; i++) printf "["; printf "\n" }' > "$T_TMP/d
 expect_rc 1 "200k nested [ refused" -- run_limited 20 "$MEM" "$VAL" --recipe "$T_TMP/deep.yaml" "$M"
 expect_out "deep.yaml:1: .*nesting too deep" "deep nesting: message names the file and line"
 
+# ---- item 1: a regex that PCRE2 gives up on is an error, not "no match" (match.c) ----
+sed "s/ignore: \[lm_head, /ignore: [lm_head, 're:(?:.|.){0,26}Z|.*o_proj\$', /" recipes/minimax-w4a16.yaml > "$T_TMP/rx.yaml"
+grep -q "0,26" "$T_TMP/rx.yaml" || fail "rx.yaml not made"
+expect_rc 1 "catastrophic regex: plan refused" -- run_limited 30 "$MEM" "$BIN/w4a16-quantize" --recipe "$T_TMP/rx.yaml" --dry-run "$M" "$T_TMP/rx-out"
+expect_out "regex '.*0,26.*' could not be matched against 'model\.[a-z_.0-9]+': match limit" "message names the pattern, the name and the limit"
+expect_rc 1 "catastrophic regex: validator refuses" -- run_limited 30 "$MEM" "$VAL" --recipe "$T_TMP/rx.yaml" "$M"
+expect_out "regex-limit|match limit" "validator names the limit"
+
 finish
