@@ -44,4 +44,37 @@ expect_out "regex '.*0,26.*' could not be matched against 'model\.[a-z_.0-9]+': 
 expect_rc 1 "catastrophic regex: validator refuses" -- run_limited 30 "$MEM" "$VAL" --recipe "$T_TMP/rx.yaml" "$M"
 expect_out "regex-limit|match limit" "validator names the limit"
 
+# ---- item 2 (and issue 17 item 14): outputs never overwrite inputs; calibrate -o needs --force ----
+CAL="$BIN/calibrate"
+printf '{"text": "hello world, a short sample"}\n{"text": "another one"}\n' > "$T_TMP/d.jsonl"
+SH="$M/model-00001-of-00002.safetensors"
+sum0=$(cksum < "$SH")
+expect_rc 1 "calibrate -o onto a model shard" -- "$CAL" --model "$M" --dataset "$T_TMP/d.jsonl" -o "$SH" --force --samples 1 --layers 1 -q
+expect_out "-o .*model-00001-of-00002.safetensors (is|lies inside) the input" "message names the output and the input"
+[ "$(cksum < "$SH")" = "$sum0" ] && ok || fail "the shard was modified"
+ln -s "$(pwd)/$M" "$T_TMP/mlink"
+expect_rc 1 "calibrate -o into the model through a symlink" -- "$CAL" --model "$M" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/mlink/stats.safetensors" --samples 1 --layers 1 -q
+expect_out "lies inside the input" "symlink resolved"
+[ ! -e "$M/stats.safetensors" ] && ok || { fail "wrote into the model"; rm -f "$M/stats.safetensors"; }
+expect_rc 1 "--dump-tokens onto the dataset" -- "$CAL" --model "$M" --dataset "$T_TMP/d.jsonl" --dump-tokens "$T_TMP/d.jsonl" -q
+expect_out "--dump-tokens .*d.jsonl is the input" "dump: message"
+grep -q "hello world" "$T_TMP/d.jsonl" && ok || fail "the dataset was overwritten"
+expect_rc 1 "--dump-tokens onto the tokenizer (hard link)" -- sh -c "ln '$T_TMP/d.jsonl' '$T_TMP/hl.jsonl' && exec '$CAL' --model '$M' --dataset '$T_TMP/d.jsonl' --dump-tokens '$T_TMP/hl.jsonl' -q --force"
+expect_out "same file as the input" "hard link: message"
+echo keep > "$T_TMP/old.st"
+expect_rc 1 "calibrate -o onto an existing file without --force" -- "$CAL" --model "$M" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/old.st" --samples 1 --layers 1 -q
+expect_out "exists \(use --force" "message says --force"
+[ "$(cat "$T_TMP/old.st")" = keep ] && ok || fail "existing -o file replaced without --force"
+expect_rc 0 "calibrate -o with --force replaces it" -- "$CAL" --model "$M" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/old.st" --force --samples 1 --layers 1 -q
+[ "$(cat "$T_TMP/old.st")" != keep ] && ok || fail "--force did not replace the file"
+expect_rc 1 "fp8-dequant DST inside SRC" -- "$BIN/fp8-dequant" -q "$M" "$M/out"
+expect_out "DST .*lies inside the input" "fp8-dequant: message"
+[ ! -e "$M/out" ] && [ ! -e "$M/out.partial" ] && ok || fail "fp8-dequant wrote into SRC"
+mkdir -p "$T_TMP/outer" && cp -r "$M" "$T_TMP/outer/m"
+expect_rc 1 "fp8-dequant SRC inside DST (--force would delete it)" -- "$BIN/fp8-dequant" -q --force "$T_TMP/outer/m" "$T_TMP/outer"
+expect_out "input .* lies inside DST" "SRC inside DST: message"
+[ -f "$T_TMP/outer/m/config.json" ] && ok || fail "SRC deleted"
+expect_rc 1 "w4a16-quantize DST = recipe" -- "$BIN/w4a16-quantize" -q --force --recipe "$T_TMP/rx.yaml" "$M" "$T_TMP/rx.yaml"
+expect_out "DST .*rx.yaml is the input" "quantize: recipe named"
+
 finish

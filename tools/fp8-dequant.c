@@ -10,6 +10,7 @@
 
 #include "common/cli.h"
 #include "common/fb.h"
+#include "common/paths.h"
 #include "common/pool.h"
 #include "common/progress.h"
 #include "io/checkpoint.h"
@@ -106,6 +107,13 @@ int main(int argc, char **argv) {
     const char *src = pos[0], *dst = pos[1];
     double t0 = fb_now();
     fb_err err = {{0}};
+    {
+        const char *ins[] = {src};
+        if (fb_path_check_output(dst, "DST", ins, 1, &err)) {
+            fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+            return 1;
+        }
+    }
     fb_source *s = NULL;
     if (fb_source_open(src, &s, &err)) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);

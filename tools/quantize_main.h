@@ -11,6 +11,7 @@
 
 #include "common/cli.h"
 #include "common/fb.h"
+#include "common/paths.h"
 #include "quant/quantize.h"
 #include "quant/scheme.h"
 
@@ -66,6 +67,14 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     }
     o.recipe_path = recipe;
     o.calib_path = calib;
+    {
+        fb_err perr;
+        const char *ins[] = {pos[0], recipe, calib};
+        if (fb_path_check_output(pos[1], "DST", ins, 3, &perr)) {
+            fprintf(stderr, "%s: %s\n", tool, perr.msg);
+            return 1;
+        }
+    }
     o.quiet = quiet;
     signal(SIGINT, fb_qm_on_signal);
     signal(SIGTERM, fb_qm_on_signal);
