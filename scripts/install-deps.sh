@@ -1,10 +1,11 @@
 #!/bin/sh
-# Installs the Debian packages fourbit builds and tests with. Idempotent: packages already
+# Installs the Debian packages fourbit builds and tests with (strace: tests/t_hardening.sh checks
+# the directory fsync after a rename). Idempotent: packages already
 # present are left alone, and nothing is done when everything is there.
 #   scripts/install-deps.sh          install what is missing (needs root)
 #   scripts/install-deps.sh --check  only report what is missing (exit 1 if anything is)
 set -eu
-PKGS="build-essential pkg-config libyaml-dev libjansson-dev libxxhash-dev libopenblas-dev libpcre2-dev"
+PKGS="build-essential pkg-config libyaml-dev libjansson-dev libxxhash-dev libopenblas-dev libpcre2-dev strace"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -77,4 +77,38 @@ expect_out "input .* lies inside DST" "SRC inside DST: message"
 expect_rc 1 "w4a16-quantize DST = recipe" -- "$BIN/w4a16-quantize" -q --force --recipe "$T_TMP/rx.yaml" "$M" "$T_TMP/rx.yaml"
 expect_out "DST .*rx.yaml is the input" "quantize: recipe named"
 
+# ---- item 6: a FIFO in place of a shard is refused, not waited on (safetensors.c) ----
+mkdir -p "$T_TMP/fifo" && cp "$M"/*.json "$M"/model-00001-of-00002.safetensors "$T_TMP/fifo/"
+mkfifo "$T_TMP/fifo/model-00002-of-00002.safetensors"
+expect_rc 1 "fp8-dequant with a FIFO shard" -- run_limited 20 "$MEM" "$BIN/fp8-dequant" -q "$T_TMP/fifo" "$T_TMP/fifo-out"
+expect_out "model-00002-of-00002.safetensors: not a regular file \(a FIFO\)" "FIFO named"
+expect_rc 1 "validate-ignore-list with a FIFO shard" -- run_limited 20 "$MEM" "$VAL" "$T_TMP/fifo"
+
+# ---- item 8: a second run on the same DST is refused while the first holds DST.lock ----
+if command -v flock >/dev/null; then
+    echo 4242 > "$T_TMP/locked.lock"
+    flock "$T_TMP/locked.lock" sleep 3 & holder=$!  # flock(1)'s child holds it: let it end
+    sleep 0.3
+    expect_rc 1 "second writer on a locked DST" -- run_limited 20 "$MEM" "$BIN/fp8-dequant" -q "$M" "$T_TMP/locked"
+    expect_out "locked.partial is in use by another fourbit run \(process 4242" "message names the other process"
+    [ ! -e "$T_TMP/locked" ] && ok || fail "the second run wrote DST"
+    wait "$holder" 2>/dev/null
+    expect_rc 0 "after the holder exits the run goes through" -- "$BIN/fp8-dequant" -q "$M" "$T_TMP/locked"
+    [ ! -e "$T_TMP/locked.lock" ] && ok || fail "lock file left behind after a finished run"
+else
+    fail "flock(1) (util-linux) is missing: cannot test the DST lock"
+fi
+
+# ---- item 11: the directory is fsync'ed after renaming the output into place ----
+if command -v strace >/dev/null; then
+    strace -f -y -qq -e trace=rename,renameat,renameat2,fsync -o "$T_TMP/trace" "$BIN/fp8-dequant" -q "$M" "$T_TMP/synced" >/dev/null 2>&1
+    # the last rename is synced.partial -> synced; a later fsync must be on their directory
+    awk -v d="$(cd "$T_TMP" && pwd -P)" '
+        /rename.*synced\.partial/ { seen = 1; next }
+        seen && /fsync\(/ && index($0, "<" d ">") { ok = 1 }
+        END { exit ok ? 0 : 1 }' "$T_TMP/trace" && ok || { fail "no fsync of the parent directory after the final rename"; tail -5 "$T_TMP/trace" >&2; }
+else
+    fail "strace is missing (scripts/install-deps.sh installs it): cannot test directory fsync"
+fi
+
 finish

@@ -83,7 +83,7 @@ int main(int argc, char **argv) {
         {"dry-run", 'n', FB_OPT_FLAG, &dry, NULL, "print what would be written and stop", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
-        {"allow-nan", 0, FB_OPT_FLAG, &allow_nan, NULL, "convert FP8 NaN codes (0x7F/0xFF) to NaN instead of failing", 0, 0},
+        {"allow-nan", 0, FB_OPT_FLAG, &allow_nan, NULL, "convert FP8 NaN codes (0x7F/0xFF) to NaN and write Inf/NaN outputs (e.g. from overflowing scales) instead of failing", 0, 0},
         {"shard-index", 0, FB_OPT_INT, &shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},
         {"shard-count", 0, FB_OPT_INT, &shard_count, "N", "number of split jobs sharing DST.partial (then run once with --merge)", 1, 1 << 20},
         {"merge", 0, FB_OPT_FLAG, &merge, NULL, "after split jobs: verify their shards, write the rest, index, validate, rename", 0, 0},
@@ -153,7 +153,7 @@ int main(int argc, char **argv) {
         fb_source_close(s);
         return 2;
     }
-    fb_cw_opts wo = {.max_shard_size = max_shard, .resume = resume, .force = force, .tool = TOOL,
+    fb_cw_opts wo = {.max_shard_size = max_shard, .resume = resume, .force = force, .allow_nonfinite = allow_nan, .tool = TOOL,
                      .shard_index = shard_index, .shard_count = shard_count, .merge = merge,
                      .n_meta = 2, .meta_keys = mk, .meta_vals = mv};
     fb_cw *w = fb_cw_create(dst, src, &wo, &err);

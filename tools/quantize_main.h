@@ -36,7 +36,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         {"resume", 0, FB_OPT_FLAG, &o.resume, NULL, "continue a killed run: keep shards whose manifest digest verifies", 0, 0},
         {"dry-run", 'n', FB_OPT_FLAG, &o.dry_run, NULL, "print the plan (which tensors get which scheme and why) and stop", 0, 0},
         {"verbose", 'v', FB_OPT_FLAG, &o.verbose, NULL, "with --dry-run: one line per tensor", 0, 0},
-        {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "let FP8 NaN codes through in tensors that are kept", 0, 0},
+        {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "let FP8 NaN codes through in tensors that are kept, and write Inf/NaN float outputs instead of failing", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
         {"shard-index", 0, FB_OPT_INT, &o.shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},

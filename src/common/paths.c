@@ -2,9 +2,11 @@
 #include "common/paths.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 // The canonical absolute form of p (malloc'ed): realpath of p, or of its longest existing
 // ancestor with the rest appended when p does not exist yet. NULL when nothing resolves.
@@ -74,5 +76,23 @@ int fb_path_check_output(const char *out, const char *what, const char *const *i
         free(ri);
     }
     free(ro);
+    return rc;
+}
+
+int fb_fsync_parent(const char *path, fb_err *err) {
+    size_t n = strlen(path);
+    while (n > 1 && path[n - 1] == '/') n--;
+    while (n > 0 && path[n - 1] != '/') n--;
+    char *dir = n == 0 ? fb_strdup(".") : strndup(path, n > 1 ? n - 1 : 1);
+    FB_ASSERT(dir);
+    int rc = 0;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) rc = fb_fail(err, "%s: cannot open the directory to sync it: %s", dir, strerror(errno));
+    else {
+        if (fsync(fd) != 0 && errno != EINVAL && errno != EROFS)
+            rc = fb_fail(err, "%s: fsync of the directory failed: %s", dir, strerror(errno));
+        close(fd);
+    }
+    free(dir);
     return rc;
 }

@@ -17,4 +17,9 @@
 int fb_path_check_output(const char *out, const char *what, const char *const *inputs, size_t n,
                          fb_err *err);
 
+// fsyncs the directory holding `path`, so that a rename or creation of `path` survives a
+// power cut (the file's own fsync does not cover its directory entry). Returns 0, or -1 with
+// err naming the directory; file systems that cannot fsync a directory (EINVAL) count as done.
+int fb_fsync_parent(const char *path, fb_err *err);
+
 #endif
