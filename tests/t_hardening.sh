@@ -111,4 +111,23 @@ else
     fail "strace is missing (scripts/install-deps.sh installs it): cannot test directory fsync"
 fi
 
+# ---- item 10: JSONL line limit, and only what --seq-len can use is tokenized (dataset.c) ----
+awk 'BEGIN { printf "{\"text\": \""; for (i = 0; i < 1700000; i++) printf "lorem ipsum dolor sit amet, consectetur adipiscing elit "; printf "\"}\n" }' > "$T_TMP/huge.jsonl"
+expect_rc 1 "a 95 MB JSONL line is refused" -- run_limited 20 "$MEM" "$CAL" --model "$M" --dataset "$T_TMP/huge.jsonl" --seq-len 64 --dump-tokens "$T_TMP/huge-ids.jsonl" -q
+expect_out "huge.jsonl:1: line longer than 32 MiB" "line limit named with file:line"
+# 2.8 MB of text: with --seq-len 64 only a prefix is tokenized, and its ids are the first ids
+# of the whole text's encoding.
+awk 'BEGIN { printf "{\"text\": \""; for (i = 0; i < 50000; i++) printf "lorem ipsum dolor sit amet, consectetur adipiscing elit "; printf "\"}\n" }' > "$T_TMP/long.jsonl"
+expect_rc 0 "long record, full encoding" -- "$CAL" --model "$M" --dataset "$T_TMP/long.jsonl" --seq-len 16000000 --dump-tokens "$T_TMP/full.jsonl" -q
+expect_rc 0 "long record, --seq-len 64" -- run_limited 20 "$MEM" "$CAL" --model "$M" --dataset "$T_TMP/long.jsonl" --seq-len 64 --dump-tokens "$T_TMP/cut.jsonl" -q
+full64=$(sed 's/^{"input_ids": \[//; s/\]}$//' "$T_TMP/full.jsonl" | tr -d ' ' | cut -d, -f1-64)
+cut64=$(sed 's/^{"input_ids": \[//; s/\]}$//' "$T_TMP/cut.jsonl" | tr -d ' ')
+[ -n "$cut64" ] && [ "$full64" = "$cut64" ] && ok || fail "budgeted ids differ from the first 64 of the full encoding"
+for L in 1 7 300 4097; do  # cuts at several places of the text
+    "$CAL" --model "$M" --dataset "$T_TMP/long.jsonl" --seq-len $L --dump-tokens "$T_TMP/c$L.jsonl" -q
+    a=$(sed 's/^{"input_ids": \[//; s/\]}$//' "$T_TMP/full.jsonl" | tr -d ' ' | cut -d, -f1-$L)
+    b=$(sed 's/^{"input_ids": \[//; s/\]}$//' "$T_TMP/c$L.jsonl" | tr -d ' ')
+    [ "$a" = "$b" ] && ok || fail "--seq-len $L: ids differ from the full encoding's prefix"
+done
+
 finish
