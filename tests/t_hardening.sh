@@ -130,4 +130,10 @@ for L in 1 7 300 4097; do  # cuts at several places of the text
     [ "$a" = "$b" ] && ok || fail "--seq-len $L: ids differ from the full encoding's prefix"
 done
 
+# ---- item 5: SIGINT stops a long run promptly with exit 130 and writes nothing (cancel.c) ----
+awk 'BEGIN { for (i = 0; i < 400; i++) { printf "{\"text\": \""; for (k = 0; k < 30; k++) printf "word%d more text here ", (i * k) % 97; printf "\"}\n" } }' > "$T_TMP/many.jsonl"
+expect_rc 130 "calibrate interrupted by SIGINT" -- timeout --preserve-status -k 20 -s INT 1 "$CAL" --model "$M" --dataset "$T_TMP/many.jsonl" --samples 400 --seq-len 256 -o "$T_TMP/int.st" -q --threads 1
+expect_out "interrupted" "says it was interrupted"
+[ ! -e "$T_TMP/int.st" ] && [ ! -e "$T_TMP/int.st.tmp" ] && ok || fail "an interrupted calibrate left a file"
+
 finish

@@ -16,6 +16,7 @@
 #include "cuda/cufwd.h"
 #endif
 #include "common/cli.h"
+#include "common/cancel.h"
 #include "common/fb.h"
 #include "common/paths.h"
 #include "io/chat.h"
@@ -128,6 +129,7 @@ int main(int argc, char **argv) {
     }
     if (!model || !dataset) { fprintf(stderr, "%s: --model and --dataset are required\n", TOOL); return 2; }
     if (!outp && !dump) { fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE) is required\n", TOOL); return 2; }
+    fb_cancel_install();
     fb_err err;
     if (check_outputs(model, dataset, tokp, outp, dump, force, &err)) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
@@ -345,5 +347,9 @@ out_src:
     free(pathbuf);
     free(paths);
     fb_wsrc_close(src);
+    if (rc && fb_cancelled()) {  // nothing was written: the statistics file comes last
+        fprintf(stderr, "%s: interrupted; no statistics written\n", TOOL);
+        return 130;
+    }
     return rc;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "common/cli.h"
+#include "common/cancel.h"
 #include "common/fb.h"
 #include "common/paths.h"
 #include "common/pool.h"
@@ -19,11 +20,6 @@
 
 static const char *TOOL = "fp8-dequant";
 
-static atomic_int g_cancel;
-static void on_signal(int sig) {
-    (void)sig;
-    atomic_store(&g_cancel, 1);
-}
 
 // One unit of work: rows [r0, r0+nrows) of an FP8 weight, or bytes [off, off+n) of a tensor
 // copied as stored.
@@ -105,6 +101,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *src = pos[0], *dst = pos[1];
+    fb_cancel_install();
     double t0 = fb_now();
     fb_err err = {{0}};
     {
@@ -162,9 +159,6 @@ int main(int argc, char **argv) {
         fb_source_close(s);
         return 1;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    signal(SIGPIPE, SIG_IGN);
 
     int rc = 0;
     size_t *src_of = fb_malloc((c->n_tensors + 1) * sizeof *src_of);
@@ -235,7 +229,7 @@ int main(int argc, char **argv) {
         }
         if (!rc) {
             fb_ordered_job oj = {.n_items = j.n_chunks, .n_threads = threads, .compute = compute, .commit = commit,
-                                 .ctx = &j, .cancel = &g_cancel};
+                                 .ctx = &j, .cancel = fb_cancel_flag()};
             int r = fb_run_ordered(&oj, &err);
             if (r == -2) rc = -2;
             else if (r) rc = -1;
@@ -274,7 +268,8 @@ int main(int argc, char **argv) {
     if (!rc && w && fb_validate_output(fb_cw_staging_dir(w), &err)) rc = -1;
     if (!w) {
         // a split job: its shards are in place, nothing to commit
-    } else if (rc == -2) {
+    } else if (rc == -2 || (rc && fb_cancelled())) {
+        rc = -2;
         fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", TOOL,
                 dst);
         fb_cw_detach(w);
@@ -317,5 +312,5 @@ int main(int argc, char **argv) {
         }
     }
     fb_source_close(s);
-    return rc == 0 ? 0 : 1;
+    return rc == 0 ? 0 : rc == -2 ? 130 : 1;  // 130: as a shell reports a SIGINT
 }

@@ -1,5 +1,6 @@
 // dataset.c: JSONL datasets, deterministic sampling, records -> token ids (see dataset.h).
 #include "io/dataset.h"
+#include "common/cancel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -146,6 +147,10 @@ static int index_file(fb_dataset *ds, uint32_t fi, fb_err *err) {
     int rc = 0, too_long = 0;
     while ((got = read_line_bounded(f, &line, &cap, FB_DS_MAX_LINE_BYTES, &too_long)) > 0) {
         lineno++;
+        if ((lineno & 1023) == 0 && fb_cancel_check("indexing the dataset", err)) {
+            rc = -1;
+            break;
+        }
         if (too_long) {
             rc = fb_fail(err, "%s:%llu: line longer than %u MiB (the limit for one JSONL record)", path,
                          (unsigned long long)lineno, FB_DS_MAX_LINE_BYTES >> 20);
@@ -380,6 +385,12 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
     for (size_t k = 0; k < n && !(o->samples && out->n >= o->samples); k++) {
         ids.n = 0;
         out->n_visited++;
+        if (fb_cancel_check("tokenizing the samples", err)) {
+            fb_ids_free(&ids);
+            free(order);
+            fb_ds_set_free(out);
+            return -1;
+        }
         // Tokenize only what can be used: seq_len ids (one more tells truncation), min_len.
         size_t budget = o->seq_len ? (o->seq_len > o->min_len ? o->seq_len : o->min_len) + 1 : 0;
         if (record_ids(ds, order[k], o, t, budget, &ids, err)) {

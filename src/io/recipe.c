@@ -7,6 +7,7 @@
 // groups go through the strict compressed-tensors parsers of scheme.c, and any error path
 // they report is turned back into a line.
 #include "io/recipe.h"
+#include "common/cancel.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -353,6 +354,10 @@ static json_t *yaml_to_json(rctx *c, const char *text, size_t len) {
     int docs = 0, rc = 0, done = 0;
     while (!done && rc == 0) {
         yaml_event_t ev;
+        if (fb_cancel_check("reading the recipe", c->err)) {
+            rc = -1;
+            break;
+        }
         if (!yaml_parser_parse(&ps, &ev)) {
             rc = rfail(c, (int)(ps.problem_mark.line + 1), NULL, "YAML syntax error: %s%s%s",
                        ps.problem ? ps.problem : "unknown", ps.context ? " " : "",

@@ -3,6 +3,7 @@
 // (quantization/quant_args.py, quant_scheme.py, quant_config.py, compressors/format.py) and
 // auto-round 0.16 (utils/model_free_utils.py::_build_quantization_config).
 #include "quant/scheme.h"
+#include "common/cancel.h"
 
 #include "common/strmap.h"
 
@@ -931,6 +932,10 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
     out->n = n;
     out->e = fb_calloc(n ? n : 1, sizeof *out->e);
     for (size_t i = 0; i < n; i++) {
+        if (fb_cancel_check("building the plan", err)) {
+            fb_plan_free(out);
+            return -1;
+        }
         fb_plan_entry *e = &out->e[i];
         e->tensor = i;
         e->group = e->target_entry = e->ignore_entry = e->fused = -1;
