@@ -8,7 +8,7 @@
 
 #include "common/cancel.h"
 #include "io/dataset.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "quant/scheme.h"
 #include "test.h"
 

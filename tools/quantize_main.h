@@ -15,7 +15,7 @@
 #include "common/cli.h"
 #include "common/fb.h"
 #include "common/paths.h"
-#include "quant/quantize.h"
+#include "jobs/quantize.h"
 #include "quant/scheme.h"
 
 

@@ -1,6 +1,6 @@
-// fuzz_recipe.c: llm-compressor recipe YAML (src/io/recipe.c): YAML events, limits, typing,
+// fuzz_recipe.c: llm-compressor recipe YAML (src/quant/recipe.c): YAML events, limits, typing,
 // the recipe structure, config groups.
-#include "io/recipe.h"
+#include "quant/recipe.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     fb_recipe r;
