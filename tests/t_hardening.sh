@@ -135,5 +135,15 @@ awk 'BEGIN { for (i = 0; i < 400; i++) { printf "{\"text\": \""; for (k = 0; k <
 expect_rc 130 "calibrate interrupted by SIGINT" -- timeout --preserve-status -k 20 -s INT 1 "$CAL" --model "$M" --dataset "$T_TMP/many.jsonl" --samples 400 --seq-len 256 -o "$T_TMP/int.st" -q --threads 1
 expect_out "interrupted" "says it was interrupted"
 [ ! -e "$T_TMP/int.st" ] && [ ! -e "$T_TMP/int.st.tmp" ] && ok || fail "an interrupted calibrate left a file"
+# a ^C while writing: exit 130, DST not created, DST.partial kept; --resume completes it, byte
+# for byte what an uninterrupted run writes (SIGINT raised by the writer's fault injection
+# at its 3rd payload write)
+W4="$BIN/w4a16-quantize"
+expect_rc 0 "uninterrupted quantize" -- "$W4" -q --threads 1 --max-shard-size 1MB --recipe recipes/minimax-w4a16.yaml "$M" "$T_TMP/q-ref"
+expect_rc 130 "SIGINT while writing" -- env FOURBIT_FAULT_KILL_AFTER_WRITES=3 FOURBIT_FAULT_SIGNAL=2 "$W4" --threads 1 --max-shard-size 1MB --recipe recipes/minimax-w4a16.yaml "$M" "$T_TMP/q-int"
+expect_out "interrupted; finished shards are kept in .*q-int.partial" "says what is kept"
+[ ! -e "$T_TMP/q-int" ] && [ -d "$T_TMP/q-int.partial" ] && [ ! -e "$T_TMP/q-int.lock" ] && ok || fail "after SIGINT: want only q-int.partial"
+expect_rc 0 "--resume after SIGINT" -- "$W4" -q --resume --threads 1 --max-shard-size 1MB --recipe recipes/minimax-w4a16.yaml "$M" "$T_TMP/q-int"
+diff -r "$T_TMP/q-ref" "$T_TMP/q-int" >/dev/null && ok || fail "resumed output differs from the uninterrupted run"
 
 finish

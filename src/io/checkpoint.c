@@ -297,6 +297,7 @@ struct fb_cw {
     json_t *manifest;        // {"files": {name: {"xxh3_128":..., "bytes":...}}}
     pthread_mutex_t mu;
     long kill_after_writes;  // fault injection for the kill-and-resume tests (0 = off)
+    int fault_signal;        // the signal it raises (SIGKILL; FOURBIT_FAULT_SIGNAL=N for others)
     long n_writes;
     char *lock_path;         // <dst>.lock, flock'ed for the writer's lifetime (see cw_lock)
     int lock_fd;             // -1 when not held
@@ -473,6 +474,9 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
     // itself on the K-th payload write, a real kill at a reproducible point.
     const char *fk = getenv("FOURBIT_FAULT_KILL_AFTER_WRITES");
     w->kill_after_writes = fk ? strtol(fk, NULL, 10) : 0;
+    // FOURBIT_FAULT_SIGNAL=2 raises SIGINT instead, once: a user's ^C at the same point.
+    const char *fs = getenv("FOURBIT_FAULT_SIGNAL");
+    w->fault_signal = fs ? (int)strtol(fs, NULL, 10) : SIGKILL;
 
     if (o->shard_count > 1 && (o->shard_index < 0 || o->shard_index >= o->shard_count)) {
         fb_fail(err, "shard index %d is outside [0, %d)", o->shard_index, o->shard_count);
@@ -859,7 +863,7 @@ int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_
         return fb_fail(err, "%s/%s.tmp: tensor %s: write error: %s", w->staging, sh->name, t->name,
                        strerror(errno == ENOSPC ? ENOSPC : errno));
     pthread_mutex_lock(&w->mu);
-    if (w->kill_after_writes && ++w->n_writes >= w->kill_after_writes) raise(SIGKILL);
+    if (w->kill_after_writes && ++w->n_writes == w->kill_after_writes) raise(w->fault_signal);
     sh->written += n;
     if (pos == sh->hashed) {  // in file order: hash as we go, and keep dirty pages bounded
         XXH3_128bits_update(sh->hash, data, n);
