@@ -172,7 +172,9 @@ int main(int argc, char **argv) {
     }
     // Positions past the model's trained context give statistics of inputs it never sees.
     json_t *mpe = json_object_get(src->config, "max_position_embeddings");
-    if (json_is_integer(mpe) && json_integer_value(mpe) > 0 && seq_len > json_integer_value(mpe)) {
+    // (Only when the model runs: --dump-tokens / --dump-text just tokenize.)
+    if (outp && !dump && !dump_text && json_is_integer(mpe) && json_integer_value(mpe) > 0 &&
+        seq_len > json_integer_value(mpe)) {
         fprintf(stderr, "%s: --seq-len %d exceeds max_position_embeddings %lld of %s/config.json\n", TOOL, seq_len,
                 (long long)json_integer_value(mpe), model);
         fb_wsrc_close(src);
