@@ -1,0 +1,168 @@
+// test_jinja.c: the Jinja interpreter (src/io/jinja.h) against transformers' apply_chat_template
+// (tests/golden/templates/templates.golden.json, written by scripts/gen-template-golden.py with
+// transformers 5.17.0): the real templates of tests/golden/templates/ (provenance in
+// PROVENANCE.md) and feature snippets over a conversation set, rendered strings byte for byte,
+// the conversations the reference rejects, and the token ids of each rendering through the
+// embedded model's tokenizer. Then the limits and the errors for unsupported constructs.
+#include "io/jinja.h"
+#include "io/tokenizer.h"
+#include "test.h"
+
+#define TDIR GOLDEN_DIR "/templates"
+
+// The variables apply_chat_template passes: messages, tools (None when absent), documents,
+// add_generation_prompt, the tokenizer's special tokens, then the extra keyword arguments.
+static json_t *vars_for(json_t *conv, json_t *special) {
+    json_t *v = json_object();
+    json_object_update(v, special);
+    json_object_set(v, "messages", json_object_get(conv, "messages"));
+    json_t *tools = json_object_get(conv, "tools");
+    json_object_set_new(v, "tools", tools ? json_incref(tools) : json_null());
+    json_object_set_new(v, "documents", json_null());
+    json_object_set_new(v, "add_generation_prompt", json_boolean(json_is_true(json_object_get(conv, "add_generation_prompt"))));
+    json_t *kw = json_object_get(conv, "kwargs");
+    if (kw) json_object_update(v, kw);
+    return v;
+}
+
+static void first_diff(const char *name, const char *exp, size_t ne, const char *got, size_t ng) {
+    size_t p = 0;
+    while (p < ne && p < ng && exp[p] == got[p]) p++;
+    fprintf(stderr, "  %s: first difference at byte %zu of %zu/%zu:\n    expected: %.80s\n    got:      %.80s\n", name, p,
+            ne, ng, exp + p, got + p);
+}
+
+static int render_src(const char *src, json_t *vars, char **out, size_t *n, fb_err *err) {
+    fb_jinja *t = NULL;
+    if (fb_jinja_parse(src, strlen(src), "t.jinja", &t, err)) return -1;
+    int rc = fb_jinja_render(t, vars, out, n, err);
+    fb_jinja_free(t);
+    return rc;
+}
+
+// Renders `src` with no variables and expects `exp` (or an error containing `exp_err`).
+static void expect(const char *src, const char *exp, const char *exp_err) {
+    char *out = NULL;
+    size_t n = 0;
+    fb_err err = {{0}};
+    json_t *v = json_object();
+    int rc = render_src(src, v, &out, &n, &err);
+    json_decref(v);
+    if (exp_err)
+        CHECK(rc == -1 && strstr(err.msg, exp_err), "%s: expected an error with '%s', got rc %d: %s / %s", src, exp_err,
+              rc, err.msg, out ? out : "");
+    else
+        CHECK(rc == 0 && strcmp(out, exp) == 0, "%s: expected '%s', got rc %d '%s' (%s)", src, exp, rc, out ? out : "",
+              err.msg);
+    free(out);
+}
+
+int main(void) {
+    json_error_t je;
+    json_t *g = json_load_file(TDIR "/templates.golden.json", JSON_ALLOW_NUL, &je);
+    REQUIRE(g, "templates.golden.json: %s", je.text);
+    fb_tok *tok = NULL;
+    fb_err err = {{0}};
+    REQUIRE(fb_tok_load("models/tiny-minimax-m2/tokenizer.json", &tok, &err) == 0, "%s", err.msg);
+    json_t *special = json_object_get(g, "special_tokens");
+    json_t *cases = json_object_get(g, "cases");
+    size_t n_ok = 0, n_render = 0, n_err = 0, n_ids = 0;
+    for (size_t i = 0; i < json_array_size(cases); i++) {
+        json_t *c = json_array_get(cases, i);
+        const char *name = json_string_value(json_object_get(c, "name"));
+        const char *tname = json_string_value(json_object_get(c, "template"));
+        char label[512];
+        snprintf(label, sizeof label, "%s/%s", tname ? tname : "snippet", name);
+        fb_jinja *t = NULL;
+        int rc;
+        if (tname) {
+            char path[512];
+            snprintf(path, sizeof path, TDIR "/%s", tname);
+            rc = fb_jinja_load(path, &t, &err);
+        } else {
+            const char *src = json_string_value(json_object_get(c, "source"));
+            rc = fb_jinja_parse(src, strlen(src), name, &t, &err);
+        }
+        char *out = NULL;
+        size_t n = 0;
+        json_t *vars = vars_for(json_object_get(c, "conversation"), special);
+        if (rc == 0) rc = fb_jinja_render(t, vars, &out, &n, &err);
+        json_decref(vars);
+        fb_jinja_free(t);
+        json_t *exp = json_object_get(c, "rendered");
+        if (!exp) {
+            n_err++;
+            CHECK(rc == -1, "%s: the reference raised (%s) but we rendered '%.80s'", label,
+                  json_string_value(json_object_get(c, "error")), out ? out : "");
+            if (rc == -1) CHECK(strstr(err.msg, ".jinja:") || strstr(err.msg, ":"), "%s: error names the line: %s", label, err.msg);
+            free(out);
+            continue;
+        }
+        n_render++;
+        size_t ne = json_string_length(exp);
+        int same = rc == 0 && n == ne && memcmp(out, json_string_value(exp), n) == 0;
+        if (rc == 0 && !same) first_diff(label, json_string_value(exp), ne, out, n);
+        CHECK(same, "%s: rendering differs from transformers (rc %d: %s)", label, rc, rc ? err.msg : "");
+        n_ok += (size_t)same;
+        json_t *ids = json_object_get(c, "ids");
+        if (same && ids) {
+            fb_ids got = {0};
+            CHECK(fb_tok_encode(tok, out, n, 0, &got, &err) == 0, "%s: encode: %s", label, err.msg);
+            size_t k = 0;
+            while (k < got.n && k < json_array_size(ids) && json_integer_value(json_array_get(ids, k)) == got.v[k]) k++;
+            CHECK(k == got.n && k == json_array_size(ids), "%s: token ids differ at %zu (%zu vs %zu)", label, k, got.n,
+                  json_array_size(ids));
+            n_ids += k == got.n && k == json_array_size(ids);
+            fb_ids_free(&got);
+        }
+        free(out);
+    }
+    printf("jinja: %zu/%zu renderings byte-identical to transformers, %zu token-id sequences equal, %zu rejected "
+           "conversations checked\n", n_ok, n_render, n_ids, n_err);
+
+    // Unsupported constructs: an error naming the template line, never a different rendering.
+    expect("a\n{% include 'x' %}", NULL, "t.jinja:2: unsupported statement 'include'");
+    expect("{{ x | wordwrap }}", NULL, "t.jinja:1: unsupported filter 'wordwrap'");
+    expect("{{ 1 is prime }}", NULL, "unsupported test 'prime'");
+    expect("{{ strftime_now('%Y') }}", NULL, "unsupported function 'strftime_now'");
+    expect("{% for x in [1] recursive %}{% endfor %}", NULL, "recursive");
+    expect("{% raw %}x{% endraw %}", NULL, "unsupported statement 'raw'");
+    expect("{{ 'É' | lower }}", NULL, "non-ASCII");
+    expect("{{ [1] | tojson(indent=2) }}", NULL, "indent");
+    expect("{% if true %}x", NULL, "missing {% endif %}");
+    expect("{{ 'abc }}", NULL, "unterminated string");
+    expect("{% endfor %}", NULL, "unexpected 'endfor'");
+    expect("x\n\n{{ 1 +* 2 }}", NULL, "t.jinja:3:");
+    expect("{{ 1 // 0 }}", NULL, "by zero");
+    expect("{{ 9223372036854775807 + 1 }}", NULL, "overflow");
+    expect("{% break %}", NULL, "outside a loop");
+    expect("{% set x.y = 1 %}", NULL, "non-namespace");
+    // Bounds: recursion, steps, output size.
+    expect("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, "nested deeper than 64");
+    expect("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", NULL, "steps (limit)");
+    expect("{% set s = 'x' * 1000000 %}{% for i in range(100) %}{{ s }}{% endfor %}", NULL, "output larger than");
+    expect("{{ 'x' * 100000000 }}", NULL, "repetition larger");
+    expect("{{ range(100000000) | length }}", NULL, "range of more than");
+    {
+        // expression nesting beyond FB_JINJA_MAX_NEST is a parse error, not a stack overflow
+        char deep[4096] = "{{ ";  // 2000 parentheses
+        for (int k = 0; k < 1000; k++) strcat(deep, "(");
+        strcat(deep, "1");
+        for (int k = 0; k < 1000; k++) strcat(deep, ")");
+        strcat(deep, " }}");
+        expect(deep, NULL, "nesting deeper than");
+    }
+    // Invalid input.
+    fb_jinja *t = NULL;
+    CHECK(fb_jinja_parse("a\xff", 2, "bad.jinja", &t, &err) == -1 && strstr(err.msg, "bad.jinja: not valid UTF-8"),
+          "invalid UTF-8: %s", err.msg);
+    CHECK(fb_jinja_load("tests/golden/templates/nope.jinja", &t, &err) == -1 && strstr(err.msg, "nope.jinja: cannot open"),
+          "missing file: %s", err.msg);
+    // Plain text and the empty template.
+    expect("", "", NULL);
+    expect("plain", "plain", NULL);
+
+    fb_tok_free(tok);
+    json_decref(g);
+    TEST_MAIN_END();
+}
