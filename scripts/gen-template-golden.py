@@ -158,6 +158,26 @@ def main():
         if error is None:
             own.append({"name": cname, "conversation": conv, "rendered": text, "ids": ids})
     out["model_own_template"] = own
+    # calibrate's view: each conversation as a dataset record (kwargs as chat_template_kwargs),
+    # and the ids apply_chat_template(add_generation_prompt=False, tokenize=True) gives with the
+    # checkpoint's own template: `calibrate --dump-tokens --no-shuffle` must print exactly these.
+    recs, idl = [], []
+    for cname, conv in convs:
+        c2 = dict(conv, add_generation_prompt=False)
+        text, ids, error = render(tok, None, c2)
+        if error is not None:
+            continue
+        rec = {"messages": conv["messages"]}
+        if "tools" in conv:
+            rec["tools"] = conv["tools"]
+        if conv.get("kwargs"):
+            rec["chat_template_kwargs"] = conv["kwargs"]
+        recs.append(json.dumps(rec, ensure_ascii=False))
+        idl.append(json.dumps({"input_ids": ids}))
+    with open(os.path.join(TDIR, "own-template.jsonl"), "w", encoding="utf-8") as f:
+        f.write("\n".join(recs) + "\n")
+    with open(os.path.join(TDIR, "own-template.ids.jsonl"), "w", encoding="utf-8") as f:
+        f.write("\n".join(idl) + "\n")
     path = os.path.join(TDIR, "templates.golden.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)

@@ -3,10 +3,16 @@
 // transformers 5.17.0): the real templates of tests/golden/templates/ (provenance in
 // PROVENANCE.md) and feature snippets over a conversation set, rendered strings byte for byte,
 // the conversations the reference rejects, and the token ids of each rendering through the
-// embedded model's tokenizer. Then the limits and the errors for unsupported constructs.
+// embedded model's tokenizer. Then the limits and the errors for unsupported constructs, and
+// the checkpoint side (chat.h): the template and special tokens transformers would load from a
+// checkpoint directory, and `--template auto|NAME` / `--chat-template FILE` selection.
+#include "io/chat.h"
+#include "io/dataset.h"
 #include "io/jinja.h"
 #include "io/tokenizer.h"
 #include "test.h"
+
+#include <unistd.h>
 
 #define TDIR GOLDEN_DIR "/templates"
 
@@ -161,6 +167,151 @@ int main(void) {
     // Plain text and the empty template.
     expect("", "", NULL);
     expect("plain", "plain", NULL);
+
+    // The checkpoint's own template (models/tiny-minimax-m2/chat_template.jinja) through chat.h,
+    // as apply_chat_template(tokenizer.chat_template) renders it.
+    {
+        fb_chat_opts o = {0};
+        fb_chat_own own;
+        const char *what;
+        REQUIRE(fb_chat_select("auto", NULL, "models/tiny-minimax-m2", &o, &own, &what, &err) == 0, "%s", err.msg);
+        CHECK(o.tmpl == FB_CHAT_JINJA && strstr(what, "chat_template.jinja"), "auto picks chat_template.jinja: %s", what);
+        CHECK(json_equal(own.special, special), "special tokens as transformers' special_tokens_map");
+        json_t *own_cases = json_object_get(g, "model_own_template");
+        size_t n_own = 0;
+        for (size_t i = 0; i < json_array_size(own_cases); i++) {
+            json_t *c = json_array_get(own_cases, i), *conv = json_object_get(c, "conversation");
+            o.add_generation_prompt = json_is_true(json_object_get(conv, "add_generation_prompt"));
+            char *out = NULL;
+            size_t n = 0;
+            int rc = fb_chat_render_kw(&o, json_object_get(conv, "messages"), json_object_get(conv, "tools"),
+                                       json_object_get(conv, "kwargs"), &out, &n, &err);
+            json_t *exp = json_object_get(c, "rendered");
+            int same = rc == 0 && n == json_string_length(exp) && memcmp(out, json_string_value(exp), n) == 0;
+            CHECK(same, "own template: %s: rendering differs (%s)", json_string_value(json_object_get(c, "name")),
+                  rc ? err.msg : "");
+            n_own += (size_t)same;
+            free(out);
+        }
+        printf("jinja: %zu/%zu renderings with the checkpoint's own template byte-identical\n", n_own,
+               json_array_size(own_cases));
+        fb_chat_own_free(&own);
+    }
+    // tokenizer_config.json forms: a template string, named templates, AddedToken specials.
+    {
+        char dir[] = "/tmp/fourbit-jinja-XXXXXX";
+        REQUIRE(mkdtemp(dir), "mkdtemp");
+        char cfgp[256];
+        snprintf(cfgp, sizeof cfgp, "%s/tokenizer_config.json", dir);
+        static const struct {
+            const char *cfg, *exp, *err;
+        } CFG[] = {
+            {"{\"chat_template\": \"{{ bos_token }}{{ messages[0].content }}{{ eos_token }}\", "
+             "\"bos_token\": {\"__type\": \"AddedToken\", \"content\": \"<s>\"}, \"eos_token\": \"</s>\", \"unk_token\": null}",
+             "<s>hi</s>", NULL},
+            {"{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"default\", "
+             "\"template\": \"D{{ messages | length }}\"}]}", "D1", NULL},
+            {"{\"chat_template\": [{\"name\": \"rag\", \"template\": \"R\"}]}", NULL, "none is \"default\""},
+            {"{\"chat_template\": \"line one\\n{% bogus %}\"}", NULL, "tokenizer_config.json#chat_template:2: unsupported statement 'bogus'"},
+            {"{\"bos_token\": \"<s>\"}", "]~!b[]~b]system", NULL},  // no template: the built-in minimax-m2
+            {"{not json", NULL, "tokenizer_config.json: line 1"},
+        };
+        json_t *msgs = json_loads("[{\"role\": \"user\", \"content\": \"hi\"}]", 0, NULL);
+        for (size_t k = 0; k < sizeof CFG / sizeof CFG[0]; k++) {
+            FILE *f = fopen(cfgp, "w");
+            fputs(CFG[k].cfg, f);
+            fclose(f);
+            fb_chat_opts o = {0};
+            fb_chat_own own;
+            const char *what;
+            int rc = fb_chat_select("auto", NULL, dir, &o, &own, &what, &err);
+            if (CFG[k].err) {
+                CHECK(rc == -1 && strstr(err.msg, CFG[k].err), "config %zu: expected error '%s', got %d: %s", k, CFG[k].err,
+                      rc, err.msg);
+                continue;
+            }
+            char *out = NULL;
+            size_t n = 0;
+            CHECK(rc == 0 && fb_chat_render(&o, msgs, NULL, &out, &n, &err) == 0 && !strncmp(out, CFG[k].exp, strlen(CFG[k].exp)),
+                  "config %zu: expected '%s', got '%s' (%s)", k, CFG[k].exp, out ? out : "", err.msg);
+            free(out);
+            fb_chat_own_free(&own);
+        }
+        // usage errors (-2) and a template file with the directory's special tokens
+        FILE *f = fopen(cfgp, "w");
+        fputs("{\"bos_token\": \"<B>\"}", f);
+        fclose(f);
+        fb_chat_opts o = {0};
+        fb_chat_own own;
+        const char *what;
+        CHECK(fb_chat_select("llama3", NULL, dir, &o, &own, &what, &err) == -2 && strstr(err.msg, "--template"),
+              "unknown name: %s", err.msg);
+        CHECK(fb_chat_select("chatml", "x.jinja", dir, &o, &own, &what, &err) == -2, "file and name: %s", err.msg);
+        CHECK(fb_chat_select("auto", "tests/golden/templates/nope.jinja", dir, &o, &own, &what, &err) == -1 &&
+                  strstr(err.msg, "nope.jinja: cannot open"), "missing file: %s", err.msg);
+        char tp[256];
+        snprintf(tp, sizeof tp, "%s/t.jinja", dir);
+        f = fopen(tp, "w");
+        fputs("{{ bos_token }}|{{ enable_thinking }}", f);
+        fclose(f);
+        CHECK(fb_chat_select("auto", tp, dir, &o, &own, &what, &err) == 0 && o.tmpl == FB_CHAT_JINJA, "file: %s", err.msg);
+        json_t *kw = json_pack("{sb}", "enable_thinking", 0);
+        char *out = NULL;
+        size_t n = 0;
+        CHECK(fb_chat_render_kw(&o, msgs, NULL, kw, &out, &n, &err) == 0 && !strcmp(out, "<B>|False"),
+              "file template with kwargs: %s", out ? out : err.msg);
+        free(out);
+        CHECK(fb_chat_render_kw(&o, msgs, NULL, msgs, &out, &n, &err) == -1, "kwargs must be an object");
+        json_decref(kw);
+        fb_chat_own_free(&own);
+        json_decref(msgs);
+        unlink(tp);
+        unlink(cfgp);
+        rmdir(dir);
+    }
+
+    // Dataset records: chat_template_kwargs reach the template; its type is checked when the
+    // file is opened; a record that needs a tokenizer without one is an error naming the line.
+    {
+        char dp[] = "/tmp/fourbit-jinja-ds-XXXXXX";
+        int fd = mkstemp(dp);
+        REQUIRE(fd >= 0, "mkstemp");
+        const char *recs = "{\"input_ids\": [5, 6]}\n"
+                           "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"chat_template_kwargs\": {\"enable_thinking\": false}}\n";
+        REQUIRE(write(fd, recs, strlen(recs)) == (ssize_t)strlen(recs), "write");
+        close(fd);
+        const char *paths[] = {dp};
+        fb_dataset *ds = NULL;
+        REQUIRE(fb_ds_open(paths, 1, &ds, &err) == 0, "%s", err.msg);
+        fb_ds_opts o;
+        fb_ds_opts_default(&o);
+        fb_jinja *kt = NULL;
+        const char *src = "{{ messages[0].content }}{% if enable_thinking is false %}!{% endif %}";
+        REQUIRE(fb_jinja_parse(src, strlen(src), "kw.jinja", &kt, &err) == 0, "%s", err.msg);
+        o.chat.tmpl = FB_CHAT_JINJA;
+        o.chat.jinja = kt;
+        fb_ids ids = {0};
+        CHECK(fb_ds_record_ids(ds, 0, &o, NULL, &ids, &err) == 0 && ids.n == 2, "input_ids need no tokenizer: %s", err.msg);
+        ids.n = 0;
+        CHECK(fb_ds_record_ids(ds, 1, &o, NULL, &ids, &err) == -1 && strstr(err.msg, ":2: this record needs a tokenizer"),
+              "chat record without a tokenizer: %s", err.msg);
+        ids.n = 0;
+        o.tokenizer_path = "models/tiny-minimax-m2/tokenizer.json";  // loaded on first need
+        fb_ids exp = {0};
+        CHECK(fb_ds_record_ids(ds, 1, &o, NULL, &ids, &err) == 0 && fb_tok_encode(tok, "hi!", 3, 0, &exp, &err) == 0 &&
+                  ids.n == exp.n && memcmp(ids.v, exp.v, exp.n * sizeof *exp.v) == 0,
+              "kwargs rendered and encoded: %s", err.msg);
+        fb_ids_free(&ids);
+        fb_ids_free(&exp);
+        fb_jinja_free(kt);
+        fb_ds_close(ds);
+        FILE *f = fopen(dp, "w");
+        fputs("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"chat_template_kwargs\": [1]}\n", f);
+        fclose(f);
+        CHECK(fb_ds_open(paths, 1, &ds, &err) == -1 && strstr(err.msg, ":1: 'chat_template_kwargs' must be an object"),
+              "kwargs type: %s", err.msg);
+        unlink(dp);
+    }
 
     fb_tok_free(tok);
     json_decref(g);

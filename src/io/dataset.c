@@ -53,6 +53,8 @@ static const char *const MESSAGE_ROLES[] = {"system", "user", "assistant", "tool
 // Which kind a record is, after checking its shape; REC_NONE with err set when it is bad.
 static int record_kind(json_t *rec, fb_err *err) {
     if (!json_is_object(rec)) return fb_fail(err, "not a JSON object"), REC_NONE;
+    json_t *kw = json_object_get(rec, "chat_template_kwargs");
+    if (kw && !json_is_object(kw)) return fb_fail(err, "'chat_template_kwargs' must be an object"), REC_NONE;
     for (int k = 0; k < REC_NONE; k++) {
         json_t *v = json_object_get(rec, REC_KEYS[k].key);
         if (!v) continue;
@@ -237,7 +239,22 @@ static json_t *sharegpt_messages(json_t *conv) {
     return msgs;
 }
 
-int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, fb_ids *out, fb_err *err) {
+// The tokenizer for a record that needs one: *tp, else loaded from o->tokenizer_path into *tp
+// (the caller frees it), else an error naming the record.
+static int need_tok(const fb_ds_opts *o, fb_tok **tp, const char *path, size_t line, fb_err *err) {
+    if (*tp) return 0;
+    if (!o->tokenizer_path)
+        return fb_fail(err, "%s:%zu: this record needs a tokenizer and none was given", path, line);
+    fb_err why;
+    if (fb_tok_load(o->tokenizer_path, tp, &why))
+        return fb_fail(err, "%s:%zu: this record needs the tokenizer: %s", path, line, why.msg);
+    return 0;
+}
+
+// fb_ds_record_ids with a lazily loaded tokenizer: `check` (the caller's, may be NULL) bounds
+// input_ids; *tp is the tokenizer for text (loaded on first need).
+static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *check, fb_tok **tp, fb_ids *out,
+                      fb_err *err) {
     json_t *rec;
     if (fb_ds_record(ds, i, &rec, err)) return -1;
     const char *path;
@@ -248,7 +265,7 @@ int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, f
     switch (kind) {
     case REC_INPUT_IDS: {
         json_t *ids = json_object_get(rec, "input_ids");
-        int32_t nids = fb_tok_n_ids(t);
+        int32_t nids = check ? fb_tok_n_ids(check) : INT32_MAX;  // no tokenizer: the model's vocab bounds them
         for (size_t k = 0; k < json_array_size(ids); k++) {
             json_int_t v = json_integer_value(json_array_get(ids, k));
             if (v >= nids) {
@@ -266,8 +283,10 @@ int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, f
                                             : sharegpt_messages(json_object_get(rec, "conversations"));
         char *text = NULL;
         size_t len = 0;
-        if (fb_chat_render(&o->chat, msgs, json_object_get(rec, "tools"), &text, &len, &why) ||
-            fb_tok_encode(t, text, len, 0, out, &why))
+        if (fb_chat_render_kw(&o->chat, msgs, json_object_get(rec, "tools"), json_object_get(rec, "chat_template_kwargs"),
+                              &text, &len, &why))
+            rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
+        else if (!(rc = need_tok(o, tp, path, line, err)) && fb_tok_encode(*tp, text, len, 0, out, &why))
             rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
         free(text);
         json_decref(msgs);
@@ -275,13 +294,21 @@ int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, f
     }
     case REC_TEXT: {
         json_t *s = json_object_get(rec, "text");
-        if (fb_tok_encode(t, json_string_value(s), json_string_length(s), o->text_add_special, out, &why))
+        if (!(rc = need_tok(o, tp, path, line, err)) &&
+            fb_tok_encode(*tp, json_string_value(s), json_string_length(s), o->text_add_special, out, &why))
             rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
         break;
     }
     default: rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
     }
     json_decref(rec);
+    return rc;
+}
+
+int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, fb_ids *out, fb_err *err) {
+    fb_tok *use = t;
+    int rc = record_ids(ds, i, o, t, &use, out, err);
+    if (use != t) fb_tok_free(use);
     return rc;
 }
 
@@ -315,10 +342,12 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
     }
     size_t cap = 0;
     fb_ids ids = {0};
+    fb_tok *use = t;  // t, or the tokenizer loaded when a record first needs one
     for (size_t k = 0; k < n && !(o->samples && out->n >= o->samples); k++) {
         ids.n = 0;
         out->n_visited++;
-        if (fb_ds_record_ids(ds, order[k], o, t, &ids, err)) {
+        if (record_ids(ds, order[k], o, t, &use, &ids, err)) {
+            if (use != t) fb_tok_free(use);
             fb_ids_free(&ids);
             free(order);
             fb_ds_set_free(out);
@@ -348,6 +377,7 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
         s->record = order[k];
         out->total_tokens += len;
     }
+    if (use != t) fb_tok_free(use);
     fb_ids_free(&ids);
     free(order);
     return 0;
