@@ -145,7 +145,29 @@ int main(void) {
     expect("{% set x.y = 1 %}", NULL, "non-namespace");
     // Bounds: recursion, steps, output size.
     expect("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, "nested deeper than 64");
-    expect("{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}", NULL, "steps (limit)");
+    {
+        // the step budget (lowered so that the test is quick; the default is FB_JINJA_MAX_STEPS)
+        const char *src = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        fb_jinja *lt = NULL;
+        char *out = NULL;
+        size_t n = 0;
+        json_t *v = json_object();
+        REQUIRE(fb_jinja_parse(src, strlen(src), "loop.jinja", &lt, &err) == 0, "%s", err.msg);
+        fb_jinja_set_limits(lt, 0, 1000000);
+        CHECK(fb_jinja_render(lt, v, &out, &n, &err) == -1 && strstr(err.msg, "loop.jinja:1: rendering took more than 1000000 steps"),
+              "step limit: %s", err.msg);
+        fb_jinja_set_limits(lt, 1000, 0);
+        fb_jinja_free(lt);
+        json_decref(v);
+        free(out);
+    }
+    {
+        // evaluation depth: macros recursing through deep expressions stop before the C stack does
+        char src[4096] = "{% macro f(n) %}{{ ";
+        for (int k = 0; k < 100; k++) strcat(src, "-");
+        strcat(src, "f(n + 1) }}{% endmacro %}{{ f(0) }}");
+        expect(src, NULL, "evaluation nested deeper than 1024");
+    }
     expect("{% set s = 'x' * 1000000 %}{% for i in range(100) %}{{ s }}{% endfor %}", NULL, "output larger than");
     expect("{{ 'x' * 100000000 }}", NULL, "repetition larger");
     expect("{{ range(100000000) | length }}", NULL, "range of more than");

@@ -155,6 +155,8 @@ struct node {
 
 struct fb_jinja {
     char *name;
+    size_t max_output;             // FB_JINJA_MAX_OUTPUT unless fb_jinja_set_limits
+    unsigned long long max_steps;  // FB_JINJA_MAX_STEPS unless fb_jinja_set_limits
     node **all;  // every node, for freeing
     size_t nall, capall;
     node **body;
@@ -500,6 +502,10 @@ static node *p_primary(parser *P) {
     }
     if (t->k == TK_INT || t->k == TK_FLOAT) {
         n = mk(P, N_CONST, t->line);
+        if (t->k == TK_FLOAT && !isfinite(t->f)) {
+            perr(P, t->line, "float literal out of range (inf is not supported)");
+            return NULL;
+        }
         n->cst = t->k == TK_INT ? json_integer(t->i) : json_real(t->f);
         P->pos++;
         return n;
@@ -1077,6 +1083,8 @@ int fb_jinja_parse(const char *src, size_t len, const char *name, fb_jinja **out
     *out = NULL;
     fb_jinja *t = fb_calloc(1, sizeof *t);
     t->name = fb_strdup(name ? name : "template");
+    t->max_output = FB_JINJA_MAX_OUTPUT;
+    t->max_steps = FB_JINJA_MAX_STEPS;
     parser P = {.t = t, .err = err};
     int rc;
     if (!u8_valid(src, len)) {
@@ -1144,6 +1152,11 @@ void fb_jinja_free(fb_jinja *t) {
 }
 
 const char *fb_jinja_name(const fb_jinja *t) { return t->name; }
+
+void fb_jinja_set_limits(fb_jinja *t, size_t max_output, unsigned long long max_steps) {
+    if (max_output && max_output < FB_JINJA_MAX_OUTPUT) t->max_output = max_output;
+    if (max_steps && max_steps < FB_JINJA_MAX_STEPS) t->max_steps = max_steps;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Values
@@ -1228,6 +1241,9 @@ typedef struct {
     unsigned long long steps;
     int depth;
     int ctl;  // 1 break, 2 continue pending
+    int rdepth;  // eval / statement recursion depth
+    size_t max_output;
+    unsigned long long max_steps;
     scope *sc;   // innermost scope (assignments go here)
     scope *top;  // the template's top level (a macro's scope sits on it)
     json_t **tup;  // arrays that are Python tuples (repr "(a, b)"); one reference each
@@ -1276,14 +1292,13 @@ static void sc_free(scope *s) {
 }
 
 static int step(ctx *C, int line) {
-    if (++C->steps > FB_JINJA_MAX_STEPS)
-        return rerr(C, line, "rendering took more than %llu steps (limit)", (unsigned long long)FB_JINJA_MAX_STEPS);
+    if (++C->steps > C->max_steps) return rerr(C, line, "rendering took more than %llu steps (limit)", C->max_steps);
     return 0;
 }
 
 static int emit(ctx *C, int line, const char *s, size_t n) {
-    if (C->out->n + n > FB_JINJA_MAX_OUTPUT)
-        return rerr(C, line, "rendered output larger than %zu bytes (limit)", FB_JINJA_MAX_OUTPUT);
+    if (C->out->n + n > C->max_output)
+        return rerr(C, line, "rendered output larger than %zu bytes (limit)", C->max_output);
     sb_put(C->out, s, n);
     return 0;
 }
@@ -1829,6 +1844,13 @@ static int do_slice(ctx *C, const node *n, const val *o, val *out) {
     return rerr(C, n->line, "'%s' object is not subscriptable", type_name(o));
 }
 
+// A float result; inf and nan have no JSON value here and are an error (Python would print them).
+static int ret_real(ctx *C, int line, double x, val *out) {
+    if (!isfinite(x)) return rerr(C, line, "float result %s is not supported", isnan(x) ? "nan" : "inf");
+    *out = v_own(json_real(x));
+    return 0;
+}
+
 static int arith(ctx *C, int line, const char *op, const val *a, const val *b, val *out) {
     if (op[0] == '+' && is_str(a) && is_str(b)) {
         sbuf r = {0};
@@ -1848,8 +1870,8 @@ static int arith(ctx *C, int line, const char *op, const val *a, const val *b, v
         const val *s = is_str(a) ? a : b;
         long long k = iv(is_str(a) ? b : a);
         size_t n = json_string_length(s->j);
-        if (k > 0 && n && (unsigned long long)k * n > FB_JINJA_MAX_OUTPUT)
-            return rerr(C, line, "string repetition larger than %zu bytes (limit)", FB_JINJA_MAX_OUTPUT);
+        if (k > 0 && n && (unsigned long long)k * n > C->max_output)
+            return rerr(C, line, "string repetition larger than %zu bytes (limit)", C->max_output);
         sbuf r = {0};
         for (long long i = 0; i < k; i++) sb_put(&r, json_string_value(s->j), n);
         *out = v_str(r.p ? r.p : "", r.n);
@@ -1862,8 +1884,7 @@ static int arith(ctx *C, int line, const char *op, const val *a, const val *b, v
     if (!strcmp(op, "/")) {
         double y = fv(b);
         if (y == 0) return rerr(C, line, "division by zero");
-        *out = v_own(json_real(fv(a) / y));
-        return 0;
+        return ret_real(C, line, fv(a) / y, out);
     }
     if (ints) {
         long long x = iv(a), y = iv(b), r;
@@ -1874,8 +1895,8 @@ static int arith(ctx *C, int line, const char *op, const val *a, const val *b, v
         case '*':
             if (op[1] == '*') {
                 if (y < 0) {
-                    *out = v_own(json_real(pow((double)x, (double)y)));
-                    return 0;
+                    if (x == 0) return rerr(C, line, "0 cannot be raised to a negative power");
+                    return ret_real(C, line, pow((double)x, (double)y), out);
                 }
                 r = 1;
                 for (long long i = 0; i < y && !ovf; i++) ovf = __builtin_mul_overflow(r, x, &r);
@@ -1917,8 +1938,7 @@ static int arith(ctx *C, int line, const char *op, const val *a, const val *b, v
         break;
     default: return rerr(C, line, "unknown operator %s", op);
     }
-    *out = v_own(json_real(r));
-    return 0;
+    return ret_real(C, line, r, out);
 }
 
 static int contains(ctx *C, int line, const val *needle, const val *hay, int *r) {
@@ -2274,13 +2294,13 @@ static int f_int(ctx *C, int line, const val *v, const args_t *a, val *out) {
 static int f_float(ctx *C, int line, const val *v, const args_t *a, val *out) {
     if (check_args(C, line, "float", a, 1, "default")) return -1;
     const val *d = arg(a, 0, "default");
-    if (is_num(v)) return *out = v_own(json_real(fv(v))), 0;
+    if (is_num(v)) return ret_real(C, line, fv(v), out);
     if (is_str(v)) {
         const char *s = json_string_value(v->j);
         char *e;
         double f = strtod(s, &e);
         while (*e == ' ' || *e == '\t' || *e == '\n') e++;
-        if (e != s && !*e) return *out = v_own(json_real(f)), 0;
+        if (e != s && !*e) return ret_real(C, line, f, out);
     }
     *out = d ? v_copy(d) : v_own(json_real(0.0));
     return 0;
@@ -2292,7 +2312,7 @@ static int f_abs(ctx *C, int line, const val *v, const args_t *a, val *out) {
         if (iv(v) == INT64_MIN) return rerr(C, line, "integer overflow in abs");
         return *out = v_own(json_integer(iv(v) < 0 ? -iv(v) : iv(v))), 0;
     }
-    if (is_num(v)) return *out = v_own(json_real(fabs(fv(v)))), 0;
+    if (is_num(v)) return ret_real(C, line, fabs(fv(v)), out);
     return rerr(C, line, "bad operand type for abs(): '%s'", type_name(v));
 }
 
@@ -2580,8 +2600,8 @@ static int call_macro(ctx *C, int line, const node *m, const args_t *a, val *out
         rc = render_body(C, m->v, m->nv);
         C->out = caller_out;
         C->ctl = 0;
-        if (!rc && caller_out->n + body.n > FB_JINJA_MAX_OUTPUT)
-            rc = rerr(C, line, "rendered output larger than %zu bytes (limit)", FB_JINJA_MAX_OUTPUT);
+        if (!rc && caller_out->n + body.n > C->max_output)
+            rc = rerr(C, line, "rendered output larger than %zu bytes (limit)", C->max_output);
     }
     C->depth--;
     C->sc = caller;
@@ -2665,9 +2685,21 @@ static int eval_call(ctx *C, const node *n, val *out) {
     return rerr(C, n->line, "unsupported call");
 }
 
+static int eval_node(ctx *C, const node *n, val *out);
+
+// Every evaluation and statement goes through here: the step budget and the C stack depth
+// (macro calls inside deep expressions) are bounded.
 static int eval(ctx *C, const node *n, val *out) {
     *out = v_undef();
     if (step(C, n->line)) return -1;
+    if (C->rdepth >= FB_JINJA_MAX_RDEPTH) return rerr(C, n->line, "evaluation nested deeper than %d (limit)", FB_JINJA_MAX_RDEPTH);
+    C->rdepth++;
+    int rc = eval_node(C, n, out);
+    C->rdepth--;
+    return rc;
+}
+
+static int eval_node(ctx *C, const node *n, val *out) {
     switch (n->k) {
     case N_CONST: *out = v_ref(n->cst); return 0;
     case N_NAME: {
@@ -2735,7 +2767,7 @@ static int eval(ctx *C, const node *n, val *out) {
             if (n->k == N_NEG && iv(&o) == INT64_MIN) rc = rerr(C, n->line, "integer overflow");
             else *out = v_own(json_integer(n->k == N_NEG ? -iv(&o) : iv(&o)));
         } else {
-            *out = v_own(json_real(n->k == N_NEG ? -fv(&o) : fv(&o)));
+            rc = ret_real(C, n->line, n->k == N_NEG ? -fv(&o) : fv(&o), out);
         }
         v_free(&o);
         return rc;
@@ -2911,8 +2943,18 @@ static int render_for(ctx *C, const node *n) {
     return rc;
 }
 
+static int render_stmt(ctx *C, const node *n);
+
 static int render_node(ctx *C, const node *n) {
     if (step(C, n->line)) return -1;
+    if (C->rdepth >= FB_JINJA_MAX_RDEPTH) return rerr(C, n->line, "evaluation nested deeper than %d (limit)", FB_JINJA_MAX_RDEPTH);
+    C->rdepth++;
+    int rc = render_stmt(C, n);
+    C->rdepth--;
+    return rc;
+}
+
+static int render_stmt(ctx *C, const node *n) {
     switch (n->k) {
     case N_TEXT: return emit(C, n->line, n->s, n->sn);
     case N_OUT: {
@@ -2987,7 +3029,8 @@ int fb_jinja_render(const fb_jinja *t, json_t *vars, char **out, size_t *out_len
         json_t *x;
         json_object_foreach(vars, k, x) sc_set(&g, k, v_ref(x));
     }
-    ctx C = {.t = t, .out = &b, .sc = &g, .top = &g, .err = err};
+    ctx C = {.t = t, .out = &b, .sc = &g, .top = &g, .err = err, .max_output = t->max_output,
+             .max_steps = t->max_steps};
     int rc = render_body(&C, t->body, t->nbody);
     if (!rc && C.ctl) rc = fb_fail(err, "%s: break or continue outside a loop", t->name);
     sc_free(&g);

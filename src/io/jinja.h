@@ -38,7 +38,8 @@
 //
 // Bounds (documented errors, so a hostile template cannot run away): rendered output at most
 // FB_JINJA_MAX_OUTPUT bytes, at most FB_JINJA_MAX_STEPS evaluation steps, macro calls nested
-// at most FB_JINJA_MAX_DEPTH deep, expressions and blocks nested at most FB_JINJA_MAX_NEST.
+// at most FB_JINJA_MAX_DEPTH deep, expressions and blocks nested at most FB_JINJA_MAX_NEST deep
+// in the source and evaluation at most FB_JINJA_MAX_RDEPTH deep (so the C stack stays small).
 //
 // Errors: parse and render failures return -1 with err "NAME:LINE: what" (NAME as given to
 // fb_jinja_parse); raise_exception(msg) gives "NAME:LINE: raise_exception: msg".
@@ -53,6 +54,7 @@
 #define FB_JINJA_MAX_STEPS 50000000ull
 #define FB_JINJA_MAX_DEPTH 64
 #define FB_JINJA_MAX_NEST 256
+#define FB_JINJA_MAX_RDEPTH 1024
 
 typedef struct fb_jinja fb_jinja;
 
@@ -65,6 +67,10 @@ int fb_jinja_load(const char *path, fb_jinja **out, fb_err *err);
 
 // Frees a template (NULL is fine).
 void fb_jinja_free(fb_jinja *t);
+
+// Lowers the output and step limits of this template (0 keeps one; never above the defaults):
+// for fuzzing and for callers with tighter budgets.
+void fb_jinja_set_limits(fb_jinja *t, size_t max_output, unsigned long long max_steps);
 
 // The name given at parse time.
 const char *fb_jinja_name(const fb_jinja *t);
