@@ -140,6 +140,10 @@ int main(void) {
     expect("{% endfor %}", NULL, "unexpected 'endfor'");
     expect("x\n\n{{ 1 +* 2 }}", NULL, "t.jinja:3:");
     expect("{{ 1 // 0 }}", NULL, "by zero");
+    // inf / nan (a fuzzer find: a NULL JSON value dereferenced): errors, not a different print
+    expect("{{ 1e23456789/123 }}", NULL, "float literal out of range");
+    expect("{{ 1e308 * 10 }}", NULL, "float result inf is not supported");
+    expect("{{ 'nan' | float }}", NULL, "float result nan");
     expect("{{ 9223372036854775807 + 1 }}", NULL, "overflow");
     expect("{% break %}", NULL, "outside a loop");
     expect("{% set x.y = 1 %}", NULL, "non-namespace");
