@@ -1758,9 +1758,31 @@ static int v_len(ctx *C, int line, const val *v, long long *n) {
     return rerr(C, line, "object of type '%s' has no len()", type_name(v));
 }
 
-// obj.name: a dict key (or namespace attribute), else undefined; undefined.name is an error.
+// Python attributes of dict, str and list: jinja2 finds these before a dict key of that name,
+// so `d.items` (not called) is a bound method there. We only support calling them.
+static const char *const DICT_ATTRS[] = {"items", "keys", "values", "get", "copy", "pop", "popitem", "update",
+                                         "clear", "setdefault", "fromkeys", NULL};
+static const char *const STR_ATTRS[] = {
+    "strip", "lstrip", "rstrip", "split", "rsplit", "splitlines", "startswith", "endswith", "replace", "upper",
+    "lower", "title", "capitalize", "find", "rfind", "index", "rindex", "count", "join", "format", "encode",
+    "casefold", "center", "ljust", "rjust", "zfill", "partition", "rpartition", "swapcase", "expandtabs",
+    "isdigit", "isalpha", "isalnum", "isspace", "islower", "isupper", "istitle", "isnumeric", "isdecimal", NULL};
+static const char *const LIST_ATTRS[] = {"append", "extend", "insert", "remove", "reverse", "sort", "index",
+                                         "count", "copy", "pop", "clear", NULL};
+
+static int is_py_attr(const val *o, const char *name) {
+    const char *const *l = is_dict(o) ? DICT_ATTRS : is_str(o) ? STR_ATTRS : is_list(o) ? LIST_ATTRS : NULL;
+    for (; l && *l; l++)
+        if (!strcmp(*l, name)) return 1;
+    return 0;
+}
+
+// obj.name: a dict key (or namespace attribute), else undefined; undefined.name is an error,
+// and so is a Python method named without a call (jinja2 would print the bound method).
 static int get_attr(ctx *C, int line, const val *o, const char *name, val *out) {
     if (o->k == K_UNDEF) return rerr(C, line, "'%s' is undefined (attribute of an undefined value)", name);
+    if (is_py_attr(o, name))
+        return rerr(C, line, "'%s' of a %s is a method; using it without a call is not supported", name, type_name(o));
     if (o->k == K_NS || is_dict(o)) {
         json_t *x = json_object_get(o->j, name);
         *out = x ? v_ref(x) : v_undef();
