@@ -632,6 +632,9 @@ int fb_chat_select(const char *name, const char *file, const char *model_dir, fb
         }
         own->source = fb_strdup(file);
     } else if (model_dir && fb_chat_own_load(model_dir, own, err)) {
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, " (the checkpoint's chat template; --template minimax-m2|chatml "
+                                                    "or --chat-template FILE renders without it)");
         return -1;
     }
     if (own->tmpl) {
