@@ -90,6 +90,8 @@ SNIPPETS = [
     ("generation_tag", "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}"),
     ("raise_exception", "{% if messages | length > 1 %}{{ raise_exception('too many: ' ~ messages | length) }}{% endif %}ok"),
     ("undefined_attribute_error", "{{ nothing.here }}"),
+    ("ws_edges", "   {% if true %}x{% endif %}\na {{ 1 }}   {% if true %}b{% endif %}\n{{ 2 -}}\n   {% if true %}c{% endif %}\n\t{%- if true -%}\td\t{%- endif -%}\t\n  {# c #}\ne\na\u3000\u00a0{%- if true %}f{% endif %}\n{{ 'g}}h' }}{{ \"%}\" }}\n{% if true %}  \n{% endif %}i"),
+    ("nested_loops", "{% set ns = namespace(n=0) %}{% for a in messages %}{% set outer = loop %}{% for b in [1, 2] %}{% set ns.n = ns.n + 1 %}{{ outer.index }}.{{ loop.index }}{% if not loop.last %},{% endif %}{% endfor %};{% endfor %}{{ ns.n }}"),
     ("kwargs_passthrough", "{{ enable_thinking }}|{{ custom | tojson }}|{{ reasoning_effort | default('none') }}"),
 ]
 
