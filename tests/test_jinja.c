@@ -147,6 +147,8 @@ int main(void) {
     expect("{{ 9223372036854775807 + 1 }}", NULL, "overflow");
     expect("{% break %}", NULL, "outside a loop");
     expect("{% set x.y = 1 %}", NULL, "non-namespace");
+    expect("{% set ns = namespace() %}{% set ns.me = ns %}", NULL, "storing a value of type namespace");
+    expect("{% set ns = namespace() %}{% set ns.u = nothing %}", NULL, "storing a value of type undefined");
     expect("{{ {'items': 1}.items }}", NULL, "without a call");  // jinja2: the bound method, not the key
     expect("{{ 'a'.upper }}", NULL, "without a call");
     expect("{{ {'k': 1}.k }}{{ {'k': 1}.nope }}.", "1.", NULL);

@@ -3009,8 +3009,9 @@ static int render_stmt(ctx *C, const node *n) {
         val v;
         if (eval(C, n->a, &v)) return -1;
         if (v.k != K_JSON) {
+            const char *what = type_name(&v);
             v_free(&v);
-            return rerr(C, n->line, "storing a %s in a namespace is not supported", v.k == K_UNDEF ? "undefined value" : "macro");
+            return rerr(C, n->line, "storing a value of type %s in a namespace is not supported", what);
         }
         json_object_set_new(ns->j, n->s2, v.j);
         return 0;
