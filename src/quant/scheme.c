@@ -253,9 +253,18 @@ static int parse_str(pctx *c, const char *p, const json_t *v, const char **out) 
     return 0;
 }
 
-static const char *const QARGS_KEYS[] = {"num_bits", "type", "symmetric", "group_size",
-                                         "strategy", "block_structure", "dynamic", "actorder",
-                                         "scale_dtype", "zp_dtype", "observer", "observer_kwargs"};
+// The fields of compressed-tensors' pydantic models: one list each, read by this parser and by
+// the validator's schema check (validate_pass.c).
+const char *const fb_ct_args_keys[] = {"num_bits", "type", "symmetric", "group_size", "strategy",
+                                       "block_structure", "dynamic", "actorder", "scale_dtype",
+                                       "zp_dtype", "observer", "observer_kwargs", NULL};
+const char *const fb_ct_scheme_keys[] = {"targets", "weights", "input_activations",
+                                         "output_activations", "format", NULL};
+const char *const fb_ct_config_keys[] = {"config_groups", "quant_method", "kv_cache_scheme", "format",
+                                         "quantization_status", "global_compression_ratio", "ignore",
+                                         "run_compressed", NULL};
+const char *const fb_ct_config_writer_keys[] = {"version", "sparsity_config", "transform_config", NULL};
+#define QARGS_KEYS fb_ct_args_keys
 
 static int qargs_parse(pctx *c, const json_t *o, const char *path, fb_qargs *a) {
     fb_qargs_init(a);
@@ -267,7 +276,7 @@ static int qargs_parse(pctx *c, const json_t *o, const char *path, fb_qargs *a) 
     json_object_foreach((json_t *)o, k, v) {
         subpath(p, sizeof p, path, k);
         int ki = -1;
-        for (size_t i = 0; i < NELEM(QARGS_KEYS); i++)
+        for (size_t i = 0; QARGS_KEYS[i]; i++)
             if (strcmp(k, QARGS_KEYS[i]) == 0) ki = (int)i;
         if (ki < 0)
             return pfail(c, p, "unknown key '%s' (QuantizationArgs accepts: num_bits, type, "
@@ -698,9 +707,6 @@ void fb_qconfig_free(fb_qconfig *c) {
     memset(c, 0, sizeof *c);
 }
 
-static const char *const QCONFIG_KEYS[] = {
-    "config_groups", "quant_method", "kv_cache_scheme", "format", "quantization_status",
-    "global_compression_ratio", "ignore", "sparsity_config", "transform_config", "version"};
 
 int fb_qconfig_from_json(const json_t *qc, const char *what, fb_qconfig *out,
                          void (*unknown_cb)(void *ctx, const char *key), void *ctx, fb_err *err) {
@@ -712,7 +718,8 @@ int fb_qconfig_from_json(const json_t *qc, const char *what, fb_qconfig *out,
     json_t *v;
     json_object_foreach((json_t *)qc, k, v) {
         int known = 0;
-        for (size_t i = 0; i < NELEM(QCONFIG_KEYS); i++) known |= strcmp(k, QCONFIG_KEYS[i]) == 0;
+        for (size_t i = 0; fb_ct_config_keys[i]; i++) known |= strcmp(k, fb_ct_config_keys[i]) == 0;
+        for (size_t i = 0; fb_ct_config_writer_keys[i]; i++) known |= strcmp(k, fb_ct_config_writer_keys[i]) == 0;
         if (!known && unknown_cb) unknown_cb(ctx, k);
     }
     json_t *groups = json_object_get(qc, "config_groups");

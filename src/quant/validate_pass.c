@@ -17,6 +17,7 @@
 #include "arch/arch.h"
 #include "quant/formats.h"
 #include "quant/match.h"
+#include "quant/scheme.h"
 #include "quant/validate_priv.h"
 
 // ---- module kinds and suffixes ---------------------------------------------------------------
@@ -416,15 +417,10 @@ static int in_list(const char *s, const char *const *list) {
 
 static int ieq(const char *a, const char *b) { return !strcasecmp(a, b); }
 
-static const char *const ARGS_KEYS[] = {"num_bits", "type", "symmetric", "group_size", "strategy",
-                                        "block_structure", "dynamic", "actorder", "scale_dtype",
-                                        "zp_dtype", "observer", "observer_kwargs", NULL};
-static const char *const SCHEME_KEYS[] = {"targets", "weights", "input_activations",
-                                          "output_activations", "format", NULL};
-static const char *const CONFIG_KEYS[] = {"config_groups", "quant_method", "kv_cache_scheme", "format",
-                                          "quantization_status", "global_compression_ratio", "ignore",
-                                          "run_compressed", NULL};
-static const char *const CONFIG_KEYS_WRITERS[] = {"version", "sparsity_config", "transform_config", NULL};
+#define ARGS_KEYS fb_ct_args_keys
+#define SCHEME_KEYS fb_ct_scheme_keys
+#define CONFIG_KEYS fb_ct_config_keys
+#define CONFIG_KEYS_WRITERS fb_ct_config_writer_keys
 static const char *const STRATEGIES[] = {"tensor", "channel", "group", "block", "token", "tensor_group",
                                          "attn_head", NULL};
 static const char *const FORMATS[] = {"dense", "sparse-bitmask", "sparse-24-bitmask", "int-quantized",
