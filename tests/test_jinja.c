@@ -151,6 +151,9 @@ int main(void) {
     expect("{% set ns = namespace() %}{% set ns.u = nothing %}", NULL, "storing a value of type undefined");
     expect("{{ {'items': 1}.items }}", NULL, "without a call");  // jinja2: the bound method, not the key
     expect("{{ 'a'.upper }}", NULL, "without a call");
+    expect("{{ 'a'.items() }}", NULL, "'str' object has no attribute 'items'");  // Python fails too
+    expect("{{ 'a'.zfill(3) }}", NULL, "unsupported string method 'zfill'");    // Python has it; we do not
+    expect("{{ [1].append(2) }}", NULL, "unsupported method 'append' of a list");
     expect("{{ {'k': 1}.k }}{{ {'k': 1}.nope }}.", "1.", NULL);
     // Bounds: recursion, steps, output size.
     expect("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", NULL, "nested deeper than 64");

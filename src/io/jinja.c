@@ -2564,7 +2564,10 @@ static int call_method(ctx *C, int line, const val *o, const char *m, const args
             free(b.p);
             return 0;
         }
-        return rerr(C, line, "unsupported string method '%s'", m);
+        // a real str method we lack is our limit; anything else fails in Python too (e.g. the
+        // MiniMax template's arguments.items() on arguments given as a JSON string)
+        return is_py_attr(o, m) ? rerr(C, line, "unsupported string method '%s'", m)
+                                : rerr(C, line, "'str' object has no attribute '%s'", m);
     }
     if (is_dict(o) || o->k == K_NS) {
         if (!strcmp(m, "items") || !strcmp(m, "keys") || !strcmp(m, "values")) {
@@ -2584,9 +2587,11 @@ static int call_method(ctx *C, int line, const val *o, const char *m, const args
             *out = x ? v_ref(x) : d ? v_copy(d) : v_own(json_null());
             return 0;
         }
-        return rerr(C, line, "unsupported dict method '%s'", m);
+        return is_py_attr(o, m) || o->k == K_NS ? rerr(C, line, "unsupported dict method '%s'", m)
+                                                : rerr(C, line, "'dict' object has no attribute '%s' to call", m);
     }
-    return rerr(C, line, "unsupported method '%s' of a %s", m, type_name(o));
+    return is_py_attr(o, m) ? rerr(C, line, "unsupported method '%s' of a %s", m, type_name(o))
+                            : rerr(C, line, "'%s' object has no attribute '%s' to call", type_name(o), m);
 }
 
 // ---- calls
