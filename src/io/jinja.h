@@ -28,10 +28,12 @@
 //   methods     str: strip lstrip rstrip split rsplit startswith endswith replace upper lower
 //               title capitalize find join count; dict: items keys values get
 //   globals     raise_exception(msg), namespace(...), range(...), dict(...)
-// Values follow Python: str() of None/True/False/lists/dicts is their Python repr, integers
-// are 64-bit (overflow is an error), strings index and slice by code point. Undefined values
-// print as "", are false, iterate as empty, and fail on attribute access, as jinja2's default
-// Undefined does.
+// Values follow Python: str() of None/True/False/lists/dicts/tuples is their Python repr,
+// integers are 64-bit (overflow is an error), floats print as repr() (inf and nan are errors),
+// strings index and slice by code point. Undefined values print as "", are false, iterate as
+// empty, and fail on attribute access, as jinja2's default Undefined does. A method named
+// without a call (`d.items`), case mapping of non-ASCII text and `sameas` on values whose
+// identity is a CPython detail are errors.
 // Anything else (unknown statement, filter, test, method or global such as strftime_now,
 // `{% raw %}`, `{% include %}`, call blocks, recursive loops) is an error naming the template
 // line, never a different rendering.
