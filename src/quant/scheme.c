@@ -3,6 +3,7 @@
 // (quantization/quant_args.py, quant_scheme.py, quant_config.py, compressors/format.py) and
 // auto-round 0.16 (utils/model_free_utils.py::_build_quantization_config).
 #include "quant/scheme.h"
+#include "common/cancel.h"
 
 #include "common/strmap.h"
 
@@ -921,6 +922,14 @@ static int modref_cmp(const void *x, const void *y) {
     return fb_module_order_cmp(((const mod_ref *)x)->name, ((const mod_ref *)y)->name);
 }
 
+// -1 with err when a target or ignore regex of the recipe failed to complete a match.
+static int plan_match_check(const fb_qconfig *cfg, fb_err *err) {
+    if (fb_target_list_check(&cfg->ignore_tl, err)) return -1;
+    for (size_t g = 0; g < cfg->n_groups; g++)
+        if (fb_target_list_check(&cfg->groups[g].tl, err)) return -1;
+    return 0;
+}
+
 static int group_size_of(const fb_qscheme *s) { return s->weights.group_size; }
 
 int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_plan *out,
@@ -930,6 +939,10 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
     out->n = n;
     out->e = fb_calloc(n ? n : 1, sizeof *out->e);
     for (size_t i = 0; i < n; i++) {
+        if (fb_cancel_check("building the plan", err)) {
+            fb_plan_free(out);
+            return -1;
+        }
         fb_plan_entry *e = &out->e[i];
         e->tensor = i;
         e->group = e->target_entry = e->ignore_entry = e->fused = -1;
@@ -941,6 +954,10 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
         int g = pick_group(cfg, e->module, e->cls, &te);
         e->ignore_entry = fb_target_list_match(&cfg->ignore_tl, e->module, e->cls);
         e->target_entry = te;
+        if (plan_match_check(cfg, err)) {  // a regex that gave up decided nothing
+            fb_plan_free(out);
+            return fb_err_prefix(err, "tensor %s", t[i].name);
+        }
         if (e->ignore_entry >= 0) { e->rule = FB_RULE_IGNORED; continue; }
         if (g < 0) { e->rule = FB_RULE_NOT_TARGETED; continue; }
         const fb_qscheme *s = &cfg->groups[g];
