@@ -76,7 +76,7 @@ has "$T_TMP/nvfp4/README.md" "dataset \| \`$D\`" "nvfp4: calibration dataset"
 has "$T_TMP/nvfp4/README.md" "samples \| 4 \|" "nvfp4: calibration samples"
 # the dataset's sha256 as coreutils computes it (independent of fourbit)
 has "$T_TMP/nvfp4/README.md" "dataset sha256 \| \`$(sha256sum $D | cut -d' ' -f1)\` \|" "nvfp4: calibration data sha256 = sha256sum's"
-has "$T_TMP/nvfp4/README.md" "chat template \| minimax" "nvfp4: template"
+has "$T_TMP/nvfp4/README.md" "chat template \| [^|]*chat_template.jinja" "nvfp4: template (the checkpoint's own, --template auto)"
 has "$T_TMP/nvfp4/README.md" "Blackwell.*native NVFP4 W4A4" "nvfp4: Blackwell serving line"
 has "$T_TMP/nvfp4/README.md" "Hopper.*Marlin" "nvfp4: Hopper serving line"
 has "$T_TMP/nvfp4a16/README.md" "^none \(weight-only scheme" "nvfp4a16: no calibration"
