@@ -27,6 +27,7 @@ int main(int argc, char **argv) {
         {"sparsity", 0, FB_OPT_DOUBLE, &o.sparsity, "F", "fraction of experts removed in every layer, in (0, 1): E - floor(E*F) kept", 0, 0},
         {"experts", 'e', FB_OPT_INT, &o.n_keep, "N", "experts kept in every layer (instead of --sparsity)", 0, 1 << 20},
         {"keep", 'k', FB_OPT_STR, &o.keep_path, "FILE", "reproduce the retained experts of a map (DST/" FB_PRUNE_MAP_NAME " of an earlier run)", 0, 0},
+        {"stats-out", 0, FB_OPT_STR, &o.stats_out, "FILE", "also write the pruned model's statistics (kept experts renumbered) for nvfp4-quantize --calib", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
         {"force", 'f', FB_OPT_FLAG, &o.force, NULL, "replace a non-empty DST", 0, 0},
@@ -72,6 +73,10 @@ int main(int argc, char **argv) {
     }
     if (!o.keep_path && !o.stats_path) {
         fprintf(stderr, "%s: --stats STATS is needed to rank the experts (or --keep MAP.json)\n", TOOL);
+        return 2;
+    }
+    if (o.stats_out && !o.stats_path) {
+        fprintf(stderr, "%s: --stats-out needs --stats\n", TOOL);
         return 2;
     }
     if (o.merge && o.shard_count < 2) {

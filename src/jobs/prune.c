@@ -205,6 +205,30 @@ done:
     return rc;
 }
 
+fb_calib_stats *fb_prune_stats(const fb_calib_stats *s, const fb_prune_map *m) {
+    fb_calib_stats *d = fb_calib_stats_new(s->n_layers, m->n_keep);
+    d->arch = s->arch;
+    d->all_experts = s->all_experts;
+    d->n_tokens = s->n_tokens;
+    for (int l = 0; l < s->n_layers; l++) {
+        d->done[l] = s->done[l];
+        d->qkv_absmax[l] = s->qkv_absmax[l];
+        d->o_absmax[l] = s->o_absmax[l];
+        d->norm_sum[l] = s->norm_sum[l];
+        d->norm_max[l] = s->norm_max[l];
+        d->h_absmax[l] = s->h_absmax[l];
+        for (int i = 0; i < m->n_keep; i++) {
+            size_t di = (size_t)l * (size_t)m->n_keep + (size_t)i;
+            size_t si = (size_t)l * (size_t)s->n_experts + (size_t)m->keep[di];
+            d->w13_absmax[di] = s->w13_absmax[si];
+            d->w2_absmax[di] = s->w2_absmax[si];
+            d->counts[di] = s->counts[si];
+            d->sal_sum[di] = s->sal_sum[si];
+        }
+    }
+    return d;
+}
+
 // ---- tensor classification -------------------------------------------------------------------
 
 typedef enum { ACT_COPY = 0, ACT_SLICE, ACT_DROP } act;
@@ -252,9 +276,8 @@ typedef struct plan_t {
 
 // Decides what happens to every source tensor. Fails naming the tensor when an expert tensor
 // cannot be renumbered or a router tensor cannot be sliced.
-static int classify(const fb_source *s, const fb_arch *a, const fb_prune_map *m, const int *newidx, plan_t *pl,
+static int classify(const fb_ckpt *c, const fb_arch *a, const fb_prune_map *m, const int *newidx, plan_t *pl,
                     fb_err *err) {
-    const fb_ckpt *c = s->ck;
     for (size_t i = 0; i < c->n_tensors; i++) {
         const fb_st_tensor *t = c->tensors[i].t;
         const char *file = c->file_names[c->tensors[i].file];
@@ -320,7 +343,7 @@ typedef struct chunk {
 } chunk;
 
 typedef struct job {
-    fb_source *s;
+    fb_ckpt *c;
     fb_cw *w;
     const fb_prune_map *m;
     const plan_t *pl;
@@ -333,8 +356,8 @@ typedef struct job {
 static int compute(void *ctx, size_t k, int tid, fb_err *err) {
     job *j = ctx;
     chunk *c = &j->chunks[k];
-    const fb_ckpt_tensor *ct = &j->s->ck->tensors[c->src];
-    const fb_st_file *f = j->s->ck->files[ct->file];
+    const fb_ckpt_tensor *ct = &j->c->tensors[c->src];
+    const fb_st_file *f = j->c->files[ct->file];
     if (!c->slice) {
         if (fb_st_read(f, ct->t, c->off, j->buf[tid], c->n, err)) return -1;
         fb_st_release(f, ct->t->offset + c->off, c->n);
@@ -409,14 +432,16 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     int modes = (o->sparsity != 0.0) + (o->n_keep != 0) + (o->keep_path != NULL);
     if (modes != 1) return fb_fail(err, "give exactly one of --sparsity, --experts and --keep");
     if (!o->keep_path && !o->stats_path) return fb_fail(err, "--stats STATS is needed to rank the experts");
-    fb_source *s = NULL;
+    if (o->stats_out && !o->stats_path) return fb_fail(err, "--stats-out needs --stats");
+    fb_ckpt *c = NULL;
     fb_calib_stats *st = NULL;
     fb_prune_map *m = NULL;
     plan_t *pl = NULL;
     int *newidx = NULL;
     int rc = -1;
-    if (fb_source_open(src, &s, err)) return -1;
-    fb_ckpt *c = s->ck;
+    // The checkpoint as stored, not fb_source: nothing is dequantized, and an NVFP4 source
+    // holds F8_E4M3 tensors (weight_scale) that are not FP8 block-scaled weights.
+    if (fb_ckpt_open(src, &c, err)) return -1;
     fb_model_config mc;
     if (!c->config) {
         fb_fail(err, "%s: no config.json: the expert count and the family are unknown", src);
@@ -473,7 +498,7 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     for (int l = 0; l < L; l++)
         for (int i = 0; i < m->n_keep; i++) newidx[(size_t)l * (size_t)E + (size_t)m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i]] = i;
     pl = fb_calloc(c->n_tensors + 1, sizeof *pl);
-    if (classify(s, a, m, newidx, pl, err)) goto out;
+    if (classify(c, a, m, newidx, pl, err)) goto out;
     // Every kept expert must exist in every layer (a source already pruned or broken is
     // refused here rather than by the validator after the copy).
     for (int l = 0; l < L; l++)
@@ -533,7 +558,7 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     }
     int n_shards = wrc ? -1 : fb_cw_plan(w, err);
     if (n_shards < 0) wrc = -1;
-    job j = {.s = s, .w = w, .m = m, .pl = pl};
+    job j = {.c = c, .w = w, .m = m, .pl = pl};
     j.buf = fb_calloc((size_t)threads, sizeof *j.buf);
     for (int t = 0; t < threads; t++) j.buf[t] = fb_aligned_alloc(max_buf);
     j.prog = fb_progress_start(o->tool, bytes_out, res->n_copied + res->n_sliced, o->quiet);
@@ -585,7 +610,11 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
         rc = 0;
         goto out;
     }
-    if (!wrc && fb_copy_side_files(s, fb_cw_staging_dir(w), err) < 0) wrc = -1;
+    if (!wrc) {
+        // fb_copy_side_files reads only the checkpoint of its source.
+        fb_source side = {.ck = c};
+        if (fb_copy_side_files(&side, fb_cw_staging_dir(w), err) < 0) wrc = -1;
+    }
     if (!wrc) {
         json_t *cfg = json_deep_copy(c->config);
         json_object_set_new(cfg_holder(cfg, a->key_n_experts), a->key_n_experts, json_integer(m->n_keep));
@@ -613,6 +642,13 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     } else {
         rc = 0;
     }
+    if (rc == 0 && o->stats_out) {
+        fb_calib_stats *ps = fb_prune_stats(st, m);
+        const char *mk2[] = {"tool", "version", "fourbit.pruned_from", "fourbit.experts_kept"};
+        const char *mv2[] = {o->tool, FB_VERSION, o->stats_path, keepbuf};
+        if (fb_calib_stats_write(ps, o->stats_out, 4, mk2, mv2, err)) rc = -1;
+        fb_calib_stats_free(ps);
+    }
 out:
     if (pl)
         for (size_t i = 0; i < c->n_tensors; i++) free(pl[i].name);
@@ -620,7 +656,7 @@ out:
     free(newidx);
     fb_prune_map_free(m);
     fb_calib_stats_free(st);
-    fb_source_close(s);
+    fb_ckpt_close(c);
     res->seconds = fb_now() - t0;
     return rc;
 }

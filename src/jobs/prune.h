@@ -82,10 +82,18 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
 // "saliency": {block: [...]} (when known), "dropped": {block: [...]}}. New reference.
 json_t *fb_prune_map_json(const fb_prune_map *m, const fb_arch *a);
 
+// The statistics of the pruned model: every per-expert value (input absmax of the expert
+// Linears, routed counts, saliency sums) of the kept experts under their new indices, the
+// per-layer values unchanged. What `nvfp4-quantize --calib` needs after pruning: the
+// statistics of the unpruned model would give renumbered experts the input scales of the
+// experts that had their index before. New table owned by the caller.
+fb_calib_stats *fb_prune_stats(const fb_calib_stats *s, const fb_prune_map *m);
+
 typedef struct fb_prune_opts {
     const char *tool;          // "reap-prune" (messages, provenance)
     const char *stats_path;    // statistics file from calibrate (needed unless keep_path)
     const char *keep_path;     // a map to reproduce, or NULL
+    const char *stats_out;     // write the pruned model's statistics here (needs stats_path), or NULL
     double sparsity;           // fraction of experts removed per layer, or 0
     int n_keep;                // experts kept per layer, or 0 (exactly one of the three)
     int threads;
