@@ -158,10 +158,6 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
         }
     }
     if (!json_is_object(ret)) { fb_fail(err, "%s: \"retained\" is not an object", path); goto done; }
-    if ((int)json_object_size(ret) != n_layers) {
-        fb_fail(err, "%s: %zu MoE blocks listed, the checkpoint has %d layers", path, json_object_size(ret), n_layers);
-        goto done;
-    }
     for (int l = 0; l < n_layers; l++) {
         char blk[256];
         fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
@@ -195,6 +191,11 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
             }
             m->keep[(size_t)l * (size_t)n + (size_t)i] = (int)e;
         }
+    }
+    if ((int)json_object_size(ret) != n_layers) {
+        fb_fail(err, "%s: %zu MoE blocks listed, the checkpoint has %d layers (a key that names no MoE block)", path,
+                json_object_size(ret), n_layers);
+        goto done;
     }
     rc = 0;
     *out = m;
