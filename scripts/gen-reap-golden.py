@@ -13,11 +13,10 @@ padding), and records per MoE layer:
     bf16 bytes), to compare with reap-prune's slices for the same map.
 
 Model: the FP8 checkpoint loaded with transformers' own FP8 dequantization
-(FineGrainedFP8Config(dequantize=True), bf16: BF16(float(fp8) * scale_inv), the values fourbit
-computes from), under llm-compressor's load_quantizable_moe (experts linearised into 2-D
-Linears, which REAP needs), then cast to float32 so the forward runs in f32 as fourbit's
-calibrate does (its activations are f32; bf16 activations would change the saliency in the
-third digit).
+dequantized in torch as BF16(float(fp8) * scale_inv) (the values fourbit computes from) and saved
+as a BF16 checkpoint, then loaded in float32 under llm-compressor's load_quantizable_moe (experts
+linearised into 2-D Linears, which REAP needs), so the forward runs in f32 as fourbit's
+calibrate does, and the F32 router gate and correction bias keep their bits.
 
 Reference packages: the venv /work/venvs/hq (see scripts/gen-qwen3-moe-quant-golden.py):
 llmcompressor 0.14.0.1, compressed-tensors 0.19.0, torch 2.15.0 CPU, transformers 5.17.0,
@@ -39,7 +38,7 @@ from safetensors import safe_open
 import compressed_tensors
 import llmcompressor
 import transformers
-from transformers import AutoModelForCausalLM, FineGrainedFP8Config
+from transformers import AutoModelForCausalLM
 
 SRC = "models/tiny-minimax-m2"
 IDS = "tests/golden/model-quant/calib-ids.jsonl"
@@ -84,8 +83,10 @@ def make_bf16(dst):
 def load_model(bf16, dtype):
     from llmcompressor.modeling.moe.linearize import load_quantizable_moe
     with load_quantizable_moe(AutoModelForCausalLM):
-        model = AutoModelForCausalLM.from_pretrained(bf16, dtype=torch.bfloat16)
-    return model.to(dtype)
+        # Loaded in f32 directly: the BF16 weights widen exactly and the F32 router gate and
+        # correction bias keep their bits (a bf16 load would round them).
+        model = AutoModelForCausalLM.from_pretrained(bf16, dtype=dtype)
+    return model
 
 
 def run(sparsity, ids, work, bf16, pipeline, dtype):
@@ -151,7 +152,7 @@ def main():
     doc = {"generator": "scripts/gen-reap-golden.py", "source": SRC, "calibration_ids": IDS,
            "llmcompressor": llmcompressor.__version__, "compressed_tensors": compressed_tensors.__version__,
            "torch": torch.__version__, "transformers": transformers.__version__,
-           "pipeline": args.pipeline, "model_dtype": "float32 (weights bf16 values)", "runs": {}}
+           "pipeline": args.pipeline, "model_dtype": "float32 (FP8 weights as their BF16 values)", "runs": {}}
     bf16 = make_bf16(os.path.join(work, "bf16"))
     for sp in SPARSITIES:
         r = run(sp, ids, work, bf16, args.pipeline, torch.float32)

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "arch/arch.h"
 #include "calib/stats.h"
@@ -192,6 +193,108 @@ static int *check_pruned(const char *src, const char *out, const char *stats, in
 }
 
 static char qstats[400];
+
+static void hex128(const void *p, size_t n, char out[33]) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(p, n));
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", c.digest[i]);
+}
+
+// Against llm-compressor 0.14.0.1's REAPPruningModifier on the same model and calibration
+// tokens (tests/golden/reap/minimax-reap.json, scripts/gen-reap-golden.py): the same retained
+// experts in every layer at each sparsity, and the router / correction-bias slices
+// byte-identical to those of the pruned reference model. Its own report file, given to --keep,
+// reproduces fourbit's run.
+static void golden(void) {
+    json_error_t je;
+    json_t *g = json_load_file(GOLDEN_DIR "/reap/minimax-reap.json", 0, &je);
+    REQUIRE(g, "reap golden: %s (run scripts/gen-reap-golden.py)", je.text);
+    const fb_arch *a = fb_arch_by_name("minimax_m2");
+    const char *sp;
+    json_t *run;
+    int n_runs = 0;
+    json_object_foreach(json_object_get(g, "runs"), sp, run) {
+        n_runs++;
+        char out[400];
+        snprintf(out, sizeof out, "%s/gold-%s", cli_dir, sp);
+        REQUIRE(cli_run("%s/reap-prune -q --stats " MSTATS " --sparsity %s " MM " %s", cli_bin, sp, out) == 0,
+                "reap-prune --sparsity %s", sp);
+        char mp[500];
+        snprintf(mp, sizeof mp, "%s/reap_map.json", out);
+        json_t *map = json_load_file(mp, 0, &je);
+        REQUIRE(map, "%s", mp);
+        fb_ckpt *o = NULL;
+        fb_err err;
+        REQUIRE(fb_ckpt_open(out, &o, &err) == 0, "%s", err.msg);
+        const char *blk;
+        json_t *want;
+        int n_layers = 0;
+        json_object_foreach(json_object_get(run, "retained"), blk, want) {
+            int l = atoi(blk + strlen("model.layers."));
+            n_layers++;
+            char mine[256];
+            fb_arch_block(a, FB_BLOCK_MOE, l, mine, sizeof mine);
+            json_t *got = json_object_get(json_object_get(map, "retained"), mine);
+            char *ws = json_dumps(want, JSON_COMPACT), *gs = json_dumps(got, JSON_COMPACT);
+            CHECK(json_equal(want, got), "sparsity %s, layer %d: llm-compressor keeps %s, reap-prune %s", sp, l, ws, gs);
+            free(ws);
+            free(gs);
+            // router and bias slices: the reference model's bytes
+            char key[16];
+            snprintf(key, sizeof key, "%d", l);
+            json_t *rs = json_object_get(json_object_get(run, "router_slices"), key);
+            const fb_role roles[2] = {FB_ROLE_ROUTER, FB_ROLE_ROUTER_BIAS};
+            const char *rk[2] = {"router", "router_bias"};
+            for (int r = 0; r < 2; r++) {
+                char nm[300], hex[33] = "";
+                fb_arch_tensor(a, roles[r], l, -1, nm, sizeof nm);
+                const fb_st_tensor *t;
+                unsigned char *p = payload(o, nm, &t);
+                if (p) hex128(p, t->nbytes, hex);
+                const char *wh = json_string_value(json_array_get(json_object_get(rs, rk[r]), 1));
+                CHECK(p && wh && !strcmp(hex, wh), "sparsity %s: %s: xxh3 %s, the reference's %s", sp, nm, hex,
+                      wh ? wh : "(none)");
+                free(p);
+            }
+        }
+        CHECK(n_layers == 4, "golden lists %d layers", n_layers);
+        fb_ckpt_close(o);
+        json_decref(map);
+        // llm-compressor's own report file as --keep
+        CHECK(cli_run("%s/reap-prune -q --keep " GOLDEN_DIR "/reap/llmcompressor-report-%s.json " MM " %s-lc", cli_bin, sp,
+                      out) == 0 &&
+                  cli_run("%s/st-diff %s %s-lc", cli_bin, out, out) == 0,
+              "--keep llmcompressor-report-%s.json reproduces the run", sp);
+    }
+    CHECK(n_runs == 2, "golden runs: %d", n_runs);
+    // The saliency behind the choice: calibrate's routed counts equal the reference tracker's,
+    // and its mean saliency agrees within 1e-6 relative (f32 forwards, f64 sums; measured
+    // 1.4e-7 at worst).
+    fb_calib_stats *st = NULL;
+    fb_err err;
+    REQUIRE(fb_calib_stats_read(MSTATS, &st, &err) == 0, "%s", err.msg);
+    json_t *sal = json_object_get(json_object_get(json_object_get(g, "runs"), "0.25"), "saliency");
+    const char *blk;
+    json_t *v;
+    double worst = 0;
+    json_object_foreach(sal, blk, v) {
+        int l = atoi(blk + strlen("model.layers."));
+        for (int e = 0; e < st->n_experts; e++) {
+            int64_t rc = (int64_t)json_integer_value(json_array_get(json_object_get(v, "count"), (size_t)e));
+            double rs = json_real_value(json_array_get(json_object_get(v, "sum"), (size_t)e));
+            size_t i = (size_t)l * (size_t)st->n_experts + (size_t)e;
+            CHECK(rc == st->counts[i], "layer %d expert %d: %lld tokens routed, the reference %lld", l, e,
+                  (long long)st->counts[i], (long long)rc);
+            double mine = fb_calib_stats_saliency(st, l, e), ref = rc ? rs / (double)rc : 0.0;
+            double rel = ref != 0 ? fabs(mine - ref) / fabs(ref) : fabs(mine);
+            if (rel > worst) worst = rel;
+        }
+    }
+    CHECK(json_object_size(sal) == 4 && worst < 1e-6, "saliency vs REAPSaliencyTracker: worst relative difference %.3g",
+          worst);
+    fb_calib_stats_free(st);
+    json_decref(g);
+}
 
 static void prune_both(void) {
     // MiniMax-M2: 8 experts, top-2; sparsity 0.25 drops int(8 * 0.25) = 2
@@ -378,6 +481,7 @@ int main(void) {
     CHECK(cli_run("%s/reap-prune --help", cli_bin) == 0 && cli_log_has("--sparsity") && cli_log_has("e_score_correction_bias"),
           "--help");
     selection_rule();
+    golden();
     prune_both();
     orders();
     dry_run_and_split();

@@ -141,6 +141,7 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
     if (!root) return fb_fail(err, "%s:%d: %s", path, je.line, je.text);
     int rc = -1;
     fb_prune_map *m = NULL;
+    json_t **by_layer = NULL;
     json_t *ret = json_object_get(root, "retained");
     if (!json_is_object(root)) { fb_fail(err, "%s: not a JSON object", path); goto done; }
     if (!ret) ret = root;  // llm-compressor's report_path file: {block: [kept...]}
@@ -158,10 +159,32 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
         }
     }
     if (!json_is_object(ret)) { fb_fail(err, "%s: \"retained\" is not an object", path); goto done; }
+    // Keys are matched by their layer index ("<layers>.L" then "." or the end), so the module
+    // names of the checkpoint ("model.layers.3.block_sparse_moe") and those of a transformers
+    // model in llm-compressor's report ("model.layers.3.mlp") both work.
+    by_layer = fb_calloc((size_t)n_layers + 1, sizeof *by_layer);
+    const char *key;
+    json_t *val;
+    size_t pl = strlen(a->layers);
+    json_object_foreach(ret, key, val) {
+        char *end = NULL;
+        long l = -1;
+        if (!strncmp(key, a->layers, pl) && key[pl] == '.') l = strtol(key + pl + 1, &end, 10);
+        if (l < 0 || !end || end == key + pl + 1 || (*end && *end != '.') || l >= n_layers) {
+            fb_fail(err, "%s: \"%s\" names no MoE block of the checkpoint (%s.L..., L < %d)", path, key, a->layers,
+                    n_layers);
+            goto done;
+        }
+        if (by_layer[l]) {
+            fb_fail(err, "%s: \"%s\": layer %ld is listed twice", path, key, l);
+            goto done;
+        }
+        by_layer[l] = val;
+    }
     for (int l = 0; l < n_layers; l++) {
         char blk[256];
         fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
-        json_t *k = json_object_get(ret, blk);
+        json_t *k = by_layer[l];
         if (!json_is_array(k)) {
             fb_fail(err, "%s: %s: missing (or not a list of expert indices)", path, blk);
             goto done;
@@ -192,15 +215,11 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
             m->keep[(size_t)l * (size_t)n + (size_t)i] = (int)e;
         }
     }
-    if ((int)json_object_size(ret) != n_layers) {
-        fb_fail(err, "%s: %zu MoE blocks listed, the checkpoint has %d layers (a key that names no MoE block)", path,
-                json_object_size(ret), n_layers);
-        goto done;
-    }
     rc = 0;
     *out = m;
     m = NULL;
 done:
+    free(by_layer);
     fb_prune_map_free(m);
     json_decref(root);
     return rc;
