@@ -383,6 +383,44 @@ static void dry_run_and_split(void) {
           "split + merge differs from a single run");
 }
 
+// Copies dir src to cli_dir/name and sets config.json key to val (integer).
+static void copy_with_key(const char *src, const char *name, const char *key, long val) {
+    REQUIRE(cli_run("rm -rf %s/%s && cp -r %s %s/%s", cli_dir, name, src, cli_dir, name) == 0, "copy %s", src);
+    char p[600];
+    snprintf(p, sizeof p, "%s/%s/config.json", cli_dir, name);
+    json_error_t je;
+    json_t *c = json_load_file(p, 0, &je);
+    REQUIRE(c, "%s", p);
+    json_object_set_new(c, key, json_integer(val));
+    REQUIRE(json_dump_file(c, p, JSON_INDENT(2)) == 0, "%s", p);
+    json_decref(c);
+}
+
+// The validator on pruned checkpoints with the mistakes a pruner can make, in the family's
+// own config key: expert count not updated, router / bias / experts not sliced, top-k above
+// the experts left.
+static void validator(void) {
+    struct { const char *src; const char *key; long val; const char *msg; } V[] = {
+        {"m6", "num_local_experts", 8, "gate.weight has 6 entries, num_local_experts is 8"},
+        {"m6", "num_local_experts", 8, "e_score_correction_bias has 6 entries"},
+        {"m6", "num_experts_per_tok", 7, "num_experts_per_tok 7 > num_local_experts 6"},
+        {"q5", "num_experts", 8, "gate.weight has 5 entries, num_experts is 8"},
+        {"q5", "num_experts_per_tok", 6, "num_experts_per_tok 6 > num_experts 5"},
+        {MM, "num_local_experts", 6, "gate.weight has 8 entries, num_local_experts is 6"},
+        {MM, "num_local_experts", 6, "num_local_experts is 6 but the layers hold experts 0..7"},
+        {QM, "num_experts", 5, "num_experts is 5 but the layers hold experts 0..7"},
+    };
+    for (size_t i = 0; i < sizeof V / sizeof V[0]; i++) {
+        char src[500];  // the outputs of prune_both, or an unpruned model
+        if (strchr(V[i].src, '/')) snprintf(src, sizeof src, "%s", V[i].src);
+        else snprintf(src, sizeof src, "%s/%s", cli_dir, V[i].src);
+        copy_with_key(src, "vbad", V[i].key, V[i].val);
+        int rc = cli_run("%s/validate-ignore-list %s/vbad", cli_bin, cli_dir);
+        CHECK(rc == 1, "%s with %s = %ld: validate exit %d, want 1", V[i].src, V[i].key, V[i].val, rc);
+        CHECK(cli_log_has(V[i].msg), "%s with %s = %ld: no '%s'", V[i].src, V[i].key, V[i].val, V[i].msg);
+    }
+}
+
 static void refusals(void) {
     char shortst[400], badmap[400];
     // statistics with layer 3 missing
@@ -485,6 +523,7 @@ int main(void) {
     prune_both();
     orders();
     dry_run_and_split();
+    validator();
     refusals();
     if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);
     else cli_run("rm -rf %s", cli_dir);
