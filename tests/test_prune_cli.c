@@ -421,6 +421,28 @@ static void validator(void) {
     }
 }
 
+// ref-runner compares a pruned model (and a pruned + quantized one) with the unpruned
+// reference and says so; without the map the expert counts are a different model.
+static void runner(void) {
+    CHECK(cli_run("%s/ref-runner -r " MM " -q %s/m6 -d " CALIB_IDS " --device cpu --json", cli_bin, cli_dir) == 0 &&
+              cli_log_has("\"experts_reference\": 8") && cli_log_has("\"experts_quantized\": 6"),
+          "ref-runner: reference vs pruned");
+    CHECK(cli_run("%s/ref-runner -r " MM " -q %s/qup2 -d " CALIB_IDS " --device cpu --emulate-w4a4", cli_bin,
+                  cli_dir) == 0 && cli_log_has("pruned: 6 of 8 experts per layer kept"),
+          "ref-runner: reference vs pruned + NVFP4");
+    CHECK(cli_run("%s/ref-runner -r " QM " -q %s/q5 -d " CALIB_IDS " --device cpu", cli_bin, cli_dir) == 0 &&
+              cli_log_has("pruned: 5 of 8 experts per layer kept"),
+          "ref-runner: Qwen3 reference vs pruned");
+    CHECK(cli_run("%s/ref-runner -r %s/m6 -q %s/m6k -d " CALIB_IDS " --device cpu --json", cli_bin, cli_dir, cli_dir) == 0 &&
+              cli_log_has("\"kld_max\": 0.0") && !cli_log_has_("experts_reference", 0),
+          "ref-runner: pruned vs the same pruned model (KL 0, nothing reported)");
+    REQUIRE(cli_run("rm -rf %s/nomap && cp -r %s/m6 %s/nomap && rm %s/nomap/reap_map.json", cli_dir, cli_dir, cli_dir,
+                    cli_dir) == 0, "copy");
+    CHECK(cli_run("%s/ref-runner -r " MM " -q %s/nomap -d " CALIB_IDS " --device cpu", cli_bin, cli_dir) == 1 &&
+              cli_log_has("not a pruned version"),
+          "ref-runner: fewer experts without a map is refused");
+}
+
 static void refusals(void) {
     char shortst[400], badmap[400];
     // statistics with layer 3 missing
@@ -524,6 +546,7 @@ int main(void) {
     orders();
     dry_run_and_split();
     validator();
+    runner();
     refusals();
     if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);
     else cli_run("rm -rf %s", cli_dir);
