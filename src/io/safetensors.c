@@ -259,7 +259,9 @@ static int pread_full(int fd, void *buf, size_t n, uint64_t off) {
 
 int fb_st_open(const char *path, fb_st_file **out, fb_err *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO (or a device) put in place of a shard must not wait for a
+    // writer; it is refused just below. It does nothing to reads of a regular file.
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return fb_fail(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -268,7 +270,8 @@ int fb_st_open(const char *path, fb_st_file **out, fb_err *err) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fb_fail(err, "%s: not a regular file", path);
+        return fb_fail(err, "%s: not a regular file (%s)", path,
+                       S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISDIR(st.st_mode) ? "a directory" : "a device or socket");
     }
     uint64_t size = (uint64_t)st.st_size;
     if (size < 8) {
