@@ -1,26 +1,30 @@
 // reap-prune: REAP expert pruning of a MoE checkpoint as stored (FP8, BF16 or quantized),
 // every kept byte copied as it is. Thin: the job is src/jobs/prune.c (contract in prune.h).
-#include <signal.h>
-#include <stdatomic.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
+#include "common/cancel.h"
 #include "common/cli.h"
 #include "common/fb.h"
+#include "common/paths.h"
 #include "jobs/prune.h"
 
 static const char *TOOL = "reap-prune";
 
-static atomic_int g_cancel;
-static void on_signal(int sig) {
-    (void)sig;
-    atomic_store(&g_cancel, 1);
+// 1 when DST.partial exists (an interrupted run left resumable shards).
+static int staging_exists(const char *dst) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s.partial", dst);
+    struct stat st;
+    return stat(p, &st) == 0;
 }
 
 int main(int argc, char **argv) {
     fb_prune_opts o = {.tool = TOOL, .threads = fb_ncpu(), .max_shard_size = 5000000000ull, .shard_count = 1,
-                       .cancel = &g_cancel};
+                       .cancel = fb_cancel_flag()};
     int json = 0;
     const fb_opt opts[] = {
         {"stats", 's', FB_OPT_STR, &o.stats_path, "STATS", "statistics file from `calibrate` (REAP saliency per expert)", 0, 0},
@@ -30,9 +34,10 @@ int main(int argc, char **argv) {
         {"stats-out", 0, FB_OPT_STR, &o.stats_out, "FILE", "also write the pruned model's statistics (kept experts renumbered) for nvfp4-quantize --calib", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
-        {"force", 'f', FB_OPT_FLAG, &o.force, NULL, "replace a non-empty DST", 0, 0},
+        {"force", 'f', FB_OPT_FLAG, &o.force, NULL, "replace a non-empty DST (and an existing --stats-out file)", 0, 0},
         {"resume", 0, FB_OPT_FLAG, &o.resume, NULL, "continue a killed run: keep shards whose manifest digest verifies", 0, 0},
         {"dry-run", 'n', FB_OPT_FLAG, &o.dry_run, NULL, "print which experts go (saliency, routed tokens) and the size saved; write nothing", 0, 0},
+        {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "copy float tensors that hold NaN / Inf instead of failing", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &o.quiet, NULL, "no progress or summary on stderr", 0, 0},
         {"shard-index", 0, FB_OPT_INT, &o.shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},
@@ -83,16 +88,30 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: --merge needs the --shard-count of the split jobs\n", TOOL);
         return 2;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    signal(SIGPIPE, SIG_IGN);
-    fb_prune_result r;
     fb_err err = {{0}};
+    {
+        // No output may replace or lie inside an input (or contain one).
+        const char *ins[] = {pos[0], o.stats_path, o.keep_path};
+        if (fb_path_check_output(pos[1], "DST", ins, 3, &err) ||
+            (o.stats_out && fb_path_check_output(o.stats_out, "--stats-out", ins, 3, &err))) {
+            fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+            return 1;
+        }
+        if (o.stats_out && !o.force && !o.dry_run && access(o.stats_out, F_OK) == 0) {
+            fprintf(stderr, "%s: --stats-out %s: exists (use --force to replace it)\n", TOOL, o.stats_out);
+            return 1;
+        }
+    }
+    fb_cancel_install();
+    fb_prune_result r;
     int rc = fb_prune_run(pos[0], pos[1], &o, o.dry_run ? stdout : stderr, &r, &err);
-    if (rc == -2) {
-        fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", TOOL,
-                pos[1]);
-        return 1;
+    if (rc == -2 || (rc && fb_cancelled())) {  // 130: as a shell reports a SIGINT
+        if (staging_exists(pos[1]))
+            fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n",
+                    TOOL, pos[1]);
+        else
+            fprintf(stderr, "%s: interrupted before anything was written\n", TOOL);
+        return 130;
     }
     if (rc) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);

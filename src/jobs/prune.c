@@ -559,7 +559,8 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     snprintf(keepbuf, sizeof keepbuf, "%d", m->n_keep);
     const char *mk[] = {"fourbit.operation", "fourbit.experts_kept"};
     const char *mv[] = {opbuf, keepbuf};
-    fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force, .tool = o->tool,
+    fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
+                     .allow_nonfinite = o->allow_nan, .tool = o->tool,
                      .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge, .n_meta = 2,
                      .meta_keys = mk, .meta_vals = mv};
     fb_cw *w = fb_cw_create(dst, src, &wo, err);
@@ -652,7 +653,7 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     }
     if (!wrc && fb_cw_finish(w, err)) wrc = -1;
     if (!wrc && fb_validate_output(fb_cw_staging_dir(w), err)) wrc = -1;
-    if (wrc == -2) {
+    if (wrc == -2 || (wrc && o->cancel && atomic_load(o->cancel))) {  // interrupted: keep for --resume
         fb_cw_detach(w);
         rc = -2;
     } else if (wrc) {

@@ -99,6 +99,7 @@ typedef struct fb_prune_opts {
     int threads;
     uint64_t max_shard_size;
     int force, resume, dry_run, quiet;
+    int allow_nan;             // copy float tensors holding NaN / Inf (refused otherwise, as every writer)
     int shard_index, shard_count, merge;  // split jobs over a shared DST.partial (checkpoint.h)
     atomic_int *cancel;        // set by a signal handler to stop (staging kept for --resume)
 } fb_prune_opts;
