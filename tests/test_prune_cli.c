@@ -531,6 +531,20 @@ static void selection_rule(void) {
     CHECK(fb_prune_keep_for_sparsity(8, 1.0, &err) == -1, "sparsity 1");
 }
 
+// Outputs never replace or enter an input.
+static void paths(void) {
+    CHECK(cli_run("%s/reap-prune --stats " MSTATS " --experts 6 " MM " " MM "/pruned", cli_bin) == 1 &&
+              cli_log_has("DST") && !cli_exists(MM "/pruned") && !cli_exists(MM "/pruned.partial"),
+          "DST inside the source is refused");
+    CHECK(cli_run("%s/reap-prune --stats " MSTATS " --experts 6 --stats-out " MSTATS " " MM " %s/bad", cli_bin, cli_dir) == 1 &&
+              cli_log_has("--stats-out") && nothing_left("bad"),
+          "--stats-out onto the input statistics is refused");
+    REQUIRE(cli_run("touch %s/exists.safetensors", cli_dir) == 0, "touch");
+    CHECK(cli_run("%s/reap-prune --stats " MSTATS " --experts 6 --stats-out %s/exists.safetensors " MM " %s/bad", cli_bin,
+                  cli_dir, cli_dir) == 1 && cli_log_has("exists") && nothing_left("bad"),
+          "an existing --stats-out file is refused without --force");
+}
+
 int main(void) {
     const char *b = getenv("BUILD");
     snprintf(cli_bin, sizeof cli_bin, "%s/bin", b ? b : "build");
@@ -548,6 +562,7 @@ int main(void) {
     validator();
     runner();
     refusals();
+    paths();
     if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);
     else cli_run("rm -rf %s", cli_dir);
     TEST_MAIN_END();
