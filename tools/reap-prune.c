@@ -30,7 +30,7 @@ int main(int argc, char **argv) {
         {"stats", 's', FB_OPT_STR, &o.stats_path, "STATS", "statistics file from `calibrate` (REAP saliency per expert)", 0, 0},
         {"sparsity", 0, FB_OPT_DOUBLE, &o.sparsity, "F", "fraction of experts removed in every layer, in (0, 1): E - floor(E*F) kept", 0, 0},
         {"experts", 'e', FB_OPT_INT, &o.n_keep, "N", "experts kept in every layer (instead of --sparsity)", 0, 1 << 20},
-        {"keep", 'k', FB_OPT_STR, &o.keep_path, "FILE", "reproduce the retained experts of a map (DST/" FB_PRUNE_MAP_NAME " of an earlier run)", 0, 0},
+        {"keep", 'k', FB_OPT_STR, &o.keep_path, "FILE", "reproduce the retained experts of a map (DST/" FB_PRUNE_MAP_NAME " of an earlier run, or llm-compressor's REAP report_path file)", 0, 0},
         {"stats-out", 0, FB_OPT_STR, &o.stats_out, "FILE", "also write the pruned model's statistics (kept experts renumbered) for nvfp4-quantize --calib", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
