@@ -10,6 +10,7 @@
 # 2. a full-size synthetic MiniMax-M2 layer in the official FP8 layout (~3.7 GB,
 #    bench/gen_minimax_layer.c): the I/O floor (read the input to /dev/null + write an
 #    output-sized file with fdatasync), then fp8-dequant, FP8 -> NVFP4A16 and FP8 -> W4A16,
+#    reap-prune (256 -> 192 experts, FP8 kept as stored),
 #    each from a cold page cache when the kernel lets us drop it (root), with wall time,
 #    GB/s and peak RSS; ratios to the floor and to fp8-dequant.
 # 3. validate-ignore-list on 96k/192k-tensor synthetic headers (bench/bench_validate.c).
@@ -77,6 +78,23 @@ if [ "${BENCH_SKIP_LAYER:-0}" != 1 ]; then
         echo "FP8 -> $sch ($COLD): $T s, $(echo "$T $T_DQ" | awk '{printf "%.2fx", $1/$2}') fp8-dequant, $(echo "$EPS $THREADS" | awk '{printf "%.0f M quantized elements/s (%.0f M per thread)", $1/1e6, $1/1e6/$2}'), peak RSS $(echo $RSS | awk '{printf "%.0f MiB", $1/1048576}')"
         rm -rf "$DIR/out-$sch"
     done
+    # reap-prune: keep 192 of the 256 experts (the REAP-172B ratio; every 4th expert goes,
+    # given as a --keep map since the synthetic layer has no calibration statistics). Its floor:
+    # the read of the whole input above + writing a file of the pruned size.
+    MAP=$DIR/keep192.json
+    { printf '{"retained": {"model.layers.0.block_sparse_moe": ['; seq 0 255 | awk '$1 % 4 != 3' | paste -sd, | tr -d '\n'; printf ']}}\n'; } > "$MAP"
+    P_BYTES=$($B/reap-prune --dry-run --keep "$MAP" "$SRC" "$DIR/x" | awk '/write/ {print $5*1e9}')
+    drop_caches
+    MB=$(echo $P_BYTES | awk '{printf "%d", $1/1048576}')
+    T_WP=$(secs dd if=/dev/zero of="$DIR/floor.bin" bs=1M count="$MB" conv=fdatasync)
+    rm -f "$DIR/floor.bin"
+    T_PFLOOR=$(echo "$T_READ $T_WP" | awk '{printf "%.3f", $1+$2}')
+    rm -rf "$DIR/out-pruned"
+    drop_caches
+    J=$($B/reap-prune -q --json --threads $THREADS --keep "$MAP" "$SRC" "$DIR/out-pruned")
+    T=$(echo "$J" | json_get "['seconds']"); RSS=$(echo "$J" | json_get "['peak_rss_bytes']")
+    echo "reap-prune 256 -> 192 experts ($COLD): $T s, $(echo $P_BYTES | awk '{printf "%.2f GB", $1/1e9}') written, I/O floor $T_READ + $T_WP = $T_PFLOOR s, $(echo "$T $T_PFLOOR" | awk '{printf "%.2fx", $1/$2}') the floor, peak RSS $(echo $RSS | awk '{printf "%.0f MiB", $1/1048576}')"
+    rm -rf "$DIR/out-pruned"
     echo
 fi
 

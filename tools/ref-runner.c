@@ -213,6 +213,10 @@ int main(int argc, char **argv) {
         json_object_set_new(js, "kld_max", json_real(res.kld_max));
         json_object_set_new(js, "top1", json_real(res.top1));
         json_object_set_new(js, "w4a4_blocks_emulated", json_integer((json_int_t)res.n_emulated));
+        if (res.experts_quant) {  // a REAP-pruned version of the reference
+            json_object_set_new(js, "experts_reference", json_integer(res.experts_ref));
+            json_object_set_new(js, "experts_quantized", json_integer(res.experts_quant));
+        }
         json_t *ly = json_array();
         for (int l = 0; l < res.n_layers; l++)
             json_array_append_new(ly, json_pack("{s:i,s:f,s:f,s:f}", "layer", l, "cos_mean",
@@ -238,6 +242,8 @@ int main(int argc, char **argv) {
                    is_w4a4 ? " (the default for W4A4; --no-emulate-w4a4 for Hopper's weight-only view)" : "");
         else if (is_w4a4)
             printf("  activations: bf16 (--no-emulate-w4a4), the weight-only view of vLLM on Hopper (Marlin)\n");
+        if (res.experts_quant)
+            printf("  pruned: %d of %d experts per layer kept (reap_map.json)\n", res.experts_quant, res.experts_ref);
         printf("  %zu samples, %zu tokens, %zu scored positions, %d layers, %.1f s\n", S.n,
                res.n_tokens, res.n_scored, res.n_layers, res.seconds);
         printf("  layer   cos mean    cos min     rel L2\n");

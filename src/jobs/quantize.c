@@ -410,6 +410,20 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
             goto done;
         }
         if (fb_calib_stats_read(o->calib_path, &stats, err)) { rc = -1; goto done; }
+        // Statistics are indexed by (layer, expert): those of another expert numbering (the
+        // model before REAP pruning) would give experts other experts' input scales.
+        fb_model_config mc;
+        fb_err cerr;
+        if (c->config && fb_model_config_parse(c->config, &mc, &cerr) == 0 &&
+            (stats->n_experts != mc.n_experts || stats->n_layers != mc.n_layers)) {
+            rc = fb_fail(err, "%s: statistics of %d layers x %d experts, the checkpoint has %d x %d (%s %d)%s",
+                         o->calib_path, stats->n_layers, stats->n_experts, mc.n_layers, mc.n_experts,
+                         mc.arch->key_n_experts, mc.n_experts,
+                         stats->n_experts > mc.n_experts
+                             ? ": a REAP-pruned checkpoint needs the statistics `reap-prune --stats-out` writes"
+                             : "");
+            goto done;
+        }
         // Statistics of another model give wrong input scales silently: refused unless --force.
         int ic = fb_identity_check(s, o->calib_path, err);
         if (ic < 0 && !o->force) {

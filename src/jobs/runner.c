@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "calib/wsrc_quant.h"
+#include "io/checkpoint.h"
+#include "jobs/prune.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
 #include "cuda/cuengine.h"
@@ -227,6 +229,41 @@ static int same_arch(const fb_model_config *a, const fb_model_config *b, fb_err 
     return 0;
 }
 
+// A quantized checkpoint with fewer experts than the reference is accepted when it is a
+// REAP-pruned version of it: its reap_map.json (written by reap-prune, carried by the
+// quantizers as a side file) maps every layer's experts to the reference's, from the
+// reference's expert count to the checkpoint's. Then *cq's expert count is set to the
+// reference's for the field-by-field comparison, and the counts are reported in res.
+static int pruned_version(const fb_wsrc *quant, const fb_model_config *cr, fb_model_config *cq,
+                          fb_runner_result *res, fb_err *err) {
+    if (cq->n_experts == cr->n_experts) return 0;
+    char *dir = fb_strdup(quant->desc);
+    size_t n = strlen(dir);
+    if (n > 12 && !strcmp(dir + n - 12, ".safetensors")) {  // a bare file: the map beside it
+        char *sl = strrchr(dir, '/');
+        if (sl) *sl = 0;
+        else strcpy(dir, ".");
+    }
+    char *mp = fb_path_join(dir, FB_PRUNE_MAP_NAME);
+    free(dir);
+    fb_prune_map *m = NULL;
+    fb_err merr;
+    int rc = 0;
+    if (fb_prune_map_read(mp, cr->arch, cr->n_layers, cr->n_experts, &m, &merr) || m->n_keep != cq->n_experts)
+        rc = fb_fail(err, "the checkpoints are different models: config.json %s is %d in the reference and %d in "
+                          "the quantized checkpoint, which is not a pruned version of it (%s: %s)",
+                     cr->arch->key_n_experts, cr->n_experts, cq->n_experts, mp,
+                     m ? "its kept count differs from the config" : merr.msg);
+    else {
+        res->experts_ref = cr->n_experts;
+        res->experts_quant = cq->n_experts;
+        cq->n_experts = cr->n_experts;
+    }
+    fb_prune_map_free(m);
+    free(mp);
+    return rc;
+}
+
 static int parse_cfg(fb_wsrc *s, fb_model_config *c, fb_err *err) {
     if (!s->config) return fb_fail(err, "%s: no config.json", s->desc);
     if (fb_model_config_parse(s->config, c, err)) return fb_err_prefix(err, "%s", s->desc);
@@ -244,8 +281,9 @@ int fb_runner_run(fb_wsrc *ref, fb_wsrc *quant, const int32_t *ids, size_t n_tok
     memset(res, 0, sizeof *res);
     double t_start = fb_now();
     fb_model_config cr, cq;
-    if (parse_cfg(ref, &cr, err) || parse_cfg(quant, &cq, err) || same_arch(&cr, &cq, err))
-        return -1;
+    if (parse_cfg(ref, &cr, err) || parse_cfg(quant, &cq, err)) return -1;
+    fb_model_config cq_cmp = cq;
+    if (pruned_version(quant, &cr, &cq_cmp, res, err) || same_arch(&cr, &cq_cmp, err)) return -1;
     int L = o->max_layers > 0 && o->max_layers < cr.n_layers ? o->max_layers : cr.n_layers;
     int nth = o->threads > 0 ? o->threads : fb_ncpu();
     if (o->device == FB_DEV_CUDA) {

@@ -68,10 +68,16 @@ typedef struct fb_runner_result {
     double seconds;            // whole run
     double ref_seconds, quant_seconds;  // time in each engine (layers + logits)
     char device[128];          // "cpu (N threads)" or the GPU's name
+    int experts_ref, experts_quant;  // routed experts per layer of each, set (and different)
+                                     // only when the quantized side is a REAP-pruned version
+                                     // of the reference (its reap_map.json); 0 otherwise
 } fb_runner_result;
 
 // Runs both sources over the tokens (n_seq sequences; sequence s = [starts[s], starts[s+1])).
-// Both must describe the same MiniMax-M2 architecture (config.json compared field by field).
+// Both must describe the same architecture (config.json compared field by field), except
+// that the quantized side may have fewer experts when it is a REAP-pruned version of the
+// reference: its directory holds the reap_map.json of reap-prune (src/jobs/prune.h) from the
+// reference's expert count to its own (each side then runs with its own experts and router).
 // Fails with err naming the source and tensor on a load error, on a config mismatch, on
 // emulate_w4a4 without any input_global_scale, or (device CUDA) when CUDA is not built or no
 // GPU is usable. res is filled on success (free with fb_runner_result_free).

@@ -1344,8 +1344,8 @@ static void check_tensor_shape(vctx *v, const fb_vtensor *t, const pname *p, int
                  p->kind == MK_BIAS ? "e_score_correction_bias" : "the gate (ReplicatedLinear)");
         fb_vf_add(v->f, "moe.experts", t->name, cons,
                   "slice the gate rows and e_score_correction_bias to the experts kept (REAP: retained indices, spec §B.3)",
-                  "%s has %lld entries, num_local_experts is %ld", p->kind == MK_BIAS ? "e_score_correction_bias" : "gate.weight",
-                  (long long)t->shape[0], v->d.E);
+                  "%s has %lld entries, %s is %ld", p->kind == MK_BIAS ? "e_score_correction_bias" : "gate.weight",
+                  (long long)t->shape[0], v->arch->key_n_experts, v->d.E);
         return;
     }
     fb_vf_add(v->f, "tensor.shape", t->name, NULL, NULL, "%s has shape %s %s, the %s scheme needs %s",
@@ -1609,7 +1609,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         }
         if (p->expert >= 0 && v->d.E > 0 && p->expert >= v->d.E) {
             keyerror_text(v, t->name, cons, sizeof cons);
-            fb_vf_add(f, "moe.experts", t->name, cons, NULL, "expert %ld >= num_local_experts %ld", p->expert, v->d.E);
+            fb_vf_add(f, "moe.experts", t->name, cons, NULL, "expert %ld >= %s %ld", p->expert, v->arch->key_n_experts, v->d.E);
             continue;
         }
         if (p->suf == S_KSCALE || p->suf == S_VSCALE) {
@@ -1720,14 +1720,16 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         if (beyond > v->d.E && beyond > present_max) present_max = beyond;
         int uniform = 1;
         for (long L = 0; L < expect_layers && L < nL; L++) if (ecount[L] != ecount[0]) uniform = 0;
+        char where[96];
+        snprintf(where, sizeof where, "config.json:%s", v->arch->key_n_experts);
         if (uniform && v->max_expert + 1 != v->d.E && v->max_expert >= 0)
-            fb_vf_add(f, "config.num_local_experts", "config.json:num_local_experts", NULL, NULL,
-                      "num_local_experts is %ld but the layers hold experts 0..%ld", v->d.E, v->max_expert);
+            fb_vf_add(f, "config.num_local_experts", where, NULL, NULL, "%s is %ld but the layers hold experts 0..%ld",
+                      v->arch->key_n_experts, v->d.E, v->max_expert);
         else
             for (long L = 0; L < expect_layers && L < nL; L++)
                 if (ecount[L] > 0 && ecount[L] != v->d.E) {
                     fb_arch_block(v->arch, FB_BLOCK_EXPERTS, (int)L, nm, sizeof nm);
-                    fb_vf_add(f, "moe.experts", nm, NULL, NULL, "layer holds %ld experts, num_local_experts is %ld", ecount[L], v->d.E);
+                    fb_vf_add(f, "moe.experts", nm, NULL, NULL, "layer holds %ld experts, %s is %ld", ecount[L], v->arch->key_n_experts, v->d.E);
                 }
     }
     free(ecount);
