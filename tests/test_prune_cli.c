@@ -425,21 +425,21 @@ static void validator(void) {
 // ref-runner compares a pruned model (and a pruned + quantized one) with the unpruned
 // reference and says so; without the map the expert counts are a different model.
 static void runner(void) {
-    CHECK(cli_run("%s/ref-runner -r " MM " -q %s/m6 -d " CALIB_IDS " --device cpu --json", cli_bin, cli_dir) == 0 &&
+    CHECK(cli_run("%s/ref-runner -r " MM " --quantized %s/m6 -d " CALIB_IDS " --device cpu --json", cli_bin, cli_dir) == 0 &&
               cli_log_has("\"experts_reference\": 8") && cli_log_has("\"experts_quantized\": 6"),
           "ref-runner: reference vs pruned");
-    CHECK(cli_run("%s/ref-runner -r " MM " -q %s/qup2 -d " CALIB_IDS " --device cpu --emulate-w4a4", cli_bin,
+    CHECK(cli_run("%s/ref-runner -r " MM " --quantized %s/qup2 -d " CALIB_IDS " --device cpu --emulate-w4a4", cli_bin,
                   cli_dir) == 0 && cli_log_has("pruned: 6 of 8 experts per layer kept"),
           "ref-runner: reference vs pruned + NVFP4");
-    CHECK(cli_run("%s/ref-runner -r " QM " -q %s/q5 -d " CALIB_IDS " --device cpu", cli_bin, cli_dir) == 0 &&
+    CHECK(cli_run("%s/ref-runner -r " QM " --quantized %s/q5 -d " CALIB_IDS " --device cpu", cli_bin, cli_dir) == 0 &&
               cli_log_has("pruned: 5 of 8 experts per layer kept"),
           "ref-runner: Qwen3 reference vs pruned");
-    CHECK(cli_run("%s/ref-runner -r %s/m6 -q %s/m6k -d " CALIB_IDS " --device cpu --json", cli_bin, cli_dir, cli_dir) == 0 &&
+    CHECK(cli_run("%s/ref-runner -r %s/m6 --quantized %s/m6k -d " CALIB_IDS " --device cpu --json", cli_bin, cli_dir, cli_dir) == 0 &&
               cli_log_has("\"kld_max\": 0.0") && !cli_log_has_("experts_reference", 0),
           "ref-runner: pruned vs the same pruned model (KL 0, nothing reported)");
     REQUIRE(cli_run("rm -rf %s/nomap && cp -r %s/m6 %s/nomap && rm %s/nomap/reap_map.json", cli_dir, cli_dir, cli_dir,
                     cli_dir) == 0, "copy");
-    CHECK(cli_run("%s/ref-runner -r " MM " -q %s/nomap -d " CALIB_IDS " --device cpu", cli_bin, cli_dir) == 1 &&
+    CHECK(cli_run("%s/ref-runner -r " MM " --quantized %s/nomap -d " CALIB_IDS " --device cpu", cli_bin, cli_dir) == 1 &&
               cli_log_has("not a pruned version"),
           "ref-runner: fewer experts without a map is refused");
 }
