@@ -342,6 +342,9 @@ static void orders(void) {
         int rc = cli_run("%s/reap-prune -q --stats %s --experts %d --stats-out %s/ps%zu.safetensors %s %s/pr%zu", cli_bin,
                          st, n, cli_dir, i, C[i].model, cli_dir, i);
         rc = rc ? rc : cli_run("%s/%s -q --recipe %s %s %s/pr%zu %s/prq%zu", cli_bin, C[i].tool, C[i].recipe, calp, cli_dir, i, cli_dir, i);
+        if (C[i].w4a4)  // --stats-out records the pruned checkpoint's identity: nothing to warn about
+            CHECK(rc == 0 && !cli_log_has_("identity", 0) && !cli_log_has_("warning", 0),
+                  "%s: the pruned statistics carry the pruned checkpoint's identity", C[i].model);
         rc = rc ? rc : cli_run("%s/%s -q --recipe %s %s %s %s/qu%zu", cli_bin, C[i].tool, C[i].recipe, cal, C[i].model, cli_dir, i);
         rc = rc ? rc : cli_run("%s/reap-prune -q --keep %s/pr%zu/reap_map.json %s/qu%zu %s/qup%zu", cli_bin, cli_dir, i, cli_dir, i, cli_dir, i);
         CHECK(rc == 0, "%s %s: a step failed", C[i].model, C[i].recipe);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "arch/arch.h"
+#include "calib/identity.h"
 #include "common/pool.h"
 #include "common/progress.h"
 #include "io/checkpoint.h"
@@ -665,9 +666,21 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     }
     if (rc == 0 && o->stats_out) {
         fb_calib_stats *ps = fb_prune_stats(st, m);
-        const char *mk2[] = {"tool", "version", "fourbit.pruned_from", "fourbit.experts_kept"};
-        const char *mv2[] = {o->tool, FB_VERSION, o->stats_path, keepbuf};
-        if (fb_calib_stats_write(ps, o->stats_out, 4, mk2, mv2, err)) rc = -1;
+        // The pruned checkpoint's identity (calib/identity.h), so that the quantizer's --calib
+        // check compares these statistics with DST, not with the unpruned source. A source the
+        // identity cannot be read from (an already-quantized checkpoint) gets none: the
+        // quantizer then warns that it cannot check.
+        char idc[33] = "", *idl = NULL;
+        fb_source *ds = NULL;
+        fb_err ierr;
+        int have_id = fb_source_open(dst, &ds, &ierr) == 0 &&
+                      fb_source_identity(ds, ps->n_layers, idc, &idl, &ierr) == 0;
+        if (ds) fb_source_close(ds);
+        const char *mk2[] = {"tool", "version", "fourbit.pruned_from", "fourbit.experts_kept", "model",
+                             FB_ID_KEY_CONFIG, FB_ID_KEY_LAYERS};
+        const char *mv2[] = {o->tool, FB_VERSION, o->stats_path, keepbuf, dst, idc, idl};
+        if (fb_calib_stats_write(ps, o->stats_out, have_id ? 7 : 5, mk2, mv2, err)) rc = -1;
+        free(idl);
         fb_calib_stats_free(ps);
     }
 out:
