@@ -11,14 +11,13 @@
 #include <unistd.h>
 
 #include "calib/engine.h"
-#include "calib/identity.h"
 #include "cuda/cuengine.h"
+#include "jobs/calibrate.h"
 #include "jobs/runner.h"
 #include "common/cli.h"
 #include "common/cancel.h"
 #include "common/fb.h"
 #include "common/paths.h"
-#include "common/sha256.h"
 #include "io/chat.h"
 #include "io/dataset.h"
 #include "io/tokenizer.h"
@@ -26,11 +25,18 @@
 static const char *TOOL = "calibrate";
 
 typedef struct prog {
-    int on, n_layers;
+    int on, n_layers, cuda;
     size_t n_tok;
     double t0, last;
     int layer;
 } prog;
+
+// The CUDA engine reports no progress inside a layer: a line per layer.
+static void layer_start(void *u, int layer, int n_layers) {
+    prog *p = u;
+    p->layer = layer;
+    if (p->cuda && p->on) fprintf(stderr, "\r%s: layer %d/%d on the GPU", TOOL, layer + 1, n_layers);
+}
 
 static void progress_cb(void *u, int layer, size_t done, size_t total) {
     prog *p = u;
@@ -187,9 +193,7 @@ int main(int argc, char **argv) {
         fb_wsrc_close(src);
         return 2;
     }
-    char *tokdef = NULL, *pathbuf = NULL;
-    const char **paths = NULL;
-    size_t npaths = fb_split_list(dataset, &pathbuf, &paths);
+    char *tokdef = NULL;
     fb_ds_tokens S = {0};
     memset(&S, 0, sizeof S);
     int rc = 0;
@@ -268,69 +272,24 @@ int main(int argc, char **argv) {
         goto out_src;
     }
     int n_layers = max_layers > 0 && max_layers < cfg.n_layers ? max_layers : cfg.n_layers;
-    fb_calib_stats *st = fb_calib_stats_new(cfg.n_layers, cfg.n_experts);
-    prog pg = {.on = !quiet && isatty(2), .n_layers = n_layers, .n_tok = S.n_tok, .t0 = fb_now()};
-    // The engine (calib/engine.h): CPU, or the device engine (the same math and statistics,
-    // bf16 GEMMs unless --cuda-f32).
-    fb_engine_opts eo = {.threads = threads, .all_experts = !routed, .expert_group = group,
-                         .token_chunk = chunk, .gemm_f32 = cuda_f32, .stats = st,
-                         .progress = progress_cb, .progress_user = &pg};
-    double t0 = fb_now();
-    fb_engine *eng = use_cuda ? fb_engine_cuda_new(src, &cfg, &eo, &err) : fb_engine_cpu_new(src, &cfg, &eo, &err);
-    if (!eng || fb_engine_set_tokens(eng, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
-    for (int l = 0; l < n_layers; l++) {
-        pg.layer = l;
-        if (use_cuda && !quiet && pg.on) fprintf(stderr, "\r%s: layer %d/%d on the GPU", TOOL, l + 1, n_layers);
-        if (fb_engine_layer(eng, l, &err)) goto fail;
-    }
+    prog pg = {.on = !quiet && isatty(2), .n_layers = n_layers, .n_tok = S.n_tok, .t0 = fb_now(), .cuda = use_cuda};
+    // The job (src/jobs/calibrate.c): the engine (CPU, or the device engine with the same math
+    // and statistics, bf16 GEMMs unless --cuda-f32), then the statistics file.
+    fb_calibrate_opts co = {.tool = TOOL, .model = model, .dataset = dataset, .out = outp,
+                            .template_name = tmpl_what, .seq_len = seq_len, .skip_long = skip_long, .seed = seed,
+                            .max_layers = max_layers, .use_cuda = use_cuda,
+                            .engine = {.threads = threads, .all_experts = !routed, .expert_group = group,
+                                       .token_chunk = chunk, .gemm_f32 = cuda_f32, .progress = progress_cb,
+                                       .progress_user = &pg},
+                            .layer_start = layer_start, .layer_user = &pg};
+    fb_calibrate_result cres;
+    if (fb_calibrate_run(src, &cfg, &S, &co, &cres, &err)) goto fail;
+    fb_calib_stats *st = cres.stats;
     if (pg.on) fprintf(stderr, "\r%*s\r", 110, "");
-    double secs = fb_now() - t0;
-
-    // Provenance.
-    char digest[33] = "", s_samples[32], s_len[32], s_seed[32], s_tokh[32];
-    char *digests = fb_calloc(npaths, 34), *shas = fb_calloc(npaths, 66), sha[65];
-    for (size_t i = 0; i < npaths; i++) {
-        // sha256 too: what a model card reader checks with sha256sum
-        if (fb_file_xxh128(paths[i], digest, &err) || fb_file_sha256(paths[i], sha, &err)) {
-            free(digests);
-            free(shas);
-            goto fail;
-        }
-        if (i) strcat(digests, ",");
-        strcat(digests, digest);
-        if (i) strcat(shas, ",");
-        strcat(shas, sha);
-    }
-    uint64_t h = 1469598103934665603ull;  // FNV-1a 64 of the token ids (little-endian int32)
-    for (size_t i = 0; i < S.n_tok; i++)
-        for (int b = 0; b < 4; b++) h = (h ^ ((uint32_t)S.ids[i] >> (8 * b) & 0xFF)) * 1099511628211ull;
-    snprintf(s_samples, sizeof s_samples, "%zu", S.n);
-    snprintf(s_len, sizeof s_len, "%d", seq_len);
-    snprintf(s_seed, sizeof s_seed, "%llu", (unsigned long long)seed);
-    snprintf(s_tokh, sizeof s_tokh, "%016llx", (unsigned long long)h);
-    // The source's identity, which nvfp4-quantize --calib compares with its own (calib/identity.h).
-    char id_cfg[33], *id_layers = NULL;
-    fb_source *ids = NULL;
-    if (fb_source_open(model, &ids, &err) || fb_source_identity(ids, n_layers, id_cfg, &id_layers, &err)) {
-        fb_source_close(ids);
-        free(digests);
-        free(shas);
-        goto fail;
-    }
-    fb_source_close(ids);
-    const char *mk[] = {"tool", "version", "model", "dataset", "dataset_xxh128", "samples",
-                        "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64", FB_ID_KEY_CONFIG, FB_ID_KEY_LAYERS, "dataset_sha256"};
-    const char *mv[] = {TOOL, FB_VERSION, model, dataset, digests, s_samples, s_len, s_seed,
-                        skip_long ? "true" : "false", tmpl_what, s_tokh, id_cfg, id_layers, shas};
-    int wrc = fb_calib_stats_write(st, outp, sizeof mk / sizeof mk[0], mk, mv, &err);
-    free(id_layers);
-    free(digests);
-    free(shas);
-    if (wrc) goto fail;
+    double secs = cres.seconds;
 
     // Summary.
-    fb_engine_timing tm = fb_engine_get_timing(eng);
-    double load_s = tm.load_s, expert_gflops = tm.gemm_gflops;
+    double load_s = cres.timing.load_s, expert_gflops = cres.timing.gemm_gflops;
     json_t *js = json_object();
     json_object_set_new(js, "stats", json_string(outp));
     json_object_set_new(js, "samples", json_integer((json_int_t)S.n));
@@ -385,19 +344,15 @@ int main(int argc, char **argv) {
         printf("  statistics: %s\n", outp);
     }
     json_decref(js);
-    goto out;
+    fb_calib_stats_free(st);
+    goto out_src;
 fail:
     if (pg.on) fprintf(stderr, "\n");
     fprintf(stderr, "%s: %s\n", TOOL, err.msg);
     rc = 1;
-out:
-    fb_engine_free(eng);
-    fb_calib_stats_free(st);
 out_src:
     fb_ds_tokens_free(&S);
     free(tokdef);
-    free(pathbuf);
-    free(paths);
     fb_wsrc_close(src);
     fb_chat_own_free(&own);
     if (rc && fb_cancelled()) {  // nothing was written: the statistics file comes last
