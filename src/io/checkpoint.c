@@ -881,18 +881,71 @@ static const struct { fb_dtype dt; unsigned size; uint64_t exp_mask; } FLOAT_EXP
     {FB_F64, 8, 0x7FF0000000000000ull},
 };
 
+// 1 when any of the es-byte little-endian elements of p[0, n) has every bit of its exponent
+// mask m set (Inf or NaN). Eight bytes at a time: x = (w & M) ^ M has a zero lane exactly where
+// an element is non-finite, and the lane-wise zero test (x - ONES) & ~x & HIGHS is exact for
+// "some lane is zero" (the bits of x lie inside the exponent mask, below each lane's sign bit).
+static int any_nonfinite(const unsigned char *p, size_t n, unsigned es, uint64_t m) {
+    uint64_t M = 0, ONES = 0, HIGHS = 0;
+    for (unsigned l = 0; l < 8 / es; l++) {
+        M |= m << (8 * es * l);
+        ONES |= (uint64_t)1 << (8 * es * l);
+        HIGHS |= (uint64_t)1 << (8 * es * l + 8 * es - 1);
+    }
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t x = (w & M) ^ M;
+        acc |= (x - ONES) & ~x & HIGHS;
+    }
+    if (acc) return 1;
+    for (; i + es <= n; i += es) {  // the tail
+        uint64_t v = 0;
+        memcpy(&v, p + i, es);
+        if ((v & m) == m) return 1;
+    }
+    return 0;
+}
+
 // Flat index of the first Inf/NaN element in bytes [off, off+n) of a tensor of dtype dt, or
 // -1 (also for dtypes that are not floats). Elements cut by a misaligned chunk are skipped.
-static int64_t first_nonfinite(fb_dtype dt, const unsigned char *p, uint64_t off, size_t n) {
+int64_t fb_first_nonfinite_bytes(fb_dtype dt, const void *data, uint64_t off, size_t n) {
+    const unsigned char *p = data;
     for (size_t k = 0; k < sizeof FLOAT_EXP / sizeof FLOAT_EXP[0]; k++) {
         if (FLOAT_EXP[k].dt != dt) continue;
         unsigned es = FLOAT_EXP[k].size;
         uint64_t m = FLOAT_EXP[k].exp_mask;
         size_t skip = (size_t)((es - off % es) % es);
-        for (size_t i = skip; i + es <= n; i += es) {
+        if (n < skip) return -1;
+        const unsigned char *b = p + skip;
+        size_t cnt = (n - skip) / es;
+        // Every output byte passes here: a branch-free pass with fixed-size loads (vectorized)
+        // finds whether any element is non-finite; only then the second pass says which.
+        // Little-endian host (as the writer assumes throughout).
+#define FB_SCAN(T)                                                                         \
+    do {                                                                                   \
+        const T mm = (T)m;                                                                 \
+        if (!any_nonfinite(b, cnt * sizeof(T), sizeof(T), m)) return -1;                  \
+        for (size_t i = 0; i < cnt; i++) {                                                 \
+            T v;                                                                           \
+            memcpy(&v, b + i * sizeof(T), sizeof(T));                                      \
+            if ((v & mm) == mm) return (int64_t)((off + skip + i * sizeof(T)) / sizeof(T)); \
+        }                                                                                  \
+        return -1;                                                                         \
+    } while (0)
+        switch (es) {
+        case 2: FB_SCAN(uint16_t);
+        case 4: FB_SCAN(uint32_t);
+        case 8: FB_SCAN(uint64_t);
+        default: break;
+        }
+#undef FB_SCAN
+        for (size_t i = 0; i < cnt; i++) {  // other sizes (none today)
             uint64_t v = 0;
-            memcpy(&v, p + i, es);  // little-endian host (as the writer assumes throughout)
-            if ((v & m) == m) return (int64_t)((off + i) / es);
+            memcpy(&v, b + i * es, es);
+            if ((v & m) == m) return (int64_t)((off + skip + i * es) / es);
         }
         return -1;
     }
@@ -903,7 +956,7 @@ int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_
     FB_ASSERT(idx >= 0 && idx < w->n);
     out_tensor *t = &w->t[idx];
     if (!w->o.allow_nonfinite) {
-        int64_t bad = first_nonfinite(t->dt, data, off, n);
+        int64_t bad = fb_first_nonfinite_bytes(t->dt, data, off, n);
         if (bad >= 0)
             return fb_fail(err, "output tensor %s: element %lld is %s (finite inputs can overflow, e.g. a "
                                 "huge scale); nothing was renamed into place (--allow-nan writes it anyway)",

@@ -180,4 +180,9 @@ int fb_copy_file(const char *src, const char *dst, fb_err *err);
 // Joins dir and name into a malloc'ed path.
 char *fb_path_join(const char *dir, const char *name);
 
+// Flat index of the first Inf/NaN element in bytes [off, off+n) of a tensor of dtype dt (BF16,
+// F16, F32, F64; -1 for other dtypes or when every element is finite). Elements cut by a
+// misaligned chunk start are skipped. The writers run it on every output byte (fast path).
+int64_t fb_first_nonfinite_bytes(fb_dtype dt, const void *data, uint64_t off, size_t n);
+
 #endif
