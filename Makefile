@@ -6,23 +6,59 @@
 #   make demo         the main job on the embedded model (see README.md)
 #   make bench        benchmarks that print ratios measured in one run (BENCHMARKS.md)
 #   make CUDA=0       build without the optional CUDA code even when nvcc is present
+#   make CROSS=aarch64-linux-gnu-   cross-build (into build-aarch64/; CUDA off; the :arm64
+#                     Debian packages found through PKG_CONFIG); scripts/cross-aarch64.sh
+#                     installs the toolchain and runs the tests under qemu-aarch64-static
+#
+# Knobs (all overridable on the command line or in the environment): CC, AR, PKG_CONFIG, OPT,
+# CROSS, SAN, CUDA, NVCC, CUDA_ARCH, BUILD.
 #
 # Sources are found by wildcard: src/<module>/*.c go into the library, tools/<name>.c become
 # build/bin/<name>, tests/test_<name>.c become build/tests/test_<name>. Adding a file needs
 # no edit here.
 
-CC       ?= cc
+# CROSS is a toolchain prefix. CC and AR are make built-ins (`?=` would never apply), so the
+# prefix replaces them only where they still hold make's defaults.
+comma    := ,
+CROSS    ?=
+ifeq ($(origin CC),default)
+CC       := $(CROSS)gcc
+ifeq ($(CROSS),)
+CC       := cc
+endif
+endif
+ifeq ($(origin AR),default)
+AR       := $(CROSS)ar
+endif
+# Debian ships no <triplet>-pkg-config wrapper for its cross compilers: point pkg-config at
+# the multiarch .pc files of the :arm64 (or other) packages instead.
+ifeq ($(CROSS),)
+PKG_CONFIG ?= pkg-config
+else
+PKG_CONFIG ?= env PKG_CONFIG_LIBDIR=/usr/lib/$(patsubst %-,%,$(CROSS))/pkgconfig:/usr/share/pkgconfig pkg-config
+endif
 OPT      ?= -O2
 SAN      ?= 0
 CUDA     ?= auto
 NVCC     ?= nvcc
-# Hopper by default; the CUDA path is only used by ref-runner / calibrate --device cuda.
-CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90
+# Machine code (SASS) for Hopper (H100/H200, sm_90), datacenter Blackwell (B200, sm_100),
+# RTX Blackwell (sm_120) and DGX Spark's GB10 (sm_121), plus compute_90 PTX that the driver
+# JIT-compiles on any later GPU. The CUDA path is only used by ref-runner / calibrate
+# --device cuda. Override with e.g. CUDA_ARCH="-gencode arch=compute_90,code=sm_90".
+CUDA_ARCH ?= -gencode arch=compute_90,code=sm_90 -gencode arch=compute_100,code=sm_100 \
+             -gencode arch=compute_120,code=sm_120 -gencode arch=compute_121,code=sm_121 \
+             -gencode arch=compute_90,code=compute_90
+# The same list as text, compiled into the runtime device check's message ("sm_90 sm_100 ...
+# compute_90"): the code= targets of CUDA_ARCH (code=sm_90 or code=[sm_90,compute_90]).
+CUDA_ARCH_LIST = $(strip $(foreach w,$(CUDA_ARCH),$(if $(findstring code=,$(w)),$(subst $(comma), ,$(subst [,,$(subst ],,$(lastword $(subst code=, ,$(w)))))))))
 
 # Debian packages: pkg-config name -> package that provides it (for the error message).
 PKGS := yaml-0.1:libyaml-dev jansson:libjansson-dev libxxhash:libxxhash-dev \
         libpcre2-8:libpcre2-dev openblas:libopenblas-dev
 
+ifneq ($(CROSS),)
+BUILD    ?= build-$(firstword $(subst -, ,$(CROSS)))
+endif
 ifeq ($(SAN),1)
 BUILD    ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -34,8 +70,10 @@ endif
 
 # A fresh Debian machine: install what is missing before the flags are computed (root only;
 # otherwise the deps target names the packages to install).
-ifeq ($(filter clean,$(MAKECMDGOALS)),)
-_missing := $(strip $(foreach pp,$(PKGS),$(if $(shell pkg-config --exists $(firstword $(subst :, ,$(pp))) 2>/dev/null && echo y),,$(pp))))
+# Not for a cross build: install-deps.sh installs host packages (scripts/cross-aarch64.sh
+# installs the :arm64 ones).
+ifeq ($(filter clean,$(MAKECMDGOALS))$(CROSS),)
+_missing := $(strip $(foreach pp,$(PKGS),$(if $(shell $(PKG_CONFIG) --exists $(firstword $(subst :, ,$(pp))) 2>/dev/null && echo y),,$(pp))))
 ifneq ($(_missing),)
 ifeq ($(shell id -u),0)
 $(info fourbit: missing $(_missing); running scripts/install-deps.sh)
@@ -45,8 +83,8 @@ endif
 endif
 
 # Strict IEEE: no contraction into FMA, no fast-math. The golden tests are bit-exact.
-PKG_CFLAGS := $(shell pkg-config --cflags $(foreach p,$(PKGS),$(firstword $(subst :, ,$(p)))) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(foreach p,$(PKGS),$(firstword $(subst :, ,$(p)))) 2>/dev/null)
+PKG_CFLAGS := $(shell $(PKG_CONFIG) --cflags $(foreach p,$(PKGS),$(firstword $(subst :, ,$(p)))) 2>/dev/null)
+PKG_LIBS   := $(shell $(PKG_CONFIG) --libs $(foreach p,$(PKGS),$(firstword $(subst :, ,$(p)))) 2>/dev/null)
 CFLAGS   ?= $(OPT) -g
 CFLAGS   += -std=gnu11 -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -ffp-contract=off -fno-fast-math \
             -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter \
@@ -55,7 +93,8 @@ LDFLAGS  += -pthread $(SANFLAGS)
 LDLIBS   += $(PKG_LIBS) -lm
 
 # ---- CUDA detection (optional) -------------------------------------------------------------
-ifeq ($(CUDA),auto)
+# A cross build never picks up the host's nvcc (it would emit host-arch objects).
+ifeq ($(CUDA)$(CROSS),auto)
   ifneq ($(shell command -v $(NVCC) 2>/dev/null),)
     CUDA := 1
   else
@@ -63,6 +102,9 @@ ifeq ($(CUDA),auto)
   endif
 endif
 CU_SRCS := $(wildcard src/cuda/*.cu)
+ifeq ($(CUDA),auto)
+  CUDA := 0
+endif
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   CFLAGS  += -DFB_HAVE_CUDA=1 -I$(CUDA_HOME)/include
@@ -85,9 +127,10 @@ all: deps announce $(TOOLS)
 # Checks the Debian packages; installs them (scripts/install-deps.sh) when missing and root.
 deps:
 	@missing=""; for pp in $(PKGS); do p=$${pp%%:*}; d=$${pp#*:}; \
-	  pkg-config --exists $$p 2>/dev/null || missing="$$missing $$d"; done; \
+	  $(PKG_CONFIG) --exists $$p 2>/dev/null || missing="$$missing $$d"; done; \
 	  command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
 	  if [ -n "$$missing" ]; then \
+	    if [ -n "$(CROSS)" ]; then echo "fourbit: missing for $(CROSS):$$missing (run: sudo scripts/cross-aarch64.sh --install)" >&2; exit 1; fi; \
 	    if [ "$$(id -u)" = 0 ]; then scripts/install-deps.sh || exit 1; \
 	    else echo "fourbit: missing Debian packages:$$missing (run: sudo scripts/install-deps.sh)" >&2; exit 1; fi; \
 	    echo "fourbit: dependencies installed; run make again if the build fails to find them"; \
@@ -103,11 +146,11 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*/*.h)
 
 $(BUILD)/obj/%.o: src/%.cu $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 $(CUDA_ARCH) -Isrc -DFB_HAVE_CUDA=1 -Xcompiler -fPIC,-ffp-contract=off -c $< -o $@
+	$(NVCC) -O2 $(CUDA_ARCH) -Isrc -DFB_HAVE_CUDA=1 -DFB_CUDA_ARCHS='"$(CUDA_ARCH_LIST)"' -Xcompiler -fPIC,-ffp-contract=off -c $< -o $@
 
 $(LIB): $(OBJS) $(CU_OBJS)
 	@mkdir -p $(dir $@)
-	rm -f $@ && ar rcs $@ $^
+	rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/bin/%: tools/%.c $(wildcard tools/*.h) $(LIB)
 	@mkdir -p $(dir $@)
@@ -134,4 +177,4 @@ bench: deps announce $(TOOLS) $(BENCHES)
 	@BUILD=$(BUILD) sh bench/run-bench.sh
 
 clean:
-	rm -rf build build-san demo-out
+	rm -rf build build-san build-aarch64 demo-out

@@ -1,4 +1,4 @@
-// cufwd.h: the layer-wise MiniMax-M2 forward on an NVIDIA GPU (Hopper, sm_90): the same math
+// cufwd.h: the layer-wise MiniMax-M2 forward on an NVIDIA GPU (Hopper sm_90, Blackwell sm_100/120/121: Makefile CUDA_ARCH): the same math
 // as calib/forward.c (calib/mm.h), with hidden states kept on the device.
 //
 // Built only when nvcc is present (the Makefile defines FB_HAVE_CUDA and compiles
