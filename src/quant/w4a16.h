@@ -88,9 +88,9 @@ void fb_autoround_g_idx(size_t cols, size_t group, int32_t *g_idx);
 void fb_autoround_dequant_rows(const int32_t *qweight, const uint16_t *scales, size_t nrows,
                                size_t cols, size_t group, size_t o0, size_t ld, float *out);
 
-// The fast path the quantizers use on this CPU: "avx512", "avx2" or "scalar". Chosen once
-// per process; FB_QUANT_IMPL=scalar|avx2|avx512 in the environment caps the choice (tests,
-// benchmarks).
+// The fast path the quantizers use on this CPU: "avx512", "avx2", "neon" or "scalar". Chosen
+// once per process; FB_QUANT_IMPL=scalar|avx2|avx512|neon in the environment caps the choice
+// (tests, benchmarks; rules in quant/simd_priv.h).
 const char *fb_w4a16_impl(void);
 
 #endif
