@@ -92,31 +92,34 @@ __attribute__((target("avx2"))) static unsigned row_avx2(const uint8_t *w, size_
 // The same steps on 4 f32 lanes at a time, 16 bytes per iteration. vshrn_n_u32(t, 16) is the
 // final >> 16 and the narrowing to bf16 bits in one instruction. AArch64 Linux runs with
 // FPCR.FZ clear, so the e4m3 subnormals built as f32 denormals survive the multiplies.
+// 4 lanes: magnitude already at f32 bits 20..26 after the << 16, sign at bit 31.
+static inline uint16x4_t cvt4_neon(uint16x4_t mag, uint16x4_t sgn, float32x4_t vs) {
+    float32x4_t v = vmulq_f32(vreinterpretq_f32_u32(vshll_n_u16(mag, 16)), vdupq_n_f32(0x1p120f));
+    v = vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(v), vshll_n_u16(sgn, 16)));
+    uint32x4_t u = vreinterpretq_u32_f32(vmulq_f32(v, vs));
+    uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    return vshrn_n_u32(vaddq_u32(vaddq_u32(u, vdupq_n_u32(0x7FFF)), lsb), 16);
+}
+
 static unsigned row_neon(const uint8_t *w, size_t n, float s, uint16_t *out) {
-    const float32x4_t k120 = vdupq_n_f32(0x1p120f), vs = vdupq_n_f32(s);
-    const uint32x4_t r = vdupq_n_u32(0x7FFF), one = vdupq_n_u32(1);
+    const float32x4_t vs = vdupq_n_f32(s);
     const uint8x16_t m7f = vdupq_n_u8(0x7F), m80 = vdupq_n_u8(0x80);
     uint8x16_t nan = vdupq_n_u8(0);
     size_t i = 0;
     for (; i + 16 <= n; i += 16) {
         uint8x16_t b = vld1q_u8(w + i);
-        uint8x16_t mag = vandq_u8(b, m7f), sgn = vandq_u8(b, m80);
+        uint8x16_t mag = vandq_u8(b, m7f);
         nan = vorrq_u8(nan, vceqq_u8(mag, m7f));
-        uint16x8_t mh[2] = {vmovl_u8(vget_low_u8(mag)), vmovl_high_u8(mag)};
-        uint16x8_t sh[2] = {vmovl_u8(vget_low_u8(sgn)), vmovl_high_u8(sgn)};
-        for (int h = 0; h < 2; h++) {
-            uint32x4_t m4[2] = {vmovl_u16(vget_low_u16(mh[h])), vmovl_high_u16(mh[h])};
-            uint32x4_t s4[2] = {vmovl_u16(vget_low_u16(sh[h])), vmovl_high_u16(sh[h])};
-            uint16x4_t res[2];
-            for (int q = 0; q < 2; q++) {
-                float32x4_t v = vmulq_f32(vreinterpretq_f32_u32(vshlq_n_u32(m4[q], 20)), k120);
-                v = vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(v), vshlq_n_u32(s4[q], 24)));
-                uint32x4_t u = vreinterpretq_u32_f32(vmulq_f32(v, vs));
-                uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), one);
-                res[q] = vshrn_n_u32(vaddq_u32(vaddq_u32(u, r), lsb), 16);
-            }
-            vst1q_u16(out + i + 8 * h, vcombine_u16(res[0], res[1]));
-        }
+        // The magnitude bits go to bits 20..26 of an f32 as in the x86 kernels (<< 4 while
+        // widening to u16, << 16 while widening to u32: vshll does both steps at once); the
+        // sign byte goes to bit 31 the same way (0x80 << 8 << 16).
+        uint16x8_t mlo = vshll_n_u8(vget_low_u8(mag), 4), mhi = vshll_high_n_u8(mag, 4);
+        uint8x16_t sg = vandq_u8(b, m80);
+        uint16x8_t slo = vshll_n_u8(vget_low_u8(sg), 8), shi = vshll_high_n_u8(sg, 8);
+        vst1q_u16(out + i, vcombine_u16(cvt4_neon(vget_low_u16(mlo), vget_low_u16(slo), vs),
+                                        cvt4_neon(vget_high_u16(mlo), vget_high_u16(slo), vs)));
+        vst1q_u16(out + i + 8, vcombine_u16(cvt4_neon(vget_low_u16(mhi), vget_low_u16(shi), vs),
+                                            cvt4_neon(vget_high_u16(mhi), vget_high_u16(shi), vs)));
     }
     return (vmaxvq_u8(nan) != 0) | row_tail(w + i, n - i, s, out + i);
 }

@@ -532,9 +532,9 @@ static inline uint32_t pack8_neon(uint32x4_t a, uint32x4_t b) {
 }
 
 // 16 nibble lanes -> 8 bytes (lane 2j low nibble of byte j).
-static inline uint64_t pack16_neon(const uint32x4_t c[4]) {
-    uint8x16_t b = vcombine_u8(vmovn_u16(vcombine_u16(vmovn_u32(c[0]), vmovn_u32(c[1]))),
-                               vmovn_u16(vcombine_u16(vmovn_u32(c[2]), vmovn_u32(c[3]))));
+static inline uint64_t pack16_neon(uint32x4_t c0, uint32x4_t c1, uint32x4_t c2, uint32x4_t c3) {
+    uint8x16_t b = vcombine_u8(vmovn_u16(vcombine_u16(vmovn_u32(c0), vmovn_u32(c1))),
+                               vmovn_u16(vcombine_u16(vmovn_u32(c2), vmovn_u32(c3))));
     uint16x8_t p = vreinterpretq_u16_u8(b);
     p = vsraq_n_u16(p, p, 4);
     return vget_lane_u64(vreinterpret_u64_u8(vmovn_u16(p)), 0);
@@ -568,9 +568,8 @@ void fb_qsimd_nvfp4_neon(const float *w, size_t nrows, size_t cols, float g, uin
             for (size_t k = 0; k < nk; k++) {
                 const float *x = row + (k0 + k) * 16;
                 float32x4_t t = vdupq_n_f32(tt[k]);
-                uint32x4_t c[4];
-                for (int q = 0; q < 4; q++) c[q] = nv_nibbles_neon(vld1q_f32(x + 4 * q), t);
-                uint64_t v = pack16_neon(c);
+                uint64_t v = pack16_neon(nv_nibbles_neon(vld1q_f32(x), t), nv_nibbles_neon(vld1q_f32(x + 4), t),
+                                         nv_nibbles_neon(vld1q_f32(x + 8), t), nv_nibbles_neon(vld1q_f32(x + 12), t));
                 memcpy(prow + (k0 + k) * 8, &v, 8);
                 srow[k0 + k] = (uint8_t)cc[k];
             }
@@ -615,9 +614,9 @@ void fb_qsimd_w4a16_neon(const float *w, size_t nrows, size_t cols, size_t group
             float32x4_t sv = vdupq_n_f32(s);
             size_t i = 0;
             for (; i + 16 <= group; i += 16) {
-                uint32x4_t c[4];
-                for (int q = 0; q < 4; q++) c[q] = ct_codes_neon(vld1q_f32(x + i + 4 * q), sv);
-                uint64_t v = pack16_neon(c);
+                const float *y = x + i;
+                uint64_t v = pack16_neon(ct_codes_neon(vld1q_f32(y), sv), ct_codes_neon(vld1q_f32(y + 4), sv),
+                                         ct_codes_neon(vld1q_f32(y + 8), sv), ct_codes_neon(vld1q_f32(y + 12), sv));
                 memcpy(prow + (k * group + i) / 8, &v, 8);
             }
             for (; i < group; i += 8)
