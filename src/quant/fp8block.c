@@ -29,16 +29,6 @@
 
 typedef unsigned (*row_fn)(const uint8_t *, size_t, float, uint16_t *);
 
-// The tail of a row (fewer than 16 elements): the reference expression, NaN codes flagged.
-static unsigned row_tail(const uint8_t *w, size_t n, float s, uint16_t *out) {
-    unsigned bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        bad |= (w[i] & 0x7Fu) == 0x7Fu;
-        out[i] = fb_f32_to_bf16(fb_e4m3_lut[w[i]] * s);
-    }
-    return bad;
-}
-
 #if defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw"))) static unsigned row_avx512(const uint8_t *w, size_t n, float s,
                                                                          uint16_t *out) {
@@ -58,7 +48,12 @@ __attribute__((target("avx512f,avx512bw"))) static unsigned row_avx512(const uin
         u = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, r), lsb), 16);
         _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtepi32_epi16(u));
     }
-    return (nan != 0) | row_tail(w + i, n - i, s, out + i);
+    unsigned bad = nan != 0;
+    for (; i < n; i++) {
+        bad |= (w[i] & 0x7Fu) == 0x7Fu;
+        out[i] = fb_f32_to_bf16(fb_e4m3_lut[w[i]] * s);
+    }
+    return bad;
 }
 
 __attribute__((target("avx2"))) static unsigned row_avx2(const uint8_t *w, size_t n, float s, uint16_t *out) {
@@ -84,14 +79,26 @@ __attribute__((target("avx2"))) static unsigned row_avx2(const uint8_t *w, size_
         p = _mm256_permute4x64_epi64(p, 0xD8);
         _mm256_storeu_si256((__m256i *)(out + i), p);
     }
-    return (_mm256_testz_si256(nan, nan) == 0) | row_tail(w + i, n - i, s, out + i);
+    unsigned bad = !_mm256_testz_si256(nan, nan);
+    for (; i < n; i++) {
+        bad |= (w[i] & 0x7Fu) == 0x7Fu;
+        out[i] = fb_f32_to_bf16(fb_e4m3_lut[w[i]] * s);
+    }
+    return bad;
 }
 #endif  // __x86_64__
 
 #if defined(__aarch64__)
-// The same steps on 4 f32 lanes at a time, 16 bytes per iteration. vshrn_n_u32(t, 16) is the
-// final >> 16 and the narrowing to bf16 bits in one instruction. AArch64 Linux runs with
-// FPCR.FZ clear, so the e4m3 subnormals built as f32 denormals survive the multiplies.
+// The tail of a row (fewer than 16 elements): the reference expression, NaN codes flagged.
+static unsigned row_tail(const uint8_t *w, size_t n, float s, uint16_t *out) {
+    unsigned bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        bad |= (w[i] & 0x7Fu) == 0x7Fu;
+        out[i] = fb_f32_to_bf16(fb_e4m3_lut[w[i]] * s);
+    }
+    return bad;
+}
+
 // 4 lanes: magnitude already at f32 bits 20..26 after the << 16, sign at bit 31.
 static inline uint16x4_t cvt4_neon(uint16x4_t mag, uint16x4_t sgn, float32x4_t vs) {
     float32x4_t v = vmulq_f32(vreinterpretq_f32_u32(vshll_n_u16(mag, 16)), vdupq_n_f32(0x1p120f));
@@ -101,6 +108,9 @@ static inline uint16x4_t cvt4_neon(uint16x4_t mag, uint16x4_t sgn, float32x4_t v
     return vshrn_n_u32(vaddq_u32(vaddq_u32(u, vdupq_n_u32(0x7FFF)), lsb), 16);
 }
 
+// The same steps on 4 f32 lanes at a time, 16 bytes per iteration. vshrn_n_u32(t, 16) is the
+// final >> 16 and the narrowing to bf16 bits in one instruction. AArch64 Linux runs with
+// FPCR.FZ clear, so the e4m3 subnormals built as f32 denormals survive the multiplies.
 static unsigned row_neon(const uint8_t *w, size_t n, float s, uint16_t *out) {
     const float32x4_t vs = vdupq_n_f32(s);
     const uint8x16_t m7f = vdupq_n_u8(0x7F), m80 = vdupq_n_u8(0x80);
