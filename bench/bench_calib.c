@@ -22,11 +22,11 @@
 // ---- synthetic weight source -------------------------------------------------------------
 
 typedef struct syn {
-    fb_mm_config c;
+    fb_model_config c;
 } syn;
 
 static int syn_shape(fb_wsrc *s, const char *name, int *ndim, int64_t sh[FB_MAX_DIMS]) {
-    const fb_mm_config *c = &((syn *)s->ctx)->c;
+    const fb_model_config *c = &((syn *)s->ctx)->c;
     int64_t H = c->hidden, Dq = (int64_t)c->n_heads * c->head_dim,
             Dk = (int64_t)c->n_kv_heads * c->head_dim;
     static const struct { const char *suffix; int what; } tab[] = {
@@ -80,7 +80,7 @@ static int syn_load(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, flo
 
 static void syn_close(fb_wsrc *s) { free(s->ctx); }
 
-static fb_wsrc *syn_new(const fb_mm_config *c) {
+static fb_wsrc *syn_new(const fb_model_config *c) {
     fb_wsrc *s = fb_calloc(1, sizeof *s);
     syn *y = fb_calloc(1, sizeof *y);
     y->c = *c;
@@ -137,10 +137,11 @@ int main(int argc, char **argv) {
            chunk, ref / 1e9, threads, ref1 / 1e9);
 
     if (!skip_full) {
-        fb_mm_config c = {.hidden = 3072, .inter = 1536, .n_layers = 1, .n_heads = 48,
+        fb_model_config c = {.hidden = 3072, .inter = 1536, .n_layers = 1, .n_heads = 48,
                           .n_kv_heads = 8, .head_dim = 128, .rotary_dim = 64, .rope_theta = 5e6,
                           .eps = 1e-6, .n_experts = 256, .top_k = 8, .vocab = 1024,
-                          .use_qk_norm = 1, .use_routing_bias = 1};
+                          .qk_norm = FB_QKN_ALL_HEADS, .use_routing_bias = 1,
+                          .arch = fb_arch_by_name("minimax_m2")};
         fb_wsrc *src = syn_new(&c);
         size_t nseq = ((size_t)ntok + (size_t)seq - 1) / (size_t)seq;
         size_t *starts = malloc((nseq + 1) * sizeof(size_t));
@@ -188,8 +189,8 @@ int main(int argc, char **argv) {
     const char *mdir = "models/tiny-minimax-m2";
     if (access("models/tiny-minimax-m2/config.json", R_OK) == 0) {
         fb_wsrc *src = fb_wsrc_open_ckpt(mdir, &err);
-        fb_mm_config c;
-        if (!src || !src->config || fb_mm_config_parse(src->config, &c, &err)) {
+        fb_model_config c;
+        if (!src || !src->config || fb_model_config_parse(src->config, &c, &err)) {
             fprintf(stderr, "bench_calib: %s: %s\n", mdir, err.msg);
             return 1;
         }

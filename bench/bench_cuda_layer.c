@@ -98,8 +98,8 @@ static int bench_ckpt(const char *dir, size_t n_seq, size_t seq_len, int group) 
     double peak = fb_cuda_gemm_tflops(8192, 8192, 8192, 20, 0, &err);
     if (peak < 0) { fprintf(stderr, "bench_cuda_layer: %s\n", err.msg); return 1; }
     fb_wsrc *src = fb_wsrc_open_ckpt(dir, &err);
-    fb_mm_config c;
-    if (!src || fb_mm_config_parse(src->config, &c, &err)) {
+    fb_model_config c;
+    if (!src || fb_model_config_parse(src->config, &c, &err)) {
         fprintf(stderr, "bench_cuda_layer: %s\n", err.msg);
         return 1;
     }
@@ -185,10 +185,11 @@ int main(int argc, char **argv) {
                           argc > 4 ? (size_t)atol(argv[4]) : 2048, argc > 5 ? atoi(argv[5]) : 32);
     size_t n_seq = argc > 1 ? (size_t)atol(argv[1]) : 64, seq_len = argc > 2 ? (size_t)atol(argv[2]) : 2048;
     int routed = argc > 3 && atoi(argv[3]) != 0;
-    fb_mm_config c = {.hidden = 3072, .inter = 1536, .n_layers = 62, .n_heads = 48,
+    fb_model_config c = {.hidden = 3072, .inter = 1536, .n_layers = 62, .n_heads = 48,
                       .n_kv_heads = 8, .head_dim = 128, .rotary_dim = 64, .rope_theta = 5e6,
                       .eps = 1e-6, .n_experts = 256, .top_k = 8, .vocab = 200064,
-                      .use_qk_norm = 1, .use_routing_bias = 1};
+                      .qk_norm = FB_QKN_ALL_HEADS, .use_routing_bias = 1,
+                          .arch = fb_arch_by_name("minimax_m2")};
     fb_err err;
     printf("bench_cuda_layer: %s, MiniMax-M2 layer (H %d, I %d, %d experts, top-%d, %d heads / %d kv)\n",
            name, c.hidden, c.inter, c.n_experts, c.top_k, c.n_heads, c.n_kv_heads);

@@ -165,8 +165,8 @@ static void make_model(void) {
 }
 
 static json_t *tiny_config(void) {
-    return json_pack("{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:i,s:i,s:s,s:b,s:b,s:s,s:i,s:b}",
-                     "hidden_size", H, "intermediate_size", NI, "num_hidden_layers", NL,
+    return json_pack("{s:s,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:i,s:i,s:s,s:b,s:b,s:s,s:i,s:b}",
+                     "model_type", "minimax_m2", "hidden_size", H, "intermediate_size", NI, "num_hidden_layers", NL,
                      "num_attention_heads", NH, "num_key_value_heads", NKV, "head_dim", HD,
                      "rotary_dim", RD, "rope_theta", 10000.0, "rms_norm_eps", 1e-6,
                      "num_local_experts", NE, "num_experts_per_tok", K, "scoring_func", "sigmoid",
@@ -320,7 +320,7 @@ static void ref_forward(const int32_t *ids, int ntok, const size_t *starts, int 
 }
 
 // Runs the engine over all layers; copies hidden states per layer and the logits.
-static int run_engine(fb_wsrc *src, const fb_mm_config *cfg, fb_fwd_opts *o, const int32_t *ids,
+static int run_engine(fb_wsrc *src, const fb_model_config *cfg, fb_fwd_opts *o, const int32_t *ids,
                       int ntok, const size_t *starts, int nseq, float *hl, float *logits) {
     fb_err err;
     fb_fwd *f = fb_fwd_new(src, cfg, o, &err);
@@ -441,8 +441,8 @@ static void test_golden_model(void) {
     fb_err err;
     fb_wsrc *src = fb_wsrc_open_ckpt(MODEL_DIR, &err);
     REQUIRE(src, "%s", err.msg);
-    fb_mm_config c;
-    REQUIRE(src->config && fb_mm_config_parse(src->config, &c, &err) == 0, "%s", err.msg);
+    fb_model_config c;
+    REQUIRE(src->config && fb_model_config_parse(src->config, &c, &err) == 0, "%s", err.msg);
     fb_st_file *rf, *hf;
     REQUIRE(fb_st_open(GOLD_MODEL "/reference.safetensors", &rf, &err) == 0, "%s", err.msg);
     REQUIRE(fb_st_open(GOLD_MODEL "/hidden-states.safetensors", &hf, &err) == 0, "%s", err.msg);
@@ -583,23 +583,23 @@ int main(int argc, char **argv) {
 
     make_model();
     json_t *cj = tiny_config();
-    fb_mm_config cfg;
+    fb_model_config cfg;
     fb_err err;
-    REQUIRE(fb_mm_config_parse(cj, &cfg, &err) == 0, "%s", err.msg);
+    REQUIRE(fb_model_config_parse(cj, &cfg, &err) == 0, "%s", err.msg);
     CHECK(cfg.rotary_dim == RD && cfg.n_kv_heads == NKV && cfg.use_routing_bias, "config parse");
     {   // config refusals
         json_t *bad = json_deep_copy(cj);
         json_object_set_new(bad, "partial_rotary_factor", json_real(0.25));
-        CHECK(fb_mm_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "rotary"),
+        CHECK(fb_model_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "rotary"),
               "rotary_dim vs partial_rotary_factor: %s", err.msg);
         json_object_del(bad, "rotary_dim");
-        CHECK(fb_mm_config_parse(bad, &cfg, &err) == 0 && cfg.rotary_dim == 4,
+        CHECK(fb_model_config_parse(bad, &cfg, &err) == 0 && cfg.rotary_dim == 4,
               "partial_rotary_factor alone -> %d", cfg.rotary_dim);
         json_object_set_new(bad, "scoring_func", json_string("softmax"));
-        CHECK(fb_mm_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "scoring_func"),
+        CHECK(fb_model_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "scoring_func"),
               "softmax scoring refused: %s", err.msg);
         json_decref(bad);
-        REQUIRE(fb_mm_config_parse(cj, &cfg, &err) == 0, "%s", err.msg);
+        REQUIRE(fb_model_config_parse(cj, &cfg, &err) == 0, "%s", err.msg);
     }
     fb_wsrc *mem = mem_source(cj);
 

@@ -4,7 +4,7 @@
 #include <dirent.h>
 #include <string.h>
 
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "test.h"
 
 static int cmpstr(const void *a, const void *b) {

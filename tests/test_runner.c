@@ -15,7 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "calib/runner.h"
+#include "jobs/runner.h"
 #include "calib/wsrc_quant.h"
 #include "quant/formats.h"
 #ifdef FB_HAVE_CUDA
@@ -414,8 +414,8 @@ static void test_cuda(void) {
     for (size_t s = 0; s <= S; s++) starts[s] = s * T;
     fb_wsrc *src = fb_wsrc_open_auto(M, &err);
     REQUIRE(src, "%s", err.msg);
-    fb_mm_config cfg;
-    REQUIRE(fb_mm_config_parse(src->config, &cfg, &err) == 0, "%s", err.msg);
+    fb_model_config cfg;
+    REQUIRE(fb_model_config_parse(src->config, &cfg, &err) == 0, "%s", err.msg);
     size_t H = (size_t)cfg.hidden, V = (size_t)cfg.vocab, L = (size_t)cfg.n_layers;
     // CPU reference run: hidden states per layer, logits, all-experts statistics.
     fb_calib_stats *cst = fb_calib_stats_new(cfg.n_layers, cfg.n_experts);

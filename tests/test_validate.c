@@ -15,7 +15,7 @@
 #include "test.h"
 
 #include "common/fb.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "io/safetensors.h"
 #include "quant/formats.h"
 #include "quant/validate.h"

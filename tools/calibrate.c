@@ -10,11 +10,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "calib/forward.h"
-#include "calib/runner.h"
-#ifdef FB_HAVE_CUDA
-#include "cuda/cufwd.h"
-#endif
+#include "calib/engine.h"
+#include "cuda/cuengine.h"
+#include "jobs/runner.h"
 #include "common/cli.h"
 #include "common/fb.h"
 #include "io/chat.h"
@@ -121,13 +119,13 @@ int main(int argc, char **argv) {
 
     fb_wsrc *src = fb_wsrc_open_ckpt(model, &err);
     if (!src) { fprintf(stderr, "%s: %s\n", TOOL, err.msg); return 1; }
-    fb_mm_config cfg;
+    fb_model_config cfg;
     if (!src->config) {
         fprintf(stderr, "%s: %s: no config.json\n", TOOL, model);
         fb_wsrc_close(src);
         return 1;
     }
-    if (fb_mm_config_parse(src->config, &cfg, &err)) {
+    if (fb_model_config_parse(src->config, &cfg, &err)) {
         fprintf(stderr, "%s: %s: %s\n", TOOL, model, err.msg);
         fb_wsrc_close(src);
         return 1;
@@ -174,34 +172,18 @@ int main(int argc, char **argv) {
     int n_layers = max_layers > 0 && max_layers < cfg.n_layers ? max_layers : cfg.n_layers;
     fb_calib_stats *st = fb_calib_stats_new(cfg.n_layers, cfg.n_experts);
     prog pg = {.on = !quiet && isatty(2), .n_layers = n_layers, .n_tok = S.n_tok, .t0 = fb_now()};
-    fb_fwd_opts fo = {.threads = threads, .all_experts = !routed, .expert_group = group,
-                      .token_chunk = chunk, .stats = st, .progress = progress_cb,
-                      .progress_user = &pg};
-    fb_fwd *f = NULL;
-#ifdef FB_HAVE_CUDA
-    fb_cufwd *cf = NULL;
-#endif
+    // The engine (calib/engine.h): CPU, or the device engine (the same math and statistics,
+    // bf16 GEMMs unless --cuda-f32).
+    fb_engine_opts eo = {.threads = threads, .all_experts = !routed, .expert_group = group,
+                         .token_chunk = chunk, .gemm_f32 = cuda_f32, .stats = st,
+                         .progress = progress_cb, .progress_user = &pg};
     double t0 = fb_now();
-    if (use_cuda) {
-#ifdef FB_HAVE_CUDA
-        // The device engine: the same math and statistics (src/cuda/cufwd.h), bf16 GEMMs.
-        fb_cufwd_opts co = {.gemm_f32 = cuda_f32, .all_experts = !routed, .expert_group = group, .token_chunk = chunk,
-                            .host_threads = threads, .stats = st};
-        cf = fb_cufwd_new(src, &cfg, &co, &err);
-        if (!cf || fb_cufwd_set_tokens(cf, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
-        for (int l = 0; l < n_layers; l++) {
-            pg.layer = l;
-            if (!quiet && pg.on) fprintf(stderr, "\r%s: layer %d/%d on the GPU", TOOL, l + 1, n_layers);
-            if (fb_cufwd_layer(cf, l, &err)) goto fail;
-        }
-#endif
-    } else {
-        f = fb_fwd_new(src, &cfg, &fo, &err);
-        if (!f || fb_fwd_set_tokens(f, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
-        for (int l = 0; l < n_layers; l++) {
-            pg.layer = l;
-            if (fb_fwd_layer(f, l, &err)) goto fail;
-        }
+    fb_engine *eng = use_cuda ? fb_engine_cuda_new(src, &cfg, &eo, &err) : fb_engine_cpu_new(src, &cfg, &eo, &err);
+    if (!eng || fb_engine_set_tokens(eng, S.ids, S.n_tok, S.starts, S.n, &err)) goto fail;
+    for (int l = 0; l < n_layers; l++) {
+        pg.layer = l;
+        if (use_cuda && !quiet && pg.on) fprintf(stderr, "\r%s: layer %d/%d on the GPU", TOOL, l + 1, n_layers);
+        if (fb_engine_layer(eng, l, &err)) goto fail;
     }
     if (pg.on) fprintf(stderr, "\r%*s\r", 110, "");
     double secs = fb_now() - t0;
@@ -230,20 +212,8 @@ int main(int argc, char **argv) {
     if (wrc) goto fail;
 
     // Summary.
-    double load_s = 0, expert_gflops = 0;
-    if (f) {
-        const fb_fwd_timing *tm = fb_fwd_get_timing(f);
-        load_s = tm->load_s;
-        expert_gflops = tm->expert_s > 0 ? tm->expert_flops / tm->expert_s / 1e9 : 0;
-    }
-#ifdef FB_HAVE_CUDA
-    if (cf) {
-        const fb_cufwd_timing *ct = fb_cufwd_get_timing(cf);
-        load_s = ct->load_s;
-        double gs = ct->attn_s + ct->expert_s;
-        expert_gflops = gs > 0 ? ct->gemm_flops / gs / 1e9 : 0;  // all GEMMs on the device
-    }
-#endif
+    fb_engine_timing tm = fb_engine_get_timing(eng);
+    double load_s = tm.load_s, expert_gflops = tm.gemm_gflops;
     json_t *js = json_object();
     json_object_set_new(js, "stats", json_string(outp));
     json_object_set_new(js, "samples", json_integer((json_int_t)S.n));
@@ -302,10 +272,7 @@ fail:
     fprintf(stderr, "%s: %s\n", TOOL, err.msg);
     rc = 1;
 out:
-    fb_fwd_free(f);
-#ifdef FB_HAVE_CUDA
-    fb_cufwd_free(cf);
-#endif
+    fb_engine_free(eng);
     fb_calib_stats_free(st);
 out_src:
     fb_tok_free(tok);

@@ -11,7 +11,7 @@
 
 #include "common/cli.h"
 #include "common/fb.h"
-#include "quant/quantize.h"
+#include "jobs/quantize.h"
 #include "quant/scheme.h"
 
 static atomic_int fb_qm_cancel;

@@ -11,13 +11,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "calib/runner.h"
+#include "jobs/runner.h"
 #include "calib/wsrc_quant.h"
 #include "common/cli.h"
 #include "common/fb.h"
 #include "io/chat.h"
 #include "io/dataset.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "io/tokenizer.h"
 
 static const char *TOOL = "ref-runner";
@@ -131,13 +131,13 @@ int main(int argc, char **argv) {
     memset(&S, 0, sizeof S);
     fb_runner_result res;
     memset(&res, 0, sizeof res);
-    fb_mm_config cfg;
+    fb_model_config cfg;
     ref = fb_wsrc_open_auto(refp, &err);
     if (!ref) goto fail;
     qs = fb_wsrc_open_auto(qp, &err);
     if (!qs) goto fail;
     if (!ref->config) { fb_fail(&err, "%s: no config.json", refp); goto fail; }
-    if (fb_mm_config_parse(ref->config, &cfg, &err)) { fb_err_prefix(&err, "%s", refp); goto fail; }
+    if (fb_model_config_parse(ref->config, &cfg, &err)) { fb_err_prefix(&err, "%s", refp); goto fail; }
     if (!tokp) {
         tokdef = fb_malloc(strlen(refp) + 32);
         sprintf(tokdef, "%s/tokenizer.json", refp);

@@ -6,7 +6,7 @@
 #include "common/cli.h"
 #include "common/fb.h"
 #include "io/checkpoint.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "quant/validate.h"
 
 static const char *TOOL = "validate-ignore-list";

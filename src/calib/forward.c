@@ -1,5 +1,5 @@
-// forward.c: the layer-by-layer MiniMax-M2 forward (see forward.h for the plan, mm.h for the
-// math).
+// forward.c: the layer-by-layer MoE forward on the CPU (see forward.h for the plan, mm.h for
+// the math, arch/arch.h for what differs per family: names, router, q/k norm).
 #include "calib/forward.h"
 
 #include <cblas.h>
@@ -106,11 +106,21 @@ typedef struct worker_buf {
     float *x;        // gathered input rows (routed mode): chunk x H
     float *g, *u;    // w1 / w3 outputs, then SwiGLU (in g): rows x I
     float *p;        // routed SwiGLU rows (all-experts mode): chunk x I
-    size_t s_cap, x_cap, g_cap, u_cap, p_cap;
+    int32_t *tok;    // absolute token of each routed row (expert_output hook)
+    size_t s_cap, x_cap, g_cap, u_cap, p_cap, tok_cap;
 } worker_buf;
 
+static int32_t *wb_tok(worker_buf *wb, size_t n) {
+    if (wb->tok_cap < n) {
+        free(wb->tok);
+        wb->tok = fb_malloc(n * sizeof(int32_t) + 4);
+        wb->tok_cap = n;
+    }
+    return wb->tok;
+}
+
 struct fb_fwd {
-    fb_mm_config cfg;
+    fb_model_config cfg;
     fb_wsrc *src;
     fb_fwd_opts o;
     int nth;
@@ -137,7 +147,11 @@ static void ensure(float **p, size_t *cap, size_t n) {
     *cap = n;
 }
 
-fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_fwd_opts *o, fb_err *err) {
+fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_fwd_opts *o, fb_err *err) {
+    if (!cfg->arch) {
+        fb_fail(err, "forward: the model config names no architecture");
+        return NULL;
+    }
     fb_fwd *f = fb_calloc(1, sizeof *f);
     f->cfg = *cfg;
     f->src = src;
@@ -155,7 +169,10 @@ fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_fwd_opts *o, 
         free(f);
         return NULL;
     }
-    if (f->o.stats) f->o.stats->all_experts = f->o.all_experts;
+    if (f->o.stats) {
+        f->o.stats->all_experts = f->o.all_experts;
+        f->o.stats->arch = cfg->arch;
+    }
     f->ew = fb_calloc((size_t)f->o.expert_group, sizeof *f->ew);
     f->wb = fb_calloc((size_t)f->nth, sizeof *f->wb);
     f->inv_freq = xalloc((size_t)cfg->rotary_dim / 2 + 1);
@@ -179,6 +196,7 @@ void fb_fwd_free(fb_fwd *f) {
     free(f->ew);
     for (int i = 0; i < f->nth; i++) {
         free(f->wb[i].s); free(f->wb[i].x); free(f->wb[i].g); free(f->wb[i].u); free(f->wb[i].p);
+        free(f->wb[i].tok);
     }
     free(f->wb);
     free(f->inv_freq);
@@ -208,7 +226,7 @@ static int load_new(fb_fwd *f, const char *name, int ndim, int64_t d0, int64_t d
 
 int fb_fwd_set_tokens(fb_fwd *f, const int32_t *ids, size_t n_tok, const size_t *starts,
                       size_t n_seq, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     if (n_seq == 0 || starts[0] != 0 || starts[n_seq] != n_tok)
         return fb_fail(err, "forward: sequence boundaries do not cover the %zu tokens", n_tok);
     size_t max_seq = 0;
@@ -217,7 +235,9 @@ int fb_fwd_set_tokens(fb_fwd *f, const int32_t *ids, size_t n_tok, const size_t 
             return fb_fail(err, "forward: sequence %zu is empty or out of order", s);
         if (starts[s + 1] - starts[s] > max_seq) max_seq = starts[s + 1] - starts[s];
     }
-    const char *ename = "model.embed_tokens.weight";
+    char ename[256];
+    if (fb_arch_tensor(c->arch, FB_ROLE_EMBED, 0, 0, ename, sizeof ename))
+        return fb_fail(err, "forward: the architecture names no embedding");
     int nd;
     int64_t sh[FB_MAX_DIMS];
     if (!f->src->shape(f->src, ename, &nd, sh))
@@ -251,43 +271,48 @@ int fb_fwd_set_tokens(fb_fwd *f, const int32_t *ids, size_t n_tok, const size_t 
 // ---- attention ---------------------------------------------------------------------------
 
 static int load_attn(fb_fwd *f, int l, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     attn_w *a = &f->aw;
     free_layer(f);
     int64_t H = c->hidden, Dq = (int64_t)c->n_heads * c->head_dim,
             Dk = (int64_t)c->n_kv_heads * c->head_dim, E = c->n_experts;
+    const fb_arch *ar = c->arch;
     char n[256];
-#define LNAME(suffix) (snprintf(n, sizeof n, "model.layers.%d.%s", l, suffix), n)
-    if (load_new(f, LNAME("input_layernorm.weight"), 1, H, 0, &a->ln1, err)) return -1;
-    if (load_new(f, LNAME("post_attention_layernorm.weight"), 1, H, 0, &a->ln2, err)) return -1;
+#define TNAME(role) (fb_arch_tensor(ar, (role), l, 0, n, sizeof n) ? "(unnamed)" : n)
+    if (load_new(f, TNAME(FB_ROLE_LN_IN), 1, H, 0, &a->ln1, err)) return -1;
+    if (load_new(f, TNAME(FB_ROLE_LN_POST), 1, H, 0, &a->ln2, err)) return -1;
     a->wqkv = xalloc((size_t)((Dq + 2 * Dk) * H));
-    struct { const char *s; int64_t rows, at; } parts[] = {
-        {"self_attn.q_proj.weight", Dq, 0},
-        {"self_attn.k_proj.weight", Dk, Dq},
-        {"self_attn.v_proj.weight", Dk, Dq + Dk},
+    struct { fb_role r; int64_t rows, at; } parts[] = {
+        {FB_ROLE_Q, Dq, 0},
+        {FB_ROLE_K, Dk, Dq},
+        {FB_ROLE_V, Dk, Dq + Dk},
     };
     for (int i = 0; i < 3; i++) {
         int64_t sh[2] = {parts[i].rows, H};
-        if (fb_wsrc_load_full(f->src, LNAME(parts[i].s), 2, sh, a->wqkv + parts[i].at * H, err))
+        if (fb_wsrc_load_full(f->src, TNAME(parts[i].r), 2, sh, a->wqkv + parts[i].at * H, err))
             return -1;
     }
-    if (load_new(f, LNAME("self_attn.o_proj.weight"), 2, H, Dq, &a->wo, err)) return -1;
-    if (c->use_qk_norm) {
-        if (load_new(f, LNAME("self_attn.q_norm.weight"), 1, Dq, 0, &a->qn, err)) return -1;
-        if (load_new(f, LNAME("self_attn.k_norm.weight"), 1, Dk, 0, &a->kn, err)) return -1;
+    if (load_new(f, TNAME(FB_ROLE_O), 2, H, Dq, &a->wo, err)) return -1;
+    if (c->qk_norm) {
+        // All heads at once ([heads * head_dim]) or one norm shared by every head ([head_dim]).
+        int all = c->qk_norm == FB_QKN_ALL_HEADS;
+        if (load_new(f, TNAME(FB_ROLE_Q_NORM), 1, all ? Dq : c->head_dim, 0, &a->qn, err))
+            return -1;
+        if (load_new(f, TNAME(FB_ROLE_K_NORM), 1, all ? Dk : c->head_dim, 0, &a->kn, err))
+            return -1;
     }
-    if (load_new(f, LNAME("block_sparse_moe.gate.weight"), 2, E, H, &a->gate, err)) return -1;
-    if (c->use_routing_bias) {
-        const char *bn = LNAME("block_sparse_moe.e_score_correction_bias");
+    if (load_new(f, TNAME(FB_ROLE_ROUTER), 2, E, H, &a->gate, err)) return -1;
+    if (c->router == FB_ROUTER_SIGMOID_BIAS && c->use_routing_bias &&
+        fb_arch_tensor(ar, FB_ROLE_ROUTER_BIAS, l, 0, n, sizeof n) == 0) {
         int nd;
         int64_t sh[FB_MAX_DIMS];
-        if (f->src->shape(f->src, bn, &nd, sh)) {
-            if (load_new(f, bn, 1, E, 0, &a->bias, err)) return -1;
+        if (f->src->shape(f->src, n, &nd, sh)) {
+            if (load_new(f, n, 1, E, 0, &a->bias, err)) return -1;
         }
         // Absent: transformers' zero-initialised buffer; with a zero bias the choice is by
         // the sigmoid scores alone, which is what a missing bias means to every loader.
     }
-#undef LNAME
+#undef TNAME
     return 0;
 }
 
@@ -300,7 +325,7 @@ typedef struct attn_job {
 
 static void attn_item(void *ctx, int w, size_t item) {
     attn_job *j = ctx;
-    const fb_mm_config *c = &j->f->cfg;
+    const fb_model_config *c = &j->f->cfg;
     size_t hd = (size_t)c->head_dim, Dq = (size_t)c->n_heads * hd,
            Dk = (size_t)c->n_kv_heads * hd, ld = Dq + 2 * Dk;
     size_t h = item / j->nqb, qb = item % j->nqb, B = (size_t)j->f->o.q_block;
@@ -344,7 +369,7 @@ static void sgemm_nt(const float *x, const float *w, float *y, size_t m, size_t 
 }
 
 static int run_attention(fb_fwd *f, int l, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     const attn_w *a = &f->aw;
     size_t H = (size_t)c->hidden, hd = (size_t)c->head_dim, Dq = (size_t)c->n_heads * hd,
            Dk = (size_t)c->n_kv_heads * hd, Dqkv = Dq + 2 * Dk;
@@ -361,7 +386,7 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         float m = absmax(xn, L * H);
         if (m > qkv_max || m != m) qkv_max = m;
         if (f->o.hooks && f->o.hooks->linear_input &&
-            f->o.hooks->linear_input(f->o.hooks->user, l, FB_LIN_QKV, -1, xn, L, H, err)) {
+            f->o.hooks->linear_input(f->o.hooks->user, FB_ROLE_Q, l, -1, xn, L, H, err)) {
             rc = -1;
             break;
         }
@@ -369,9 +394,12 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         sgemm_nt(xn, a->wqkv, qkv, L, Dqkv, H);
         for (size_t t = 0; t < L; t++) {
             float *q = qkv + t * Dqkv, *k = q + Dq;
-            if (c->use_qk_norm) {
+            if (c->qk_norm == FB_QKN_ALL_HEADS) {
                 fb_mm_rmsnorm(q, a->qn, (float)c->eps, 1, Dq, q);
                 fb_mm_rmsnorm(k, a->kn, (float)c->eps, 1, Dk, k);
+            } else if (c->qk_norm == FB_QKN_PER_HEAD) {
+                fb_mm_rmsnorm(q, a->qn, (float)c->eps, (size_t)c->n_heads, hd, q);
+                fb_mm_rmsnorm(k, a->kn, (float)c->eps, (size_t)c->n_kv_heads, hd, k);
             }
             fb_mm_rope(q, c->n_heads, c->head_dim, c->rotary_dim, f->inv_freq, (int64_t)t);
             fb_mm_rope(k, c->n_kv_heads, c->head_dim, c->rotary_dim, f->inv_freq, (int64_t)t);
@@ -382,7 +410,7 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         m = absmax(ao, L * Dq);
         if (m > o_max || m != m) o_max = m;
         if (f->o.hooks && f->o.hooks->linear_input &&
-            f->o.hooks->linear_input(f->o.hooks->user, l, FB_LIN_O, -1, ao, L, Dq, err)) {
+            f->o.hooks->linear_input(f->o.hooks->user, FB_ROLE_O, l, -1, ao, L, Dq, err)) {
             rc = -1;
             break;
         }
@@ -406,7 +434,7 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
 // Routes every token (router in f32 on the normed hidden state); returns max |x| of the MoE
 // input in *in_max.
 static void run_router(fb_fwd *f, float *in_max) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t H = (size_t)c->hidden, E = (size_t)c->n_experts, k = (size_t)c->top_k;
     size_t C = (size_t)f->o.token_chunk;
     float *xn = xalloc(C * H), *lg = xalloc(C * E), *scr = xalloc(E);
@@ -418,9 +446,14 @@ static void run_router(fb_fwd *f, float *in_max) {
         float mm = absmax(xn, n * H);
         if (mm > m || mm != mm) m = mm;
         sgemm_nt(xn, f->aw.gate, lg, n, E, H);
-        for (size_t t = 0; t < n; t++)
-            fb_mm_route(lg + t * E, f->aw.bias, (int)E, (int)k, f->ridx + (t0 + t) * k,
-                        f->rw + (t0 + t) * k, scr);
+        for (size_t t = 0; t < n; t++) {
+            int32_t *ix = f->ridx + (t0 + t) * k;
+            float *wt = f->rw + (t0 + t) * k;
+            if (c->router == FB_ROUTER_SOFTMAX)
+                fb_mm_route_softmax(lg + t * E, (int)E, (int)k, c->norm_topk_prob, ix, wt, scr);
+            else
+                fb_mm_route(lg + t * E, f->aw.bias, (int)E, (int)k, ix, wt, scr);
+        }
     }
     fb_blas_threads(1);
     free(xn); free(lg); free(scr);
@@ -436,7 +469,7 @@ typedef struct load_job {
 static void load_expert(void *ctx, int w, size_t i) {
     load_job *j = ctx;
     if (atomic_load(&j->pe.failed)) return;
-    const fb_mm_config *c = &j->f->cfg;
+    const fb_model_config *c = &j->f->cfg;
     expert_w *ew = &j->f->ew[i];
     size_t HI = (size_t)c->hidden * (size_t)c->inter;
     if (!ew->w1) {
@@ -447,15 +480,18 @@ static void load_expert(void *ctx, int w, size_t i) {
     char n[256];
     fb_err err;
     int e = j->e0 + (int)i;
-    struct { const char *w; float *dst; int64_t r, c; } t[] = {
-        {"w1", ew->w1, c->inter, c->hidden},
-        {"w3", ew->w3, c->inter, c->hidden},
-        {"w2", ew->w2, c->hidden, c->inter},
+    struct { fb_role r; float *dst; int64_t r0, c; } t[] = {
+        {FB_ROLE_W_GATE, ew->w1, c->inter, c->hidden},
+        {FB_ROLE_W_UP, ew->w3, c->inter, c->hidden},
+        {FB_ROLE_W_DOWN, ew->w2, c->hidden, c->inter},
     };
     for (int k = 0; k < 3; k++) {
-        snprintf(n, sizeof n, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", j->l, e,
-                 t[k].w);
-        int64_t sh[2] = {t[k].r, t[k].c};
+        if (fb_arch_tensor(c->arch, t[k].r, j->l, e, n, sizeof n)) {
+            fb_fail(&err, "forward: expert name too long");
+            par_err_set(&j->pe, &err);
+            return;
+        }
+        int64_t sh[2] = {t[k].r0, t[k].c};
         if (fb_wsrc_load_full(j->f->src, n, 2, sh, t[k].dst, &err)) {
             par_err_set(&j->pe, &err);
             return;
@@ -480,7 +516,7 @@ static void moe_item(void *ctx, int w, size_t i) {
     moe_job *j = ctx;
     if (atomic_load(&j->pe.failed)) return;
     fb_fwd *f = j->f;
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t H = (size_t)c->hidden, NI = (size_t)c->inter, E = (size_t)c->n_experts;
     int e = j->e0 + (int)i;
     const expert_w *ew = &f->ew[i];
@@ -503,7 +539,7 @@ static void moe_item(void *ctx, int w, size_t i) {
             if (m > st->w13_absmax[si] || m != m) st->w13_absmax[si] = m;
         }
         if (hk && hk->linear_input &&
-            hk->linear_input(hk->user, j->l, FB_LIN_W13, e, wb->x, cnt, H, &err)) {
+            hk->linear_input(hk->user, FB_ROLE_W_GATE, j->l, e, wb->x, cnt, H, &err)) {
             par_err_set(&j->pe, &err);
             return;
         }
@@ -518,6 +554,11 @@ static void moe_item(void *ctx, int w, size_t i) {
         float m = absmax(wb->g, rows * NI);
         if (m > st->w2_absmax[si] || m != m) st->w2_absmax[si] = m;
     }
+    if (all && hk && hk->expert_input_all &&
+        hk->expert_input_all(hk->user, FB_ROLE_W_DOWN, j->l, e, j->t0, wb->g, rows, NI, &err)) {
+        par_err_set(&j->pe, &err);
+        return;
+    }
     double fl = 4.0 * (double)rows * (double)NI * (double)H;
     if (cnt) {
         float *pr = wb->g;
@@ -527,13 +568,21 @@ static void moe_item(void *ctx, int w, size_t i) {
                 memcpy(wb->p + r * NI, wb->g + (size_t)j->rtok[r0 + r] * NI, NI * sizeof(float));
             pr = wb->p;
         } else if (hk && hk->linear_input &&
-                   hk->linear_input(hk->user, j->l, FB_LIN_W2, e, pr, cnt, NI, &err)) {
+                   hk->linear_input(hk->user, FB_ROLE_W_DOWN, j->l, e, pr, cnt, NI, &err)) {
             par_err_set(&j->pe, &err);
             return;
         }
         float *y = j->y + r0 * H;
         sgemm_nt(pr, ew->w2, y, cnt, H, NI);
         fl += 2.0 * (double)cnt * (double)NI * (double)H;
+        if (hk && hk->expert_output) {
+            int32_t *tok = wb_tok(wb, cnt);
+            for (size_t r = 0; r < cnt; r++) tok[r] = (int32_t)j->t0 + j->rtok[r0 + r];
+            if (hk->expert_output(hk->user, j->l, e, tok, y, cnt, H, &err)) {
+                par_err_set(&j->pe, &err);
+                return;
+            }
+        }
         double sal = 0;
         for (size_t r = 0; r < cnt; r++) {
             float *yr = y + r * H;
@@ -552,7 +601,7 @@ static void moe_item(void *ctx, int w, size_t i) {
 }
 
 static int run_moe(fb_fwd *f, int l, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t H = (size_t)c->hidden, E = (size_t)c->n_experts, k = (size_t)c->top_k;
     size_t C = (size_t)f->o.token_chunk, G = (size_t)f->o.expert_group;
     fb_calib_stats *st = f->o.stats;
@@ -594,6 +643,12 @@ static int run_moe(fb_fwd *f, int l, fb_err *err) {
         for (size_t c0 = 0; c0 < f->ntok && !rc; c0 += C) {
             size_t n = f->ntok - c0 < C ? f->ntok - c0 : C;
             fb_mm_rmsnorm(f->h + c0 * H, f->aw.ln2, (float)c->eps, n, H, xn);
+            const fb_fwd_hooks *hk = f->o.hooks;
+            if (e0 == 0 && f->o.all_experts && hk && hk->expert_input_all &&
+                hk->expert_input_all(hk->user, FB_ROLE_W_GATE, l, -1, c0, xn, n, H, err)) {
+                rc = -1;
+                break;
+            }
             // Routed rows of this group's experts, by expert then token (counting sort).
             memset(off, 0, (G + 1) * sizeof(size_t));
             for (size_t t = 0; t < n; t++)
@@ -685,14 +740,18 @@ int fb_fwd_layer(fb_fwd *f, int layer, fb_err *err) {
 }
 
 int fb_fwd_logits(fb_fwd *f, size_t t0, size_t n, float *out, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t H = (size_t)c->hidden, V = (size_t)c->vocab;
     if (!f->h || t0 + n > f->ntok || t0 + n < t0)
         return fb_fail(err, "forward: logits for tokens [%zu, %zu) of %zu", t0, t0 + n, f->ntok);
     if (!f->head) {
         double tl = fb_now();
-        if (load_new(f, "model.norm.weight", 1, (int64_t)H, 0, &f->head_norm, err)) return -1;
-        const char *hn = c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        char nn[256], hn[256];
+        if (fb_arch_tensor(c->arch, FB_ROLE_FINAL_NORM, 0, 0, nn, sizeof nn) ||
+            fb_arch_tensor(c->arch, c->tie_embeddings ? FB_ROLE_EMBED : FB_ROLE_LM_HEAD, 0, 0, hn,
+                           sizeof hn))
+            return fb_fail(err, "forward: the architecture names no final norm or lm_head");
+        if (load_new(f, nn, 1, (int64_t)H, 0, &f->head_norm, err)) return -1;
         if (load_new(f, hn, 2, (int64_t)V, (int64_t)H, &f->head, err)) {
             free(f->head_norm);
             f->head_norm = NULL;

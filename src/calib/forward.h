@@ -1,4 +1,6 @@
-// forward.h: the layer-by-layer MiniMax-M2 forward on the CPU, with bounded memory.
+// forward.h: the layer-by-layer MoE forward on the CPU, with bounded memory (the family's
+// names, router and q/k norm from the architecture table, arch/arch.h). Behind the engine
+// interface (calib/engine.h) with the CUDA engine.
 //
 // Used by `calibrate` (statistics) and by `ref-runner` (two engines stepped in lockstep, one
 // per checkpoint, comparing hidden states and logits). The math is in calib/mm.h.
@@ -37,23 +39,31 @@
 #include "calib/stats.h"
 #include "calib/wsrc.h"
 
-typedef enum fb_lin_kind {
-    FB_LIN_QKV,  // input of q/k/v_proj (one input, shared)
-    FB_LIN_O,    // input of o_proj
-    FB_LIN_W13,  // input of an expert's w1/w3
-    FB_LIN_W2,   // input of an expert's w2
-} fb_lin_kind;
-
+// Hooks inside the layer loop, keyed by tensor role (arch/arch.h), layer and expert: where an
+// algorithm (activation emulation, statistics, GPTQ Hessians, AutoRound inputs) runs while one
+// layer's weights are resident. A Linear input shared by several Linears is reported once, under
+// the first role: FB_ROLE_Q for q/k/v, FB_ROLE_W_GATE for an expert's gate/up. Expert hooks are
+// called from worker threads concurrently for different experts; NULL members are skipped.
+// Every hook returns 0, or -1 with err set to stop the forward.
 typedef struct fb_fwd_hooks {
     void *user;
-    // Called with the input rows of a Linear before its GEMM; x (rows x cols, row-major) may be
-    // modified in place (the GEMM uses what it holds afterwards), e.g. to emulate activation
-    // quantization. expert = -1 for attention. Called from worker threads concurrently for
-    // different experts. Not called for experts in all-experts mode. Return 0, or -1 with err
-    // set to stop the forward.
-    int (*linear_input)(void *user, int layer, fb_lin_kind kind, int expert, float *x,
-                        size_t rows, size_t cols, fb_err *err);
-    // Called after each layer with the new hidden states (ntok x hidden).
+    // The input rows of a Linear just before its GEMM (x: rows x cols, row-major); x may be
+    // changed in place and the GEMM uses what it holds afterwards (activation emulation).
+    // expert = -1 for attention. For experts: their routed rows, in routed mode only (in
+    // all-experts mode experts are reported through expert_input_all).
+    int (*linear_input)(void *user, fb_role role, int layer, int expert, float *x, size_t rows,
+                        size_t cols, fb_err *err);
+    // All-experts mode only (calibration: every expert sees every token), read-only: the
+    // gate/up input of every expert (role FB_ROLE_W_GATE, expert -1: one call per token chunk,
+    // the rows of tokens [t0, t0+rows)), and each expert's down input over those tokens
+    // (FB_ROLE_W_DOWN, the SwiGLU product of every row).
+    int (*expert_input_all)(void *user, fb_role role, int layer, int expert, size_t t0,
+                            const float *x, size_t rows, size_t cols, fb_err *err);
+    // Expert e's outputs for its routed tokens before the routing weight (y: rows x hidden;
+    // tok[r]: the token of row r, ascending).
+    int (*expert_output)(void *user, int layer, int expert, const int32_t *tok, const float *y,
+                         size_t rows, size_t cols, fb_err *err);
+    // After each layer, the new hidden states (ntok x hidden).
     int (*layer_output)(void *user, int layer, const float *h, size_t ntok, size_t hidden,
                         fb_err *err);
 } fb_fwd_hooks;
@@ -85,7 +95,7 @@ typedef struct fb_fwd fb_fwd;
 
 // A forward over the model `cfg` reading weights from `src` (both borrowed; they must outlive
 // the engine). Returns NULL with err set for invalid options.
-fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_fwd_opts *o, fb_err *err);
+fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_fwd_opts *o, fb_err *err);
 void fb_fwd_free(fb_fwd *f);
 
 // Sets the tokens: n_tok ids (each < vocab), n_seq sequences, sequence s being

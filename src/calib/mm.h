@@ -1,4 +1,5 @@
-// mm.h: the MiniMax-M2 model description and the math of one decoder layer, in f32.
+// mm.h: the math of one MoE decoder layer, in f32 (the model description is fb_model_config,
+// arch/arch.h; the per-family differences are its router and q/k-norm kinds).
 //
 // The forward is the one the loaders compute (spec/loaders-vllm-transformers.md §1.4, §5.2,
 // checked against transformers 5.23 modeling_minimax_m2.py):
@@ -28,33 +29,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arch/arch.h"
 #include "common/fb.h"
-
-typedef struct fb_mm_config {
-    int hidden;          // hidden_size (3072)
-    int inter;           // intermediate_size per expert (1536)
-    int n_layers;        // num_hidden_layers (62)
-    int n_heads;         // num_attention_heads (48)
-    int n_kv_heads;      // num_key_value_heads (8)
-    int head_dim;        // head_dim (128)
-    int rotary_dim;      // dims rotated per head (64)
-    double rope_theta;   // 5e6
-    double eps;          // rms_norm_eps (1e-6)
-    int n_experts;       // num_local_experts (256)
-    int top_k;           // num_experts_per_tok (8)
-    int vocab;           // vocab_size (200064)
-    int use_qk_norm;     // 1: q_norm/k_norm present
-    int use_routing_bias;  // 1: e_score_correction_bias used for the choice
-    int tie_embeddings;  // lm_head = embed_tokens
-    int block_m, block_n;  // FP8 weight_block_size (128, 128), 0 when not FP8
-} fb_mm_config;
-
-// Reads the model description from a parsed config.json. Fails (naming the key) on a missing
-// required key, a value out of range, or an architecture this engine does not compute
-// (scoring_func other than sigmoid, qk_norm_type other than per_layer, attention_bias, a
-// shared expert, an activation other than silu, rotary_dim disagreeing with
-// partial_rotary_factor).
-int fb_mm_config_parse(const json_t *cfg, fb_mm_config *out, fb_err *err);
 
 // ---- kernels (scalar reference code; all f32 in, f32 out) ------------------------------------
 
@@ -72,12 +48,18 @@ void fb_mm_rope(float *x, int n_heads, int head_dim, int rotary_dim, const float
 // In-place softmax of n values (max subtracted, f32 exp, divided by the f32 sum).
 void fb_mm_softmax(float *x, size_t n);
 
-// Router for one token: from E logits, picks the k experts with the largest
+// Router (FB_ROUTER_SIGMOID_BIAS) for one token: from E logits, picks the k experts with the largest
 // sigmoid(logit) + bias (bias may be NULL; ties broken toward the lower expert index), writes
 // their indices (ascending score order is not promised; they are sorted by expert index) and
 // the renormalized unbiased sigmoid weights. scratch: E floats.
 void fb_mm_route(const float *logits, const float *bias, int E, int k, int32_t *idx,
                  float *weight, float *scratch);
+
+// Router (FB_ROUTER_SOFTMAX, Qwen3-MoE) for one token: p = softmax(logits) in f32, the k
+// largest p (ties -> lower index), their weights p (divided by their sum, summed in descending
+// order as torch.topk returns them, when `norm`); indices sorted ascending. scratch: E floats.
+void fb_mm_route_softmax(const float *logits, int E, int k, int norm, int32_t *idx,
+                         float *weight, float *scratch);
 
 // silu(g) * u elementwise, n values, into out (may alias g).
 void fb_mm_swiglu(const float *g, const float *u, size_t n, float *out);

@@ -12,6 +12,7 @@
 
 fb_calib_stats *fb_calib_stats_new(int n_layers, int n_experts) {
     fb_calib_stats *s = fb_calloc(1, sizeof *s);
+    s->arch = fb_arch_by_name("minimax_m2");  // the forward sets the model's own
     size_t L = (size_t)n_layers, LE = (size_t)n_layers * (size_t)n_experts;
     s->n_layers = n_layers;
     s->n_experts = n_experts;
@@ -43,12 +44,28 @@ void fb_calib_stats_free(fb_calib_stats *s) {
     free(s);
 }
 
+// The three expert Linears sorted by their leaf names (MiniMax: w1, w2, w3 = gate, down, up;
+// Qwen3: down_proj, gate_proj, up_proj): the order the file has always listed them in.
+static void expert_order(const fb_arch *a, fb_role ord[3]) {
+    ord[0] = FB_ROLE_W_GATE, ord[1] = FB_ROLE_W_DOWN, ord[2] = FB_ROLE_W_UP;
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++)
+            if (strcmp(a->role[ord[j]].path, a->role[ord[i]].path) < 0) {
+                fb_role t = ord[i];
+                ord[i] = ord[j];
+                ord[j] = t;
+            }
+}
+
 static float fmaxf_(float a, float b) { return a > b ? a : b; }
 
 int fb_calib_stats_merge(fb_calib_stats *d, const fb_calib_stats *s, fb_err *err) {
     if (d->n_layers != s->n_layers || d->n_experts != s->n_experts)
         return fb_fail(err, "statistics: cannot merge %d layers x %d experts with %d x %d",
                        d->n_layers, d->n_experts, s->n_layers, s->n_experts);
+    if (d->arch != s->arch)
+        return fb_fail(err, "statistics: cannot merge %s with %s statistics", d->arch->label,
+                       s->arch->label);
     if (d->all_experts != s->all_experts)
         return fb_fail(err, "statistics: cannot merge all-experts with routed-only statistics");
     size_t E = (size_t)d->n_experts;
@@ -112,41 +129,44 @@ int fb_calib_stats_write(const fb_calib_stats *s, const char *path, size_t n_met
                          fb_err *err) {
     w_list w = {0};
     size_t E = (size_t)s->n_experts;
-    char name[256], mod[224];
+    const fb_arch *a = s->arch;
+    char name[256], mod[224], moe[200];
     // 8-byte tensors first (natural alignment), then the f32 ones.
     for (int pass = 0; pass < 2; pass++) {
         for (int l = 0; l < s->n_layers; l++) {
             if (!s->done[l]) continue;
             const size_t base = (size_t)l * E;
             if (pass == 0) {
-                snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.expert_counts", l);
+                fb_arch_block(a, FB_BLOCK_MOE, l, moe, sizeof moe);
+                snprintf(name, sizeof name, "%s.expert_counts", moe);
                 w_add(&w, name, FB_I64, (int64_t)E, s->counts + base, NULL);
                 double *mean = fb_malloc(E * sizeof(double) + 1);
                 for (size_t e = 0; e < E; e++) mean[e] = fb_calib_stats_saliency(s, l, (int)e);
-                snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.expert_saliency", l);
+                snprintf(name, sizeof name, "%s.expert_saliency", moe);
                 w_add(&w, name, FB_F64, (int64_t)E, mean, mean);
-                snprintf(name, sizeof name,
-                         "model.layers.%d.block_sparse_moe.expert_saliency_sum", l);
+                snprintf(name, sizeof name, "%s.expert_saliency_sum", moe);
                 w_add(&w, name, FB_F64, (int64_t)E, s->sal_sum + base, NULL);
                 double *hn = fb_malloc(3 * sizeof(double));
                 hn[0] = s->n_tokens ? s->norm_sum[l] / (double)s->n_tokens : 0.0;
                 hn[1] = s->norm_max[l];
                 hn[2] = s->h_absmax[l];
-                snprintf(name, sizeof name, "model.layers.%d.hidden_norms", l);
+                fb_arch_block(a, FB_BLOCK_LAYER, l, moe, sizeof moe);
+                snprintf(name, sizeof name, "%s.hidden_norms", moe);
                 w_add(&w, name, FB_F64, 3, hn, hn);
             } else {
-                static const char *const qkvo[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+                static const fb_role att[] = {FB_ROLE_Q, FB_ROLE_K, FB_ROLE_V, FB_ROLE_O};
                 for (int i = 0; i < 4; i++) {
-                    snprintf(mod, sizeof mod, "model.layers.%d.self_attn.%s", l, qkvo[i]);
+                    fb_arch_module(a, att[i], l, -1, mod, sizeof mod);
                     add_absmax(&w, mod, i < 3 ? &s->qkv_absmax[l] : &s->o_absmax[l]);
                 }
+                // Expert Linears in checkpoint module order (MiniMax w1, w2, w3).
+                fb_role ord[3];
+                expert_order(a, ord);
                 for (size_t e = 0; e < E; e++) {
-                    static const char *const ws[] = {"w1", "w2", "w3"};
                     for (int i = 0; i < 3; i++) {
-                        snprintf(mod, sizeof mod, "model.layers.%d.block_sparse_moe.experts.%zu.%s",
-                                 l, e, ws[i]);
-                        add_absmax(&w, mod, i == 1 ? &s->w2_absmax[base + e]
-                                                   : &s->w13_absmax[base + e]);
+                        fb_arch_module(a, ord[i], l, (int)e, mod, sizeof mod);
+                        add_absmax(&w, mod, ord[i] == FB_ROLE_W_DOWN ? &s->w2_absmax[base + e]
+                                                                     : &s->w13_absmax[base + e]);
                     }
                 }
             }
@@ -165,6 +185,7 @@ int fb_calib_stats_write(const fb_calib_stats *s, const char *path, size_t n_met
     snprintf(buf, sizeof buf, "%llu", (unsigned long long)s->n_tokens);
     json_object_set_new(meta, "tokens", json_string(buf));
     json_object_set_new(meta, "experts_mode", json_string(s->all_experts ? "all" : "routed"));
+    json_object_set_new(meta, "architecture", json_string(a->name));
     for (size_t i = 0; i < n_meta; i++)
         json_object_set_new(meta, meta_keys[i], json_string(meta_vals[i] ? meta_vals[i] : ""));
     json_object_set_new(hdr, "__metadata__", meta);
@@ -280,48 +301,58 @@ int fb_calib_stats_read(const char *path, fb_calib_stats **out, fb_err *err) {
     if (meta_int(f, "num_layers", 0, &L, err) || meta_int(f, "num_experts", 1, &E, err) ||
         meta_int(f, "tokens", 0, &T, err))
         goto done;
+    const char *an = fb_st_meta(f, "architecture");
+    // Files of version 1 written before the key existed are all MiniMax-M2.
+    const fb_arch *a = fb_arch_by_name(an ? an : "minimax_m2");
+    if (!a) {
+        fb_fail(err, "%s: __metadata__ architecture \"%s\" is not a known family", path, an);
+        goto done;
+    }
     s = fb_calib_stats_new((int)L, (int)E);
+    s->arch = a;
     s->n_tokens = (uint64_t)T;
     const char *mode = fb_st_meta(f, "experts_mode");
     s->all_experts = mode && strcmp(mode, "all") == 0;
-    char name[256], mod[224];
+    char name[256], mod[224], moe[200];
     double *tmp = fb_malloc((size_t)E * sizeof(double) + 24);
     for (int l = 0; l < (int)L; l++) {
         size_t base = (size_t)l * (size_t)E;
-        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.expert_counts", l);
+        fb_arch_block(a, FB_BLOCK_MOE, l, moe, sizeof moe);
+        snprintf(name, sizeof name, "%s.expert_counts", moe);
         int r = read_vec(f, name, FB_I64, E, s->counts + base, err);
         if (r == -2) continue;  // layer not recorded
         if (r) goto fail;
         s->done[l] = 1;
-        snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.expert_saliency_sum", l);
+        snprintf(name, sizeof name, "%s.expert_saliency_sum", moe);
         r = read_vec(f, name, FB_F64, E, s->sal_sum + base, err);
         if (r == -2) fb_fail(err, "%s: tensor %s is missing", path, name);
         if (r) goto fail;
-        snprintf(name, sizeof name, "model.layers.%d.hidden_norms", l);
+        fb_arch_block(a, FB_BLOCK_LAYER, l, moe, sizeof moe);
+        snprintf(name, sizeof name, "%s.hidden_norms", moe);
         r = read_vec(f, name, FB_F64, 3, tmp, err);
         if (r == -2) fb_fail(err, "%s: tensor %s is missing", path, name);
         if (r) goto fail;
         s->norm_sum[l] = tmp[0] * (double)s->n_tokens;
         s->norm_max[l] = tmp[1];
         s->h_absmax[l] = (float)tmp[2];
-        static const char *const qkvo[] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+        static const fb_role att[] = {FB_ROLE_Q, FB_ROLE_K, FB_ROLE_V, FB_ROLE_O};
         for (int i = 0; i < 4; i++) {
             float v;
-            snprintf(mod, sizeof mod, "model.layers.%d.self_attn.%s", l, qkvo[i]);
+            fb_arch_module(a, att[i], l, -1, mod, sizeof mod);
             if (read_absmax(f, mod, &v, err)) goto fail;
             // q/k/v: one input, recorded once; keep the max should a file differ.
             if (i < 3) s->qkv_absmax[l] = fmaxf_(s->qkv_absmax[l], v);
             else s->o_absmax[l] = v;
         }
+        fb_role ord[3];
+        expert_order(a, ord);
         for (long long e = 0; e < E; e++) {
-            static const char *const ws[] = {"w1", "w2", "w3"};
             for (int i = 0; i < 3; i++) {
                 float v;
-                snprintf(mod, sizeof mod, "model.layers.%d.block_sparse_moe.experts.%lld.%s", l,
-                         e, ws[i]);
+                fb_arch_module(a, ord[i], l, (int)e, mod, sizeof mod);
                 if (read_absmax(f, mod, &v, err)) goto fail;
-                float *dst = i == 1 ? &s->w2_absmax[base + (size_t)e]
-                                    : &s->w13_absmax[base + (size_t)e];
+                float *dst = ord[i] == FB_ROLE_W_DOWN ? &s->w2_absmax[base + (size_t)e]
+                                                      : &s->w13_absmax[base + (size_t)e];
                 *dst = fmaxf_(*dst, v);
             }
         }
@@ -339,23 +370,23 @@ done:
     return rc;
 }
 
-int fb_calib_stats_absmax(const fb_calib_stats *s, const char *module, float *out) {
-    int l, e, n = -1;
-    char c;
-    if (sscanf(module, "model.layers.%d.self_attn.%c_proj%n", &l, &c, &n) == 2 && n > 0 &&
-        module[n] == 0 && l >= 0 && l < s->n_layers && s->done[l]) {
-        if (c == 'q' || c == 'k' || c == 'v') { *out = s->qkv_absmax[l]; return 0; }
-        if (c == 'o') { *out = s->o_absmax[l]; return 0; }
-        return -1;
-    }
-    int w;
-    n = -1;
-    if (sscanf(module, "model.layers.%d.block_sparse_moe.experts.%d.w%d%n", &l, &e, &w, &n) == 3 &&
-        n > 0 && module[n] == 0 && l >= 0 && l < s->n_layers && s->done[l] && e >= 0 &&
-        e < s->n_experts && w >= 1 && w <= 3) {
-        size_t i = (size_t)l * (size_t)s->n_experts + (size_t)e;
-        *out = w == 2 ? s->w2_absmax[i] : s->w13_absmax[i];
+int fb_calib_stats_input_absmax(const fb_calib_stats *s, fb_role r, int l, int e, float *out) {
+    if (l < 0 || l >= s->n_layers || !s->done[l]) return -1;
+    size_t i = (size_t)l * (size_t)s->n_experts + (size_t)e;
+    switch (r) {
+    case FB_ROLE_Q: case FB_ROLE_K: case FB_ROLE_V: *out = s->qkv_absmax[l]; return 0;
+    case FB_ROLE_O: *out = s->o_absmax[l]; return 0;
+    case FB_ROLE_W_GATE: case FB_ROLE_W_UP: case FB_ROLE_W_DOWN:
+        if (e < 0 || e >= s->n_experts) return -1;
+        *out = r == FB_ROLE_W_DOWN ? s->w2_absmax[i] : s->w13_absmax[i];
         return 0;
+    default: return -1;
     }
-    return -1;
+}
+
+int fb_calib_stats_absmax(const fb_calib_stats *s, const char *module, float *out) {
+    fb_role r;
+    int l, e;
+    if (fb_arch_parse(s->arch, module, &r, &l, &e)) return -1;
+    return fb_calib_stats_input_absmax(s, r, l, e, out);
 }

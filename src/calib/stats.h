@@ -16,9 +16,12 @@
 //   model.layers.L.block_sparse_moe.expert_saliency_sum  F64 [E]  the f64 sum behind the mean
 //   model.layers.L.hidden_norms                          F64 [3]  of the layer's output rows:
 //        mean ||h||_2, max ||h||_2, max |h|
-// Only layers that were run are present. __metadata__: "format": "pt",
+// Only layers that were run are present. Names are the architecture's (src/arch/): the
+// MiniMax-M2 ones above; Qwen3-MoE: self_attn.{q,k,v,o}_proj, mlp.experts.E.{gate,up,down}_proj,
+// mlp.expert_counts, ... __metadata__: "format": "pt",
 // "fourbit.kind": "calibration-stats", "fourbit.stats_version": "1", "num_layers",
-// "num_experts", "tokens", "experts_mode" ("all" | "routed"), plus the provenance the tool
+// "num_experts", "tokens", "experts_mode" ("all" | "routed"), "architecture" (model_type;
+// absent in files written before it existed = minimax_m2), plus the provenance the tool
 // adds (tool, version, model, dataset, dataset_xxh128, samples, seq_len, seed, template).
 // Tensors are laid out 8-byte types first, so every payload is naturally aligned.
 #ifndef FB_CALIB_STATS_H
@@ -26,11 +29,13 @@
 
 #include <stdint.h>
 
+#include "arch/arch.h"
 #include "common/fb.h"
 
 #define FB_CALIB_STATS_VERSION "1"
 
 typedef struct fb_calib_stats {
+    const fb_arch *arch;     // whose names the file uses (MiniMax-M2 until the forward sets it)
     int n_layers, n_experts;
     int all_experts;         // 1: experts were observed on every token
     uint64_t n_tokens;       // tokens of the calibration set
@@ -68,9 +73,14 @@ int fb_calib_stats_write(const fb_calib_stats *s, const char *path, size_t n_met
 // version, a missing or mis-shaped tensor, or a non-finite absmax. *out is owned by the caller.
 int fb_calib_stats_read(const char *path, fb_calib_stats **out, fb_err *err);
 
-// The input absmax recorded for a Linear module (name without ".weight", e.g.
-// "model.layers.3.block_sparse_moe.experts.7.w2"). Returns 0 and sets *out, or -1 when the
-// module is not a quantizable MiniMax-M2 Linear or its layer was not recorded.
+// The input absmax recorded for the Linear (role, layer, expert) (expert -1 for attention).
+// Returns 0 and sets *out, or -1 when the role is not a calibrated Linear or its layer was
+// not recorded.
+int fb_calib_stats_input_absmax(const fb_calib_stats *s, fb_role r, int layer, int expert,
+                                float *out);
+
+// The same by module name (without ".weight", e.g.
+// "model.layers.3.block_sparse_moe.experts.7.w2"), parsed with the statistics' architecture.
 int fb_calib_stats_absmax(const fb_calib_stats *s, const char *module, float *out);
 
 #endif

@@ -118,13 +118,25 @@ __global__ void k_rmsnorm(const float *x, const float *w, float eps, int n, floa
     for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(w[i], __fmul_rn(xr[i], inv));
 }
 
-// Per token (block): q_norm / k_norm over all heads at once, then rotate-half RoPE.
+// Per token (block): q_norm / k_norm (norm_mode FB_QKN_ALL_HEADS: over all heads at once;
+// FB_QKN_PER_HEAD: each head with one [hd] weight), then rotate-half RoPE.
 __global__ void k_qknorm_rope(float *qkv, int ld, const float *qn, const float *kn, float eps,
-                              const float *inv_freq, int nh, int nkv, int hd, int rd, int use_norm) {
+                              const float *inv_freq, int nh, int nkv, int hd, int rd, int norm_mode) {
     int t = blockIdx.x;
     float *q = qkv + (size_t)t * ld, *k = q + (size_t)nh * hd;
     int Dq = nh * hd, Dk = nkv * hd;
-    if (use_norm) {
+    if (norm_mode == FB_QKN_PER_HEAD) {
+        for (int h = 0; h < nh + nkv; h++) {
+            float *x = h < nh ? q + (size_t)h * hd : k + (size_t)(h - nh) * hd;
+            const float *w = h < nh ? qn : kn;
+            double ss = 0;
+            for (int i = threadIdx.x; i < hd; i += blockDim.x) ss += (double)x[i] * (double)x[i];
+            ss = block_sum_d(ss);
+            float inv = 1.0f / sqrtf((float)(ss / (double)hd) + eps);
+            for (int i = threadIdx.x; i < hd; i += blockDim.x) x[i] = __fmul_rn(w[i], __fmul_rn(x[i], inv));
+            __syncthreads();
+        }
+    } else if (norm_mode == FB_QKN_ALL_HEADS) {
         double ss = 0;
         for (int i = threadIdx.x; i < Dq; i += blockDim.x) ss += (double)q[i] * (double)q[i];
         ss = block_sum_d(ss);
@@ -227,6 +239,40 @@ __global__ void k_fake_quant(float *x, size_t groups, float gs) {
     for (int i = 0; i < 16; i++) v[i] = bf16r(__fmul_rn(fp4_rne(__fmul_rn(t[i], o)), bs));
 }
 
+// Softmax router for one token per thread (mm.c fb_mm_route_softmax). E <= 1024, k <= 64.
+__global__ void k_route_softmax(const float *lg, int E, int k, int norm, int ntok, int32_t *idx,
+                                float *wt) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= ntok) return;
+    const float *l = lg + (size_t)t * E;
+    float m = -INFINITY, sum = 0;
+    for (int e = 0; e < E; e++) m = fmaxf(m, l[e]);
+    for (int e = 0; e < E; e++) sum = __fadd_rn(sum, expf(l[e] - m));
+    unsigned ch[32];
+    for (int i = 0; i < 32; i++) ch[i] = 0;
+    float tsum = 0;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        float bv = 0;
+        for (int e = 0; e < E; e++) {
+            if (ch[e >> 5] >> (e & 31) & 1u) continue;
+            float p = expf(l[e] - m) / sum;
+            if (best < 0 || p > bv) { best = e; bv = p; }
+        }
+        ch[best >> 5] |= 1u << (best & 31);
+        tsum = __fadd_rn(tsum, bv);
+    }
+    int n = 0;
+    int32_t *id = idx + (size_t)t * k;
+    float *w = wt + (size_t)t * k;
+    for (int e = 0; e < E && n < k; e++)
+        if (ch[e >> 5] >> (e & 31) & 1u) id[n++] = e;
+    for (int j = 0; j < k; j++) {
+        float p = expf(l[id[j]] - m) / sum;
+        w[j] = norm ? p / tsum : p;
+    }
+}
+
 // Router for one token per thread (mm.c fb_mm_route). E <= 1024.
 __global__ void k_route(const float *lg, const float *bias, int E, int k, int ntok, int32_t *idx,
                         float *wt) {
@@ -279,6 +325,18 @@ __global__ void k_swiglu(const float *G, int I, size_t rows, float *P) {
 
 __device__ inline float to_f(float v) { return v; }
 __device__ inline float to_f(bf16 v) { return __bfloat162float(v); }
+
+// SwiGLU of every row of a gate-up product of either type (the expert_input_all hook).
+template <typename T>
+__global__ void k_swiglu_any(const T *G, int I, size_t rows, float *P) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    size_t n = rows * (size_t)I;
+    for (; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / (size_t)I, j = i % (size_t)I;
+        float g = to_f(G[r * 2 * I + j]), u = to_f(G[r * 2 * I + I + j]);
+        P[i] = __fmul_rn(g / (1.0f + expf(-g)), u);
+    }
+}
 
 // All-experts mode: max |silu(G[:, j]) * G[:, I + j]| over the rows, without storing it.
 template <typename T>
@@ -423,7 +481,7 @@ struct grp_buf {
 };
 
 struct fb_cufwd {
-    fb_mm_config cfg;
+    fb_model_config cfg;
     fb_cufwd_opts o;
     fb_wsrc *src;          // NULL: synthetic weights (benchmarks)
     cublasHandle_t cb;
@@ -515,17 +573,48 @@ static int to_op(fb_cufwd *f, const float *x, size_t n, fb_cufwd::buf *b, const 
     return 0;
 }
 
-static int fake_quant(fb_cufwd *f, float *x, size_t rows, size_t cols, int layer,
-                      fb_lin_kind kind, int expert, fb_err *err) {
-    if (!f->o.act_gs) return 0;
-    float gs = f->o.act_gs(f->o.act_user, layer, kind, expert);
-    if (!(gs > 0)) return 0;
-    if (cols % 16) return fb_fail(err, "W4A4 emulation: input width %zu is not a multiple of 16", cols);
-    size_t g = rows * cols / 16;
-    if (g) k_fake_quant<<<(unsigned)((g + 255) / 256), 256>>>(x, g, gs);
-    KCHECK();
-    f->tm.n_emulated += g;
+// A Linear input on the device: the W4A4 emulation (act_gs), then the host linear_input hook
+// on a host copy (copied back: the GEMM uses what the hook left).
+static int fake_quant(fb_cufwd *f, float *x, size_t rows, size_t cols, int layer, fb_role role,
+                      int expert, fb_err *err) {
+    if (f->o.act_gs) {
+        float gs = f->o.act_gs(f->o.act_user, role, layer, expert);
+        if (gs > 0) {
+            if (cols % 16) return fb_fail(err, "W4A4 emulation: input width %zu is not a multiple of 16", cols);
+            size_t g = rows * cols / 16;
+            if (g) k_fake_quant<<<(unsigned)((g + 255) / 256), 256>>>(x, g, gs);
+            KCHECK();
+            f->tm.n_emulated += g;
+        }
+    }
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (h && h->linear_input && rows) {
+        std::vector<float> hx(rows * cols);
+        CK(cudaMemcpy(hx.data(), x, rows * cols * 4, cudaMemcpyDeviceToHost));
+        if (h->linear_input(h->user, role, layer, expert, hx.data(), rows, cols, err)) return -1;
+        CK(cudaMemcpy(x, hx.data(), rows * cols * 4, cudaMemcpyHostToDevice));
+    }
     return 0;
+}
+
+// Host hooks that only observe: a host copy of device rows.
+static int hook_expert_input_all(fb_cufwd *f, fb_role role, int layer, int expert, size_t t0,
+                                 const float *x, size_t rows, size_t cols, fb_err *err) {
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (!h || !h->expert_input_all || !rows) return 0;
+    std::vector<float> hx(rows * cols);
+    CK(cudaMemcpy(hx.data(), x, rows * cols * 4, cudaMemcpyDeviceToHost));
+    return h->expert_input_all(h->user, role, layer, expert, t0, hx.data(), rows, cols, err);
+}
+
+// tok: host array of the rows' absolute token indices.
+static int hook_expert_output(fb_cufwd *f, int layer, int expert, const int32_t *tok,
+                              const float *y, size_t rows, size_t cols, fb_err *err) {
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (!h || !h->expert_output || !rows) return 0;
+    std::vector<float> hy(rows * cols);
+    CK(cudaMemcpy(hy.data(), y, rows * cols * 4, cudaMemcpyDeviceToHost));
+    return h->expert_output(h->user, layer, expert, tok, hy.data(), rows, cols, err);
 }
 
 static int absmax(const float *x, size_t n, unsigned *slot, fb_err *err) {
@@ -574,19 +663,25 @@ static int alloc_f(float **p, size_t n, fb_err *err) {
 static void grp_join(grp_buf *b);
 static void grp_free_scales(grp_buf *b);
 
-static fb_cufwd *cufwd_new_common(const fb_mm_config *cfg, const fb_cufwd_opts *o, fb_err *err) {
+static fb_cufwd *cufwd_new_common(const fb_model_config *cfg, const fb_cufwd_opts *o, fb_err *err) {
     char name[96], why[256];
     if (!fb_cuda_probe(name, sizeof name, why, sizeof why)) {
         fb_fail(err, "%s", why);
         return NULL;
     }
-    if (cfg->n_experts > 1024 || cfg->top_k > cfg->n_experts) {
-        fb_fail(err, "CUDA forward: %d experts (at most 1024)", cfg->n_experts);
+    if (cfg->n_experts > 1024 || cfg->top_k > cfg->n_experts || cfg->top_k > 64) {
+        fb_fail(err, "CUDA forward: %d experts, %d per token (at most 1024 and 64)", cfg->n_experts,
+                cfg->top_k);
+        return NULL;
+    }
+    if (!cfg->arch) {
+        fb_fail(err, "CUDA forward: the model config names no architecture");
         return NULL;
     }
     fb_cufwd *f = new fb_cufwd();
     f->cfg = *cfg;
     if (o) f->o = *o;
+    if (f->o.stats) f->o.stats->arch = cfg->arch;
     f->f32 = f->o.gemm_f32;
     f->wsz = f->f32 ? 4 : 2;
     if (f->o.expert_group <= 0) f->o.expert_group = 16;
@@ -621,7 +716,7 @@ static fb_cufwd *cufwd_new_common(const fb_mm_config *cfg, const fb_cufwd_opts *
     return f;
 }
 
-extern "C" fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_cufwd_opts *o,
+extern "C" fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_cufwd_opts *o,
                                   fb_err *err) {
     err->msg[0] = 0;
     fb_cufwd *f = cufwd_new_common(cfg, o, err);
@@ -811,7 +906,7 @@ static int load_dev(fb_cufwd *f, const char *name, int ndim, int64_t d0, int64_t
 
 extern "C" int fb_cufwd_set_tokens(fb_cufwd *f, const int32_t *ids, size_t n_tok,
                                    const size_t *starts, size_t n_seq, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     if (n_seq == 0 || starts[0] != 0 || starts[n_seq] != n_tok)
         return fb_fail(err, "forward: sequence boundaries do not cover the %zu tokens", n_tok);
     size_t max_seq = 0;
@@ -838,7 +933,9 @@ extern "C" int fb_cufwd_set_tokens(fb_cufwd *f, const int32_t *ids, size_t n_tok
     f->max_seq = max_seq;
     f->next_layer = 0;
     if (!f->src) return 0;  // synthetic: the caller fills h
-    const char *en = "model.embed_tokens.weight";
+    char en[256];
+    if (fb_arch_tensor(c->arch, FB_ROLE_EMBED, 0, 0, en, sizeof en))
+        return fb_fail(err, "forward: the architecture names no embedding");
     int nd;
     int64_t sh[FB_MAX_DIMS];
     if (!f->src->shape(f->src, en, &nd, sh))
@@ -860,36 +957,38 @@ extern "C" int fb_cufwd_set_tokens(fb_cufwd *f, const int32_t *ids, size_t n_tok
 }
 
 static int load_attn(fb_cufwd *f, int l, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     free_layer_w(f);
     int64_t H = c->hidden, Dq = (int64_t)c->n_heads * c->head_dim,
             Dk = (int64_t)c->n_kv_heads * c->head_dim, E = c->n_experts;
+    const fb_arch *ar = c->arch;
     char n[256];
-#define LN(s) (snprintf(n, sizeof n, "model.layers.%d.%s", l, s), n)
-    if (load_dev(f, LN("input_layernorm.weight"), 1, H, 0, 1, (void **)&f->ln1, err) ||
-        load_dev(f, LN("post_attention_layernorm.weight"), 1, H, 0, 1, (void **)&f->ln2, err))
+#define LN(role) (fb_arch_tensor(ar, (role), l, 0, n, sizeof n) ? "(unnamed)" : n)
+    if (load_dev(f, LN(FB_ROLE_LN_IN), 1, H, 0, 1, (void **)&f->ln1, err) ||
+        load_dev(f, LN(FB_ROLE_LN_POST), 1, H, 0, 1, (void **)&f->ln2, err))
         return -1;
     size_t nq = (size_t)((Dq + 2 * Dk) * H);
-    struct { const char *s; int64_t rows, at; } parts[] = {
-        {"self_attn.q_proj.weight", Dq, 0}, {"self_attn.k_proj.weight", Dk, Dq},
-        {"self_attn.v_proj.weight", Dk, Dq + Dk}};
+    struct { fb_role r; int64_t rows, at; } parts[] = {
+        {FB_ROLE_Q, Dq, 0}, {FB_ROLE_K, Dk, Dq}, {FB_ROLE_V, Dk, Dq + Dk}};
     CK(cudaMalloc(&f->wqkv, nq * f->wsz + 64));
     for (auto &p : parts)
-        if (load_w(f, LN(p.s), p.rows, H, (char *)f->wqkv + (size_t)(p.at * H) * f->wsz, err))
+        if (load_w(f, LN(p.r), p.rows, H, (char *)f->wqkv + (size_t)(p.at * H) * f->wsz, err))
             return -1;
-    if (load_dev(f, LN("self_attn.o_proj.weight"), 2, H, Dq, 0, &f->wo, err)) return -1;
-    if (c->use_qk_norm &&
-        (load_dev(f, LN("self_attn.q_norm.weight"), 1, Dq, 0, 1, (void **)&f->qn, err) ||
-         load_dev(f, LN("self_attn.k_norm.weight"), 1, Dk, 0, 1, (void **)&f->kn, err)))
+    if (load_dev(f, LN(FB_ROLE_O), 2, H, Dq, 0, &f->wo, err)) return -1;
+    int64_t nqw = c->qk_norm == FB_QKN_PER_HEAD ? c->head_dim : Dq;
+    int64_t nkw = c->qk_norm == FB_QKN_PER_HEAD ? c->head_dim : Dk;
+    if (c->qk_norm &&
+        (load_dev(f, LN(FB_ROLE_Q_NORM), 1, nqw, 0, 1, (void **)&f->qn, err) ||
+         load_dev(f, LN(FB_ROLE_K_NORM), 1, nkw, 0, 1, (void **)&f->kn, err)))
         return -1;
-    if (load_dev(f, LN("block_sparse_moe.gate.weight"), 2, E, H, 1, (void **)&f->gate, err))
+    if (load_dev(f, LN(FB_ROLE_ROUTER), 2, E, H, 1, (void **)&f->gate, err))
         return -1;
-    if (c->use_routing_bias) {
-        const char *bn = LN("block_sparse_moe.e_score_correction_bias");
+    if (c->router == FB_ROUTER_SIGMOID_BIAS && c->use_routing_bias &&
+        fb_arch_tensor(ar, FB_ROLE_ROUTER_BIAS, l, 0, n, sizeof n) == 0) {
         int nd;
         int64_t sh[FB_MAX_DIMS];
-        if (f->src->shape(f->src, bn, &nd, sh) &&
-            load_dev(f, bn, 1, E, 0, 1, (void **)&f->bias, err))
+        if (f->src->shape(f->src, n, &nd, sh) &&
+            load_dev(f, n, 1, E, 0, 1, (void **)&f->bias, err))
             return -1;
     }
 #undef LN
@@ -897,10 +996,10 @@ static int load_attn(fb_cufwd *f, int l, fb_err *err) {
 }
 
 // Expert tensor k (0 w1, 1 w3, 2 w2) of expert e: name, rows, cols, offset in the group slot.
-static void expert_tensor(const fb_mm_config *c, int l, int e, int k, char *name, size_t nsz,
+static void expert_tensor(const fb_model_config *c, int l, int e, int k, char *name, size_t nsz,
                           int64_t *rows, int64_t *cols, size_t *at) {
-    static const char *w[] = {"w1", "w3", "w2"};
-    snprintf(name, nsz, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, w[k]);
+    static const fb_role w[] = {FB_ROLE_W_GATE, FB_ROLE_W_UP, FB_ROLE_W_DOWN};
+    if (fb_arch_tensor(c->arch, w[k], l, e, name, nsz)) snprintf(name, nsz, "(unnamed)");
     size_t IH = (size_t)c->inter * c->hidden;
     *rows = k < 2 ? c->inter : c->hidden;
     *cols = k < 2 ? c->hidden : c->inter;
@@ -916,7 +1015,7 @@ static void grp_fail(grp_buf *b, const fb_err *e) {
 // Reader thread: takes tensors off the group's queue (3 per expert) until none is left.
 static void *grp_worker(void *p) {
     grp_buf *b = (grp_buf *)p;
-    const fb_mm_config *c = &b->f->cfg;
+    const fb_model_config *c = &b->f->cfg;
     size_t IH = (size_t)c->inter * c->hidden;
     fb_wsrc *src = b->f->src;
     for (;;) {
@@ -978,7 +1077,7 @@ static void grp_free_scales(grp_buf *b) {
 // shapes, decides FP8 (raw bytes) or f32 for the group, sizes the host buffers, then hands the
 // reads to a thread (grp_join waits for it).
 static int grp_start(fb_cufwd *f, grp_buf *b, int l, int e0, int g, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t IH = (size_t)c->inter * c->hidden;
     b->f = f; b->l = l; b->e0 = e0; b->g = g;
     b->fp8 = 1;
@@ -1019,7 +1118,7 @@ static int grp_start(fb_cufwd *f, grp_buf *b, int l, int e0, int g, fb_err *err)
 // one pinned-memory copy, block scales, and one dequant kernel per tensor (or the f32 values
 // converted on the device). Synchronises the device before returning.
 static int grp_upload(fb_cufwd *f, grp_buf *b, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t IH = (size_t)c->inter * c->hidden;
     double tw = now_s();
     grp_join(b);
@@ -1094,7 +1193,7 @@ struct grp_guard {
 };
 
 static int run_attention(fb_cufwd *f, int l, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     int H = c->hidden, hd = c->head_dim, nh = c->n_heads, nkv = c->n_kv_heads;
     int Dq = nh * hd, Dk = nkv * hd, Dqkv = Dq + 2 * Dk, rep = nh / nkv;
     size_t M = f->max_seq;
@@ -1115,12 +1214,12 @@ static int run_attention(fb_cufwd *f, int l, fb_err *err) {
         k_rmsnorm<<<L, 256>>>(hs, f->ln1, (float)c->eps, H, xn);
         KCHECK();
         if (absmax(xn, (size_t)L * H, &f->absmax_d[0], err)) return -1;
-        if (fake_quant(f, xn, (size_t)L, (size_t)H, l, FB_LIN_QKV, -1, err)) return -1;
+        if (fake_quant(f, xn, (size_t)L, (size_t)H, l, FB_ROLE_Q, -1, err)) return -1;
         const void *xw;
         if (to_op(f, xn, (size_t)L * H, &f->s_w1, &xw, err)) return -1;
         if (gemm(f, xw, H, f->wqkv, H, qkv, Dqkv, L, Dqkv, H, err)) return -1;
         k_qknorm_rope<<<L, 256>>>(qkv, Dqkv, f->qn, f->kn, (float)c->eps, f->inv_freq, nh, nkv, hd,
-                                  c->rotary_dim, c->use_qk_norm);
+                                  c->rotary_dim, (int)c->qk_norm);
         KCHECK();
         const void *qw;
         if (to_op(f, qkv, (size_t)L * Dqkv, &f->s_w2, &qw, err)) return -1;
@@ -1146,7 +1245,7 @@ static int run_attention(fb_cufwd *f, int l, fb_err *err) {
             f->tm.gemm_flops += 4.0 * rep * (double)L * L * hd;
         }
         if (absmax(ao, (size_t)L * Dq, &f->absmax_d[1], err)) return -1;
-        if (fake_quant(f, ao, (size_t)L, (size_t)Dq, l, FB_LIN_O, -1, err)) return -1;
+        if (fake_quant(f, ao, (size_t)L, (size_t)Dq, l, FB_ROLE_O, -1, err)) return -1;
         const void *aw;
         if (to_op(f, ao, (size_t)L * Dq, &f->s_w1, &aw, err)) return -1;
         float *po = qkv;  // qkv is dead now
@@ -1158,7 +1257,7 @@ static int run_attention(fb_cufwd *f, int l, fb_err *err) {
 }
 
 static int run_moe(fb_cufwd *f, int l, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     int H = c->hidden, I = c->inter, E = c->n_experts, k = c->top_k;
     size_t N = f->ntok;
     double t0 = now_s();
@@ -1172,8 +1271,13 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                        &zero, (float *)f->s_f32a.p, E));
         f->tm.gemm_flops += 2.0 * (double)N * E * H;
     }
-    k_route<<<(unsigned)((N + 127) / 128), 128>>>((const float *)f->s_f32a.p, f->bias, E, k,
-                                                    (int)N, f->ridx_d, f->rw_d);
+    if (c->router == FB_ROUTER_SOFTMAX)
+        k_route_softmax<<<(unsigned)((N + 127) / 128), 128>>>((const float *)f->s_f32a.p, E, k,
+                                                              c->norm_topk_prob, (int)N, f->ridx_d,
+                                                              f->rw_d);
+    else
+        k_route<<<(unsigned)((N + 127) / 128), 128>>>((const float *)f->s_f32a.p, f->bias, E, k,
+                                                        (int)N, f->ridx_d, f->rw_d);
     KCHECK();
     f->ridx.resize(N * k);
     f->rw.resize(N * k);
@@ -1257,17 +1361,18 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                                                                          (int)cnt, H, XY);
                 KCHECK();
                 if (absmax(XY, cnt * H, &w13m[e], err)) return -1;
-                if (fake_quant(f, XY, cnt, (size_t)H, l, FB_LIN_W13, e, err)) return -1;
+                if (fake_quant(f, XY, cnt, (size_t)H, l, FB_ROLE_W_GATE, e, err)) return -1;
                 const void *xw;
                 if (to_op(f, XY, cnt * H, &f->s_w1, &xw, err)) return -1;
                 if (gemm(f, xw, H, f->w13[i], H, G, 2 * I, (int)cnt, 2 * I, H, err)) return -1;
                 k_swiglu<<<grid_for(cnt * I), 256>>>(G, I, cnt, P);
                 KCHECK();
                 if (absmax(P, cnt * I, &w2m[e], err)) return -1;
-                if (fake_quant(f, P, cnt, (size_t)I, l, FB_LIN_W2, e, err)) return -1;
+                if (fake_quant(f, P, cnt, (size_t)I, l, FB_ROLE_W_DOWN, e, err)) return -1;
                 const void *pw;
                 if (to_op(f, P, cnt * I, &f->s_w2, &pw, err)) return -1;
                 if (gemm(f, pw, I, f->w2[i], I, XY, H, (int)cnt, H, I, err)) return -1;
+                if (hook_expert_output(f, l, e, rtok.data() + r0, XY, cnt, (size_t)H, err)) return -1;
                 k_combine<<<(unsigned)cnt, 256>>>(f->acc, XY, rtok_d + r0, rwt_d + r0, 0, H,
                                                   f->sal_d + e);
                 KCHECK();
@@ -1275,6 +1380,9 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
         } else {
             for (size_t c0 = 0; c0 < N; c0 += C) {
                 size_t n = N - c0 < C ? N - c0 : C;
+                if (gi == 0 && hook_expert_input_all(f, FB_ROLE_W_GATE, l, -1, c0, f->xn2 + c0 * H, n,
+                                                     (size_t)H, err))
+                    return -1;
                 const void *xw;
                 // In f32 mode the chunk is used in place; otherwise converted once per group.
                 if (to_op(f, f->xn2 + c0 * H, n * H, &f->s_w1, &xw, err)) return -1;
@@ -1292,6 +1400,13 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                         k_swiglu_absmax<bf16><<<gsz, 256>>>((const bf16 *)G, I, n, &w2m[e]);
                     }
                     KCHECK();
+                    if (f->o.hooks && f->o.hooks->expert_input_all) {  // every row's SwiGLU
+                        if (f->f32) k_swiglu_any<float><<<grid_for(n * I), 256>>>(G, I, n, P);
+                        else k_swiglu_any<bf16><<<grid_for(n * I), 256>>>((const bf16 *)G, I, n, P);
+                        KCHECK();
+                        if (hook_expert_input_all(f, FB_ROLE_W_DOWN, l, e, c0, P, n, (size_t)I, err))
+                            return -1;
+                    }
                     // routed rows of this chunk: token-ascending within the expert's list
                     const int32_t *lo = rtok.data() + off[e], *hi = rtok.data() + off[e + 1];
                     const int32_t *a = std::lower_bound(lo, hi, (int32_t)c0);
@@ -1312,11 +1427,14 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                         if (grow(&f->s_w2, cnt * H * 4, err)) return -1;
                         if (gemm(f, pw, I, f->w2[i], I, (float *)f->s_w2.p, H, (int)cnt, H, I, err))
                             return -1;
+                        if (hook_expert_output(f, l, e, a, (const float *)f->s_w2.p, cnt, (size_t)H, err))
+                            return -1;
                         k_combine<<<(unsigned)cnt, 256>>>(f->acc + c0 * H, (const float *)f->s_w2.p,
                                                           rtok_d + r0, rwt_d + r0, (int)c0, H,
                                                           f->sal_d + e);
                     } else {
                         if (gemm(f, pw, I, f->w2[i], I, XY, H, (int)cnt, H, I, err)) return -1;
+                        if (hook_expert_output(f, l, e, a, XY, cnt, (size_t)H, err)) return -1;
                         k_combine<<<(unsigned)cnt, 256>>>(f->acc + c0 * H, XY, rtok_d + r0,
                                                           rwt_d + r0, (int)c0, H, f->sal_d + e);
                     }
@@ -1386,6 +1504,13 @@ static int run_layer(fb_cufwd *f, int layer, fb_err *err) {
     if (run_moe(f, layer, err)) return -1;
     CK(cudaDeviceSynchronize());
     f->next_layer++;
+    const fb_fwd_hooks *h = f->o.hooks;
+    if (h && h->layer_output && f->ntok) {
+        size_t H = (size_t)f->cfg.hidden;
+        std::vector<float> hh(f->ntok * H);
+        CK(cudaMemcpy(hh.data(), f->h, f->ntok * H * 4, cudaMemcpyDeviceToHost));
+        if (h->layer_output(h->user, layer, hh.data(), f->ntok, H, err)) return -1;
+    }
     return 0;
 }
 
@@ -1398,14 +1523,18 @@ extern "C" int fb_cufwd_hidden(fb_cufwd *f, float *out, fb_err *err) {
 }
 
 extern "C" int fb_cufwd_logits(fb_cufwd *f, size_t t0, size_t n, float *out, fb_err *err) {
-    const fb_mm_config *c = &f->cfg;
+    const fb_model_config *c = &f->cfg;
     size_t H = (size_t)c->hidden, V = (size_t)c->vocab;
     if (!f->h || t0 + n > f->ntok) return fb_fail(err, "forward: logits for tokens [%zu, %zu)", t0, t0 + n);
     if (!f->head) {
         if (!f->src) return fb_fail(err, "forward: no lm_head (synthetic weights)");
         double tl = now_s();
-        if (load_dev(f, "model.norm.weight", 1, (int64_t)H, 0, 1, (void **)&f->fnorm, err)) return -1;
-        const char *hn = c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+        char nn[256], hn[256];
+        if (fb_arch_tensor(c->arch, FB_ROLE_FINAL_NORM, 0, 0, nn, sizeof nn) ||
+            fb_arch_tensor(c->arch, c->tie_embeddings ? FB_ROLE_EMBED : FB_ROLE_LM_HEAD, 0, 0, hn,
+                           sizeof hn))
+            return fb_fail(err, "forward: the architecture names no final norm or lm_head");
+        if (load_dev(f, nn, 1, (int64_t)H, 0, 1, (void **)&f->fnorm, err)) return -1;
         if (load_dev(f, hn, 2, (int64_t)V, (int64_t)H, 0, &f->head, err)) return -1;
         f->tm.load_s += now_s() - tl;
     }
@@ -1528,7 +1657,7 @@ extern "C" int fb_cuda_fp8_dequant_host(const uint8_t *in, const float *scale, i
 // One synthetic full-size layer: every weight resident on the device (bf16), random hidden
 // states, n_seq sequences of seq_len tokens. Runs `layers` layers (the first one warms up) and
 // reports the last one's time and GEMM work.
-extern "C" int fb_cuda_bench_layer(const fb_mm_config *cfg, size_t n_seq, size_t seq_len,
+extern "C" int fb_cuda_bench_layer(const fb_model_config *cfg, size_t n_seq, size_t seq_len,
                                    int all_experts, int layers, double *secs, double *flops,
                                    double *attn_s, double *expert_s, fb_err *err) {
     fb_cufwd_opts o;
@@ -1536,7 +1665,7 @@ extern "C" int fb_cuda_bench_layer(const fb_mm_config *cfg, size_t n_seq, size_t
     o.all_experts = all_experts;
     o.expert_group = cfg->n_experts;
     o.token_chunk = 32768;
-    fb_mm_config c = *cfg;
+    fb_model_config c = *cfg;
     c.n_layers = layers;
     err->msg[0] = 0;
     fb_cufwd *f = cufwd_new_common(&c, &o, err);

@@ -1,5 +1,7 @@
-// cufwd.h: the layer-wise MiniMax-M2 forward on an NVIDIA GPU (Hopper sm_90, Blackwell sm_100/120/121: Makefile CUDA_ARCH): the same math
-// as calib/forward.c (calib/mm.h), with hidden states kept on the device.
+// cufwd.h: the layer-wise MoE forward on an NVIDIA GPU (sm_90 Hopper, sm_100/120/121
+// Blackwell: Makefile CUDA_ARCH): the same math as calib/forward.c (calib/mm.h; the family's
+// names, router and q/k norm from arch/arch.h), with hidden states kept on the device. Behind
+// the engine interface (calib/engine.h) through cuda/cuengine.h.
 //
 // Built only when nvcc is present (the Makefile defines FB_HAVE_CUDA and compiles
 // src/cuda/*.cu); callers guard their use with #ifdef FB_HAVE_CUDA.
@@ -47,11 +49,15 @@ typedef struct fb_cufwd_opts {
     int expert_group;      // experts whose weights are on the device at once (0 = 16)
     int token_chunk;       // token rows per expert GEMM in all-experts mode (0 = 8192)
     int host_threads;      // threads loading/dequantizing weights on the host (0 = every CPU)
-    // W4A4 activation emulation: the input global scale of a Linear input (layer, kind,
-    // expert = -1 for attention), or 0 for none. NULL for no emulation.
-    float (*act_gs)(void *user, int layer, fb_lin_kind kind, int expert);
+    // W4A4 activation emulation: the input global scale of a Linear input (role as in
+    // fb_fwd_hooks, expert = -1 for attention), or 0 for none. NULL for no emulation.
+    float (*act_gs)(void *user, fb_role role, int layer, int expert);
     void *act_user;
     fb_calib_stats *stats; // statistics (input absmax per Linear, counts, saliency); NULL
+    // Host hooks (calib/forward.h), called at the CPU engine's points with host copies of what
+    // they see (linear_input's changes are copied back). NULL for none. Costs a device-to-host
+    // copy per call: for algorithms prototyped on the host, not for speed.
+    const fb_fwd_hooks *hooks;
 } fb_cufwd_opts;
 
 typedef struct fb_cufwd fb_cufwd;
@@ -78,7 +84,7 @@ int fb_cuda_probe(char *name, size_t name_sz, char *why, size_t why_sz);
 
 // A device forward over model cfg reading weights from src (both borrowed). NULL with err set
 // when no GPU is usable or the options are invalid.
-fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_mm_config *cfg, const fb_cufwd_opts *o,
+fb_cufwd *fb_cufwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_cufwd_opts *o,
                        fb_err *err);
 void fb_cufwd_free(fb_cufwd *f);
 
@@ -118,7 +124,7 @@ int fb_cuda_fp8_dequant_host(const uint8_t *in, const float *scale, int rows, in
 // no checkpoint): n_seq sequences of seq_len tokens, experts in all-experts (calibration) or
 // routed mode; runs `layers` layers (the first warms up) and reports the last one's wall time,
 // GEMM FLOPs (2*m*n*k, causal attention counted in full), attention+router and expert times.
-int fb_cuda_bench_layer(const fb_mm_config *cfg, size_t n_seq, size_t seq_len, int all_experts,
+int fb_cuda_bench_layer(const fb_model_config *cfg, size_t n_seq, size_t seq_len, int all_experts,
                         int layers, double *secs, double *flops, double *attn_s, double *expert_s,
                         fb_err *err);
 

@@ -201,3 +201,34 @@ const char *fb_nvfp4_impl(void) {
     pthread_once(&impl_once, pick_impl);
     return impl.name;
 }
+
+// ---- activations -------------------------------------------------------------------------
+
+static inline float bf16r_(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
+
+void fb_w4a4_fake_quant_rows(float *x, size_t rows, size_t cols, float gs) {
+    FB_ASSERT(cols % 16 == 0);
+    fb_formats_init();
+    const float r6 = (float)(1.0 / 6.0);  // get_reciprocal(6.0) as the f32 operand
+    const float rgs = gs == 0.0f ? 0.0f : 1.0f / gs;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c0 = 0; c0 < cols; c0 += 16) {
+            float *v = x + r * cols + c0;
+            float m = 0.0f;
+            for (int i = 0; i < 16; i++) {
+                v[i] = bf16r_(v[i]);
+                float a = fabsf(v[i]);
+                if (a > m) m = a;
+            }
+            float s = gs * (m * r6);
+            s = s > 448.0f ? 448.0f : s < -448.0f ? -448.0f : s;
+            s = fb_e4m3_to_f32(fb_f32_to_e4m3(s));
+            float d = s * rgs;
+            float o = d == 0.0f ? 0.0f : 1.0f / d;
+            float bs = s / gs;
+            for (int i = 0; i < 16; i++) {
+                float q = fb_nvfp4_fp4_value(fb_nvfp4_fp4_nibble(v[i] * o));
+                v[i] = bf16r_(q * bs);
+            }
+        }
+}

@@ -100,4 +100,9 @@ void fb_nvfp4_dequant_rows_bf16(const uint8_t *packed, const uint8_t *scale, siz
 // in the environment caps the choice (tests, benchmarks; rules in quant/simd_priv.h).
 const char *fb_nvfp4_impl(void);
 
+// vLLM's NVFP4 activation fake-quantization (W4A4 emulation, jobs/runner.h): in place on `rows`
+// rows of `cols` (cols % 16 == 0) with input global scale gs (> 0): each value rounded to bf16,
+// a 16-element block's fp8 scale from gs * amax/6, E2M1 codes, dequantized back to bf16.
+void fb_w4a4_fake_quant_rows(float *x, size_t rows, size_t cols, float gs);
+
 #endif

@@ -3,23 +3,23 @@
 
 #include <string.h>
 
+#include "arch/arch.h"
 #include "io/checkpoint.h"
 #include "quant/validate.h"
 
-// The loader rules are those of MiniMax-M2 (vLLM's minimax_m2.py, transformers'
-// modeling_minimax_m2.py); other architectures get the structural re-read only.
-static int is_minimax(const char *dir) {
+// The loader rules exist for the families of the architecture table (src/arch/); any other
+// architecture gets the structural re-read only.
+static int is_known_arch(const char *dir) {
     char *p = fb_path_join(dir, "config.json");
     json_t *c = json_load_file(p, 0, NULL);
     free(p);
-    const char *mt = c ? json_string_value(json_object_get(c, "model_type")) : NULL;
-    int yes = mt && !strcmp(mt, "minimax_m2");
+    int yes = c && fb_arch_from_config(c, NULL) != NULL;
     json_decref(c);
     return yes;
 }
 
 int fb_validate_output(const char *dir, fb_err *err) {
-    if (!is_minimax(dir)) {
+    if (!is_known_arch(dir)) {
         fb_ckpt *c;
         if (fb_ckpt_open(dir, &c, err) != 0) return fb_err_prefix(err, "output failed re-reading");
         fb_ckpt_close(c);

@@ -1,18 +1,20 @@
 // validate_pass.c: the validation pass (see validate.h for the rules and their order).
 //
-// The pass works on module records: every tensor name of a MiniMax-M2 checkpoint is parsed
-// into (module kind, layer, expert, suffix) by the MODS table; a module record holds which
+// The pass works on module records: every tensor name of a checkpoint is parsed into (module
+// kind, layer, expert, suffix) by the module table, which comes from the architecture table
+// (src/arch/: MiniMax-M2, Qwen3-MoE); a module record holds which
 // suffixes are present. The scheme vLLM will build for each module comes from the declared
 // quantization config (compressed-tensors, ModelOpt, FP8 block, AutoRound/GPTQ or none),
-// simulating vLLM's own matching (vLLM prefixes: qkv_proj, mlp.experts, not the checkpoint's
+// simulating vLLM's own matching (vLLM prefixes: qkv_proj, mlp.experts, not MiniMax-M2's
 // block_sparse_moe). The scheme says which suffixes are registered parameters (anything else
-// is the KeyError of MiniMaxM2Model.load_weights), which are required (absent = torch.empty
+// is the KeyError of the family's load_weights, e.g. MiniMaxM2Model's), which are required (absent = torch.empty
 // garbage), and their dtypes and shapes.
 #include <fnmatch.h>
 #include <math.h>
 #include <stdarg.h>
 #include <string.h>
 
+#include "arch/arch.h"
 #include "quant/formats.h"
 #include "quant/match.h"
 #include "quant/validate_priv.h"
@@ -34,25 +36,24 @@ typedef struct modinfo {
     int linear;          // a quantizable Linear in vLLM (q/k/v/o, experts)
 } modinfo;
 
-static const modinfo MODS[MK_COUNT] = {
-    [MK_EMBED] = {"model.embed_tokens", 0},
-    [MK_LMHEAD] = {"lm_head", 0},
-    [MK_NORM] = {"model.norm", 0},
-    [MK_LN_IN] = {"input_layernorm", 0},
-    [MK_LN_POST] = {"post_attention_layernorm", 0},
-    [MK_Q] = {"self_attn.q_proj", 1},
-    [MK_K] = {"self_attn.k_proj", 1},
-    [MK_V] = {"self_attn.v_proj", 1},
-    [MK_O] = {"self_attn.o_proj", 1},
-    [MK_QNORM] = {"self_attn.q_norm", 0},
-    [MK_KNORM] = {"self_attn.k_norm", 0},
-    [MK_GATE] = {"block_sparse_moe.gate", 0},
-    [MK_BIAS] = {"block_sparse_moe.e_score_correction_bias", 0},
-    [MK_ROTARY] = {"self_attn.rotary_emb", 0},
-    [MK_W1] = {"w1", 1},
-    [MK_W2] = {"w2", 1},
-    [MK_W3] = {"w3", 1},
+// MK_* -> architecture role (MK_ROTARY has none: a buffer some exports carry).
+static const int MK_ROLE[MK_COUNT] = {
+    [MK_EMBED] = FB_ROLE_EMBED, [MK_LMHEAD] = FB_ROLE_LM_HEAD, [MK_NORM] = FB_ROLE_FINAL_NORM,
+    [MK_LN_IN] = FB_ROLE_LN_IN, [MK_LN_POST] = FB_ROLE_LN_POST,
+    [MK_Q] = FB_ROLE_Q, [MK_K] = FB_ROLE_K, [MK_V] = FB_ROLE_V, [MK_O] = FB_ROLE_O,
+    [MK_QNORM] = FB_ROLE_Q_NORM, [MK_KNORM] = FB_ROLE_K_NORM,
+    [MK_GATE] = FB_ROLE_ROUTER, [MK_BIAS] = FB_ROLE_ROUTER_BIAS, [MK_ROTARY] = -1,
+    [MK_W1] = FB_ROLE_W_GATE, [MK_W2] = FB_ROLE_W_DOWN, [MK_W3] = FB_ROLE_W_UP,
 };
+
+// The module table of a family: paths from its architecture entry (NULL: it has none).
+static void mods_init(const fb_arch *a, modinfo mods[MK_COUNT]) {
+    for (int k = 0; k < MK_COUNT; k++) {
+        int r = MK_ROLE[k];
+        mods[k].path = r >= 0 ? a->role[r].path : "self_attn.rotary_emb";
+        mods[k].linear = r >= 0 && fb_role_is_linear((fb_role)r);
+    }
+}
 
 enum {
     S_WEIGHT, S_BIAS, S_WPACKED, S_WSCALE, S_WGSCALE, S_IGSCALE, S_WSHAPE, S_WGIDX, S_WZP,
@@ -68,7 +69,7 @@ static const char *const SUFNAME[NSUF] = {
 
 // Parsed tensor name.
 typedef struct pname {
-    int kind;      // MK_* or -1 (not a MiniMax-M2 tensor)
+    int kind;      // MK_* or -1 (not a tensor of the family)
     long layer;    // -1 for top level
     long expert;   // -1 unless an expert
     int suf;       // S_*
@@ -93,30 +94,36 @@ static int parse_num(const char **p, long *out) {
     return 1;
 }
 
-static pname parse_name(const char *name) {
+static pname parse_name(const fb_arch *a, const modinfo *MODS, const char *name) {
     pname r = {-1, -1, -1, S_OTHER};
     const char *p = name;
-    if (!strncmp(p, "model.layers.", 13)) {
-        p += 13;
+    size_t nl = strlen(a->layers);
+    if (!strncmp(p, a->layers, nl) && p[nl] == '.') {
+        p += nl + 1;
         long L;
         if (!parse_num(&p, &L) || *p != '.') return r;
         p++;
         r.layer = L;
-        if (!strncmp(p, "block_sparse_moe.experts.", 25)) {
-            const char *q = p + 25;
+        const char *ex = a->block[FB_BLOCK_EXPERTS];
+        size_t ne = strlen(ex);
+        if (!strncmp(p, ex, ne) && p[ne] == '.') {
+            const char *q = p + ne + 1;
             long E;
             if (!parse_num(&q, &E) || *q != '.') return r;
             q++;
-            for (int k = MK_W1; k <= MK_W3; k++)
-                if (!strncmp(q, MODS[k].path, 2) && q[2] == '.') {
+            for (int k = MK_W1; k <= MK_W3; k++) {
+                size_t n = strlen(MODS[k].path);
+                if (!strncmp(q, MODS[k].path, n) && q[n] == '.') {
                     r.kind = k;
                     r.expert = E;
-                    r.suf = suffix_id(q + 3);
+                    r.suf = suffix_id(q + n + 1);
                     return r;
                 }
+            }
             return r;
         }
         for (int k = MK_FIRST_LAYER; k <= MK_ROTARY; k++) {
+            if (!MODS[k].path) continue;
             size_t n = strlen(MODS[k].path);
             if (strncmp(p, MODS[k].path, n)) continue;
             if (p[n] == 0 && k == MK_BIAS) { r.kind = k; r.suf = S_NONE; return r; }
@@ -156,6 +163,7 @@ enum { R_NO = 0, R_REQ, R_OPT, R_DROP };
 
 typedef struct dims {
     long H, nh, nkv, hd, Ie, E, V, nhl, mtp;
+    int qk_per_head;  // q/k norm weights are [head_dim] (Qwen3), not [heads * head_dim]
 } dims;
 
 // Per-scheme parameters of the module (a vLLM Linear or FusedMoE).
@@ -168,6 +176,8 @@ typedef struct schparams {
 } schparams;
 
 typedef struct vctx {
+    const fb_arch *arch;  // the family (MiniMax-M2 when config.json names none we know)
+    modinfo MODS[MK_COUNT];
     const fb_vinput *in;
     const fb_validate_opts *o;
     fb_findings *f;
@@ -252,8 +262,8 @@ static void logical_shape(const dims *d, int kind, long *O, long *I) {
     case MK_Q: *O = qo; *I = d->H; break;
     case MK_K: case MK_V: *O = ko; *I = d->H; break;
     case MK_O: *O = d->H; *I = qo; break;
-    case MK_QNORM: *O = qo; break;
-    case MK_KNORM: *O = ko; break;
+    case MK_QNORM: *O = d->qk_per_head ? d->hd : qo; break;
+    case MK_KNORM: *O = d->qk_per_head ? d->hd : ko; break;
     case MK_GATE: *O = d->E; *I = d->H; break;
     case MK_BIAS: *O = d->E; break;
     case MK_W1: case MK_W3: *O = d->Ie; *I = d->H; break;
@@ -276,7 +286,7 @@ static int expected(const vctx *v, int kind, int sch, int suf, uint32_t *dtm, in
     sh[0] = sh[1] = -1;
     if (kind == MK_BIAS) { *dtm = DT_FLOAT; *nd = 1; sh[0] = O; return 1; }
     if (kind == MK_ROTARY) return 0;
-    if (sch == SC_UNQ || kind == MK_GATE || !MODS[kind].linear) {
+    if (sch == SC_UNQ || kind == MK_GATE || !v->MODS[kind].linear) {
         if (suf != S_WEIGHT) return 0;
         *dtm = DT_FLOAT;
         *nd = I ? 2 : 1;
@@ -329,7 +339,7 @@ static int expected(const vctx *v, int kind, int sch, int suf, uint32_t *dtm, in
     }
 }
 
-// ---- vLLM's name mapping (MiniMaxM2Model.load_weights) ------------------------------------
+// ---- vLLM's name mapping (the family's load_weights, e.g. MiniMaxM2Model's) ----------------
 
 // Replaces the first occurrence of `from` in s by `to` (in place; s has room).
 static int replace_first(char *s, size_t cap, const char *from, const char *to) {
@@ -350,10 +360,10 @@ static void vllm_param_name(const vctx *v, const char *name, char *out, size_t c
     static const char *const qkv[3] = {"q_proj", "k_proj", "v_proj"};
     for (int i = 0; i < 3; i++)
         if (strstr(out, qkv[i])) { replace_first(out, cap, qkv[i], "qkv_proj"); return; }
-    pname p = parse_name(name);
+    pname p = parse_name(v->arch, v->MODS, name);
     if (p.kind >= MK_W1 && p.expert >= 0 && (v->d.E < 0 || p.expert < v->d.E)) {
         char from[64];
-        snprintf(from, sizeof from, "experts.%ld.%s.", p.expert, MODS[p.kind].path);
+        snprintf(from, sizeof from, "experts.%ld.%s.", p.expert, v->MODS[p.kind].path);
         replace_first(out, cap, from, p.kind == MK_W2 ? "experts.w2_" : "experts.w13_");
     }
 }
@@ -361,12 +371,22 @@ static void vllm_param_name(const vctx *v, const char *name, char *out, size_t c
 static void keyerror_text(const vctx *v, const char *name, char *out, size_t cap) {
     char pn[1024];
     if (strncmp(name, "model.", 6)) {
-        // lm_head and anything outside model.*: AutoWeightsLoader on MiniMaxM2ForCausalLM.
-        snprintf(out, cap, "vLLM: ValueError: There is no module or parameter named '%s' in MiniMaxM2ForCausalLM", name);
+        // lm_head and anything outside model.*: AutoWeightsLoader on the CausalLM class.
+        snprintf(out, cap, "vLLM: ValueError: There is no module or parameter named '%s' in %s", name,
+                 v->arch->classes[0]);
         return;
     }
     vllm_param_name(v, name, pn, sizeof pn);
-    snprintf(out, cap, "vLLM: KeyError: '%s' (MiniMaxM2Model.load_weights)", pn);
+    snprintf(out, cap, "vLLM: KeyError: '%s' (%s.load_weights)", pn, v->arch->vllm_model);
+}
+
+// The fix of a quantized router, in the family's names.
+static const char *router_fix(const vctx *v, char *buf, size_t cap) {
+    const char *bias = v->arch->role[FB_ROLE_ROUTER_BIAS].path;
+    const char *leaf = bias ? strrchr(bias, '.') : NULL;
+    snprintf(buf, cap, "keep the router gate%s%s unquantized (float) and add %s to ignore",
+             leaf ? " and " : "", leaf ? leaf + 1 : "", v->arch->router_ignore);
+    return buf;
 }
 
 // ---- JSON helpers ----------------------------------------------------------------------------
@@ -644,13 +664,14 @@ static void read_dims(vctx *v) {
     d->nh = jint(c, "num_attention_heads", -1);
     d->nkv = jint(c, "num_key_value_heads", -1);
     d->hd = jint(c, "head_dim", -1);
-    d->Ie = jint(c, "intermediate_size", -1);
-    d->E = jint(c, "num_local_experts", -1);
+    d->Ie = jint(c, v->arch->key_inter, -1);
+    d->E = jint(c, v->arch->key_n_experts, -1);
     d->V = jint(c, "vocab_size", -1);
     d->nhl = jint(c, "num_hidden_layers", -1);
     d->mtp = jint(c, "num_mtp_modules", 0);
-    v->use_bias = jbool(c, "use_routing_bias", 0);
-    v->use_qk_norm = jbool(c, "use_qk_norm", 1);
+    d->qk_per_head = v->arch->qk_norm == FB_QKN_PER_HEAD;
+    v->use_bias = v->arch->role[FB_ROLE_ROUTER_BIAS].path && jbool(c, "use_routing_bias", 0);
+    v->use_qk_norm = v->arch->qk_norm == FB_QKN_PER_HEAD || jbool(c, "use_qk_norm", 1);
     v->tie = jbool(c, "tie_word_embeddings", 0);
 }
 
@@ -666,23 +687,32 @@ static void check_config(vctx *v, int has_bias_tensors, long qnorm_width) {
     int arch_ok = 0;
     size_t i;
     json_t *x;
+    const fb_arch *a = v->arch;
     if (json_is_array(arch))
-        json_array_foreach(arch, i, x) if (json_is_string(x) && !strcmp(json_string_value(x), "MiniMaxM2ForCausalLM")) arch_ok = 1;
-    if (!arch_ok || !mt || strcmp(mt, "minimax_m2"))
-        fb_vf_add(v->f, "config.architecture", "config.json:architectures", NULL, NULL,
-                  "architectures/model_type are not MiniMaxM2ForCausalLM/minimax_m2 (model_type %s)", mt ? mt : "absent");
-    const char *need[] = {"hidden_size", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-                          "num_local_experts", "vocab_size", "num_hidden_layers", NULL};
+        json_array_foreach(arch, i, x) if (json_is_string(x) && !strcmp(json_string_value(x), a->classes[0])) arch_ok = 1;
+    if (!arch_ok || !mt || strcmp(mt, a->name)) {
+        char fix[256];
+        snprintf(fix, sizeof fix, "keep \"architectures\": [\"%s\"] and \"model_type\": \"%s\"", a->classes[0], a->name);
+        fb_vf_add(v->f, "config.architecture", "config.json:architectures", NULL, fix,
+                  "architectures/model_type are not %s/%s (model_type %s)", a->classes[0], a->name, mt ? mt : "absent");
+    }
+    const char *need[] = {"hidden_size", "num_attention_heads", "num_key_value_heads", a->key_inter,
+                          a->key_n_experts, "vocab_size", "num_hidden_layers", NULL};
     for (i = 0; need[i]; i++)
         if (jint(c, need[i], -1) < 0)
             fb_vf_add(v->f, "config.dims", "config.json", NULL, NULL, "config.json lacks integer \"%s\"", need[i]);
     // rotary_dim / partial_rotary_factor
     long rd = jint(c, "rotary_dim", -1);
-    if (rd < 0) fb_vf_add(v->f, "config.rotary_dim", "config.json:rotary_dim", NULL, NULL, "config.json has no \"rotary_dim\"");
+    if (a->partial_rotary && rd < 0) fb_vf_add(v->f, "config.rotary_dim", "config.json:rotary_dim", NULL, NULL, "config.json has no \"rotary_dim\"");
     const json_t *prf = json_object_get(c, "partial_rotary_factor");
     const json_t *rp = json_object_get(c, "rope_parameters");
     if (!json_is_number(prf) && json_is_object(rp)) prf = json_object_get(rp, "partial_rotary_factor");
-    if (!json_is_number(prf)) {
+    if (!a->partial_rotary) {
+        // Families that rotate the whole head: a partial factor would change the math.
+        if (json_is_number(prf) && json_number_value(prf) != 1.0)
+            fb_vf_add_sev(v->f, "config.partial_rotary_factor", FB_SEV_ERROR, "config.json:partial_rotary_factor", NULL, NULL,
+                          "partial_rotary_factor %g: %s rotates the whole head", json_number_value(prf), a->label);
+    } else if (!json_is_number(prf)) {
         if (rd >= 0)
             fb_vf_add(v->f, "config.partial_rotary_factor", "config.json:partial_rotary_factor", NULL, NULL,
                       "rotary_dim %ld without partial_rotary_factor", rd);
@@ -695,7 +725,9 @@ static void check_config(vctx *v, int has_bias_tensors, long qnorm_width) {
     }
     // scoring_func
     const char *sf = jstr(c, "scoring_func");
-    if (!sf) fb_vf_add(v->f, "config.scoring_func", "config.json:scoring_func", NULL, NULL, "config.json has no \"scoring_func\"");
+    if (a->router != FB_ROUTER_SIGMOID_BIAS) {
+        // softmax routers have no scoring_func / correction bias keys
+    } else if (!sf) fb_vf_add(v->f, "config.scoring_func", "config.json:scoring_func", NULL, NULL, "config.json has no \"scoring_func\"");
     else if (strcmp(sf, "sigmoid"))
         fb_vf_add(v->f, "config.scoring_func", "config.json:scoring_func",
                   "vLLM routes with the configured scoring function; MiniMax-M2 was trained with sigmoid: wrong experts chosen", NULL,
@@ -716,7 +748,7 @@ static void check_config(vctx *v, int has_bias_tensors, long qnorm_width) {
     long k = jint(c, "num_experts_per_tok", -1);
     if (k > 0 && v->d.E > 0 && k > v->d.E)
         fb_vf_add(v->f, "config.num_experts_per_tok", "config.json:num_experts_per_tok", NULL, NULL,
-                  "num_experts_per_tok %ld > num_local_experts %ld", k, v->d.E);
+                  "num_experts_per_tok %ld > %s %ld", k, a->key_n_experts, v->d.E);
     // auto_map -> remote code files
     const json_t *am = json_object_get(c, "auto_map");
     if (json_is_object(am) && v->in->extra_files) {
@@ -855,14 +887,12 @@ static int entry_reaches_expert(const vctx *v, const ignlist *l, size_t k, char 
     const char *s = l->text[k];
     if (!l->t[k]) return 0;
     if (!fb_target_is_regex(l->t[k])) {
-        pname p = parse_name(s);  // a module name parses with suffix "?" - compare the path
-        (void)p;
         // plain: exact equality with an expert module name
         const char *q = s;
         if (!strncmp(q, "model.layers.", 13) && strstr(q, ".experts.")) {
             char tmp[512];
             snprintf(tmp, sizeof tmp, "%s.weight", s);
-            pname pw = parse_name(tmp);
+            pname pw = parse_name(v->arch, v->MODS, tmp);
             if (pw.kind >= MK_W1 || strstr(s, "mlp.experts")) { snprintf(hit, cap, "%s", s); return 1; }
         }
         return 0;
@@ -875,8 +905,8 @@ static int entry_reaches_expert(const vctx *v, const ignlist *l, size_t k, char 
             if (fb_regex_match(l->t[k], nm)) { snprintf(hit, cap, "%s", nm); return 1; }
         }
         for (long E = 0; E < v->nE; E++)
-            for (int w = 0; w < 3; w++) {
-                snprintf(nm, sizeof nm, "model.layers.%ld.block_sparse_moe.experts.%ld.w%d", L, E, w + 1);
+            for (int w = MK_W1; w <= MK_W3; w++) {
+                fb_arch_module(v->arch, (fb_role)MK_ROLE[w], (int)L, (int)E, nm, sizeof nm);
                 if (fb_regex_match(l->t[k], nm)) { snprintf(hit, cap, "%s", nm); return 1; }
             }
     }
@@ -887,15 +917,19 @@ static int entry_reaches_expert(const vctx *v, const ignlist *l, size_t k, char 
 // the overmatch test of regexes lacking "$". Calls fn for each.
 static void each_module_name(const vctx *v, void (*fn)(void *ctx, const char *name), void *ctx) {
     char nm[256];
-    for (int k = MK_EMBED; k <= MK_NORM; k++) fn(ctx, MODS[k].path);
+    for (int k = MK_EMBED; k <= MK_NORM; k++) fn(ctx, v->MODS[k].path);
     static const char *const extra[] = {"self_attn.qkv_proj", "mlp.gate", "mlp.experts.0.gate_proj",
                                         "mlp.experts.0.up_proj", "mlp.experts.0.down_proj", NULL};
     for (long L = 0; L < v->nL; L++) {
-        for (int k = MK_FIRST_LAYER; k <= MK_GATE; k++) { vname(nm, sizeof nm, L, MODS[k].path); fn(ctx, nm); }
+        for (int k = MK_FIRST_LAYER; k <= MK_GATE; k++) {
+            if (!v->MODS[k].path) continue;
+            vname(nm, sizeof nm, L, v->MODS[k].path);
+            fn(ctx, nm);
+        }
         for (int i = 0; extra[i]; i++) { vname(nm, sizeof nm, L, extra[i]); fn(ctx, nm); }
         for (long E = 0; E < v->nE; E++)
-            for (int w = 0; w < 3; w++) {
-                snprintf(nm, sizeof nm, "model.layers.%ld.block_sparse_moe.experts.%ld.w%d", L, E, w + 1);
+            for (int w = MK_W1; w <= MK_W3; w++) {
+                fb_arch_module(v->arch, (fb_role)MK_ROLE[w], (int)L, (int)E, nm, sizeof nm);
                 fn(ctx, nm);
             }
     }
@@ -1083,9 +1117,12 @@ static void check_ct_transformers_ignores(vctx *v, const ctgroup *g, size_t ng, 
         int any = 0;
         for (int s = 0; m && s < NSUF; s++) any |= m[s] >= 0;
         if (!any) continue;
-        vname(nm, sizeof nm, L, "block_sparse_moe.gate");
-        if (ct_targeted(g, ng, nm, "Linear") && ign_match_ct(ign, nm, "Linear") < 0)
-            fb_vf_add(v->f, "ignore.gate", nm, NULL, NULL, "the router gate is matched by a target and by no ignore entry");
+        vname(nm, sizeof nm, L, v->MODS[MK_GATE].path);
+        if (ct_targeted(g, ng, nm, "Linear") && ign_match_ct(ign, nm, "Linear") < 0) {
+            char fix[160];
+            snprintf(fix, sizeof fix, "add \"%s\" (or every exact gate name) to ignore", v->arch->router_ignore);
+            fb_vf_add(v->f, "ignore.gate", nm, NULL, fix, "the router gate is matched by a target and by no ignore entry");
+        }
     }
 }
 
@@ -1219,7 +1256,7 @@ static int tensor_family(const vctx *v) {
     size_t cnt[SC_SKIP + 1] = {0};
     for (size_t i = 0; i < v->in->n; i++) {
         const pname *p = &v->pn[i];
-        if (p->kind < 0 || !MODS[p->kind].linear) continue;
+        if (p->kind < 0 || !v->MODS[p->kind].linear) continue;
         const fb_vtensor *t = &v->in->tensors[i];
         switch (p->suf) {
         case S_WPACKED: cnt[t->dtype == FB_U8 ? SC_CT_NVFP4 : SC_CT_WNA16]++; break;
@@ -1266,7 +1303,8 @@ static void check_tensor_shape(vctx *v, const fb_vtensor *t, const pname *p, int
         for (int d = 0; d < FB_DTYPE_COUNT; d++)
             if (dtm & DT(d)) { strcat(want, want[0] ? "/" : ""); strcat(want, fb_dtypes[d].name); }
         int router = p->kind == MK_GATE || p->kind == MK_BIAS;
-        fb_vf_add(v->f, router ? "router.quantized" : "tensor.dtype", t->name, NULL, NULL,
+        char fix[256];
+        fb_vf_add(v->f, router ? "router.quantized" : "tensor.dtype", t->name, NULL, router ? router_fix(v, fix, sizeof fix) : NULL,
                   "%s is %s, the %s scheme needs %s", SUFNAME[p->suf][0] ? SUFNAME[p->suf] : "tensor",
                   fb_dtypes[t->dtype].name, SCNAME[sch], want);
         return;
@@ -1384,6 +1422,11 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     v->in = in;
     v->o = o;
     v->f = f;
+    // The family from config.json; MiniMax-M2's rules when it names none we know (the
+    // config check then reports the architecture).
+    v->arch = in->config ? fb_arch_from_config(in->config, NULL) : NULL;
+    if (!v->arch) v->arch = fb_arch_by_name("minimax_m2");
+    mods_init(v->arch, v->MODS);
     read_dims(v);
     f->n_tensors += in->n;
     fb_formats_init();
@@ -1394,7 +1437,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     int has_bias_tensors = 0;
     long qnorm_width = -1;
     for (size_t i = 0; i < in->n; i++) {
-        v->pn[i] = parse_name(in->tensors[i].name);
+        v->pn[i] = parse_name(v->arch, v->MODS, in->tensors[i].name);
         const pname *p = &v->pn[i];
         if (p->layer > v->max_layer && p->kind >= 0) v->max_layer = p->layer;
         if (p->expert > v->max_expert) v->max_expert = p->expert;
@@ -1541,13 +1584,13 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     }
 
     // 3. every tensor: lands in a parameter, right dtype and shape
-    char cons[1400], msg[256], nm[512];
+    char cons[1400], msg[256], nm[512], fix[256];
     for (size_t i = 0; i < in->n; i++) {
         const fb_vtensor *t = &in->tensors[i];
         const pname *p = &v->pn[i];
         if (p->kind < 0 || p->suf == S_OTHER) {
             keyerror_text(v, t->name, cons, sizeof cons);
-            fb_vf_add(f, "tensor.keyerror", t->name, cons, NULL, "tensor is not a parameter of MiniMaxM2ForCausalLM");
+            fb_vf_add(f, "tensor.keyerror", t->name, cons, NULL, "tensor is not a parameter of %s", v->arch->classes[0]);
             continue;
         }
         if (p->layer >= 0 && v->d.nhl > 0 && p->layer >= v->d.nhl) {
@@ -1586,10 +1629,10 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
             keyerror_text(v, t->name, cons, sizeof cons);
             if (p->kind == MK_GATE || p->kind == MK_BIAS) {
                 char rn[128];
-                snprintf(rn, sizeof rn, "%s.%s", p->kind == MK_GATE ? "block_sparse_moe.gate" : "block_sparse_moe.e_score_correction_bias", "*");
-                snprintf(nm, sizeof nm, "model.layers.%ld.%s", p->layer, rn);
-                fb_vf_add(f, "router.quantized", nm, cons, NULL, "the router holds quantized tensors (%s, ...); it may only hold .weight",
-                          SUFNAME[p->suf]);
+                snprintf(rn, sizeof rn, "%s.%s", v->MODS[p->kind].path, "*");
+                snprintf(nm, sizeof nm, "%s.%ld.%s", v->arch->layers, p->layer, rn);
+                fb_vf_add(f, "router.quantized", nm, cons, router_fix(v, fix, sizeof fix),
+                          "the router holds quantized tensors (%s, ...); it may only hold .weight", SUFNAME[p->suf]);
             }
             else if (p->suf == S_IGSCALE && sch == SC_CT_NVFP4A16)
                 fb_vf_add(f, "tensor.keyerror", t->name, cons, "drop input_global_scale: NVFP4A16 (no input_activations) has none",
@@ -1620,7 +1663,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     for (int k = MK_EMBED; k <= MK_NORM; k++) {
         if (k == MK_LMHEAD && v->tie) continue;
         if (mod_slot(v, k, -1, -1)[S_WEIGHT] < 0) {
-            snprintf(nm, sizeof nm, "%s.weight", MODS[k].path);
+            snprintf(nm, sizeof nm, "%s.weight", v->MODS[k].path);
             fb_vf_add(f, "tensor.missing", nm, missing_cons, NULL, "weight missing");
         }
     }
@@ -1642,14 +1685,15 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
             continue;
         }
         for (int k = MK_FIRST_LAYER; k <= MK_BIAS; k++) {
+            if (!v->MODS[k].path) continue;
             if ((k == MK_QNORM || k == MK_KNORM) && !v->use_qk_norm) continue;
             if (k == MK_BIAS && !v->use_bias) continue;
             int sch = module_scheme(v, k, L);
             int32_t *m = mod_slot(v, k, L, -1);
             for (int s = 0; s < S_OTHER; s++) {
                 if (suffix_role(v, k, sch, s) != R_REQ || m[s] >= 0) continue;
-                if (k == MK_BIAS) snprintf(nm, sizeof nm, "model.layers.%ld.%s", L, MODS[k].path);
-                else snprintf(nm, sizeof nm, "model.layers.%ld.%s.%s", L, MODS[k].path, SUFNAME[s]);
+                if (k == MK_BIAS) fb_arch_tensor(v->arch, FB_ROLE_ROUTER_BIAS, (int)L, -1, nm, sizeof nm);
+                else snprintf(nm, sizeof nm, "%s.%ld.%s.%s", v->arch->layers, L, v->MODS[k].path, SUFNAME[s]);
                 fb_vf_add(f, "tensor.missing", nm, missing_cons, NULL, "%s missing (%s scheme)", k == MK_BIAS ? "e_score_correction_bias" : SUFNAME[s], SCNAME[sch]);
             }
         }
@@ -1660,7 +1704,9 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
                 int32_t *m = mod_slot(v, k, L, E);
                 for (int s = 0; s < S_OTHER; s++) {
                     if (suffix_role(v, k, sch, s) != R_REQ || m[s] >= 0) continue;
-                    snprintf(nm, sizeof nm, "model.layers.%ld.block_sparse_moe.experts.%ld.%s.%s", L, E, MODS[k].path, SUFNAME[s]);
+                    char mn[384];
+                    fb_arch_module(v->arch, (fb_role)MK_ROLE[k], (int)L, (int)E, mn, sizeof mn);
+                    snprintf(nm, sizeof nm, "%s.%s", mn, SUFNAME[s]);
                     fb_vf_add(f, "tensor.missing", nm, missing_cons, NULL, "%s missing (%s scheme)", SUFNAME[s], SCNAME[sch]);
                 }
             }
@@ -1679,7 +1725,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         else
             for (long L = 0; L < expect_layers && L < nL; L++)
                 if (ecount[L] > 0 && ecount[L] != v->d.E) {
-                    snprintf(nm, sizeof nm, "model.layers.%ld.block_sparse_moe.experts", L);
+                    fb_arch_block(v->arch, FB_BLOCK_EXPERTS, (int)L, nm, sizeof nm);
                     fb_vf_add(f, "moe.experts", nm, NULL, NULL, "layer holds %ld experts, num_local_experts is %ld", ecount[L], v->d.E);
                 }
     }
@@ -1728,7 +1774,9 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
                     if (m[isuf] >= 0 && read_scalar_f32(v, &in->tensors[m[isuf]], &x)) check_global(v, in->tensors[m[isuf]].name, x, 1, ct);
                 }
                 if (h13[0] && h13[1] && fb_f32_bits(g13[0]) != fb_f32_bits(g13[1])) {
-                    snprintf(nm, sizeof nm, "model.layers.%ld.block_sparse_moe.experts.%ld.w13.%s", L, E, SUFNAME[gsuf]);
+                    char eb[256];
+                    fb_arch_block(v->arch, FB_BLOCK_EXPERTS, (int)L, eb, sizeof eb);
+                    snprintf(nm, sizeof nm, "%s.%ld.w13.%s", eb, E, SUFNAME[gsuf]);
                     fb_vf_add(f, "value.w13-global-scale", nm, NULL, NULL, "%s of w1 and w3 differ: %.9g vs %.9g", SUFNAME[gsuf],
                               g13[0], g13[1]);
                 }

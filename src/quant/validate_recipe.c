@@ -3,9 +3,12 @@
 // validated with the same pass as a finished checkpoint (see validate.h).
 #include <string.h>
 
-#include "io/recipe.h"
+#include "quant/nvfp4.h"
+#include "quant/qformat.h"
+#include "quant/recipe.h"
 #include "quant/scheme.h"
 #include "quant/validate_priv.h"
+#include "quant/w4a16.h"
 
 typedef struct pv {
     fb_vtensor *t;
@@ -67,20 +70,17 @@ static int preview(const fb_ckpt *src, const fb_qconfig *cfg, const char *const 
             pv_add(&a, t->name, dt, t->ndim, t->shape);
             continue;
         }
+        // The tensors the writer declares for it: the output-format table (compressed-tensors).
         int64_t O = t->shape[0], I = t->shape[1];
-        const char *m = e->module;
-        if (e->kind == FB_QK_NVFP4 || e->kind == FB_QK_NVFP4A16) {
-            int64_t s1[2] = {O, I / 2}, s2[2] = {O, I / 16}, one[1] = {1};
-            snprintf(nm, sizeof nm, "%s.weight_packed", m); pv_add(&a, nm, FB_U8, 2, s1);
-            snprintf(nm, sizeof nm, "%s.weight_scale", m); pv_add(&a, nm, FB_F8_E4M3, 2, s2);
-            snprintf(nm, sizeof nm, "%s.weight_global_scale", m); pv_add(&a, nm, FB_F32, 1, one);
-            if (e->kind == FB_QK_NVFP4) { snprintf(nm, sizeof nm, "%s.input_global_scale", m); pv_add(&a, nm, FB_F32, 1, one); }
-        } else {
-            int gs = cfg->groups[e->group].weights.group_size;
-            int64_t s1[2] = {O, (I + 7) / 8}, s2[2] = {O, gs > 0 ? (I + gs - 1) / gs : 1}, two[1] = {2};
-            snprintf(nm, sizeof nm, "%s.weight_packed", m); pv_add(&a, nm, FB_I32, 2, s1);
-            snprintf(nm, sizeof nm, "%s.weight_scale", m); pv_add(&a, nm, FB_BF16, 2, s2);
-            snprintf(nm, sizeof nm, "%s.weight_shape", m); pv_add(&a, nm, FB_I64, 1, two);
+        int gs = cfg->groups[e->group].weights.group_size;
+        int64_t G = e->kind == FB_QK_W4A16 ? (gs > 0 ? gs : FB_W4A16_GROUP) : FB_NVFP4_GROUP;
+        const fb_qfmt *qf = fb_qfmt_get(e->kind == FB_QK_W4A16 ? FB_QF_PACK_INT4 : FB_QF_NVFP4);
+        for (int k = 0; k < qf->n_out; k++) {
+            if (qf->out[k].w4a4_only && e->kind != FB_QK_NVFP4) continue;
+            int64_t sh[2];
+            qf->shape(k, O, I, G, sh);
+            snprintf(nm, sizeof nm, "%s%s", e->module, qf->out[k].suffix);
+            pv_add(&a, nm, qf->out[k].dtype, qf->out[k].ndim, sh);
         }
     }
     json_t *cfgj = src->config ? json_deep_copy(src->config) : json_object();

@@ -1,5 +1,5 @@
 // quantize.c: see quantize.h.
-#include "quant/quantize.h"
+#include "jobs/quantize.h"
 
 #include <errno.h>
 #include <math.h>
@@ -10,9 +10,10 @@
 #include "common/progress.h"
 #include "common/strmap.h"
 #include "io/checkpoint.h"
-#include "io/recipe.h"
+#include "quant/recipe.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
+#include "quant/qformat.h"
 #include "quant/scheme.h"
 #include "quant/source.h"
 #include "quant/validate_hook.h"
@@ -48,6 +49,8 @@ typedef struct item {
     uint64_t r0, nrows, off, n;
     // quant
     fb_qkind qk;
+    const fb_qfmt *qf;       // the output format (quant/qformat.h)
+    int w4a4;                // the format's input-scale tensors are written
     size_t group_size;
     int nm;
     member m[MAX_FUSED];
@@ -102,8 +105,9 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
     float *scale[MAX_FUSED] = {0};
     int rc = 0;
     for (int k = 0; k < it->nm && !rc; k++) rc = load_scale(j, it->m[k].src, &scale[k], err);
+    const fb_qfmt *qf = it->qf;
     float g = 1.0f;
-    if (!rc && (it->qk == FB_QK_NVFP4 || it->qk == FB_QK_NVFP4A16)) {
+    if (!rc && qf->global_scale) {
         // Pass 1: amax of every member; the fused set shares the global scale of the largest.
         float amax[MAX_FUSED];
         for (int k = 0; k < it->nm && !rc; k++) {
@@ -123,60 +127,24 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
         }
         if (!rc) g = fb_nvfp4_fused_global_scale(amax, (size_t)it->nm);
     }
-    // Pass 2: quantize each member into whole-tensor output buffers.
+    // Pass 2: quantize each member into whole-tensor output buffers (the format's tensors).
     for (int k = 0; k < it->nm && !rc; k++) {
         member *m = &it->m[k];
         const fb_st_tensor *t = j->s->ck->tensors[m->src].t;
         size_t R = (size_t)t->shape[0], C = (size_t)t->shape[1], per = rows_per_pass(C), G = it->group_size;
-        switch (it->qk) {
-        case FB_QK_NVFP4: case FB_QK_NVFP4A16:
-            it->res_len[k][0] = R * C / 2;
-            it->res_len[k][1] = R * C / 16;
-            it->res_len[k][2] = 4;
-            it->res_len[k][3] = it->qk == FB_QK_NVFP4 ? 4 : 0;
-            break;
-        default:
-            if (j->o->format == FB_QOUT_AUTOROUND) {
-                it->res_len[k][0] = C / 8 * R * 4;          // qweight [C/8, R]
-                it->res_len[k][1] = C / G * ((R + 7) / 8) * 4;  // qzeros [C/G, ceil(R/8)]
-                it->res_len[k][2] = C / G * R * 2;          // scales [C/G, R] f16
-            } else {
-                it->res_len[k][0] = R * (C / 8) * 4;        // weight_packed [R, C/8]
-                it->res_len[k][1] = R * (C / G) * 2;        // weight_scale [R, C/G] bf16
-                it->res_len[k][2] = 16;                     // weight_shape i64 [2]
-            }
-            it->res_len[k][3] = 0;
+        for (int q = 0; q < MAX_OUTS; q++) {
+            it->res_len[k][q] = q < qf->n_out ? (size_t)fb_qfmt_out_bytes(qf, q, (int64_t)R, (int64_t)C, (int64_t)G, it->w4a4) : 0;
+            it->res[k][q] = it->res_len[k][q] ? fb_malloc(it->res_len[k][q]) : NULL;
         }
-        for (int q = 0; q < MAX_OUTS; q++) it->res[k][q] = it->res_len[k][q] ? fb_malloc(it->res_len[k][q]) : NULL;
-        int pass1_done = it->qk == FB_QK_NVFP4 || it->qk == FB_QK_NVFP4A16;
         for (size_t r = 0; r < R && !rc; r += per) {
             size_t nr = R - r < per ? R - r : per;
             rc = fb_source_read_rows_f32(j->s, m->src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
-            if (!rc && !pass1_done) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
+            if (!rc && !qf->global_scale) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
             if (rc) break;
-            switch (it->qk) {
-            case FB_QK_NVFP4: case FB_QK_NVFP4A16:
-                fb_nvfp4_quantize_rows(rows, nr, C, g, (uint8_t *)it->res[k][0] + r * C / 2,
-                                       (uint8_t *)it->res[k][1] + r * C / 16);
-                break;
-            default:
-                if (j->o->format == FB_QOUT_AUTOROUND)
-                    fb_autoround_quantize_rows(rows, nr, C, G, r, R, it->res[k][0], it->res[k][2]);
-                else
-                    fb_w4a16_quantize_rows(rows, nr, C, G, (int32_t *)it->res[k][0] + r * (C / 8),
-                                           (uint16_t *)it->res[k][1] + r * (C / G));
-            }
+            qf->quantize_rows(rows, nr, R, C, G, r, g, it->res[k]);
         }
         if (rc) break;
-        if (it->qk == FB_QK_NVFP4 || it->qk == FB_QK_NVFP4A16) {
-            memcpy(it->res[k][2], &g, 4);
-            if (it->qk == FB_QK_NVFP4) memcpy(it->res[k][3], &m->igs, 4);
-        } else if (j->o->format == FB_QOUT_AUTOROUND) {
-            fb_autoround_qzeros(C, R, G, 1, it->res[k][1]);
-        } else {
-            int64_t shp[2] = {(int64_t)R, (int64_t)C};
-            memcpy(it->res[k][2], shp, 16);
-        }
+        qf->finish(R, C, G, g, m->igs, it->res[k]);
         fb_source_release(j->s, m->src);  // read twice (amax, quantize), released once
     }
     for (int k = 0; k < it->nm; k++) free(scale[k]);
@@ -525,34 +493,31 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         char *mod = fb_strdup(t->name);
         if (ml > 7 && !strcmp(mod + ml - 7, ".weight")) mod[ml - 7] = 0;
         member m = {.src = si, .plan = i};
-        if (e->kind == FB_QK_NVFP4 || e->kind == FB_QK_NVFP4A16) {
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_packed", FB_U8, 2, R, C / 2, err);
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_scale", FB_F8_E4M3, 2, R, C / 16, err);
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_global_scale", FB_F32, 1, 1, 0, err);
-            if (e->kind == FB_QK_NVFP4) {
-                m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".input_global_scale", FB_F32, 1, 1, 0, err);
-                float a;
-                if (!stats) {
-                    m.igs = 0;  // dry run without statistics
-                } else if (fb_calib_stats_absmax(stats, mod, &a) != 0) {
-                    rc = fb_fail(err, "%s: no input absmax for module %s (was the statistics file made from this model?)",
-                                 o->calib_path, mod);
-                } else if (!(a > 0) || !isfinite(a)) {
-                    rc = fb_fail(err, "%s: module %s: input absmax %g: its input_global_scale would come from an amax of 0; "
-                                      "calibrate with all experts observed (the default) and more samples",
-                                 o->calib_path, mod, (double)a);
-                } else {
-                    m.igs = fb_nvfp4_input_global_scale(a);
-                }
+        const fb_qfmt *qf = fb_qfmt_get(e->kind == FB_QK_W4A16 ? (o->format == FB_QOUT_AUTOROUND ? FB_QF_AUTOROUND
+                                                                                                : FB_QF_PACK_INT4)
+                                                               : FB_QF_NVFP4);
+        int w4a4 = e->kind == FB_QK_NVFP4;
+        for (int q = 0; q < qf->n_out; q++) {
+            if (qf->out[q].w4a4_only && !w4a4) continue;
+            int64_t sh[2];
+            qf->shape(q, R, C, (int64_t)G, sh);
+            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, qf->out[q].suffix, qf->out[q].dtype, qf->out[q].ndim,
+                                       sh[0], qf->out[q].ndim > 1 ? sh[1] : 0, err);
+        }
+        if (w4a4) {
+            float a;
+            if (!stats) {
+                m.igs = 0;  // dry run without statistics
+            } else if (fb_calib_stats_absmax(stats, mod, &a) != 0) {
+                rc = fb_fail(err, "%s: no input absmax for module %s (was the statistics file made from this model?)",
+                             o->calib_path, mod);
+            } else if (!(a > 0) || !isfinite(a)) {
+                rc = fb_fail(err, "%s: module %s: input absmax %g: its input_global_scale would come from an amax of 0; "
+                                  "calibrate with all experts observed (the default) and more samples",
+                             o->calib_path, mod, (double)a);
+            } else {
+                m.igs = fb_nvfp4_input_global_scale(a);
             }
-        } else if (o->format == FB_QOUT_AUTOROUND) {
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".qweight", FB_I32, 2, C / 8, R, err);
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".qzeros", FB_I32, 2, C / (int64_t)G, (R + 7) / 8, err);
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".scales", FB_F16, 2, C / (int64_t)G, R, err);
-        } else {
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_packed", FB_I32, 2, R, C / 8, err);
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_scale", FB_BF16, 2, R, C / (int64_t)G, err);
-            m.out[m.n_out++] = add_out(w, &decls, &nd, mod, ".weight_shape", FB_I64, 1, 2, 0, err);
         }
         free(mod);
         for (int q = 0; q < m.n_out; q++)
@@ -569,6 +534,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         memset(&items[n_items], 0, sizeof *items);
         items[n_items].type = IT_QUANT;
         items[n_items].qk = e->kind;
+        items[n_items].qf = qf;
+        items[n_items].w4a4 = w4a4;
         items[n_items].group_size = G;
         items[n_items].m[0] = m;
         items[n_items].nm = 1;

@@ -33,6 +33,7 @@
 
 #include "calib/forward.h"
 #include "calib/wsrc.h"
+#include "quant/nvfp4.h"
 
 typedef enum fb_device { FB_DEV_CPU = 0, FB_DEV_CUDA = 1 } fb_device;
 
@@ -90,9 +91,6 @@ void fb_runner_compare_row(const float *lr, const float *lq, size_t V, int32_t n
 // numpy-style quantile (linear interpolation at p*(n-1)) of n sorted values; 0 for n == 0.
 double fb_runner_quantile(const double *sorted, size_t n, double p);
 
-// vLLM's NVFP4 activation fake-quantization (see above), in place on `rows` rows of `cols`
-// (cols % 16 == 0) with input global scale gs (> 0).
-void fb_w4a4_fake_quant_rows(float *x, size_t rows, size_t cols, float gs);
 
 // Whether this build has the CUDA path and a GPU is usable: 1 and the device name, or 0 and
 // the reason in why (always 0 "built without CUDA" when FB_HAVE_CUDA is not defined).

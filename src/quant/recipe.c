@@ -5,7 +5,7 @@
 // dotted key path. The recipe structure is then walked with tables of accepted keys; config
 // groups go through the strict compressed-tensors parsers of scheme.c, and any error path
 // they report is turned back into a line.
-#include "io/recipe.h"
+#include "quant/recipe.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
