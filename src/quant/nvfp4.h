@@ -32,7 +32,8 @@
 //
 // Kernels. Each has a scalar reference (*_ref, the ground truth, tested against the golden
 // files of the real compressed-tensors) and a fast path (AVX-512 / AVX2 chosen at run time
-// with __builtin_cpu_supports, scalar elsewhere) tested to give identical bytes.
+// with __builtin_cpu_supports on x86-64, NEON on aarch64, scalar elsewhere) tested to give
+// identical bytes.
 #ifndef FB_QUANT_NVFP4_H
 #define FB_QUANT_NVFP4_H
 

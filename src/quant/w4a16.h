@@ -34,8 +34,8 @@
 // Inputs, as in nvfp4.h: rows of f32 values that are exactly bf16 (from BF16 tensors or
 // fb_fp8_dequant_f32), finite (callers reject NaN/Inf). Work is per row, so any row range can
 // be done by any thread in any order (streaming); cols % G == 0 and cols % 8 == 0 (FB_ASSERT).
-// Each quantizer has a scalar reference (*_ref) and a fast path (AVX-512 / AVX2 at run time)
-// that gives identical bytes.
+// Each quantizer has a scalar reference (*_ref) and a fast path (AVX-512 / AVX2 / NEON, chosen
+// at run time) that gives identical bytes.
 #ifndef FB_QUANT_W4A16_H
 #define FB_QUANT_W4A16_H
 
