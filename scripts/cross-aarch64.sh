@@ -21,29 +21,9 @@ cd "$(dirname "$0")/.."
 CROSS=aarch64-linux-gnu-
 BUILD=${BUILD:-build-aarch64}
 QEMU=${QEMU:-qemu-aarch64-static}
-DEBS="gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static pkg-config
-      libyaml-dev:arm64 libjansson-dev:arm64 libxxhash-dev:arm64 libpcre2-dev:arm64 libopenblas-dev:arm64"
-
-install() {
-    missing=""
-    for p in $DEBS; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
-    done
-    [ -n "$missing" ] || return 0
-    if [ "$(id -u)" != 0 ]; then
-        echo "cross-aarch64: missing:$missing" >&2
-        echo "cross-aarch64: run as root: dpkg --add-architecture arm64 && apt-get update && apt-get install$missing" >&2
-        exit 1
-    fi
-    echo "cross-aarch64: installing$missing"
-    dpkg --print-foreign-architectures | grep -qx arm64 || dpkg --add-architecture arm64
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    # shellcheck disable=SC2086
-    apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing
-}
-
-install
+# The packages (cross gcc, qemu-user-static, the :arm64 -dev libraries) are listed in
+# scripts/install-deps.sh --aarch64, which installs what is missing when run as root.
+if [ "$(id -u)" = 0 ]; then sh scripts/install-deps.sh --aarch64; else sh scripts/install-deps.sh --aarch64 --check; fi
 [ "${1:-}" = "--install" ] && exit 0
 
 JOBS=$(nproc 2>/dev/null || echo 2)
