@@ -6,6 +6,8 @@
 #   make demo         the main job on the embedded model (see README.md)
 #   make bench        benchmarks that print ratios measured in one run (BENCHMARKS.md)
 #   make CUDA=0       build without the optional CUDA code even when nvcc is present
+#   make fuzz         build and run every libFuzzer harness tests/fuzz/fuzz_*.c (clang),
+#                     FUZZ_SECONDS=N each (default 30)
 #   make CROSS=aarch64-linux-gnu-   cross-build (into build-aarch64/; CUDA off; the :arm64
 #                     Debian packages found through PKG_CONFIG); scripts/cross-aarch64.sh
 #                     installs the toolchain and runs the tests under qemu-aarch64-static
@@ -68,6 +70,18 @@ BUILD    ?= build
 SANFLAGS :=
 endif
 
+# Fuzzing (make fuzz): clang's libFuzzer with ASan + UBSan over a library of its own in
+# build-fuzz/; set by the fuzz target itself (FUZZ=1), not meant to be given by hand.
+FUZZ         ?= 0
+FUZZ_SECONDS ?= 30
+FUZZ_CC      ?= clang
+ifeq ($(FUZZ),1)
+BUILD    := build-fuzz
+SANFLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+OPT      := -O1
+CUDA     := 0
+endif
+
 # A fresh Debian machine: install what is missing before the flags are computed (root only;
 # otherwise the deps target names the packages to install).
 # Not for a cross build: install-deps.sh installs host packages (scripts/cross-aarch64.sh
@@ -120,8 +134,9 @@ LIB   := $(BUILD)/libfourbit.a
 TOOLS := $(patsubst tools/%.c,$(BUILD)/bin/%,$(wildcard tools/*.c))
 TESTS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/test_*.c))
 BENCHES := $(patsubst bench/%.c,$(BUILD)/bench/%,$(wildcard bench/*.c))
+FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 
-.PHONY: all deps test demo bench clean announce
+.PHONY: all deps test demo bench clean announce fuzz fuzz-run
 all: deps announce $(TOOLS)
 
 # Checks the Debian packages; installs them (scripts/install-deps.sh) when missing and root.
@@ -184,5 +199,27 @@ demo: deps announce $(TOOLS)
 bench: deps announce $(TOOLS) $(BENCHES)
 	@BUILD=$(BUILD) sh bench/run-bench.sh
 
+# Every tests/fuzz/fuzz_<name>.c (found by wildcard: a new harness needs no edit here) is
+# built with clang against an instrumented library and run for FUZZ_SECONDS from its seeds,
+# tests/fuzz/corpus/<name>/ (read only: new inputs go to build-fuzz/corpus/<name>/). A crash,
+# a leak, a 10 s input or 2 GB of RSS fails the target; the reproducer is left in
+# build-fuzz/crash-<name>-*, the log in build-fuzz/fuzz-<name>.log.
+fuzz:
+	@command -v $(FUZZ_CC) >/dev/null || { echo "fourbit: make fuzz needs $(FUZZ_CC) (Debian: clang libclang-rt-14-dev)" >&2; exit 1; }
+	@$(MAKE) --no-print-directory FUZZ=1 CC=$(FUZZ_CC) FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz-run
+
+fuzz-run: deps $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do n=$${f##*/fuzz_}; \
+	  mkdir -p $(BUILD)/corpus/$$n; seeds=tests/fuzz/corpus/$$n; [ -d "$$seeds" ] || seeds=; \
+	  printf 'fuzz %-16s %s s ... ' "$$n" "$(FUZZ_SECONDS)"; \
+	  if $$f -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	       -artifact_prefix=$(BUILD)/crash-$$n- $(BUILD)/corpus/$$n $$seeds >$(BUILD)/fuzz-$$n.log 2>&1; then \
+	    grep -E '^stat::number_of_executed_units' $(BUILD)/fuzz-$$n.log | sed 's/.*: */ok, executions: /'; \
+	  else echo FAILED; tail -n 40 $(BUILD)/fuzz-$$n.log; exit 1; fi; done
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(wildcard tests/fuzz/*.h) $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -Itests/fuzz -fsanitize=fuzzer $< $(LIB) $(LDFLAGS) $(LDLIBS) -o $@
+
 clean:
-	rm -rf build build-san build-aarch64 demo-out
+	rm -rf build build-san build-fuzz build-aarch64 build-aarch64-qemu demo-out

@@ -1,6 +1,8 @@
 #!/bin/sh
-# Installs the Debian packages fourbit builds and tests with. Idempotent: packages already
-# present are left alone, and nothing is done when everything is there.
+# Installs the Debian packages fourbit builds and tests with (strace: tests/t_hardening.sh
+# checks the directory fsync after a rename; clang + libclang-rt-14-dev, Debian 12's
+# libFuzzer: `make fuzz`, which CI runs). Idempotent: packages already present are left
+# alone, and nothing is done when everything is there.
 #   scripts/install-deps.sh          install what is missing (needs root)
 #   scripts/install-deps.sh --check  only report what is missing (exit 1 if anything is)
 #   scripts/install-deps.sh --aarch64 [--check]
@@ -8,7 +10,7 @@
 #                                    qemu-user and the :arm64 libraries (scripts/cross-aarch64.sh;
 #                                    adds the arm64 dpkg architecture)
 set -eu
-PKGS="build-essential pkg-config libyaml-dev libjansson-dev libxxhash-dev libopenblas-dev libpcre2-dev"
+PKGS="build-essential pkg-config libyaml-dev libjansson-dev libxxhash-dev libopenblas-dev libpcre2-dev strace clang libclang-rt-14-dev"
 ARCH=""
 if [ "${1:-}" = "--aarch64" ]; then
     shift

@@ -4,8 +4,9 @@ tests/golden/qwen3-moe/bf16/ (transformers' own FP8 dequantization of it).
 
 Reference packages (venv /work/venvs/hq, installed from PyPI):
     torch == 2.15.0 (PyPI wheel, run on the CPU), transformers == 5.17.0 (Qwen3MoeForCausalLM,
-    FineGrainedFP8Config), safetensors == 0.8.0, tokenizers == 0.23.x, xxhash == 4.1.0
-    pip install torch transformers==5.17.0 xxhash==4.1.0
+    FineGrainedFP8Config), accelerate == 1.15.0 (transformers' FP8 loader requires it),
+    safetensors == 0.8.0, tokenizers == 0.23.3, xxhash == 4.1.0
+    pip install torch transformers==5.17.0 accelerate==1.15.0 xxhash==4.1.0
 
 The model: transformers' own Qwen3MoeForCausalLM, built from a Qwen3MoeConfig with the key set of
 Qwen/Qwen3-30B-A3B at a tiny size, weights drawn with a fixed seed (random init, no training):

@@ -232,6 +232,38 @@ static void split_jobs(void) {
           "shard index out of range refused");
 }
 
+// Issue 12 item 9: finite inputs whose product overflows (FP8 4.0 x scale_inv 3e38) gave
+// Inf outputs and exit 0; the writer now refuses any non-finite float output unless
+// --allow-nan, naming the tensor and the first index.
+static void overflow(void) {
+    make_fp8("huge", 256, 256, "[2,2]", 4, 0x48, 0);  // every weight 4.0
+    char p[500];
+    snprintf(p, sizeof p, "%s/huge/model.safetensors", cli_dir);
+    FILE *f = fopen(p, "r+b");
+    REQUIRE(f, "open %s", p);
+    unsigned char l8[8];
+    REQUIRE(fread(l8, 1, 8, f) == 8, "header length");
+    uint64_t hl = 0;
+    for (int i = 0; i < 8; i++) hl |= (uint64_t)l8[i] << (8 * i);
+    float big = 3e38f;  // finite, and a legal F32 scale
+    fseek(f, (long)(8 + hl), SEEK_SET);
+    for (int i = 0; i < 4; i++) fwrite(&big, 4, 1, f);
+    fclose(f);
+    refusal("overflowing scale", "huge", "output tensor w.weight: element 0 is Inf or NaN");
+    CHECK(cli_run("%s/fp8-dequant -q --allow-nan %s/huge %s/huge-out", cli_bin, cli_dir, cli_dir) == 0,
+          "--allow-nan writes it anyway");
+}
+
+// Issue 12 item 7: --force used to delete a directory DST.replaced that fourbit never made.
+static void force_keeps_replaced(void) {
+    make_fp8("rsrc", 256, 256, "[2,2]", 4, 0x38, 0);
+    CHECK(cli_run("%s/fp8-dequant -q %s/rsrc %s/rdst", cli_bin, cli_dir, cli_dir) == 0, "first run");
+    cli_run("mkdir -p %s/rdst.replaced && echo mine > %s/rdst.replaced/keep", cli_dir, cli_dir);
+    CHECK(cli_run("%s/fp8-dequant -q --force %s/rsrc %s/rdst", cli_bin, cli_dir, cli_dir) == 0, "--force run");
+    CHECK(cli_exists("%s/rdst.replaced/keep", cli_dir), "an unrelated DST.replaced survives --force");
+    CHECK(cli_run("ls -d %s/rdst.replaced-* 2>/dev/null | grep -q .", cli_dir) != 0, "the moved-aside DST is removed");
+}
+
 int main(void) {
     const char *b = getenv("BUILD");
     snprintf(cli_bin, sizeof cli_bin, "%s/bin", b ? b : "build");
@@ -239,6 +271,8 @@ int main(void) {
     REQUIRE(mkdtemp(cli_dir), "mkdtemp");
     golden();
     refusals();
+    overflow();
+    force_keeps_replaced();
     full_disk();
     kill_and_resume();
     split_jobs();

@@ -162,7 +162,32 @@ static void test_warn_and_errors(void) {
           "message: %s", err.msg);
 }
 
+// Issue 12 item 1: a pattern that backtracks catastrophically used to count as "no match"
+// when PCRE2 gave up, so an ignore entry silently stopped ignoring. Python's re.match would
+// (eventually) find the second alternative; fourbit must say it gave up, naming both.
+static void test_match_limit(void) {
+    fb_err err;
+    fb_target *t = fb_target_compile("re:(?:.|.){0,26}Z|.*o_proj$", NULL, &err);
+    REQUIRE(t, "compile: %s", err.msg);
+    CHECK(fb_target_check(t, &err) == 0, "fresh entry reports no failure");
+    CHECK(fb_regex_match(t, "model.layers.0.self_attn.o_proj") == 0, "a failed match is no match");
+    CHECK(fb_target_check(t, &err) == -1, "the limit is reported");
+    CHECK(strstr(err.msg, "(?:.|.){0,26}Z") && strstr(err.msg, "model.layers.0.self_attn.o_proj") &&
+              strstr(err.msg, "match limit"),
+          "message names pattern, name and limit: %s", err.msg);
+    fb_target_list l = {1, &t};
+    CHECK(fb_target_list_check(&l, &err) == -1, "list check sees it");
+    fb_target_free(t);
+    // an ordinary pattern on the same name completes
+    t = fb_target_compile("re:.*o_proj$", NULL, &err);
+    REQUIRE(t, "compile: %s", err.msg);
+    CHECK(fb_regex_match(t, "model.layers.0.self_attn.o_proj") == 1, "plain pattern matches");
+    CHECK(fb_target_check(t, &err) == 0, "no failure recorded");
+    fb_target_free(t);
+}
+
 int main(void) {
+    test_match_limit();
     json_error_t je;
     json_t *doc = json_load_file(GOLDEN_DIR "/match/cases.json", 0, &je);
     REQUIRE(doc, "cannot read cases.json: %s", je.text);

@@ -14,7 +14,9 @@
 #include "cuda/cuengine.h"
 #include "jobs/runner.h"
 #include "common/cli.h"
+#include "common/cancel.h"
 #include "common/fb.h"
+#include "common/paths.h"
 #include "io/chat.h"
 #include "io/dataset.h"
 #include "io/tokenizer.h"
@@ -43,6 +45,31 @@ static void progress_cb(void *u, int layer, size_t done, size_t total) {
     fflush(stderr);
 }
 
+// The outputs (-o, --dump-tokens) never overwrite an input (model directory, tokenizer, any
+// dataset file) and, without --force, never an existing file: the writers refuse the same.
+static int check_outputs(const char *model, const char *dataset, const char *tokp, const char *outp,
+                         const char *dump, int force, fb_err *err) {
+    char *buf = NULL;
+    const char **dpaths = NULL;
+    size_t nd = fb_split_list(dataset, &buf, &dpaths);
+    const char **ins = fb_calloc(nd + 2, sizeof *ins);
+    ins[0] = model;
+    ins[1] = tokp;
+    for (size_t i = 0; i < nd; i++) ins[2 + i] = dpaths[i];
+    const char *outs[2] = {outp, dump}, *what[2] = {"-o", "--dump-tokens"};
+    int rc = 0;
+    for (int k = 0; k < 2 && rc == 0; k++) {
+        if (!outs[k] || strcmp(outs[k], "-") == 0) continue;
+        if (fb_path_check_output(outs[k], what[k], ins, nd + 2, err)) rc = -1;
+        else if (!force && access(outs[k], F_OK) == 0)
+            rc = fb_fail(err, "%s %s: exists (use --force to replace it)", what[k], outs[k]);
+    }
+    free(ins);
+    free(dpaths);
+    free(buf);
+    return rc;
+}
+
 // ---- main ----------------------------------------------------------------------------------
 
 int main(int argc, char **argv) {
@@ -50,13 +77,14 @@ int main(int argc, char **argv) {
     const char *tokp = NULL, *devs = NULL;
     int n_samples = 128, seq_len = 2048, threads = 0, group = 32, chunk = 0, skip_long = 0;
     int cuda_f32 = 0;
-    int routed = 0, json = 0, quiet = 0, max_layers = 0, no_shuffle = 0;
+    int routed = 0, json = 0, quiet = 0, max_layers = 0, no_shuffle = 0, force = 0;
     double seed_d = 42;
     const fb_opt opts[] = {
         {"model", 'm', FB_OPT_STR, &model, "SRC", "source checkpoint (FP8 block-scaled or BF16 directory)", 0, 0},
         {"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data, JSONL (comma-separated list for several files): per line \"messages\" (+ \"tools\"), \"conversations\", \"text\" or \"input_ids\"", 0, 0},
         {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json)", 0, 0},
         {"output", 'o', FB_OPT_STR, &outp, "STATS", "statistics file to write (safetensors)", 0, 0},
+        {"force", 'f', FB_OPT_FLAG, &force, NULL, "replace an existing -o / --dump-tokens file", 0, 0},
         {"samples", 'n', FB_OPT_INT, &n_samples, "N", "calibration samples", 1, 100000000},
         {"seq-len", 'L', FB_OPT_INT, &seq_len, "L", "tokens per sample at most", 1, 1 << 24},
         {"seed", 's', FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed", 0, 0},
@@ -99,7 +127,12 @@ int main(int argc, char **argv) {
     }
     if (!model || !dataset) { fprintf(stderr, "%s: --model and --dataset are required\n", TOOL); return 2; }
     if (!outp && !dump) { fprintf(stderr, "%s: -o STATS (or --dump-tokens FILE) is required\n", TOOL); return 2; }
+    fb_cancel_install();
     fb_err err;
+    if (check_outputs(model, dataset, tokp, outp, dump, force, &err)) {
+        fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        return 1;
+    }
     fb_ds_opts dso;
     fb_ds_opts_default(&dso);
     if (fb_chat_template_parse(tmpl, &dso.chat.tmpl, &err)) {
@@ -281,5 +314,9 @@ out_src:
     free(pathbuf);
     free(paths);
     fb_wsrc_close(src);
+    if (rc && fb_cancelled()) {  // nothing was written: the statistics file comes last
+        fprintf(stderr, "%s: interrupted; no statistics written\n", TOOL);
+        return 130;
+    }
     return rc;
 }

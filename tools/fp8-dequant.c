@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include "common/cli.h"
+#include "common/cancel.h"
 #include "common/fb.h"
+#include "common/paths.h"
 #include "common/pool.h"
 #include "common/progress.h"
 #include "io/checkpoint.h"
@@ -18,11 +20,6 @@
 
 static const char *TOOL = "fp8-dequant";
 
-static atomic_int g_cancel;
-static void on_signal(int sig) {
-    (void)sig;
-    atomic_store(&g_cancel, 1);
-}
 
 // One unit of work: rows [r0, r0+nrows) of an FP8 weight, or bytes [off, off+n) of a tensor
 // copied as stored.
@@ -82,7 +79,7 @@ int main(int argc, char **argv) {
         {"dry-run", 'n', FB_OPT_FLAG, &dry, NULL, "print what would be written and stop", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
-        {"allow-nan", 0, FB_OPT_FLAG, &allow_nan, NULL, "convert FP8 NaN codes (0x7F/0xFF) to NaN instead of failing", 0, 0},
+        {"allow-nan", 0, FB_OPT_FLAG, &allow_nan, NULL, "convert FP8 NaN codes (0x7F/0xFF) to NaN and write Inf/NaN outputs (e.g. from overflowing scales) instead of failing", 0, 0},
         {"shard-index", 0, FB_OPT_INT, &shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},
         {"shard-count", 0, FB_OPT_INT, &shard_count, "N", "number of split jobs sharing DST.partial (then run once with --merge)", 1, 1 << 20},
         {"merge", 0, FB_OPT_FLAG, &merge, NULL, "after split jobs: verify their shards, write the rest, index, validate, rename", 0, 0},
@@ -104,8 +101,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *src = pos[0], *dst = pos[1];
+    fb_cancel_install();
     double t0 = fb_now();
     fb_err err = {{0}};
+    {
+        const char *ins[] = {src};
+        if (fb_path_check_output(dst, "DST", ins, 1, &err)) {
+            fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+            return 1;
+        }
+    }
     fb_source *s = NULL;
     if (fb_source_open(src, &s, &err)) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
@@ -145,7 +150,7 @@ int main(int argc, char **argv) {
         fb_source_close(s);
         return 2;
     }
-    fb_cw_opts wo = {.max_shard_size = max_shard, .resume = resume, .force = force, .tool = TOOL,
+    fb_cw_opts wo = {.max_shard_size = max_shard, .resume = resume, .force = force, .allow_nonfinite = allow_nan, .tool = TOOL,
                      .shard_index = shard_index, .shard_count = shard_count, .merge = merge,
                      .n_meta = 2, .meta_keys = mk, .meta_vals = mv};
     fb_cw *w = fb_cw_create(dst, src, &wo, &err);
@@ -154,9 +159,6 @@ int main(int argc, char **argv) {
         fb_source_close(s);
         return 1;
     }
-    signal(SIGINT, on_signal);
-    signal(SIGTERM, on_signal);
-    signal(SIGPIPE, SIG_IGN);
 
     int rc = 0;
     size_t *src_of = fb_malloc((c->n_tensors + 1) * sizeof *src_of);
@@ -227,7 +229,7 @@ int main(int argc, char **argv) {
         }
         if (!rc) {
             fb_ordered_job oj = {.n_items = j.n_chunks, .n_threads = threads, .compute = compute, .commit = commit,
-                                 .ctx = &j, .cancel = &g_cancel};
+                                 .ctx = &j, .cancel = fb_cancel_flag()};
             int r = fb_run_ordered(&oj, &err);
             if (r == -2) rc = -2;
             else if (r) rc = -1;
@@ -266,7 +268,8 @@ int main(int argc, char **argv) {
     if (!rc && w && fb_validate_output(fb_cw_staging_dir(w), &err)) rc = -1;
     if (!w) {
         // a split job: its shards are in place, nothing to commit
-    } else if (rc == -2) {
+    } else if (rc == -2 || (rc && fb_cancelled())) {
+        rc = -2;
         fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", TOOL,
                 dst);
         fb_cw_detach(w);
@@ -309,5 +312,5 @@ int main(int argc, char **argv) {
         }
     }
     fb_source_close(s);
-    return rc == 0 ? 0 : 1;
+    return rc == 0 ? 0 : rc == -2 ? 130 : 1;  // 130: as a shell reports a SIGINT
 }

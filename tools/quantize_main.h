@@ -9,21 +9,28 @@
 
 #include <jansson.h>
 
+#include <sys/stat.h>
+
+#include "common/cancel.h"
 #include "common/cli.h"
 #include "common/fb.h"
+#include "common/paths.h"
 #include "jobs/quantize.h"
 #include "quant/scheme.h"
 
-static atomic_int fb_qm_cancel;
-static void fb_qm_on_signal(int sig) {
-    (void)sig;
-    atomic_store(&fb_qm_cancel, 1);
+
+// 1 when DST.partial exists (an interrupted run left resumable shards).
+static int fb_qm_staging_exists(const char *dst) {
+    char p[4096];
+    snprintf(p, sizeof p, "%s.partial", dst);
+    struct stat st;
+    return stat(p, &st) == 0;
 }
 
 static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned kinds, int has_format, const char *about) {
     fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
                           .shard_count = 1,
-                          .cancel = &fb_qm_cancel};
+                          .cancel = fb_cancel_flag()};
     const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors";
     int json = 0, quiet = 0;
     fb_opt opts[20] = {
@@ -35,7 +42,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         {"resume", 0, FB_OPT_FLAG, &o.resume, NULL, "continue a killed run: keep shards whose manifest digest verifies", 0, 0},
         {"dry-run", 'n', FB_OPT_FLAG, &o.dry_run, NULL, "print the plan (which tensors get which scheme and why) and stop", 0, 0},
         {"verbose", 'v', FB_OPT_FLAG, &o.verbose, NULL, "with --dry-run: one line per tensor", 0, 0},
-        {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "let FP8 NaN codes through in tensors that are kept", 0, 0},
+        {"allow-nan", 0, FB_OPT_FLAG, &o.allow_nan, NULL, "let FP8 NaN codes through in tensors that are kept, and write Inf/NaN float outputs instead of failing", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "print a JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary on stderr", 0, 0},
         {"shard-index", 0, FB_OPT_INT, &o.shard_index, "I", "split job I of --shard-count: write output shards s with s % N == I", 0, 1 << 20},
@@ -66,17 +73,26 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     }
     o.recipe_path = recipe;
     o.calib_path = calib;
+    {
+        fb_err perr;
+        const char *ins[] = {pos[0], recipe, calib};
+        if (fb_path_check_output(pos[1], "DST", ins, 3, &perr)) {
+            fprintf(stderr, "%s: %s\n", tool, perr.msg);
+            return 1;
+        }
+    }
     o.quiet = quiet;
-    signal(SIGINT, fb_qm_on_signal);
-    signal(SIGTERM, fb_qm_on_signal);
-    signal(SIGPIPE, SIG_IGN);
+    fb_cancel_install();
     fb_quantize_result r;
     fb_err err = {{0}};
     int rc = fb_quantize_run(pos[0], pos[1], &o, o.dry_run ? stdout : stderr, &r, &err);
-    if (rc == -2) {
-        fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n", tool,
-                pos[1]);
-        return 1;
+    if (rc == -2 || (rc && fb_cancelled())) {  // 130: as a shell reports a SIGINT
+        if (fb_qm_staging_exists(pos[1]))
+            fprintf(stderr, "%s: interrupted; finished shards are kept in %s.partial: rerun with --resume to continue\n",
+                    tool, pos[1]);
+        else
+            fprintf(stderr, "%s: interrupted before anything was written\n", tool);
+        return 130;
     }
     if (rc) {
         fprintf(stderr, "%s: %s\n", tool, err.msg);

@@ -1,6 +1,7 @@
 // forward.c: the layer-by-layer MoE forward on the CPU (see forward.h for the plan, mm.h for
 // the math, arch/arch.h for what differs per family: names, router, q/k norm).
 #include "calib/forward.h"
+#include "common/cancel.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -628,6 +629,7 @@ static int run_moe(fb_fwd *f, int l, fb_err *err) {
     int rc = 0;
     fb_blas_threads(1);
     for (size_t e0 = 0; e0 < E && !rc; e0 += G) {
+        if (fb_cancel_check("forward", err)) { rc = -1; break; }
         size_t g = E - e0 < G ? E - e0 : G;
         double tl = fb_now();
         load_job lj = {.f = f, .l = l, .e0 = (int)e0};
@@ -723,6 +725,7 @@ int fb_fwd_layer(fb_fwd *f, int layer, fb_err *err) {
     if (layer != f->next_layer || layer >= f->cfg.n_layers)
         return fb_fail(err, "forward: layer %d requested, next is %d of %d", layer,
                        f->next_layer, f->cfg.n_layers);
+    if (fb_cancel_check("forward", err)) return -1;
     double t0 = fb_now();
     if (load_attn(f, layer, err)) return -1;
     f->tm.load_s += fb_now() - t0;

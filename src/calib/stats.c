@@ -1,5 +1,6 @@
 // stats.c: calibration statistics table, its safetensors writer and reader (see stats.h).
 #include "calib/stats.h"
+#include "common/paths.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -228,6 +229,8 @@ int fb_calib_stats_write(const fb_calib_stats *s, const char *path, size_t n_met
         } else if (rename(tmp, path) != 0) {
             rc = fb_fail(err, "%s: cannot rename to %s: %s", tmp, path, strerror(errno));
             unlink(tmp);
+        } else if (fb_fsync_parent(path, err)) {  // keep the rename over a power cut
+            rc = -1;
         }
     }
     free(tmp);

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -119,8 +120,13 @@ int fb_parse_size(const char *s, uint64_t *out, fb_err *err) {
 }
 
 int fb_file_xxh128(const char *path, char out_hex[33], fb_err *err) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);  // a FIFO must not hang us
     if (fd < 0) return fb_fail(err, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return fb_fail(err, "%s: not a regular file", path);
+    }
     XXH3_state_t *st = XXH3_createState();
     FB_ASSERT(st);
     XXH3_128bits_reset(st);

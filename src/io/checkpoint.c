@@ -9,10 +9,12 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/paths.h"
 #include "common/strmap.h"
 
 char *fb_path_join(const char *dir, const char *name) {
@@ -295,7 +297,11 @@ struct fb_cw {
     json_t *manifest;        // {"files": {name: {"xxh3_128":..., "bytes":...}}}
     pthread_mutex_t mu;
     long kill_after_writes;  // fault injection for the kill-and-resume tests (0 = off)
+    int fault_signal;        // the signal it raises (SIGKILL; FOURBIT_FAULT_SIGNAL=N for others)
     long n_writes;
+    char *lock_path;         // <dst>.lock, flock'ed for the writer's lifetime (see cw_lock)
+    int lock_fd;             // -1 when not held
+    int lock_excl;           // held exclusively (a single run or a merge), not shared (a split job)
 };
 
 static int mkdir_p_parent_ok(const char *dst, fb_err *err) {
@@ -366,6 +372,56 @@ static int path_within(const char *inner, const char *outer) {
 
 #define STAGING_MARK ".fourbit-staging"
 
+// Two runs on one DST would delete each other's staging directory. A writer holds an advisory
+// flock on <dst>.lock (beside DST.partial, which is itself removed and renamed): exclusive
+// for a single run or a merge, shared for split jobs (they write disjoint shards of one
+// staging directory). The holder writes its pid into the file for the message. The file is
+// removed by an exclusive holder when it is done; a waiter that locked a file unlinked under
+// it (the inode no longer at the path) starts again.
+static int cw_lock(fb_cw *w, fb_err *err) {
+    size_t n = strlen(w->dst) + 8;
+    w->lock_path = fb_malloc(n);
+    snprintf(w->lock_path, n, "%s.lock", w->dst);
+    w->lock_excl = !(w->o.shard_count > 1 && !w->o.merge);
+    for (int tries = 0; tries < 100; tries++) {
+        int fd = open(w->lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0) return fb_fail(err, "%s: cannot create the lock file: %s", w->lock_path, strerror(errno));
+        if (flock(fd, (w->lock_excl ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0) {
+            int e = errno;
+            char pid[32] = "";
+            ssize_t r = pread(fd, pid, sizeof pid - 1, 0);
+            close(fd);
+            if (e != EWOULDBLOCK) return fb_fail(err, "%s: flock: %s", w->lock_path, strerror(e));
+            pid[r > 0 ? r : 0] = 0;
+            pid[strcspn(pid, "\n")] = 0;
+            return fb_fail(err, "%s.partial is in use by another fourbit run (process %s, lock %s): wait for it to "
+                                "finish or stop it; split jobs need --shard-count on every run",
+                           w->dst, pid[0] ? pid : "unknown", w->lock_path);
+        }
+        struct stat a, b;
+        if (fstat(fd, &a) == 0 && stat(w->lock_path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
+            char pid[32];
+            int k = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+            if (w->lock_excl && ftruncate(fd, 0) == 0) (void)!pwrite(fd, pid, (size_t)k, 0);
+            else if (!w->lock_excl) (void)!pwrite(fd, pid, (size_t)k, 0);
+            w->lock_fd = fd;
+            return 0;
+        }
+        close(fd);  // unlinked by the previous holder while we waited: take the new file
+    }
+    return fb_fail(err, "%s: the lock file keeps being replaced", w->lock_path);
+}
+
+static void cw_unlock(fb_cw *w) {
+    if (w->lock_fd >= 0) {
+        if (w->lock_excl) unlink(w->lock_path);  // still ours: we hold it exclusively
+        close(w->lock_fd);
+        w->lock_fd = -1;
+    }
+    free(w->lock_path);
+    w->lock_path = NULL;
+}
+
 fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_err *err) {
     size_t dl = strlen(dst);
     while (dl > 1 && dst[dl - 1] == '/') dl--;
@@ -395,6 +451,7 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
     }
     fb_cw *w = fb_calloc(1, sizeof *w);
     w->dst = d;
+    w->lock_fd = -1;
     size_t n = strlen(d) + 16;
     w->staging = fb_malloc(n);
     snprintf(w->staging, n, "%s.partial", d);
@@ -417,6 +474,9 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
     // itself on the K-th payload write, a real kill at a reproducible point.
     const char *fk = getenv("FOURBIT_FAULT_KILL_AFTER_WRITES");
     w->kill_after_writes = fk ? strtol(fk, NULL, 10) : 0;
+    // FOURBIT_FAULT_SIGNAL=2 raises SIGINT instead, once: a user's ^C at the same point.
+    const char *fs = getenv("FOURBIT_FAULT_SIGNAL");
+    w->fault_signal = fs ? (int)strtol(fs, NULL, 10) : SIGKILL;
 
     if (o->shard_count > 1 && (o->shard_index < 0 || o->shard_index >= o->shard_count)) {
         fb_fail(err, "shard index %d is outside [0, %d)", o->shard_index, o->shard_count);
@@ -428,6 +488,10 @@ fb_cw *fb_cw_create(const char *dst, const char *src, const fb_cw_opts *o, fb_er
                  o->shard_count);
     else
         snprintf(w->manifest_name, sizeof w->manifest_name, "fourbit-manifest.json");
+    if (cw_lock(w, err)) {
+        fb_cw_detach(w);
+        return NULL;
+    }
     char *mark = fb_path_join(w->staging, STAGING_MARK);
     if (o->merge && !is_dir(w->staging)) {
         fb_fail(err, "%s: no staging directory to merge: run the split jobs (--shard-index i --shard-count n) first",
@@ -669,6 +733,8 @@ static int write_manifest(fb_cw *w, fb_err *err) {
     int rc = 0;
     if (json_dump_file(w->manifest, p, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 || rename(p, q) != 0)
         rc = fb_fail(err, "%s: cannot write: %s", q, strerror(errno));
+    else if (fb_fsync_parent(q, err))  // the manifest promises what the directory must keep
+        rc = -1;
     free(p);
     free(q);
     return rc;
@@ -759,9 +825,43 @@ int fb_cw_shard_begin(fb_cw *w, int s, fb_err *err) {
 
 #define SYNC_WINDOW (64ull << 20)
 
+// Float dtypes an output may hold, with the mask of their exponent field: an element whose
+// exponent bits are all set is Inf or NaN.
+static const struct { fb_dtype dt; unsigned size; uint64_t exp_mask; } FLOAT_EXP[] = {
+    {FB_BF16, 2, 0x7F80u},
+    {FB_F16, 2, 0x7C00u},
+    {FB_F32, 4, 0x7F800000u},
+    {FB_F64, 8, 0x7FF0000000000000ull},
+};
+
+// Flat index of the first Inf/NaN element in bytes [off, off+n) of a tensor of dtype dt, or
+// -1 (also for dtypes that are not floats). Elements cut by a misaligned chunk are skipped.
+static int64_t first_nonfinite(fb_dtype dt, const unsigned char *p, uint64_t off, size_t n) {
+    for (size_t k = 0; k < sizeof FLOAT_EXP / sizeof FLOAT_EXP[0]; k++) {
+        if (FLOAT_EXP[k].dt != dt) continue;
+        unsigned es = FLOAT_EXP[k].size;
+        uint64_t m = FLOAT_EXP[k].exp_mask;
+        size_t skip = (size_t)((es - off % es) % es);
+        for (size_t i = skip; i + es <= n; i += es) {
+            uint64_t v = 0;
+            memcpy(&v, p + i, es);  // little-endian host (as the writer assumes throughout)
+            if ((v & m) == m) return (int64_t)((off + i) / es);
+        }
+        return -1;
+    }
+    return -1;
+}
+
 int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_err *err) {
     FB_ASSERT(idx >= 0 && idx < w->n);
     out_tensor *t = &w->t[idx];
+    if (!w->o.allow_nonfinite) {
+        int64_t bad = first_nonfinite(t->dt, data, off, n);
+        if (bad >= 0)
+            return fb_fail(err, "output tensor %s: element %lld is %s (finite inputs can overflow, e.g. a "
+                                "huge scale); nothing was renamed into place (--allow-nan writes it anyway)",
+                           t->name, (long long)bad, "Inf or NaN");
+    }
     shard *sh = &w->shards[t->shard];
     FB_ASSERT(sh->state == 1);
     if (off > t->nbytes || n > t->nbytes - off)
@@ -772,7 +872,7 @@ int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_
         return fb_fail(err, "%s/%s.tmp: tensor %s: write error: %s", w->staging, sh->name, t->name,
                        strerror(errno == ENOSPC ? ENOSPC : errno));
     pthread_mutex_lock(&w->mu);
-    if (w->kill_after_writes && ++w->n_writes >= w->kill_after_writes) raise(SIGKILL);
+    if (w->kill_after_writes && ++w->n_writes == w->kill_after_writes) raise(w->fault_signal);
     sh->written += n;
     if (pos == sh->hashed) {  // in file order: hash as we go, and keep dirty pages bounded
         XXH3_128bits_update(sh->hash, data, n);
@@ -828,6 +928,7 @@ int fb_cw_shard_end(fb_cw *w, int s, fb_err *err) {
     if (close(sh->fd) != 0 && !rc) rc = fb_fail(err, "%s: close: %s", tmp, strerror(errno));
     sh->fd = -1;
     if (!rc && rename(tmp, final) != 0) rc = fb_fail(err, "%s: rename: %s", tmp, strerror(errno));
+    if (!rc && fb_fsync_parent(final, err)) rc = -1;  // the rename survives a power cut
     if (!rc) {
         XXH128_canonical_t c;
         XXH128_canonicalFromHash(&c, XXH3_128bits_digest(sh->hash));
@@ -888,6 +989,7 @@ int fb_cw_finish(fb_cw *w, fb_err *err) {
 }
 
 static void cw_free(fb_cw *w) {
+    cw_unlock(w);
     for (int i = 0; i < w->n; i++) free(w->t[i].name);
     free(w->t);
     for (int s = 0; s < w->n_shards; s++) {
@@ -926,17 +1028,32 @@ int fb_cw_commit(fb_cw *w, fb_err *err) {
         if (dir_is_empty(w->dst)) {
             if (rmdir(w->dst) != 0) rc = fb_fail(err, "%s: cannot replace: %s", w->dst, strerror(errno));
         } else if (w->o.force) {
-            size_t n = strlen(w->dst) + 16;
+            // Move the old DST aside under a name nobody else uses (a fixed DST.replaced
+            // could be somebody's directory), then delete it once the new one is in place.
+            size_t n = strlen(w->dst) + 48;
             old = fb_malloc(n);
-            snprintf(old, n, "%s.replaced", w->dst);
-            rm_rf(old);
-            if (rename(w->dst, old) != 0) rc = fb_fail(err, "%s: cannot move aside: %s", w->dst, strerror(errno));
+            for (unsigned k = 0;; k++) {
+                snprintf(old, n, "%s.replaced-%ld-%u", w->dst, (long)getpid(), k);
+                struct stat ls;
+                if (lstat(old, &ls) != 0) break;
+            }
+            if (rename(w->dst, old) != 0) {
+                rc = fb_fail(err, "%s: cannot move aside: %s", w->dst, strerror(errno));
+                free(old);
+                old = NULL;
+            }
         } else {
             rc = fb_fail(err, "%s: appeared and is not empty (use --force to replace it)", w->dst);
         }
     }
-    if (!rc && rename(w->staging, w->dst) != 0)
+    if (!rc && rename(w->staging, w->dst) != 0) {
         rc = fb_fail(err, "%s: cannot rename %s into place: %s", w->dst, w->staging, strerror(errno));
+        if (old && rename(old, w->dst) == 0) {  // put the old one back
+            free(old);
+            old = NULL;
+        }
+    }
+    if (!rc && fb_fsync_parent(w->dst, err)) rc = -1;
     if (!rc && old) rm_rf(old);
     free(old);
     if (rc) {

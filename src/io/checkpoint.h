@@ -71,6 +71,9 @@ typedef struct fb_cw_opts {
     uint64_t max_shard_size;  // bytes of tensor payload per shard (0 = 5e9, HF's "5GB")
     int resume;               // keep verified shards from a killed run in <dst>.partial
     int force;                // allow replacing a non-empty dst at commit
+    // Let NaN / Inf through in float outputs (BF16, F16, F32, F64). Off: fb_cw_write refuses
+    // the first non-finite element, naming the tensor and its flat index (--allow-nan).
+    int allow_nonfinite;
     // Split jobs (Slurm arrays, GNU parallel, ssh loops over a shared file system): with
     // shard_count > 1, job shard_index writes only the output shards s with
     // s % shard_count == shard_index into the shared staging directory and records them in

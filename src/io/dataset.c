@@ -1,5 +1,6 @@
 // dataset.c: JSONL datasets, deterministic sampling, records -> token ids (see dataset.h).
 #include "io/dataset.h"
+#include "common/cancel.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -108,27 +109,59 @@ static void add_line(fb_dataset *ds, line_ref r) {
     ds->lines[ds->n++] = r;
 }
 
+// The longest JSONL line (one record) fourbit reads. A record is parsed whole (jansson) when
+// the file is indexed and again when selected, so a line costs several times its size in
+// memory; 32 MiB is ~8M tokens of text, far beyond any --seq-len in use, and keeps a stray
+// 100 MB line from costing gigabytes.
+#define FB_DS_MAX_LINE_BYTES (32u << 20)
+
+// Reads one line (with its '\n', if any) into *buf, never holding more than max + 1 bytes.
+// Returns the bytes consumed from the file (0 at EOF); *too_long is set when the line is longer
+// than max (the rest of it is not read).
+static size_t read_line_bounded(FILE *f, char **buf, size_t *cap, size_t max, int *too_long) {
+    size_t n = 0;
+    *too_long = 0;
+    int c;
+    while ((c = getc_unlocked(f)) != EOF) {
+        if (n + 1 >= *cap) {
+            *cap = *cap ? *cap * 2 : 4096;
+            *buf = fb_realloc(*buf, *cap);
+        }
+        (*buf)[n++] = (char)c;
+        if (c == '\n') break;
+        if (n > max) {
+            *too_long = 1;
+            break;
+        }
+    }
+    return n;
+}
+
 static int index_file(fb_dataset *ds, uint32_t fi, fb_err *err) {
     const char *path = ds->paths[fi];
     FILE *f = fopen(path, "rb");
     if (!f) return fb_fail(err, "%s: cannot open: %s", path, strerror(errno));
     char *line = NULL;
-    size_t cap = 0;
-    ssize_t got;
+    size_t cap = 0, got;
     uint64_t off = 0, lineno = 0;
-    int rc = 0;
-    while ((got = getline(&line, &cap, f)) >= 0) {
+    int rc = 0, too_long = 0;
+    while ((got = read_line_bounded(f, &line, &cap, FB_DS_MAX_LINE_BYTES, &too_long)) > 0) {
         lineno++;
-        size_t n = (size_t)got, skip = 0;
+        if ((lineno & 1023) == 0 && fb_cancel_check("indexing the dataset", err)) {
+            rc = -1;
+            break;
+        }
+        if (too_long) {
+            rc = fb_fail(err, "%s:%llu: line longer than %u MiB (the limit for one JSONL record)", path,
+                         (unsigned long long)lineno, FB_DS_MAX_LINE_BYTES >> 20);
+            break;
+        }
+        size_t n = got, skip = 0;
         uint64_t loff = off;
         off += (uint64_t)got;
         while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
         if (lineno == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) skip = 3;
         if (is_blank(line + skip, n - skip)) continue;
-        if (n - skip > UINT32_MAX) {
-            rc = fb_fail(err, "%s:%llu: line longer than 4 GiB", path, (unsigned long long)lineno);
-            break;
-        }
         json_error_t je;
         json_t *rec = json_loadb(line + skip, n - skip, JSON_ALLOW_NUL, &je);
         if (!rec) {
@@ -237,7 +270,40 @@ static json_t *sharegpt_messages(json_t *conv) {
     return msgs;
 }
 
+// Encodes text, but when `budget` > 0 possibly only a prefix of it: enough to give at least
+// `budget` ids, all equal to the first ids of the whole text. The prefix is cut just after
+// an ASCII letter followed by a space: the byte-level pre-tokenizers in use (GPT-2, and the
+// Llama-3 / MiniMax-M2 Split regex) end a letter-word there whatever follows, and BPE works
+// within one pre-token, so every id before the cut is the one the whole text gives. The
+// prefix grows (x4) until it gives budget + 8 ids (8: room for tokens a post-processor
+// appends) or is the whole text. Only what --seq-len can use is tokenized: a 100 MB record
+// costs its prefix, not gigabytes of ids.
+static int encode_budget(fb_tok *t, const char *text, size_t len, int add_special, size_t budget, fb_ids *out,
+                         fb_err *err) {
+    size_t base = out->n;
+    for (size_t want = budget ? 8 * budget + 4096 : len; budget && want < len; want *= 4) {
+        size_t c = want;
+        while (c + 1 < len && !(text[c] == ' ' && ((text[c - 1] | 0x20) >= 'a' && (text[c - 1] | 0x20) <= 'z')))
+            c++;
+        if (c + 1 >= len) break;  // no safe cut after `want`: the whole text
+        if (fb_tok_encode(t, text, c, add_special, out, err)) return -1;
+        if (out->n - base >= budget + 8) return 0;
+        out->n = base;
+    }
+    return fb_tok_encode(t, text, len, add_special, out, err);
+}
+
+static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, size_t budget, fb_ids *out,
+                      fb_err *err);
+
 int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, fb_ids *out, fb_err *err) {
+    return record_ids(ds, i, o, t, 0, out, err);
+}
+
+// fb_ds_record_ids with a token budget (0 = none): at least `budget` ids when the record has
+// that many, each equal to the record's full encoding (encode_budget).
+static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, size_t budget, fb_ids *out,
+                      fb_err *err) {
     json_t *rec;
     if (fb_ds_record(ds, i, &rec, err)) return -1;
     const char *path;
@@ -257,6 +323,7 @@ int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, f
                 break;
             }
             fb_ids_push(out, (int32_t)v);
+            if (budget && k + 1 >= budget + 8) break;  // the rest cannot be used
         }
         break;
     }
@@ -267,7 +334,7 @@ int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, f
         char *text = NULL;
         size_t len = 0;
         if (fb_chat_render(&o->chat, msgs, json_object_get(rec, "tools"), &text, &len, &why) ||
-            fb_tok_encode(t, text, len, 0, out, &why))
+            encode_budget(t, text, len, 0, budget, out, &why))
             rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
         free(text);
         json_decref(msgs);
@@ -275,7 +342,7 @@ int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, f
     }
     case REC_TEXT: {
         json_t *s = json_object_get(rec, "text");
-        if (fb_tok_encode(t, json_string_value(s), json_string_length(s), o->text_add_special, out, &why))
+        if (encode_budget(t, json_string_value(s), json_string_length(s), o->text_add_special, budget, out, &why))
             rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
         break;
     }
@@ -318,7 +385,15 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
     for (size_t k = 0; k < n && !(o->samples && out->n >= o->samples); k++) {
         ids.n = 0;
         out->n_visited++;
-        if (fb_ds_record_ids(ds, order[k], o, t, &ids, err)) {
+        if (fb_cancel_check("tokenizing the samples", err)) {
+            fb_ids_free(&ids);
+            free(order);
+            fb_ds_set_free(out);
+            return -1;
+        }
+        // Tokenize only what can be used: seq_len ids (one more tells truncation), min_len.
+        size_t budget = o->seq_len ? (o->seq_len > o->min_len ? o->seq_len : o->min_len) + 1 : 0;
+        if (record_ids(ds, order[k], o, t, budget, &ids, err)) {
             fb_ids_free(&ids);
             free(order);
             fb_ds_set_free(out);

@@ -10,31 +10,6 @@
 
 #include "common/strmap.h"
 
-const fb_dtype_traits fb_dtypes[FB_DTYPE_COUNT] = {
-    [FB_BOOL] = {"BOOL", 8, 0},           [FB_F4] = {"F4", 4, 1},
-    [FB_F6_E2M3] = {"F6_E2M3", 6, 1},     [FB_F6_E3M2] = {"F6_E3M2", 6, 1},
-    [FB_U8] = {"U8", 8, 0},               [FB_I8] = {"I8", 8, 0},
-    [FB_F8_E5M2] = {"F8_E5M2", 8, 1},     [FB_F8_E4M3] = {"F8_E4M3", 8, 1},
-    [FB_F8_E8M0] = {"F8_E8M0", 8, 1},     [FB_F8_E4M3FNUZ] = {"F8_E4M3FNUZ", 8, 1},
-    [FB_F8_E5M2FNUZ] = {"F8_E5M2FNUZ", 8, 1},
-    [FB_I16] = {"I16", 16, 0},            [FB_U16] = {"U16", 16, 0},
-    [FB_F16] = {"F16", 16, 1},            [FB_BF16] = {"BF16", 16, 1},
-    [FB_I32] = {"I32", 32, 0},            [FB_U32] = {"U32", 32, 0},
-    [FB_F32] = {"F32", 32, 1},            [FB_I64] = {"I64", 64, 0},
-    [FB_U64] = {"U64", 64, 0},            [FB_F64] = {"F64", 64, 1},
-    [FB_C64] = {"C64", 64, 1},
-};
-
-int fb_dtype_from_name(const char *name, fb_dtype *out) {
-    for (int i = 0; i < FB_DTYPE_COUNT; i++) {
-        if (strcmp(fb_dtypes[i].name, name) == 0) {
-            *out = (fb_dtype)i;
-            return 0;
-        }
-    }
-    return -1;
-}
-
 int fb_st_nbytes(fb_dtype dt, int ndim, const int64_t *shape, uint64_t *out) {
     uint64_t n = 1;
     for (int i = 0; i < ndim; i++) {
@@ -284,7 +259,9 @@ static int pread_full(int fd, void *buf, size_t n, uint64_t off) {
 
 int fb_st_open(const char *path, fb_st_file **out, fb_err *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO (or a device) put in place of a shard must not wait for a
+    // writer; it is refused just below. It does nothing to reads of a regular file.
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return fb_fail(err, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -293,7 +270,8 @@ int fb_st_open(const char *path, fb_st_file **out, fb_err *err) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return fb_fail(err, "%s: not a regular file", path);
+        return fb_fail(err, "%s: not a regular file (%s)", path,
+                       S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISDIR(st.st_mode) ? "a directory" : "a device or socket");
     }
     uint64_t size = (uint64_t)st.st_size;
     if (size < 8) {

@@ -1,4 +1,4 @@
-// safetensors.h: read and write safetensors files, and the dtype traits table.
+// safetensors.h: read and write safetensors files (the dtypes: common/dtype.h).
 //
 // File format (huggingface/safetensors; spec/fp8-safetensors-perf.md §1):
 //   1. [0, 8)        N, u64 little-endian: header length, at most 100,000,000
@@ -15,30 +15,12 @@
 #ifndef FB_IO_SAFETENSORS_H
 #define FB_IO_SAFETENSORS_H
 
+#include "common/dtype.h"
 #include "common/fb.h"
 
 #define FB_ST_MAX_HEADER 100000000ull
 #define FB_MAX_DIMS 8
 
-// Every dtype the current safetensors Rust crate accepts. Order = the crate's declaration
-// order (increasing alignment), which the writer uses to lay tensors out naturally aligned.
-typedef enum fb_dtype {
-    FB_BOOL, FB_F4, FB_F6_E2M3, FB_F6_E3M2, FB_U8, FB_I8, FB_F8_E5M2, FB_F8_E4M3,
-    FB_F8_E8M0, FB_F8_E4M3FNUZ, FB_F8_E5M2FNUZ, FB_I16, FB_U16, FB_F16, FB_BF16,
-    FB_I32, FB_U32, FB_F32, FB_I64, FB_U64, FB_F64, FB_C64,
-    FB_DTYPE_COUNT
-} fb_dtype;
-
-typedef struct fb_dtype_traits {
-    const char *name;  // safetensors header string, e.g. "F8_E4M3"
-    int bits;          // bits per element (4, 6, 8, 16, 32, 64)
-    int is_float;      // 1 for floating-point formats (NaN/Inf scans apply)
-} fb_dtype_traits;
-
-extern const fb_dtype_traits fb_dtypes[FB_DTYPE_COUNT];
-
-// Looks up a dtype by its header string; returns 0 and sets *out, or -1 if unknown.
-int fb_dtype_from_name(const char *name, fb_dtype *out);
 
 typedef struct fb_st_tensor {
     char *name;

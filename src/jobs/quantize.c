@@ -427,7 +427,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     const char *mk[4] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format"};
     const char *mv[4] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
                          o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors"};
-    fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force, .tool = o->tool,
+    fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
+                     .allow_nonfinite = o->allow_nan, .tool = o->tool,
                      .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge,
                      .n_meta = 4, .meta_keys = mk, .meta_vals = mv};
     if (!o->dry_run) {

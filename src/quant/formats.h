@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "io/safetensors.h"
+#include "common/dtype.h"
 
 // 256-entry decode tables (NaN codes decode to a quiet NaN with the sign kept).
 extern float fb_e4m3_lut[256];

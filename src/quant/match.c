@@ -20,9 +20,24 @@
 #include <string.h>
 
 struct fb_target {
-    char *text;         // the entry as written
-    pcre2_code *re;     // NULL for a plain (name or class) entry
+    char *text;                // the entry as written
+    pcre2_code *re;            // NULL for a plain (name or class) entry
+    pcre2_match_context *mc;   // the match and depth limits below
+    // The first failed match (PCRE2 gave up: match/depth/heap limit, bad UTF-8), kept so that a
+    // caller learns of it after the fact (fb_target_check). Written once, by the first thread
+    // to fail (`failed` goes 0 -> 1 by compare-and-swap, then `fail_rc`/`fail_name` are set
+    // and `failed` becomes 2).
+    int failed;
+    int fail_rc;
+    char *fail_name;
 };
+
+// Bounds on one match of a module name (at most a few hundred bytes). Real patterns need a few
+// hundred steps; a catastrophically backtracking one (`(?:.|.){0,26}Z`) would otherwise spend
+// seconds per name. Python's re has no such limit: it would finish, eventually; fourbit stops
+// and names the pattern instead of guessing.
+#define FB_REGEX_MATCH_LIMIT 1000000u
+#define FB_REGEX_DEPTH_LIMIT 10000u
 
 // ---- Python re -> PCRE2 translation ----------------------------------------------------
 
@@ -225,6 +240,10 @@ fb_target *fb_target_compile(const char *entry, int *warn_no_dollar, fb_err *err
             return NULL;
         }
         if (warn_no_dollar && !ends_with_anchor(entry + 3)) *warn_no_dollar = 1;
+        t->mc = pcre2_match_context_create(NULL);
+        FB_ASSERT(t->mc);
+        pcre2_set_match_limit(t->mc, FB_REGEX_MATCH_LIMIT);
+        pcre2_set_depth_limit(t->mc, FB_REGEX_DEPTH_LIMIT);
     }
     return t;
 }
@@ -232,6 +251,8 @@ fb_target *fb_target_compile(const char *entry, int *warn_no_dollar, fb_err *err
 void fb_target_free(fb_target *t) {
     if (!t) return;
     if (t->re) pcre2_code_free(t->re);
+    if (t->mc) pcre2_match_context_free(t->mc);
+    free(t->fail_name);
     free(t->text);
     free(t);
 }
@@ -240,23 +261,52 @@ const char *fb_target_text(const fb_target *t) { return t->text; }
 
 int fb_target_is_regex(const fb_target *t) { return t->re != NULL; }
 
-int fb_regex_match(const fb_target *t, const char *s) {
+// One anchored match. A PCRE2 error (limit reached, invalid UTF-8) is recorded in the target
+// for fb_target_check and counts as no match; once an entry has failed, it is not run again
+// (each further attempt would only burn the same limit).
+static int regex_run(const fb_target *t, const char *s, uint32_t opts) {
     FB_ASSERT(t->re);
+    fb_target *mt = (fb_target *)t;  // the failure record is the only mutable part
+    if (__atomic_load_n(&mt->failed, __ATOMIC_ACQUIRE)) return 0;
     pcre2_match_data *md = pcre2_match_data_create(1, NULL);
     FB_ASSERT(md);
-    int rc = pcre2_match(t->re, (PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0, PCRE2_ANCHORED, md, NULL);
+    int rc = pcre2_match(t->re, (PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0, opts, md, t->mc);
     pcre2_match_data_free(md);
-    return rc >= 0;  // PCRE2_ERROR_NOMATCH or an error (e.g. invalid UTF-8): no match
+    if (rc >= 0) return 1;
+    if (rc != PCRE2_ERROR_NOMATCH) {
+        int zero = 0;
+        if (__atomic_compare_exchange_n(&mt->failed, &zero, 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            mt->fail_rc = rc;
+            mt->fail_name = fb_strdup(s);
+            __atomic_store_n(&mt->failed, 2, __ATOMIC_RELEASE);
+        }
+    }
+    return 0;
 }
 
+int fb_regex_match(const fb_target *t, const char *s) { return regex_run(t, s, PCRE2_ANCHORED); }
+
 int fb_regex_fullmatch(const fb_target *t, const char *s) {
-    FB_ASSERT(t->re);
-    pcre2_match_data *md = pcre2_match_data_create(1, NULL);
-    FB_ASSERT(md);
-    int rc = pcre2_match(t->re, (PCRE2_SPTR)s, PCRE2_ZERO_TERMINATED, 0,
-                         PCRE2_ANCHORED | PCRE2_ENDANCHORED, md, NULL);
-    pcre2_match_data_free(md);
-    return rc >= 0;
+    return regex_run(t, s, PCRE2_ANCHORED | PCRE2_ENDANCHORED);
+}
+
+int fb_target_check(const fb_target *t, fb_err *err) {
+    if (__atomic_load_n(&((fb_target *)t)->failed, __ATOMIC_ACQUIRE) != 2) return 0;
+    PCRE2_UCHAR msg[256];
+    pcre2_get_error_message(t->fail_rc, msg, sizeof msg);
+    const char *hint = "";
+    if (t->fail_rc == PCRE2_ERROR_MATCHLIMIT || t->fail_rc == PCRE2_ERROR_DEPTHLIMIT ||
+        t->fail_rc == PCRE2_ERROR_HEAPLIMIT)
+        hint = " (fourbit allows 1000000 backtracking steps and depth 10000 per name: the "
+               "pattern backtracks catastrophically; rewrite it)";
+    return fb_fail(err, "regex '%s' could not be matched against '%s': %s%s", t->text,
+                   t->fail_name, (const char *)msg, hint);
+}
+
+int fb_target_list_check(const fb_target_list *l, fb_err *err) {
+    for (size_t i = 0; i < l->n; i++)
+        if (fb_target_check(l->items[i], err)) return -1;
+    return 0;
 }
 
 int fb_target_matches_name(const fb_target *t, const char *module_name) {

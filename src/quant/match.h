@@ -71,6 +71,17 @@ int fb_regex_fullmatch(const fb_target *t, const char *s);
 int fb_target_list_match_ranked(const fb_target_list *l, const char *module_name,
                                 const char *class_name, int *rank);
 
+// Matching never fails outright: a match that PCRE2 gives up on (its match limit of 1e6
+// backtracking steps or depth limit of 10000 per name, reached by catastrophically
+// backtracking patterns, or invalid UTF-8) counts as no match and is recorded in the entry.
+// fb_target_check returns 0 when every match of `t` so far completed, or -1 with err naming
+// the pattern, the first name it failed on and PCRE2's reason. Every caller that turns
+// matches into a decision (a plan, a verdict) must check after matching: the "no match" of a
+// failed entry is not an answer. Safe to call from several threads.
+int fb_target_check(const fb_target *t, fb_err *err);
+// fb_target_check over every entry of the list (the first failure).
+int fb_target_list_check(const fb_target_list *l, fb_err *err);
+
 // The module name of a weight tensor ("a.b.weight" -> "a.b", malloc'ed, caller frees), or
 // NULL when the name does not end in ".weight".
 char *fb_module_name(const char *tensor_name);

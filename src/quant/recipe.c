@@ -1,11 +1,13 @@
 // recipe.c: llm-compressor recipe YAML (see recipe.h).
 //
-// The YAML document is first turned into a jansson tree with PyYAML safe_load typing (the
-// YAML 1.1 resolver regexes, compiled with PCRE2), recording the line of every value by its
+// The YAML document is first turned into a jansson tree from libyaml events, with bounded
+// nesting and node count, and PyYAML safe_load typing (the YAML 1.1 resolver regexes,
+// compiled with PCRE2), recording the line of every value by its
 // dotted key path. The recipe structure is then walked with tables of accepted keys; config
 // groups go through the strict compressed-tensors parsers of scheme.c, and any error path
 // they report is turned back into a line.
 #include "quant/recipe.h"
+#include "common/cancel.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -117,11 +119,8 @@ static void strip_us(const char *s, char *buf, size_t n) {
     buf[j] = 0;
 }
 
-static json_t *scalar_to_json(rctx *c, yaml_node_t *nd, const char *path) {
-    const char *s = (const char *)nd->data.scalar.value;
-    int line = (int)nd->start_mark.line + 1;
-    const char *tag = (const char *)nd->tag;
-    int plain = nd->data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+static json_t *scalar_to_json(rctx *c, const char *s, const char *tag, int plain, int line,
+                              const char *path) {
     if (tag && strcmp(tag, YAML_STR_TAG) == 0 && !plain) return json_string(s);
     if (tag && strcmp(tag, YAML_STR_TAG) != 0 && strcmp(tag, "!") != 0 &&
         strcmp(tag, YAML_NULL_TAG) != 0 && strcmp(tag, YAML_BOOL_TAG) != 0 &&
@@ -168,102 +167,217 @@ static json_t *scalar_to_json(rctx *c, yaml_node_t *nd, const char *path) {
     return json_string(s);
 }
 
-static json_t *node_to_json(rctx *c, yaml_document_t *doc, yaml_node_t *nd, const char *path,
-                            int depth) {
-    int line = (int)nd->start_mark.line + 1;
-    if (depth > 64) {
-        rfail(c, line, path, "nesting too deep");
-        return NULL;
+// Limits on what a recipe may ask of the YAML reader. The shipped recipes have fewer than 100
+// nodes and 6 levels; these bounds are far above any real recipe and keep a hostile one (an
+// alias "billion laughs", 200k nested '[') from running away in time or memory.
+#define RECIPE_MAX_DEPTH 64        // nested mappings / sequences
+#define RECIPE_MAX_NODES 100000    // nodes after alias expansion (an alias counts its whole subtree)
+
+// The YAML text is read with libyaml's event API (not yaml_parser_load), so that nesting and
+// the node budget are checked while parsing: the document tree is never built beyond them and
+// libyaml's scanner, quadratic in the flow nesting level, never sees more than the limit.
+typedef struct yanchor {
+    char *name;
+    json_t *v;
+    size_t nodes;  // nodes of the anchored subtree
+} yanchor;
+
+typedef struct yframe {
+    json_t *v;           // the container being filled
+    char path[1024];     // its dotted path
+    size_t idx;          // sequence: index of the next item
+    char *key;           // mapping: the pending key, NULL while a key is expected
+    char *anchor;        // the container's own anchor, registered when it ends
+    size_t nodes_start;  // node count when it started
+} yframe;
+
+typedef struct ybuild {
+    rctx *c;
+    yframe st[RECIPE_MAX_DEPTH];
+    int depth;
+    json_t *root;
+    yanchor *anchors;
+    size_t n_anchors;
+    size_t nodes;
+} ybuild;
+
+static void yb_free(ybuild *b) {
+    for (int i = 0; i < b->depth; i++) {
+        json_decref(b->st[i].v);
+        free(b->st[i].key);
+        free(b->st[i].anchor);
     }
-    switch (nd->type) {
-    case YAML_SCALAR_NODE: return scalar_to_json(c, nd, path);
-    case YAML_SEQUENCE_NODE: {
-        json_t *a = json_array();
-        size_t i = 0;
-        for (yaml_node_item_t *it = nd->data.sequence.items.start; it < nd->data.sequence.items.top;
-             it++, i++) {
-            yaml_node_t *ch = yaml_document_get_node(doc, *it);
-            char p[1024];
-            snprintf(p, sizeof p, "%s%s%zu", path, path[0] ? "." : "", i);
-            add_loc(c, p, (int)ch->start_mark.line + 1);
-            json_t *v = node_to_json(c, doc, ch, p, depth + 1);
-            if (!v) {
-                json_decref(a);
-                return NULL;
-            }
-            json_array_append_new(a, v);
+    for (size_t i = 0; i < b->n_anchors; i++) {
+        free(b->anchors[i].name);
+        json_decref(b->anchors[i].v);
+    }
+    free(b->anchors);
+    json_decref(b->root);
+}
+
+static void yb_anchor(ybuild *b, const char *name, json_t *v, size_t nodes) {
+    for (size_t i = 0; i < b->n_anchors; i++)
+        if (strcmp(b->anchors[i].name, name) == 0) {  // YAML: a redefined anchor replaces the old
+            json_decref(b->anchors[i].v);
+            b->anchors[i].v = json_incref(v);
+            b->anchors[i].nodes = nodes;
+            return;
         }
-        return a;
+    b->anchors = fb_realloc(b->anchors, (b->n_anchors + 1) * sizeof *b->anchors);
+    b->anchors[b->n_anchors++] = (yanchor){fb_strdup(name), json_incref(v), nodes};
+}
+
+static int yb_count(ybuild *b, size_t n, int line, const char *path) {
+    b->nodes += n;
+    if (b->nodes > RECIPE_MAX_NODES)
+        return rfail(b->c, line, path, "more than %d YAML nodes (after expanding aliases): "
+                                       "not a recipe", RECIPE_MAX_NODES);
+    return 0;
+}
+
+// The path of a value starting now (recording its line), or -1 when a mapping key is
+// expected and the event is not a plain scalar. *is_key is set when the event is a key.
+static int yb_value_path(ybuild *b, int line, int scalar, char *p, size_t cap, int *is_key) {
+    *is_key = 0;
+    if (b->depth == 0) {
+        p[0] = 0;
+        return 0;
     }
-    case YAML_MAPPING_NODE: {
-        json_t *o = json_object();
-        for (yaml_node_pair_t *pr = nd->data.mapping.pairs.start; pr < nd->data.mapping.pairs.top;
-             pr++) {
-            yaml_node_t *kn = yaml_document_get_node(doc, pr->key);
-            yaml_node_t *vn = yaml_document_get_node(doc, pr->value);
-            int kline = (int)kn->start_mark.line + 1;
-            if (kn->type != YAML_SCALAR_NODE) {
-                rfail(c, kline, path, "mapping keys must be plain strings");
-                json_decref(o);
-                return NULL;
-            }
-            const char *k = (const char *)kn->data.scalar.value;
-            char p[1024];
-            snprintf(p, sizeof p, "%s%s%s", path, path[0] ? "." : "", k);
-            if (json_object_get(o, k)) {
-                rfail(c, kline, p, "duplicate key '%s'", k);
-                json_decref(o);
-                return NULL;
-            }
-            add_loc(c, p, kline);
-            json_t *v = node_to_json(c, doc, vn, p, depth + 1);
-            if (!v) {
-                json_decref(o);
-                return NULL;
-            }
-            json_object_set_new(o, k, v);
+    yframe *f = &b->st[b->depth - 1];
+    if (json_is_array(f->v)) {
+        snprintf(p, cap, "%s%s%zu", f->path, f->path[0] ? "." : "", f->idx);
+        add_loc(b->c, p, line);
+        return 0;
+    }
+    if (f->key) {
+        snprintf(p, cap, "%s%s%s", f->path, f->path[0] ? "." : "", f->key);
+        return 0;
+    }
+    if (!scalar) return rfail(b->c, line, f->path, "mapping keys must be plain strings");
+    *is_key = 1;
+    return 0;
+}
+
+// Puts a finished value into its parent (or makes it the root). Steals v.
+static void yb_attach(ybuild *b, json_t *v) {
+    if (b->depth == 0) {
+        b->root = v;
+        return;
+    }
+    yframe *f = &b->st[b->depth - 1];
+    if (json_is_array(f->v)) {
+        json_array_append_new(f->v, v);
+        f->idx++;
+    } else {
+        json_object_set_new(f->v, f->key, v);
+        free(f->key);
+        f->key = NULL;
+    }
+}
+
+// One event. Returns 0, or -1 with the error set.
+static int yb_event(ybuild *b, const yaml_event_t *ev) {
+    rctx *c = b->c;
+    int line = (int)ev->start_mark.line + 1;
+    char p[1024];
+    int is_key;
+    switch (ev->type) {
+    case YAML_SCALAR_EVENT: {
+        if (yb_value_path(b, line, 1, p, sizeof p, &is_key)) return -1;
+        const char *s = (const char *)ev->data.scalar.value;
+        if (is_key) {
+            yframe *f = &b->st[b->depth - 1];
+            snprintf(p, sizeof p, "%s%s%s", f->path, f->path[0] ? "." : "", s);
+            if (json_object_get(f->v, s)) return rfail(c, line, p, "duplicate key '%s'", s);
+            add_loc(c, p, line);
+            f->key = fb_strdup(s);
+            return yb_count(b, 1, line, p);
         }
-        return o;
+        if (yb_count(b, 1, line, p)) return -1;
+        json_t *v = scalar_to_json(c, s, (const char *)ev->data.scalar.tag,
+                                   ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE, line, p);
+        if (!v) return -1;
+        if (ev->data.scalar.anchor) yb_anchor(b, (const char *)ev->data.scalar.anchor, v, 1);
+        yb_attach(b, v);
+        return 0;
     }
-    default:
-        rfail(c, line, path, "empty YAML node");
-        return NULL;
+    case YAML_ALIAS_EVENT: {
+        if (yb_value_path(b, line, 0, p, sizeof p, &is_key)) return -1;
+        const char *a = (const char *)ev->data.alias.anchor;
+        const yanchor *an = NULL;
+        for (size_t i = 0; i < b->n_anchors; i++)
+            if (strcmp(b->anchors[i].name, a) == 0) an = &b->anchors[i];
+        if (!an) return rfail(c, line, p, "found undefined alias '%s'", a);
+        if (yb_count(b, an->nodes, line, p)) return -1;
+        yb_attach(b, json_deep_copy(an->v));
+        return 0;
+    }
+    case YAML_SEQUENCE_START_EVENT:
+    case YAML_MAPPING_START_EVENT: {
+        if (yb_value_path(b, line, 0, p, sizeof p, &is_key)) return -1;
+        if (b->depth >= RECIPE_MAX_DEPTH)
+            return rfail(c, line, p, "nesting too deep (more than %d levels)", RECIPE_MAX_DEPTH);
+        if (yb_count(b, 1, line, p)) return -1;
+        int seq = ev->type == YAML_SEQUENCE_START_EVENT;
+        const yaml_char_t *anchor = seq ? ev->data.sequence_start.anchor : ev->data.mapping_start.anchor;
+        const yaml_char_t *tag = seq ? ev->data.sequence_start.tag : ev->data.mapping_start.tag;
+        if (tag && strcmp((const char *)tag, seq ? YAML_SEQ_TAG : YAML_MAP_TAG) != 0)
+            return rfail(c, line, p, "YAML tag %s is not supported", (const char *)tag);
+        yframe *f = &b->st[b->depth++];
+        memset(f, 0, sizeof *f);
+        f->v = seq ? json_array() : json_object();
+        snprintf(f->path, sizeof f->path, "%s", p);
+        f->anchor = anchor ? fb_strdup((const char *)anchor) : NULL;
+        f->nodes_start = b->nodes - 1;
+        return 0;
+    }
+    case YAML_SEQUENCE_END_EVENT:
+    case YAML_MAPPING_END_EVENT: {
+        FB_ASSERT(b->depth > 0);
+        yframe *f = &b->st[--b->depth];
+        json_t *v = f->v;
+        if (f->anchor) yb_anchor(b, f->anchor, v, b->nodes - f->nodes_start);
+        free(f->anchor);
+        free(f->key);
+        yb_attach(b, v);
+        return 0;
+    }
+    default: return 0;  // stream / document start and end are handled by the caller
     }
 }
 
 static json_t *yaml_to_json(rctx *c, const char *text, size_t len) {
     yaml_parser_t ps;
-    yaml_document_t doc;
     FB_ASSERT(yaml_parser_initialize(&ps));
     yaml_parser_set_input_string(&ps, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&ps, &doc)) {
-        rfail(c, (int)(ps.problem_mark.line + 1), NULL, "YAML syntax error: %s%s%s",
-              ps.problem ? ps.problem : "unknown", ps.context ? " " : "",
-              ps.context ? ps.context : "");
-        yaml_parser_delete(&ps);
-        return NULL;
-    }
-    yaml_node_t *root = yaml_document_get_root_node(&doc);
-    json_t *j = NULL;
-    if (!root) {
-        rfail(c, 1, NULL, "empty recipe");
-    } else {
-        j = node_to_json(c, &doc, root, "", 0);
-        if (j) {  // a second document is an error for safe_load too
-            yaml_document_t doc2;
-            if (yaml_parser_load(&ps, &doc2)) {
-                if (yaml_document_get_root_node(&doc2)) {
-                    rfail(c, (int)(doc2.start_mark.line + 1), NULL,
-                          "expected a single YAML document, found another one");
-                    json_decref(j);
-                    j = NULL;
-                }
-                yaml_document_delete(&doc2);
-            }
+    ybuild b = {.c = c};
+    int docs = 0, rc = 0, done = 0;
+    while (!done && rc == 0) {
+        yaml_event_t ev;
+        if (fb_cancel_check("reading the recipe", c->err)) {
+            rc = -1;
+            break;
         }
+        if (!yaml_parser_parse(&ps, &ev)) {
+            rc = rfail(c, (int)(ps.problem_mark.line + 1), NULL, "YAML syntax error: %s%s%s",
+                       ps.problem ? ps.problem : "unknown", ps.context ? " " : "",
+                       ps.context ? ps.context : "");
+            break;
+        }
+        if (ev.type == YAML_DOCUMENT_START_EVENT && ++docs > 1)  // safe_load refuses a second one
+            rc = rfail(c, (int)(ev.start_mark.line + 1), NULL,
+                       "expected a single YAML document, found another one");
+        else if (ev.type == YAML_STREAM_END_EVENT)
+            done = 1;
+        else
+            rc = yb_event(&b, &ev);
+        yaml_event_delete(&ev);
     }
-    yaml_document_delete(&doc);
     yaml_parser_delete(&ps);
+    json_t *j = NULL;
+    if (rc == 0 && !b.root) rfail(c, 1, NULL, "empty recipe");
+    else if (rc == 0) j = json_incref(b.root);
+    yb_free(&b);
     return j;
 }
 

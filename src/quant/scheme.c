@@ -3,6 +3,7 @@
 // (quantization/quant_args.py, quant_scheme.py, quant_config.py, compressors/format.py) and
 // auto-round 0.16 (utils/model_free_utils.py::_build_quantization_config).
 #include "quant/scheme.h"
+#include "common/cancel.h"
 
 #include "common/strmap.h"
 
@@ -253,9 +254,18 @@ static int parse_str(pctx *c, const char *p, const json_t *v, const char **out) 
     return 0;
 }
 
-static const char *const QARGS_KEYS[] = {"num_bits", "type", "symmetric", "group_size",
-                                         "strategy", "block_structure", "dynamic", "actorder",
-                                         "scale_dtype", "zp_dtype", "observer", "observer_kwargs"};
+// The fields of compressed-tensors' pydantic models: one list each, read by this parser and by
+// the validator's schema check (validate_pass.c).
+const char *const fb_ct_args_keys[] = {"num_bits", "type", "symmetric", "group_size", "strategy",
+                                       "block_structure", "dynamic", "actorder", "scale_dtype",
+                                       "zp_dtype", "observer", "observer_kwargs", NULL};
+const char *const fb_ct_scheme_keys[] = {"targets", "weights", "input_activations",
+                                         "output_activations", "format", NULL};
+const char *const fb_ct_config_keys[] = {"config_groups", "quant_method", "kv_cache_scheme", "format",
+                                         "quantization_status", "global_compression_ratio", "ignore",
+                                         "run_compressed", NULL};
+const char *const fb_ct_config_writer_keys[] = {"version", "sparsity_config", "transform_config", NULL};
+#define QARGS_KEYS fb_ct_args_keys
 
 static int qargs_parse(pctx *c, const json_t *o, const char *path, fb_qargs *a) {
     fb_qargs_init(a);
@@ -267,7 +277,7 @@ static int qargs_parse(pctx *c, const json_t *o, const char *path, fb_qargs *a) 
     json_object_foreach((json_t *)o, k, v) {
         subpath(p, sizeof p, path, k);
         int ki = -1;
-        for (size_t i = 0; i < NELEM(QARGS_KEYS); i++)
+        for (size_t i = 0; QARGS_KEYS[i]; i++)
             if (strcmp(k, QARGS_KEYS[i]) == 0) ki = (int)i;
         if (ki < 0)
             return pfail(c, p, "unknown key '%s' (QuantizationArgs accepts: num_bits, type, "
@@ -698,9 +708,6 @@ void fb_qconfig_free(fb_qconfig *c) {
     memset(c, 0, sizeof *c);
 }
 
-static const char *const QCONFIG_KEYS[] = {
-    "config_groups", "quant_method", "kv_cache_scheme", "format", "quantization_status",
-    "global_compression_ratio", "ignore", "sparsity_config", "transform_config", "version"};
 
 int fb_qconfig_from_json(const json_t *qc, const char *what, fb_qconfig *out,
                          void (*unknown_cb)(void *ctx, const char *key), void *ctx, fb_err *err) {
@@ -712,7 +719,8 @@ int fb_qconfig_from_json(const json_t *qc, const char *what, fb_qconfig *out,
     json_t *v;
     json_object_foreach((json_t *)qc, k, v) {
         int known = 0;
-        for (size_t i = 0; i < NELEM(QCONFIG_KEYS); i++) known |= strcmp(k, QCONFIG_KEYS[i]) == 0;
+        for (size_t i = 0; fb_ct_config_keys[i]; i++) known |= strcmp(k, fb_ct_config_keys[i]) == 0;
+        for (size_t i = 0; fb_ct_config_writer_keys[i]; i++) known |= strcmp(k, fb_ct_config_writer_keys[i]) == 0;
         if (!known && unknown_cb) unknown_cb(ctx, k);
     }
     json_t *groups = json_object_get(qc, "config_groups");
@@ -914,6 +922,14 @@ static int modref_cmp(const void *x, const void *y) {
     return fb_module_order_cmp(((const mod_ref *)x)->name, ((const mod_ref *)y)->name);
 }
 
+// -1 with err when a target or ignore regex of the recipe failed to complete a match.
+static int plan_match_check(const fb_qconfig *cfg, fb_err *err) {
+    if (fb_target_list_check(&cfg->ignore_tl, err)) return -1;
+    for (size_t g = 0; g < cfg->n_groups; g++)
+        if (fb_target_list_check(&cfg->groups[g].tl, err)) return -1;
+    return 0;
+}
+
 static int group_size_of(const fb_qscheme *s) { return s->weights.group_size; }
 
 int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_plan *out,
@@ -923,6 +939,10 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
     out->n = n;
     out->e = fb_calloc(n ? n : 1, sizeof *out->e);
     for (size_t i = 0; i < n; i++) {
+        if (fb_cancel_check("building the plan", err)) {
+            fb_plan_free(out);
+            return -1;
+        }
         fb_plan_entry *e = &out->e[i];
         e->tensor = i;
         e->group = e->target_entry = e->ignore_entry = e->fused = -1;
@@ -934,6 +954,10 @@ int fb_plan_build(const fb_qconfig *cfg, const fb_tensor_desc *t, size_t n, fb_p
         int g = pick_group(cfg, e->module, e->cls, &te);
         e->ignore_entry = fb_target_list_match(&cfg->ignore_tl, e->module, e->cls);
         e->target_entry = te;
+        if (plan_match_check(cfg, err)) {  // a regex that gave up decided nothing
+            fb_plan_free(out);
+            return fb_err_prefix(err, "tensor %s", t[i].name);
+        }
         if (e->ignore_entry >= 0) { e->rule = FB_RULE_IGNORED; continue; }
         if (g < 0) { e->rule = FB_RULE_NOT_TARGETED; continue; }
         const fb_qscheme *s = &cfg->groups[g];

@@ -141,6 +141,14 @@ fb_qkind fb_qscheme_kind(const fb_qscheme *s, const char **why);
 // "NVFP4", "NVFP4A16", "W4A16" or "unsupported".
 const char *fb_qkind_name(fb_qkind k);
 
+// The fields of compressed-tensors' pydantic models (QuantizationArgs, QuantizationScheme,
+// QuantizationConfig, and the keys its writers add), NULL-terminated: one list each, read by the
+// parser below and by the validator's schema check.
+extern const char *const fb_ct_args_keys[];
+extern const char *const fb_ct_scheme_keys[];
+extern const char *const fb_ct_config_keys[];
+extern const char *const fb_ct_config_writer_keys[];
+
 // ---- whole config -------------------------------------------------------------------------
 
 void fb_qconfig_free(fb_qconfig *c);

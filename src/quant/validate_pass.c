@@ -17,6 +17,7 @@
 #include "arch/arch.h"
 #include "quant/formats.h"
 #include "quant/match.h"
+#include "quant/scheme.h"
 #include "quant/validate_priv.h"
 
 // ---- module kinds and suffixes ---------------------------------------------------------------
@@ -416,15 +417,10 @@ static int in_list(const char *s, const char *const *list) {
 
 static int ieq(const char *a, const char *b) { return !strcasecmp(a, b); }
 
-static const char *const ARGS_KEYS[] = {"num_bits", "type", "symmetric", "group_size", "strategy",
-                                        "block_structure", "dynamic", "actorder", "scale_dtype",
-                                        "zp_dtype", "observer", "observer_kwargs", NULL};
-static const char *const SCHEME_KEYS[] = {"targets", "weights", "input_activations",
-                                          "output_activations", "format", NULL};
-static const char *const CONFIG_KEYS[] = {"config_groups", "quant_method", "kv_cache_scheme", "format",
-                                          "quantization_status", "global_compression_ratio", "ignore",
-                                          "run_compressed", NULL};
-static const char *const CONFIG_KEYS_WRITERS[] = {"version", "sparsity_config", "transform_config", NULL};
+#define ARGS_KEYS fb_ct_args_keys
+#define SCHEME_KEYS fb_ct_scheme_keys
+#define CONFIG_KEYS fb_ct_config_keys
+#define CONFIG_KEYS_WRITERS fb_ct_config_writer_keys
 static const char *const STRATEGIES[] = {"tensor", "channel", "group", "block", "token", "tensor_group",
                                          "attn_head", NULL};
 static const char *const FORMATS[] = {"dense", "sparse-bitmask", "sparse-24-bitmask", "int-quantized",
@@ -564,8 +560,13 @@ typedef struct ignlist {
     json_t *exact;          // set of the plain entries (object: entry -> null)
 } ignlist;
 
-static void ign_free(ignlist *l) {
+// Frees the list; a regex that gave up on some name (fb_target_check) is a finding, since
+// every verdict it took part in counted it as "no match".
+static void ign_free(vctx *v, ignlist *l) {
     for (size_t i = 0; i < l->n; i++) {
+        fb_err e;
+        if (l->t[i] && fb_target_check(l->t[i], &e))
+            fb_vf_add(v->f, "ignore.regex-limit", l->text[i], NULL, NULL, "%s", e.msg);
         if (l->t[i]) fb_target_free(l->t[i]);
         if (l->full[i]) fb_target_free(l->full[i]);
     }
@@ -1579,7 +1580,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         ignlist ri;
         ign_build(v, arr, "recipe.ignore", &ri);
         check_ignore_entries(v, &ri);
-        ign_free(&ri);
+        ign_free(v, &ri);
         json_decref(arr);
     }
 
@@ -1794,9 +1795,9 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     // 6. config.json
     check_config(v, has_bias_tensors, qnorm_width);
 
-    for (size_t i = 0; i < ng; i++) ign_free(&groups[i].targets);
+    for (size_t i = 0; i < ng; i++) ign_free(v, &groups[i].targets);
     free(groups);
-    ign_free(&ign);
+    ign_free(v, &ign);
     free(v->pn); free(v->top); free(v->lay); free(v->exp);
     free(v->sc_qkv); free(v->sc_o); free(v->sc_moe);
     return rc;

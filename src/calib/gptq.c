@@ -1,0 +1,172 @@
+// gptq.c: GPTQ for one Linear, llm-compressor 0.14's numerics (see gptq.h). Scalar reference
+// code in f32 where the reference computes in f32; the factorizations accumulate in f64.
+#include "calib/gptq.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "quant/formats.h"
+#include "quant/nvfp4.h"
+
+void fb_gptq_hessian_add(float *H, size_t C, const float *x, size_t rows) {
+    // accumulate_hessian: inp = sqrt(2) * x (f32), H += inp^T inp.
+    float *s = fb_aligned_alloc(rows * C * sizeof(float) + 64);
+    const float r2 = (float)sqrt(2.0);
+    for (size_t i = 0; i < rows * C; i++) s[i] = r2 * x[i];
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)C, (int)C, (int)rows, 1.0f, s, (int)C,
+                s, (int)C, 1.0f, H, (int)C);
+    free(s);
+}
+
+void fb_gptq_hessian_scale(float *H, size_t C, size_t n) {
+    for (size_t i = 0; i < C * C; i++) H[i] = H[i] / (float)n;
+}
+
+// Fake-quantizes w with scale s (the column's effective scale). INT4: bf16 scale; NVFP4: eff.
+static float fq(fb_gptq_qtype t, float w, float s) {
+    if (t == FB_GPTQ_INT4) {
+        float q = nearbyintf(w / s);  // torch.round: half to even
+        q = q < -8.0f ? -8.0f : q > 7.0f ? 7.0f : q;
+        return fb_bf16_to_f32(fb_f32_to_bf16(q * s));  // bf16 * bf16 in torch
+    }
+    return fb_nvfp4_fp4_value(fb_nvfp4_fp4_nibble(w / s)) * s;
+}
+
+// In-place lower Cholesky of the n x n matrix a (f64). Returns 0, or -1 when not positive
+// definite.
+static int chol_lower(double *a, size_t n) {
+    for (size_t j = 0; j < n; j++) {
+        double d = a[j * n + j];
+        for (size_t k = 0; k < j; k++) d -= a[j * n + k] * a[j * n + k];
+        if (!(d > 0) || !isfinite(d)) return -1;
+        d = sqrt(d);
+        a[j * n + j] = d;
+        for (size_t i = j + 1; i < n; i++) {
+            double v = a[i * n + j];
+            for (size_t k = 0; k < j; k++) v -= a[i * n + k] * a[j * n + k];
+            a[i * n + j] = v / d;
+        }
+        for (size_t i = 0; i < j; i++) a[i * n + j] = 0;
+    }
+    return 0;
+}
+
+// Hinv factor: U upper with U^T U = (L L^T)^-1, from the lower Cholesky factor L (f64, n x n).
+// inv = L^-T L^-1, then its Cholesky, transposed.
+static int hinv_upper(const double *L, size_t n, double *U) {
+    // Li = L^-1 (lower), by forward substitution, column by column.
+    double *Li = fb_calloc(n * n, sizeof(double));
+    for (size_t c = 0; c < n; c++) {
+        Li[c * n + c] = 1.0 / L[c * n + c];
+        for (size_t i = c + 1; i < n; i++) {
+            double v = 0;
+            for (size_t k = c; k < i; k++) v -= L[i * n + k] * Li[k * n + c];
+            Li[i * n + c] = v / L[i * n + i];
+        }
+    }
+    // inv = Li^T Li (symmetric)
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j <= i; j++) {
+            double v = 0;
+            for (size_t k = i; k < n; k++) v += Li[k * n + i] * Li[k * n + j];
+            U[i * n + j] = v;
+            U[j * n + i] = v;
+        }
+    free(Li);
+    if (chol_lower(U, n)) return -1;
+    // transpose the lower factor into the upper one
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = i + 1; j < n; j++) {
+            U[i * n + j] = U[j * n + i];
+            U[j * n + i] = 0;
+        }
+    return 0;
+}
+
+typedef struct dsort { double v; size_t i; } dsort;
+static int by_desc(const void *a, const void *b) {
+    const dsort *x = a, *y = b;
+    if (x->v != y->v) return x->v > y->v ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
+                     const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    size_t G = o->group, B = o->blocksize ? o->blocksize : 128;
+    double pd = o->percdamp < 0 ? 0.01 : o->percdamp;
+    if (!G || C % G || !R || !C)
+        return fb_fail(err, "GPTQ: a [%zu, %zu] weight with group %zu", R, C, G);
+    if (o->qtype == FB_GPTQ_NVFP4 && !(o->global_scale > 0))
+        return fb_fail(err, "GPTQ: NVFP4 needs a positive global scale");
+    size_t NG = C / G;
+    // Activation ordering: columns by descending diag(H) (ties: lower index first).
+    size_t *perm = fb_malloc(C * sizeof(size_t));
+    for (size_t j = 0; j < C; j++) perm[j] = j;
+    if (o->actorder) {
+        dsort *d = fb_malloc(C * sizeof(dsort));
+        for (size_t j = 0; j < C; j++) d[j] = (dsort){H[j * C + j], j};
+        qsort(d, C, sizeof *d, by_desc);
+        for (size_t j = 0; j < C; j++) perm[j] = d[j].i;
+        free(d);
+    }
+    float *Wp = fb_aligned_alloc(R * C * sizeof(float) + 64);
+    double *Hd = fb_malloc(C * C * sizeof(double)), *U = fb_malloc(C * C * sizeof(double));
+    for (size_t r = 0; r < R; r++)
+        for (size_t j = 0; j < C; j++) Wp[r * C + j] = W[r * C + perm[j]];
+    for (size_t i = 0; i < C; i++)
+        for (size_t j = 0; j < C; j++) Hd[i * C + j] = H[perm[i] * C + perm[j]];
+    // factorize_hessian: dead columns, dampening (in f32, as the reference), Cholesky.
+    double mean = 0;
+    for (size_t j = 0; j < C; j++) {
+        if (Hd[j * C + j] == 0) {
+            Hd[j * C + j] = 1;
+            for (size_t r = 0; r < R; r++) Wp[r * C + j] = 0;
+            res->dead_columns++;
+        }
+        mean += (float)Hd[j * C + j];
+    }
+    float damp = (float)pd * (float)(mean / (double)C);
+    for (size_t j = 0; j < C; j++) Hd[j * C + j] = (float)((float)Hd[j * C + j] + damp);
+    if (chol_lower(Hd, C) || hinv_upper(Hd, C, U)) {
+        // Not positive definite: identity factor, i.e. plain RTN with the same scales.
+        res->rtn_fallback = 1;
+        memset(U, 0, C * C * sizeof(double));
+        for (size_t j = 0; j < C; j++) U[j * C + j] = 1;
+    }
+    float *Uf = fb_aligned_alloc(C * C * sizeof(float) + 64);
+    for (size_t i = 0; i < C * C; i++) Uf[i] = (float)U[i];
+    // Effective scale of each (row, permuted column).
+    float *W1 = fb_aligned_alloc(R * B * sizeof(float) + 64), *E1 = fb_aligned_alloc(R * B * sizeof(float) + 64);
+    double loss = 0;
+    for (size_t i1 = 0; i1 < C; i1 += B) {
+        size_t i2 = i1 + B < C ? i1 + B : C, bw = i2 - i1;
+        for (size_t r = 0; r < R; r++) memcpy(W1 + r * bw, Wp + r * C + i1, bw * sizeof(float));
+        for (size_t i = 0; i < bw; i++) {
+            size_t col = i1 + i, g = perm[col] / G;
+            float d = Uf[col * C + col];
+            for (size_t r = 0; r < R; r++) {
+                float s = scales[r * NG + g];
+                if (o->qtype == FB_GPTQ_NVFP4) s = s / o->global_scale;
+                float w = W1[r * bw + i];
+                float q = fq(o->qtype, w, s);
+                float e = (w - q) / d;
+                Wp[r * C + col] = q;  // W[:, i1:i2] = Q1 after the block
+                E1[r * bw + i] = e;
+                loss += (double)(e * e) / 2;
+                float *wr = W1 + r * bw;
+                const float *u = Uf + col * C + i1;
+                for (size_t k = i; k < bw; k++) wr[k] = wr[k] - e * u[k];
+            }
+        }
+        if (i2 < C)  // W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)R, (int)(C - i2), (int)bw, -1.0f, E1,
+                        (int)bw, Uf + i1 * C + i2, (int)C, 1.0f, Wp + i2, (int)C);
+    }
+    for (size_t r = 0; r < R; r++)
+        for (size_t j = 0; j < C; j++) W[r * C + perm[j]] = Wp[r * C + j];
+    res->loss = loss;
+    free(perm); free(Wp); free(Hd); free(U); free(Uf); free(W1); free(E1);
+    return 0;
+}
