@@ -2,7 +2,7 @@
 # make demo: the main job on the embedded model (models/tiny-minimax-m2, a trained 4-layer
 # MiniMax-M2 in the official FP8 layout), into a fresh demo-out/:
 #   FP8 -> BF16 (fp8-dequant)                       the dequantized checkpoint
-#   calibration statistics (calibrate)              data/demo-chat.jsonl, MiniMax chat template
+#   calibration statistics (calibrate)              data/demo-chat.jsonl, the model's own chat template
 #   FP8 -> NVFP4 W4A4 (nvfp4-quantize --calib)      recipes/minimax.yaml
 #   FP8 -> W4A16 (w4a16-quantize) and AutoRound     recipes/minimax-w4a16.yaml
 #   validate-ignore-list on each output

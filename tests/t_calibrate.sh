@@ -54,8 +54,21 @@ cmp -s "$T_TMP/s1a" "$T_TMP/s1b" && ok || fail "same seed, same samples"
 cmp -s "$T_TMP/s1a" "$T_TMP/s2" && fail "different seeds, same samples" || ok
 
 # full run
-expect_rc 1 "missing tokenizer" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/s"
-expect_out "tokenizer.json" "message names the tokenizer"
+# pre-tokenized records need no tokenizer (the fixture has none); a text record does, and the
+# error names the tokenizer and the record
+expect_rc 0 "input_ids without a tokenizer" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --samples 100 --no-shuffle --dump-tokens "$T_TMP/notok.jsonl"
+[ "$(wc -l < "$T_TMP/notok.jsonl")" = 12 ] && ok || fail "input_ids without a tokenizer: 12 samples"
+{ cat "$T_TMP/d.jsonl"; echo '{"text": "needs a tokenizer"}'; } > "$T_TMP/dt.jsonl"
+expect_rc 1 "missing tokenizer" -- "$CAL" --model "$FX" --dataset "$T_TMP/dt.jsonl" -o "$T_TMP/s" --samples 100
+expect_out "dt.jsonl:14: .*tokenizer.json: cannot open" "message names the record and the tokenizer"
+printf '{"input_ids": [1, 2, 999999]}\n' > "$T_TMP/big.jsonl"
+expect_rc 1 "id beyond vocab_size without a tokenizer" -- "$CAL" --model "$FX" --dataset "$T_TMP/big.jsonl" --dump-tokens "$T_TMP/x"
+expect_out "big.jsonl:1: token id 999999 .*vocabulary" "message names the line and the vocabulary"
+# template choice: usage errors, a template file that does not parse (1, naming file:line)
+expect_rc 2 "--chat-template with --template NAME" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --dump-tokens "$T_TMP/x" --template chatml --chat-template "$T_TMP/t.jinja"
+printf 'ok\n{%% include "x" %%}\n' > "$T_TMP/bad.jinja"
+expect_rc 1 "unsupported template construct" -- "$CAL" --model "$FX" --dataset "$T_TMP/d.jsonl" --dump-tokens "$T_TMP/x" --chat-template "$T_TMP/bad.jinja"
+expect_out "bad.jinja:2: unsupported statement 'include'" "message names the template line"
 expect_rc 0 "calibrate run" -- "$CAL" --model "$FX" --tokenizer "$TOKJ" --dataset "$T_TMP/d.jsonl" -o "$T_TMP/stats.safetensors" --samples 10 --json
 expect_out '"experts_never_routed"' "json summary"
 expect_out '"tokens": [0-9]+' "json token count"
@@ -92,5 +105,17 @@ J
     # the MiniMax template starts with its BOS ]~!b[ (id 4091 in the tiny tokenizer)
     grep -q '"input_ids": \[4091, ' "$T_TMP/ct.jsonl" && ok || fail "chat rendering starts with ]~!b["
     expect_rc 0 "chat calibration" -- "$CAL" --model models/tiny-minimax-m2 --dataset "$T_TMP/c1.jsonl,$T_TMP/c2.jsonl" -o "$T_TMP/chat.safetensors" --quiet
+    grep -q 'models/tiny-minimax-m2/chat_template.jinja' "$T_TMP/chat.safetensors" && ok || fail "provenance names the checkpoint's template"
+    # the checkpoint's own template by default: the ids transformers' apply_chat_template
+    # (add_generation_prompt=False) + encode gives (scripts/gen-template-golden.py)
+    G=tests/golden/templates
+    expect_rc 0 "own template" -- "$CAL" --model models/tiny-minimax-m2 --dataset $G/own-template.jsonl --no-shuffle --samples 1000 --seq-len 100000 --dump-tokens "$T_TMP/own.jsonl"
+    cmp -s "$T_TMP/own.jsonl" $G/own-template.ids.jsonl && ok || fail "calibrate --dump-tokens differs from apply_chat_template + encode"
+    # the same template given as a file
+    expect_rc 0 "--chat-template" -- "$CAL" --model models/tiny-minimax-m2 --dataset $G/own-template.jsonl --no-shuffle --samples 1000 --seq-len 100000 --chat-template models/tiny-minimax-m2/chat_template.jinja --dump-tokens "$T_TMP/own2.jsonl"
+    cmp -s "$T_TMP/own2.jsonl" $G/own-template.ids.jsonl && ok || fail "--chat-template FILE differs"
+    # the built-in port renders this checkpoint's <think> turns differently (the reason for auto)
+    expect_rc 0 "built-in template" -- "$CAL" --model models/tiny-minimax-m2 --dataset $G/own-template.jsonl --no-shuffle --samples 1000 --seq-len 100000 --template minimax-m2 --dump-tokens "$T_TMP/own3.jsonl"
+    cmp -s "$T_TMP/own3.jsonl" $G/own-template.ids.jsonl && fail "built-in minimax-m2 equals the checkpoint's template here" || ok
 fi
 finish

@@ -91,7 +91,7 @@ int main(void) {
     CHECK(fb_chat_template_parse("minimax", &t, &err) == 0 && t == FB_CHAT_MINIMAX_M2, "alias");
     CHECK(fb_chat_template_parse("llama3", &t, &err) == -1 && strstr(err.msg, "chatml"), "unknown: %s", err.msg);
     json_t *msgs = json_loads("[{\"role\": \"user\", \"content\": \"hi\"}]", 0, NULL);
-    fb_chat_opts o = {FB_CHAT_MINIMAX_M2, 1, "Custom identity."};
+    fb_chat_opts o = {.tmpl = FB_CHAT_MINIMAX_M2, .add_generation_prompt = 1, .default_system = "Custom identity."};
     char *s = NULL;
     size_t len;
     CHECK(fb_chat_render(&o, msgs, NULL, &s, &len, &err) == 0 &&

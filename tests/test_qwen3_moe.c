@@ -655,6 +655,35 @@ static void test_engine_hooks(void) {
     for (size_t i = 0; i < n * H; i++) zd = fmax(zd, fabs((double)h_zero[i] - h_routed[i]));
     CHECK(zd > 1e-3, "zeroing o_proj's input of layer 1 changes the output (max diff %.3g)", zd);
     fb_engine_free(e);
+    // Re-running a layer from saved inputs, with replaced weights (the primitives of sequential
+    // GPTQ / AutoRound): an overlay source over the checkpoint, fb_engine_set_hidden.
+    {
+        fb_wsrc *ov = fb_wsrc_overlay_new(src);
+        fb_engine_opts eo5 = {.threads = 2};
+        fb_engine *e5 = fb_engine_cpu_new(ov, &c, &eo5, &err);
+        REQUIRE(e5 && fb_engine_set_tokens(e5, ids, n, starts, S, &err) == 0, "%s", err.msg);
+        float *h0 = malloc(n * H * sizeof(float)), *h1 = malloc(n * H * sizeof(float));
+        memcpy(h0, fb_engine_hidden(e5, &err), n * H * sizeof(float));
+        REQUIRE(fb_engine_layer(e5, 0, &err) == 0, "%s", err.msg);
+        memcpy(h1, fb_engine_hidden(e5, &err), n * H * sizeof(float));
+        REQUIRE(fb_engine_set_hidden(e5, 0, h0, &err) == 0 && fb_engine_layer(e5, 0, &err) == 0, "%s", err.msg);
+        CHECK(!memcmp(fb_engine_hidden(e5, &err), h1, n * H * sizeof(float)), "a re-run layer gives the same output");
+        char qn[256];
+        fb_arch_tensor(c.arch, FB_ROLE_Q, 0, -1, qn, sizeof qn);
+        int64_t qs[2] = {(int64_t)c.n_heads * c.head_dim, c.hidden};
+        float *z = calloc((size_t)(qs[0] * qs[1]), sizeof(float));
+        REQUIRE(fb_wsrc_overlay_put(ov, qn, 2, qs, z, &err) == 0, "%s", err.msg);
+        REQUIRE(fb_engine_set_hidden(e5, 0, h0, &err) == 0 && fb_engine_layer(e5, 0, &err) == 0, "%s", err.msg);
+        CHECK(memcmp(fb_engine_hidden(e5, &err), h1, n * H * sizeof(float)) != 0,
+              "a replaced q_proj changes the re-run layer's output");
+        fb_wsrc_overlay_clear(ov);
+        REQUIRE(fb_engine_set_hidden(e5, 0, h0, &err) == 0 && fb_engine_layer(e5, 0, &err) == 0, "%s", err.msg);
+        CHECK(!memcmp(fb_engine_hidden(e5, &err), h1, n * H * sizeof(float)), "cleared overlay: the original output");
+        CHECK(fb_engine_set_hidden(e5, c.n_layers + 1, h0, &err) != 0, "set_hidden past the last layer is refused");
+        fb_engine_free(e5);
+        fb_wsrc_close(ov);
+        free(h0); free(h1); free(z);
+    }
     // The CUDA engine, f32 GEMMs: the same hook observations (GPU machines only).
     char gpu[128], why[256];
     if (fb_engine_cuda_available(gpu, sizeof gpu, why, sizeof why)) {

@@ -73,7 +73,7 @@ static int check_outputs(const char *model, const char *dataset, const char *tok
 // ---- main ----------------------------------------------------------------------------------
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *dataset = NULL, *outp = NULL, *dump = NULL, *tmpl = "minimax";
+    const char *model = NULL, *dataset = NULL, *outp = NULL, *dump = NULL, *tmpl = "auto", *tmplf = NULL;
     const char *tokp = NULL, *devs = NULL;
     int n_samples = 128, seq_len = 2048, threads = 0, group = 32, chunk = 0, skip_long = 0;
     int cuda_f32 = 0;
@@ -82,7 +82,7 @@ int main(int argc, char **argv) {
     const fb_opt opts[] = {
         {"model", 'm', FB_OPT_STR, &model, "SRC", "source checkpoint (FP8 block-scaled or BF16 directory)", 0, 0},
         {"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data, JSONL (comma-separated list for several files): per line \"messages\" (+ \"tools\"), \"conversations\", \"text\" or \"input_ids\"", 0, 0},
-        {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json)", 0, 0},
+        {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0},
         {"output", 'o', FB_OPT_STR, &outp, "STATS", "statistics file to write (safetensors)", 0, 0},
         {"force", 'f', FB_OPT_FLAG, &force, NULL, "replace an existing -o / --dump-tokens file", 0, 0},
         {"samples", 'n', FB_OPT_INT, &n_samples, "N", "calibration samples", 1, 100000000},
@@ -90,7 +90,8 @@ int main(int argc, char **argv) {
         {"seed", 's', FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed", 0, 0},
         {"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order", 0, 0},
         {"skip-long", 0, FB_OPT_FLAG, &skip_long, NULL, "skip samples longer than --seq-len instead of truncating them (REAP)", 0, 0},
-        {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": minimax (MiniMax-M2's own) or chatml", 0, 0},
+        {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": auto (the checkpoint's own chat_template.jinja / tokenizer_config.json template, else minimax-m2), or the built-ins minimax-m2, chatml", 0, 0},
+        {"chat-template", 0, FB_OPT_STR, &tmplf, "FILE", "render \"messages\" with this Jinja template file instead (as transformers' apply_chat_template)", 0, 0},
         {"dump-tokens", 0, FB_OPT_STR, &dump, "FILE", "write the selected samples' token ids as JSONL (\"-\" = stdout) and stop", 0, 0},
         {"threads", 't', FB_OPT_INT, &threads, "T", "worker threads (0 = every CPU)", 0, 256},
         {"expert-group", 0, FB_OPT_INT, &group, "G", "experts held in memory at once (f32: G x 3 x inter x hidden x 4 bytes)", 1, 1 << 20},
@@ -135,12 +136,16 @@ int main(int argc, char **argv) {
     }
     fb_ds_opts dso;
     fb_ds_opts_default(&dso);
-    if (fb_chat_template_parse(tmpl, &dso.chat.tmpl, &err)) {
-        fprintf(stderr, "%s: --template: %s\n", TOOL, err.msg);
-        return 2;
+    fb_chat_own own;
+    const char *tmpl_what;
+    int src_rc = fb_chat_select(tmpl, tmplf, model, &dso.chat, &own, &tmpl_what, &err);
+    if (src_rc) {
+        fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        return src_rc == -2 ? 2 : 1;
     }
     if (seed_d < 0 || seed_d != floor(seed_d) || seed_d > 9007199254740992.0) {
         fprintf(stderr, "%s: --seed must be a non-negative integer\n", TOOL);
+        fb_chat_own_free(&own);
         return 2;
     }
     uint64_t seed = (uint64_t)seed_d;
@@ -151,22 +156,23 @@ int main(int argc, char **argv) {
     dso.skip_long = skip_long;
 
     fb_wsrc *src = fb_wsrc_open_ckpt(model, &err);
-    if (!src) { fprintf(stderr, "%s: %s\n", TOOL, err.msg); return 1; }
+    if (!src) { fprintf(stderr, "%s: %s\n", TOOL, err.msg); fb_chat_own_free(&own); return 1; }
     fb_model_config cfg;
     if (!src->config) {
         fprintf(stderr, "%s: %s: no config.json\n", TOOL, model);
         fb_wsrc_close(src);
+        fb_chat_own_free(&own);
         return 1;
     }
     if (fb_model_config_parse(src->config, &cfg, &err)) {
         fprintf(stderr, "%s: %s: %s\n", TOOL, model, err.msg);
         fb_wsrc_close(src);
+        fb_chat_own_free(&own);
         return 1;
     }
     char *tokdef = NULL, *pathbuf = NULL;
     const char **paths = NULL;
     size_t npaths = fb_split_list(dataset, &pathbuf, &paths);
-    fb_tok *tok = NULL;
     fb_ds_tokens S = {0};
     memset(&S, 0, sizeof S);
     int rc = 0;
@@ -175,8 +181,8 @@ int main(int argc, char **argv) {
         sprintf(tokdef, "%s/tokenizer.json", model);
         tokp = tokdef;
     }
-    if (fb_tok_load(tokp, &tok, &err) ||
-        fb_ds_load_tokens(dataset, &dso, tok, cfg.vocab, &S, &err)) {
+    dso.tokenizer_path = tokp;  // loaded only if a record needs it (input_ids records do not)
+    if (fb_ds_load_tokens(dataset, &dso, NULL, cfg.vocab, &S, &err)) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
         rc = 1;
         goto out_src;
@@ -239,7 +245,7 @@ int main(int argc, char **argv) {
     const char *mk[] = {"tool", "version", "model", "dataset", "dataset_xxh128", "samples",
                         "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64"};
     const char *mv[] = {TOOL, FB_VERSION, model, dataset, digests, s_samples, s_len, s_seed,
-                        skip_long ? "true" : "false", fb_chat_template_name(dso.chat.tmpl), s_tokh};
+                        skip_long ? "true" : "false", tmpl_what, s_tokh};
     int wrc = fb_calib_stats_write(st, outp, sizeof mk / sizeof mk[0], mk, mv, &err);
     free(digests);
     if (wrc) goto fail;
@@ -308,12 +314,12 @@ out:
     fb_engine_free(eng);
     fb_calib_stats_free(st);
 out_src:
-    fb_tok_free(tok);
     fb_ds_tokens_free(&S);
     free(tokdef);
     free(pathbuf);
     free(paths);
     fb_wsrc_close(src);
+    fb_chat_own_free(&own);
     if (rc && fb_cancelled()) {  // nothing was written: the statistics file comes last
         fprintf(stderr, "%s: interrupted; no statistics written\n", TOOL);
         return 130;

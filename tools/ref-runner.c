@@ -37,7 +37,7 @@ static void progress_cb(void *u, const char *phase, size_t done, size_t total) {
 }
 
 int main(int argc, char **argv) {
-    const char *refp = NULL, *qp = NULL, *data = NULL, *tokp = NULL, *tmpl = "minimax";
+    const char *refp = NULL, *qp = NULL, *data = NULL, *tokp = NULL, *tmpl = "auto", *tmplf = NULL;
     const char *recp = NULL, *devs = NULL;
     int n_samples = 32, seq_len = 512, threads = 0, group = 32, json = 0, quiet = 0;
     int no_shuffle = 0, emulate = 0, cuda_f32 = 0, max_layers = 0;
@@ -46,8 +46,9 @@ int main(int argc, char **argv) {
         {"reference", 'r', FB_OPT_STR, &refp, "SRC", "reference checkpoint (FP8 block-scaled or BF16 directory)", 0, 0},
         {"quantized", 'q', FB_OPT_STR, &qp, "DST", "quantized checkpoint (compressed-tensors NVFP4 / NVFP4A16 / W4A16, or AutoRound)", 0, 0},
         {"data", 'd', FB_OPT_STR, &data, "D.jsonl", "evaluation data, JSONL (comma-separated list for several files): \"messages\", \"conversations\", \"text\" or \"input_ids\" per line", 0, 0},
-        {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json)", 0, 0},
-        {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": minimax or chatml", 0, 0},
+        {"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0},
+        {"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": auto (the reference checkpoint's own, else minimax-m2), minimax-m2 or chatml", 0, 0},
+        {"chat-template", 0, FB_OPT_STR, &tmplf, "FILE", "render \"messages\" with this Jinja template file instead", 0, 0},
         {"samples", 'n', FB_OPT_INT, &n_samples, "N", "evaluation samples (0 = every record)", 0, 100000000},
         {"seq-len", 'L', FB_OPT_INT, &seq_len, "L", "tokens per sample at most", 2, 1 << 24},
         {"seed", 's', FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed", 0, 0},
@@ -103,9 +104,12 @@ int main(int argc, char **argv) {
     fb_err err;
     fb_ds_opts dso;
     fb_ds_opts_default(&dso);
-    if (fb_chat_template_parse(tmpl, &dso.chat.tmpl, &err)) {
-        fprintf(stderr, "%s: --template: %s\n", TOOL, err.msg);
-        return 2;
+    fb_chat_own own;
+    const char *tmpl_what;
+    int src_rc = fb_chat_select(tmpl, tmplf, refp, &dso.chat, &own, &tmpl_what, &err);
+    if (src_rc) {
+        fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        return src_rc == -2 ? 2 : 1;
     }
     dso.samples = (size_t)n_samples;
     dso.seq_len = (size_t)seq_len;
@@ -116,6 +120,7 @@ int main(int argc, char **argv) {
         fb_recipe r;
         if (fb_recipe_load(recp, &r, &err)) {
             fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+            fb_chat_own_free(&own);
             return 1;
         }
         if (max_kld == -1 && r.has_max_kld) max_kld = r.max_kld;
@@ -125,7 +130,6 @@ int main(int argc, char **argv) {
 
     int rc = 0;
     fb_wsrc *ref = NULL, *qs = NULL;
-    fb_tok *tok = NULL;
     char *tokdef = NULL;
     fb_ds_tokens S = {0};
     memset(&S, 0, sizeof S);
@@ -143,9 +147,8 @@ int main(int argc, char **argv) {
         sprintf(tokdef, "%s/tokenizer.json", refp);
         tokp = tokdef;
     }
-    if (fb_tok_load(tokp, &tok, &err) ||
-        fb_ds_load_tokens(data, &dso, tok, cfg.vocab, &S, &err))
-        goto fail;
+    dso.tokenizer_path = tokp;  // loaded only if a record needs it (input_ids records do not)
+    if (fb_ds_load_tokens(data, &dso, NULL, cfg.vocab, &S, &err)) goto fail;
     if (!quiet && n_samples && S.n < (size_t)n_samples)
         fprintf(stderr, "%s: warning: %zu samples of %d asked (%zu records, %zu too short)\n",
                 TOOL, S.n, n_samples, S.set.n_records, S.set.n_skipped_short);
@@ -242,7 +245,7 @@ fail:
     rc = 1;
 out:
     fb_runner_result_free(&res);
-    fb_tok_free(tok);
+    fb_chat_own_free(&own);
     fb_ds_tokens_free(&S);
     free(tokdef);
     fb_wsrc_close(qs);

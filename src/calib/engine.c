@@ -23,6 +23,9 @@ int fb_engine_layer(fb_engine *e, int layer, fb_err *err) {
 }
 
 const float *fb_engine_hidden(fb_engine *e, fb_err *err) { return e->ops->hidden(e, err); }
+int fb_engine_set_hidden(fb_engine *e, int layer, const float *h, fb_err *err) {
+    return e->ops->set_hidden(e, layer, h, err);
+}
 
 int fb_engine_logits(fb_engine *e, size_t t0, size_t n, float *out, fb_err *err) {
     double ts = fb_now();
@@ -54,6 +57,9 @@ static int cpu_set_tokens(fb_engine *e, const int32_t *ids, size_t n, const size
     return fb_fwd_set_tokens(e->impl, ids, n, starts, nseq, err);
 }
 static int cpu_layer(fb_engine *e, int l, fb_err *err) { return fb_fwd_layer(e->impl, l, err); }
+static int cpu_set_hidden(fb_engine *e, int l, const float *h, fb_err *err) {
+    return fb_fwd_set_hidden(e->impl, l, h, err);
+}
 static const float *cpu_hidden(fb_engine *e, fb_err *err) {
     (void)err;
     return fb_fwd_hidden(e->impl);
@@ -75,6 +81,7 @@ static const fb_engine_ops CPU_OPS = {
     .name = "cpu",
     .set_tokens = cpu_set_tokens,
     .layer = cpu_layer,
+    .set_hidden = cpu_set_hidden,
     .hidden = cpu_hidden,
     .logits = cpu_logits,
     .route_idx = cpu_route_idx,

@@ -53,6 +53,7 @@ typedef struct fb_engine_ops {
     int (*set_tokens)(fb_engine *e, const int32_t *ids, size_t n_tok, const size_t *starts,
                       size_t n_seq, fb_err *err);
     int (*layer)(fb_engine *e, int layer, fb_err *err);
+    int (*set_hidden)(fb_engine *e, int layer, const float *h, fb_err *err);
     const float *(*hidden)(fb_engine *e, fb_err *err);
     int (*logits)(fb_engine *e, size_t t0, size_t n, float *out, fb_err *err);
     const int32_t *(*route_idx)(fb_engine *e);
@@ -83,6 +84,9 @@ int fb_engine_set_tokens(fb_engine *e, const int32_t *ids, size_t n_tok, const s
                          size_t n_seq, fb_err *err);
 // Runs layer `layer` (the next one).
 int fb_engine_layer(fb_engine *e, int layer, fb_err *err);
+// Replaces the hidden states (host, n_tok x hidden) and makes `layer` the next one: re-running
+// a layer from saved inputs (sequential GPTQ / AutoRound).
+int fb_engine_set_hidden(fb_engine *e, int layer, const float *h, fb_err *err);
 // Host pointer to the current hidden states (n_tok x hidden), owned by the engine, valid until
 // the next call; NULL with err on a device error.
 const float *fb_engine_hidden(fb_engine *e, fb_err *err);

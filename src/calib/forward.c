@@ -742,6 +742,15 @@ int fb_fwd_layer(fb_fwd *f, int layer, fb_err *err) {
     return 0;
 }
 
+int fb_fwd_set_hidden(fb_fwd *f, int layer, const float *h, fb_err *err) {
+    if (!f->h) return fb_fail(err, "forward: no tokens set");
+    if (layer < 0 || layer > f->cfg.n_layers)
+        return fb_fail(err, "forward: layer %d outside [0, %d]", layer, f->cfg.n_layers);
+    if (h != f->h) memcpy(f->h, h, f->ntok * (size_t)f->cfg.hidden * sizeof(float));
+    f->next_layer = layer;
+    return 0;
+}
+
 int fb_fwd_logits(fb_fwd *f, size_t t0, size_t n, float *out, fb_err *err) {
     const fb_model_config *c = &f->cfg;
     size_t H = (size_t)c->hidden, V = (size_t)c->vocab;

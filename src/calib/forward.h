@@ -114,6 +114,11 @@ int fb_fwd_layer(fb_fwd *f, int layer, fb_err *err);
 float *fb_fwd_hidden(fb_fwd *f);
 int fb_fwd_layers_done(const fb_fwd *f);
 
+// Replaces the hidden states (n_tok x hidden, as fb_fwd_hidden gives them) and makes `layer`
+// the next one: a layer is re-run from saved inputs (sequential algorithms run a layer with its
+// original weights to observe, then with its quantized weights to feed the next layer).
+int fb_fwd_set_hidden(fb_fwd *f, int layer, const float *h, fb_err *err);
+
 // Logits (n x vocab, row-major, caller's buffer) of tokens [t0, t0+n) after final norm and
 // lm_head, from the current hidden states (normally after the last layer).
 int fb_fwd_logits(fb_fwd *f, size_t t0, size_t n, float *out, fb_err *err);

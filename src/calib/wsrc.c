@@ -257,3 +257,78 @@ int fb_wsrc_mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape
     memcpy(t->data, data, (size_t)n * sizeof(float));
     return 0;
 }
+
+// ---- overlay: in-memory replacements over another source -----------------------------------------
+
+typedef struct ovl_ctx {
+    fb_wsrc *base;   // borrowed
+    fb_wsrc *mem;    // owned: the replacements
+} ovl_ctx;
+
+static int ovl_shape(fb_wsrc *s, const char *name, int *ndim, int64_t shape[FB_MAX_DIMS]) {
+    ovl_ctx *o = s->ctx;
+    return o->mem->shape(o->mem, name, ndim, shape) || o->base->shape(o->base, name, ndim, shape);
+}
+
+static int ovl_load(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, float *out, fb_err *err) {
+    ovl_ctx *o = s->ctx;
+    int nd;
+    int64_t sh[FB_MAX_DIMS];
+    fb_wsrc *src = o->mem->shape(o->mem, name, &nd, sh) ? o->mem : o->base;
+    return src->load(src, name, r0, nrows, out, err);
+}
+
+// Raw FP8 only for tensors not replaced (a replacement is f32).
+static int ovl_load_fp8(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, uint8_t *bytes,
+                        float **scale, int *bm, int *bn, fb_err *err) {
+    ovl_ctx *o = s->ctx;
+    int nd;
+    int64_t sh[FB_MAX_DIMS];
+    if (o->mem->shape(o->mem, name, &nd, sh) || !o->base->load_fp8) return 0;
+    return o->base->load_fp8(o->base, name, r0, nrows, bytes, scale, bm, bn, err);
+}
+
+static void ovl_close(fb_wsrc *s) {
+    ovl_ctx *o = s->ctx;
+    fb_wsrc_close(o->mem);
+    free(o);
+}
+
+fb_wsrc *fb_wsrc_overlay_new(fb_wsrc *base) {
+    ovl_ctx *o = fb_calloc(1, sizeof *o);
+    o->base = base;
+    o->mem = fb_wsrc_mem_new(NULL);
+    fb_wsrc *s = fb_calloc(1, sizeof *s);
+    s->shape = ovl_shape;
+    s->load = ovl_load;
+    s->load_fp8 = ovl_load_fp8;
+    s->close = ovl_close;
+    s->ctx = o;
+    s->config = base->config;
+    size_t n = strlen(base->desc ? base->desc : "") + 16;
+    s->desc = fb_malloc(n);
+    snprintf(s->desc, n, "%s (overlaid)", base->desc ? base->desc : "");
+    return s;
+}
+
+int fb_wsrc_overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, const float *data,
+                        fb_err *err) {
+    ovl_ctx *o = s->ctx;
+    mem_ctx *m = o->mem->ctx;
+    for (size_t i = 0; i < m->n; i++)
+        if (strcmp(m->t[i].name, name) == 0) {  // replace in place (same element count required)
+            uint64_t a = 1, b = 1;
+            for (int d = 0; d < m->t[i].ndim; d++) a *= (uint64_t)m->t[i].shape[d];
+            for (int d = 0; d < ndim; d++) b *= (uint64_t)shape[d];
+            if (a != b) return fb_fail(err, "overlay: tensor %s changes size", name);
+            memcpy(m->t[i].data, data, (size_t)b * sizeof(float));
+            return 0;
+        }
+    return fb_wsrc_mem_add(o->mem, name, ndim, shape, data, err);
+}
+
+void fb_wsrc_overlay_clear(fb_wsrc *s) {
+    ovl_ctx *o = s->ctx;
+    fb_wsrc_close(o->mem);
+    o->mem = fb_wsrc_mem_new(NULL);
+}

@@ -64,6 +64,16 @@ fb_wsrc *fb_wsrc_mem_new(json_t *config);
 int fb_wsrc_mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
                     const float *data, fb_err *err);
 
+// An overlay over `base` (borrowed; it must outlive the overlay): tensors put into the overlay
+// (f32, in memory) replace the base's of the same name, everything else is read from the base.
+// For sequential algorithms (GPTQ, AutoRound): a layer re-run with its quantized weights.
+fb_wsrc *fb_wsrc_overlay_new(fb_wsrc *base);
+// Adds or replaces (same element count) a tensor of the overlay (copied).
+int fb_wsrc_overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
+                        const float *data, fb_err *err);
+// Drops every replacement.
+void fb_wsrc_overlay_clear(fb_wsrc *s);
+
 // Closes any source and frees it.
 void fb_wsrc_close(fb_wsrc *s);
 

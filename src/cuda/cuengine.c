@@ -11,6 +11,9 @@ static int cu_set_tokens(fb_engine *e, const int32_t *ids, size_t n, const size_
     return fb_cufwd_set_tokens(e->impl, ids, n, starts, nseq, err);
 }
 static int cu_layer(fb_engine *e, int l, fb_err *err) { return fb_cufwd_layer(e->impl, l, err); }
+static int cu_set_hidden(fb_engine *e, int l, const float *h, fb_err *err) {
+    return fb_cufwd_set_hidden(e->impl, l, h, err);
+}
 static const float *cu_hidden(fb_engine *e, fb_err *err) {
     if (!e->hbuf) e->hbuf = fb_aligned_alloc(e->ntok * e->hidden * sizeof(float) + 64);
     return fb_cufwd_hidden(e->impl, e->hbuf, err) ? NULL : e->hbuf;
@@ -33,6 +36,7 @@ static const fb_engine_ops CUDA_OPS = {
     .name = "cuda",
     .set_tokens = cu_set_tokens,
     .layer = cu_layer,
+    .set_hidden = cu_set_hidden,
     .hidden = cu_hidden,
     .logits = cu_logits,
     .route_idx = cu_route_idx,

@@ -1516,6 +1516,15 @@ static int run_layer(fb_cufwd *f, int layer, fb_err *err) {
 
 extern "C" int fb_cufwd_layer(fb_cufwd *f, int layer, fb_err *err) { return run_layer(f, layer, err); }
 
+extern "C" int fb_cufwd_set_hidden(fb_cufwd *f, int layer, const float *h, fb_err *err) {
+    if (!f->h) return fb_fail(err, "forward: no tokens set");
+    if (layer < 0 || layer > f->cfg.n_layers)
+        return fb_fail(err, "forward: layer %d outside [0, %d]", layer, f->cfg.n_layers);
+    CK(cudaMemcpy(f->h, h, f->ntok * (size_t)f->cfg.hidden * 4, cudaMemcpyHostToDevice));
+    f->next_layer = layer;
+    return 0;
+}
+
 extern "C" int fb_cufwd_hidden(fb_cufwd *f, float *out, fb_err *err) {
     if (!f->h) return fb_fail(err, "forward: no tokens set");
     CK(cudaMemcpy(out, f->h, f->ntok * f->cfg.hidden * 4, cudaMemcpyDeviceToHost));

@@ -95,6 +95,9 @@ int fb_cufwd_set_tokens(fb_cufwd *f, const int32_t *ids, size_t n_tok, const siz
 // Runs layer `layer` (the next one). Fails naming the tensor, or with the CUDA/cuBLAS error.
 int fb_cufwd_layer(fb_cufwd *f, int layer, fb_err *err);
 
+// As fb_fwd_set_hidden: uploads h (host, n_tok x hidden) and makes `layer` the next one.
+int fb_cufwd_set_hidden(fb_cufwd *f, int layer, const float *h, fb_err *err);
+
 // Copies the current hidden states (n_tok x hidden f32) to out (host).
 int fb_cufwd_hidden(fb_cufwd *f, float *out, fb_err *err);
 

@@ -2,8 +2,10 @@
 // line of tests/golden/tokenizer/minimax-m2.jinja).
 #include "io/chat.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     char *p;
@@ -447,14 +449,38 @@ static int render_chatml(const fb_chat_opts *o, json_t *msgs, buf *b, fb_err *er
     return 0;
 }
 
+// The variables transformers' apply_chat_template renders with (render_jinja_template):
+// special tokens first, then messages / tools / documents / add_generation_prompt, then kwargs.
+static int render_jinja(const fb_chat_opts *o, json_t *msgs, json_t *tools, json_t *kwargs, char **out,
+                        size_t *out_len, fb_err *err) {
+    if (!o->jinja) return fb_fail(err, "no Jinja template given");
+    json_t *v = json_object();
+    if (o->special) json_object_update(v, o->special);
+    json_object_set(v, "messages", msgs);
+    json_object_set_new(v, "tools", tools ? json_incref(tools) : json_null());
+    json_object_set_new(v, "documents", json_null());
+    json_object_set_new(v, "add_generation_prompt", json_boolean(o->add_generation_prompt));
+    if (kwargs) json_object_update(v, kwargs);
+    int rc = fb_jinja_render(o->jinja, v, out, out_len, err);
+    json_decref(v);
+    return rc;
+}
+
 int fb_chat_render(const fb_chat_opts *o, json_t *messages, json_t *tools, char **out, size_t *out_len,
                    fb_err *err) {
+    return fb_chat_render_kw(o, messages, tools, NULL, out, out_len, err);
+}
+
+int fb_chat_render_kw(const fb_chat_opts *o, json_t *messages, json_t *tools, json_t *kwargs, char **out,
+                      size_t *out_len, fb_err *err) {
     *out = NULL;
     *out_len = 0;
     if (!json_is_array(messages)) return fb_fail(err, "messages must be a list");
     for (size_t i = 0; i < json_array_size(messages); i++)
         if (!json_is_object(json_array_get(messages, i))) return fb_fail(err, "message %zu is not an object", i);
     if (json_is_null(tools)) tools = NULL;
+    if (kwargs && !json_is_object(kwargs)) return fb_fail(err, "chat_template_kwargs must be an object");
+    if (o->tmpl == FB_CHAT_JINJA) return render_jinja(o, messages, tools, kwargs, out, out_len, err);
     buf b = {0};
     int rc = o->tmpl == FB_CHAT_CHATML ? render_chatml(o, messages, &b, err)
                                        : render_minimax(o, messages, tools, &b, err);
@@ -487,5 +513,138 @@ int fb_chat_template_parse(const char *name, fb_chat_template *out, fb_err *err)
 }
 
 const char *fb_chat_template_name(fb_chat_template t) {
-    return t == FB_CHAT_CHATML ? "chatml" : "minimax-m2";
+    return t == FB_CHAT_CHATML ? "chatml" : t == FB_CHAT_JINJA ? "jinja" : "minimax-m2";
+}
+
+// ---------------------------------------------------------------------------------------------
+// A checkpoint's own template
+
+// The special tokens transformers' special_tokens_map holds (strings or AddedToken objects).
+static const char *const SPECIAL_KEYS[] = {"bos_token", "eos_token", "unk_token", "sep_token",
+                                           "pad_token", "cls_token", "mask_token"};
+
+static json_t *special_tokens(json_t *cfg) {
+    json_t *sp = json_object();
+    for (size_t i = 0; i < sizeof SPECIAL_KEYS / sizeof SPECIAL_KEYS[0]; i++) {
+        json_t *v = json_object_get(cfg, SPECIAL_KEYS[i]);
+        if (json_is_object(v)) v = json_object_get(v, "content");
+        if (json_is_string(v)) json_object_set(sp, SPECIAL_KEYS[i], v);
+    }
+    return sp;
+}
+
+// DIR/tokenizer_config.json parsed, or NULL (*out) when there is none.
+static int load_tok_config(const char *dir, json_t **out, char **path, fb_err *err) {
+    *out = NULL;
+    *path = fb_malloc(strlen(dir) + 32);
+    sprintf(*path, "%s/tokenizer_config.json", dir);
+    if (access(*path, F_OK) != 0) return 0;
+    json_error_t je;
+    *out = json_load_file(*path, 0, &je);
+    if (!*out) return fb_fail(err, "%s: line %d: %s", *path, je.line, je.text);
+    if (!json_is_object(*out)) {
+        json_decref(*out);
+        *out = NULL;
+        return fb_fail(err, "%s: not a JSON object", *path);
+    }
+    return 0;
+}
+
+void fb_chat_own_free(fb_chat_own *o) {
+    if (!o) return;
+    fb_jinja_free(o->tmpl);
+    if (o->special) json_decref(o->special);
+    free(o->source);
+    memset(o, 0, sizeof *o);
+}
+
+int fb_chat_own_load(const char *dir, fb_chat_own *out, fb_err *err) {
+    memset(out, 0, sizeof *out);
+    json_t *cfg;
+    char *cfgp;
+    if (load_tok_config(dir, &cfg, &cfgp, err)) {
+        free(cfgp);
+        return -1;
+    }
+    out->special = cfg ? special_tokens(cfg) : json_object();
+    char *jp = fb_malloc(strlen(dir) + 32);
+    sprintf(jp, "%s/chat_template.jinja", dir);
+    int rc = 0;
+    if (access(jp, F_OK) == 0) {  // transformers 5: the separate file takes priority
+        rc = fb_jinja_load(jp, &out->tmpl, err);
+        out->source = jp;
+        jp = NULL;
+    } else if (cfg && json_object_get(cfg, "chat_template")) {
+        json_t *ct = json_object_get(cfg, "chat_template");
+        if (json_is_array(ct)) {  // named templates: the "default" one
+            json_t *def = NULL;
+            for (size_t i = 0; i < json_array_size(ct); i++) {
+                json_t *e = json_array_get(ct, i);
+                if (json_is_string(json_object_get(e, "name")) &&
+                    !strcmp(json_string_value(json_object_get(e, "name")), "default"))
+                    def = json_object_get(e, "template");
+            }
+            if (!def) rc = fb_fail(err, "%s: chat_template lists named templates but none is \"default\"", cfgp);
+            ct = def;
+        }
+        if (!rc && !json_is_string(ct)) rc = fb_fail(err, "%s: chat_template is not a string", cfgp);
+        if (!rc) {
+            out->source = fb_malloc(strlen(cfgp) + 32);
+            sprintf(out->source, "%s#chat_template", cfgp);
+            rc = fb_jinja_parse(json_string_value(ct), json_string_length(ct), out->source, &out->tmpl, err);
+        }
+    }
+    free(jp);
+    free(cfgp);
+    if (cfg) json_decref(cfg);
+    if (rc) fb_chat_own_free(out);
+    return rc;
+}
+
+int fb_chat_select(const char *name, const char *file, const char *model_dir, fb_chat_opts *o, fb_chat_own *own,
+                   const char **what, fb_err *err) {
+    memset(own, 0, sizeof *own);
+    *what = NULL;
+    if (!name) name = "auto";
+    int is_auto = strcmp(name, "auto") == 0;
+    if (file && !is_auto) return fb_fail(err, "--chat-template FILE and --template %s exclude each other", name), -2;
+    if (!is_auto) {
+        if (fb_chat_template_parse(name, &o->tmpl, err)) {
+            fb_err_prefix(err, "--template");
+            return -2;
+        }
+        *what = fb_chat_template_name(o->tmpl);
+        return 0;
+    }
+    if (file) {  // the file's template with the checkpoint's special tokens
+        json_t *cfg = NULL;
+        char *cfgp = NULL;
+        if (model_dir && load_tok_config(model_dir, &cfg, &cfgp, err)) {
+            free(cfgp);
+            return -1;
+        }
+        free(cfgp);
+        own->special = cfg ? special_tokens(cfg) : json_object();
+        if (cfg) json_decref(cfg);
+        if (fb_jinja_load(file, &own->tmpl, err)) {
+            fb_chat_own_free(own);
+            return -1;
+        }
+        own->source = fb_strdup(file);
+    } else if (model_dir && fb_chat_own_load(model_dir, own, err)) {
+        size_t n = strlen(err->msg);
+        snprintf(err->msg + n, sizeof err->msg - n, " (the checkpoint's chat template; --template minimax-m2|chatml "
+                                                    "or --chat-template FILE renders without it)");
+        return -1;
+    }
+    if (own->tmpl) {
+        o->tmpl = FB_CHAT_JINJA;
+        o->jinja = own->tmpl;
+        o->special = own->special;
+        *what = own->source;
+    } else {
+        o->tmpl = FB_CHAT_MINIMAX_M2;
+        *what = "minimax-m2 (built-in; the checkpoint has no chat template)";
+    }
+    return 0;
 }

@@ -54,6 +54,8 @@ static const char *const MESSAGE_ROLES[] = {"system", "user", "assistant", "tool
 // Which kind a record is, after checking its shape; REC_NONE with err set when it is bad.
 static int record_kind(json_t *rec, fb_err *err) {
     if (!json_is_object(rec)) return fb_fail(err, "not a JSON object"), REC_NONE;
+    json_t *kw = json_object_get(rec, "chat_template_kwargs");
+    if (kw && !json_is_object(kw)) return fb_fail(err, "'chat_template_kwargs' must be an object"), REC_NONE;
     for (int k = 0; k < REC_NONE; k++) {
         json_t *v = json_object_get(rec, REC_KEYS[k].key);
         if (!v) continue;
@@ -270,6 +272,18 @@ static json_t *sharegpt_messages(json_t *conv) {
     return msgs;
 }
 
+// The tokenizer for a record that needs one: *tp, else loaded from o->tokenizer_path into *tp
+// (the caller frees it), else an error naming the record.
+static int need_tok(const fb_ds_opts *o, fb_tok **tp, const char *path, size_t line, fb_err *err) {
+    if (*tp) return 0;
+    if (!o->tokenizer_path)
+        return fb_fail(err, "%s:%zu: this record needs a tokenizer and none was given", path, line);
+    fb_err why;
+    if (fb_tok_load(o->tokenizer_path, tp, &why))
+        return fb_fail(err, "%s:%zu: this record needs the tokenizer: %s", path, line, why.msg);
+    return 0;
+}
+
 // Encodes text, but when `budget` > 0 possibly only a prefix of it: enough to give at least
 // `budget` ids, all equal to the first ids of the whole text. The prefix is cut just after
 // an ASCII letter followed by a space: the byte-level pre-tokenizers in use (GPT-2, and the
@@ -293,17 +307,21 @@ static int encode_budget(fb_tok *t, const char *text, size_t len, int add_specia
     return fb_tok_encode(t, text, len, add_special, out, err);
 }
 
-static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, size_t budget, fb_ids *out,
-                      fb_err *err);
+static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *check, fb_tok **tp, size_t budget,
+                      fb_ids *out, fb_err *err);
 
 int fb_ds_record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, fb_ids *out, fb_err *err) {
-    return record_ids(ds, i, o, t, 0, out, err);
+    fb_tok *use = t;
+    int rc = record_ids(ds, i, o, t, &use, 0, out, err);
+    if (use != t) fb_tok_free(use);
+    return rc;
 }
 
 // fb_ds_record_ids with a token budget (0 = none): at least `budget` ids when the record has
-// that many, each equal to the record's full encoding (encode_budget).
-static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, size_t budget, fb_ids *out,
-                      fb_err *err) {
+// that many, each equal to the record's full encoding (encode_budget). `check` (the caller's
+// tokenizer, may be NULL) bounds input_ids; *tp is the tokenizer for text, loaded on first need.
+static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *check, fb_tok **tp, size_t budget,
+                      fb_ids *out, fb_err *err) {
     json_t *rec;
     if (fb_ds_record(ds, i, &rec, err)) return -1;
     const char *path;
@@ -314,7 +332,7 @@ static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, 
     switch (kind) {
     case REC_INPUT_IDS: {
         json_t *ids = json_object_get(rec, "input_ids");
-        int32_t nids = fb_tok_n_ids(t);
+        int32_t nids = check ? fb_tok_n_ids(check) : INT32_MAX;  // no tokenizer: the model's vocab bounds them
         for (size_t k = 0; k < json_array_size(ids); k++) {
             json_int_t v = json_integer_value(json_array_get(ids, k));
             if (v >= nids) {
@@ -333,8 +351,10 @@ static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, 
                                             : sharegpt_messages(json_object_get(rec, "conversations"));
         char *text = NULL;
         size_t len = 0;
-        if (fb_chat_render(&o->chat, msgs, json_object_get(rec, "tools"), &text, &len, &why) ||
-            encode_budget(t, text, len, 0, budget, out, &why))
+        if (fb_chat_render_kw(&o->chat, msgs, json_object_get(rec, "tools"), json_object_get(rec, "chat_template_kwargs"),
+                              &text, &len, &why))
+            rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
+        else if (!(rc = need_tok(o, tp, path, line, err)) && encode_budget(*tp, text, len, 0, budget, out, &why))
             rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
         free(text);
         json_decref(msgs);
@@ -342,7 +362,8 @@ static int record_ids(fb_dataset *ds, size_t i, const fb_ds_opts *o, fb_tok *t, 
     }
     case REC_TEXT: {
         json_t *s = json_object_get(rec, "text");
-        if (encode_budget(t, json_string_value(s), json_string_length(s), o->text_add_special, budget, out, &why))
+        if (!(rc = need_tok(o, tp, path, line, err)) &&
+            encode_budget(*tp, json_string_value(s), json_string_length(s), o->text_add_special, budget, out, &why))
             rc = fb_fail(err, "%s:%zu: %s", path, line, why.msg);
         break;
     }
@@ -382,10 +403,12 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
     }
     size_t cap = 0;
     fb_ids ids = {0};
+    fb_tok *use = t;  // t, or the tokenizer loaded when a record first needs one
     for (size_t k = 0; k < n && !(o->samples && out->n >= o->samples); k++) {
         ids.n = 0;
         out->n_visited++;
         if (fb_cancel_check("tokenizing the samples", err)) {
+            if (use != t) fb_tok_free(use);
             fb_ids_free(&ids);
             free(order);
             fb_ds_set_free(out);
@@ -393,7 +416,8 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
         }
         // Tokenize only what can be used: seq_len ids (one more tells truncation), min_len.
         size_t budget = o->seq_len ? (o->seq_len > o->min_len ? o->seq_len : o->min_len) + 1 : 0;
-        if (record_ids(ds, order[k], o, t, budget, &ids, err)) {
+        if (record_ids(ds, order[k], o, t, &use, budget, &ids, err)) {
+            if (use != t) fb_tok_free(use);
             fb_ids_free(&ids);
             free(order);
             fb_ds_set_free(out);
@@ -423,6 +447,7 @@ int fb_ds_build(fb_dataset *ds, const fb_ds_opts *o, fb_tok *t, fb_ds_set *out, 
         s->record = order[k];
         out->total_tokens += len;
     }
+    if (use != t) fb_tok_free(use);
     fb_ids_free(&ids);
     free(order);
     return 0;

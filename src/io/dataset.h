@@ -4,15 +4,21 @@
 // Input: one or more JSONL files, one JSON object per line (blank lines are skipped; a UTF-8
 // BOM at the start of a file is skipped). A record is, by the first key present:
 //   input_ids      [int, ...]                 pre-tokenized; used as is (ids checked against
-//                                             the tokenizer's range)
+//                                             the tokenizer's range when one is given, and
+//                                             against the model's vocabulary by
+//                                             fb_ds_load_tokens); needs no tokenizer
 //   messages       [{role, content, ...}]     chat; roles system / user / assistant / tool;
 //                                             rendered with the chosen chat template (chat.h),
-//                                             the record's `tools` list passed along
+//                                             the record's `tools` list and its
+//                                             `chat_template_kwargs` object passed along
 //   conversations  [{from, value}]            ShareGPT style; from human|user -> user,
 //                                             gpt|assistant -> assistant, system, tool
 //   text           "..."                      plain text, encoded with add_special_tokens
 //                                             (fb_ds_opts.text_add_special, default 1, as
 //                                             `tokenizer(text)` does)
+// The tokenizer is needed only by records that are not input_ids: fb_ds_build and
+// fb_ds_record_ids take t = NULL and then load fb_ds_opts.tokenizer_path when the first such
+// record is met (a missing or bad tokenizer is then an error naming that record).
 // Chat renderings are encoded without the post-processor, as apply_chat_template(tokenize=True)
 // does (the MiniMax template writes its BOS itself). Every line is parsed and checked when the
 // dataset is opened, so a bad line is an error naming the file and line number whatever the
@@ -49,6 +55,7 @@ typedef struct fb_ds_opts {
     size_t min_len;        // drop samples with fewer ids (default 1: drop empty ones)
     int text_add_special;  // `text` records: apply the tokenizer's post-processor (default 1)
     fb_chat_opts chat;     // template for `messages` / `conversations` (default minimax-m2)
+    const char *tokenizer_path;  // loaded on first need when no tokenizer is passed (NULL: none)
 } fb_ds_opts;
 
 // Defaults: samples 0, seq_len 0, seed 42, shuffle on, truncate, min_len 1, text_add_special 1,
