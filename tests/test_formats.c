@@ -1,11 +1,65 @@
 // test_formats.c: number formats against PyTorch (tests/golden/fp8/codes.safetensors, made by
 // scripts/gen-fp8-golden.py): all 256 e4m3fn and e5m2 codes decoded, f32 -> bf16 and f32 -> f16
-// rounding (ties, subnormals, overflow, NaN), f32 -> e4m3 after the quantizers' clamp.
+// rounding (ties, subnormals, overflow, NaN), f32 -> e4m3 after the quantizers' clamp; the
+// BF16 widening fast path against the scalar one on every bf16 pattern; which fast paths the
+// kernels chose (printed; the CPU's best unless FB_QUANT_IMPL says otherwise).
+//
+//   test_formats --impl   prints the chosen paths only (tests/t_quant_impl.sh)
 #include <math.h>
+#include <stdlib.h>
 
 #include "io/checkpoint.h"
 #include "quant/formats.h"
+#include "quant/fp8block.h"
+#include "quant/nvfp4.h"
+#include "quant/w4a16.h"
 #include "test.h"
+
+static void print_impl(FILE *f) {
+    fprintf(f, "fp8=%s nvfp4=%s w4a16=%s bf16-widen=%s\n", fb_fp8_dequant_impl(), fb_nvfp4_impl(),
+            fb_w4a16_impl(), fb_bf16_widen_impl());
+}
+
+// Every bf16 bit pattern through fb_to_f32 at every length 0..40 and source misalignment
+// 0..7 elements, against the per-element widening.
+static void test_widen(void) {
+    uint16_t *src = fb_malloc(65536 * 2 + 64);
+    float *dst = fb_malloc(65536 * 4 + 64);
+    for (uint32_t b = 0; b < 65536; b++) src[b] = (uint16_t)b;
+    size_t bad = 0;
+    CHECK(fb_to_f32(FB_BF16, src, dst, 65536) == 0, "widen all");
+    for (uint32_t b = 0; b < 65536; b++) bad += fb_f32_bits(dst[b]) != (b << 16);
+    for (size_t off = 0; off < 8; off++)
+        for (size_t n = 0; n <= 40; n++) {
+            for (size_t i = 0; i < n + 1; i++) dst[i] = -1.0f;
+            fb_to_f32(FB_BF16, src + 1000 * off + off, dst, n);
+            for (size_t i = 0; i < n; i++) bad += fb_f32_bits(dst[i]) != (uint32_t)src[1000 * off + off + i] << 16;
+            bad += dst[n] != -1.0f;  // nothing written past n
+        }
+    CHECK(bad == 0, "bf16 widening (%s): %zu elements differ from the scalar widening", fb_bf16_widen_impl(), bad);
+    free(src);
+    free(dst);
+}
+
+// Without FB_QUANT_IMPL every kernel takes the CPU's best path: NEON on aarch64, AVX2 or
+// better on x86-64 with AVX2. A build that silently falls back to scalar fails here.
+static void test_best_path(void) {
+    print_impl(stderr);
+    const char *cap = getenv("FB_QUANT_IMPL");
+    if (cap && *cap) return;
+#if defined(__aarch64__)
+    const char *want = "neon";
+    CHECK(!strcmp(fb_fp8_dequant_impl(), want) && !strcmp(fb_nvfp4_impl(), want) &&
+              !strcmp(fb_w4a16_impl(), want) && !strcmp(fb_bf16_widen_impl(), want),
+          "aarch64: every kernel on NEON");
+#elif defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2"))
+        CHECK(strcmp(fb_fp8_dequant_impl(), "scalar") && strcmp(fb_nvfp4_impl(), "scalar") &&
+                  strcmp(fb_w4a16_impl(), "scalar"),
+              "x86-64 with AVX2: no kernel on the scalar path");
+#endif
+}
 
 static void *load(fb_ckpt *c, const char *name, uint64_t *n) {
     const fb_ckpt_tensor *t = fb_ckpt_find(c, name);
@@ -17,8 +71,14 @@ static void *load(fb_ckpt *c, const char *name, uint64_t *n) {
     return buf;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 2 && !strcmp(argv[1], "--impl")) {
+        print_impl(stdout);
+        return 0;
+    }
     fb_formats_init();
+    test_best_path();
+    test_widen();
     fb_ckpt *c;
     fb_err e;
     REQUIRE(fb_ckpt_open(GOLDEN_DIR "/fp8/codes.safetensors", &c, &e) == 0, "%s", e.msg);

@@ -75,6 +75,7 @@ static void golden(const char *src, const char *expected) {
 }
 
 int main(void) {
+    fprintf(stderr, "fp8 dequant fast path: %s\n", fb_fp8_dequant_impl());
     fast_vs_ref(256, 256, 128, 128, 0, 256);
     fast_vs_ref(200, 328, 128, 128, 0, 200);     // partial edge tiles both ways
     fast_vs_ref(200, 328, 128, 128, 77, 100);    // window starting inside a tile row

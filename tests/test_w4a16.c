@@ -250,7 +250,7 @@ static void fill(float *w, size_t n, int kind) {
 static void test_fast_vs_ref(void) {
     static const size_t shapes[][3] = {{1, 128, 128}, {3, 256, 128}, {16, 512, 128},
                                        {5, 3072, 128}, {2, 1536, 128}, {7, 96, 32},
-                                       {4, 64, 8}, {9, 384, 64}};
+                                       {4, 64, 8}, {9, 384, 64}, {3, 96, 24}};
     size_t bad = 0;
     for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
         for (int kind = 0; kind < 6; kind++) {

@@ -82,7 +82,11 @@ double fb_now(void) {
 uint64_t fb_peak_rss(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
-    return (uint64_t)ru.ru_maxrss * 1024u;  // Linux reports KiB
+#if defined(__APPLE__)
+    return (uint64_t)ru.ru_maxrss;  // macOS reports bytes
+#else
+    return (uint64_t)ru.ru_maxrss * 1024u;  // Linux and the BSDs report KiB
+#endif
 }
 
 int fb_ncpu(void) {

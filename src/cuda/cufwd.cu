@@ -5,6 +5,11 @@
 // that have an add avoid FMA contraction with __fadd_rn/__fmul_rn where the CPU engine rounds
 // each operation (RoPE, the routing-weighted combine), so those agree bit for bit given equal
 // inputs; reductions (RMSNorm in f64, softmax sums) differ from the CPU's sequential order.
+// The targets this object was compiled for, set by the Makefile from CUDA_ARCH; named by the
+// device check when a GPU has no usable image.
+#ifndef FB_CUDA_ARCHS
+#define FB_CUDA_ARCHS "(arch list not recorded)"
+#endif
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
@@ -632,7 +637,18 @@ extern "C" int fb_cuda_probe(char *name, size_t name_sz, char *why, size_t why_s
     cudaDeviceProp p;
     if (cudaGetDeviceProperties(&p, 0) != cudaSuccess || p.major < 8) {
         snprintf(why, why_sz, "CUDA device 0 (%s) has compute capability %d.%d; sm_80+ needed "
-                              "(code built for sm_90)", p.name, p.major, p.minor);
+                              "(this build holds " FB_CUDA_ARCHS ")", p.name, p.major, p.minor);
+        return 0;
+    }
+    // A capable GPU may still find no image in the fat binary (SASS for other archs, no PTX
+    // it can JIT): ask for one kernel's attributes now rather than fail at the first launch.
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, k_add) != cudaSuccess) {
+        cudaGetLastError();  // not a sticky error: clear it so later calls start clean
+        snprintf(why, why_sz, "CUDA device 0 (%s, sm_%d%d) has no usable kernel image: this build "
+                              "holds " FB_CUDA_ARCHS "; rebuild with CUDA_ARCH=\"-gencode "
+                              "arch=compute_%d%d,code=sm_%d%d\"", p.name, p.major, p.minor,
+                 p.major, p.minor, p.major, p.minor);
         return 0;
     }
     snprintf(name, name_sz, "%s", p.name);

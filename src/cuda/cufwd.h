@@ -1,6 +1,7 @@
-// cufwd.h: the layer-wise MoE forward on an NVIDIA GPU: the same math as calib/forward.c
-// (calib/mm.h; the family's names, router and q/k norm from arch/arch.h), with hidden states
-// kept on the device. Behind the engine interface (calib/engine.h) through cuda/cuengine.h.
+// cufwd.h: the layer-wise MoE forward on an NVIDIA GPU (sm_90 Hopper, sm_100/120/121
+// Blackwell: Makefile CUDA_ARCH): the same math as calib/forward.c (calib/mm.h; the family's
+// names, router and q/k norm from arch/arch.h), with hidden states kept on the device. Behind
+// the engine interface (calib/engine.h) through cuda/cuengine.h.
 //
 // Built only when nvcc is present (the Makefile defines FB_HAVE_CUDA and compiles
 // src/cuda/*.cu); callers guard their use with #ifdef FB_HAVE_CUDA.

@@ -632,8 +632,12 @@ static void sb_add(char **buf, size_t *len, size_t *cap, const char *fmt, ...) {
     }
 }
 
-static int cmp_layout(const void *a, const void *b, void *ctx) {
-    const fb_cw *w = ctx;
+// qsort's comparator gets no context argument and qsort_r's signature differs between glibc
+// and the BSDs: the writer being sorted is passed per thread instead. The order is total
+// (ties broken by index), so any sort gives the same layout.
+static _Thread_local const fb_cw *cmp_layout_w;
+static int cmp_layout(const void *a, const void *b) {
+    const fb_cw *w = cmp_layout_w;
     const out_tensor *x = &w->t[*(const int *)a], *y = &w->t[*(const int *)b];
     int bx = fb_dtypes[x->dt].bits, by = fb_dtypes[y->dt].bits;
     if (bx != by) return bx > by ? -1 : 1;  // larger alignment first
@@ -670,7 +674,8 @@ int fb_cw_plan(fb_cw *w, fb_err *err) {
     }
     for (int s = 0; s < ns; s++) {
         shard *sh = &w->shards[s];
-        qsort_r(sh->members, (size_t)sh->n_members, sizeof(int), cmp_layout, w);
+        cmp_layout_w = w;
+        qsort(sh->members, (size_t)sh->n_members, sizeof(int), cmp_layout);
         size_t cap = 4096, len = 0;
         char *b = fb_malloc(cap);
         b[0] = 0;
@@ -853,11 +858,15 @@ int fb_cw_shard_begin(fb_cw *w, int s, fb_err *err) {
     if (write_full(sh->fd, lb, 8, 0) || write_full(sh->fd, sh->header, sh->header_len, 8))
         rc = fb_fail(err, "%s: write error: %s", tmp, strerror(errno));
     // Reserve the whole file so a full disk is found now, not after minutes of work.
+    // (posix_fallocate is POSIX's optional Advisory Information: where it is absent, as on
+    // macOS, a full disk is found at the first failing write instead.)
+#if defined(_POSIX_ADVISORY_INFO) && _POSIX_ADVISORY_INFO > 0
     if (!rc) {
         int e = posix_fallocate(sh->fd, 0, (off_t)fb_cw_shard_file_bytes(w, s));
         if (e == ENOSPC || e == EDQUOT) rc = fb_fail(err, "%s: no space left on device for %llu bytes", tmp,
                                                      (unsigned long long)fb_cw_shard_file_bytes(w, s));
     }
+#endif
     free(tmp);
     if (rc) return -1;
     sh->hash = XXH3_createState();
@@ -979,9 +988,15 @@ int fb_cw_write(fb_cw *w, int idx, uint64_t off, const void *data, size_t n, fb_
         sh->hashed += n;
         if (sh->hashed - sh->synced >= SYNC_WINDOW) {
             uint64_t a = sh->synced, len = sh->hashed - sh->synced;
+#ifdef SYNC_FILE_RANGE_WRITE
             sync_file_range(sh->fd, (off_t)a, (off_t)len,
                             SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+#else
+            fdatasync(sh->fd);  // sync_file_range is Linux's: flush the whole file instead
+#endif
+#ifdef POSIX_FADV_DONTNEED
             posix_fadvise(sh->fd, (off_t)a, (off_t)len, POSIX_FADV_DONTNEED);
+#endif
             sh->synced = sh->hashed;
         }
     }
@@ -1016,7 +1031,9 @@ int fb_cw_shard_end(fb_cw *w, int s, fb_err *err) {
         sh->hashed = total;
     }
     if (!rc && fdatasync(sh->fd) != 0) rc = fb_fail(err, "%s: fdatasync: %s", tmp, strerror(errno));
+#ifdef POSIX_FADV_DONTNEED
     if (!rc) posix_fadvise(sh->fd, 0, 0, POSIX_FADV_DONTNEED);
+#endif
     if (close(sh->fd) != 0 && !rc) rc = fb_fail(err, "%s: close: %s", tmp, strerror(errno));
     sh->fd = -1;
     if (!rc && rename(tmp, final) != 0) rc = fb_fail(err, "%s: rename: %s", tmp, strerror(errno));

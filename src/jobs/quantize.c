@@ -311,8 +311,12 @@ static int add_out(fb_cw *w, out_decl **decls, size_t *nd, const char *name, con
     return add_out_shape(w, decls, nd, name, suffix, dt, ndim, shape, err);
 }
 
-static int cmp_module_order(const void *a, const void *b, void *ctx) {
-    const fb_ckpt *c = ctx;
+// The checkpoint whose tensors are sorted, per thread: portable qsort has no context
+// argument (qsort_r differs between glibc and the BSDs). The order is total (names are
+// unique), so any sort gives the same result.
+static _Thread_local const fb_ckpt *cmp_module_ckpt;
+static int cmp_module_order(const void *a, const void *b) {
+    const fb_ckpt *c = cmp_module_ckpt;
     const char *x = c->tensors[*(const size_t *)a].t->name, *y = c->tensors[*(const size_t *)b].t->name;
     int r = fb_module_order_cmp(x, y);
     return r ? r : strcmp(x, y);
@@ -364,7 +368,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     // Canonical order (torch named_modules order of the module names), not the source files'
     // order: the output is then the same whether the source is the FP8 release or its
     // fp8-dequant copy (whose writer lays tensors out by alignment).
-    qsort_r(logical, n, sizeof *logical, cmp_module_order, c);
+    cmp_module_ckpt = c;
+    qsort(logical, n, sizeof *logical, cmp_module_order);
     for (size_t k = 0; k < n; k++) {
         const fb_st_tensor *t = c->tensors[logical[k]].t;
         desc[k] = (fb_tensor_desc){t->name, t->ndim, t->shape};

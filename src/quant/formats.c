@@ -3,6 +3,13 @@
 
 #include <math.h>
 #include <pthread.h>
+#include <string.h>
+
+#include "quant/simd_priv.h"
+
+#if defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 float fb_e4m3_lut[256];
 float fb_e5m2_lut[256];
@@ -90,13 +97,39 @@ int fb_load_f32(fb_dtype dt, const void *buf, uint64_t i, float *out) {
     }
 }
 
+#if defined(__aarch64__)
+static int widen_neon;
+static pthread_once_t widen_once = PTHREAD_ONCE_INIT;
+static void pick_widen(void) { widen_neon = fb_qsimd_allowed("neon") && fb_qsimd_have_neon(); }
+#endif
+
+const char *fb_bf16_widen_impl(void) {
+#if defined(__aarch64__)
+    pthread_once(&widen_once, pick_widen);
+    if (widen_neon) return "neon";
+#endif
+    return "scalar";
+}
+
 int fb_to_f32(fb_dtype dt, const void *src, float *dst, size_t n) {
     const unsigned char *p = src;
     switch (dt) {
     case FB_F32: memcpy(dst, src, n * 4); return 0;
-    case FB_BF16:
-        for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = fb_bf16_to_f32(h); }
+    case FB_BF16: {
+        size_t i = 0;
+#if defined(__aarch64__)
+        // The widening is a 16-bit shift into the top half: vshll does 8 elements in two.
+        pthread_once(&widen_once, pick_widen);
+        if (widen_neon)
+            for (; i + 8 <= n; i += 8) {
+                uint16x8_t h = vld1q_u16((const uint16_t *)(const void *)(p + 2 * i));
+                vst1q_f32(dst + i, vreinterpretq_f32_u32(vshll_n_u16(vget_low_u16(h), 16)));
+                vst1q_f32(dst + i + 4, vreinterpretq_f32_u32(vshll_high_n_u16(h, 16)));
+            }
+#endif
+        for (; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = fb_bf16_to_f32(h); }
         return 0;
+    }
     case FB_F16:
         for (size_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, p + 2 * i, 2); dst[i] = fb_f16_to_f32(h); }
         return 0;

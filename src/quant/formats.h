@@ -59,6 +59,10 @@ int fb_load_f32(fb_dtype dt, const void *buf, uint64_t i, float *out);
 // Returns -1 for an unsupported dtype.
 int fb_to_f32(fb_dtype dt, const void *src, float *dst, size_t n);
 
+// The BF16 -> f32 widening fb_to_f32 uses: "neon" (aarch64) or "scalar" (a loop the compiler
+// may vectorize). Chosen once per process; FB_QUANT_IMPL caps it (quant/simd_priv.h).
+const char *fb_bf16_widen_impl(void);
+
 // Index of the first NaN (or, with also_inf, NaN or Inf) among n elements of a floating
 // buffer, or -1 when there is none (or the dtype is not floating).
 int64_t fb_find_nonfinite(fb_dtype dt, const void *buf, size_t n, int also_inf);

@@ -6,12 +6,18 @@
 // path is bit-identical by construction; tests compare it with the scalar loop anyway.
 #include "quant/fp8block.h"
 
-#include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "quant/formats.h"
+#include "quant/simd_priv.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
+#endif
 
 // ---- SIMD rows: decode e4m3 by bits, one f32 multiply, RNE to bf16 in integer arithmetic ----
 // e4m3 byte b -> f32: the 7 magnitude bits shifted to the f32 mantissa/exponent position give
@@ -21,6 +27,9 @@
 // on integers so no DAZ/FTZ conversion instruction is involved. NaN codes are detected and
 // the chunk is redone by the table path (which writes 0x7FC0 like the reference).
 
+typedef unsigned (*row_fn)(const uint8_t *, size_t, float, uint16_t *);
+
+#if defined(__x86_64__)
 __attribute__((target("avx512f,avx512bw"))) static unsigned row_avx512(const uint8_t *w, size_t n, float s,
                                                                          uint16_t *out) {
     const __m512 k120 = _mm512_set1_ps(0x1p120f), vs = _mm512_set1_ps(s);
@@ -77,23 +86,82 @@ __attribute__((target("avx2"))) static unsigned row_avx2(const uint8_t *w, size_
     }
     return bad;
 }
+#endif  // __x86_64__
 
-typedef unsigned (*row_fn)(const uint8_t *, size_t, float, uint16_t *);
-static row_fn pick_row(void) {
-    const char *cap = getenv("FB_QUANT_IMPL");
-    __builtin_cpu_init();
-    if ((!cap || !strcmp(cap, "avx512")) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
-        return row_avx512;
-    if ((!cap || strcmp(cap, "scalar")) && __builtin_cpu_supports("avx2")) return row_avx2;
-    return NULL;
+#if defined(__aarch64__)
+// The tail of a row (fewer than 16 elements): the reference expression, NaN codes flagged.
+static unsigned row_tail(const uint8_t *w, size_t n, float s, uint16_t *out) {
+    unsigned bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        bad |= (w[i] & 0x7Fu) == 0x7Fu;
+        out[i] = fb_f32_to_bf16(fb_e4m3_lut[w[i]] * s);
+    }
+    return bad;
 }
+
+// 4 lanes: magnitude already at f32 bits 20..26 after the << 16, sign at bit 31.
+static inline uint16x4_t cvt4_neon(uint16x4_t mag, uint16x4_t sgn, float32x4_t vs) {
+    float32x4_t v = vmulq_f32(vreinterpretq_f32_u32(vshll_n_u16(mag, 16)), vdupq_n_f32(0x1p120f));
+    v = vreinterpretq_f32_u32(vorrq_u32(vreinterpretq_u32_f32(v), vshll_n_u16(sgn, 16)));
+    uint32x4_t u = vreinterpretq_u32_f32(vmulq_f32(v, vs));
+    uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    return vshrn_n_u32(vaddq_u32(vaddq_u32(u, vdupq_n_u32(0x7FFF)), lsb), 16);
+}
+
+// The same steps on 4 f32 lanes at a time, 16 bytes per iteration. vshrn_n_u32(t, 16) is the
+// final >> 16 and the narrowing to bf16 bits in one instruction. AArch64 Linux runs with
+// FPCR.FZ clear, so the e4m3 subnormals built as f32 denormals survive the multiplies.
+static unsigned row_neon(const uint8_t *w, size_t n, float s, uint16_t *out) {
+    const float32x4_t vs = vdupq_n_f32(s);
+    const uint8x16_t m7f = vdupq_n_u8(0x7F), m80 = vdupq_n_u8(0x80);
+    uint8x16_t nan = vdupq_n_u8(0);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        uint8x16_t b = vld1q_u8(w + i);
+        uint8x16_t mag = vandq_u8(b, m7f);
+        nan = vorrq_u8(nan, vceqq_u8(mag, m7f));
+        // The magnitude bits go to bits 20..26 of an f32 as in the x86 kernels (<< 4 while
+        // widening to u16, << 16 while widening to u32: vshll does both steps at once); the
+        // sign byte goes to bit 31 the same way (0x80 << 8 << 16).
+        uint16x8_t mlo = vshll_n_u8(vget_low_u8(mag), 4), mhi = vshll_high_n_u8(mag, 4);
+        uint8x16_t sg = vandq_u8(b, m80);
+        uint16x8_t slo = vshll_n_u8(vget_low_u8(sg), 8), shi = vshll_high_n_u8(sg, 8);
+        vst1q_u16(out + i, vcombine_u16(cvt4_neon(vget_low_u16(mlo), vget_low_u16(slo), vs),
+                                        cvt4_neon(vget_high_u16(mlo), vget_high_u16(slo), vs)));
+        vst1q_u16(out + i + 8, vcombine_u16(cvt4_neon(vget_low_u16(mhi), vget_low_u16(shi), vs),
+                                            cvt4_neon(vget_high_u16(mhi), vget_high_u16(shi), vs)));
+    }
+    return (vmaxvq_u8(nan) != 0) | row_tail(w + i, n - i, s, out + i);
+}
+#endif  // __aarch64__
+
+typedef struct row_impl {
+    const char *name;
+    row_fn row;  // NULL: the per-tile table path
+} row_impl;
+
+static row_impl pick_row(void) {
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (fb_qsimd_allowed("avx512") && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw"))
+        return (row_impl){"avx512", row_avx512};
+    if (fb_qsimd_allowed("avx2") && __builtin_cpu_supports("avx2")) return (row_impl){"avx2", row_avx2};
+#elif defined(__aarch64__)
+    if (fb_qsimd_allowed("neon") && fb_qsimd_have_neon()) return (row_impl){"neon", row_neon};
+#endif
+    return (row_impl){"scalar", NULL};
+}
+static row_impl g_impl;
 static row_fn g_row;
 static pthread_once_t g_row_once = PTHREAD_ONCE_INIT;
-static void init_row(void) { g_row = pick_row(); }
+static void init_row(void) {
+    g_impl = pick_row();
+    g_row = g_impl.row;
+}
 
 const char *fb_fp8_dequant_impl(void) {
     pthread_once(&g_row_once, init_row);
-    return g_row == row_avx512 ? "avx512" : g_row == row_avx2 ? "avx2" : "scalar";
+    return g_impl.name;
 }
 
 int64_t fb_fp8_dequant_bf16_ref(const uint8_t *w, const float *scale, uint64_t r0, size_t nrows,
@@ -182,7 +250,20 @@ int64_t fb_fp8_dequant_f32(const uint8_t *w, const float *scale, uint64_t r0, si
     // assumption can reorder them across the float stores.
     unsigned char *bytes = (unsigned char *)out;
     int64_t nan = fb_fp8_dequant_bf16(w, scale, r0, nrows, cols, bm, bn, (uint16_t *)(void *)out);
-    for (size_t i = nrows * cols; i-- > 0;) {
+    size_t n = nrows * cols;
+#if defined(__aarch64__)
+    // 8 at a time from the end: the 16 bf16 bytes at 2i are loaded before the 32 f32 bytes
+    // at 4i >= 2i are stored, and no later (lower) load reaches 4i; NEON is on whenever the
+    // row kernel is.
+    if (g_row == row_neon)
+        for (; n >= 8; n -= 8) {
+            uint16x8_t h = vld1q_u16((const uint16_t *)(const void *)(bytes + 2 * (n - 8)));
+            uint32_t *o = (uint32_t *)(void *)(bytes + 4 * (n - 8));
+            vst1q_u32(o, vshll_n_u16(vget_low_u16(h), 16));
+            vst1q_u32(o + 4, vshll_high_n_u16(h, 16));
+        }
+#endif
+    for (size_t i = n; i-- > 0;) {
         uint16_t h;
         memcpy(&h, bytes + 2 * i, 2);
         float f = fb_bf16_to_f32(h);

@@ -1,5 +1,5 @@
 // nvfp4.c: NVFP4 quantization (see nvfp4.h). The scalar reference kernels live here; the
-// AVX2 / AVX-512 fast paths are in nvfp4_simd.c and are chosen once per process.
+// AVX2 / AVX-512 / NEON fast paths are in quant_simd.c and are chosen once per process.
 #include "quant/nvfp4.h"
 
 #include <math.h>
@@ -8,6 +8,7 @@
 
 #include "common/fb.h"
 #include "quant/formats.h"
+#include "quant/simd_priv.h"
 
 #if defined(__x86_64__)
 // Fast paths, in quant_simd.c (same results as the reference, tested in tests/test_nvfp4.c).
@@ -19,6 +20,10 @@ void fb_qsimd_nvfp4_avx2(const float *w, size_t nrows, size_t cols, float g, uin
                          uint8_t *scale);
 void fb_qsimd_nvfp4_avx512(const float *w, size_t nrows, size_t cols, float g,
                            uint8_t *packed, uint8_t *scale);
+#elif defined(__aarch64__)
+float fb_qsimd_absmax_neon(const float *x, size_t n);
+void fb_qsimd_nvfp4_neon(const float *w, size_t nrows, size_t cols, float g, uint8_t *packed,
+                         uint8_t *scale);
 #endif
 
 static inline float bf16r(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
@@ -170,15 +175,13 @@ static void pick_impl(void) {
     fb_formats_init();
     impl = (nvfp4_impl){"scalar", fb_nvfp4_absmax_ref, fb_nvfp4_quantize_rows_ref};
 #if defined(__x86_64__)
-    const char *force = getenv("FB_QUANT_IMPL");  // "scalar" / "avx2": for tests and benches
-    int want512 = !force || strcmp(force, "avx512") == 0;
-    int want2 = !force || strcmp(force, "avx2") == 0 || want512;
-    if (want2 && fb_qsimd_have_avx2()) {
+    if (fb_qsimd_allowed("avx2") && fb_qsimd_have_avx2())
         impl = (nvfp4_impl){"avx2", fb_qsimd_absmax_avx2, fb_qsimd_nvfp4_avx2};
-    }
-    if (want512 && fb_qsimd_have_avx512()) {
+    if (fb_qsimd_allowed("avx512") && fb_qsimd_have_avx512())
         impl = (nvfp4_impl){"avx512", fb_qsimd_absmax_avx512, fb_qsimd_nvfp4_avx512};
-    }
+#elif defined(__aarch64__)
+    if (fb_qsimd_allowed("neon") && fb_qsimd_have_neon())
+        impl = (nvfp4_impl){"neon", fb_qsimd_absmax_neon, fb_qsimd_nvfp4_neon};
 #endif
 }
 

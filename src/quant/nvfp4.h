@@ -32,7 +32,8 @@
 //
 // Kernels. Each has a scalar reference (*_ref, the ground truth, tested against the golden
 // files of the real compressed-tensors) and a fast path (AVX-512 / AVX2 chosen at run time
-// with __builtin_cpu_supports, scalar elsewhere) tested to give identical bytes.
+// with __builtin_cpu_supports on x86-64, NEON on aarch64, scalar elsewhere) tested to give
+// identical bytes.
 #ifndef FB_QUANT_NVFP4_H
 #define FB_QUANT_NVFP4_H
 
@@ -96,8 +97,8 @@ void fb_nvfp4_dequant_rows_bf16(const uint8_t *packed, const uint8_t *scale, siz
                                 size_t cols, float g, uint16_t *out);
 
 // The fast path fb_nvfp4_quantize_rows and fb_nvfp4_absmax use on this CPU: "avx512",
-// "avx2" or "scalar". Chosen once per process; FB_QUANT_IMPL=scalar|avx2|avx512 in the
-// environment caps the choice (tests, benchmarks).
+// "avx2", "neon" or "scalar". Chosen once per process; FB_QUANT_IMPL=scalar|avx2|avx512|neon
+// in the environment caps the choice (tests, benchmarks; rules in quant/simd_priv.h).
 const char *fb_nvfp4_impl(void);
 
 // vLLM's NVFP4 activation fake-quantization (W4A4 emulation, jobs/runner.h): in place on `rows`

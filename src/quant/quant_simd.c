@@ -1,5 +1,6 @@
-// quant_simd.c: AVX2 and AVX-512 fast paths of the NVFP4 (nvfp4.h) and W4A16 / AutoRound
-// (w4a16.h) quantizers. Private to nvfp4.c / w4a16.c, which declare these functions and pick
+// quant_simd.c: AVX2 and AVX-512 (x86-64) and NEON (aarch64) fast paths of the NVFP4
+// (nvfp4.h) and W4A16 / AutoRound (w4a16.h) quantizers, and the FB_QUANT_IMPL policy every
+// kernel follows (simd_priv.h). Private to nvfp4.c / w4a16.c, which declare these functions and pick
 // one at run time with fb_qsimd_have_*(); each must give exactly the bytes of the scalar
 // reference (tests/test_nvfp4.c, tests/test_w4a16.c check it on random, heavy-tailed,
 // edge-case and all-bf16 inputs).
@@ -19,6 +20,17 @@
 
 #include "common/fb.h"
 #include "quant/formats.h"
+#include "quant/simd_priv.h"
+#include "quant/w4a16.h"
+
+#include <stdlib.h>
+
+int fb_qsimd_allowed(const char *level) {
+    const char *cap = getenv("FB_QUANT_IMPL");
+    if (!cap || !*cap) return 1;
+    if (!strcmp(cap, level)) return 1;
+    return !strcmp(cap, "avx512") && !strcmp(level, "avx2");
+}
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -425,3 +437,242 @@ T_AVX512 void fb_qsimd_autoround_avx512(const float *w, size_t nrows, size_t col
 }
 
 #endif  // __x86_64__
+
+#if defined(__aarch64__)
+// ---- NEON (aarch64) --------------------------------------------------------------------------
+// The same steps as the AVX2 kernels above on 4 f32 lanes (vdivq_f32 is correctly rounded;
+// vrndnq_f32 rounds half to even like nearbyintf in the default mode; AArch64 Linux runs with
+// FPCR.FZ clear, so subnormals are kept). SVE is not used: the Grace-class cores of GB10
+// implement it at 128 bits, the width of NEON, so it would add predication, not lanes.
+#include <arm_neon.h>
+#include <sys/auxv.h>
+
+#ifndef HWCAP_ASIMD
+#define HWCAP_ASIMD (1 << 1)
+#endif
+
+int fb_qsimd_have_neon(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0; }
+
+#define CHUNK 64  // groups per chunk (a multiple of 4)
+#define AR_THRESH_F16 0x00A8u
+
+static inline float bf16r(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
+
+float fb_qsimd_absmax_neon(const float *x, size_t n) {
+    const uint32x4_t mask = vdupq_n_u32(0x7FFFFFFF);
+    uint32x4_t a0 = vdupq_n_u32(0), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = vmaxq_u32(a0, vandq_u32(vld1q_u32((const uint32_t *)(const void *)(x + i)), mask));
+        a1 = vmaxq_u32(a1, vandq_u32(vld1q_u32((const uint32_t *)(const void *)(x + i + 4)), mask));
+        a2 = vmaxq_u32(a2, vandq_u32(vld1q_u32((const uint32_t *)(const void *)(x + i + 8)), mask));
+        a3 = vmaxq_u32(a3, vandq_u32(vld1q_u32((const uint32_t *)(const void *)(x + i + 12)), mask));
+    }
+    uint32_t m = vmaxvq_u32(vmaxq_u32(vmaxq_u32(a0, a1), vmaxq_u32(a2, a3)));
+    for (; i < n; i++) {
+        uint32_t b = fb_f32_bits(x[i]) & 0x7FFFFFFFu;
+        m = b > m ? b : m;
+    }
+    return fb_bits_f32(m);
+}
+
+// bf16 round-to-nearest-even of finite f32 lanes, on the bits (as fb_f32_to_bf16).
+static inline float32x4_t bf16r_neon(float32x4_t x) {
+    uint32x4_t u = vreinterpretq_u32_f32(x);
+    uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    u = vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7FFF)));
+    return vreinterpretq_f32_u32(vandq_u32(u, vdupq_n_u32(0xFFFF0000u)));
+}
+
+// Group scales of 4 groups from their maxima m (nv_scales_256, spec §1.2).
+static inline void nv_scales_neon(float32x4_t m, float32x4_t g, uint32x4_t *code, float32x4_t *t) {
+    float32x4_t s1 = bf16r_neon(vdivq_f32(m, vdupq_n_f32(6.0f)));
+    float32x4_t s2 = vminq_f32(vmulq_f32(g, s1), vdupq_n_f32(448.0f));
+    uint32x4_t a = vreinterpretq_u32_f32(s2);
+    uint32x4_t lsb = vandq_u32(vshrq_n_u32(a, 20), vdupq_n_u32(1));
+    uint32x4_t r = vandq_u32(vaddq_u32(a, vaddq_u32(lsb, vdupq_n_u32(0x7FFFF))), vdupq_n_u32(0xFFF00000u));
+    uint32x4_t cn = vsubq_u32(vshrq_n_u32(r, 20), vdupq_n_u32(960));  // (e-120)<<3|m
+    float32x4_t q = vrndnq_f32(vmulq_f32(s2, vdupq_n_f32(512.0f)));
+    float32x4_t vs = vmulq_f32(q, vdupq_n_f32(1.0f / 512.0f));
+    uint32x4_t cs = vreinterpretq_u32_s32(vcvtq_s32_f32(q));
+    uint32x4_t isn = vcgeq_f32(s2, vdupq_n_f32(0x1p-6f));
+    float32x4_t s3 = vbslq_f32(isn, vreinterpretq_f32_u32(r), vs);
+    uint32x4_t c = vbslq_u32(isn, cn, cs);
+    uint32x4_t z = vceqq_f32(s3, vdupq_n_f32(0.0f));  // zero scale -> 0.125, code 0x20
+    s3 = vbslq_f32(z, vdupq_n_f32(0.125f), s3);
+    *code = vbslq_u32(z, vdupq_n_u32(0x20), c);
+    *t = vdivq_f32(s3, g);
+}
+
+// FP4 nibbles of 4 lanes of w / t (spec §0.1, §1.3): each true compare is all-ones, so
+// subtracting the mask adds 1 to the magnitude index.
+static inline uint32x4_t nv_nibbles_neon(float32x4_t w, float32x4_t t) {
+    float32x4_t y = vdivq_f32(w, t);
+    y = vminq_f32(vmaxq_f32(y, vdupq_n_f32(-6.0f)), vdupq_n_f32(6.0f));
+    float32x4_t a = vabsq_f32(y);
+    uint32x4_t idx = vsubq_u32(vdupq_n_u32(0), vcgtq_f32(a, vdupq_n_f32(0.25f)));
+    idx = vsubq_u32(idx, vcgeq_f32(a, vdupq_n_f32(0.75f)));
+    idx = vsubq_u32(idx, vcgtq_f32(a, vdupq_n_f32(1.25f)));
+    idx = vsubq_u32(idx, vcgeq_f32(a, vdupq_n_f32(1.75f)));
+    idx = vsubq_u32(idx, vcgtq_f32(a, vdupq_n_f32(2.5f)));
+    idx = vsubq_u32(idx, vcgeq_f32(a, vdupq_n_f32(3.5f)));
+    idx = vsubq_u32(idx, vcgtq_f32(a, vdupq_n_f32(5.0f)));
+    uint32x4_t neg = vcltq_f32(y, vdupq_n_f32(0.0f));
+    return vorrq_u32(idx, vandq_u32(neg, vdupq_n_u32(8)));
+}
+
+// 8 nibble lanes (values 0..15, lanes 0-3 in a, 4-7 in b) -> one little-endian u32: lane i
+// in bits 4i..4i+3. Narrowed to bytes, each u16 holds lanes 2j (low byte) and 2j+1 (high);
+// adding it shifted right by 4 puts 2j | (2j+1) << 4 in the low byte (no carries: <= 255).
+static inline uint32_t pack8_neon(uint32x4_t a, uint32x4_t b) {
+    uint8x8_t c = vmovn_u16(vcombine_u16(vmovn_u32(a), vmovn_u32(b)));
+    uint16x4_t p = vreinterpret_u16_u8(c);
+    p = vsra_n_u16(p, p, 4);
+    return vget_lane_u32(vreinterpret_u32_u8(vmovn_u16(vcombine_u16(p, p))), 0);
+}
+
+// 16 nibble lanes -> 8 bytes (lane 2j low nibble of byte j).
+static inline uint64_t pack16_neon(uint32x4_t c0, uint32x4_t c1, uint32x4_t c2, uint32x4_t c3) {
+    uint8x16_t b = vcombine_u8(vmovn_u16(vcombine_u16(vmovn_u32(c0), vmovn_u32(c1))),
+                               vmovn_u16(vcombine_u16(vmovn_u32(c2), vmovn_u32(c3))));
+    uint16x8_t p = vreinterpretq_u16_u8(b);
+    p = vsraq_n_u16(p, p, 4);
+    return vget_lane_u64(vreinterpret_u64_u8(vmovn_u16(p)), 0);
+}
+
+void fb_qsimd_nvfp4_neon(const float *w, size_t nrows, size_t cols, float g, uint8_t *packed,
+                         uint8_t *scale) {
+    const size_t ng = cols / 16;
+    const float32x4_t gv = vdupq_n_f32(g);
+    float mx[CHUNK], tt[CHUNK];
+    uint32_t cc[CHUNK];
+    for (size_t r = 0; r < nrows; r++) {
+        const float *row = w + r * cols;
+        uint8_t *prow = packed + r * (cols / 2), *srow = scale + r * ng;
+        for (size_t k0 = 0; k0 < ng; k0 += CHUNK) {
+            size_t nk = ng - k0 < CHUNK ? ng - k0 : CHUNK;
+            for (size_t k = 0; k < nk; k++) {
+                const float *x = row + (k0 + k) * 16;
+                float32x4_t m = vmaxq_f32(vmaxq_f32(vabsq_f32(vld1q_f32(x)), vabsq_f32(vld1q_f32(x + 4))),
+                                          vmaxq_f32(vabsq_f32(vld1q_f32(x + 8)), vabsq_f32(vld1q_f32(x + 12))));
+                mx[k] = vmaxvq_f32(m);
+            }
+            for (size_t k = nk; k % 4; k++) mx[k] = 0.0f;
+            for (size_t k = 0; k < nk; k += 4) {
+                uint32x4_t c;
+                float32x4_t t;
+                nv_scales_neon(vld1q_f32(mx + k), gv, &c, &t);
+                vst1q_u32(cc + k, c);
+                vst1q_f32(tt + k, t);
+            }
+            for (size_t k = 0; k < nk; k++) {
+                const float *x = row + (k0 + k) * 16;
+                float32x4_t t = vdupq_n_f32(tt[k]);
+                uint64_t v = pack16_neon(nv_nibbles_neon(vld1q_f32(x), t), nv_nibbles_neon(vld1q_f32(x + 4), t),
+                                         nv_nibbles_neon(vld1q_f32(x + 8), t), nv_nibbles_neon(vld1q_f32(x + 12), t));
+                memcpy(prow + (k0 + k) * 8, &v, 8);
+                srow[k0 + k] = (uint8_t)cc[k];
+            }
+        }
+    }
+}
+
+// ---- W4A16 (compressed-tensors) and AutoRound, NEON ------------------------------------------
+
+static inline float ct_scale(float m) {
+    float s = bf16r(m / 7.5f);
+    return s == 0.0f ? 0x1p-7f : s;
+}
+
+// Offset-binary codes: round(clamp(BF16(w / s), -8, 7)) + 8.
+static inline uint32x4_t ct_codes_neon(float32x4_t w, float32x4_t s) {
+    float32x4_t y = bf16r_neon(vdivq_f32(w, s));
+    y = vrndnq_f32(vminq_f32(vmaxq_f32(y, vdupq_n_f32(-8.0f)), vdupq_n_f32(7.0f)));
+    return vreinterpretq_u32_s32(vaddq_s32(vcvtq_s32_f32(y), vdupq_n_s32(8)));
+}
+
+static inline float32x4_t absmax4(const float *x, size_t n) {
+    float32x4_t m = vdupq_n_f32(0.0f);
+    for (size_t i = 0; i < n; i += 4) m = vmaxq_f32(m, vabsq_f32(vld1q_f32(x + i)));
+    return m;
+}
+
+void fb_qsimd_w4a16_neon(const float *w, size_t nrows, size_t cols, size_t group,
+                         int32_t *packed, uint16_t *scale) {
+    if (group % 8) {  // words would straddle groups: the reference handles that
+        fb_w4a16_quantize_rows_ref(w, nrows, cols, group, packed, scale);
+        return;
+    }
+    const size_t ng = cols / group;
+    for (size_t r = 0; r < nrows; r++) {
+        const float *row = w + r * cols;
+        int32_t *prow = packed + r * (cols / 8);
+        for (size_t k = 0; k < ng; k++) {
+            const float *x = row + k * group;
+            float s = ct_scale(vmaxvq_f32(absmax4(x, group)));
+            scale[r * ng + k] = fb_f32_to_bf16(s);
+            float32x4_t sv = vdupq_n_f32(s);
+            size_t i = 0;
+            for (; i + 16 <= group; i += 16) {
+                const float *y = x + i;
+                uint64_t v = pack16_neon(ct_codes_neon(vld1q_f32(y), sv), ct_codes_neon(vld1q_f32(y + 4), sv),
+                                         ct_codes_neon(vld1q_f32(y + 8), sv), ct_codes_neon(vld1q_f32(y + 12), sv));
+                memcpy(prow + (k * group + i) / 8, &v, 8);
+            }
+            for (; i < group; i += 8)
+                prow[(k * group + i) / 8] =
+                    (int32_t)pack8_neon(ct_codes_neon(vld1q_f32(x + i), sv), ct_codes_neon(vld1q_f32(x + i + 4), sv));
+        }
+    }
+}
+
+// The signed fp16 scale from mx = max(max w, 0) and mn = -min(min w, 0) (w4a16.c ar_scale).
+static inline uint16_t ar_scale(float mx, float mn) {
+    float v = (mx < mn) ? mn : -mx;
+    uint16_t h = fb_f32_to_f16(v / 8.0f);
+    if (h & 0x8000u) {
+        if ((h & 0x7FFFu) == 0) return AR_THRESH_F16;
+        if ((h & 0x7FFFu) < AR_THRESH_F16) return 0x8000u | AR_THRESH_F16;
+    } else if (h < AR_THRESH_F16) {
+        return AR_THRESH_F16;
+    }
+    return h;
+}
+
+// Codes: clamp(round(w / s), -8, 7) + 8.
+static inline uint32x4_t ar_codes_neon(float32x4_t w, float32x4_t s) {
+    float32x4_t q = vrndnq_f32(vdivq_f32(w, s));
+    q = vminq_f32(vmaxq_f32(q, vdupq_n_f32(-8.0f)), vdupq_n_f32(7.0f));
+    return vreinterpretq_u32_s32(vaddq_s32(vcvtq_s32_f32(q), vdupq_n_s32(8)));
+}
+
+void fb_qsimd_autoround_neon(const float *w, size_t nrows, size_t cols, size_t group, size_t o0,
+                             size_t ld, int32_t *qweight, uint16_t *scales) {
+    if (group % 8) {
+        fb_autoround_quantize_rows_ref(w, nrows, cols, group, o0, ld, qweight, scales);
+        return;
+    }
+    fb_formats_init();
+    for (size_t r = 0; r < nrows; r++) {
+        const float *row = w + r * cols;
+        size_t o = o0 + r;
+        for (size_t k = 0; k < cols / group; k++) {
+            const float *x = row + k * group;
+            float32x4_t hi = vdupq_n_f32(0.0f), lo = hi;
+            for (size_t i = 0; i < group; i += 4) {
+                float32x4_t v = vld1q_f32(x + i);
+                hi = vmaxq_f32(hi, v);
+                lo = vminq_f32(lo, v);
+            }
+            float mx = vmaxvq_f32(hi);
+            float mn = vmaxvq_f32(vsubq_f32(vdupq_n_f32(0.0f), lo));
+            uint16_t h = ar_scale(mx, mn);
+            scales[k * ld + o] = h;
+            float32x4_t sv = vdupq_n_f32(fb_f16_to_f32(h));
+            for (size_t i = 0; i < group; i += 8)
+                qweight[((k * group + i) / 8) * ld + o] =
+                    (int32_t)pack8_neon(ar_codes_neon(vld1q_f32(x + i), sv), ar_codes_neon(vld1q_f32(x + i + 4), sv));
+        }
+    }
+}
+#endif  // __aarch64__

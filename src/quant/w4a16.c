@@ -1,5 +1,5 @@
 // w4a16.c: int4 group quantization, compressed-tensors and AutoRound layouts (see w4a16.h).
-// Scalar reference kernels here; the AVX2 / AVX-512 fast paths are in quant_simd.c.
+// Scalar reference kernels here; the AVX2 / AVX-512 / NEON fast paths are in quant_simd.c.
 #include "quant/w4a16.h"
 
 #include <math.h>
@@ -8,6 +8,7 @@
 
 #include "common/fb.h"
 #include "quant/formats.h"
+#include "quant/simd_priv.h"
 
 #if defined(__x86_64__)
 // Fast paths, in quant_simd.c (same results as the reference, tested in tests/test_w4a16.c).
@@ -21,6 +22,11 @@ void fb_qsimd_autoround_avx2(const float *w, size_t nrows, size_t cols, size_t g
                              size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
 void fb_qsimd_autoround_avx512(const float *w, size_t nrows, size_t cols, size_t group,
                                size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
+#elif defined(__aarch64__)
+void fb_qsimd_w4a16_neon(const float *w, size_t nrows, size_t cols, size_t group,
+                         int32_t *packed, uint16_t *scale);
+void fb_qsimd_autoround_neon(const float *w, size_t nrows, size_t cols, size_t group,
+                             size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
 #endif
 
 static inline float bf16r(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
@@ -174,13 +180,13 @@ static void pick_impl(void) {
     fb_formats_init();
     impl = (w4_impl){"scalar", fb_w4a16_quantize_rows_ref, fb_autoround_quantize_rows_ref};
 #if defined(__x86_64__)
-    const char *force = getenv("FB_QUANT_IMPL");  // "scalar" / "avx2" / "avx512"
-    int want512 = !force || strcmp(force, "avx512") == 0;
-    int want2 = !force || strcmp(force, "avx2") == 0 || want512;
-    if (want2 && fb_qsimd_have_avx2())
+    if (fb_qsimd_allowed("avx2") && fb_qsimd_have_avx2())
         impl = (w4_impl){"avx2", fb_qsimd_w4a16_avx2, fb_qsimd_autoround_avx2};
-    if (want512 && fb_qsimd_have_avx512())
+    if (fb_qsimd_allowed("avx512") && fb_qsimd_have_avx512())
         impl = (w4_impl){"avx512", fb_qsimd_w4a16_avx512, fb_qsimd_autoround_avx512};
+#elif defined(__aarch64__)
+    if (fb_qsimd_allowed("neon") && fb_qsimd_have_neon())
+        impl = (w4_impl){"neon", fb_qsimd_w4a16_neon, fb_qsimd_autoround_neon};
 #endif
 }
 

@@ -34,8 +34,8 @@
 // Inputs, as in nvfp4.h: rows of f32 values that are exactly bf16 (from BF16 tensors or
 // fb_fp8_dequant_f32), finite (callers reject NaN/Inf). Work is per row, so any row range can
 // be done by any thread in any order (streaming); cols % G == 0 and cols % 8 == 0 (FB_ASSERT).
-// Each quantizer has a scalar reference (*_ref) and a fast path (AVX-512 / AVX2 at run time)
-// that gives identical bytes.
+// Each quantizer has a scalar reference (*_ref) and a fast path (AVX-512 / AVX2 / NEON, chosen
+// at run time) that gives identical bytes.
 #ifndef FB_QUANT_W4A16_H
 #define FB_QUANT_W4A16_H
 
@@ -88,9 +88,9 @@ void fb_autoround_g_idx(size_t cols, size_t group, int32_t *g_idx);
 void fb_autoround_dequant_rows(const int32_t *qweight, const uint16_t *scales, size_t nrows,
                                size_t cols, size_t group, size_t o0, size_t ld, float *out);
 
-// The fast path the quantizers use on this CPU: "avx512", "avx2" or "scalar". Chosen once
-// per process; FB_QUANT_IMPL=scalar|avx2|avx512 in the environment caps the choice (tests,
-// benchmarks).
+// The fast path the quantizers use on this CPU: "avx512", "avx2", "neon" or "scalar". Chosen
+// once per process; FB_QUANT_IMPL=scalar|avx2|avx512|neon in the environment caps the choice
+// (tests, benchmarks; rules in quant/simd_priv.h).
 const char *fb_w4a16_impl(void);
 
 #endif
