@@ -191,6 +191,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: --seq-len %d exceeds max_position_embeddings %lld of %s/config.json\n", TOOL, seq_len,
                 (long long)json_integer_value(mpe), model);
         fb_wsrc_close(src);
+        fb_chat_own_free(&own);
         return 2;
     }
     char *tokdef = NULL;
