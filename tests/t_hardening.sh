@@ -132,7 +132,22 @@ done
 
 # ---- item 5: SIGINT stops a long run promptly with exit 130 and writes nothing (cancel.c) ----
 awk 'BEGIN { for (i = 0; i < 400; i++) { printf "{\"text\": \""; for (k = 0; k < 30; k++) printf "word%d more text here ", (i * k) % 97; printf "\"}\n" } }' > "$T_TMP/many.jsonl"
-expect_rc 130 "calibrate interrupted by SIGINT" -- timeout --preserve-status -k 20 -s INT 1 "$CAL" --model "$M" --dataset "$T_TMP/many.jsonl" --samples 400 --seq-len 256 -o "$T_TMP/int.st" -q --threads 1
+# The SIGINT is sent once calibrate holds the model shards open (it has installed its handler by then)
+# (a fixed delay raced with a slow start, e.g. under qemu-user); at most 60 s.
+sigint_when_reading() {  # cmd...: runs it, SIGINT once it holds a model shard open, output in $T_TMP/out
+    "$@" >"$T_TMP/out" 2>&1 &
+    p=$!
+    n=0
+    while [ $n -lt 600 ] && kill -0 $p 2>/dev/null; do
+        ls -l /proc/$p/fd 2>/dev/null | grep -q "model-0000" && break
+        sleep 0.1
+        n=$((n + 1))
+    done
+    sleep 0.3
+    kill -INT $p 2>/dev/null
+    wait $p
+}
+expect_rc 130 "calibrate interrupted by SIGINT" -- sigint_when_reading "$CAL" --model "$M" --dataset "$T_TMP/many.jsonl" --samples 400 --seq-len 256 -o "$T_TMP/int.st" -q --threads 1
 expect_out "interrupted" "says it was interrupted"
 [ ! -e "$T_TMP/int.st" ] && [ ! -e "$T_TMP/int.st.tmp" ] && ok || fail "an interrupted calibrate left a file"
 # a ^C while writing: exit 130, DST not created, DST.partial kept; --resume completes it, byte
