@@ -217,6 +217,38 @@ const char *fb_cfg_str(const json_t *cfg, const char *key) {
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+int fb_cfg_dims(const json_t *cfg, const char *key_inter, const char *key_experts, fb_model_config *o,
+                fb_err *err) {
+    struct { const char *key; int required, def, lo; int *dst; } ints[] = {
+        {"hidden_size", 1, 0, 1, &o->hidden},
+        {key_inter, 1, 0, 1, &o->inter},
+        {"num_hidden_layers", 1, 0, 0, &o->n_layers},
+        {"num_attention_heads", 1, 0, 1, &o->n_heads},
+        {"num_key_value_heads", 0, -1, 1, &o->n_kv_heads},
+        {"head_dim", 0, -1, 1, &o->head_dim},
+        {key_experts, 1, 0, 1, &o->n_experts},
+        {"num_experts_per_tok", 1, 0, 1, &o->top_k},
+        {"vocab_size", 1, 0, 1, &o->vocab},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (fb_cfg_int(cfg, ints[i].key, ints[i].required, ints[i].def, ints[i].lo, ints[i].dst, err))
+            return -1;
+    if (o->n_kv_heads < 0) o->n_kv_heads = o->n_heads;
+    if (o->head_dim < 0) {
+        if (o->hidden % o->n_heads)
+            return fb_fail(err, "config.json: no head_dim and hidden_size %d is not a multiple "
+                                "of num_attention_heads %d", o->hidden, o->n_heads);
+        o->head_dim = o->hidden / o->n_heads;
+    }
+    if (o->n_heads % o->n_kv_heads)
+        return fb_fail(err, "config.json: num_attention_heads %d is not a multiple of "
+                            "num_key_value_heads %d", o->n_heads, o->n_kv_heads);
+    if (o->top_k > o->n_experts)
+        return fb_fail(err, "config.json: num_experts_per_tok %d > %s %d", o->top_k, key_experts,
+                       o->n_experts);
+    return 0;
+}
+
 int fb_cfg_rope(const json_t *cfg, double default_theta, fb_model_config *o, fb_err *err) {
     const json_t *rp = json_object_get(cfg, "rope_parameters");
     if (!json_is_object(rp)) rp = NULL;

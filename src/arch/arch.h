@@ -161,6 +161,11 @@ int fb_cfg_int(const json_t *cfg, const char *key, int required, int def, int lo
 int fb_cfg_num(const json_t *cfg, const char *key, double def, double *out, fb_err *err);
 int fb_cfg_bool(const json_t *cfg, const char *key, int def);
 const char *fb_cfg_str(const json_t *cfg, const char *key);
+// The dimensions every MoE config has (hidden, layers, heads, kv heads and head_dim with their
+// defaults, vocab, experts per token) plus the family's keys for the expert width and count;
+// refuses inconsistent heads and more experts per token than experts.
+int fb_cfg_dims(const json_t *cfg, const char *key_inter, const char *key_experts, fb_model_config *o,
+                fb_err *err);
 // RoPE theta (top level or rope_parameters; default_theta when absent) and the rotated width
 // (rotary_dim, else partial_rotary_factor * head_dim, else head_dim; the two must agree);
 // rope_type other than "default" is refused. head_dim must be set in out.

@@ -20,34 +20,7 @@ static int parse(const json_t *cfg0, fb_model_config *o, fb_err *err) {
     const json_t *cfg = cfg0;
     const json_t *tc = json_object_get(cfg0, "text_config");
     if (json_is_object(tc)) cfg = tc;
-    struct { const char *key; int required, def, lo; int *dst; } ints[] = {
-        {"hidden_size", 1, 0, 1, &o->hidden},
-        {"moe_intermediate_size", 1, 0, 1, &o->inter},
-        {"num_hidden_layers", 1, 0, 0, &o->n_layers},
-        {"num_attention_heads", 1, 0, 1, &o->n_heads},
-        {"num_key_value_heads", 0, -1, 1, &o->n_kv_heads},
-        {"head_dim", 0, -1, 1, &o->head_dim},
-        {"num_experts", 1, 0, 1, &o->n_experts},
-        {"num_experts_per_tok", 1, 0, 1, &o->top_k},
-        {"vocab_size", 1, 0, 1, &o->vocab},
-    };
-    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
-        if (fb_cfg_int(cfg, ints[i].key, ints[i].required, ints[i].def, ints[i].lo, ints[i].dst,
-                       err))
-            return -1;
-    if (o->n_kv_heads < 0) o->n_kv_heads = o->n_heads;
-    if (o->head_dim < 0) {
-        if (o->hidden % o->n_heads)
-            return fb_fail(err, "config.json: no head_dim and hidden_size %d is not a multiple "
-                                "of num_attention_heads %d", o->hidden, o->n_heads);
-        o->head_dim = o->hidden / o->n_heads;
-    }
-    if (o->n_heads % o->n_kv_heads)
-        return fb_fail(err, "config.json: num_attention_heads %d is not a multiple of "
-                            "num_key_value_heads %d", o->n_heads, o->n_kv_heads);
-    if (o->top_k > o->n_experts)
-        return fb_fail(err, "config.json: num_experts_per_tok %d > num_experts %d", o->top_k,
-                       o->n_experts);
+    if (fb_cfg_dims(cfg, "moe_intermediate_size", "num_experts", o, err)) return -1;
     if (fb_cfg_rope(cfg, 10000.0 /* Qwen3MoeConfig default rope_theta */, o, err)) return -1;
     if (fb_cfg_num(cfg, "rms_norm_eps", 1e-6, &o->eps, err)) return -1;
     o->qk_norm = FB_QKN_PER_HEAD;
