@@ -595,6 +595,19 @@ int main(int argc, char **argv) {
         json_object_del(bad, "rotary_dim");
         CHECK(fb_model_config_parse(bad, &cfg, &err) == 0 && cfg.rotary_dim == 4,
               "partial_rotary_factor alone -> %d", cfg.rotary_dim);
+        static const double wild[] = {3.76889e45, 1.5, -0.5, 0};   // fuzzer's 3.77e45 overflowed (int)
+        for (size_t w = 0; w < sizeof wild / sizeof *wild; w++) {
+            json_object_set_new(bad, "partial_rotary_factor", json_real(wild[w]));
+            CHECK(fb_model_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "partial_rotary_factor"),
+                  "partial_rotary_factor %g refused: %s", wild[w], err.msg);
+        }
+        json_object_set_new(bad, "partial_rotary_factor", json_real(0.25));
+        json_t *qc = json_pack("{s:s, s:[I, i]}", "quant_method", "fp8", "weight_block_size",
+                               (json_int_t)1 << 40, 128);
+        json_object_set_new(bad, "quantization_config", qc);
+        CHECK(fb_model_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "weight_block_size"),
+              "weight_block_size 2^40 refused: %s", err.msg);
+        json_object_del(bad, "quantization_config");
         json_object_set_new(bad, "scoring_func", json_string("softmax"));
         CHECK(fb_model_config_parse(bad, &cfg, &err) != 0 && strstr(err.msg, "scoring_func"),
               "softmax scoring refused: %s", err.msg);

@@ -260,6 +260,8 @@ int fb_cfg_rope(const json_t *cfg, double default_theta, fb_model_config *o, fb_
     o->rope_theta = theta;
     if (fb_cfg_num(cfg, "partial_rotary_factor", -1, &prf, err)) return -1;
     if (prf < 0 && rp && fb_cfg_num(rp, "partial_rotary_factor", -1, &prf, err)) return -1;
+    if (prf != -1 && !(prf > 0 && prf <= 1))
+        return fb_fail(err, "config.json: partial_rotary_factor %g is not in (0, 1]", prf);
     const json_t *rs = json_object_get(cfg, "rope_scaling");
     if (rp || json_is_object(rs)) {
         const char *rt = fb_cfg_str(rp ? rp : rs, "rope_type");
@@ -286,11 +288,13 @@ int fb_cfg_fp8_block(const json_t *cfg0, fb_model_config *o, fb_err *err) {
     const json_t *bs = json_object_get(qc, "weight_block_size");
     if (json_is_array(bs) && json_array_size(bs) == 2 && json_is_integer(json_array_get(bs, 0)) &&
         json_is_integer(json_array_get(bs, 1))) {
-        o->block_m = (int)json_integer_value(json_array_get(bs, 0));
-        o->block_n = (int)json_integer_value(json_array_get(bs, 1));
-        if (o->block_m <= 0 || o->block_n <= 0)
+        json_int_t bm = json_integer_value(json_array_get(bs, 0));
+        json_int_t bn = json_integer_value(json_array_get(bs, 1));
+        if (bm <= 0 || bn <= 0 || bm > 1 << 20 || bn > 1 << 20)
             return fb_fail(err, "config.json: quantization_config.weight_block_size "
-                                "[%d, %d] is not positive", o->block_m, o->block_n);
+                                "[%lld, %lld] is not in [1, 2^20]", (long long)bm, (long long)bn);
+        o->block_m = (int)bm;
+        o->block_n = (int)bn;
     }
     return 0;
 }
