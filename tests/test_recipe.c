@@ -113,6 +113,42 @@ static void test_good(void) {
     fb_recipe_free(&r);
 }
 
+// GPTQModifier: alone (its scheme, actorder resolved into it) or chained after a
+// QuantizationModifier (its targets / ignore select which quantized modules it tunes).
+static void test_gptq(void) {
+    fb_recipe r;
+    fb_err err;
+    REQUIRE(fb_recipe_load(GOLDEN_DIR "/recipes/good/gptq_alone.yaml", &r, &err) == 0, "%s", err.msg);
+    CHECK(r.gptq.present && r.gptq.own_config && r.gptq.block_size == 128 && r.gptq.dampening_frac == 0.05,
+          "gptq_alone: present %d own %d block %d damp %g", r.gptq.present, r.gptq.own_config, r.gptq.block_size,
+          r.gptq.dampening_frac);
+    CHECK(r.cfg.n_groups == 1 && r.cfg.groups[0].weights.actorder == FB_AO_STATIC,
+          "gptq_alone: the Sentinel default writes actorder static into the scheme (%d)", r.cfg.groups[0].weights.actorder);
+    CHECK(fb_qscheme_kind(&r.cfg.groups[0], NULL) == FB_QK_W4A16, "gptq_alone: W4A16 with actorder static is writable");
+    CHECK(fb_recipe_needs_data(&r) && fb_recipe_gptq_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"),
+          "gptq_alone: needs data, tunes what it quantizes");
+    CHECK(r.n_warnings == 1 && strstr(r.warnings[0], "gptq_alone.yaml:9:") && strstr(r.warnings[0], "offload_hessians"),
+          "gptq_alone: offload_hessians noted: %s", r.n_warnings ? r.warnings[0] : "none");
+    CHECK(strcmp(r.stage, "quant") == 0, "gptq_alone: stage %s", r.stage);
+    fb_recipe_free(&r);
+
+    REQUIRE(fb_recipe_load(GOLDEN_DIR "/recipes/good/gptq_chained.yaml", &r, &err) == 0, "%s", err.msg);
+    CHECK(r.gptq.present && !r.gptq.own_config && r.gptq.block_size == 64 && r.gptq.actorder == FB_AO_NONE,
+          "gptq_chained: gptq args");
+    CHECK(r.cfg.n_groups == 1 && r.cfg.groups[0].weights.actorder == FB_AO_NONE &&
+          fb_qscheme_kind(&r.cfg.groups[0], NULL) == FB_QK_NVFP4A16, "gptq_chained: the QuantizationModifier's scheme");
+    CHECK(fb_recipe_gptq_applies(&r, "model.layers.1.block_sparse_moe.experts.3.w1", "Linear") &&
+          !fb_recipe_gptq_applies(&r, "model.layers.1.block_sparse_moe.experts.0.w1", "Linear") &&
+          !fb_recipe_gptq_applies(&r, "model.layers.1.self_attn.q_proj", "Linear"),
+          "gptq_chained: its targets and ignore select the tuned modules");
+    fb_recipe_free(&r);
+
+    REQUIRE(fb_recipe_load("recipes/minimax-w4a16.yaml", &r, &err) == 0, "%s", err.msg);
+    CHECK(!r.gptq.present && !fb_recipe_needs_data(&r) &&
+          !fb_recipe_gptq_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"), "RTN recipe: no GPTQ");
+    fb_recipe_free(&r);
+}
+
 // YAML 1.1 typing as PyYAML safe_load does it, through the fourbit section and arguments.
 static void test_typing(void) {
     static const struct { const char *yaml; int ok; const char *frag; } T[] = {
@@ -163,6 +199,7 @@ static void test_typing(void) {
 
 int main(void) {
     test_bad();
+    test_gptq();
     test_shipped();
     test_good();
     test_typing();

@@ -409,8 +409,6 @@ static int ends_with(const char *s, const char *suf) {
 
 // Modifiers llm-compressor has that fourbit refuses, with the reason.
 static const struct { const char *name, *why; } OTHER_MODIFIERS[] = {
-    {"GPTQModifier", "GPTQ changes the weights using calibration Hessians; fourbit does RTN "
-                     "(QuantizationModifier) only"},
     {"AWQModifier", "AWQ rescales weights from calibration data; fourbit does RTN only"},
     {"SmoothQuantModifier", "SmoothQuant rescales weights; fourbit does RTN only"},
     {"SparseGPTModifier", "sparsity is not supported"},
@@ -426,25 +424,31 @@ static const struct { const char *name, *why; } OTHER_MODIFIERS[] = {
     {"LogarithmicEqualizationModifier", "equalization is not supported"},
 };
 
-// Accepted QuantizationModifier keys, with the JSON types they take.
+// Accepted QuantizationModifier / GPTQModifier keys, with the JSON types they take; gptq: a
+// GPTQModifier key only.
 enum { T_STR = 1, T_LIST = 2, T_MAP = 4, T_NULL = 8, T_BOOL = 16, T_NUM = 32 };
-static const struct { const char *key; int types; } QM_KEYS[] = {
-    {"targets", T_STR | T_LIST},
-    {"ignore", T_LIST | T_NULL},
-    {"scheme", T_STR | T_MAP | T_NULL},
-    {"config_groups", T_MAP | T_NULL},
-    {"kv_cache_scheme", T_MAP | T_NULL},
-    {"weight_observer", T_STR | T_NULL},
-    {"input_observer", T_STR | T_NULL},
-    {"output_observer", T_STR | T_NULL},
-    {"observer", T_MAP | T_NULL},
-    {"bypass_divisibility_checks", T_BOOL},
-    {"requires_calibration_data", T_BOOL},
-    {"index", T_NUM | T_NULL},
-    {"group", T_STR | T_NULL},
-    {"start", T_NUM | T_NULL},
-    {"end", T_NUM | T_NULL},
-    {"update", T_NUM | T_NULL},
+static const struct { const char *key; int types; int gptq; } QM_KEYS[] = {
+    {"targets", T_STR | T_LIST, 0},
+    {"ignore", T_LIST | T_NULL, 0},
+    {"scheme", T_STR | T_MAP | T_NULL, 0},
+    {"config_groups", T_MAP | T_NULL, 0},
+    {"kv_cache_scheme", T_MAP | T_NULL, 0},
+    {"weight_observer", T_STR | T_NULL, 0},
+    {"input_observer", T_STR | T_NULL, 0},
+    {"output_observer", T_STR | T_NULL, 0},
+    {"observer", T_MAP | T_NULL, 0},
+    {"bypass_divisibility_checks", T_BOOL, 0},
+    {"requires_calibration_data", T_BOOL, 0},
+    {"index", T_NUM | T_NULL, 0},
+    {"group", T_STR | T_NULL, 0},
+    {"start", T_NUM | T_NULL, 0},
+    {"end", T_NUM | T_NULL, 0},
+    {"update", T_NUM | T_NULL, 0},
+    {"block_size", T_NUM, 1},
+    {"dampening_frac", T_NUM | T_NULL | T_STR, 1},  // a string only to say why (1e-3)
+    {"actorder", T_STR | T_NULL, 1},
+    {"offload_hessians", T_BOOL | T_NULL, 1},
+    {"batched_quantization", T_STR | T_NUM | T_NULL, 1},
 };
 
 static int type_bit(const json_t *v) {
@@ -540,8 +544,155 @@ static void set_observer(fb_qargs *a, const char *obs) {
     snprintf(a->observer, sizeof a->observer, "%s", obs);
 }
 
-static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
+// 1 when a modifier's arguments carry a quantization config (scheme or config_groups).
+static int has_config(const json_t *m) {
+    const json_t *sv = json_object_get(m, "scheme"), *cg = json_object_get(m, "config_groups");
+    return (sv && !json_is_null(sv)) || (cg && !json_is_null(cg));
+}
+
+static const char *const ACTORDER_TEXT[] = {"null", "group", "weight", "dynamic", "static"};
+
+// GPTQModifier's own arguments (block_size, dampening_frac, actorder, offload_hessians,
+// batched_quantization) into r->gptq; every number range-checked before it is converted.
+static int parse_gptq_args(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
     char p[1100];
+    fb_recipe_gptq *g = &r->gptq;
+    g->block_size = 128;
+    g->dampening_frac = 0.01;
+    g->actorder = FB_AO_STATIC;  // the Sentinel("static") default, resolved below
+    json_t *v = json_object_get(m, "block_size");
+    if (v) {
+        snprintf(p, sizeof p, "%s.block_size", path);
+        double d = json_number_value(v);
+        if (!json_is_integer(v) || !(d >= 1 && d <= 1048576))
+            return rfail(c, 0, p, "expected a positive integer (at most 1048576), got %s", json_is_integer(v) ? "a value out of range" : jtype(v));
+        g->block_size = (int)json_integer_value(v);
+    }
+    v = json_object_get(m, "dampening_frac");
+    if (v) {
+        snprintf(p, sizeof p, "%s.dampening_frac", path);
+        if (json_is_string(v))
+            return rfail(c, 0, p, "expected a number, got the string '%s' (YAML 1.1 reads 1e-3 as a "
+                                  "string: write 1.0e-3)", json_string_value(v));
+        if (json_is_null(v))
+            return rfail(c, 0, p, "null: GPTQ needs a dampening fraction (llm-compressor fails on "
+                                  "None too); the default is 0.01");
+        double d = json_number_value(v);
+        if (!(d >= 0 && d <= 1e6)) return rfail(c, 0, p, "%g is out of range [0, 1e6]", d);
+        g->dampening_frac = d;
+    }
+    v = json_object_get(m, "actorder");
+    if (v) {
+        snprintf(p, sizeof p, "%s.actorder", path);
+        if (json_is_null(v)) {
+            g->actorder = FB_AO_NONE;
+        } else {
+            const char *a = json_string_value(v);
+            int e = -1;
+            for (int i = 0; i < (int)NELEM(ACTORDER_TEXT); i++)
+                if (strcmp(a, ACTORDER_TEXT[i]) == 0 && i) e = i;
+            if (e < 0) return rfail(c, 0, p, "unknown actorder '%s' (static, weight, group, null)", a);
+            if (fb_actorder_is_group((fb_qactorder)e))
+                return rfail(c, 0, p, "actorder '%s' is refused by GPTQModifier 0.14 (\"Only 'weight' and "
+                                      "'static' are supported for GPTQ\")", a);
+            g->actorder = (fb_qactorder)e;
+        }
+    }
+    if (json_object_get(m, "offload_hessians")) {
+        snprintf(p, sizeof p, "%s.offload_hessians", path);
+        warn(c, p, "accepted and ignored: fourbit holds one layer's Hessians at a time");
+    }
+    v = json_object_get(m, "batched_quantization");
+    if (v) {
+        snprintf(p, sizeof p, "%s.batched_quantization", path);
+        if (json_is_string(v) && strcmp(json_string_value(v), "auto") != 0)
+            return rfail(c, 0, p, "expected \"auto\", a positive integer or null, got '%s'", json_string_value(v));
+        if (json_is_number(v) && !(json_is_integer(v) && json_integer_value(v) > 0))
+            return rfail(c, 0, p, "expected \"auto\", a positive integer or null");
+        warn(c, p, "accepted and ignored: fourbit runs GPTQ one module at a time");
+    }
+    return 0;
+}
+
+// GPTQModifier.resolve_quantization_config: its actorder goes into every weight scheme of its
+// own config (absent: static unless the scheme has one; given: it must agree with the scheme's).
+static int resolve_actorder(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
+    int given = json_object_get(m, "actorder") != NULL;
+    for (size_t i = 0; i < r->cfg.n_groups; i++) {
+        fb_qscheme *s = &r->cfg.groups[i];
+        if (!s->has_weights) continue;
+        fb_qstrategy st = s->weights.strategy;
+        if (st != FB_QS_GROUP && st != FB_QS_TENSOR_GROUP && st != FB_QS_CHANNEL && st != FB_QS_TENSOR &&
+            st != FB_QS_BLOCK)
+            continue;
+        fb_qactorder ex = s->weights.actorder;
+        if (!given) {
+            if (ex == FB_AO_NONE) s->weights.actorder = FB_AO_STATIC;
+        } else if (ex == FB_AO_NONE || ex == r->gptq.actorder ||
+                   (!fb_actorder_is_group(ex) && r->gptq.actorder != FB_AO_NONE)) {  // weight = static
+            s->weights.actorder = r->gptq.actorder;
+        } else {
+            char p[1100];
+            snprintf(p, sizeof p, "%s.actorder", path);
+            return rfail(c, 0, p, "Cannot resolve activation ordering when both GPTQModifier.actorder "
+                                  "and the scheme's actorder are given and differ (%s, %s) in group %s",
+                         ACTORDER_TEXT[r->gptq.actorder], ACTORDER_TEXT[ex], s->name);
+        }
+        if (fb_actorder_is_group(s->weights.actorder)) {
+            char p[1100];
+            snprintf(p, sizeof p, "%s", path);
+            return rfail(c, 0, p, "group %s: actorder '%s' is refused by GPTQModifier 0.14 (\"Only "
+                                  "'weight' and 'static' are supported for GPTQ\")",
+                         s->name, ACTORDER_TEXT[s->weights.actorder]);
+        }
+    }
+    return 0;
+}
+
+// A GPTQModifier without a scheme: its targets (default Linear) and ignore select which of
+// the modules another modifier quantizes it tunes.
+static int parse_gptq_selection(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
+    char p[1100];
+    size_t nt = 1, ni = 0;
+    char **targets = NULL, **ignore = NULL;
+    json_t *tv = json_object_get(m, "targets");
+    snprintf(p, sizeof p, "%s.targets", path);
+    if (tv) {
+        if (!(targets = str_list(c, tv, p, 1, &nt))) return -1;
+        if (!json_is_string(tv) && check_entries(c, targets, nt, p)) {
+            free_strs(targets, nt);
+            return -1;
+        }
+    } else {
+        targets = fb_calloc(1, sizeof *targets);
+        targets[0] = fb_strdup("Linear");
+    }
+    json_t *iv = json_object_get(m, "ignore");
+    if (iv && !json_is_null(iv)) {
+        snprintf(p, sizeof p, "%s.ignore", path);
+        if (!(ignore = str_list(c, iv, p, 0, &ni)) || check_entries(c, ignore, ni, p)) {
+            free_strs(targets, nt);
+            free_strs(ignore, ni);
+            return -1;
+        }
+    }
+    fb_err e2;
+    int rc = 0;
+    if (fb_target_list_compile((const char *const *)targets, nt, &r->gptq.targets, NULL, NULL, &e2)) {
+        snprintf(p, sizeof p, "%s.targets", path);
+        rc = rfail(c, 0, p, "%s", e2.msg);
+    } else if (fb_target_list_compile((const char *const *)ignore, ni, &r->gptq.ignore, NULL, NULL, &e2)) {
+        snprintf(p, sizeof p, "%s.ignore", path);
+        rc = rfail(c, 0, p, "%s", e2.msg);
+    }
+    free_strs(targets, nt);
+    free_strs(ignore, ni);
+    return rc;
+}
+
+static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe *r, int gptq) {
+    char p[1100];
+    const char *mname = gptq ? "GPTQModifier" : "QuantizationModifier";
     if (!json_is_object(m)) return rfail(c, 0, path, "expected a mapping of arguments, got %s", jtype(m));
     const char *k;
     json_t *v;
@@ -549,18 +700,26 @@ static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe
         snprintf(p, sizeof p, "%s.%s", path, k);
         int ki = -1;
         for (size_t i = 0; i < NELEM(QM_KEYS); i++)
-            if (strcmp(k, QM_KEYS[i].key) == 0) ki = (int)i;
+            if (strcmp(k, QM_KEYS[i].key) == 0 && (gptq || !QM_KEYS[i].gptq)) ki = (int)i;
         if (ki < 0)
-            return rfail(c, 0, p, "unknown key '%s' for QuantizationModifier (accepted: targets, "
+            return rfail(c, 0, p, "unknown key '%s' for %s (accepted: targets, "
                                   "scheme, config_groups, ignore, kv_cache_scheme, weight_observer, "
                                   "input_observer, output_observer, observer, "
                                   "bypass_divisibility_checks, requires_calibration_data, index, "
-                                  "group, start, end, update)", k);
+                                  "group, start, end, update%s)", k, mname,
+                         gptq ? ", block_size, dampening_frac, actorder, offload_hessians, "
+                                "batched_quantization" : "");
         if (!(type_bit(v) & QM_KEYS[ki].types)) {
             char tt[128];
             types_text(QM_KEYS[ki].types, tt, sizeof tt);
             return rfail(c, 0, p, "expected %s, got %s", tt, jtype(v));
         }
+    }
+    if (gptq) {
+        r->gptq.present = 1;
+        if (parse_gptq_args(c, m, path, r)) return -1;
+        if (!has_config(m)) return parse_gptq_selection(c, m, path, r);
+        r->gptq.own_config = 1;
     }
     json_t *kv = json_object_get(m, "kv_cache_scheme");
     if (kv && !json_is_null(kv)) {
@@ -738,6 +897,7 @@ static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe
         snprintf(p, sizeof p, "%s.%s", path, ov ? "observer.output" : "output_observer");
         return rfail(c, 0, p, "output activation quantization is not supported");
     }
+    if (gptq) return resolve_actorder(c, m, path, r);
     return 0;
 }
 
@@ -771,7 +931,7 @@ static int parse_recipe(rctx *c, const json_t *root, fb_recipe *r) {
     if (!json_is_object(root)) return rfail(c, 1, NULL, "a recipe is a mapping of stages, got %s", jtype(root));
     const char *k;
     json_t *v;
-    int found = 0;
+    int found = 0, found_qm = 0;  // found: the modifier holding the config was seen
     json_object_foreach((json_t *)root, k, v) {
         if (strcmp(k, "args") == 0) {
             if (!json_is_object(v) && !json_is_null(v))
@@ -802,23 +962,35 @@ static int parse_recipe(rctx *c, const json_t *root, fb_recipe *r) {
             json_object_foreach(gv, mk, mv) {
                 char mp[800];
                 snprintf(mp, sizeof mp, "%s.%s", gp, mk);
-                if (strcmp(mk, "QuantizationModifier") != 0) {
+                int gptq = strcmp(mk, "GPTQModifier") == 0;
+                if (strcmp(mk, "QuantizationModifier") != 0 && !gptq) {
                     for (size_t i = 0; i < NELEM(OTHER_MODIFIERS); i++)
                         if (strcmp(mk, OTHER_MODIFIERS[i].name) == 0)
                             return rfail(c, 0, mp, "%s is not supported: %s", mk, OTHER_MODIFIERS[i].why);
                     return rfail(c, 0, mp, "unknown modifier '%s' (fourbit supports "
-                                           "QuantizationModifier)", mk);
+                                           "QuantizationModifier and GPTQModifier)", mk);
                 }
-                if (found)
-                    return rfail(c, 0, mp, "a second QuantizationModifier: fourbit applies exactly "
-                                           "one (merge their config_groups)");
-                found = 1;
-                r->stage = dupn(k, strlen(k) - strlen("_stage"));
-                r->group = dupn(gk, strlen(gk) - strlen("_modifiers"));
-                if (parse_qmodifier(c, mv, mp, r)) return -1;
+                if (gptq ? r->gptq.present : found_qm)
+                    return rfail(c, 0, mp, "a second %s: fourbit applies exactly one (merge their "
+                                           "config_groups)", mk);
+                int cfg_here = !gptq || (json_is_object(mv) && has_config(mv));
+                if (cfg_here && found)
+                    return rfail(c, 0, mp, "%s brings a second quantization scheme: fourbit applies "
+                                           "one config (give GPTQModifier no scheme to tune what the "
+                                           "QuantizationModifier quantizes, or merge the config_groups)", mk);
+                if (!gptq) found_qm = 1;
+                if (cfg_here) {
+                    found = 1;
+                    r->stage = dupn(k, strlen(k) - strlen("_stage"));
+                    r->group = dupn(gk, strlen(gk) - strlen("_modifiers"));
+                }
+                if (parse_qmodifier(c, mv, mp, r, gptq)) return -1;
             }
         }
     }
+    if (!found && r->gptq.present)
+        return rfail(c, 1, NULL, "GPTQModifier has no scheme or config_groups and no "
+                                 "QuantizationModifier gives one: nothing to quantize");
     if (!found) return rfail(c, 1, NULL, "no QuantizationModifier found (expected "
                                          "<name>_stage: <name>_modifiers: QuantizationModifier: ...)");
     return 0;
@@ -833,9 +1005,20 @@ void fb_recipe_free(fb_recipe *r) {
     free(r->stage);
     free(r->group);
     fb_qconfig_free(&r->cfg);
+    fb_target_list_free(&r->gptq.targets);
+    fb_target_list_free(&r->gptq.ignore);
     free_strs(r->warnings, r->n_warnings);
     memset(r, 0, sizeof *r);
 }
+
+int fb_recipe_gptq_applies(const fb_recipe *r, const char *name, const char *cls) {
+    if (!r->gptq.present) return 0;
+    if (r->gptq.own_config) return 1;  // its own targets and ignore made the plan
+    return fb_target_list_match(&r->gptq.targets, name, cls) >= 0 &&
+           fb_target_list_match(&r->gptq.ignore, name, cls) < 0;
+}
+
+int fb_recipe_needs_data(const fb_recipe *r) { return r->gptq.present; }
 
 int fb_recipe_parse(const char *name, const char *text, size_t len, fb_recipe *out, fb_err *err) {
     memset(out, 0, sizeof *out);

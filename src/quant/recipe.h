@@ -22,6 +22,22 @@
 //                                      static_minmax)
 //         bypass_divisibility_checks, requires_calibration_data, index, group, start, end,
 //         update: accepted (LC writes some of them when it saves a recipe) and ignored
+//       GPTQModifier:                  llm-compressor 0.14 modifiers/gptq/base.py, alone or beside
+//                                      one QuantizationModifier (in either order); exactly one of
+//                                      the two holds the scheme / config_groups:
+//         targets, ignore, scheme, config_groups, observers...   as QuantizationModifier's;
+//                                      without a scheme it tunes the modules another modifier
+//                                      quantizes that its targets (default Linear) match and its
+//                                      ignore does not (the rest stay round-to-nearest)
+//         block_size: 128              columns per error-feedback block (positive integer)
+//         dampening_frac: 0.01         fraction of the mean Hessian diagonal added to it
+//         actorder: static             static | weight | null (group / dynamic: refused, as
+//                                      GPTQModifier refuses them); absent = static unless the
+//                                      scheme gives one, a conflict with the scheme's is an error
+//                                      (resolve_quantization_config); without its own scheme the
+//                                      quantizing modifier's weights.actorder is what GPTQ uses
+//         offload_hessians, batched_quantization: accepted and ignored (memory and batching of
+//                                      the reference, no effect on the numbers), with a warning
 //   args: {...}                        accepted and ignored (LC recipe variables)
 //   fourbit:                           fourbit's own checks (LC ignores this key):
 //     max_kld: 0.05                    ref-runner fails when mean KL divergence exceeds this
@@ -30,12 +46,23 @@
 // Stricter than LC, on purpose: unknown top-level / stage / modifier keys are errors (LC
 // silently skips keys that do not end in _stage/_modifiers), duplicate keys are errors (PyYAML
 // keeps the last), and other modifiers (GPTQModifier, AWQModifier, SmoothQuantModifier, ...)
-// are refused with the reason. Every error names the file, the LINE and the key path.
+// are refused with the reason (GPTQModifier is supported, above). Every error names the file, the LINE and the key path.
 #ifndef FB_IO_RECIPE_H
 #define FB_IO_RECIPE_H
 
 #include "common/fb.h"
 #include "quant/scheme.h"
+
+// The recipe's GPTQModifier.
+typedef struct fb_recipe_gptq {
+    int present;             // 1: the recipe has a GPTQModifier
+    int own_config;          // 1: the quantization config (cfg) is the GPTQModifier's
+    int block_size;          // columns per block (128)
+    double dampening_frac;   // relative dampening (0.01)
+    fb_qactorder actorder;   // as written or resolved (own_config: already set in the groups)
+    fb_target_list targets;  // its targets / ignore (compiled): which quantized modules it tunes
+    fb_target_list ignore;
+} fb_recipe_gptq;
 
 typedef struct fb_recipe {
     char *path;              // as given (messages)
@@ -46,6 +73,7 @@ typedef struct fb_recipe {
     fb_qconfig cfg;          // resolved config groups (group_0.. for presets, the recipe's
                              // names for config_groups) and the ignore list, compiled
     const char *preset;      // the preset of `scheme` when it was one name, else NULL
+    fb_recipe_gptq gptq;     // gptq.present == 0 when the recipe has no GPTQModifier
     int has_max_kld, has_min_top1;
     double max_kld, min_top1;
     size_t n_warnings;
@@ -60,5 +88,12 @@ int fb_recipe_load(const char *path, fb_recipe *out, fb_err *err);
 int fb_recipe_parse(const char *name, const char *text, size_t len, fb_recipe *out, fb_err *err);
 
 void fb_recipe_free(fb_recipe *r);
+
+// 1 when the recipe's GPTQModifier tunes module `name` (class `cls`, e.g. "Linear"); the caller
+// asks only for modules the plan quantizes. 0 without a GPTQModifier.
+int fb_recipe_gptq_applies(const fb_recipe *r, const char *name, const char *cls);
+
+// 1 when the recipe needs calibration data in the quantizer (a GPTQModifier).
+int fb_recipe_needs_data(const fb_recipe *r);
 
 #endif

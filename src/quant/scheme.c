@@ -657,7 +657,7 @@ static int is_nvfp4_args(const fb_qargs *a, fb_qdynamic dyn) {
     return a->num_bits == 4 && a->type == FB_QT_FLOAT && a->strategy == FB_QS_TENSOR_GROUP &&
            a->group_size == 16 && a->symmetric && a->dynamic == dyn &&
            (!a->scale_dtype[0] || strcmp(a->scale_dtype, "torch.float8_e4m3fn") == 0) &&
-           !a->actorder && !a->block_structure[0];
+           !fb_actorder_is_group(a->actorder) && !a->block_structure[0];
 }
 
 fb_qkind fb_qscheme_kind(const fb_qscheme *s, const char **why) {
@@ -681,7 +681,10 @@ fb_qkind fb_qscheme_kind(const fb_qscheme *s, const char **why) {
             return *why = "asymmetric int4 (vLLM's Marlin MoE kernel asserts symmetric)", FB_QK_UNSUPPORTED;
         if (s->has_input) return *why = "int4 weights with activation quantization (W4A8/W4A4)", FB_QK_UNSUPPORTED;
         if (w->dynamic != FB_DYN_FALSE) return *why = "dynamic weights", FB_QK_UNSUPPORTED;
-        if (w->actorder) return *why = "actorder (GPTQ); fourbit quantizes with RTN", FB_QK_UNSUPPORTED;
+        // weight / static ordering changes only how GPTQ visits columns; group ordering adds a
+        // weight_g_idx tensor that fourbit does not write (and GPTQModifier 0.14 refuses it).
+        if (fb_actorder_is_group(w->actorder))
+            return *why = "actorder group (needs weight_g_idx, which fourbit does not write)", FB_QK_UNSUPPORTED;
         if (w->scale_dtype[0] && strcmp(w->scale_dtype, "torch.bfloat16") != 0)
             return *why = "W4A16 scales other than the model dtype (bf16)", FB_QK_UNSUPPORTED;
         if (f != FB_FMT_PACK) return *why = "int4 weights need format pack-quantized", FB_QK_UNSUPPORTED;
@@ -690,6 +693,8 @@ fb_qkind fb_qscheme_kind(const fb_qscheme *s, const char **why) {
     return *why = "only NVFP4, NVFP4A16 and W4A16 (int4 symmetric group) can be written",
            FB_QK_UNSUPPORTED;
 }
+
+int fb_actorder_is_group(fb_qactorder a) { return a == FB_AO_GROUP || a == FB_AO_DYNAMIC; }
 
 const char *fb_qkind_name(fb_qkind k) {
     static const char *const N[] = {"unsupported", "NVFP4", "NVFP4A16", "W4A16"};

@@ -44,6 +44,9 @@ typedef enum fb_qactorder {
     FB_AO_NONE = 0, FB_AO_GROUP, FB_AO_WEIGHT, FB_AO_DYNAMIC, FB_AO_STATIC
 } fb_qactorder;
 
+// 1 for group / dynamic (its alias): the ordering that changes the format (weight_g_idx).
+int fb_actorder_is_group(fb_qactorder a);
+
 // QuantizationArgs. Strings are "" for None.
 typedef struct fb_qargs {
     int num_bits;              // default 8
