@@ -15,7 +15,10 @@
 #include "common/cli.h"
 #include "common/fb.h"
 #include "common/paths.h"
+#include "io/chat.h"
+#include "io/dataset.h"
 #include "jobs/quantize.h"
+#include "quant/recipe.h"
 #include "quant/scheme.h"
 
 
@@ -32,8 +35,10 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                           .shard_count = 1,
                           .cancel = fb_cancel_flag()};
     const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors";
-    int json = 0, quiet = 0;
-    fb_opt opts[20] = {
+    const char *dataset = NULL, *tokp = NULL, *tmpl = "auto", *tmplf = NULL;
+    int json = 0, quiet = 0, n_samples = 128, seq_len = 2048, no_shuffle = 0;
+    double seed_d = 42;
+    fb_opt opts[32] = {
         {"recipe", 'r', FB_OPT_STR, &recipe, "FILE", "llm-compressor recipe YAML (required; see recipes/)", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads (one per CPU of this machine by default, as calibrate)", 1, 1024},
         {"max-shard-size", 0, FB_OPT_SIZE, &o.max_shard_size, "SIZE", "largest output shard (5GB = 5e9 bytes)", 0, 0},
@@ -49,6 +54,15 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         {"merge", 0, FB_OPT_FLAG, &o.merge, NULL, "after split jobs: verify their shards, write the rest, index, validate, rename", 0, 0},
     };
     int no = 13;
+    // Calibration data for recipes that tune (GPTQModifier), read as calibrate reads it.
+    opts[no++] = (fb_opt){"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data for a GPTQModifier recipe (required by it, refused otherwise): JSONL as calibrate reads it (comma-separated list for several files)", 0, 0};
+    opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
+    opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
+    opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
+    opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};
+    opts[no++] = (fb_opt){"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0};
+    opts[no++] = (fb_opt){"template", 0, FB_OPT_STR, &tmpl, "T", "chat template for \"messages\": auto (the checkpoint's own), minimax-m2, chatml", 0, 0};
+    opts[no++] = (fb_opt){"chat-template", 0, FB_OPT_STR, &tmplf, "FILE", "render \"messages\" with this Jinja template file instead", 0, 0};
     if (kinds & (1u << FB_QK_NVFP4))  // only NVFP4 (W4A4) uses statistics
         opts[no++] = (fb_opt){"calib", 'c', FB_OPT_STR, &calib, "STATS", "calibration statistics from `calibrate` (NVFP4 W4A4 input scales; refused for weight-only schemes)", 0, 0};
     if (has_format)
@@ -74,19 +88,79 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     }
     o.recipe_path = recipe;
     o.calib_path = calib;
+    {  // a GPTQModifier needs calibration data; nothing else uses it (a recipe that does not parse
+       // is reported by the run itself)
+        fb_recipe rr;
+        fb_err re;
+        if (fb_recipe_load(recipe, &rr, &re) == 0) {
+            int need = fb_recipe_needs_data(&rr);
+            fb_recipe_free(&rr);
+            if (need && !dataset && !o.dry_run) {
+                fprintf(stderr, "%s: %s has a GPTQModifier, which tunes on calibration data: pass --dataset D.jsonl "
+                                "(--samples N --seq-len L, as calibrate reads them)\n", tool, recipe);
+                return 2;
+            }
+            if (!need && dataset) {
+                fprintf(stderr, "%s: --dataset is used by recipes that tune (GPTQModifier); %s quantizes "
+                                "round-to-nearest: drop --dataset\n", tool, recipe);
+                return 2;
+            }
+        }
+    }
+    if (seed_d < 0 || seed_d != (double)(uint64_t)seed_d || seed_d > 9007199254740992.0) {
+        fprintf(stderr, "%s: --seed must be a non-negative integer\n", tool);
+        return 2;
+    }
+    char *tokdef = NULL;
+    if (dataset && !tokp) {
+        tokdef = fb_malloc(strlen(pos[0]) + 32);
+        snprintf(tokdef, strlen(pos[0]) + 32, "%s/tokenizer.json", pos[0]);
+    }
     {
         fb_err perr;
-        const char *ins[] = {pos[0], recipe, calib};
-        if (fb_path_check_output(pos[1], "DST", ins, 3, &perr)) {
+        char *dbuf = NULL;
+        const char **dpaths = NULL;
+        size_t ndp = dataset ? fb_split_list(dataset, &dbuf, &dpaths) : 0;
+        const char **ins = fb_calloc(ndp + 4, sizeof *ins);
+        ins[0] = pos[0], ins[1] = recipe, ins[2] = calib, ins[3] = tokp;
+        for (size_t k = 0; k < ndp; k++) ins[4 + k] = dpaths[k];
+        int bad = fb_path_check_output(pos[1], "DST", ins, ndp + 4, &perr);
+        free(ins);
+        free(dpaths);
+        free(dbuf);
+        if (bad) {
             fprintf(stderr, "%s: %s\n", tool, perr.msg);
+            free(tokdef);
             return 1;
         }
+    }
+    fb_ds_opts dso;
+    fb_ds_opts_default(&dso);
+    fb_chat_own own;
+    memset(&own, 0, sizeof own);
+    if (dataset) {
+        fb_err cerr;
+        int crc = fb_chat_select(tmpl, tmplf, pos[0], &dso.chat, &own, &o.template_what, &cerr);
+        if (crc) {
+            fprintf(stderr, "%s: %s\n", tool, cerr.msg);
+            free(tokdef);
+            return crc == -2 ? 2 : 1;
+        }
+        dso.samples = (size_t)n_samples;
+        dso.seq_len = (size_t)seq_len;
+        dso.seed = (uint64_t)seed_d;
+        dso.no_shuffle = no_shuffle;
+        dso.tokenizer_path = tokp ? tokp : tokdef;
+        o.dataset = dataset;
+        o.data = &dso;
     }
     o.quiet = quiet;
     fb_cancel_install();
     fb_quantize_result r;
     fb_err err = {{0}};
     int rc = fb_quantize_run(pos[0], pos[1], &o, o.dry_run ? stdout : stderr, &r, &err);
+    if (dataset) fb_chat_own_free(&own);
+    free(tokdef);
     if (rc && r.left_out) {  // filled before a late failure (validation, commit)
         json_decref(r.left_out);
         r.left_out = NULL;
@@ -135,6 +209,11 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                               "bytes_out", (json_int_t)r.bytes_out, "seconds", r.seconds, "quantized_elements_per_s",
                               el_per_s, "peak_rss_bytes", (json_int_t)fb_peak_rss(), "threads", o.threads);
         json_object_set_new(j, "not_carried_over", r.left_out ? json_incref(r.left_out) : json_array());
+        if (r.n_tuned || dataset)
+            json_object_set_new(j, "gptq", json_pack("{s:I, s:I, s:I, s:I, s:f}", "tuned_modules", (json_int_t)r.n_tuned,
+                                                     "rtn_fallbacks", (json_int_t)r.n_tune_fallback, "samples",
+                                                     (json_int_t)r.n_samples, "tokens", (json_int_t)r.n_tokens,
+                                                     "seconds", r.tune_seconds));
         json_dumpf(j, stdout, JSON_COMPACT);
         putchar('\n');
         json_decref(j);

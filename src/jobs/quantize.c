@@ -12,6 +12,7 @@
 #include "common/strmap.h"
 #include "io/card.h"
 #include "io/checkpoint.h"
+#include "jobs/tune.h"
 #include "quant/recipe.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
@@ -39,6 +40,7 @@ typedef struct member {
     int n_out;
     int out[MAX_OUTS];       // writer indices (packed, scale, global/shape/qzeros, input gs)
     float igs;               // input_global_scale (W4A4)
+    int tuned;               // 1: GPTQ-tuned (its codes come from the overlay's tuned rows)
 } member;
 
 enum { IT_COPY = 0, IT_QUANT = 1 };
@@ -60,6 +62,7 @@ typedef struct item {
     void *res[MAX_FUSED][MAX_OUTS];
     size_t res_len[MAX_FUSED][MAX_OUTS];
     int skip;                // every output lies in a resumed shard
+    int layer;               // decoder layer of its tensor(s), -1 outside the layers
 } item;
 
 typedef struct job {
@@ -75,6 +78,8 @@ typedef struct job {
     int *pending;            // per shard: output tensors not yet complete
     fb_progress *prog;
     uint64_t quantized_elems;
+    fb_wsrc *overlay;        // tuned weights of the current layer (GPTQ), NULL without tuning
+    size_t seg_base;         // first item of the segment being run (tuning runs layer by layer)
 } job;
 
 static const char *src_path(const fb_source *s, size_t i) { return s->ck->files[s->ck->tensors[i].file]->path; }
@@ -138,13 +143,19 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
             it->res_len[k][q] = q < qf->n_out ? (size_t)fb_qfmt_out_bytes(qf, q, (int64_t)R, (int64_t)C, (int64_t)G, it->w4a4) : 0;
             it->res[k][q] = it->res_len[k][q] ? fb_malloc(it->res_len[k][q]) : NULL;
         }
+        float *tuned = m->tuned ? fb_aligned_alloc(per * C * sizeof(float) + 64) : NULL;
         for (size_t r = 0; r < R && !rc; r += per) {
             size_t nr = R - r < per ? R - r : per;
             rc = fb_source_read_rows_f32(j->s, m->src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
             if (!rc && !qf->global_scale) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
             if (rc) break;
             qf->quantize_rows(rows, nr, R, C, G, r, g, it->res[k]);
+            if (tuned) {  // the scales stay the observer's of the original rows; the codes are GPTQ's
+                rc = j->overlay->load(j->overlay, t->name, (int64_t)r, (int64_t)nr, tuned, err);
+                if (!rc) qf->pack_fixed(tuned, nr, R, C, G, r, g, it->res[k]);
+            }
         }
+        free(tuned);
         if (rc) break;
         qf->finish(R, C, G, g, m->igs, it->res[k]);
         fb_source_release(j->s, m->src);  // read twice (amax, quantize), released once
@@ -155,7 +166,7 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
 
 static int compute(void *ctx, size_t idx, int tid, fb_err *err) {
     job *j = ctx;
-    item *it = &j->items[idx];
+    item *it = &j->items[j->seg_base + idx];
     if (it->skip) return 0;
     if (it->type == IT_QUANT) return compute_quant(j, it, tid, err);
     if (it->fp8) {
@@ -182,7 +193,7 @@ static int tensor_done(job *j, int out, fb_err *err) {
 
 static int commit(void *ctx, size_t idx, int tid, fb_err *err) {
     job *j = ctx;
-    item *it = &j->items[idx];
+    item *it = &j->items[j->seg_base + idx];
     int rc = 0;
     if (it->type == IT_COPY) {
         if (!it->skip) rc = fb_cw_write(j->w, it->out, it->off, j->rows[tid], it->n, err);
@@ -239,8 +250,10 @@ typedef struct plan_line {
     size_t count;
 } plan_line;
 
+// tuned: per plan entry, 1 when GPTQ tunes it; NULL when the recipe has no GPTQModifier (the
+// method column is then left out, as before GPTQ existed).
 static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_qconfig *cfg, const size_t *logical,
-                        size_t n, int verbose) {
+                        size_t n, int verbose, const unsigned char *tuned) {
     plan_line *lines = NULL;
     size_t nl = 0;
     fb_strmap idx;
@@ -251,8 +264,9 @@ static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_
         char why[512];
         const char *dt = fb_dtypes[fb_source_logical_dtype(s, logical[i])].name;
         if (e->quantize)
-            snprintf(why, sizeof why, "quantize %-9s target '%s' (%s)", fb_qkind_name(e->kind),
-                     cfg->groups[e->group].targets[e->target_entry], cfg->groups[e->group].name);
+            snprintf(why, sizeof why, "quantize %-9s %starget '%s' (%s)", fb_qkind_name(e->kind),
+                     !tuned ? "" : tuned[i] ? "GPTQ " : "RTN  ", cfg->groups[e->group].targets[e->target_entry],
+                     cfg->groups[e->group].name);
         else if (e->rule == FB_RULE_IGNORED)
             snprintf(why, sizeof why, "keep     %-9s ignored by '%s'", dt, cfg->ignore[e->ignore_entry]);
         else
@@ -331,6 +345,74 @@ static char *hex_digest(const char *path, fb_err *err) {
     return h;
 }
 
+// ---- tuning (GPTQ): the layer loop drives the writer segment by segment -------------------
+
+// The decoder layer a tensor belongs to ("model.layers.12.x" with prefix "model.layers"), or -1.
+static int layer_of(const char *prefix, const char *name) {
+    size_t pl = strlen(prefix);
+    if (strncmp(name, prefix, pl) != 0 || name[pl] != '.') return -1;
+    const char *p = name + pl + 1;
+    long v = 0;
+    int nd = 0;
+    while (*p >= '0' && *p <= '9' && nd < 9) v = v * 10 + (*p++ - '0'), nd++;
+    return nd && *p == '.' ? (int)v : -1;
+}
+
+// Runs items [a, b) through the ordered pool.
+static int run_segment(job *j, size_t a, size_t b, int nt, fb_err *err) {
+    if (b <= a) return 0;
+    j->seg_base = a;
+    fb_ordered_job oj = {.n_items = b - a, .n_threads = nt, .compute = compute, .commit = commit, .ctx = j,
+                         .cancel = j->o->cancel};
+    return fb_run_ordered(&oj, err);
+}
+
+typedef struct tune_ctx {
+    job *j;
+    size_t next;             // first item not written yet
+    int nt;
+    FILE *report;
+    double layer_loss, t_layer;
+    size_t layer_fallback, layer_n;
+} tune_ctx;
+
+static void tune_layer_start(void *u, int layer, int n_layers, size_t n_tuned) {
+    tune_ctx *t = u;
+    (void)layer, (void)n_layers;
+    t->layer_loss = 0;
+    t->layer_fallback = 0;
+    t->layer_n = n_tuned;
+    t->t_layer = fb_now();
+}
+
+static void tune_module_done(void *u, const fb_tune_linear *l, const fb_tune_stat *st) {
+    tune_ctx *t = u;
+    t->layer_loss += st->loss;
+    if (st->rtn_fallback) {
+        t->layer_fallback++;
+        fprintf(t->report, "%s: warning: %s: its Hessian is not positive definite after dampening: quantized "
+                           "round-to-nearest (raise dampening_frac or give more samples)\n", t->j->o->tool, l->name);
+    }
+    if (t->j->o->verbose)
+        fprintf(t->report, "  layer %d %-60s GPTQ loss %.6g%s (%.2f s)\n", l->layer, l->name, st->loss,
+                st->dead_columns ? " (dead input columns)" : "", st->seconds);
+}
+
+static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
+    (void)ov;
+    tune_ctx *t = u;
+    job *j = t->j;
+    size_t b = t->next;
+    while (b < j->n_items && j->items[b].layer <= layer) b++;
+    int rc = run_segment(j, t->next, b, t->nt, err);
+    t->next = b;
+    if (!rc && !j->o->quiet && t->layer_n)
+        fprintf(t->report, "%s: layer %d: %zu modules tuned (GPTQ), loss %.6g%s, %.2f s\n", j->o->tool, layer,
+                t->layer_n, t->layer_loss, t->layer_fallback ? " (round-to-nearest fallbacks)" : "",
+                fb_now() - t->t_layer);
+    return rc;
+}
+
 int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o, FILE *report,
                     fb_quantize_result *res, fb_err *err) {
     double t0 = fb_now();
@@ -351,8 +433,15 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     size_t n_items = 0;
     job j;
     memset(&j, 0, sizeof j);
-    char *recipe_hex = NULL, *calib_hex = NULL;
+    char *recipe_hex = NULL, *calib_hex = NULL, *data_hex = NULL;
     int rc = 0;
+    unsigned char *tuned = NULL;  // per plan entry: GPTQ tunes it
+    size_t n_tuned_plan = 0;
+    fb_ds_tokens S;
+    memset(&S, 0, sizeof S);
+    fb_wsrc *wbase = NULL, *overlay = NULL;
+    fb_tune_linear *tl = NULL;
+    size_t ntl = 0;
 
     if (!o->dry_run)  // the dry run lists them with the plan
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "%s: warning: %s\n", o->tool, rec.warnings[k]);
@@ -391,6 +480,38 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     }
     if (o->format == FB_QOUT_AUTOROUND && used != (1u << FB_QK_W4A16)) {
         rc = fb_fail(err, "--format auto_round writes W4A16 only");
+        goto done;
+    }
+    // Which quantized modules the recipe's GPTQModifier tunes (the rest: round-to-nearest).
+    tuned = fb_calloc(n + 1, 1);
+    for (size_t i = 0; i < n; i++)
+        if (plan.e[i].quantize && fb_recipe_gptq_applies(&rec, plan.e[i].module, plan.e[i].cls)) {
+            tuned[i] = 1;
+            n_tuned_plan++;
+        }
+    if (rec.gptq.present && !n_tuned_plan) {  // GPTQModifier raises the same
+        rc = fb_fail(err, "%s: the GPTQModifier tunes none of the modules the recipe quantizes (check its targets "
+                          "and ignore)", o->recipe_path);
+        goto done;
+    }
+    if (n_tuned_plan && o->format == FB_QOUT_AUTOROUND) {
+        rc = fb_fail(err, "%s: GPTQ results are written as compressed-tensors pack-quantized / nvfp4-pack-quantized; "
+                          "--format auto_round with a GPTQModifier is not supported", o->recipe_path);
+        goto done;
+    }
+    if (n_tuned_plan && (o->shard_count > 1 || o->merge)) {
+        rc = fb_fail(err, "%s: GPTQ runs one layer loop over the whole model: split jobs (--shard-count, --merge) "
+                          "are not supported with a GPTQModifier", o->recipe_path);
+        goto done;
+    }
+    if (n_tuned_plan && !o->dataset && !o->dry_run) {
+        rc = fb_fail(err, "%s: the GPTQModifier needs calibration data: pass --dataset D.jsonl (--samples N "
+                          "--seq-len L)", o->recipe_path);
+        goto done;
+    }
+    if (!n_tuned_plan && o->dataset) {
+        rc = fb_fail(err, "%s: --dataset is used by recipes that tune (GPTQModifier); this recipe quantizes "
+                          "round-to-nearest: drop --dataset", o->recipe_path);
         goto done;
     }
     // The loader rules on the predicted output, before statistics are read or anything is written.
@@ -460,13 +581,33 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         calib_hex = hex_digest(o->calib_path, err);
         if (!calib_hex) { rc = -1; goto done; }
     }
-    const char *mk[4] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format"};
-    const char *mv[4] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
-                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors"};
+    if (n_tuned_plan && o->dataset && !o->dry_run) {  // the tuning data: xxh3-128 of each file, comma-separated
+        char *buf = NULL;
+        const char **paths = NULL;
+        size_t np = fb_split_list(o->dataset, &buf, &paths);
+        data_hex = fb_calloc(np * 33 + 1, 1);
+        for (size_t k = 0; k < np && !rc; k++) {
+            char *h = hex_digest(paths[k], err);
+            if (!h) rc = -1;
+            else {
+                if (k) strcat(data_hex, ",");
+                strcat(data_hex, h);
+                free(h);
+            }
+        }
+        free(paths);
+        free(buf);
+        if (rc) goto done;
+    }
+    const char *mk[6] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format",
+                         "fourbit.tuning", "fourbit.dataset_xxh3_128"};
+    const char *mv[6] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
+                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors", "GPTQ",
+                         data_hex ? data_hex : "none"};
     fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
                      .allow_nonfinite = o->allow_nan, .tool = o->tool,
                      .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge,
-                     .n_meta = 4, .meta_keys = mk, .meta_vals = mv};
+                     .n_meta = n_tuned_plan ? 6 : 4, .meta_keys = mk, .meta_vals = mv};
     if (!o->dry_run) {
         w = fb_cw_create(dst, src, &wo, err);
         if (!w) { rc = -1; goto done; }
@@ -529,7 +670,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         size_t ml = strlen(t->name);
         char *mod = fb_strdup(t->name);
         if (ml > 7 && !strcmp(mod + ml - 7, ".weight")) mod[ml - 7] = 0;
-        member m = {.src = si, .plan = i};
+        member m = {.src = si, .plan = i, .tuned = tuned[i]};
         const fb_qfmt *qf = fb_qfmt_get(e->kind == FB_QK_W4A16 ? (o->format == FB_QOUT_AUTOROUND ? FB_QF_AUTOROUND
                                                                                                 : FB_QF_PACK_INT4)
                                                                : FB_QF_NVFP4);
@@ -584,6 +725,14 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     }
     free(first_item_of_set);
     if (rc) goto done;
+    {  // each item's decoder layer: tuning writes the items layer by layer
+        const char *lprefix = "model.layers";
+        fb_err ae;
+        const fb_arch *ar = c->config ? fb_arch_from_config(c->config, &ae) : NULL;
+        if (ar) lprefix = ar->layers;
+        for (size_t k = 0; k < n_items; k++)
+            items[k].layer = layer_of(lprefix, src_name(s, items[k].type == IT_QUANT ? items[k].m[0].src : items[k].src));
+    }
     res->bytes_in = logical_in;
     for (size_t d = 0; d < nd; d++) res->bytes_out += decls[d].nbytes;
 
@@ -594,7 +743,12 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
         if ((used & (1u << FB_QK_NVFP4)) && !stats)
             fprintf(report, "  note: NVFP4 (W4A4) needs --calib STATS from `calibrate` for input_global_scale\n");
-        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose);
+        if (n_tuned_plan)
+            fprintf(report, "  GPTQ (block_size %d, dampening_frac %g, actorder %s): %zu of the quantized modules are tuned "
+                            "layer by layer on --dataset calibration data, the others are round-to-nearest\n",
+                    rec.gptq.block_size, rec.gptq.dampening_frac,
+                    rec.cfg.groups[0].weights.actorder ? "weight/static" : "none", n_tuned_plan);
+        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose, rec.gptq.present ? tuned : NULL);
         fprintf(report, "  %zu modules quantized (%zu fused sets share a global scale), %zu tensors kept\n", res->n_quantized,
                 res->n_fused_sets, res->n_kept);
         fprintf(report, "  expected output: %.3f GB of tensors (%.2fx smaller than the %.3f GB BF16 equivalent)\n",
@@ -652,10 +806,72 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         j.raw[t] = fb_aligned_alloc(need);
         j.rows[t] = fb_aligned_alloc(need);
     }
-    j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, o->quiet);
-    fb_ordered_job oj = {.n_items = n_items, .n_threads = nt, .compute = compute, .commit = commit, .ctx = &j,
-                         .cancel = o->cancel};
-    int r = fb_run_ordered(&oj, err);
+    int r = 0;
+    if (n_tuned_plan) {  // the layer loop: tune a layer, then write the items up to it
+        fb_model_config mc;
+        if (!c->config) {
+            rc = fb_fail(err, "%s: no config.json: GPTQ runs the model", src);
+            goto done;
+        }
+        if (fb_model_config_parse(c->config, &mc, err)) { rc = fb_err_prefix(err, "%s/config.json", src); goto done; }
+        if (fb_ds_load_tokens(o->dataset, o->data, NULL, mc.vocab, &S, err)) { rc = -1; goto done; }
+        res->n_samples = S.n;
+        res->n_tokens = S.n_tok;
+        if (!(wbase = fb_wsrc_open_ckpt(src, err))) { rc = -1; goto done; }
+        overlay = fb_wsrc_overlay_new(wbase);
+        j.overlay = overlay;
+        tl = fb_calloc(n_tuned_plan + 1, sizeof *tl);
+        int last_layer = -1;
+        for (size_t k = 0; k < n_items && !rc; k++) {
+            item *it = &items[k];
+            if (it->layer >= 0) {
+                if (it->layer < last_layer)
+                    rc = fb_fail(err, "%s: tensor %s of layer %d comes after layer %d's tensors: cannot write layer by "
+                                      "layer", src, src_name(s, it->type == IT_QUANT ? it->m[0].src : it->src), it->layer,
+                                 last_layer);
+                last_layer = it->layer;
+            }
+            if (it->type != IT_QUANT) continue;
+            for (int mm = 0; mm < it->nm && !rc; mm++) {
+                if (!it->m[mm].tuned) continue;
+                const fb_plan_entry *e = &plan.e[it->m[mm].plan];
+                const fb_st_tensor *t = c->tensors[it->m[mm].src].t;
+                fb_tune_linear *L = &tl[ntl];
+                memset(L, 0, sizeof *L);
+                if (fb_arch_parse(mc.arch, e->module, &L->role, &L->layer, &L->expert) || !fb_role_is_linear(L->role)) {
+                    rc = fb_fail(err, "%s: module %s is not a Linear of a %s decoder layer: GPTQ cannot tune it (add it "
+                                      "to the GPTQModifier's ignore)", src, e->module, mc.arch->label);
+                    break;
+                }
+                L->name = t->name;
+                L->R = t->shape[0];
+                L->C = t->shape[1];
+                L->qf = it->qf;
+                L->group = it->group_size;
+                L->nvfp4 = it->qf->global_scale;
+                L->n_fused = it->nm;
+                for (int q = 0; q < it->nm; q++) L->fused[q] = src_name(s, it->m[q].src);
+                L->actorder = rec.cfg.groups[e->group].weights.actorder != FB_AO_NONE;
+                ntl++;
+            }
+        }
+        if (rc) goto done;
+        j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, 1);
+        tune_ctx tc = {.j = &j, .nt = nt, .report = report};
+        fb_tune_opts to = {.algo = FB_TUNE_GPTQ, .block_size = rec.gptq.block_size,
+                           .dampening_frac = rec.gptq.dampening_frac, .threads = nt, .cancel = o->cancel,
+                           .module_done = tune_module_done, .layer_done = tune_layer_done,
+                           .layer_start = tune_layer_start, .user = &tc};
+        fb_tune_result tr;
+        r = fb_tune_run(wbase, overlay, &mc, &S, tl, ntl, &to, &tr, err);
+        if (!r) r = run_segment(&j, tc.next, n_items, nt, err);  // what follows the last layer
+        res->n_tuned = tr.n_tuned;
+        res->n_tune_fallback = tr.n_fallback;
+        res->tune_seconds = tr.seconds;
+    } else {
+        j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, o->quiet);
+        r = run_segment(&j, 0, n_items, nt, err);
+    }
     fb_progress_finish(j.prog);
     for (size_t k = 0; k < n_items; k++)
         for (int mm = 0; mm < MAX_FUSED; mm++)
@@ -700,7 +916,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         size_t plan_len = 0;
         FILE *pf = open_memstream(&plan_text, &plan_len);
         if (pf) {
-            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0);
+            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0, rec.gptq.present ? tuned : NULL);
             fclose(pf);
         }
         res->left_out = fb_side_files_left_out(s);
@@ -724,6 +940,10 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
             fprintf(f, "# written by fourbit %s %s\n# recipe: %s (xxh3-128 %s)\n# calibration: %s%s%s%s\n", o->tool, FB_VERSION,
                     o->recipe_path, recipe_hex, calib_hex ? o->calib_path : "none", calib_hex ? " (xxh3-128 " : "",
                     calib_hex ? calib_hex : "", calib_hex ? ")" : "");
+            if (n_tuned_plan)
+                fprintf(f, "# GPTQ: %zu modules tuned on %zu samples (%zu tokens) of %s (xxh3-128 %s), template %s\n",
+                        res->n_tuned, res->n_samples, res->n_tokens, o->dataset, data_hex ? data_hex : "none",
+                        o->template_what ? o->template_what : "none");
             fwrite(rec.text, 1, rec.text_len, f);
             if (fclose(f) != 0) rc = fb_fail(err, "%s: write error: %s", p, strerror(errno));
         }
@@ -756,6 +976,12 @@ done:
     free(logical);
     free(recipe_hex);
     free(calib_hex);
+    free(data_hex);
+    free(tuned);
+    free(tl);
+    fb_ds_tokens_free(&S);
+    if (overlay) fb_wsrc_close(overlay);
+    if (wbase) fb_wsrc_close(wbase);
     fb_plan_free(&plan);
     fb_calib_stats_free(stats);
     fb_source_close(s);

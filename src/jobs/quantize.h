@@ -17,6 +17,10 @@
 //   5. the validate-ignore-list rules on the staging directory, then rename into place.
 // NVFP4 (W4A4) reads each quantized module's input absmax from a calibration statistics
 // file (src/calib/stats.h) to write input_global_scale.
+// A recipe with a GPTQModifier tunes the modules it selects in the sequential layer loop
+// (jobs/tune.h) on calibration tokens from `dataset`: each layer is tuned, then written (its
+// items of step 3 run right after it), so memory stays one layer; the scales written are the
+// observer's of the original weight (pack_fixed encodes the tuned weights on them).
 // Shard __metadata__ carries provenance (tool, version, recipe and calibration digests) but
 // not the source path, so FP8 -> quantized equals FP8 -> fp8-dequant -> quantized byte for byte.
 #ifndef FB_QUANT_QUANTIZE_H
@@ -28,6 +32,7 @@
 #include <jansson.h>
 
 #include "common/fb.h"
+#include "io/dataset.h"
 
 typedef enum fb_qout_format {
     FB_QOUT_COMPRESSED_TENSORS = 0,  // nvfp4-pack-quantized / pack-quantized
@@ -46,6 +51,10 @@ typedef struct fb_quantize_opts {
     int shard_index, shard_count, merge;  // split jobs over a shared DST.partial (checkpoint.h)
     int quiet;                 // no progress line
     atomic_int *cancel;        // set by a signal handler to stop (staging kept for --resume)
+    // Calibration data for recipes that tune (GPTQModifier), read as calibrate reads it.
+    const char *dataset;       // comma-separated JSONL files, or NULL
+    const fb_ds_opts *data;    // samples, seq_len, seed, shuffle, template, tokenizer (with dataset)
+    const char *template_what; // the chat template used (provenance)
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {
@@ -54,6 +63,9 @@ typedef struct fb_quantize_result {
     int split_job;             // 1: a split job finished its shards; the merge run completes
     uint64_t bytes_in, bytes_out, elements_quantized;
     double seconds;
+    size_t n_tuned, n_tune_fallback;  // modules tuned by GPTQ; of them, round-to-nearest fallbacks
+    size_t n_samples, n_tokens;       // calibration data used for tuning
+    double tune_seconds;              // the layer loop (calibration, tuning, propagation passes)
     char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")
     json_t *left_out;          // entries of SRC not carried over, [{"name", "why"}] (source.h
                                // fb_side_files_left_out); NULL unless written; caller decrefs

@@ -114,6 +114,21 @@ void fb_nvfp4_quantize_rows_ref(const float *w, size_t nrows, size_t cols, float
     }
 }
 
+void fb_nvfp4_pack_rows_fixed(const float *w, size_t nrows, size_t cols, float g,
+                              const uint8_t *scale, uint8_t *packed) {
+    FB_ASSERT(cols % FB_NVFP4_GROUP == 0);
+    fb_formats_init();
+    size_t ng = cols / FB_NVFP4_GROUP;
+    for (size_t r = 0; r < nrows; r++)
+        for (size_t k = 0; k < ng; k++) {
+            float t = fb_e4m3_to_f32(scale[r * ng + k]) / g;
+            const float *x = w + r * cols + k * FB_NVFP4_GROUP;
+            uint8_t *o = packed + r * (cols / 2) + k * (FB_NVFP4_GROUP / 2);
+            for (int i = 0; i < FB_NVFP4_GROUP; i += 2)
+                o[i / 2] = (uint8_t)(fb_nvfp4_fp4_nibble(x[i] / t) | (fb_nvfp4_fp4_nibble(x[i + 1] / t) << 4));
+        }
+}
+
 // Dequantization goes through a 16-entry table per group: entry n = BF16(fp4(n) * (s3/g)),
 // exactly the per-element formula, computed 16 times instead of 16 times per group.
 static inline void dequant_lut(uint8_t scale_code, float g, float lut[16]) {

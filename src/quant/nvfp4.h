@@ -79,6 +79,13 @@ void fb_nvfp4_quantize_rows(const float *w, size_t nrows, size_t cols, float g,
 void fb_nvfp4_quantize_rows_ref(const float *w, size_t nrows, size_t cols, float g,
                                 uint8_t *packed, uint8_t *scale);
 
+// Encodes nrows rows with the given e4m3 group scales (scale[nrows * cols/16], e.g. the
+// observer's scales of the original weight that GPTQ quantized against) and global scale g into
+// packed[nrows * cols/2]: each nibble fb_nvfp4_fp4_nibble(w / (s3/g)), the quantize path's
+// formula with the scale fixed. Scalar.
+void fb_nvfp4_pack_rows_fixed(const float *w, size_t nrows, size_t cols, float g,
+                              const uint8_t *scale, uint8_t *packed);
+
 // One FP4 nibble of an already scaled value y = w / (s3/g): clamp to [-6, 6], round half to
 // even on the E2M1 grid, sign bit iff y < 0 (so -0.0 -> 0x0, -0.1 -> 0x8). Reference code.
 uint8_t fb_nvfp4_fp4_nibble(float y);

@@ -60,6 +60,13 @@ typedef struct fb_qfmt {
                           float gscale, void *const out[]);
     // Fills the small outputs once every row is done. igs: the input global scale (w4a4).
     void (*finish)(size_t R, size_t C, size_t G, float gscale, float igs, void *const out[]);
+    // Optional (NULL: the format cannot store tuned weights): re-encodes the codes of rows
+    // [r0, r0+nr) from weights already on the grid of the scales that quantize_rows stored in
+    // out (GPTQ's fake-quantized weights, quantized against the observer's scales of the
+    // original weight, as llm-compressor compresses them). quantize_rows on the original rows
+    // comes first (it writes the scales).
+    void (*pack_fixed)(const float *rows, size_t nr, size_t R, size_t C, size_t G, size_t r0,
+                       float gscale, void *const out[]);
     // Reading. `prefix` is the module name ("model.layers.0.self_attn.q_proj").
     // 1 when the module is stored in this format (its first tensor present, of its dtype).
     int (*detect)(const fb_qfmt_read *rd, const char *prefix);

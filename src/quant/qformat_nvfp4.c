@@ -26,6 +26,13 @@ static void quantize_rows(const float *rows, size_t nr, size_t R, size_t C, size
                            (uint8_t *)out[1] + r0 * C / FB_NVFP4_GROUP);
 }
 
+static void pack_fixed(const float *rows, size_t nr, size_t R, size_t C, size_t G, size_t r0,
+                       float g, void *const out[]) {
+    (void)R, (void)G;
+    fb_nvfp4_pack_rows_fixed(rows, nr, C, g, (const uint8_t *)out[1] + r0 * C / FB_NVFP4_GROUP,
+                             (uint8_t *)out[0] + r0 * C / 2);
+}
+
 static void finish(size_t R, size_t C, size_t G, float g, float igs, void *const out[]) {
     (void)R, (void)C, (void)G;
     memcpy(out[2], &g, 4);
@@ -108,6 +115,7 @@ const fb_qfmt fb_qfmt_nvfp4 = {
     .shape = shape,
     .quantize_rows = quantize_rows,
     .finish = finish,
+    .pack_fixed = pack_fixed,
     .detect = detect,
     .logical_shape = logical_shape,
     .load_rows = load_rows,

@@ -25,6 +25,13 @@ static void quantize_rows(const float *rows, size_t nr, size_t R, size_t C, size
                            (uint16_t *)out[1] + r0 * (C / G));
 }
 
+static void pack_fixed(const float *rows, size_t nr, size_t R, size_t C, size_t G, size_t r0,
+                       float g, void *const out[]) {
+    (void)R, (void)g;
+    fb_w4a16_pack_rows_fixed(rows, nr, C, G, (const uint16_t *)out[1] + r0 * (C / G),
+                             (int32_t *)out[0] + r0 * (C / 8));
+}
+
 static void finish(size_t R, size_t C, size_t G, float g, float igs, void *const out[]) {
     (void)G, (void)g, (void)igs;
     int64_t shp[2] = {(int64_t)R, (int64_t)C};
@@ -126,6 +133,7 @@ const fb_qfmt fb_qfmt_pack_int4 = {
     .shape = shape,
     .quantize_rows = quantize_rows,
     .finish = finish,
+    .pack_fixed = pack_fixed,
     .detect = detect,
     .logical_shape = logical_shape,
     .load_rows = load_rows,

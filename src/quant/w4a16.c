@@ -71,6 +71,22 @@ void fb_w4a16_quantize_rows_ref(const float *w, size_t nrows, size_t cols, size_
     }
 }
 
+void fb_w4a16_pack_rows_fixed(const float *w, size_t nrows, size_t cols, size_t group,
+                              const uint16_t *scale, int32_t *packed) {
+    check_shape(cols, group);
+    size_t ng = cols / group;
+    for (size_t r = 0; r < nrows; r++)
+        for (size_t k = 0; k < ng; k++) {
+            float s = fb_bf16_to_f32(scale[r * ng + k]);
+            const float *x = w + r * cols + k * group;
+            for (size_t i = 0; i < group; i += 8) {
+                uint32_t word = 0;
+                for (int j = 0; j < 8; j++) word |= ct_code(x[i + j], s) << (4 * j);
+                packed[r * (cols / 8) + (k * group + i) / 8] = (int32_t)word;
+            }
+        }
+}
+
 void fb_w4a16_dequant_rows(const int32_t *packed, const uint16_t *scale, size_t nrows,
                            size_t cols, size_t group, float *out) {
     check_shape(cols, group);

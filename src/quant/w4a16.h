@@ -58,6 +58,13 @@ void fb_w4a16_quantize_rows(const float *w, size_t nrows, size_t cols, size_t gr
 void fb_w4a16_quantize_rows_ref(const float *w, size_t nrows, size_t cols, size_t group,
                                 int32_t *packed, uint16_t *scale);
 
+// Encodes nrows rows with the given scales (bf16 bits [nrows * cols/group], e.g. the
+// observer's scales of the original weight that GPTQ quantized against) into packed
+// [nrows * cols/8]: compressed-tensors' compress of a weight already on that grid, each code
+// clamp(round(BF16(w / s)), -8, 7) + 8 as fb_w4a16_quantize_rows computes it. Scalar.
+void fb_w4a16_pack_rows_fixed(const float *w, size_t nrows, size_t cols, size_t group,
+                              const uint16_t *scale, int32_t *packed);
+
 // Dequantizes nrows rows of pack-quantized data: out[nrows * cols] = BF16(q * s) as f32.
 void fb_w4a16_dequant_rows(const int32_t *packed, const uint16_t *scale, size_t nrows,
                            size_t cols, size_t group, float *out);

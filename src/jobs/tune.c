@@ -1,0 +1,332 @@
+// tune.c: see tune.h.
+#include "jobs/tune.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "common/cancel.h"
+#include "common/pool.h"
+#include "quant/formats.h"
+#include "quant/nvfp4.h"
+
+// ---- the algorithms ----------------------------------------------------------------------------
+
+static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W, float *H, const float *scales,
+                       float g, fb_tune_stat *st, fb_err *err) {
+    fb_gptq_opts go = {.qtype = l->nvfp4 ? FB_GPTQ_NVFP4 : FB_GPTQ_INT4, .group = l->group,
+                       .global_scale = l->nvfp4 ? g : 0, .actorder = l->actorder,
+                       .blocksize = (size_t)(o->block_size > 0 ? o->block_size : 128),
+                       .percdamp = o->dampening_frac};
+    fb_gptq_result r;
+    if (fb_gptq_quantize(W, (size_t)l->R, (size_t)l->C, H, scales, &go, &r, err))
+        return fb_err_prefix(err, "%s", l->name);
+    st->loss = r.loss;
+    st->rtn_fallback = r.rtn_fallback;
+    st->dead_columns = r.dead_columns;
+    return 0;
+}
+
+static const fb_tune_algo ALGOS[FB_TUNE_COUNT] = {
+    [FB_TUNE_GPTQ] = {.name = "GPTQ", .hessians = 1, .linear = gptq_linear},
+};
+
+const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id) { return id < FB_TUNE_COUNT ? &ALGOS[id] : NULL; }
+
+// ---- observer scales and global scales ---------------------------------------------------------
+
+void fb_tune_observer_scales(const fb_tune_linear *l, const float *W, float g, float *scales) {
+    const fb_qfmt *qf = l->qf;
+    void *out[FB_QFMT_MAX_OUT] = {0};
+    for (int k = 0; k < qf->n_out; k++) {
+        uint64_t nb = fb_qfmt_out_bytes(qf, k, l->R, l->C, (int64_t)l->group, 0);
+        out[k] = nb ? fb_malloc(nb) : NULL;
+    }
+    qf->quantize_rows(W, (size_t)l->R, (size_t)l->R, (size_t)l->C, l->group, 0, g, out);
+    fb_to_f32(qf->out[1].dtype, out[1], scales, (size_t)l->R * ((size_t)l->C / l->group));
+    for (int k = 0; k < qf->n_out; k++) free(out[k]);
+}
+
+static int load_weight(fb_wsrc *s, const char *name, int64_t R, int64_t C, float *W, fb_err *err) {
+    int64_t shape[2] = {R, C};
+    if (fb_wsrc_load_full(s, name, 2, shape, W, err)) return -1;
+    int64_t at = fb_find_nonfinite(FB_F32, W, (size_t)(R * C), 1);
+    if (at >= 0)
+        return fb_fail(err, "%s: tensor %s: %s at [%lld, %lld]; refusing to tune it", s->desc, name,
+                       isnan(W[at]) ? "NaN" : "Inf", (long long)(at / C), (long long)(at % C));
+    return 0;
+}
+
+// The NVFP4 global scale of l's fused set from the original weights (W: l's own).
+static int fused_global_scale(fb_wsrc *base, const fb_tune_linear *l, const float *W, float *g, fb_err *err) {
+    float amax[FB_TUNE_MAX_FUSED];
+    int n = l->n_fused > 0 ? l->n_fused : 1;
+    for (int k = 0; k < n; k++) {
+        const char *m = l->n_fused > 0 ? l->fused[k] : l->name;
+        if (strcmp(m, l->name) == 0) {
+            amax[k] = fb_nvfp4_absmax(W, (size_t)(l->R * l->C));
+            continue;
+        }
+        int nd;
+        int64_t sh[FB_MAX_DIMS];
+        if (!base->shape(base, m, &nd, sh) || nd != 2)
+            return fb_fail(err, "%s: fused member %s of %s is missing or not 2-D", base->desc, m, l->name);
+        float *x = fb_aligned_alloc((size_t)(sh[0] * sh[1]) * sizeof(float) + 64);
+        int rc = load_weight(base, m, sh[0], sh[1], x, err);
+        if (!rc) amax[k] = fb_nvfp4_absmax(x, (size_t)(sh[0] * sh[1]));
+        free(x);
+        if (rc) return -1;
+    }
+    *g = fb_nvfp4_fused_global_scale(amax, (size_t)n);
+    return 0;
+}
+
+// ---- Hessians through the engine hooks ---------------------------------------------------------
+
+enum { SLOT_QKV = 0, SLOT_O, SLOT_MOE, SLOT_FIXED };
+
+typedef struct tctx {
+    int layer, capture;
+    size_t n_experts;
+    float *H[SLOT_FIXED];   // q/k/v input, o input, every expert's gate/up input (NULL: not needed)
+    size_t dim[SLOT_FIXED];
+    float **Hdown;          // [n_experts] each expert's down input (NULL: not needed)
+    size_t inter;
+    pthread_mutex_t mu;     // the shared Hessians (the engine calls their hooks from one thread,
+                            // but nothing promises it)
+} tctx;
+
+static int slot_of(fb_role r) {
+    switch (r) {
+    case FB_ROLE_Q: case FB_ROLE_K: case FB_ROLE_V: return SLOT_QKV;
+    case FB_ROLE_O: return SLOT_O;
+    case FB_ROLE_W_GATE: case FB_ROLE_W_UP: return SLOT_MOE;
+    default: return -1;  // W_DOWN: per expert
+    }
+}
+
+static void add_shared(tctx *t, int slot, const float *x, size_t rows, size_t cols) {
+    if (!t->H[slot] || cols != t->dim[slot]) return;
+    pthread_mutex_lock(&t->mu);
+    fb_gptq_hessian_add(t->H[slot], cols, x, rows);
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int hk_linear(void *u, fb_role role, int layer, int expert, float *x, size_t rows, size_t cols, fb_err *err) {
+    (void)err;
+    tctx *t = u;
+    if (!t->capture || layer != t->layer || expert >= 0) return 0;  // experts: expert_input_all
+    int s = slot_of(role);
+    if (s == SLOT_QKV || s == SLOT_O) add_shared(t, s, x, rows, cols);
+    return 0;
+}
+
+static int hk_all(void *u, fb_role role, int layer, int expert, size_t t0, const float *x, size_t rows, size_t cols,
+                  fb_err *err) {
+    (void)err, (void)t0;
+    tctx *t = u;
+    if (!t->capture || layer != t->layer) return 0;
+    if (role == FB_ROLE_W_GATE && expert < 0) add_shared(t, SLOT_MOE, x, rows, cols);
+    else if (role == FB_ROLE_W_DOWN && expert >= 0 && (size_t)expert < t->n_experts && t->Hdown &&
+             t->Hdown[expert] && cols == t->inter)
+        fb_gptq_hessian_add(t->Hdown[expert], cols, x, rows);  // one thread per expert at a time
+    return 0;
+}
+
+static float *hessian_of(tctx *t, const fb_tune_linear *l) {
+    if (l->role == FB_ROLE_W_DOWN) return t->Hdown && l->expert >= 0 ? t->Hdown[l->expert] : NULL;
+    int s = slot_of(l->role);
+    return s >= 0 ? t->H[s] : NULL;
+}
+
+static void free_hessians(tctx *t) {
+    for (int s = 0; s < SLOT_FIXED; s++) {
+        free(t->H[s]);
+        t->H[s] = NULL;
+    }
+    if (t->Hdown)
+        for (size_t e = 0; e < t->n_experts; e++) {
+            free(t->Hdown[e]);
+            t->Hdown[e] = NULL;
+        }
+}
+
+// ---- tuning the Linears of one layer (threads: pool.h, committed in order) ---------------------
+
+typedef struct lin_job {
+    const fb_tune_opts *o;
+    const fb_tune_algo *algo;
+    fb_wsrc *base, *overlay;
+    tctx *t;
+    const fb_tune_linear *lin;
+    const size_t *idx;       // indices into lin of this layer's tuned Linears
+    float **W;               // per item: the tuned weights (compute -> commit)
+    fb_tune_stat *st;
+    size_t n_fallback;
+} lin_job;
+
+static int lin_compute(void *ctx, size_t k, int tid, fb_err *err) {
+    (void)tid;
+    lin_job *j = ctx;
+    const fb_tune_linear *l = &j->lin[j->idx[k]];
+    double t0 = fb_now();
+    size_t R = (size_t)l->R, C = (size_t)l->C, NG = C / l->group;
+    float *W = fb_aligned_alloc(R * C * sizeof(float) + 64);
+    float *H = NULL, *sc = NULL;
+    float g = 1.0f;
+    int rc = load_weight(j->base, l->name, l->R, l->C, W, err);
+    if (!rc && l->nvfp4) rc = fused_global_scale(j->base, l, W, &g, err);
+    if (!rc) {
+        sc = fb_malloc(R * NG * sizeof(float));
+        fb_tune_observer_scales(l, W, g, sc);
+        const float *Hs = hessian_of(j->t, l);
+        if (!Hs) {
+            rc = fb_fail(err, "%s: no Hessian was captured for it (the engine reported no input)", l->name);
+        } else {
+            H = fb_aligned_alloc(C * C * sizeof(float) + 64);
+            memcpy(H, Hs, C * C * sizeof(float));
+            memset(&j->st[k], 0, sizeof j->st[k]);
+            rc = j->algo->linear(j->o, l, W, H, sc, g, &j->st[k], err);
+        }
+    }
+    if (!rc) {
+        // The tuned weights as llm-compressor's bf16 model holds them (update_offload_parameter
+        // casts to the module dtype): what the next layer's inputs and the packing see.
+        for (size_t i = 0; i < R * C; i++) W[i] = fb_bf16_to_f32(fb_f32_to_bf16(W[i]));
+        j->W[k] = W;
+        W = NULL;
+        j->st[k].seconds = fb_now() - t0;
+    }
+    free(W);
+    free(H);
+    free(sc);
+    return rc;
+}
+
+static int lin_commit(void *ctx, size_t k, int tid, fb_err *err) {
+    (void)tid;
+    lin_job *j = ctx;
+    const fb_tune_linear *l = &j->lin[j->idx[k]];
+    int64_t sh[2] = {l->R, l->C};
+    int rc = fb_wsrc_overlay_put(j->overlay, l->name, 2, sh, j->W[k], err);
+    free(j->W[k]);
+    j->W[k] = NULL;
+    if (j->st[k].rtn_fallback) j->n_fallback++;
+    if (!rc && j->o->module_done) j->o->module_done(j->o->user, l, &j->st[k]);
+    return rc;
+}
+
+// ---- the loop ----------------------------------------------------------------------------------
+
+int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
+                const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    double t_start = fb_now();
+    const fb_tune_algo *algo = fb_tune_algo_get(o->algo);
+    if (!algo || !algo->linear) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
+    if (!S || S->n == 0 || S->n_tok == 0) return fb_fail(err, "%s needs calibration tokens", algo->name);
+    for (size_t i = 0; i < n; i++)
+        if (lin[i].layer < 0 || lin[i].layer >= cfg->n_layers || !lin[i].qf || !lin[i].qf->pack_fixed ||
+            !lin[i].group || lin[i].C % (int64_t)lin[i].group || lin[i].expert >= cfg->n_experts)
+            return fb_fail(err, "%s: cannot be tuned (layer %d, expert %d, format %s, group %zu)", lin[i].name,
+                           lin[i].layer, lin[i].expert, lin[i].qf ? lin[i].qf->name : "none", lin[i].group);
+    tctx t;
+    memset(&t, 0, sizeof t);
+    pthread_mutex_init(&t.mu, NULL);
+    t.n_experts = (size_t)cfg->n_experts;
+    t.inter = (size_t)cfg->inter;
+    t.Hdown = fb_calloc(t.n_experts + 1, sizeof *t.Hdown);
+    fb_fwd_hooks hk = {.user = &t, .linear_input = hk_linear, .expert_input_all = hk_all};
+    fb_engine_opts eo = {.threads = o->threads, .all_experts = 1, .hooks = &hk};
+    fb_engine *e = fb_engine_cpu_new(overlay, cfg, &eo, err);
+    if (!e) {
+        free(t.Hdown);
+        pthread_mutex_destroy(&t.mu);
+        return -1;
+    }
+    size_t H = (size_t)cfg->hidden, ntok = S->n_tok;
+    float *h_in = fb_aligned_alloc(ntok * H * sizeof(float) + 64);
+    size_t *idx = fb_malloc((n + 1) * sizeof *idx);
+    float **Wk = fb_calloc(n + 1, sizeof *Wk);
+    fb_tune_stat *st = fb_calloc(n + 1, sizeof *st);
+    int rc = fb_engine_set_tokens(e, S->ids, S->n_tok, S->starts, S->n, err);
+    for (int l = 0; l < cfg->n_layers && !rc; l++) {
+        if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++)
+            if (lin[i].layer == l) idx[m++] = i;
+        if (o->layer_start) o->layer_start(o->user, l, cfg->n_layers, m);
+        double t0 = fb_now();
+        if (m == 0) {  // nothing tuned here: one pass, the original weights
+            t.capture = 0;
+            rc = fb_engine_layer(e, l, err);
+            res->propagate_s += fb_now() - t0;
+            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+            fb_wsrc_overlay_clear(overlay);
+            continue;
+        }
+        const float *h = fb_engine_hidden(e, err);
+        if (!h) { rc = -1; break; }
+        memcpy(h_in, h, ntok * H * sizeof(float));
+        // Hessians needed by this layer's tuned Linears.
+        for (size_t k = 0; k < m; k++) {
+            const fb_tune_linear *li = &lin[idx[k]];
+            size_t C = (size_t)li->C;
+            if (li->role == FB_ROLE_W_DOWN) {
+                if (!t.Hdown[li->expert]) t.Hdown[li->expert] = fb_calloc(C * C, sizeof(float));
+                continue;
+            }
+            int s = slot_of(li->role);
+            if (s < 0) { rc = fb_fail(err, "%s: role %s cannot be tuned", li->name, fb_role_name(li->role)); break; }
+            if (!t.H[s]) {
+                t.H[s] = fb_calloc(C * C, sizeof(float));
+                t.dim[s] = C;
+            }
+        }
+        if (rc) break;
+        t.layer = l;
+        t.capture = 1;
+        rc = fb_engine_layer(e, l, err);  // 1. calibration pass
+        t.capture = 0;
+        res->calib_s += fb_now() - t0;
+        if (rc) break;
+        // accumulate_hessian counts samples (one per sequence of batch 1), prepare_batch divides.
+        for (int s = 0; s < SLOT_FIXED; s++)
+            if (t.H[s]) fb_gptq_hessian_scale(t.H[s], t.dim[s], S->n);
+        for (size_t x = 0; x < t.n_experts; x++)
+            if (t.Hdown[x]) fb_gptq_hessian_scale(t.Hdown[x], t.inter, S->n);
+        double t1 = fb_now();
+        lin_job lj = {.o = o, .algo = algo, .base = base, .overlay = overlay, .t = &t, .lin = lin, .idx = idx,
+                      .W = Wk, .st = st};
+        fb_blas_threads(1);  // one GPTQ per thread; the engine sets its own BLAS threads again
+        fb_ordered_job oj = {.n_items = m, .n_threads = o->threads > 0 ? o->threads : fb_ncpu(),
+                             .compute = lin_compute, .commit = lin_commit, .ctx = &lj, .cancel = o->cancel};
+        rc = fb_run_ordered(&oj, err);  // 2. tune
+        for (size_t k = 0; k < m; k++) {
+            free(Wk[k]);
+            Wk[k] = NULL;
+        }
+        free_hessians(&t);
+        res->tune_s += fb_now() - t1;
+        res->n_tuned += m;
+        res->n_fallback += lj.n_fallback;
+        if (rc) break;
+        double t2 = fb_now();
+        rc = fb_engine_set_hidden(e, l, h_in, err);  // 3. propagate with the tuned weights
+        if (!rc) rc = fb_engine_layer(e, l, err);
+        res->propagate_s += fb_now() - t2;
+        if (!rc) rc = o->layer_done(o->user, l, overlay, err);  // 4. write
+        fb_wsrc_overlay_clear(overlay);
+    }
+    free_hessians(&t);
+    free(t.Hdown);
+    pthread_mutex_destroy(&t.mu);
+    free(h_in);
+    free(idx);
+    free(Wk);
+    free(st);
+    fb_engine_free(e);
+    res->seconds = fb_now() - t_start;
+    if (rc == -1 && o->cancel && atomic_load(o->cancel)) rc = -2;
+    return rc;
+}

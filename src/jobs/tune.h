@@ -1,0 +1,112 @@
+// tune.h: the quantizers' sequential layer loop for tuning algorithms (GPTQ now, AutoRound next),
+// with llm-compressor 0.14's SequentialPipeline semantics (pipelines/sequential/pipeline.py,
+// dataset_args.propagate_error = True, its default):
+//
+//   for each decoder layer l (inputs: the outputs of the already-tuned layers before it):
+//     1. calibration pass: layer l runs on its inputs with its ORIGINAL weights, every expert on
+//        every token (all-experts mode, llm-compressor's moe_calibrate_all_experts); the hooks
+//        (calib/forward.h) capture what the algorithm needs: GPTQ, the Hessian of every tuned
+//        Linear's input. One Hessian per distinct input: q/k/v share the attention input, and
+//        in all-experts mode every expert's w_gate/w_up see the same MoE input, so they share one
+//        (llm-compressor accumulates an equal one per module); each expert's w_down has its own.
+//     2. every tuned Linear is tuned (the table entry's function) against the observer's scales
+//        of its ORIGINAL weight and, for NVFP4, the global scale of its fused set from the
+//        original weights (both fixed before GPTQ, as GPTQModifier observes before it quantizes);
+//        the result is rounded to bf16 (llm-compressor writes it into its bf16 model) and put into
+//        the overlay source;
+//     3. propagation pass: layer l is re-run from the same inputs with the tuned weights and the
+//        real routing (the layer output does not depend on all-experts mode); modules quantized
+//        without tuning keep their original weights here, because the reference runs both
+//        passes under DisableQuantization (RTN happens when the checkpoint is compressed);
+//     4. layer_done(l): the caller writes layer l's tensors, reading tuned rows from the overlay;
+//        the overlay is cleared afterwards.
+//   Memory: the engine's (tokens x hidden activations, one layer's weights), a copy of the
+//   layer's inputs, the layer's Hessians, the tuned weights of one layer (f32, in the overlay).
+//
+// The algorithms are entries of one table (fb_tune_algo_get): today a per-Linear function (GPTQ:
+// weights + Hessian + the observer's scales -> the weights to write, dequantized f32 on the
+// scale grid the format stores; quant/qformat.h pack_fixed encodes them). A block-wise
+// algorithm (AutoRound) adds a per-layer member taking the layer's inputs (saved before step 1)
+// and original outputs (after step 1) with the layer's weights; the loop already holds both.
+#ifndef FB_JOBS_TUNE_H
+#define FB_JOBS_TUNE_H
+
+#include <stdatomic.h>
+
+#include "calib/engine.h"
+#include "calib/gptq.h"
+#include "io/dataset.h"
+#include "quant/qformat.h"
+#include "quant/scheme.h"
+
+#define FB_TUNE_MAX_FUSED 4
+
+typedef enum fb_tune_algo_id { FB_TUNE_GPTQ = 0, FB_TUNE_COUNT } fb_tune_algo_id;
+
+// One Linear the loop tunes.
+typedef struct fb_tune_linear {
+    const char *name;          // tensor name ("model.layers.3.self_attn.q_proj.weight")
+    fb_role role;
+    int layer, expert;         // expert -1 for attention
+    int64_t R, C;              // weight shape [out, in]
+    const fb_qfmt *qf;         // output format (its output 1 is the scale tensor [R, C/G])
+    size_t group;              // G
+    int nvfp4;                 // 1: NVFP4 (global scale), 0: int4
+    const char *fused[FB_TUNE_MAX_FUSED];  // members sharing the NVFP4 global scale (itself too)
+    int n_fused;
+    int actorder;              // 1: weight / static ordering
+} fb_tune_linear;
+
+// What tuning one Linear gave.
+typedef struct fb_tune_stat {
+    double loss;               // the algorithm's loss (GPTQ: sum err^2 / 2)
+    int rtn_fallback;          // 1: fell back to round-to-nearest (non-PD Hessian)
+    size_t dead_columns;
+    double seconds;
+} fb_tune_stat;
+
+typedef struct fb_tune_opts {
+    fb_tune_algo_id algo;
+    int block_size;            // GPTQ block (128)
+    double dampening_frac;     // GPTQ dampening (0.01)
+    int threads;               // engine and per-Linear tuning threads
+    atomic_int *cancel;
+    // Called after each Linear is tuned (may be NULL), in the order of lin[].
+    void (*module_done)(void *user, const fb_tune_linear *l, const fb_tune_stat *st);
+    // Layer l is tuned and its next-layer inputs computed: write it (overlay holds the tuned
+    // weights); return 0 or -1 with err (-2: cancelled).
+    int (*layer_done)(void *user, int layer, fb_wsrc *overlay, fb_err *err);
+    void (*layer_start)(void *user, int layer, int n_layers, size_t n_tuned);
+    void *user;
+} fb_tune_opts;
+
+typedef struct fb_tune_result {
+    size_t n_tuned, n_fallback;
+    double seconds, calib_s, tune_s, propagate_s;
+} fb_tune_result;
+
+// A tuning algorithm: one entry of the table.
+typedef struct fb_tune_algo {
+    const char *name;          // "GPTQ"
+    int hessians;              // 1: the loop accumulates each tuned Linear's input Hessian
+    // Per Linear: W [R x C] (the original weight, f32) is replaced by the weights to write; H the
+    // normalised Hessian [C x C] (may be changed); scales the observer's [R x C/G] (f32 values
+    // of the stored scales); g the NVFP4 global scale (1 for int4).
+    int (*linear)(const fb_tune_opts *o, const fb_tune_linear *l, float *W, float *H,
+                  const float *scales, float g, fb_tune_stat *st, fb_err *err);
+} fb_tune_algo;
+
+const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id);
+
+// Runs the loop over every layer of `cfg` on the tokens S, reading weights from `base` through
+// `overlay` (fb_wsrc_overlay_new(base), owned by the caller), tuning the Linears lin[0..n).
+// Returns 0, -1 with err, or -2 when cancelled.
+int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
+                const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
+                fb_err *err);
+
+// The observer's scales of weight W [R x C] for l's format (the scale tensor quantize_rows
+// stores, as f32) into scales [R x C/G]. g: the NVFP4 global scale.
+void fb_tune_observer_scales(const fb_tune_linear *l, const float *W, float g, float *scales);
+
+#endif
