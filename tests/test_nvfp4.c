@@ -341,8 +341,40 @@ static void test_scale_sweep(void) {
     free(w); free(p0); free(p1); free(s0); free(s1);
 }
 
+// pack_fixed (GPTQ's packing): RTN's dequantized weights (bf16, as a bf16 model holds them)
+// re-packed with RTN's scales and global scale give RTN's packed bytes, over every fill, except
+// negative zero: RTN codes a small negative weight as -0 (nibble 8), its dequantized value is
+// -0.0, and compressed-tensors' encoder (fb_nvfp4_fp4_nibble, golden-tested) codes an input of
+// -0.0 as +0, as it does for llm-compressor's GPTQ output. Both nibbles decode to 0.
+static void test_pack_fixed(void) {
+    size_t bad = 0, rows = 7, cols = 256, n = rows * cols;
+    static const float gscales[] = {0.0f /* from amax */, 1.0f, 1e-3f};
+    for (int kind = 0; kind < 6; kind++)
+        for (size_t gi = 0; gi < sizeof gscales / sizeof *gscales; gi++) {
+            float *w = fb_malloc(n * sizeof(float)), *dq = fb_malloc(n * sizeof(float));
+            fill(w, n, kind);
+            float g = gscales[gi] > 0 ? gscales[gi] : fb_nvfp4_global_scale(fb_nvfp4_absmax_ref(w, n));
+            uint8_t *p0 = fb_malloc(n / 2), *p1 = fb_malloc(n / 2), *s0 = fb_malloc(n / 16);
+            fb_nvfp4_quantize_rows_ref(w, rows, cols, g, p0, s0);
+            fb_nvfp4_dequant_rows(p0, s0, rows, cols, g, dq);
+            fb_nvfp4_pack_rows_fixed(dq, rows, cols, g, s0, p1);
+            for (size_t i = 0; i < n / 2; i++)
+                for (int h = 0; h < 8; h += 4) {
+                    uint8_t a = (uint8_t)((p0[i] >> h) & 15), b = (uint8_t)((p1[i] >> h) & 15);
+                    if (a == 8 && b == 0) p1[i] = (uint8_t)(p1[i] | (8 << h));  // -0 -> +0, above
+                }
+            for (size_t i = 0; i < n / 2; i++)
+                if (p0[i] != p1[i] && bad++ < 5)
+                    fprintf(stderr, "pack_fixed kind %d g %g byte %zu: 0x%02X, RTN 0x%02X\n", kind, (double)g, i,
+                            p1[i], p0[i]);
+            free(w); free(dq); free(p0); free(p1); free(s0);
+        }
+    CHECK(bad == 0, "pack_fixed of dequantized RTN weights differs from RTN's codes in %zu bytes", bad);
+}
+
 int main(void) {
     fprintf(stderr, "nvfp4 fast path: %s\n", fb_nvfp4_impl());
+    test_pack_fixed();
     test_spec_values();
     test_ct_golden();
     test_quant_golden();

@@ -304,8 +304,28 @@ static void test_fast_vs_ref(void) {
     free(w); free(p0); free(p1); free(s0); free(s1);
 }
 
+// pack_fixed (GPTQ's packing): weights already on the grid of stored scales are encoded back to
+// exactly the codes they came from: RTN's dequantized weights re-packed with RTN's scales give
+// RTN's packed words, over every fill (zero groups, subnormals, signed zeros, outliers).
+static void test_pack_fixed(void) {
+    size_t bad = 0, rows = 9, cols = 384, grp = 128, n = rows * cols;
+    for (int kind = 0; kind < 6; kind++) {
+        float *w = fb_malloc(n * sizeof(float)), *dq = fb_malloc(n * sizeof(float));
+        fill(w, n, kind);
+        int32_t *p0 = fb_malloc(n / 2), *p1 = fb_malloc(n / 2);
+        uint16_t *s0 = fb_malloc(n / grp * 2);
+        fb_w4a16_quantize_rows_ref(w, rows, cols, grp, p0, s0);
+        fb_w4a16_dequant_rows(p0, s0, rows, cols, grp, dq);
+        fb_w4a16_pack_rows_fixed(dq, rows, cols, grp, s0, p1);
+        bad += cmp_elems("pack_fixed", p0, p1, n / 8, 4);
+        free(w); free(dq); free(p0); free(p1); free(s0);
+    }
+    CHECK(bad == 0, "pack_fixed of dequantized RTN weights differs from RTN's codes in %zu words", bad);
+}
+
 int main(void) {
     fprintf(stderr, "w4a16 fast path: %s\n", fb_w4a16_impl());
+    test_pack_fixed();
     test_spec_values();
     test_golden();
     test_fast_vs_ref();

@@ -1,0 +1,84 @@
+#!/bin/sh
+# t_gptq: GPTQModifier recipes in nvfp4-quantize / w4a16-quantize on the embedded model: usage
+# (a recipe that tunes needs --dataset, exit 2; --dataset with a round-to-nearest recipe, exit 2),
+# the --dry-run plan naming GPTQ or RTN per module (a chained recipe mixes them), refusals
+# (--format auto_round, split jobs), and a small end-to-end run: validated output, --json
+# summary, the untuned modules byte-identical to a round-to-nearest run, the tuned ones not,
+# determinism. The comparison with llm-compressor's GPTQ is test_gptq_model.
+. tests/lib.sh
+M=models/tiny-minimax-m2
+[ -d "$M" ] || { echo "t_gptq.sh: no $M"; ok; finish; exit $?; }
+Q4="$BIN/w4a16-quantize"; QN="$BIN/nvfp4-quantize"
+R4=recipes/minimax-gptq-w4a16.yaml
+IDS=tests/golden/gptq-model/calib-ids.jsonl
+
+expect_rc 2 "GPTQ recipe without --dataset" -- "$Q4" --recipe $R4 $M "$T_TMP/o1"
+expect_out "GPTQModifier.*--dataset" "the message says what is missing"
+[ ! -e "$T_TMP/o1" ] && [ ! -e "$T_TMP/o1.partial" ] && ok || fail "nothing written on a usage error"
+expect_rc 2 "--dataset with an RTN recipe" -- "$Q4" --recipe recipes/minimax-w4a16.yaml --dataset $IDS $M "$T_TMP/o2"
+expect_out "round-to-nearest: drop --dataset" "the message says why"
+expect_rc 0 "--help" -- "$QN" --help
+expect_out "--dataset" "--help lists --dataset"
+
+# the plan: GPTQ per module (a dry run needs no data)
+expect_rc 0 "dry run" -- "$Q4" --recipe $R4 --dry-run $M "$T_TMP/o3"
+expect_out "self_attn.q_proj.weight +quantize W4A16 +GPTQ target" "attention tuned"
+expect_out "experts.\*.w2.weight +quantize W4A16 +GPTQ" "experts tuned"
+expect_out "GPTQ \(block_size 128, dampening_frac 0.01, actorder weight/static\): 112 of" "GPTQ summary line"
+# chained: the QuantizationModifier quantizes, the GPTQModifier tunes the experts but expert 0
+cat > "$T_TMP/chain.yaml" <<'Y'
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      targets: [Linear]
+      scheme: W4A16
+      ignore: [lm_head, 're:.*block_sparse_moe\.gate$']
+  gptq_modifiers:
+    GPTQModifier:
+      targets: ['re:.*experts.*']
+      ignore: ['re:.*experts\.0\..*']
+      actorder: null
+Y
+expect_rc 0 "chained dry run" -- "$Q4" --recipe "$T_TMP/chain.yaml" --dry-run -v $M "$T_TMP/o4"
+expect_out "layers.0.self_attn.q_proj.weight +quantize W4A16 +RTN +target" "attention stays RTN"
+expect_out "layers.0.block_sparse_moe.experts.0.w1.weight +quantize W4A16 +RTN" "expert 0 ignored by GPTQ"
+expect_out "layers.0.block_sparse_moe.experts.1.w1.weight +quantize W4A16 +GPTQ" "expert 1 tuned"
+expect_out ": 84 of the quantized modules are tuned" "84 = 4 layers x 7 experts x 3"
+expect_rc 1 "GPTQ with --format auto_round" -- "$Q4" --recipe $R4 --format auto_round --dataset $IDS $M "$T_TMP/o5"
+expect_out "auto_round with a GPTQModifier is not supported" "says why"
+expect_rc 1 "GPTQ with split jobs" -- "$Q4" --recipe $R4 --dataset $IDS --shard-count 2 --shard-index 0 $M "$T_TMP/o6"
+expect_out "split jobs" "says why"
+printf '{"input_ids": [1, 2, 99999]}\n' > "$T_TMP/bad.jsonl"
+expect_rc 1 "an id outside the vocabulary" -- "$Q4" --recipe $R4 --dataset "$T_TMP/bad.jsonl" $M "$T_TMP/o7"
+expect_out "bad.jsonl:1" "names the line"
+[ ! -e "$T_TMP/o7" ] && [ ! -e "$T_TMP/o7.partial" ] && ok || fail "nothing left behind after bad data"
+
+# small run (4 samples x 64 tokens): chained recipe, compared with plain RTN
+expect_rc 0 "chained GPTQ run" -- "$Q4" --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 --json $M "$T_TMP/g1"
+expect_out '"gptq":\{"tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
+expect_out "layer 3: 21 modules tuned \(GPTQ\)" "progress per layer"
+cat > "$T_TMP/rtn.yaml" <<'Y'
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      targets: [Linear]
+      scheme: W4A16
+      ignore: [lm_head, 're:.*block_sparse_moe\.gate$']
+Y
+expect_rc 0 "RTN run" -- "$Q4" -q --recipe "$T_TMP/rtn.yaml" -t 2 $M "$T_TMP/r1"
+# untuned modules (attention, expert 0) and every scale: identical to RTN; tuned codes: not
+"$BIN/st-diff" --json "$T_TMP/g1" "$T_TMP/r1" > "$T_TMP/diff.json" 2>/dev/null
+grep -o '"name": "[^"]*"' "$T_TMP/diff.json" | sed 's/"name": //; s/"//g' > "$T_TMP/differ.txt"
+if grep -Eq 'self_attn|experts\.0\.|weight_scale' "$T_TMP/differ.txt"; then
+    fail "an untuned module or a scale differs from RTN: $(grep -E 'self_attn|experts\.0\.|weight_scale' "$T_TMP/differ.txt" | head -3)"
+else ok; fi
+n=$(grep -c 'weight_packed' "$T_TMP/differ.txt")
+[ "$n" = 84 ] || [ "$n" -ge 80 ] && ok || fail "tuned packed tensors differing from RTN: $n of 84 (want all, or nearly)"
+grep -q 'fourbit.tuning' "$T_TMP"/g1/*.safetensors && ok || fail "provenance: fourbit.tuning in __metadata__"
+grep -q '^# GPTQ: 84 modules tuned on 4 samples (256 tokens)' "$T_TMP/g1/recipe.yaml" && ok || fail "recipe.yaml notes the tuning data"
+expect_rc 0 "validate the output" -- "$BIN/validate-ignore-list" "$T_TMP/g1"
+# the same thread count gives the same bytes (another count changes OpenBLAS's blocking of the
+# projection GEMMs, hence the Hessians' last bits: calib/forward.h)
+expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 $M "$T_TMP/g2"
+expect_rc 0 "deterministic" -- "$BIN/st-diff" -q "$T_TMP/g1" "$T_TMP/g2"
+finish

@@ -1,0 +1,154 @@
+// test_gptq_model.c: fourbit's GPTQ checkpoint of the embedded model against llm-compressor
+// 0.14.0.1's (scripts/gen-gptq-model-golden.py -> tests/golden/gptq-model/), same calibration
+// tokens. Run by tests/t_gptq.sh as `test_gptq_model OUTDIR SCHEME MIN_CODES_PERMILLE`.
+//
+// What must hold, and why:
+//   - every quantized module's weight_scale is byte-identical to the reference's (all modules,
+//     by digest): GPTQModifier's scales are the observer's of the ORIGINAL weight, fixed before
+//     GPTQ, so they do not depend on the forward at all; for NVFP4 the fused global scales too
+//     (the kept modules);
+//   - the packed codes agree in at least MIN_CODES_PERMILLE / 1000 of the elements of the kept
+//     modules (layer 0 and the last layer): the Hessians differ because the reference runs its
+//     forward in bf16 and fourbit in f32, and GPTQ's error feedback carries every rounding
+//     difference along a row, so codes are not expected to be identical; the threshold is the
+//     measured agreement minus a margin (BENCHMARKS.md). Fewer agreeing codes than that means
+//     the algorithm, the Hessian wiring or the packing changed.
+//   - int4 codes that differ are counted by distance (reported).
+#include <dirent.h>
+#include <jansson.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "io/safetensors.h"
+#include "test.h"
+
+#define MAXF 16
+
+typedef struct outdir {
+    fb_st_file *f[MAXF];
+    int n;
+} outdir;
+
+static const fb_st_tensor *find(outdir *o, const char *name, fb_st_file **fo) {
+    for (int i = 0; i < o->n; i++) {
+        const fb_st_tensor *t = fb_st_find(o->f[i], name);
+        if (t) {
+            *fo = o->f[i];
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static void *read_all(fb_st_file *f, const fb_st_tensor *t) {
+    void *p = NULL;
+    fb_err err;
+    if (fb_st_read_all(f, t, &p, &err)) return NULL;
+    return p;
+}
+
+static void hex128(const void *p, size_t n, char out[33]) {
+    XXH128_canonical_t c;
+    XXH128_canonicalFromHash(&c, XXH3_128bits(p, n));
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", c.digest[i]);
+}
+
+int main(int argc, char **argv) {
+    REQUIRE(argc == 4, "usage: test_gptq_model OUTDIR w4a16|nvfp4a16 MIN_CODES_PERMILLE");
+    const char *dir = argv[1], *scheme = argv[2];
+    double min_frac = atof(argv[3]) / 1000.0;
+    int nv = strcmp(scheme, "nvfp4a16") == 0;
+    outdir o = {.n = 0};
+    DIR *d = opendir(dir);
+    REQUIRE(d, "cannot open %s", dir);
+    struct dirent *de;
+    fb_err err;
+    while ((de = readdir(d)) && o.n < MAXF) {
+        size_t l = strlen(de->d_name);
+        if (l < 12 || strcmp(de->d_name + l - 12, ".safetensors")) continue;
+        char p[4096];
+        snprintf(p, sizeof p, "%s/%s", dir, de->d_name);
+        REQUIRE(fb_st_open(p, &o.f[o.n], &err) == 0, "%s", err.msg);
+        o.n++;
+    }
+    closedir(d);
+    REQUIRE(o.n > 0, "%s: no shards", dir);
+
+    // 1. every module's scales, by digest
+    json_error_t je;
+    json_t *doc = json_load_file(GOLDEN_DIR "/gptq-model/gptq-model.json", 0, &je);
+    REQUIRE(doc, "gptq-model.json: %s (run scripts/gen-gptq-model-golden.py)", je.text);
+    json_t *mods = json_object_get(json_object_get(json_object_get(doc, "runs"), nv ? "NVFP4A16" : "W4A16"), "modules");
+    REQUIRE(json_is_object(mods) && json_object_size(mods) > 0, "golden modules of %s", scheme);
+    size_t n_mod = 0, scale_eq = 0, packed_eq = 0;
+    const char *m;
+    json_t *v;
+    json_object_foreach(mods, m, v) {
+        n_mod++;
+        const char *suf[2] = {".weight_scale", ".weight_packed"};
+        for (int k = 0; k < 2; k++) {
+            char name[512], hx[33];
+            snprintf(name, sizeof name, "%s%s", m, suf[k]);
+            fb_st_file *fo;
+            const fb_st_tensor *t = find(&o, name, &fo);
+            if (!t) { CHECK(0, "%s: missing in %s", name, dir); continue; }
+            void *p = read_all(fo, t);
+            REQUIRE(p, "%s: unreadable", name);
+            hex128(p, t->nbytes, hx);
+            free(p);
+            const char *want = json_string_value(json_object_get(v, suf[k]));
+            int eq = want && strcmp(want, hx) == 0;
+            if (k == 0) {
+                scale_eq += (size_t)eq;
+                CHECK(eq, "%s: scales differ from llm-compressor's (the observer's of the original weight)", name);
+            } else {
+                packed_eq += (size_t)eq;
+            }
+        }
+    }
+    printf("%s: %zu modules: weight_scale identical in %zu, weight_packed identical in %zu\n", scheme, n_mod,
+           scale_eq, packed_eq);
+
+    // 2. the kept modules: codes
+    char gp[512];
+    snprintf(gp, sizeof gp, GOLDEN_DIR "/gptq-model/kept-%s.safetensors", scheme);
+    fb_st_file *g;
+    REQUIRE(fb_st_open(gp, &g, &err) == 0, "%s", err.msg);
+    size_t codes = 0, same = 0, dist[16] = {0};
+    for (size_t i = 0; i < g->n_tensors; i++) {
+        const fb_st_tensor *tg = &g->tensors[i];
+        fb_st_file *fo;
+        const fb_st_tensor *to = find(&o, tg->name, &fo);
+        if (!to) { CHECK(0, "%s: missing", tg->name); continue; }
+        CHECK(to->dtype == tg->dtype && to->nbytes == tg->nbytes, "%s: dtype / size differ", tg->name);
+        if (to->dtype != tg->dtype || to->nbytes != tg->nbytes) continue;
+        uint8_t *a = read_all(fo, to), *b = read_all(g, tg);
+        REQUIRE(a && b, "%s: unreadable", tg->name);
+        size_t nl = strlen(tg->name);
+        if (nl > 14 && strcmp(tg->name + nl - 14, ".weight_packed") == 0) {
+            size_t tsame = 0;
+            for (size_t k = 0; k < tg->nbytes * 2; k++) {
+                int ca = (a[k / 2] >> (4 * (k % 2))) & 15, cb = (b[k / 2] >> (4 * (k % 2))) & 15;
+                tsame += ca == cb;
+                if (!nv) dist[ca > cb ? ca - cb : cb - ca]++;
+            }
+            codes += tg->nbytes * 2;
+            same += tsame;
+            printf("  %-64s codes equal %.1f%%\n", tg->name, 100.0 * (double)tsame / (double)(tg->nbytes * 2));
+        } else {
+            CHECK(memcmp(a, b, tg->nbytes) == 0, "%s: differs from llm-compressor's (fixed before GPTQ)", tg->name);
+        }
+        free(a);
+        free(b);
+    }
+    double frac = codes ? (double)same / (double)codes : 0;
+    printf("%s: kept modules: %zu of %zu codes equal (%.2f%%)", scheme, same, codes, 100 * frac);
+    if (!nv) printf("; differing by 1 level %zu, 2 %zu, more %zu", dist[1], dist[2], codes - same - dist[1] - dist[2]);
+    printf("\n");
+    CHECK(codes > 0 && frac >= min_frac, "%s: %.2f%% of the codes equal llm-compressor's, want >= %.1f%%", scheme,
+          100 * frac, 100 * min_frac);
+    fb_st_close(g);
+    for (int i = 0; i < o.n; i++) fb_st_close(o.f[i]);
+    json_decref(doc);
+    TEST_MAIN_END();
+}
