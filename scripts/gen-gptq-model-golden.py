@@ -12,7 +12,10 @@ Steps:
     tile (fp8-dequant's formula), no quantization_config (oneshot refuses an fp8 config).
  2. Calibration tokens: tests/golden/gptq-model/calib-ids.jsonl (64 samples x 256 ids; text of
     Debian's perldiag.pod cut into records and tokenized by `calibrate --dump-tokens`: only the
-    input data, fourbit computes nothing the reference uses).
+    input data, fourbit computes nothing the reference uses). The golden uses the first 16
+    (--samples, the test's run time); BENCHMARKS.md's KL table all 64 (--samples 64 --no-golden
+    --keep DIR). eval-ids.jsonl: 64 x 256 ids of other records of the same text (disjoint from
+    the calibration records), the evaluation tokens of that table.
  3. For W4A16 and NVFP4A16: the model loaded as a user loads it (bf16, its config's torch_dtype)
     under load_quantizable_moe (experts as 2-D Linears), then
       oneshot(model, recipe=GPTQModifier(targets="Linear", scheme=S,
@@ -26,7 +29,9 @@ Steps:
     layer: q/k/v/o and expert 0), so the test counts equal bytes, not only equal modules.
     With --keep DIR the reference checkpoints stay in DIR (BENCHMARKS.md's KL table uses them).
 
-Run from the repository root: /work/venvs/hq/bin/python scripts/gen-gptq-model-golden.py --keep /tmp/lc-gptq
+Run from the repository root: /work/venvs/hq/bin/python scripts/gen-gptq-model-golden.py
+(the golden), and for the KL table:
+    /work/venvs/hq/bin/python scripts/gen-gptq-model-golden.py --samples 64 --no-golden --keep /tmp/lc-gptq
 """
 import argparse
 import json
@@ -99,13 +104,26 @@ def run(bf16, out, scheme, ids):
     return out
 
 
+# llm-compressor 0.14 saves the linearised MiniMax-M2 experts under their Linear names
+# (experts.E.gate_proj / up_proj / down_proj), not the checkpoint's w1 / w3 / w2 that vLLM's
+# MiniMax-M2 loader maps: renamed back here (the values are untouched).
+EXPERT_NAMES = {".gate_proj.": ".w1.", ".up_proj.": ".w3.", ".down_proj.": ".w2."}
+
+
+def ckpt_name(k):
+    if ".experts." in k:
+        for a, b in EXPERT_NAMES.items():
+            k = k.replace(a, b)
+    return k
+
+
 def read_all(d):
     t = {}
     for fn in sorted(os.listdir(d)):
         if fn.endswith(".safetensors"):
             with safe_open(os.path.join(d, fn), framework="pt") as f:
                 for k in f.keys():
-                    t[k] = f.get_tensor(k)
+                    t[ckpt_name(k)] = f.get_tensor(k)
     return t
 
 
@@ -113,9 +131,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", help="keep the reference checkpoints here")
     ap.add_argument("--reuse", action="store_true", help="with --keep: use the reference checkpoints already there")
+    ap.add_argument("--samples", type=int, default=16,
+                    help="first N samples of calib-ids.jsonl (16 for the test's golden; BENCHMARKS' KL table: 64)")
+    ap.add_argument("--no-golden", action="store_true", help="only make the reference checkpoints (--keep)")
     args = ap.parse_args()
     assert llmcompressor.__version__.startswith("0.14"), llmcompressor.__version__
-    ids = [json.loads(l)["input_ids"] for l in open(IDS) if l.strip()]
+    ids = [json.loads(l)["input_ids"] for l in open(IDS) if l.strip()][:args.samples]
     work = args.keep or tempfile.mkdtemp(prefix="fb-gptq-model-")
     os.makedirs(work, exist_ok=True)
     bf16 = os.path.join(work, "bf16")
@@ -130,6 +151,8 @@ def main():
         out = os.path.join(work, f"lc-gptq-{scheme.lower()}")
         if not (args.reuse and os.path.exists(os.path.join(out, "config.json"))):
             run(bf16, out, scheme, ids)
+        if args.no_golden:
+            continue
         t = read_all(out)
         mods = sorted({k[:-len(".weight_packed")] for k in t if k.endswith(".weight_packed")})
         per, blobs = {}, {}
