@@ -4,7 +4,8 @@
 # the --dry-run plan naming GPTQ or RTN per module (a chained recipe mixes them), refusals
 # (--format auto_round, split jobs), and a small end-to-end run: validated output, --json
 # summary, the untuned modules byte-identical to a round-to-nearest run, the tuned ones not,
-# determinism. The comparison with llm-compressor's GPTQ is test_gptq_model.
+# determinism; NVFP4 W4A4 input scales observed in the same pass (== calibrate + --calib). The
+# comparison with llm-compressor's GPTQ is test_gptq_model.
 . tests/lib.sh
 M=models/tiny-minimax-m2
 [ -d "$M" ] || { echo "t_gptq.sh: no $M"; ok; finish; exit $?; }
@@ -77,6 +78,18 @@ n=$(grep -c 'weight_packed' "$T_TMP/differ.txt")
 grep -q 'fourbit.tuning' "$T_TMP"/g1/*.safetensors && ok || fail "provenance: fourbit.tuning in __metadata__"
 grep -q '^# GPTQ: 84 modules tuned on 4 samples (256 tokens)' "$T_TMP/g1/recipe.yaml" && ok || fail "recipe.yaml notes the tuning data"
 expect_rc 0 "validate the output" -- "$BIN/validate-ignore-list" "$T_TMP/g1"
+# NVFP4 W4A4 under a plain QuantizationModifier with --dataset: input scales observed in the
+# quantizer's own layer loop, one read of the checkpoint; byte-identical to calibrate + --calib on
+# the same tokens (tests/golden/model-quant: calib-stats.safetensors was made from calib-ids.jsonl)
+MQ=tests/golden/model-quant
+expect_rc 0 "W4A4 in one pass" -- "$QN" -q --recipe recipes/minimax.yaml --dataset $MQ/calib-ids.jsonl --samples 8 -t 2 $M "$T_TMP/w1"
+expect_rc 0 "W4A4 from --calib" -- "$QN" -q --recipe recipes/minimax.yaml --calib $MQ/calib-stats.safetensors -t 2 $M "$T_TMP/w2"
+expect_rc 0 "one pass == calibrate + --calib, byte for byte" -- "$BIN/st-diff" "$T_TMP/w1" "$T_TMP/w2"
+grep -q '^# input scales (NVFP4 W4A4): observed in the quantizer' "$T_TMP/w1/recipe.yaml" && ok || fail "recipe.yaml says where the input scales came from"
+expect_rc 1 "--dataset and --calib together" -- "$QN" --recipe recipes/minimax.yaml --dataset $MQ/calib-ids.jsonl --calib $MQ/calib-stats.safetensors $M "$T_TMP/w3"
+expect_out "pass one of the two" "says why"
+expect_rc 2 "--dataset with NVFP4A16 (weight-only RTN)" -- "$QN" --recipe recipes/minimax-nvfp4a16.yaml --dataset $MQ/calib-ids.jsonl $M "$T_TMP/w4"
+
 # the same thread count gives the same bytes (another count changes OpenBLAS's blocking of the
 # projection GEMMs, hence the Hessians' last bits: calib/forward.h)
 expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 $M "$T_TMP/g2"

@@ -55,7 +55,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     };
     int no = 13;
     // Calibration data for recipes that tune (GPTQModifier), read as calibrate reads it.
-    opts[no++] = (fb_opt){"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data for a GPTQModifier recipe (required by it, refused otherwise): JSONL as calibrate reads it (comma-separated list for several files)", 0, 0};
+    opts[no++] = (fb_opt){"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data: for a GPTQModifier recipe (required), or NVFP4 W4A4 input scales in the same pass (instead of --calib); JSONL as calibrate reads it (comma-separated list for several files)", 0, 0};
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
@@ -93,16 +93,18 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         fb_recipe rr;
         fb_err re;
         if (fb_recipe_load(recipe, &rr, &re) == 0) {
-            int need = fb_recipe_needs_data(&rr);
+            int need = fb_recipe_needs_data(&rr), w4a4 = 0;
+            for (size_t g = 0; g < rr.cfg.n_groups; g++) w4a4 |= fb_qscheme_kind(&rr.cfg.groups[g], NULL) == FB_QK_NVFP4;
             fb_recipe_free(&rr);
             if (need && !dataset && !o.dry_run) {
                 fprintf(stderr, "%s: %s has a GPTQModifier, which tunes on calibration data: pass --dataset D.jsonl "
                                 "(--samples N --seq-len L, as calibrate reads them)\n", tool, recipe);
                 return 2;
             }
-            if (!need && dataset) {
-                fprintf(stderr, "%s: --dataset is used by recipes that tune (GPTQModifier); %s quantizes "
-                                "round-to-nearest: drop --dataset\n", tool, recipe);
+            if (!need && !w4a4 && dataset) {
+                fprintf(stderr, "%s: --dataset is used by recipes that tune (GPTQModifier) or quantize activations "
+                                "(NVFP4 W4A4, input scales in the same pass); %s is weight-only round-to-nearest: "
+                                "drop --dataset\n", tool, recipe);
                 return 2;
             }
         }

@@ -369,6 +369,8 @@ static int run_segment(job *j, size_t a, size_t b, int nt, fb_err *err) {
 
 typedef struct tune_ctx {
     job *j;
+    fb_calib_stats *stats;   // one pass: the input absmax the loop records (W4A4 input scales)
+    const fb_plan *plan;
     size_t next;             // first item not written yet
     int nt;
     FILE *report;
@@ -404,7 +406,23 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
     job *j = t->j;
     size_t b = t->next;
     while (b < j->n_items && j->items[b].layer <= layer) b++;
-    int rc = run_segment(j, t->next, b, t->nt, err);
+    int rc = 0;
+    for (size_t k = t->next; k < b && t->stats && !rc; k++) {  // W4A4 input scales of this segment
+        item *it = &j->items[k];
+        if (it->type != IT_QUANT || !it->w4a4) continue;
+        for (int mm = 0; mm < it->nm && !rc; mm++) {
+            const char *mod = t->plan->e[it->m[mm].plan].module;
+            float a;
+            if (fb_calib_stats_absmax(t->stats, mod, &a) != 0)
+                rc = fb_fail(err, "module %s: no input absmax was recorded in the layer loop", mod);
+            else if (!(a > 0) || !isfinite(a))
+                rc = fb_fail(err, "module %s: input absmax %g over the --dataset tokens: its input_global_scale would "
+                                  "come from an amax of 0 (give more samples)", mod, (double)a);
+            else
+                it->m[mm].igs = fb_nvfp4_input_global_scale(a);
+        }
+    }
+    if (!rc) rc = run_segment(j, t->next, b, t->nt, err);
     t->next = b;
     if (!rc && !j->o->quiet && t->layer_n)
         fprintf(t->report, "%s: layer %d: %zu modules tuned (GPTQ), loss %.6g%s, %.2f s\n", j->o->tool, layer,
@@ -509,9 +527,17 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                           "--seq-len L)", o->recipe_path);
         goto done;
     }
-    if (!n_tuned_plan && o->dataset) {
-        rc = fb_fail(err, "%s: --dataset is used by recipes that tune (GPTQModifier); this recipe quantizes "
-                          "round-to-nearest: drop --dataset", o->recipe_path);
+    // NVFP4 (W4A4) with --dataset: the input scales come from the same pass over the checkpoint.
+    int one_pass = (used & (1u << FB_QK_NVFP4)) && o->dataset;
+    if (!n_tuned_plan && !one_pass && o->dataset) {
+        rc = fb_fail(err, "%s: --dataset is used by recipes that tune (GPTQModifier) or quantize activations "
+                          "(NVFP4 W4A4 input scales); this recipe is weight-only round-to-nearest: drop --dataset",
+                     o->recipe_path);
+        goto done;
+    }
+    if (one_pass && o->calib_path) {
+        rc = fb_fail(err, "%s: --dataset gathers the NVFP4 input scales in the same pass; --calib %s would give "
+                          "them too: pass one of the two", o->recipe_path, o->calib_path);
         goto done;
     }
     // The loader rules on the predicted output, before statistics are read or anything is written.
@@ -525,14 +551,15 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                      o->recipe_path, o->calib_path, __builtin_popcount(used) == 1 ? fb_qkind_name((fb_qkind)__builtin_ctz(used)) : "mixed");
         goto done;
     }
-    if (need_calib && o->dry_run && !o->calib_path) {
+    if (need_calib && (o->dry_run || one_pass) && !o->calib_path) {  // one pass: the layer loop records them
         need_calib = 0;
     }
     if (need_calib) {
         if (!o->calib_path) {
             rc = fb_fail(err, "%s: NVFP4 (W4A4) needs each quantized Linear's input_global_scale: run `calibrate --model %s "
-                              "--dataset D.jsonl -o stats.safetensors` and pass --calib stats.safetensors, or use the "
-                              "weight-only scheme NVFP4A16 (recipes/minimax-nvfp4a16.yaml)", o->recipe_path, src);
+                              "--dataset D.jsonl -o stats.safetensors` and pass --calib stats.safetensors, or pass --dataset "
+                              "D.jsonl to observe them in the same pass, or use the weight-only scheme NVFP4A16 "
+                              "(recipes/minimax-nvfp4a16.yaml)", o->recipe_path, src);
             goto done;
         }
         if (fb_calib_stats_read(o->calib_path, &stats, err)) { rc = -1; goto done; }
@@ -581,7 +608,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         calib_hex = hex_digest(o->calib_path, err);
         if (!calib_hex) { rc = -1; goto done; }
     }
-    if (n_tuned_plan && o->dataset && !o->dry_run) {  // the tuning data: xxh3-128 of each file, comma-separated
+    if (o->dataset && !o->dry_run) {  // the tuning / calibration data: xxh3-128 of each file, comma-separated
         char *buf = NULL;
         const char **paths = NULL;
         size_t np = fb_split_list(o->dataset, &buf, &paths);
@@ -600,14 +627,14 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (rc) goto done;
     }
     const char *mk[6] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format",
-                         "fourbit.tuning", "fourbit.dataset_xxh3_128"};
+                         "fourbit.dataset_xxh3_128", "fourbit.tuning"};
     const char *mv[6] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
-                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors", "GPTQ",
-                         data_hex ? data_hex : "none"};
+                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors",
+                         data_hex ? data_hex : "none", "GPTQ"};
     fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
                      .allow_nonfinite = o->allow_nan, .tool = o->tool,
                      .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge,
-                     .n_meta = n_tuned_plan ? 6 : 4, .meta_keys = mk, .meta_vals = mv};
+                     .n_meta = n_tuned_plan ? 6 : o->dataset ? 5 : 4, .meta_keys = mk, .meta_vals = mv};
     if (!o->dry_run) {
         w = fb_cw_create(dst, src, &wo, err);
         if (!w) { rc = -1; goto done; }
@@ -742,7 +769,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (s->is_fp8) fprintf(report, "  source is FP8 block-scaled (%zux%zu): dequantized in memory, tile by tile\n", s->bm, s->bn);
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
         if ((used & (1u << FB_QK_NVFP4)) && !stats)
-            fprintf(report, "  note: NVFP4 (W4A4) needs --calib STATS from `calibrate` for input_global_scale\n");
+            fprintf(report, "  note: NVFP4 (W4A4) needs input_global_scale: --calib STATS from `calibrate`, or --dataset "
+                            "D.jsonl to observe them in the same pass\n");
         if (n_tuned_plan)
             fprintf(report, "  GPTQ (block_size %d, dampening_frac %g, actorder %s): %zu of the quantized modules are tuned "
                             "layer by layer on --dataset calibration data, the others are round-to-nearest\n",
@@ -807,7 +835,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         j.rows[t] = fb_aligned_alloc(need);
     }
     int r = 0;
-    if (n_tuned_plan) {  // the layer loop: tune a layer, then write the items up to it
+    if (n_tuned_plan || one_pass) {  // the layer loop: tune / observe a layer, then write the items up to it
         fb_model_config mc;
         if (!c->config) {
             rc = fb_fail(err, "%s: no config.json: GPTQ runs the model", src);
@@ -856,12 +884,13 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
             }
         }
         if (rc) goto done;
+        if (one_pass) stats = fb_calib_stats_new(mc.n_layers, mc.n_experts);
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, 1);
-        tune_ctx tc = {.j = &j, .nt = nt, .report = report};
+        tune_ctx tc = {.j = &j, .nt = nt, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
         fb_tune_opts to = {.algo = FB_TUNE_GPTQ, .block_size = rec.gptq.block_size,
                            .dampening_frac = rec.gptq.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
-                           .layer_start = tune_layer_start, .user = &tc};
+                           .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};
         fb_tune_result tr;
         r = fb_tune_run(wbase, overlay, &mc, &S, tl, ntl, &to, &tr, err);
         if (!r) r = run_segment(&j, tc.next, n_items, nt, err);  // what follows the last layer
@@ -940,6 +969,10 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
             fprintf(f, "# written by fourbit %s %s\n# recipe: %s (xxh3-128 %s)\n# calibration: %s%s%s%s\n", o->tool, FB_VERSION,
                     o->recipe_path, recipe_hex, calib_hex ? o->calib_path : "none", calib_hex ? " (xxh3-128 " : "",
                     calib_hex ? calib_hex : "", calib_hex ? ")" : "");
+            if (one_pass)
+                fprintf(f, "# input scales (NVFP4 W4A4): observed in the quantizer's layer loop on %zu samples (%zu "
+                           "tokens) of %s (xxh3-128 %s), template %s\n", res->n_samples, res->n_tokens, o->dataset,
+                        data_hex ? data_hex : "none", o->template_what ? o->template_what : "none");
             if (n_tuned_plan)
                 fprintf(f, "# GPTQ: %zu modules tuned on %zu samples (%zu tokens) of %s (xxh3-128 %s), template %s\n",
                         res->n_tuned, res->n_samples, res->n_tokens, o->dataset, data_hex ? data_hex : "none",

@@ -92,6 +92,8 @@ typedef struct tctx {
     size_t dim[SLOT_FIXED];
     float **Hdown;          // [n_experts] each expert's down input (NULL: not needed)
     size_t inter;
+    fb_calib_stats *st;     // input absmax to record (NULL: none)
+    float moe_absmax;       // this layer's MoE input absmax (every expert's w1/w3)
     pthread_mutex_t mu;     // the shared Hessians (the engine calls their hooks from one thread,
                             // but nothing promises it)
 } tctx;
@@ -112,12 +114,29 @@ static void add_shared(tctx *t, int slot, const float *x, size_t rows, size_t co
     pthread_mutex_unlock(&t->mu);
 }
 
+static float absmax_of(const float *x, size_t n) {
+    float m = 0;
+    for (size_t i = 0; i < n; i++) {
+        float a = fabsf(x[i]);
+        if (a > m || a != a) m = a;  // NaN propagates, as the forward's own statistics do
+    }
+    return m;
+}
+
+static void max_into(float *dst, float v) {
+    if (v > *dst || v != v) *dst = v;
+}
+
 static int hk_linear(void *u, fb_role role, int layer, int expert, float *x, size_t rows, size_t cols, fb_err *err) {
     (void)err;
     tctx *t = u;
     if (!t->capture || layer != t->layer || expert >= 0) return 0;  // experts: expert_input_all
     int s = slot_of(role);
     if (s == SLOT_QKV || s == SLOT_O) add_shared(t, s, x, rows, cols);
+    if (t->st && (s == SLOT_QKV || s == SLOT_O)) {  // main thread (attention runs per sequence there)
+        float a = absmax_of(x, rows * cols);
+        max_into(s == SLOT_QKV ? &t->st->qkv_absmax[layer] : &t->st->o_absmax[layer], a);
+    }
     return 0;
 }
 
@@ -126,10 +145,19 @@ static int hk_all(void *u, fb_role role, int layer, int expert, size_t t0, const
     (void)err, (void)t0;
     tctx *t = u;
     if (!t->capture || layer != t->layer) return 0;
-    if (role == FB_ROLE_W_GATE && expert < 0) add_shared(t, SLOT_MOE, x, rows, cols);
-    else if (role == FB_ROLE_W_DOWN && expert >= 0 && (size_t)expert < t->n_experts && t->Hdown &&
-             t->Hdown[expert] && cols == t->inter)
-        fb_gptq_hessian_add(t->Hdown[expert], cols, x, rows);  // one thread per expert at a time
+    if (role == FB_ROLE_W_GATE && expert < 0) {
+        add_shared(t, SLOT_MOE, x, rows, cols);
+        if (t->st) {
+            float a = absmax_of(x, rows * cols);
+            pthread_mutex_lock(&t->mu);
+            max_into(&t->moe_absmax, a);
+            pthread_mutex_unlock(&t->mu);
+        }
+    } else if (role == FB_ROLE_W_DOWN && expert >= 0 && (size_t)expert < t->n_experts) {
+        if (t->Hdown && t->Hdown[expert] && cols == t->inter)
+            fb_gptq_hessian_add(t->Hdown[expert], cols, x, rows);  // one thread per expert at a time
+        if (t->st) max_into(&t->st->w2_absmax[(size_t)layer * t->n_experts + (size_t)expert], absmax_of(x, rows * cols));
+    }
     return 0;
 }
 
@@ -218,6 +246,14 @@ static int lin_commit(void *ctx, size_t k, int tid, fb_err *err) {
 
 // ---- the loop ----------------------------------------------------------------------------------
 
+// The statistics of layer l are complete after its calibration pass: every expert's w1/w3 saw the
+// whole MoE input.
+static void absmax_done(tctx *t, int l) {
+    if (!t->st) return;
+    for (size_t e = 0; e < t->n_experts; e++) t->st->w13_absmax[(size_t)l * t->n_experts + e] = t->moe_absmax;
+    t->st->done[l] = 1;
+}
+
 int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                 const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res, fb_err *err) {
     memset(res, 0, sizeof *res);
@@ -225,6 +261,9 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     const fb_tune_algo *algo = fb_tune_algo_get(o->algo);
     if (!algo || !algo->linear) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
     if (!S || S->n == 0 || S->n_tok == 0) return fb_fail(err, "%s needs calibration tokens", algo->name);
+    if (o->absmax && (o->absmax->n_layers != cfg->n_layers || o->absmax->n_experts != cfg->n_experts))
+        return fb_fail(err, "statistics of %d layers x %d experts for a model of %d x %d", o->absmax->n_layers,
+                       o->absmax->n_experts, cfg->n_layers, cfg->n_experts);
     for (size_t i = 0; i < n; i++)
         if (lin[i].layer < 0 || lin[i].layer >= cfg->n_layers || !lin[i].qf || !lin[i].qf->pack_fixed ||
             !lin[i].group || lin[i].C % (int64_t)lin[i].group || lin[i].expert >= cfg->n_experts)
@@ -236,6 +275,12 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     t.n_experts = (size_t)cfg->n_experts;
     t.inter = (size_t)cfg->inter;
     t.Hdown = fb_calloc(t.n_experts + 1, sizeof *t.Hdown);
+    t.st = o->absmax;
+    if (t.st) {
+        t.st->arch = cfg->arch;
+        t.st->all_experts = 1;
+        t.st->n_tokens = S->n_tok;
+    }
     fb_fwd_hooks hk = {.user = &t, .linear_input = hk_linear, .expert_input_all = hk_all};
     fb_engine_opts eo = {.threads = o->threads, .all_experts = 1, .hooks = &hk};
     fb_engine *e = fb_engine_cpu_new(overlay, cfg, &eo, err);
@@ -257,9 +302,13 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
             if (lin[i].layer == l) idx[m++] = i;
         if (o->layer_start) o->layer_start(o->user, l, cfg->n_layers, m);
         double t0 = fb_now();
-        if (m == 0) {  // nothing tuned here: one pass, the original weights
-            t.capture = 0;
+        t.moe_absmax = 0;
+        if (m == 0) {  // nothing tuned here: one pass, the original weights (recorded when asked)
+            t.layer = l;
+            t.capture = t.st != NULL;
             rc = fb_engine_layer(e, l, err);
+            t.capture = 0;
+            if (!rc) absmax_done(&t, l);
             res->propagate_s += fb_now() - t0;
             if (!rc) rc = o->layer_done(o->user, l, overlay, err);
             fb_wsrc_overlay_clear(overlay);
@@ -290,6 +339,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
         t.capture = 0;
         res->calib_s += fb_now() - t0;
         if (rc) break;
+        absmax_done(&t, l);
         // accumulate_hessian counts samples (one per sequence of batch 1), prepare_batch divides.
         for (int s = 0; s < SLOT_FIXED; s++)
             if (t.H[s]) fb_gptq_hessian_scale(t.H[s], t.dim[s], S->n);

@@ -35,6 +35,7 @@
 
 #include "calib/engine.h"
 #include "calib/gptq.h"
+#include "calib/stats.h"
 #include "io/dataset.h"
 #include "quant/qformat.h"
 #include "quant/scheme.h"
@@ -78,6 +79,12 @@ typedef struct fb_tune_opts {
     int (*layer_done)(void *user, int layer, fb_wsrc *overlay, fb_err *err);
     void (*layer_start)(void *user, int layer, int n_layers, size_t n_tuned);
     void *user;
+    // Optional (NULL: none): the input absmax of every Linear, recorded in each layer's
+    // calibration pass (layers without tuned Linears run one pass, recorded too) into these
+    // statistics (fb_calib_stats_new(n_layers, n_experts)), before layer_done: NVFP4 W4A4 input
+    // scales from the same read of the checkpoint, observed where llm-compressor's input
+    // observers observe (calibration pass, quantization disabled, every expert on every token).
+    fb_calib_stats *absmax;
 } fb_tune_opts;
 
 typedef struct fb_tune_result {
@@ -99,7 +106,8 @@ typedef struct fb_tune_algo {
 const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id);
 
 // Runs the loop over every layer of `cfg` on the tokens S, reading weights from `base` through
-// `overlay` (fb_wsrc_overlay_new(base), owned by the caller), tuning the Linears lin[0..n).
+// `overlay` (fb_wsrc_overlay_new(base), owned by the caller), tuning the Linears lin[0..n) (n may
+// be 0: then the loop only records o->absmax).
 // Returns 0, -1 with err, or -2 when cancelled.
 int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                 const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
