@@ -1,7 +1,7 @@
 // test_gptq_model.c: fourbit's GPTQ checkpoint of the embedded model against llm-compressor
 // 0.14.0.1's (scripts/gen-gptq-model-golden.py -> tests/golden/gptq-model/), same calibration
-// tokens (the first 16 x 256 of calib-ids.jsonl, in file order). Without arguments it runs w4a16-quantize and nvfp4-quantize
-// (BUILD/bin, BUILD from the environment, default build) with the GPTQ recipes and checks both;
+// tokens (the 64 x 256 of calib-ids.jsonl, in file order). Without arguments it runs
+// w4a16-quantize and nvfp4-quantize (BUILD/bin, BUILD from the environment, default build) with the GPTQ recipes and checks both;
 // `test_gptq_model OUTDIR w4a16|nvfp4a16 MIN_CODES_PERMILLE` checks an existing output.
 //
 // What must hold, and why:
@@ -27,10 +27,12 @@
 #include "test.h"
 
 #define MAXF 16
-// Codes equal to llm-compressor's in the kept modules, least: the measured agreement minus a
-// margin (BENCHMARKS.md has the measured values).
-#define MIN_W4A16 0.0
-#define MIN_NVFP4A16 0.0
+// Codes equal to llm-compressor's in the kept modules, least. Measured (x86 AVX2, 2 threads):
+// 91.76% W4A16 (91.62% with 1 thread: OpenBLAS's blocking moves the last bits of the forward),
+// 90.70% NVFP4A16; plain RTN codes agree with llm-compressor's GPTQ codes in 81.02% / 73.66%, so
+// the thresholds (a margin of about 4 points for other BLAS kernels) separate GPTQ from RTN.
+#define MIN_W4A16 0.88
+#define MIN_NVFP4A16 0.87
 
 typedef struct outdir {
     fb_st_file *f[MAXF];
@@ -174,7 +176,7 @@ int main(int argc, char **argv) {
         char cmd[8192], out[4200];
         snprintf(out, sizeof out, "%s/%s", tmp, R[i].scheme);
         snprintf(cmd, sizeof cmd, "'%s/bin/%s' -q -t 2 --recipe %s --dataset " GOLDEN_DIR "/gptq-model/calib-ids.jsonl "
-                 "--samples 16 --seq-len 256 --no-shuffle models/tiny-minimax-m2 '%s'", build, R[i].tool, R[i].recipe, out);
+                 "--samples 64 --seq-len 256 --no-shuffle models/tiny-minimax-m2 '%s'", build, R[i].tool, R[i].recipe, out);
         int rc = system(cmd);
         CHECK(rc == 0, "%s failed (%d)", cmd, rc);
         if (rc == 0) check(out, R[i].scheme, R[i].min);
