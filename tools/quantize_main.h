@@ -55,7 +55,11 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     };
     int no = 13;
     // Calibration data for recipes that tune (GPTQModifier), read as calibrate reads it.
-    opts[no++] = (fb_opt){"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl", "calibration data: for a GPTQModifier recipe (required), or NVFP4 W4A4 input scales in the same pass (instead of --calib); JSONL as calibrate reads it (comma-separated list for several files)", 0, 0};
+    opts[no++] = (fb_opt){"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl",
+                          (kinds & (1u << FB_QK_NVFP4))
+                              ? "calibration data: for a GPTQModifier recipe (required), or NVFP4 W4A4 input scales in the same pass (instead of a statistics file); JSONL as calibrate reads it (comma-separated list for several files)"
+                              : "calibration data for a GPTQModifier recipe (required by it, refused otherwise): JSONL as calibrate reads it (comma-separated list for several files)",
+                          0, 0};
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};

@@ -407,6 +407,13 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
     size_t b = t->next;
     while (b < j->n_items && j->items[b].layer <= layer) b++;
     int rc = 0;
+    // A tuned module is read back from the overlay, which holds this layer's only: one of another
+    // layer here would be packed from its original weights (RTN codes) without a word.
+    for (size_t k = t->next; k < b && !rc; k++)
+        for (int mm = 0; mm < j->items[k].nm && j->items[k].type == IT_QUANT && !rc; mm++)
+            if (j->items[k].m[mm].tuned && j->items[k].layer != layer)
+                rc = fb_fail(err, "%s: tuned in layer %d's loop step but written in layer %d's", src_name(j->s,
+                             j->items[k].m[mm].src), j->items[k].layer, layer);
     for (size_t k = t->next; k < b && t->stats && !rc; k++) {  // W4A4 input scales of this segment
         item *it = &j->items[k];
         if (it->type != IT_QUANT || !it->w4a4) continue;
