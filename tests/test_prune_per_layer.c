@@ -255,6 +255,55 @@ static void engines(void) {
     }
 }
 
+// The other family (Qwen3-MoE: num_experts, mlp.gate) and a source without quantization_config
+// (the BF16 dequant): the counts go to the family's key and to a top-level moe_sparsity_config.
+static void families(void) {
+    char qs[400];
+    snprintf(qs, sizeof qs, "%s/qstats.safetensors", cli_dir);
+    REQUIRE(cli_run("%s/calibrate -q -m models/tiny-qwen3-moe -d " CALIB_IDS " -o %s --samples 8 --threads 1", cli_bin, qs) == 0,
+            "calibrate Qwen3");
+    REQUIRE(cli_run("%s/reap-prune --stats %s --sparsity 0.25 --per-layer --dry-run models/tiny-qwen3-moe %s/qd", cli_bin, qs,
+                    cli_dir) == 0, "dry run Qwen3");
+    // the counts the dry run announces, then the real run
+    int n[4] = {0, 0, 0, 0};
+    for (int l = 0; l < 4; l++) {
+        char want[64];
+        for (int k = 8; k >= 2; k--) {
+            snprintf(want, sizeof want, "model.layers.%d.mlp: keep %d, drop", l, k);
+            if (cli_log_has_(want, 0)) { n[l] = k; break; }
+        }
+    }
+    CHECK(n[0] + n[1] + n[2] + n[3] == 4 * 6, "Qwen3 dry run: %d %d %d %d kept, 24 in all", n[0], n[1], n[2], n[3]);
+    int mx = 0;
+    for (int l = 0; l < 4; l++) mx = n[l] > mx ? n[l] : mx;
+    CHECK(cli_run("%s/reap-prune -q --stats %s --sparsity 0.25 --per-layer --allow-nonuniform models/tiny-qwen3-moe %s/q",
+                  cli_bin, qs, cli_dir) == 0, "Qwen3 --per-layer");
+    json_t *c = load("%s/%s", cli_dir, "q/config.json");
+    json_t *ne = json_object_get(json_object_get(json_object_get(c, "quantization_config"), "moe_sparsity_config"),
+                                 "num_experts");
+    int ok = json_array_size(ne) == 4 && json_integer_value(json_object_get(c, "num_experts")) == mx;
+    for (int l = 0; ok && l < 4; l++) ok = json_integer_value(json_array_get(ne, (size_t)l)) == n[l];
+    CHECK(ok, "Qwen3: num_experts = %d, moe_sparsity_config = the dry run's counts", mx);
+    json_decref(c);
+    CHECK(cli_run("%s/validate-ignore-list %s/q", cli_bin, cli_dir) == 1 && cli_log_has("[moe.nonuniform]") &&
+              cli_log_has("Qwen3MoeModel"),
+          "Qwen3: the validator names vLLM's model");
+    // BF16 source: no quantization_config, so a top-level moe_sparsity_config
+    REQUIRE(cli_run("%s/fp8-dequant -q " MM " %s/bf16", cli_bin, cli_dir) == 0, "fp8-dequant");
+    CHECK(cli_run("%s/reap-prune -q --stats " MSTATS " --sparsity 0.25 --per-layer --allow-nonuniform %s/bf16 %s/b", cli_bin,
+                  cli_dir, cli_dir) == 0, "BF16 --per-layer");
+    json_t *g = load("%s%s", GOLDEN_DIR "/reap/per-layer.json", "");
+    c = load("%s/%s", cli_dir, "b/config.json");
+    json_t *want = json_object_get(json_array_get(json_object_get(g, "cases"), 0), "moe_sparsity_config");
+    CHECK(!json_object_get(c, "quantization_config") && json_equal(json_object_get(c, "moe_sparsity_config"), want),
+          "BF16 source: top-level moe_sparsity_config as compressed-tensors serialises it");
+    json_decref(c);
+    json_decref(g);
+    CHECK(cli_run("%s/validate-ignore-list %s/b", cli_bin, cli_dir) == 1 && cli_log_has("[moe.nonuniform]") &&
+              !cli_log_has_("[moe.experts]", 0) && !cli_log_has_("[tensor.shape]", 0),
+          "BF16 per-layer: only the loading verdict, the per-layer tensors are consistent");
+}
+
 // Copies cli_dir/g0 to cli_dir/v and edits its config.json.
 static json_t *vcopy(void) {
     REQUIRE(cli_run("rm -rf %s/v && cp -r %s/g0 %s/v", cli_dir, cli_dir, cli_dir) == 0, "copy");
@@ -357,6 +406,7 @@ int main(void) {
     cli();
     engines();
     validator();
+    families();
     if (getenv("FB_KEEP")) printf("outputs kept in %s\n", cli_dir);
     else cli_run("rm -rf %s", cli_dir);
     TEST_MAIN_END();

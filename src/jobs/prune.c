@@ -516,6 +516,7 @@ static void report_dry(FILE *f, const fb_arch *a, const fb_prune_map *m, const c
                 fprintf(f, " %d (saliency %.6g, %lld tokens)", e, m->saliency[i], (long long)m->counts[i]);
             else fprintf(f, " %d", e);
         }
+        if (m->layer_keep[l] == m->n_experts) fprintf(f, " nothing");
         fputc('\n', f);
     }
     free(kept);
