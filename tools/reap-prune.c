@@ -126,6 +126,7 @@ int main(int argc, char **argv) {
                     TOOL, pos[1]);
         else
             fprintf(stderr, "%s: interrupted before anything was written\n", TOOL);
+        fb_prune_result_free(&r);
         return 130;
     }
     if (rc) {
