@@ -90,6 +90,27 @@ expect_rc 1 "--dataset and --calib together" -- "$QN" --recipe recipes/minimax.y
 expect_out "pass one of the two" "says why"
 expect_rc 2 "--dataset with NVFP4A16 (weight-only RTN)" -- "$QN" --recipe recipes/minimax-nvfp4a16.yaml --dataset $MQ/calib-ids.jsonl $M "$T_TMP/w4"
 
+# the second architecture (Qwen3-MoE fixture), NVFP4A16, `GPTQModifier: {}` after a
+# QuantizationModifier: every scale and fused global scale equals round-to-nearest's, the codes do not
+Q3=models/tiny-qwen3-moe
+if [ -d $Q3 ]; then
+    cat > "$T_TMP/q3.yaml" <<'Y'
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      targets: [Linear]
+      scheme: NVFP4A16
+      ignore: [lm_head, 're:.*mlp\.gate$']
+  gptq_modifiers:
+    GPTQModifier: {}
+Y
+    expect_rc 0 "Qwen3-MoE GPTQ" -- "$QN" -q --recipe "$T_TMP/q3.yaml" --dataset tests/golden/qwen3-moe/quant/calib-ids.jsonl -t 1 $Q3 "$T_TMP/q1"
+    expect_rc 0 "Qwen3-MoE RTN" -- "$QN" -q --recipe recipes/qwen3-moe-nvfp4a16.yaml -t 1 $Q3 "$T_TMP/q2"
+    "$BIN/st-diff" --json "$T_TMP/q1" "$T_TMP/q2" 2>/dev/null | grep -o '"name": "[^"]*"' > "$T_TMP/qd.txt"
+    if grep -v weight_packed "$T_TMP/qd.txt" | grep -q .; then fail "Qwen3: a scale differs from RTN: $(grep -v weight_packed "$T_TMP/qd.txt" | head -2)"; else ok; fi
+    [ "$(grep -c weight_packed "$T_TMP/qd.txt")" -ge 100 ] && ok || fail "Qwen3: GPTQ changed only $(grep -c weight_packed "$T_TMP/qd.txt") packed tensors of 112"
+fi
+
 # the same thread count gives the same bytes (another count changes OpenBLAS's blocking of the
 # projection GEMMs, hence the Hessians' last bits: calib/forward.h)
 expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 $M "$T_TMP/g2"
