@@ -9,10 +9,12 @@
 //  - plain RTN (rtn_int_sym): fp16 scales and bf16 values bit for bit;
 //  - non-finite weights refused with the row named;
 //  - SignRound on the fixture MoE block (4 SwiGLU experts, 256 x 256, top-2 routing, 32 x 16 tokens,
-//    100 iterations, batch 8, lr 1/iters): fourbit's MSE over every sample with its tuned weights
-//    must be <= auto-round's with its tuned weights, and below RTN's; the RTN MSE itself equals the
-//    reference's (same forward, same fake quantization); the result is w = scale * q exactly, and
-//    the same seed gives the same bytes.
+//    100 iterations, batch 8, lr 1/iters, Python's batch order for the seed): the RTN MSE equals
+//    the reference's; the first iterations' mini-batch losses equal auto-round's (same batches,
+//    same steps); the final MSE over every sample is within a few % of auto-round's per seed and
+//    on average over six seeds (see SEED_TOL / MEAN_TOL: past the first near-zero gradient whose
+//    sign differs, two runs are samples of one chaotic process), and a third of RTN's; the result
+//    is w = scale * q exactly, and the same seed gives the same bytes.
 #include <math.h>
 #include <string.h>
 
@@ -21,6 +23,17 @@
 #include "test.h"
 
 #define GOLD GOLDEN_DIR "/autoround/autoround_golden.safetensors"
+
+// The trajectory is auto-round's to f32 precision until a near-zero gradient takes the other sign
+// (measured here: iterations 0..15 within 1.6e-7, apart from iteration 16 on); the first TRACE_N are
+// required within TRACE_TOL (other BLAS kernels, e.g. aarch64, may flip a sign earlier than here).
+#define TRACE_N 5
+#define TRACE_TOL 1e-5
+// After that the runs are two samples of the same chaotic process: per seed fourbit's final MSE
+// within SEED_TOL of auto-round's, and over the six seeds the mean within MEAN_TOL (measured:
+// -1.4% .. +2.0% per seed, mean +0.3%).
+#define SEED_TOL 1.03
+#define MEAN_TOL 1.01
 
 static int fb_f32_bits_eq(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
 
@@ -184,20 +197,60 @@ static void signround(fb_st_file *f) {
             b.w[e][j] = get(f, nm, NULL);
             REQUIRE(b.w[e][j], "%s", nm);
         }
-    fb_ar_opts o = {.iters = (int)ref[0], .batch_size = (size_t)ref[1], .seed = 42};
+    size_t nl;
+    float *lref = get(f, "tuning.losses", &nl);
+    REQUIRE(lref && nl == (size_t)ref[0], "reference loss trace");
+    double *trace = calloc(nl, sizeof(double));
+    fb_ar_opts o = {.iters = (int)ref[0], .batch_size = (size_t)ref[1], .seed = 42, .loss_trace = trace};
     fb_ar_result r1, r2;
     float *w1[12], *s1[12], *w2[12], *s2[12];
     double c1 = tune(&b, &o, &r1, w1, s1);
     CHECK(c1 == 1, "tuned weights are scale * q, codes in [-8, 7]");
     CHECK(fabs(r1.rtn_mse - ref[4]) <= 1e-4 * ref[4], "RTN MSE %.6g vs auto-round's %.6g", r1.rtn_mse, (double)ref[4]);
-    CHECK(r1.final_mse <= ref[5] && r1.final_mse < r1.rtn_mse,
-          "tuned MSE %.6g <= auto-round's %.6g (RTN %.6g; mini-batch init %.6g -> best %.6g at %d; reference %.6g -> %.6g)",
-          r1.final_mse, (double)ref[5], r1.rtn_mse, r1.init_loss, r1.best_loss, r1.best_iter, (double)ref[2], (double)ref[3]);
+    CHECK(r1.final_mse <= SEED_TOL * ref[5] && r1.final_mse < r1.rtn_mse / 3,
+          "tuned MSE %.6g <= %.2f x auto-round's %.6g (RTN %.6g; mini-batch init %.6g -> best %.6g at %d; reference "
+          "%.6g -> %.6g)", r1.final_mse, SEED_TOL, (double)ref[5], r1.rtn_mse, r1.init_loss, r1.best_loss, r1.best_iter,
+          (double)ref[2], (double)ref[3]);
+    printf("mini-batch losses: init %.9g (reference %.9g), best %.9g at %d (reference %.9g)\n", r1.init_loss,
+           (double)ref[2], r1.best_loss, r1.best_iter, (double)ref[3]);
     printf("autoround tuning: MSE RTN %.6g -> %.6g (auto-round 0.16.1: %.6g -> %.6g), best iteration %d of %d\n",
            r1.rtn_mse, r1.final_mse, (double)ref[4], (double)ref[5], r1.best_iter, o.iters);
     // determinism: the same seed, the same bytes
+    // The same mini-batches (Python's generator, seed 42) and the same steps: the trajectory
+    // follows the reference's while the float rounding has not flipped many signs.
+    double dmax = 0;
+    for (size_t i = 0; i < TRACE_N; i++) dmax = fmax(dmax, fabs(trace[i] - lref[i]) / lref[i]);
+    CHECK(dmax <= TRACE_TOL, "mini-batch losses of iterations 0..%d within %.3g of auto-round's (max %.3g)",
+          TRACE_N - 1, TRACE_TOL, dmax);
+    for (size_t i = 0; i < nl; i += i < 20 ? 1 : 10) printf("  iteration %3zu: loss %.6g, auto-round %.6g\n", i, trace[i], (double)lref[i]);
+    free(trace); free(lref);
+    o.loss_trace = NULL;
+    // the other seeds
+    size_t ns;
+    float *seeds = get(f, "tuning.seeds", &ns);
+    REQUIRE(seeds && ns % 2 == 0, "tuning.seeds");
+    double sum_fb = 0, sum_ref = 0;
+    for (size_t i = 0; i < ns / 2; i++) {
+        float *w3[12] = {0}, *s3[12] = {0};
+        fb_ar_result r3 = r1;  // seed 42: the run above
+        o.seed = (uint64_t)seeds[2 * i];
+        if (o.seed != 42) REQUIRE(tune(&b, &o, &r3, w3, s3) == 1, "seed %g", (double)seeds[2 * i]);
+        CHECK(r3.final_mse <= SEED_TOL * seeds[2 * i + 1] && r3.final_mse < r3.rtn_mse / 3,
+              "seed %g: tuned MSE %.6g vs auto-round's %.6g", (double)seeds[2 * i], r3.final_mse, (double)seeds[2 * i + 1]);
+        printf("  seed %2g: MSE %.6g, auto-round %.6g (%+.2f%%)\n", (double)seeds[2 * i], r3.final_mse,
+               (double)seeds[2 * i + 1], 100 * (r3.final_mse / seeds[2 * i + 1] - 1));
+        sum_fb += r3.final_mse;
+        sum_ref += seeds[2 * i + 1];
+        for (int j = 0; j < 12; j++) { free(w3[j]); free(s3[j]); }
+    }
+    CHECK(sum_fb <= MEAN_TOL * sum_ref, "mean tuned MSE over %zu seeds %.6g vs auto-round's %.6g", ns / 2,
+          sum_fb / (double)(ns / 2), sum_ref / (double)(ns / 2));
+    printf("  mean over %zu seeds: %.6g, auto-round %.6g (%+.2f%%)\n", ns / 2, sum_fb / (double)(ns / 2),
+           sum_ref / (double)(ns / 2), 100 * (sum_fb / sum_ref - 1));
+    free(seeds);
+    o.seed = 42;
     for (int j = 0; j < 12; j++) { free(w1[j]); free(s1[j]); }
-    o.iters = 20;
+    o.iters = 10;
     tune(&b, &o, &r1, w1, s1);
     tune(&b, &o, &r2, w2, s2);
     int same = 1;

@@ -159,25 +159,24 @@ int fb_autoround_rtn(const float *W, size_t R, size_t C, fb_ar_dtype dt, float *
 typedef struct arlin {
     fb_ar_linear *L;
     size_t R, C, NG;
-    float *w0;          // [R, C] the FP weight
+    float *w0;          // [R, C] the FP weight (the caller's buffer, replaced at the very end)
     float *wq;          // [R, C] fake-quantized weight of the current parameters
-    float *gw;          // [R, C] dLoss/dwq
+    float *gw;          // [R, C] dLoss/dwq (a scratch shared by all Linears: used right away)
     float *v, *bv;      // [R, C] V and its best snapshot
     float *mn, *mx;     // [NG * R] min/max factors
     float *bmn, *bmx;
     float *lo, *hi;     // [NG * R] min(0, group), max(0, group) of the FP weight
 } arlin;
 
-static void lin_init(arlin *a, fb_ar_linear *L) {
+static void lin_init(arlin *a, fb_ar_linear *L, float *gw) {
     a->L = L;
     a->R = L->rows;
     a->C = L->cols;
     a->NG = a->R * a->C / G;
     size_t n = a->R * a->C;
-    a->w0 = fb_aligned_alloc(n * sizeof(float) + 64);
-    memcpy(a->w0, L->w, n * sizeof(float));
+    a->w0 = L->w;
     a->wq = fb_aligned_alloc(n * sizeof(float) + 64);
-    a->gw = fb_aligned_alloc(n * sizeof(float) + 64);
+    a->gw = gw;
     a->v = fb_calloc(n, sizeof(float));
     a->bv = fb_calloc(n, sizeof(float));
     a->mn = fb_malloc(a->NG * sizeof(float));
@@ -200,7 +199,7 @@ static void lin_init(arlin *a, fb_ar_linear *L) {
 }
 
 static void lin_free(arlin *a) {
-    free(a->w0); free(a->wq); free(a->gw); free(a->v); free(a->bv);
+    free(a->wq); free(a->v); free(a->bv);
     free(a->mn); free(a->mx); free(a->bmn); free(a->bmx); free(a->lo); free(a->hi);
 }
 
@@ -232,7 +231,7 @@ static void lin_step(arlin *a, float lr, float mlr, int minmax) {
         float gq = 0, gd = 0;  // the scale's gradient through s*q and through w/s
         for (size_t k = 0; k < G; k++) {
             float t = nearbyintf(w[k] / s + v[k]);
-            int in = t >= -8.0f && t <= 7.0f;
+            int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
             float c = clampq(t);
             gq += gw[k] * c;
             float gvk = in ? gw[k] * s : 0.0f;  // d wq / d V = s inside the clamp
@@ -243,7 +242,7 @@ static void lin_step(arlin *a, float lr, float mlr, int minmax) {
         // each use of the fp16 scale gets its gradient in fp16; the threshold's clamp passes
         // it where the scale was kept
         float gs = h16(h16(gq) + h16(gd));
-        if (!(sv < 0 ? sv <= -thr : sv >= thr)) gs = 0;
+        if (!(sv < 0 ? sv < -thr : sv > thr)) gs = 0;
         float gm = gs / 8.0f;  // max_v / 8, the fp16 cast passes the gradient through
         float A = -(a->lo[gi] * a->mn[gi]), B = a->hi[gi] * a->mx[gi];
         gm *= B < A ? 1.0f : -1.0f;
@@ -255,18 +254,67 @@ static void lin_step(arlin *a, float lr, float mlr, int minmax) {
 
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
-// splitmix64: the mini-batch shuffle's generator.
-static uint64_t sm64(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
+// Python's random module (MT19937, random.seed(int) = init_by_array of the seed's 32-bit words,
+// shuffle = Fisher-Yates from the end with _randbelow = rejection on getrandbits(bit_length)),
+// so that IndexSampler's batches come out as auto-round draws them after random.seed(seed).
+typedef struct pyrand {
+    uint32_t mt[624];
+    int i;
+} pyrand;
+
+static void py_init(pyrand *r, uint32_t s) {
+    r->mt[0] = s;
+    for (int i = 1; i < 624; i++) r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) + (uint32_t)i;
+    r->i = 624;
 }
-static void shuffle(size_t *p, size_t n, uint64_t *st) {
-    for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)(sm64(st) % i);
-        size_t t = p[i - 1];
-        p[i - 1] = p[j];
+
+static void py_seed(pyrand *r, uint64_t seed) {
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    int klen = seed >> 32 ? 2 : 1, i = 1, j = 0;
+    py_init(r, 19650218u);
+    for (int k = 624 > klen ? 624 : klen; k; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) * 1664525u)) + key[j] + (uint32_t)j;
+        i++;
+        j++;
+        if (i >= 624) { r->mt[0] = r->mt[623]; i = 1; }
+        if (j >= klen) j = 0;
+    }
+    for (int k = 623; k; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) * 1566083941u)) - (uint32_t)i;
+        i++;
+        if (i >= 624) { r->mt[0] = r->mt[623]; i = 1; }
+    }
+    r->mt[0] = 0x80000000u;
+}
+
+static uint32_t py_u32(pyrand *r) {
+    if (r->i >= 624) {
+        for (int k = 0; k < 624; k++) {
+            uint32_t y = (r->mt[k] & 0x80000000u) | (r->mt[(k + 1) % 624] & 0x7fffffffu);
+            r->mt[k] = r->mt[(k + 397) % 624] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
+        }
+        r->i = 0;
+    }
+    uint32_t y = r->mt[r->i++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+}
+
+static size_t py_below(pyrand *r, size_t n) {  // n < 2^32
+    int k = 0;
+    while (((size_t)1 << k) <= n) k++;
+    for (;;) {
+        size_t v = py_u32(r) >> (32 - k);
+        if (v < n) return v;
+    }
+}
+
+static void shuffle(size_t *p, size_t n, pyrand *r) {
+    for (size_t i = n - 1; i >= 1; i--) {
+        size_t j = py_below(r, i + 1), t = p[i];
+        p[i] = p[j];
         p[j] = t;
     }
 }
@@ -277,11 +325,12 @@ typedef struct moe_ws {
     size_t *pos, cap;                       // pos: the batch rows of that expert's tokens
 } moe_ws;
 
-// MoE output of the tokens tok[0..n) (rows of x) with the experts' weights wsel (0: FP, 1:
-// fake-quantized) into out [n, H]. With grad != NULL also backpropagates dLoss/dout = grad
-// into each Linear's gw.
+// MoE output of the tokens tok[0..n) (rows of x) with the experts' FP (quant 0) or fake-quantized
+// weights into out [n, H]. With grad != NULL instead backpropagates dLoss/dout = grad into each
+// Linear's gw and takes its SignSGD step right away (an expert's step changes nothing another
+// expert's backward reads; an expert without tokens has zero gradients: no step).
 static void moe_pass(const float *x, const float *route, const size_t *tok, size_t n, arlin *lin, int quant,
-                     moe_ws *ws, float *out, const float *grad) {
+                     moe_ws *ws, float *out, const float *grad, float lr, float mlr, int minmax) {
     size_t H = ws->H, FF = ws->FF, E = ws->E;
     if (!grad) memset(out, 0, n * H * sizeof(float));
     for (size_t e = 0; e < E; e++) {
@@ -313,6 +362,7 @@ static void moe_pass(const float *x, const float *route, const size_t *tok, size
             // dWd = dY^T Hh; dHh = dY Wd
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)H, (int)FF, (int)m, 1.0f, ws->dY, (int)H, ws->Hh,
                         (int)FF, 0.0f, d->gw, (int)FF);
+            lin_step(d, lr, mlr, minmax);  // changes V and the factors, not d->wq that dHh reads
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)FF, (int)H, 1.0f, ws->dY, (int)H, Wd,
                         (int)FF, 0.0f, ws->Y, (int)FF);
             for (size_t i = 0; i < m * FF; i++) {
@@ -322,8 +372,10 @@ static void moe_pass(const float *x, const float *route, const size_t *tok, size
             }
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Hh, (int)FF, ws->xe,
                         (int)H, 0.0f, g->gw, (int)H);
+            lin_step(g, lr, mlr, minmax);
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Bm, (int)FF, ws->xe,
                         (int)H, 0.0f, u->gw, (int)H);
+            lin_step(u, lr, mlr, minmax);
         }
     }
 }
@@ -366,10 +418,11 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
     int minmax = !o->disable_minmax;
 
     arlin *lin = fb_calloc(3 * E, sizeof(arlin));
+    float *gws = fb_aligned_alloc(H * FF * sizeof(float) + 64);
     for (size_t e = 0; e < E; e++) {
-        lin_init(&lin[3 * e], &ex[e].gate);
-        lin_init(&lin[3 * e + 1], &ex[e].up);
-        lin_init(&lin[3 * e + 2], &ex[e].down);
+        lin_init(&lin[3 * e], &ex[e].gate, gws);
+        lin_init(&lin[3 * e + 1], &ex[e].up, gws);
+        lin_init(&lin[3 * e + 2], &ex[e].down, gws);
     }
     moe_ws ws = {.H = H, .FF = FF, .E = E, .cap = bs * seq};
     size_t cap = ws.cap, HI = H > FF ? H : FF;
@@ -389,7 +442,7 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
         tgt = fb_malloc(N * H * sizeof(float));
         for (size_t t0 = 0; t0 < N; t0 += cap) {
             size_t n = N - t0 < cap ? N - t0 : cap;
-            moe_pass(x, route, all + t0, n, lin, 0, &ws, tgt + t0 * H, NULL);
+            moe_pass(x, route, all + t0, n, lin, 0, &ws, tgt + t0 * H, NULL, 0, 0, 0);
         }
         target = tgt;
     }
@@ -400,7 +453,7 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
         double s_ = 0;                                                                      \
         for (size_t t0 = 0; t0 < N; t0 += cap) {                                            \
             size_t n_ = N - t0 < cap ? N - t0 : cap;                                        \
-            moe_pass(x, route, all + t0, n_, lin, 1, &ws, out, NULL);                       \
+            moe_pass(x, route, all + t0, n_, lin, 1, &ws, out, NULL, 0, 0, 0);                       \
             s_ += mse(out, target + t0 * H, n_ * H) * (double)(n_ * H);                     \
         }                                                                                   \
         (dst) = s_ / (double)(N * H);                                                       \
@@ -410,7 +463,8 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
 
     size_t *perm = fb_malloc(nsamples * sizeof(size_t)), *tok = fb_malloc(cap * sizeof(size_t)), pi = 0;
     for (size_t i = 0; i < nsamples; i++) perm[i] = i;
-    uint64_t st = o->seed;
+    pyrand st;
+    py_seed(&st, o->seed);
     shuffle(perm, nsamples, &st);
     float *tb = fb_malloc(cap * H * sizeof(float));
     double best = 3.4028234663852886e38;  // torch.finfo(float).max
@@ -425,13 +479,14 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
             for (size_t t = 0; t < seq; t++) tok[n++] = perm[pi + b] * seq + t;
         pi += bs;
         for (size_t j = 0; j < 3 * E; j++) lin_qdq(&lin[j], lin[j].v, lin[j].mn, lin[j].mx, lin[j].wq, NULL, NULL);
-        moe_pass(x, route, tok, n, lin, 1, &ws, out, NULL);
+        moe_pass(x, route, tok, n, lin, 1, &ws, out, NULL, 0, 0, 0);
         for (size_t t = 0; t < n; t++) memcpy(tb + t * H, target + tok[t] * H, H * sizeof(float));
         double loss = (double)(float)mse(out, tb, n * H);  // loss.item() of an f32 tensor
         // MSELoss(mean) * 1000: d/dout = 2 (out - target) / numel * 1000
         const float k = 2000.0f / (float)(n * H);
         for (size_t i = 0; i < n * H; i++) grad[i] = (out[i] - tb[i]) * k;
         if (it == 0) res->init_loss = loss;
+        if (o->loss_trace) o->loss_trace[it] = loss;
         if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
             if (loss < best) {
                 best = loss;
@@ -445,9 +500,7 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
                 memcpy(a->bmx, a->mx, a->NG * sizeof(float));
             }
         }
-        for (size_t j = 0; j < 3 * E; j++) memset(lin[j].gw, 0, lin[j].R * lin[j].C * sizeof(float));
-        moe_pass(x, route, tok, n, lin, 1, &ws, NULL, grad);
-        for (size_t j = 0; j < 3 * E; j++) lin_step(&lin[j], lr_i, mlr_i, minmax);
+        moe_pass(x, route, tok, n, lin, 1, &ws, NULL, grad, lr_i, mlr_i, minmax);
         // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
         float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
         lr_i = lr_i * f;
@@ -467,6 +520,6 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
         lin_free(&lin[j]);
     }
     free(lin); free(ws.xe); free(ws.re); free(ws.A); free(ws.Bm); free(ws.Hh); free(ws.Y); free(ws.dY); free(ws.pos);
-    free(tgt); free(all); free(out); free(grad); free(perm); free(tok); free(tb);
+    free(gws); free(tgt); free(all); free(out); free(grad); free(perm); free(tok); free(tb);
     return 0;
 }

@@ -31,14 +31,16 @@
 //   a = -wmin * min_scale, b = wmax * max_scale, s = fp16(sign * max(a, b) / 8) (sign +1 iff
 //   b < a), |s| >= fp16(1e-5), q = clamp(round_ste(w / s + V), -8, 7), w' = s q (straight-through
 //   rounding; clamp, max (ties split the gradient), the fp16 cast and the threshold pass
-//   gradients as torch's autograd does; the scale's gradient is rounded to fp16).
+//   gradients as torch's autograd does: torch 2.15's clamp passes none AT its bounds, so a code
+//   of exactly -8 or 7 gets no V gradient; each use of the fp16 scale gets its gradient in fp16).
 //   Loss: MSE(mean) of the block output on the quantized chain's input against the FP block's
 //   output on the FP chain's input, over the mini-batch, times 1000 for backward.
 //   Optimizer: SignSGD p -= lr * sign(grad) (sign(0) = 0), lr = 1/iters (2/iters for >= 1000
 //   iters at <= 3 bits), minmax_lr = lr, LinearLR from 1 to 0 over iters (torch's recursive
 //   factors in f32), one step per iteration.
 //   Mini-batches: batch_size samples (8) from IndexSampler: a shuffled index list walked in
-//   order, reshuffled when fewer than a batch remain; shuffled with Python's random (seed 42).
+//   order, reshuffled when fewer than a batch remain; shuffled with Python's random (seed 42,
+//   set once per run: the state carries over from block to block).
 //   Best iteration kept: a strictly smaller mini-batch loss snapshots (V, min, max) before that
 //   iteration's step (iteration 0 is RTN); the block is unwrapped with the snapshot.
 //   MoE: the experts are tuned jointly against the block output with the real top-k routing
@@ -51,9 +53,9 @@
 // (auto-round runs the block under bf16 autocast on a bf16 model). Differences from auto-round:
 // the attention half of the block is not tuned here (the caller passes the MoE input and the FP
 // MoE output as target); the routing is an input (the router is never quantized, so within a
-// block a sample's routing is fixed); the mini-batch order comes from a splitmix64 Fisher-Yates
-// with the given seed, not Python's Mersenne Twister, so the batch sequence differs while the
-// sampling rule is the same. Deterministic for a given seed (and thread count of the BLAS).
+// block a sample's routing is fixed); the mini-batches are drawn with Python's generator seeded
+// with `seed` at each call (auto-round seeds once per run, so from its second block on the order
+// differs). Deterministic for a given seed (and thread count of the BLAS).
 #ifndef FB_CALIB_AUTOROUND_H
 #define FB_CALIB_AUTOROUND_H
 
@@ -94,6 +96,7 @@ typedef struct fb_ar_opts {
     size_t batch_size;      // samples per iteration (default 8 when 0), at most nsamples
     uint64_t seed;          // mini-batch order (auto-round's --seed, default 42)
     int not_use_best_mse;   // 1: keep the last iterate instead of the best one
+    double *loss_trace;     // optional [iters]: each iteration's mini-batch loss (-v, tests)
 } fb_ar_opts;
 
 // One quantized Linear: in, its f32 weight; out, the tuned fake-quantized weight and what a
@@ -122,8 +125,11 @@ typedef struct fb_ar_result {
 // (quantized chain), route: [nsamples * seq, n_experts] routing weights (0 = not routed),
 // target: [nsamples * seq, H] the FP MoE output (FP chain), or NULL to use the experts' own FP
 // weights on x. Tunes every expert's gate/up/down jointly and replaces their weights (see
-// fb_ar_linear). Memory: about 6 weight-sized f32 arrays per Linear plus one batch's
-// activations; GEMMs through BLAS (its threads). Fails on inconsistent shapes or non-finite
+// fb_ar_linear; the weights are read until the end, then replaced). Memory: 3 weight-sized f32
+// arrays per Linear (fake-quantized weight, V, best V) plus one gradient scratch and one batch's
+// activations: a caller bounds it by passing the experts in groups (each group's own FP output as
+// target, the others' error then held fixed: an approximation of the joint block loss).
+// GEMMs through BLAS (its threads). Fails on inconsistent shapes or non-finite
 // weights (nothing modified then).
 int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H, const float *route,
                           size_t n_experts, const float *target, fb_ar_expert *ex, const fb_ar_opts *o,
