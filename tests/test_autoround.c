@@ -269,6 +269,12 @@ static void signround(fb_st_file *f) {
     fb_err err;
     CHECK(fb_autoround_tune_moe(b.x, 1, 1, 128, b.route, 1, NULL, bad, &o, &r1, &err) != 0 && strstr(err.msg, "expert 0"),
           "bad expert shapes refused: %s", err.msg);
+    // dimensions past what BLAS's int arguments hold are refused before anything is read
+    bad[0].gate = (fb_ar_linear){.w = w, .rows = (size_t)1 << 31, .cols = 128, .scale = sc};
+    bad[0].up = bad[0].gate;
+    bad[0].down = (fb_ar_linear){.w = w, .rows = 128, .cols = (size_t)1 << 31, .scale = sc};
+    CHECK(fb_autoround_tune_moe(b.x, 1, 1, 128, b.route, 1, NULL, bad, &o, &r1, &err) != 0 &&
+              strstr(err.msg, "out of range"), "2^31 x 128 experts refused: %s", err.msg);
     for (size_t e = 0; e < b.E; e++)
         for (int j = 0; j < 3; j++) free(b.w[e][j]);
     free(b.x); free(b.route); free(b.target); free(ref);

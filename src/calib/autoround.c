@@ -3,6 +3,7 @@
 #include "calib/autoround.h"
 
 #include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <string.h>
 
@@ -398,6 +399,12 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
         return fb_fail(err, "AutoRound: %zu experts, %zu samples x %zu tokens, hidden %zu, %d iterations", E, nsamples,
                        seq, H, o->iters);
     size_t FF = ex[0].gate.rows;
+    size_t bs = o->batch_size ? o->batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    // BLAS takes int dimensions; the buffers are indexed up to a batch's tokens x max(H, FF)
+    if (!FF || FF > INT_MAX / H || bs * seq > INT_MAX / (H > FF ? H : FF))
+        return fb_fail(err, "AutoRound: a batch of %zu x %zu tokens with hidden %zu, intermediate %zu is out of range", bs,
+                       seq, H, FF);
     for (size_t e = 0; e < E; e++) {
         fb_ar_expert *p = &ex[e];
         if (p->gate.rows != FF || p->gate.cols != H || p->up.rows != FF || p->up.cols != H || p->down.rows != H ||
@@ -412,8 +419,6 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
     }
     for (size_t i = 0; i < N * E; i++)
         if (!isfinite(route[i]) || route[i] < 0) return fb_fail(err, "AutoRound: routing weight %zu is %g", i, (double)route[i]);
-    size_t bs = o->batch_size ? o->batch_size : 8;
-    if (bs > nsamples) bs = nsamples;
     float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
     int minmax = !o->disable_minmax;
 
