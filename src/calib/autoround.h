@@ -94,7 +94,7 @@ typedef struct fb_ar_opts {
     float minmax_lr;        // <= 0: lr
     int disable_minmax;     // 1: tune V only (enable_minmax_tuning false)
     size_t batch_size;      // samples per iteration (default 8 when 0), at most nsamples
-    uint64_t seed;          // mini-batch order (auto-round's --seed, default 42)
+    uint64_t seed;          // mini-batch order: random.seed(seed) (auto-round's default is 42)
     int not_use_best_mse;   // 1: keep the last iterate instead of the best one
     double *loss_trace;     // optional [iters]: each iteration's mini-batch loss (-v, tests)
 } fb_ar_opts;
