@@ -1598,7 +1598,20 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         const pname *p = &v->pn[i];
         if (p->kind < 0 || p->suf == S_OTHER) {
             keyerror_text(v, t->name, cons, sizeof cons);
-            fb_vf_add(f, "tensor.keyerror", t->name, cons, NULL, "tensor is not a parameter of %s", v->arch->classes[0]);
+            // transformers 5 / llm-compressor 0.14 save MoE experts as experts.N.gate_proj/up_proj/down_proj;
+            // a family whose checkpoints say w1/w3/w2 (MiniMax-M2) has a loader that maps only its own names
+            const char *fx = NULL;
+            static const char *const HF[3] = {".gate_proj.", ".up_proj.", ".down_proj."}, *const HN[3] = {"gate_proj", "up_proj", "down_proj"};
+            static const int MK_OF[3] = {MK_W1, MK_W3, MK_W2};
+            for (int k = 0; k < 3 && !fx; k++)
+                if (strstr(t->name, ".experts.") && strstr(t->name, HF[k]) && strcmp(v->MODS[MK_OF[k]].path, HN[k]) != 0) {
+                    snprintf(fix, sizeof fix, "expert names of transformers 5 (llm-compressor 0.14 writes them); %s's loader maps "
+                             "experts.N.%s/%s/%s (gate/up/down): rename gate_proj -> %s, up_proj -> %s, down_proj -> %s",
+                             v->arch->classes[0], v->MODS[MK_W1].path, v->MODS[MK_W3].path, v->MODS[MK_W2].path,
+                             v->MODS[MK_W1].path, v->MODS[MK_W3].path, v->MODS[MK_W2].path);
+                    fx = fix;
+                }
+            fb_vf_add(f, "tensor.keyerror", t->name, cons, fx, "tensor is not a parameter of %s", v->arch->classes[0]);
             continue;
         }
         if (p->layer >= 0 && v->d.nhl > 0 && p->layer >= v->d.nhl) {
