@@ -69,6 +69,11 @@ static void golden_case(const char *file, const char *out) {
         if (!json_equal(qc, want)) print_diff(file, "quantization_config", want, qc);
         json_decref(qc);
         CHECK(cli_run("%s/validate-ignore-list %s", cli_bin, od) == 0, "%s: validate-ignore-list accepts the output", file);
+        // the model card says what was written and how it is served
+        CHECK(cli_run("grep -q -- '^- modelopt$' %s/README.md && grep -q -- '--quantization modelopt' %s/README.md && "
+                      "! sed -n '/^## Serving/,/^## [^S]/p' %s/README.md | grep -q CompressedTensors && "
+                      "grep -q 'ModelOpt NVFP4' %s/README.md", od, od, od, od) == 0,
+              "%s: the card names the ModelOpt format and its vLLM serving line", file);
     }
     json_decref(g);
 }
