@@ -620,7 +620,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
 
     if (o->dry_run) {
         fprintf(report, "%s: %s -> %s (dry run), recipe %s, scheme %s%s\n", o->tool, src, dst, o->recipe_path, res->scheme,
-                o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : "");
+                o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : o->format == FB_QOUT_MODELOPT ? ", ModelOpt NVFP4 (--format modelopt)" : "");
         if (s->is_fp8) fprintf(report, "  source is FP8 block-scaled (%zux%zu): dequantized in memory, tile by tile\n", s->bm, s->bn);
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
         if ((used & (1u << FB_QK_NVFP4)) && !stats)
