@@ -37,5 +37,25 @@ for dir in src/*/; do
         done
     done
 done
+# Inside a folder, files depend one way too: an edge "b a" for each a.c/a.h that includes the
+# same folder's b.h (x_priv.h is x's private header, the same node), and tsort finds any loop.
+edges=$(mktemp); trap 'rm -f "$edges"' EXIT
+for dir in src/*/; do
+    d=$(basename "$dir")
+    for f in "$dir"*.c "$dir"*.h; do
+        [ -f "$f" ] || continue
+        s=$(basename "$f"); s=${s%.*}; s=${s%_priv}
+        for inc in $(sed -n "s/^[[:space:]]*#[[:space:]]*include[[:space:]]*\"$d\/\([a-z0-9_]*\)\.h\".*/\1/p" "$f" | sort -u); do
+            inc=${inc%_priv}
+            [ "$inc" != "$s" ] && echo "$d/$inc $d/$s" >> "$edges"
+        done
+    done
+done
+if loop=$(tsort "$edges" 2>&1 >/dev/null) && [ -z "$loop" ]; then
+    pass=$((pass + 1))
+else
+    echo "FAIL: files include each other inside a folder (a cycle):"; echo "$loop" | sed 's/^/  /'
+    fail=$((fail + 1))
+fi
 echo "t_layers.sh: $pass passed, $fail failed"
 [ "$fail" = 0 ]

@@ -4,6 +4,7 @@
 // byte for byte, the conversations the template rejects, the token ids of each rendering
 // (apply_chat_template(tokenize=True)) through the C tokenizer, and Python json.dumps values.
 #include "io/chat.h"
+#include "io/pyjson.h"
 #include "io/tokenizer.h"
 #include "test.h"
 
@@ -81,7 +82,7 @@ int main(void) {
         char *s = NULL;
         size_t len = 0;
         const char *exp = json_string_value(json_object_get(c, "dumps"));
-        CHECK(fb_chat_pyjson(json_object_get(c, "value"), &s, &len, &err) == 0 && strcmp(s, exp) == 0,
+        CHECK(fb_pyjson(json_object_get(c, "value"), &s, &len, &err) == 0 && strcmp(s, exp) == 0,
               "json.dumps: expected %s got %s", exp, s ? s : "(error)");
         free(s);
     }

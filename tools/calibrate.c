@@ -82,7 +82,7 @@ static int check_outputs(const char *model, const char *dataset, const char *tok
 
 int main(int argc, char **argv) {
     const char *model = NULL, *dataset = NULL, *outp = NULL, *dump = NULL, *tmpl = "auto", *tmplf = NULL;
-    const char *tokp = NULL, *devs = NULL, *dump_text = NULL;
+    const char *tokp = NULL, *devs = NULL, *dump_text = NULL, *prec = "f32";
     int n_samples = 128, seq_len = 2048, threads = 0, group = 32, chunk = 0, skip_long = 0;
     int cuda_f32 = 0;
     int routed = 0, json = 0, quiet = 0, max_layers = 0, no_shuffle = 0, force = 0;
@@ -108,6 +108,7 @@ int main(int argc, char **argv) {
         {"routed-only", 0, FB_OPT_FLAG, &routed, NULL, "observe experts on their routed tokens only (old llm-compressor) instead of all tokens", 0, 0},
         {"layers", 0, FB_OPT_INT, &max_layers, "N", "run only the first N layers (0 = all)", 0, 1 << 20},
         {"device", 0, FB_OPT_STR, &devs, "DEV", "cpu or cuda (default: cuda when built with CUDA and a GPU is present, else cpu)", 0, 0},
+        {"precision", 0, FB_OPT_STR, &prec, "P", "activations: f32 (default), or bf16 as a bf16 transformers model computes them (llm-compressor's oneshot on a bf16 model: its input_global_scale values byte for byte; CPU engine)", 0, 0},
         {"cuda-f32", 0, FB_OPT_FLAG, &cuda_f32, NULL, "with --device cuda: f32 GEMMs (follow the CPU engine) instead of bf16 ones (as a bf16 model runs)", 0, 0},
         {"json", 0, FB_OPT_FLAG, &json, NULL, "JSON summary on stdout", 0, 0},
         {"quiet", 'q', FB_OPT_FLAG, &quiet, NULL, "no progress or summary text", 0, 0},
@@ -125,6 +126,14 @@ int main(int argc, char **argv) {
     if (prc == 1) return 0;
     if (prc) return 2;
     if (npos) { fprintf(stderr, "%s: unexpected argument %s\n", TOOL, pos[0]); return 2; }
+    int bf16 = 0;
+    if (!strcmp(prec, "bf16")) bf16 = 1;
+    else if (strcmp(prec, "f32")) { fprintf(stderr, "%s: --precision %s: expected f32 or bf16\n", TOOL, prec); return 2; }
+    if (bf16 && devs && strcmp(devs, "cpu")) {
+        fprintf(stderr, "%s: --precision bf16 runs on the CPU engine (--device cpu); the CUDA engine's bf16 mode rounds GEMM inputs only\n", TOOL);
+        return 2;
+    }
+    if (bf16) devs = "cpu";
     int use_cuda;
     {
         fb_err derr;
@@ -280,7 +289,7 @@ int main(int argc, char **argv) {
                             .template_name = tmpl_what, .seq_len = seq_len, .skip_long = skip_long, .seed = seed,
                             .max_layers = max_layers, .use_cuda = use_cuda,
                             .engine = {.threads = threads, .all_experts = !routed, .expert_group = group,
-                                       .token_chunk = chunk, .gemm_f32 = cuda_f32, .progress = progress_cb,
+                                       .token_chunk = chunk, .gemm_f32 = cuda_f32, .bf16 = bf16, .progress = progress_cb,
                                        .progress_user = &pg},
                             .layer_start = layer_start, .layer_user = &pg};
     fb_calibrate_result cres;
@@ -303,6 +312,7 @@ int main(int argc, char **argv) {
     json_object_set_new(js, "seconds", json_real(secs));
     json_object_set_new(js, "tokens_per_s_per_layer", json_real(secs > 0 ? (double)S.n_tok * n_layers / secs : 0));
     json_object_set_new(js, "device", json_string(use_cuda ? "cuda" : "cpu"));
+    json_object_set_new(js, "precision", json_string(bf16 ? "bf16" : "f32"));
     json_object_set_new(js, "load_seconds", json_real(load_s));
     json_object_set_new(js, use_cuda ? "gemm_gflops" : "expert_gflops", json_real(expert_gflops));
     json_object_set_new(js, "peak_rss_bytes", json_integer((json_int_t)fb_peak_rss()));

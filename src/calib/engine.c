@@ -145,7 +145,7 @@ fb_engine *fb_engine_cpu_new(fb_wsrc *src, const fb_model_config *cfg, const fb_
     }
     fb_fwd_opts fo = {.threads = e->o.threads, .all_experts = e->o.all_experts,
                       .expert_group = e->o.expert_group, .token_chunk = e->o.token_chunk,
-                      .stats = e->o.stats, .hooks = hooks, .progress = e->o.progress,
+                      .bf16 = e->o.bf16, .stats = e->o.stats, .hooks = hooks, .progress = e->o.progress,
                       .progress_user = e->o.progress_user};
     e->impl = fb_fwd_new(src, cfg, &fo, err);
     if (!e->impl) {

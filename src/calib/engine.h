@@ -27,6 +27,7 @@ typedef struct fb_engine_opts {
     int expert_group;        // experts whose weights are held at once (0 = engine default)
     int token_chunk;         // token rows per expert pass (0 = engine default)
     int gemm_f32;            // CUDA: f32 GEMMs on f32 activations (0: bf16 inputs)
+    int bf16;                // CPU: bf16 activations as a bf16 transformers model (forward.h)
     fb_calib_stats *stats;   // statistics to record; NULL for none
     const fb_fwd_hooks *hooks;  // NULL for none
     // W4A4 activation emulation: the input global scale of a Linear input (role as in the

@@ -2,6 +2,7 @@
 // the math, arch/arch.h for what differs per family: names, router, q/k norm).
 #include "calib/forward.h"
 #include "common/cancel.h"
+#include "quant/formats.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -139,6 +140,14 @@ struct fb_fwd {
     fb_fwd_timing tm;
 };
 
+static inline float bf(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
+
+// The normalisation of the f32 engine or of a bf16 model (mm.h).
+static void norm(const fb_fwd *f, const float *x, const float *w, size_t rows, size_t n, float *y) {
+    if (f->o.bf16) fb_mm_rmsnorm_bf16(x, w, (float)f->cfg.eps, rows, n, y);
+    else fb_mm_rmsnorm(x, w, (float)f->cfg.eps, rows, n, y);
+}
+
 static void *xalloc(size_t nfloat) { return fb_aligned_alloc(nfloat * sizeof(float) + 64); }
 
 static void ensure(float **p, size_t *cap, size_t n) {
@@ -151,6 +160,10 @@ static void ensure(float **p, size_t *cap, size_t n) {
 fb_fwd *fb_fwd_new(fb_wsrc *src, const fb_model_config *cfg, const fb_fwd_opts *o, fb_err *err) {
     if (!cfg->arch) {
         fb_fail(err, "forward: the model config names no architecture");
+        return NULL;
+    }
+    if (o && o->bf16 && cfg->head_dim > 1024) {
+        fb_fail(err, "forward: bf16 activations: head_dim %d > 1024 is not supported", cfg->head_dim);
         return NULL;
     }
     fb_fwd *f = fb_calloc(1, sizeof *f);
@@ -309,6 +322,8 @@ static int load_attn(fb_fwd *f, int l, fb_err *err) {
         int64_t sh[FB_MAX_DIMS];
         if (f->src->shape(f->src, n, &nd, sh)) {
             if (load_new(f, n, 1, E, 0, &a->bias, err)) return -1;
+            // A bf16 model holds the correction bias buffer in bf16 too.
+            if (f->o.bf16) fb_mm_bf16(a->bias, (size_t)E);
         }
         // Absent: transformers' zero-initialised buffer; with a zero bias the choice is by
         // the sigmoid scores alone, which is what a missing bias means to every loader.
@@ -323,6 +338,61 @@ typedef struct attn_job {
     float *out;        // [L, Dq]
     size_t L, nqb;
 } attn_job;
+
+// Attention of bf16 q/k/v as transformers' eager_attention_forward computes it, which is what
+// llm-compressor calibrates with (calibration_forward_context forces eager attention):
+// scores = bf16(q @ k^T) (a bf16 matmul: f32 accumulation, one rounding), times the scaling
+// (rounded again), the causal mask added (masked keys become the bf16 minimum: exp gives 0);
+// softmax(dim=-1, dtype=float32) as aten's vectorised last-dim softmax: max, e = exp(s - max),
+// sum = reduce_all over the row's L keys in 8 f32 lanes (Vectorized<float> on AVX2; a partial
+// last vector adds into the first lanes) reduced as reduce_add does, p = e * (1/sum), cast to
+// bf16; out = bf16(p @ v). Checked bit for bit against transformers 5.17 / torch 2.15 (AVX2).
+enum { LANES = 8 };
+
+// aten's vec::reduce_all(+) over n floats with 8-lane vectors (see above).
+static float lane_sum(const float *x, size_t n) {
+    if (n < LANES) {  // one partial vector: its elements added in order
+        float a = n ? x[0] : 0.0f;
+        for (size_t i = 1; i < n; i++) a += x[i];
+        return a;
+    }
+    float l[LANES];
+    for (int i = 0; i < LANES; i++) l[i] = x[i];
+    size_t d = LANES;
+    for (; d + LANES <= n; d += LANES)
+        for (int i = 0; i < LANES; i++) l[i] += x[d + (size_t)i];
+    for (size_t i = 0; d + i < n; i++) l[i] += x[d + i];
+    float v4[4];
+    for (int i = 0; i < 4; i++) v4[i] = l[i] + l[i + 4];
+    return (v4[0] + v4[2]) + (v4[1] + v4[3]);
+}
+
+static void attn_rows_bf16(const attn_job *j, float *S, const float *V, size_t ld, size_t i0,
+                           size_t bi, size_t i1, float scale, float *out, size_t ldo) {
+    size_t hd = (size_t)j->f->cfg.head_dim, L = j->L;
+    float acc[1024];                          // head_dim <= 1024 (fb_fwd_new checks)
+    float *e = fb_malloc(L * sizeof(float));  // one row of probabilities over all L keys
+    for (size_t r = 0; r < bi; r++) {
+        float *s = S + r * i1;
+        size_t nvalid = i0 + r + 1;  // causal: keys 0..i0+r; the masked ones give exp() = 0
+        float m = -INFINITY;
+        for (size_t k = 0; k < nvalid; k++) {
+            s[k] = bf(bf(s[k]) * scale);
+            if (s[k] > m) m = s[k];
+        }
+        for (size_t k = 0; k < nvalid; k++) e[k] = expf(s[k] - m);
+        for (size_t k = nvalid; k < L; k++) e[k] = 0.0f;
+        float rs = 1.0f / lane_sum(e, L);
+        for (size_t k = 0; k < nvalid; k++) e[k] = bf(e[k] * rs);
+        for (size_t d = 0; d < hd; d++) acc[d] = 0;
+        for (size_t k = 0; k < nvalid; k++) {
+            const float *v = V + k * ld;
+            for (size_t d = 0; d < hd; d++) acc[d] += e[k] * v[d];
+        }
+        for (size_t d = 0; d < hd; d++) out[r * ldo + d] = bf(acc[d]);
+    }
+    free(e);
+}
 
 static void attn_item(void *ctx, int w, size_t item) {
     attn_job *j = ctx;
@@ -343,6 +413,10 @@ static void attn_item(void *ctx, int w, size_t item) {
                 (int)ld, K, (int)ld, 0.0f, S, (int)i1);
     // torch: head_dim ** -0.5 in Python (double), applied to the f32 scores as an f32 scalar.
     float scale = (float)pow((double)hd, -0.5);
+    if (j->f->o.bf16) {
+        attn_rows_bf16(j, S, V, ld, i0, bi, i1, scale, j->out + i0 * Dq + h * hd, Dq);
+        return;
+    }
     for (size_t r = 0; r < bi; r++) {
         float *s = S + r * i1;
         size_t n = i0 + r + 1;  // causal: keys 0..i0+r
@@ -383,7 +457,7 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
     for (size_t s = 0; s < f->nseq && !rc; s++) {
         size_t t0 = f->starts[s], L = f->starts[s + 1] - t0;
         float *hs = f->h + t0 * H;
-        fb_mm_rmsnorm(hs, a->ln1, (float)c->eps, L, H, xn);
+        norm(f, hs, a->ln1, L, H, xn);
         float m = absmax(xn, L * H);
         if (m > qkv_max || m != m) qkv_max = m;
         if (f->o.hooks && f->o.hooks->linear_input &&
@@ -393,17 +467,20 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         }
         fb_blas_threads(f->nth);
         sgemm_nt(xn, a->wqkv, qkv, L, Dqkv, H);
+        if (f->o.bf16) fb_mm_bf16(qkv, L * Dqkv);
+        void (*rope)(float *, int, int, int, const float *, int64_t) =
+            f->o.bf16 ? fb_mm_rope_bf16 : fb_mm_rope;
         for (size_t t = 0; t < L; t++) {
             float *q = qkv + t * Dqkv, *k = q + Dq;
             if (c->qk_norm == FB_QKN_ALL_HEADS) {
-                fb_mm_rmsnorm(q, a->qn, (float)c->eps, 1, Dq, q);
-                fb_mm_rmsnorm(k, a->kn, (float)c->eps, 1, Dk, k);
+                norm(f, q, a->qn, 1, Dq, q);
+                norm(f, k, a->kn, 1, Dk, k);
             } else if (c->qk_norm == FB_QKN_PER_HEAD) {
-                fb_mm_rmsnorm(q, a->qn, (float)c->eps, (size_t)c->n_heads, hd, q);
-                fb_mm_rmsnorm(k, a->kn, (float)c->eps, (size_t)c->n_kv_heads, hd, k);
+                norm(f, q, a->qn, (size_t)c->n_heads, hd, q);
+                norm(f, k, a->kn, (size_t)c->n_kv_heads, hd, k);
             }
-            fb_mm_rope(q, c->n_heads, c->head_dim, c->rotary_dim, f->inv_freq, (int64_t)t);
-            fb_mm_rope(k, c->n_kv_heads, c->head_dim, c->rotary_dim, f->inv_freq, (int64_t)t);
+            rope(q, c->n_heads, c->head_dim, c->rotary_dim, f->inv_freq, (int64_t)t);
+            rope(k, c->n_kv_heads, c->head_dim, c->rotary_dim, f->inv_freq, (int64_t)t);
         }
         fb_blas_threads(1);
         attn_job j = {f, qkv, ao, L, (L + (size_t)f->o.q_block - 1) / (size_t)f->o.q_block};
@@ -417,7 +494,10 @@ static int run_attention(fb_fwd *f, int l, fb_err *err) {
         }
         fb_blas_threads(f->nth);
         sgemm_nt(ao, a->wo, po, L, H, Dq);
-        for (size_t i = 0; i < L * H; i++) hs[i] = hs[i] + po[i];
+        if (f->o.bf16)
+            for (size_t i = 0; i < L * H; i++) hs[i] = bf(hs[i] + bf(po[i]));
+        else
+            for (size_t i = 0; i < L * H; i++) hs[i] = hs[i] + po[i];
         f->tm.attn_flops += 2.0 * (double)L * (double)H * (double)(Dqkv + Dq) +
                             2.0 * (double)c->n_heads * (double)L * (double)L * (double)hd;
     }
@@ -443,17 +523,22 @@ static void run_router(fb_fwd *f, float *in_max) {
     fb_blas_threads(f->nth);
     for (size_t t0 = 0; t0 < f->ntok; t0 += C) {
         size_t n = f->ntok - t0 < C ? f->ntok - t0 : C;
-        fb_mm_rmsnorm(f->h + t0 * H, f->aw.ln2, (float)c->eps, n, H, xn);
+        norm(f, f->h + t0 * H, f->aw.ln2, n, H, xn);
         float mm = absmax(xn, n * H);
         if (mm > m || mm != mm) m = mm;
         sgemm_nt(xn, f->aw.gate, lg, n, E, H);
+        if (f->o.bf16) fb_mm_bf16(lg, n * E);  // the router Linear of a bf16 model
         for (size_t t = 0; t < n; t++) {
             int32_t *ix = f->ridx + (t0 + t) * k;
             float *wt = f->rw + (t0 + t) * k;
-            if (c->router == FB_ROUTER_SOFTMAX)
+            if (c->router == FB_ROUTER_SOFTMAX) {
                 fb_mm_route_softmax(lg + t * E, (int)E, (int)k, c->norm_topk_prob, ix, wt, scr);
-            else
+                // Qwen3-MoE's router returns its f32 weights cast to the logits' dtype;
+                // MiniMax-M2's keeps them f32 (the expert output is then promoted to f32).
+                if (f->o.bf16) fb_mm_bf16(wt, k);
+            } else {
                 fb_mm_route(lg + t * E, f->aw.bias, (int)E, (int)k, ix, wt, scr);
+            }
         }
     }
     fb_blas_threads(1);
@@ -550,7 +635,13 @@ static void moe_item(void *ctx, int w, size_t i) {
     ensure(&wb->u, &wb->u_cap, rows * NI);
     sgemm_nt(x, ew->w1, wb->g, rows, NI, H);
     sgemm_nt(x, ew->w3, wb->u, rows, NI, H);
-    fb_mm_swiglu(wb->g, wb->u, rows * NI, wb->g);
+    if (f->o.bf16) {
+        fb_mm_bf16(wb->g, rows * NI);
+        fb_mm_bf16(wb->u, rows * NI);
+        fb_mm_swiglu_bf16(wb->g, wb->u, rows * NI, wb->g);
+    } else {
+        fb_mm_swiglu(wb->g, wb->u, rows * NI, wb->g);
+    }
     if (st) {
         float m = absmax(wb->g, rows * NI);
         if (m > st->w2_absmax[si] || m != m) st->w2_absmax[si] = m;
@@ -575,6 +666,7 @@ static void moe_item(void *ctx, int w, size_t i) {
         }
         float *y = j->y + r0 * H;
         sgemm_nt(pr, ew->w2, y, cnt, H, NI);
+        if (f->o.bf16) fb_mm_bf16(y, cnt * H);
         fl += 2.0 * (double)cnt * (double)NI * (double)H;
         if (hk && hk->expert_output) {
             int32_t *tok = wb_tok(wb, cnt);
@@ -591,7 +683,10 @@ static void moe_item(void *ctx, int w, size_t i) {
             double ss = 0;
             for (size_t d = 0; d < H; d++) ss += (double)yr[d] * yr[d];
             sal += (double)wt * sqrt(ss);
-            for (size_t d = 0; d < H; d++) yr[d] = yr[d] * wt;
+            if (f->o.bf16)  // the weighted output cast to the bf16 accumulator's dtype
+                for (size_t d = 0; d < H; d++) yr[d] = bf(yr[d] * wt);
+            else
+                for (size_t d = 0; d < H; d++) yr[d] = yr[d] * wt;
         }
         if (st) {
             st->counts[si] += (int64_t)cnt;
@@ -644,7 +739,7 @@ static int run_moe(fb_fwd *f, int l, fb_err *err) {
         double te = fb_now();
         for (size_t c0 = 0; c0 < f->ntok && !rc; c0 += C) {
             size_t n = f->ntok - c0 < C ? f->ntok - c0 : C;
-            fb_mm_rmsnorm(f->h + c0 * H, f->aw.ln2, (float)c->eps, n, H, xn);
+            norm(f, f->h + c0 * H, f->aw.ln2, n, H, xn);
             const fb_fwd_hooks *hk = f->o.hooks;
             if (e0 == 0 && f->o.all_experts && hk && hk->expert_input_all &&
                 hk->expert_input_all(hk->user, FB_ROLE_W_GATE, l, -1, c0, xn, n, H, err)) {
@@ -680,12 +775,16 @@ static int run_moe(fb_fwd *f, int l, fb_err *err) {
                 rc = -1;
                 break;
             }
-            // Combine in ascending expert order (transformers' index_add_ order).
+            // Combine in ascending expert order (transformers' index_add_ order; a bf16 model
+            // accumulates in bf16, one rounding per expert).
             for (size_t i = 0; i < g; i++)
                 for (size_t r = off[i]; r < off[i + 1]; r++) {
                     float *a = f->acc + (c0 + (size_t)rtok[r]) * H;
                     const float *yr = y + r * H;
-                    for (size_t d = 0; d < H; d++) a[d] = a[d] + yr[d];
+                    if (f->o.bf16)
+                        for (size_t d = 0; d < H; d++) a[d] = bf(a[d] + yr[d]);
+                    else
+                        for (size_t d = 0; d < H; d++) a[d] = a[d] + yr[d];
                 }
             done++;
             if (f->o.progress) f->o.progress(f->o.progress_user, l, done, units);
@@ -703,7 +802,7 @@ static int run_moe(fb_fwd *f, int l, fb_err *err) {
         const float *ar = f->acc + t * H;
         double ss = 0;
         for (size_t d = 0; d < H; d++) {
-            hr[d] = hr[d] + ar[d];
+            hr[d] = f->o.bf16 ? bf(hr[d] + ar[d]) : hr[d] + ar[d];
             ss += (double)hr[d] * hr[d];
             float a = fabsf(hr[d]);
             if (a > amax || a != a) amax = a;
@@ -776,8 +875,9 @@ int fb_fwd_logits(fb_fwd *f, size_t t0, size_t n, float *out, fb_err *err) {
     fb_blas_threads(f->nth);
     for (size_t i = 0; i < n; i += B) {
         size_t m = n - i < B ? n - i : B;
-        fb_mm_rmsnorm(f->h + (t0 + i) * H, f->head_norm, (float)c->eps, m, H, xn);
+        norm(f, f->h + (t0 + i) * H, f->head_norm, m, H, xn);
         sgemm_nt(xn, f->head, out + i * V, m, V, H);
+        if (f->o.bf16) fb_mm_bf16(out + i * V, m * V);
     }
     fb_blas_threads(1);
     free(xn);

@@ -74,6 +74,12 @@ typedef struct fb_fwd_opts {
     int expert_group;      // experts whose weights are held at once (0 = 32)
     int token_chunk;       // token rows per expert pass (0 = 512 all-experts, 4096 routed)
     int q_block;           // query rows per attention work item (0 = 256)
+    // 1: bf16 activations, rounded where a bf16 transformers model rounds them (each op's
+    // result, the RMSNorm and RoPE steps, SDPA as torch's CPU flash-attention kernel computes
+    // it, the routing weights where the family's router casts them, the bf16 combine of the
+    // experts), so that calibration statistics equal those of llm-compressor's bf16 forward.
+    // 0: f32 throughout (the default; the reference for ref-runner).
+    int bf16;
     fb_calib_stats *stats; // where statistics go; NULL for none
     const fb_fwd_hooks *hooks;  // NULL for none
     // Progress (main thread): layer l, `done` of `total` work units of that layer.

@@ -1,5 +1,6 @@
 // mm.c: the scalar f32 kernels of one decoder layer (see mm.h).
 #include "calib/mm.h"
+#include "quant/formats.h"
 
 #include <math.h>
 #include <string.h>
@@ -112,5 +113,50 @@ void fb_mm_swiglu(const float *g, const float *u, size_t n, float *out) {
     for (size_t i = 0; i < n; i++) {
         float x = g[i];
         out[i] = (x / (1.0f + expf(-x))) * u[i];
+    }
+}
+
+// ---- bf16 activations ------------------------------------------------------------------------
+
+static inline float bf(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
+
+void fb_mm_bf16(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = bf(x[i]);
+}
+
+void fb_mm_rmsnorm_bf16(const float *x, const float *w, float eps, size_t rows, size_t n, float *y) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        // torch sums the f32 squares in its own (vectorised) order; the f64 sum rounded once is
+        // the value every order approximates, and the bf16 rounding below absorbs the rest.
+        double ss = 0;
+        for (size_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
+        float var = (float)(ss / (double)n);
+        float inv = 1.0f / sqrtf(var + eps);
+        for (size_t i = 0; i < n; i++) yr[i] = bf(w[i] * bf(xr[i] * inv));
+    }
+}
+
+void fb_mm_rope_bf16(float *x, int n_heads, int head_dim, int rotary_dim, const float *inv_freq,
+                     int64_t pos) {
+    int half = rotary_dim / 2;
+    float p = (float)pos;
+    for (int i = 0; i < half; i++) {
+        float a = p * inv_freq[i];
+        float c = bf(cosf(a)), s = bf(sinf(a));
+        for (int h = 0; h < n_heads; h++) {
+            float *xh = x + (size_t)h * head_dim;
+            float x1 = xh[i], x2 = xh[i + half];
+            xh[i] = bf(bf(x1 * c) + bf((-x2) * s));
+            xh[i + half] = bf(bf(x2 * c) + bf(x1 * s));
+        }
+    }
+}
+
+void fb_mm_swiglu_bf16(const float *g, const float *u, size_t n, float *out) {
+    for (size_t i = 0; i < n; i++) {
+        float x = g[i];
+        out[i] = bf(bf(x / (1.0f + expf(-x))) * u[i]);
     }
 }

@@ -64,4 +64,24 @@ void fb_mm_route_softmax(const float *logits, int E, int k, int norm, int32_t *i
 // silu(g) * u elementwise, n values, into out (may alias g).
 void fb_mm_swiglu(const float *g, const float *u, size_t n, float *out);
 
+// ---- bf16 activations (fb_fwd_opts.bf16: the forward of a bf16 transformers model) ----------
+// Every kernel below takes bf16-exact inputs and rounds where torch rounds a bf16 tensor: an
+// op on bf16 tensors computes in f32 and rounds its result to bf16 (round to nearest even).
+
+// x[i] = bf16(x[i]) for n values.
+void fb_mm_bf16(float *x, size_t n);
+
+// transformers' RMSNorm of a bf16 tensor: x to f32, variance = mean(x^2) in f32,
+// x * rsqrt(variance + eps) rounded to bf16, times the bf16 weight, rounded again.
+void fb_mm_rmsnorm_bf16(const float *x, const float *w, float eps, size_t rows, size_t n, float *y);
+
+// apply_rotary_pos_emb on bf16 q/k: cos and sin computed in f32 and rounded to bf16 (the
+// rotary embedding returns them in the activation dtype), then x*cos and rotate_half(x)*sin
+// rounded, and their sum rounded.
+void fb_mm_rope_bf16(float *x, int n_heads, int head_dim, int rotary_dim, const float *inv_freq,
+                     int64_t pos);
+
+// The SwiGLU of bf16 tensors: bf16(bf16(silu(g)) * u).
+void fb_mm_swiglu_bf16(const float *g, const float *u, size_t n, float *out);
+
 #endif

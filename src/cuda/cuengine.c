@@ -52,6 +52,10 @@ int fb_engine_cuda_available(char *name, size_t name_sz, char *why, size_t why_s
 
 fb_engine *fb_engine_cuda_new(fb_wsrc *src, const fb_model_config *cfg, const fb_engine_opts *o,
                               fb_err *err) {
+    if (o && o->bf16) {  // the device engine's bf16 mode rounds GEMM inputs only
+        fb_fail(err, "--device cuda: bf16 activation emulation (--precision bf16) runs on the CPU engine only");
+        return NULL;
+    }
     fb_engine *e = fb_calloc(1, sizeof *e);
     e->ops = &CUDA_OPS;
     e->kind = FB_ENGINE_CUDA;

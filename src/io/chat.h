@@ -109,9 +109,4 @@ void fb_chat_own_free(fb_chat_own *o);
 int fb_chat_select(const char *name, const char *file, const char *model_dir, fb_chat_opts *o, fb_chat_own *own,
                    const char **what, fb_err *err);
 
-// Python's json.dumps(v, ensure_ascii=False) of a JSON value (separators ", " and ": ", key
-// order kept, floats as repr): *out is a new malloc'd NUL-terminated string (caller frees) of
-// *out_len bytes. Used for tool schemas and tool-call arguments; exposed for tests.
-int fb_chat_pyjson(json_t *v, char **out, size_t *out_len, fb_err *err);
-
 #endif

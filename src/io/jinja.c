@@ -8,7 +8,7 @@
 #include <stdarg.h>
 #include <string.h>
 
-#include "io/chat.h"
+#include "io/pyjson.h"
 
 // ---------------------------------------------------------------------------------------------
 // Growable byte buffer
@@ -1315,7 +1315,7 @@ static void py_float(sbuf *b, double x, int repr) {
     char *s = NULL;
     size_t n = 0;
     fb_err e;
-    if (fb_chat_pyjson(r, &s, &n, &e) == 0) sb_put(b, s, n);
+    if (fb_pyjson(r, &s, &n, &e) == 0) sb_put(b, s, n);
     free(s);
     json_decref(r);
     (void)repr;
@@ -2130,7 +2130,7 @@ static int f_tojson(ctx *C, int line, const val *v, const args_t *a, val *out) {
     char *s = NULL;
     size_t n = 0;
     fb_err e;
-    if (fb_chat_pyjson(v->j, &s, &n, &e)) return rerr(C, line, "tojson: %s", e.msg);
+    if (fb_pyjson(v->j, &s, &n, &e)) return rerr(C, line, "tojson: %s", e.msg);
     if (ea && truthy(ea)) {  // \uXXXX (surrogate pairs above the BMP) for every non-ASCII character
         sbuf b = {0};
         for (size_t i = 0; i < n;) {

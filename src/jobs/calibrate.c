@@ -55,9 +55,10 @@ int fb_calibrate_run(fb_wsrc *src, const fb_model_config *cfg, const fb_ds_token
     if (idrc) goto out;
     const char *mk[] = {"tool", "version", "model", "dataset", "dataset_xxh128", "samples",
                         "seq_len", "seed", "skip_long", "template", "tokens_fnv1a64", FB_ID_KEY_CONFIG, FB_ID_KEY_LAYERS,
-                        "dataset_sha256"};
+                        "dataset_sha256", "precision"};
+    const char *prec = o->engine.bf16 ? "bf16" : o->use_cuda && !o->engine.gemm_f32 ? "f32, bf16 GEMM inputs" : "f32";
     const char *mv[] = {o->tool, FB_VERSION, o->model, o->dataset, digests, s_samples, s_len, s_seed,
-                        o->skip_long ? "true" : "false", o->template_name, s_tokh, id_cfg, id_layers, shas};
+                        o->skip_long ? "true" : "false", o->template_name, s_tokh, id_cfg, id_layers, shas, prec};
     if (fb_calib_stats_write(st, o->out, sizeof mk / sizeof mk[0], mk, mv, err)) goto out;
     res->stats = st;
     res->n_layers = n_layers;
