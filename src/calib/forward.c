@@ -322,13 +322,24 @@ static int load_attn(fb_fwd *f, int l, fb_err *err) {
         int64_t sh[FB_MAX_DIMS];
         if (f->src->shape(f->src, n, &nd, sh)) {
             if (load_new(f, n, 1, E, 0, &a->bias, err)) return -1;
-            // A bf16 model holds the correction bias buffer in bf16 too.
+            // A bf16 model holds the correction bias buffer in bf16 too (from_pretrained casts
+            // floating buffers to the model dtype).
             if (f->o.bf16) fb_mm_bf16(a->bias, (size_t)E);
         }
         // Absent: transformers' zero-initialised buffer; with a zero bias the choice is by
         // the sigmoid scores alone, which is what a missing bias means to every loader.
     }
 #undef TNAME
+    if (f->o.bf16) {  // a bf16 model holds every weight in bf16 (no-op for FP8-dequantized ones)
+        size_t q = (size_t)((Dq + 2 * Dk) * H);
+        fb_mm_bf16(a->ln1, (size_t)H);
+        fb_mm_bf16(a->ln2, (size_t)H);
+        fb_mm_bf16(a->wqkv, q);
+        fb_mm_bf16(a->wo, (size_t)(H * Dq));
+        if (a->qn) fb_mm_bf16(a->qn, (size_t)(c->qk_norm == FB_QKN_ALL_HEADS ? Dq : c->head_dim));
+        if (a->kn) fb_mm_bf16(a->kn, (size_t)(c->qk_norm == FB_QKN_ALL_HEADS ? Dk : c->head_dim));
+        fb_mm_bf16(a->gate, (size_t)(E * H));
+    }
     return 0;
 }
 
@@ -582,6 +593,7 @@ static void load_expert(void *ctx, int w, size_t i) {
             par_err_set(&j->pe, &err);
             return;
         }
+        if (j->f->o.bf16) fb_mm_bf16(t[k].dst, (size_t)(t[k].r0 * t[k].c));
     }
 }
 
@@ -867,6 +879,10 @@ int fb_fwd_logits(fb_fwd *f, size_t t0, size_t n, float *out, fb_err *err) {
             free(f->head_norm);
             f->head_norm = NULL;
             return -1;
+        }
+        if (f->o.bf16) {
+            fb_mm_bf16(f->head_norm, H);
+            fb_mm_bf16(f->head, V * H);
         }
         f->tm.load_s += fb_now() - tl;
     }
