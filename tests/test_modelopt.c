@@ -270,6 +270,51 @@ static void runner_reads(void) {
     json_decref(mo4);
 }
 
+static uint32_t rng_state = 12345u;
+static uint32_t rnd(void) {
+    rng_state ^= rng_state << 13, rng_state ^= rng_state >> 17, rng_state ^= rng_state << 5;
+    return rng_state;
+}
+static float bf16_of(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
+
+// The fast path gives the scalar reference's bytes: random, heavy-tailed, all-zero and
+// subnormal-scale groups, exact E2M1 ties (values k/4 * t of each block), negative values
+// that round to zero, and every bf16 bit pattern of a wide range.
+static void fast_equals_ref(void) {
+    size_t R = 96, C = 256, n = R * C;
+    float *w = malloc(n * 4);
+    uint8_t *p0 = malloc(n / 2), *p1 = malloc(n / 2), *s0 = malloc(n / 16), *s1 = malloc(n / 16);
+    int bad = 0;
+    for (int kind = 0; kind < 6; kind++) {
+        for (size_t i = 0; i < n; i++) {
+            float u = (float)(rnd() & 0xFFFFFF) / 16777216.0f - 0.5f;
+            switch (kind) {
+            case 0: w[i] = u * 0.2f; break;                                         // uniform
+            case 1: w[i] = u * u * u * 1e3f; break;                                 // heavy tail
+            case 2: w[i] = (i / 16) % 3 == 0 ? 0.0f : u * 1e-6f; break;             // zero and tiny groups
+            case 3: w[i] = (float)((int)(rnd() % 33) - 16) * 0.125f; break;         // exact ties after scaling
+            case 4: w[i] = (i % 16 == 0) ? 6.0f : (rnd() & 1 ? -1.0f : 1.0f) * 0.01f * (float)(rnd() % 40); break;
+            default: w[i] = fb_bits_f32((rnd() & 0x807FFFFFu) | ((rnd() % 40 + 100) << 23)); break;  // wide exponents
+            }
+            w[i] = bf16_of(w[i]);
+        }
+        float a = fb_nvfp4_absmax(w, n), s2 = fb_modelopt_weight_scale2(&a, 1);
+        fb_modelopt_quantize_rows_ref(w, R, C, s2, p0, s0);
+        fb_modelopt_quantize_rows(w, R, C, s2, p1, s1);
+        if (memcmp(p0, p1, n / 2) || memcmp(s0, s1, n / 16)) {
+            bad++;
+            for (size_t i = 0; i < n / 2; i++)
+                if (p0[i] != p1[i]) {
+                    fprintf(stderr, "    kind %d: packed byte %zu: reference 0x%02X, %s 0x%02X\n", kind, i, p0[i],
+                            fb_modelopt_impl(), p1[i]);
+                    break;
+                }
+        }
+    }
+    CHECK(bad == 0, "ModelOpt fast path (%s) == scalar reference on %d of 6 input kinds", fb_modelopt_impl(), 6 - bad);
+    free(w), free(p0), free(p1), free(s0), free(s1);
+}
+
 static void refusals(void) {
     CHECK(cli_run("%s/w4a16-quantize -q --recipe recipes/minimax-w4a16.yaml --format modelopt %s %s/bad1", cli_bin, MODEL,
                   cli_dir) == 2, "w4a16-quantize has no --format modelopt (usage error)");
@@ -311,6 +356,7 @@ int main(void) {
     fb_formats_init();
     REQUIRE(cli_exists("%s/model.safetensors.index.json", MODEL), "the embedded model %s", MODEL);
     kernel_edges();
+    fast_equals_ref();
     golden_case("nvfp4a16.json", "nvfp4a16");
     golden_case("nvfp4.json", "nvfp4");
     golden_case("experts-only.json", "experts-only");

@@ -16,6 +16,7 @@
 // has no defined result in modelopt (0/0 scales): fb_modelopt_weight_scale2 returns 0 and the
 // writer refuses the tensor.
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,7 @@
 #include "quant/modelopt.h"
 #include "quant/nvfp4.h"
 #include "quant/qformat.h"
+#include "quant/simd_priv.h"
 
 #define MO_AMAX_DIV 2688.0f  // E2M1_MAX * E4M3_MAX = 6.0 * 448.0 (a Python float product, exact)
 #define MO_SCALE_MIN 0x1p-9f // _cast_per_block_scale_to_fp8's clamp: the smallest e4m3 subnormal
@@ -41,24 +43,114 @@ float fb_modelopt_input_scale(float act_absmax) {
     return a / MO_AMAX_DIV;
 }
 
-void fb_modelopt_quantize_rows(const float *w, size_t nrows, size_t cols, float s2, uint8_t *packed,
-                               uint8_t *scale) {
+// The block scale of a group whose max |w| is m: its e4m3 code, and *t = float(code) * s2, the
+// divisor of its elements. d = 6 * s2.
+static inline uint8_t block_scale(float m, float d, float s2, float *t) {
+    float b = m / d;
+    if (b == 0.0f) b = 1.0f;
+    b = fminf(fmaxf(b, MO_SCALE_MIN), FB_NVFP4_FP8_MAX);
+    uint8_t code = fb_f32_to_e4m3(b);
+    *t = fb_e4m3_to_f32(code) * s2;  // weights_scaling_factor.float() * wsf2
+    return code;
+}
+
+void fb_modelopt_quantize_rows_ref(const float *w, size_t nrows, size_t cols, float s2, uint8_t *packed,
+                                   uint8_t *scale) {
     size_t ng = cols / FB_NVFP4_GROUP;
     float d = 6.0f * s2;  // (E2M1_MAX * weights_scaling_factor_2), before the division
     for (size_t r = 0; r < nrows; r++)
         for (size_t k = 0; k < ng; k++) {
             const float *x = w + r * cols + k * FB_NVFP4_GROUP;
-            float m = fb_nvfp4_absmax_ref(x, FB_NVFP4_GROUP);
-            float b = m / d;
-            if (b == 0.0f) b = 1.0f;
-            b = fminf(fmaxf(b, MO_SCALE_MIN), FB_NVFP4_FP8_MAX);
-            uint8_t code = fb_f32_to_e4m3(b);
-            scale[r * ng + k] = code;
-            float t = fb_e4m3_to_f32(code) * s2;  // weights_scaling_factor.float() * wsf2
+            float t;
+            scale[r * ng + k] = block_scale(fb_nvfp4_absmax_ref(x, FB_NVFP4_GROUP), d, s2, &t);
             uint8_t *o = packed + r * (cols / 2) + k * (FB_NVFP4_GROUP / 2);
             for (int i = 0; i < FB_NVFP4_GROUP; i += 2)
                 o[i / 2] = (uint8_t)(fb_nvfp4_fp4_nibble(x[i] / t) | (fb_nvfp4_fp4_nibble(x[i + 1] / t) << 4));
         }
+}
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+int fb_qsimd_have_avx2(void);  // quant_simd.c
+
+// AVX2 element step: the block scale stays scalar (one per 16 elements, the same function as
+// the reference); the 16 divisions and E2M1 roundings of a group run 8 lanes at a time with
+// the reference's operations: one correctly rounded vdivps, then the nibble of
+// fb_nvfp4_fp4_nibble (clamp to [-6, 6], the threshold count, sign bit iff y < 0).
+__attribute__((target("avx2"))) static inline uint32_t nibbles8(__m256 x, __m256 t) {
+    __m256 y = _mm256_div_ps(x, t);
+    y = _mm256_min_ps(_mm256_max_ps(y, _mm256_set1_ps(-6.0f)), _mm256_set1_ps(6.0f));
+    __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), y);
+    static const float thr[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+    __m256i idx = _mm256_setzero_si256();
+    for (int k = 0; k < 7; k++) {  // ties: > at 0.25, 1.25, 2.5, 5; >= at 0.75, 1.75, 3.5 (round half even)
+        __m256 c = (k & 1) ? _mm256_cmp_ps(a, _mm256_set1_ps(thr[k]), _CMP_GE_OQ)
+                           : _mm256_cmp_ps(a, _mm256_set1_ps(thr[k]), _CMP_GT_OQ);
+        idx = _mm256_sub_epi32(idx, _mm256_castps_si256(c));  // a true lane is -1
+    }
+    __m256i neg = _mm256_castps_si256(_mm256_cmp_ps(y, _mm256_setzero_ps(), _CMP_LT_OQ));
+    idx = _mm256_or_si256(idx, _mm256_and_si256(neg, _mm256_set1_epi32(8)));
+    int32_t l[8];
+    _mm256_storeu_si256((__m256i *)l, idx);
+    uint32_t v = 0;
+    for (int i = 0; i < 8; i++) v |= (uint32_t)l[i] << (4 * i);  // lane i -> bits 4i..4i+3
+    return v;
+}
+
+__attribute__((target("avx2"))) static void quantize_rows_avx2(const float *w, size_t nrows, size_t cols, float s2,
+                                                                uint8_t *packed, uint8_t *scale) {
+    size_t ng = cols / FB_NVFP4_GROUP;
+    float d = 6.0f * s2;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    for (size_t r = 0; r < nrows; r++)
+        for (size_t k = 0; k < ng; k++) {
+            const float *x = w + r * cols + k * FB_NVFP4_GROUP;
+            __m256 x0 = _mm256_loadu_ps(x), x1 = _mm256_loadu_ps(x + 8);
+            // max |w| of the group: exact (max of magnitudes), as the reference's bit-pattern max
+            __m256 mv = _mm256_max_ps(_mm256_and_ps(x0, absmask), _mm256_and_ps(x1, absmask));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            float t;
+            scale[r * ng + k] = block_scale(_mm_cvtss_f32(h), d, s2, &t);
+            __m256 tv = _mm256_set1_ps(t);
+            uint32_t lo = nibbles8(x0, tv), hi = nibbles8(x1, tv);
+            uint8_t *o = packed + r * (cols / 2) + k * (FB_NVFP4_GROUP / 2);
+            memcpy(o, &lo, 4);  // little-endian: element 2j in the low nibble of byte j
+            memcpy(o + 4, &hi, 4);
+        }
+}
+#endif
+
+typedef void (*mo_quant_fn)(const float *, size_t, size_t, float, uint8_t *, uint8_t *);
+static mo_quant_fn mo_quant;
+static const char *mo_impl_name;
+static pthread_once_t mo_once = PTHREAD_ONCE_INIT;
+
+// The fast path follows FB_QUANT_IMPL like every kernel (quant/simd_priv.h).
+static void mo_pick(void) {
+    fb_formats_init();
+    mo_quant = fb_modelopt_quantize_rows_ref;
+    mo_impl_name = "scalar";
+#if defined(__x86_64__)
+    if (fb_qsimd_allowed("avx2") && fb_qsimd_have_avx2()) {
+        mo_quant = quantize_rows_avx2;
+        mo_impl_name = "avx2";
+    }
+#endif
+}
+
+void fb_modelopt_quantize_rows(const float *w, size_t nrows, size_t cols, float s2, uint8_t *packed,
+                               uint8_t *scale) {
+    FB_ASSERT(cols % FB_NVFP4_GROUP == 0);
+    pthread_once(&mo_once, mo_pick);
+    mo_quant(w, nrows, cols, s2, packed, scale);
+}
+
+const char *fb_modelopt_impl(void) {
+    pthread_once(&mo_once, mo_pick);
+    return mo_impl_name;
 }
 
 void fb_modelopt_dequant_rows(const uint8_t *packed, const uint8_t *scale, size_t nrows, size_t cols,
