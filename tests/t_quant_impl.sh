@@ -1,5 +1,5 @@
 #!/bin/sh
-# t_quant_impl: FB_QUANT_IMPL is read the same way by every kernel (quant/simd_priv.h): unset
+# t_quant_impl: FB_QUANT_IMPL is read the same way by every kernel (quant/simd_cpu.h): unset
 # and empty both give the CPU's best paths; "scalar" and an unknown value give scalar
 # everywhere; a cap selects that level (or lower) in every kernel at once.
 . tests/lib.sh

@@ -30,6 +30,9 @@ int main(int argc, char **argv) {
         {"stats", 's', FB_OPT_STR, &o.stats_path, "STATS", "statistics file from `calibrate` (REAP saliency per expert)", 0, 0},
         {"sparsity", 0, FB_OPT_DOUBLE, &o.sparsity, "F", "fraction of experts removed in every layer, in (0, 1): E - floor(E*F) kept", 0, 0},
         {"experts", 'e', FB_OPT_INT, &o.n_keep, "N", "experts kept in every layer (instead of --sparsity)", 0, 1 << 20},
+        {"per-layer", 0, FB_OPT_FLAG, &o.per_layer, NULL, "rank experts of all layers together (same total as uniform pruning), each layer keeping at least --min-experts; writes per-layer counts", 0, 0},
+        {"min-experts", 0, FB_OPT_INT, &o.min_experts, "N", "with --per-layer: the fewest experts a layer keeps (default num_experts_per_tok, the least the router can pick its top-k from)", 0, 1 << 20},
+        {"allow-nonuniform", 0, FB_OPT_FLAG, &o.allow_nonuniform, NULL, "write per-layer counts although no vLLM release (nor transformers, nor fourbit's engines) can load them", 0, 0},
         {"keep", 'k', FB_OPT_STR, &o.keep_path, "FILE", "reproduce the retained experts of a map (DST/" FB_PRUNE_MAP_NAME " of an earlier run, or llm-compressor's REAP report_path file)", 0, 0},
         {"stats-out", 0, FB_OPT_STR, &o.stats_out, "FILE", "also write the pruned model's statistics (kept experts renumbered) for nvfp4-quantize --calib", 0, 0},
         {"threads", 't', FB_OPT_INT, &o.threads, "N", "worker threads", 1, 1024},
@@ -59,7 +62,11 @@ int main(int argc, char **argv) {
         "the router gate rows and e_score_correction_bias are sliced with the same indices; the expert count\n"
         "in config.json (num_local_experts / num_experts) is updated and num_experts_per_tok checked. The map\n"
         "used is always written to DST/" FB_PRUNE_MAP_NAME ". Output is staged in DST.partial, validated\n"
-        "and renamed into place.",
+        "and renamed into place.\n"
+        "--per-layer: one ranking over all layers removes the same total as uniform pruning, no layer going\n"
+        "below --min-experts; config.json gets the largest count and compressed-tensors' moe_sparsity_config\n"
+        "{\"method\": \"prune\", \"num_experts\": [per layer]}. No vLLM release loads different counts per\n"
+        "layer: such a result is refused unless --allow-nonuniform (--dry-run shows it either way).",
         opts, pos, 2, &npos);
     if (prc == 1) return 0;
     if (prc) return 2;
@@ -82,6 +89,14 @@ int main(int argc, char **argv) {
     }
     if (o.stats_out && !o.stats_path) {
         fprintf(stderr, "%s: --stats-out needs --stats\n", TOOL);
+        return 2;
+    }
+    if ((o.min_experts || o.allow_nonuniform) && !o.per_layer) {
+        fprintf(stderr, "%s: --min-experts and --allow-nonuniform need --per-layer\n", TOOL);
+        return 2;
+    }
+    if (o.per_layer && o.stats_out) {
+        fprintf(stderr, "%s: --stats-out with --per-layer: the statistics table holds one expert count per model\n", TOOL);
         return 2;
     }
     if (o.merge && o.shard_count < 2) {
@@ -111,18 +126,29 @@ int main(int argc, char **argv) {
                     TOOL, pos[1]);
         else
             fprintf(stderr, "%s: interrupted before anything was written\n", TOOL);
+        fb_prune_result_free(&r);
         return 130;
     }
     if (rc) {
         fprintf(stderr, "%s: %s\n", TOOL, err.msg);
+        fb_prune_result_free(&r);
         return 1;
     }
+    if (o.dry_run && r.nonuniform)
+        printf("  per-layer counts: %s\n", o.allow_nonuniform ? "would be written (--allow-nonuniform); no vLLM release loads them"
+                                                              : "no vLLM release loads them: the run is refused without --allow-nonuniform");
     if (r.split_job && !o.quiet)
         fprintf(stderr, "%s: split job %d of %d: %zu of %zu shard(s) written (%zu resumed) in %s.partial; run again with "
                         "--merge --shard-count %d when every job has finished\n",
                 TOOL, o.shard_index, o.shard_count, r.n_shards - r.n_other_jobs - r.n_resumed, r.n_shards, r.n_resumed,
                 pos[1], o.shard_count);
-    else if (!o.dry_run && !o.quiet)
+    else if (!o.dry_run && !o.quiet && r.nonuniform) {
+        fprintf(stderr, "%s: %d experts -> per-layer counts", TOOL, r.n_experts);
+        for (int l = 0; l < r.n_layers; l++) fprintf(stderr, "%s%d", l ? ", " : " ", r.layer_keep[l]);
+        fprintf(stderr, " (written with --allow-nonuniform: no vLLM release loads them); %zu tensors copied, %zu sliced, "
+                        "%zu dropped, %.3f GB -> %.3f GB in %.2f s\n",
+                r.n_copied, r.n_sliced, r.n_dropped, (double)r.bytes_in / 1e9, (double)r.bytes_out / 1e9, r.seconds);
+    } else if (!o.dry_run && !o.quiet)
         fprintf(stderr, "%s: %d -> %d experts in %d layers: %zu tensors copied, %zu sliced, %zu dropped, %zu shard(s) "
                         "(%zu resumed), %.3f GB -> %.3f GB in %.2f s (%.2f GB/s of output), peak RSS %.1f MiB\n",
                 TOOL, r.n_experts, r.n_keep, r.n_layers, r.n_copied, r.n_sliced, r.n_dropped, r.n_shards, r.n_resumed,
@@ -137,9 +163,15 @@ int main(int argc, char **argv) {
                               (json_int_t)r.n_resumed, "bytes_in", (json_int_t)r.bytes_in, "bytes_out",
                               (json_int_t)r.bytes_out, "seconds", r.seconds, "peak_rss_bytes",
                               (json_int_t)fb_peak_rss(), "dry_run", o.dry_run, "split_job", r.split_job);
+        // Per-layer counts (always: uniform runs list the same count in every layer).
+        json_t *pl = json_array();
+        for (int l = 0; l < r.n_layers && r.layer_keep; l++) json_array_append_new(pl, json_integer(r.layer_keep[l]));
+        json_object_set_new(j, "experts_per_layer", pl);
+        json_object_set_new(j, "nonuniform", json_boolean(r.nonuniform));
         json_dumpf(j, stdout, JSON_COMPACT);
         putchar('\n');
         json_decref(j);
     }
+    fb_prune_result_free(&r);
     return 0;
 }

@@ -3,6 +3,7 @@
 #include "arch/arch.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 // ---- the registry: one line per family -------------------------------------------------------
@@ -63,6 +64,7 @@ int fb_model_config_parse(const json_t *cfg, fb_model_config *out, fb_err *err) 
     const fb_arch *a = fb_arch_from_config(cfg, err);
     if (!a) return -1;
     if (a->parse_config(cfg, out, err)) return -1;
+    if (fb_cfg_refuse_nonuniform(cfg, err)) return -1;
     if (out->top_k > 64)
         return fb_fail(err, "config.json: %d experts per token (at most 64 are supported)",
                        out->top_k);
@@ -247,6 +249,62 @@ int fb_cfg_dims(const json_t *cfg, const char *key_inter, const char *key_expert
         return fb_fail(err, "config.json: num_experts_per_tok %d > %s %d", o->top_k, key_experts,
                        o->n_experts);
     return 0;
+}
+
+static const json_t *moe_sparsity(const json_t *cfg) {
+    const json_t *qc = json_object_get(cfg, "quantization_config");
+    const json_t *ms = json_is_object(qc) ? json_object_get(qc, "moe_sparsity_config") : NULL;
+    if (!ms || json_is_null(ms)) ms = json_object_get(cfg, "moe_sparsity_config");
+    return ms && !json_is_null(ms) ? ms : NULL;
+}
+
+int fb_cfg_expert_counts(const json_t *cfg, int n_layers, int *counts, fb_err *err) {
+    const json_t *ms = cfg ? moe_sparsity(cfg) : NULL;
+    if (!ms) return 0;
+    if (!json_is_object(ms)) return fb_fail(err, "config.json: moe_sparsity_config is not an object");
+    const char *m = fb_cfg_str(ms, "method");
+    if (!m || (strcmp(m, "prune") && strcmp(m, "novice")))
+        return fb_fail(err, "config.json: moe_sparsity_config.method is %s%s%s, not \"prune\" or \"novice\"", m ? "\"" : "",
+                       m ? m : "absent", m ? "\"" : "");
+    const json_t *ne = json_object_get(ms, "num_experts");
+    if (!json_is_array(ne) || n_layers < 0 || json_array_size(ne) != (size_t)n_layers)
+        return fb_fail(err, "config.json: moe_sparsity_config.num_experts must be a list of %d entries "
+                            "(one per decoder layer), got %s%zu", n_layers, json_is_array(ne) ? "" : "no list, ",
+                       json_is_array(ne) ? json_array_size(ne) : 0);
+    for (int l = 0; l < n_layers; l++) {
+        const json_t *x = json_array_get(ne, (size_t)l);
+        int v = -1;
+        if (json_is_integer(x) && json_integer_value(x) >= 1 && json_integer_value(x) <= (1 << 20))
+            v = (int)json_integer_value(x);
+        else if (!json_is_null(x))
+            return fb_fail(err, "config.json: moe_sparsity_config.num_experts[%d] is not null or an integer in [1, 2^20]", l);
+        if (counts) counts[l] = v;
+    }
+    return 1;
+}
+
+int fb_cfg_refuse_nonuniform(const json_t *cfg, fb_err *err) {
+    const json_t *ms = cfg ? moe_sparsity(cfg) : NULL;
+    if (!ms) return 0;
+    int n = json_is_object(ms) && json_is_array(json_object_get(ms, "num_experts"))
+                ? (int)json_array_size(json_object_get(ms, "num_experts")) : 0;
+    int *c = fb_malloc(((size_t)n + 1) * sizeof *c);
+    int rc = fb_cfg_expert_counts(cfg, n, c, err);
+    if (rc == 1) {
+        rc = 0;
+        int first = -1;
+        for (int l = 0; l < n && !rc; l++) {
+            if (c[l] < 0) continue;
+            if (first < 0) first = l;
+            else if (c[l] != c[first])
+                rc = fb_fail(err, "config.json: moe_sparsity_config gives per-layer expert counts (layer %d: %d, layer %d: "
+                                  "%d, ...): the engines build every layer with one expert count, as vLLM does; "
+                                  "not supported (prune with the same count in every layer: reap-prune without --per-layer)",
+                             first, c[first], l, c[l]);
+        }
+    }
+    free(c);
+    return rc;
 }
 
 int fb_cfg_rope(const json_t *cfg, double default_theta, fb_model_config *o, fb_err *err) {

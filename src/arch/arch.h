@@ -166,6 +166,19 @@ const char *fb_cfg_str(const json_t *cfg, const char *key);
 // refuses inconsistent heads and more experts per token than experts.
 int fb_cfg_dims(const json_t *cfg, const char *key_inter, const char *key_experts, fb_model_config *o,
                 fb_err *err);
+// Per-layer expert counts of an expert-pruned checkpoint: compressed-tensors 0.20's
+// ExpertSparsityConfig {"method": "prune" | "novice", "num_experts": [n or null per decoder
+// layer]}, read from quantization_config.moe_sparsity_config (the field of its
+// QuantizationConfig) or a top-level moe_sparsity_config (reap-prune --per-layer on a source
+// without quantization_config). Returns 0 when config.json has none; 1 with counts[0..n_layers)
+// filled (-1 for null, a dense layer); -1 with err naming the key when it is malformed (not a
+// list of n_layers entries, an entry not null or an integer in [1, 2^20], an unknown method).
+// counts may be NULL (only checked).
+int fb_cfg_expert_counts(const json_t *cfg, int n_layers, int *counts, fb_err *err);
+// The refusal of every engine (calibrate, ref-runner, the quantizers, fp8-dequant): 0 when the
+// checkpoint has the same expert count in every layer, -1 with err saying which layers differ
+// (they build every layer with one expert count, as vLLM does).
+int fb_cfg_refuse_nonuniform(const json_t *cfg, fb_err *err);
 // RoPE theta (top level or rope_parameters; default_theta when absent) and the rotated width
 // (rotary_dim, else partial_rotary_factor * head_dim, else head_dim; the two must agree);
 // rope_type other than "default" is refused. head_dim must be set in out.

@@ -1,6 +1,7 @@
 // chat.c: MiniMax-M2 and ChatML chat rendering (see chat.h; every branch below corresponds to a
 // line of tests/golden/tokenizer/minimax-m2.jinja).
 #include "io/chat.h"
+#include "common/sbuf.h"
 #include "io/pyjson.h"
 
 #include <errno.h>
@@ -8,41 +9,24 @@
 #include <string.h>
 #include <unistd.h>
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 256;
-        while (c < b->n + n + 1) c *= 2;
-        b->p = fb_realloc(b->p, c);
-        b->cap = c;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void puts_(buf *b, const char *s) { put(b, s, strlen(s)); }
 
 // json.dumps(v, ensure_ascii=False) appended to b (io/pyjson.h).
-static int py_json(buf *b, json_t *v, fb_err *err) {
+static int py_json(fb_sbuf *b, json_t *v, fb_err *err) {
     char *s;
     size_t n;
     if (fb_pyjson(v, &s, &n, err)) return -1;
-    put(b, s, n);
+    fb_sb_put(b, s, n);
     free(s);
     return 0;
 }
 
 // str(v) for a scalar as Jinja prints it ({{ v }}): strings raw, None/True/False, numbers.
-static int py_str(buf *b, json_t *v, const char *what, fb_err *err) {
+static int py_str(fb_sbuf *b, json_t *v, const char *what, fb_err *err) {
     switch (json_typeof(v)) {
-    case JSON_STRING: put(b, json_string_value(v), json_string_length(v)); return 0;
-    case JSON_NULL: puts_(b, "None"); return 0;
-    case JSON_TRUE: puts_(b, "True"); return 0;
-    case JSON_FALSE: puts_(b, "False"); return 0;
+    case JSON_STRING: fb_sb_put(b, json_string_value(v), json_string_length(v)); return 0;
+    case JSON_NULL: fb_sb_puts(b, "None"); return 0;
+    case JSON_TRUE: fb_sb_puts(b, "True"); return 0;
+    case JSON_FALSE: fb_sb_puts(b, "False"); return 0;
     case JSON_INTEGER:
     case JSON_REAL: return py_json(b, v, err);
     default: return fb_fail(err, "%s: a list or object where text is expected", what);
@@ -77,10 +61,10 @@ static const char *role_of(json_t *msg) {
 }
 
 // visible_text(content): strings as is, lists keep text parts and strings, absent -> "".
-static int visible_text(buf *b, json_t *c, const char *what, fb_err *err) {
+static int visible_text(fb_sbuf *b, json_t *c, const char *what, fb_err *err) {
     if (!c) return 0;
     if (json_is_string(c)) {
-        put(b, json_string_value(c), json_string_length(c));
+        fb_sb_put(b, json_string_value(c), json_string_length(c));
         return 0;
     }
     if (json_is_array(c)) {
@@ -93,7 +77,7 @@ static int visible_text(buf *b, json_t *c, const char *what, fb_err *err) {
                     if (tx && py_str(b, tx, what, err)) return -1;  // missing text: Undefined -> ""
                 }
             } else if (json_is_string(it)) {
-                put(b, json_string_value(it), json_string_length(it));
+                fb_sb_put(b, json_string_value(it), json_string_length(it));
             }
         }
         return 0;
@@ -123,8 +107,8 @@ static const char *rfind(const char *h, size_t hn, const char *nd) {
     return NULL;
 }
 
-static int render_tool_calls(buf *b, json_t *calls, size_t mi, fb_err *err) {
-    puts_(b, "\n<minimax:tool_call>\n");
+static int render_tool_calls(fb_sbuf *b, json_t *calls, size_t mi, fb_err *err) {
+    fb_sb_puts(b, "\n<minimax:tool_call>\n");
     for (size_t k = 0; k < json_array_size(calls); k++) {
         json_t *tc = json_array_get(calls, k);
         json_t *fn = json_object_get(tc, "function");
@@ -132,9 +116,9 @@ static int render_tool_calls(buf *b, json_t *calls, size_t mi, fb_err *err) {
         json_t *name = json_object_get(tc, "name");
         if (!json_is_string(name))
             return fb_fail(err, "message %zu: tool_calls[%zu]: no function name", mi, k);
-        puts_(b, "<invoke name=\"");
-        put(b, json_string_value(name), json_string_length(name));
-        puts_(b, "\">\n");
+        fb_sb_puts(b, "<invoke name=\"");
+        fb_sb_put(b, json_string_value(name), json_string_length(name));
+        fb_sb_puts(b, "\">\n");
         json_t *args = json_object_get(tc, "arguments"), *parsed = NULL;
         if (json_is_string(args)) {  // OpenAI wire format: a JSON string (extension)
             json_error_t je;
@@ -152,20 +136,20 @@ static int render_tool_calls(buf *b, json_t *calls, size_t mi, fb_err *err) {
         const char *key;
         json_t *v;
         json_object_foreach(args, key, v) {
-            puts_(b, "<parameter name=\"");
-            puts_(b, key);
-            puts_(b, "\">");
-            if (json_is_string(v)) put(b, json_string_value(v), json_string_length(v));
+            fb_sb_puts(b, "<parameter name=\"");
+            fb_sb_puts(b, key);
+            fb_sb_puts(b, "\">");
+            if (json_is_string(v)) fb_sb_put(b, json_string_value(v), json_string_length(v));
             else if (py_json(b, v, err)) {
                 json_decref(parsed);
                 return -1;
             }
-            puts_(b, "</parameter>\n");
+            fb_sb_puts(b, "</parameter>\n");
         }
         json_decref(parsed);
-        puts_(b, "</invoke>\n");
+        fb_sb_puts(b, "</invoke>\n");
     }
-    puts_(b, "</minimax:tool_call>");
+    fb_sb_puts(b, "</minimax:tool_call>");
     // The template then reads tool_calls[-1].function.name (an error when it is missing).
     json_t *last = json_array_get(calls, json_array_size(calls) - 1);
     if (!json_is_object(json_object_get(last, "function")))
@@ -173,7 +157,7 @@ static int render_tool_calls(buf *b, json_t *calls, size_t mi, fb_err *err) {
     return 0;
 }
 
-static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, buf *b, fb_err *err) {
+static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, fb_sbuf *b, fb_err *err) {
     size_t n = json_array_size(msgs), first = 0;
     json_t *sys = NULL;
     if (n && strcmp(role_of(json_array_get(msgs, 0)), "system") == 0) sys = json_array_get(msgs, 0), first = 1;
@@ -181,11 +165,11 @@ static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, bu
     for (size_t i = first; i < n; i++)
         if (strcmp(role_of(json_array_get(msgs, i)), "user") == 0) last_user = (long)(i - first);
 
-    puts_(b, "]~!b[]~b]system\n");
+    fb_sb_puts(b, "]~!b[]~b]system\n");
     if (sys && truthy(field(sys, "content"))) {
         if (visible_text(b, field(sys, "content"), "message 0 (system)", err)) return -1;
     } else {
-        puts_(b, o->default_system ? o->default_system : FB_CHAT_MINIMAX_DEFAULT_SYSTEM);
+        fb_sb_puts(b, o->default_system ? o->default_system : FB_CHAT_MINIMAX_DEFAULT_SYSTEM);
     }
     static const struct {
         const char *key, *label;
@@ -194,26 +178,26 @@ static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, bu
         json_t *v = field(sys, sys_extra[k].key);
         if (!truthy(v)) continue;
         if (!json_is_string(v)) return fb_fail(err, "message 0 (system): %s must be a string", sys_extra[k].key);
-        puts_(b, sys_extra[k].label);
-        put(b, json_string_value(v), json_string_length(v));
+        fb_sb_puts(b, sys_extra[k].label);
+        fb_sb_put(b, json_string_value(v), json_string_length(v));
     }
     if (tools && truthy(tools)) {
         if (!json_is_array(tools)) return fb_fail(err, "tools must be a list");
-        puts_(b, "\n\n# Tools\nYou may call one or more tools to assist with the user query.\n"
+        fb_sb_puts(b, "\n\n# Tools\nYou may call one or more tools to assist with the user query.\n"
                  "Here are the tools available in JSONSchema format:\n\n<tools>\n");
         for (size_t k = 0; k < json_array_size(tools); k++) {
             json_t *fn = json_object_get(json_array_get(tools, k), "function");
             if (!fn) return fb_fail(err, "tools[%zu]: no 'function' object", k);
-            puts_(b, "<tool>");
+            fb_sb_puts(b, "<tool>");
             if (py_json(b, fn, err)) return -1;
-            puts_(b, "</tool>\n");
+            fb_sb_puts(b, "</tool>\n");
         }
-        puts_(b, "</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass parameters:\n"
+        fb_sb_puts(b, "</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass parameters:\n"
                  "\n<minimax:tool_call>\n<invoke name=\"tool-name-1\">\n"
                  "<parameter name=\"param-key-1\">param-value-1</parameter>\n"
                  "<parameter name=\"param-key-2\">param-value-2</parameter>\n...\n</invoke>\n</minimax:tool_call>");
     }
-    puts_(b, "[e~[\n");
+    fb_sb_puts(b, "[e~[\n");
 
     int have_tool_call = 0;
     size_t nc = n - first;
@@ -224,8 +208,8 @@ static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, bu
         char what[64];
         snprintf(what, sizeof what, "message %zu (%s)", mi, role);
         if (strcmp(role, "assistant") == 0) {
-            puts_(b, "]~b]ai\n");
-            buf content = {0};
+            fb_sb_puts(b, "]~b]ai\n");
+            fb_sbuf content = {0};
             if (visible_text(&content, field(m, "content"), what, err)) {
                 free(content.p);
                 return -1;
@@ -256,11 +240,11 @@ static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, bu
                 strip_nl(&cs, &cn);
             }
             if (rn && (long)ci > last_user) {
-                puts_(b, "<think>\n");
-                put(b, rs, rn);
-                puts_(b, "\n</think>\n\n");
+                fb_sb_puts(b, "<think>\n");
+                fb_sb_put(b, rs, rn);
+                fb_sb_puts(b, "\n</think>\n\n");
             }
-            put(b, cs, cn);
+            fb_sb_put(b, cs, cn);
             free(content.p);
             json_t *calls = field(m, "tool_calls");
             if (truthy(calls)) {
@@ -270,17 +254,17 @@ static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, bu
             } else {
                 have_tool_call = 0;
             }
-            puts_(b, "[e~[\n");
+            fb_sb_puts(b, "[e~[\n");
         } else if (strcmp(role, "tool") == 0) {
             if (!have_tool_call)
                 return fb_fail(err, "%s: Message has tool role, but there was no previous assistant message "
                                     "with a tool call!", what);
-            if (ci == 0 || strcmp(role_of(json_array_get(msgs, mi - 1)), "tool") != 0) puts_(b, "]~b]tool");
+            if (ci == 0 || strcmp(role_of(json_array_get(msgs, mi - 1)), "tool") != 0) fb_sb_puts(b, "]~b]tool");
             json_t *c = field(m, "content");
             if (json_is_string(c)) {
-                puts_(b, "\n<response>");
-                put(b, json_string_value(c), json_string_length(c));
-                puts_(b, "</response>");
+                fb_sb_puts(b, "\n<response>");
+                fb_sb_put(b, json_string_value(c), json_string_length(c));
+                fb_sb_puts(b, "</response>");
             } else if (json_is_array(c)) {
                 for (size_t k = 0; k < json_array_size(c); k++) {
                     json_t *tr = json_array_get(c, k), *out = NULL;
@@ -294,25 +278,25 @@ static int render_minimax(const fb_chat_opts *o, json_t *msgs, json_t *tools, bu
                     } else {
                         out = tr;
                     }
-                    puts_(b, "\n<response>");
+                    fb_sb_puts(b, "\n<response>");
                     if (py_str(b, out, what, err)) return -1;
-                    puts_(b, "\n</response>");
+                    fb_sb_puts(b, "\n</response>");
                 }
             } else if (c) {
                 return fb_fail(err, "%s: content must be a string or a list", what);
             }
-            if (ci + 1 == nc || strcmp(role_of(json_array_get(msgs, mi + 1)), "tool") != 0) puts_(b, "[e~[\n");
+            if (ci + 1 == nc || strcmp(role_of(json_array_get(msgs, mi + 1)), "tool") != 0) fb_sb_puts(b, "[e~[\n");
         } else if (strcmp(role, "user") == 0) {
-            puts_(b, "]~b]user\n");
+            fb_sb_puts(b, "]~b]user\n");
             if (visible_text(b, field(m, "content"), what, err)) return -1;
-            puts_(b, "[e~[\n");
+            fb_sb_puts(b, "[e~[\n");
         }
     }
-    if (o->add_generation_prompt) puts_(b, "]~b]ai\n<think>\n");
+    if (o->add_generation_prompt) fb_sb_puts(b, "]~b]ai\n<think>\n");
     return 0;
 }
 
-static int render_chatml(const fb_chat_opts *o, json_t *msgs, buf *b, fb_err *err) {
+static int render_chatml(const fb_chat_opts *o, json_t *msgs, fb_sbuf *b, fb_err *err) {
     for (size_t i = 0; i < json_array_size(msgs); i++) {
         json_t *m = json_array_get(msgs, i);
         json_t *r = field(m, "role"), *c = field(m, "content");
@@ -320,13 +304,13 @@ static int render_chatml(const fb_chat_opts *o, json_t *msgs, buf *b, fb_err *er
         snprintf(what, sizeof what, "message %zu", i);
         if (!json_is_string(r)) return fb_fail(err, "%s: no role", what);
         if (!json_is_string(c) && !json_is_array(c)) return fb_fail(err, "%s: content must be text", what);
-        puts_(b, "<|im_start|>");
-        put(b, json_string_value(r), json_string_length(r));
-        puts_(b, "\n");
+        fb_sb_puts(b, "<|im_start|>");
+        fb_sb_put(b, json_string_value(r), json_string_length(r));
+        fb_sb_puts(b, "\n");
         if (visible_text(b, c, what, err)) return -1;
-        puts_(b, "<|im_end|>\n");
+        fb_sb_puts(b, "<|im_end|>\n");
     }
-    if (o->add_generation_prompt) puts_(b, "<|im_start|>assistant\n");
+    if (o->add_generation_prompt) fb_sb_puts(b, "<|im_start|>assistant\n");
     return 0;
 }
 
@@ -362,14 +346,14 @@ int fb_chat_render_kw(const fb_chat_opts *o, json_t *messages, json_t *tools, js
     if (json_is_null(tools)) tools = NULL;
     if (kwargs && !json_is_object(kwargs)) return fb_fail(err, "chat_template_kwargs must be an object");
     if (o->tmpl == FB_CHAT_JINJA) return render_jinja(o, messages, tools, kwargs, out, out_len, err);
-    buf b = {0};
+    fb_sbuf b = {0};
     int rc = o->tmpl == FB_CHAT_CHATML ? render_chatml(o, messages, &b, err)
                                        : render_minimax(o, messages, tools, &b, err);
     if (rc) {
         free(b.p);
         return -1;
     }
-    if (!b.p) put(&b, "", 0);
+    if (!b.p) fb_sb_put(&b, "", 0);
     *out = b.p;
     *out_len = b.n;
     return 0;

@@ -8,28 +8,13 @@
 #include <stdarg.h>
 #include <string.h>
 
+#include "common/sbuf.h"
 #include "io/pyjson.h"
 
 // ---------------------------------------------------------------------------------------------
 // Growable byte buffer
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 64;
-        while (c < b->n + n + 1) c *= 2;
-        b->p = fb_realloc(b->p, c);
-        b->cap = c;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_puts(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+// (common/fb_sbuf.h)
 
 // ---------------------------------------------------------------------------------------------
 // UTF-8 and Python's notion of whitespace (str.isspace, \s in re)
@@ -221,10 +206,10 @@ static char *dupn(const char *s, size_t n) {
 }
 
 // A string literal's body with Python's unicode-escape rules (as jinja2's lexer decodes it).
-static int unescape(parser *P, int line, const char *s, size_t n, sbuf *o) {
+static int unescape(parser *P, int line, const char *s, size_t n, fb_sbuf *o) {
     for (size_t i = 0; i < n; i++) {
         if (s[i] != '\\' || i + 1 >= n) {
-            sb_put(o, s + i, 1);
+            fb_sb_put(o, s + i, 1);
             continue;
         }
         char c = s[++i];
@@ -232,7 +217,7 @@ static int unescape(parser *P, int line, const char *s, size_t n, sbuf *o) {
                                          {'"', '"'},  {'a', '\a'}, {'b', '\b'}, {'f', '\f'},  {'v', '\v'}};
         int done = 0;
         for (size_t k = 0; k < sizeof simple / sizeof simple[0] && !done; k++)
-            if (simple[k][0] == c) sb_put(o, &simple[k][1], 1), done = 1;
+            if (simple[k][0] == c) fb_sb_put(o, &simple[k][1], 1), done = 1;
         if (done) continue;
         if (c == '\n') continue;  // line continuation
         int hex = c == 'x' ? 2 : c == 'u' ? 4 : c == 'U' ? 8 : 0;
@@ -248,7 +233,7 @@ static int unescape(parser *P, int line, const char *s, size_t n, sbuf *o) {
             if (cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
                 return perr(P, line, "escape \\%c of an invalid code point (U+%X)", c, cp);
             char u[4];
-            sb_put(o, u, u8_put(u, cp));
+            fb_sb_put(o, u, u8_put(u, cp));
             i += (size_t)hex;
             continue;
         }
@@ -258,11 +243,11 @@ static int unescape(parser *P, int line, const char *s, size_t n, sbuf *o) {
             while (k < 3 && i < n && s[i] >= '0' && s[i] <= '7') cp = cp * 8 + (uint32_t)(s[i++] - '0'), k++;
             i--;
             char u[4];
-            sb_put(o, u, u8_put(u, cp));
+            fb_sb_put(o, u, u8_put(u, cp));
             continue;
         }
         if (c == 'N') return perr(P, line, "\\N{...} escapes are not supported");
-        sb_put(o, s + i - 1, 2);  // unknown escapes stay as written
+        fb_sb_put(o, s + i - 1, 2);  // unknown escapes stay as written
     }
     return 0;
 }
@@ -338,12 +323,12 @@ static int lex_tag(parser *P, const char *s, size_t n, size_t *pi, int *line, in
                 j++;
             }
             if (j >= n) return perr(P, *line, "unterminated string literal");
-            sbuf o = {0};
+            fb_sbuf o = {0};
             if (unescape(P, *line, s + i + 1, j - i - 1, &o)) {
                 free(o.p);
                 return -1;
             }
-            if (!o.p) sb_put(&o, "", 0);
+            if (!o.p) fb_sb_put(&o, "", 0);
             if (!u8_valid(o.p, o.n)) {
                 free(o.p);
                 return perr(P, *line, "string literal is not valid UTF-8 after its escapes");
@@ -494,8 +479,8 @@ static node *p_primary(parser *P) {
     if (t->k == TK_STR) {
         n = mk(P, N_CONST, t->line);
         // adjacent string literals concatenate, as in Python
-        sbuf b = {0};
-        while (cur(P)->k == TK_STR) sb_put(&b, cur(P)->s, cur(P)->n), P->pos++;
+        fb_sbuf b = {0};
+        while (cur(P)->k == TK_STR) fb_sb_put(&b, cur(P)->s, cur(P)->n), P->pos++;
         n->cst = json_stringn_nocheck(b.p ? b.p : "", b.n);
         free(b.p);
         return n;
@@ -1109,11 +1094,11 @@ int fb_jinja_load(const char *path, fb_jinja **out, fb_err *err) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return fb_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    sbuf b = {0};
+    fb_sbuf b = {0};
     char chunk[65536];
     size_t k;
     while ((k = fread(chunk, 1, sizeof chunk, f)) > 0) {
-        sb_put(&b, chunk, k);
+        fb_sb_put(&b, chunk, k);
         if (b.n > ((size_t)16 << 20)) {
             fclose(f);
             free(b.p);
@@ -1237,7 +1222,7 @@ typedef struct scope {
 
 typedef struct {
     const fb_jinja *t;
-    sbuf *out;
+    fb_sbuf *out;
     unsigned long long steps;
     int depth;
     int ctl;  // 1 break, 2 continue pending
@@ -1299,57 +1284,57 @@ static int step(ctx *C, int line) {
 static int emit(ctx *C, int line, const char *s, size_t n) {
     if (C->out->n + n > C->max_output)
         return rerr(C, line, "rendered output larger than %zu bytes (limit)", C->max_output);
-    sb_put(C->out, s, n);
+    fb_sb_put(C->out, s, n);
     return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Python str() and repr()
 
-static void py_float(sbuf *b, double x, int repr) {
+static void py_float(fb_sbuf *b, double x, int repr) {
     if (isnan(x) || isinf(x)) {
-        sb_puts(b, isnan(x) ? "nan" : x > 0 ? "inf" : "-inf");
+        fb_sb_puts(b, isnan(x) ? "nan" : x > 0 ? "inf" : "-inf");
         return;
     }
     json_t *r = json_real(x);
     char *s = NULL;
     size_t n = 0;
     fb_err e;
-    if (fb_pyjson(r, &s, &n, &e) == 0) sb_put(b, s, n);
+    if (fb_pyjson(r, &s, &n, &e) == 0) fb_sb_put(b, s, n);
     free(s);
     json_decref(r);
     (void)repr;
 }
 
-static void py_repr_str(sbuf *b, const char *s, size_t n) {
+static void py_repr_str(fb_sbuf *b, const char *s, size_t n) {
     int sq = memchr(s, '\'', n) != NULL, dq = memchr(s, '"', n) != NULL;
     char q = sq && !dq ? '"' : '\'';
-    sb_put(b, &q, 1);
+    fb_sb_put(b, &q, 1);
     for (size_t i = 0; i < n;) {
         uint32_t cp;
         size_t l = u8_next(s + i, n - i, &cp);
         char e[16];
         if (cp == (uint32_t)q || cp == '\\') {
             e[0] = '\\', e[1] = (char)cp;
-            sb_put(b, e, 2);
+            fb_sb_put(b, e, 2);
         } else if (cp == '\n') {
-            sb_puts(b, "\\n");
+            fb_sb_puts(b, "\\n");
         } else if (cp == '\r') {
-            sb_puts(b, "\\r");
+            fb_sb_puts(b, "\\r");
         } else if (cp == '\t') {
-            sb_puts(b, "\\t");
+            fb_sb_puts(b, "\\t");
         } else if (cp < 0x20 || (cp >= 0x7F && cp < 0xA0)) {
             snprintf(e, sizeof e, "\\x%02x", cp);
-            sb_puts(b, e);
+            fb_sb_puts(b, e);
         } else {
-            sb_put(b, s + i, l);
+            fb_sb_put(b, s + i, l);
         }
         i += l;
     }
-    sb_put(b, &q, 1);
+    fb_sb_put(b, &q, 1);
 }
 
-static int py_repr(ctx *C, int line, json_t *j, sbuf *b, int depth);
+static int py_repr(ctx *C, int line, json_t *j, fb_sbuf *b, int depth);
 
 // Marks a new JSON array as a tuple (items(), `(a, b)`, `set t = a, b`) and returns it: JSON has
 // no tuples, but Python prints them differently.
@@ -1369,52 +1354,52 @@ static int is_tuple(const ctx *C, const json_t *j) {
 }
 
 // str(v) appended to b. Undefined prints as "".
-static int py_str(ctx *C, int line, const val *v, sbuf *b) {
+static int py_str(ctx *C, int line, const val *v, fb_sbuf *b) {
     if (v->k == K_UNDEF) return 0;
     if (v->k != K_JSON) return rerr(C, line, "cannot print a %s", type_name(v));
     if (json_is_string(v->j)) {
-        sb_put(b, json_string_value(v->j), json_string_length(v->j));
+        fb_sb_put(b, json_string_value(v->j), json_string_length(v->j));
         return 0;
     }
     return py_repr(C, line, v->j, b, 0);
 }
 
-static int py_repr(ctx *C, int line, json_t *j, sbuf *b, int depth) {
+static int py_repr(ctx *C, int line, json_t *j, fb_sbuf *b, int depth) {
     if (depth > FB_JINJA_MAX_NEST) return rerr(C, line, "value nested too deeply to print");
     char s[32];
     switch (json_typeof(j)) {
-    case JSON_NULL: sb_puts(b, "None"); return 0;
-    case JSON_TRUE: sb_puts(b, "True"); return 0;
-    case JSON_FALSE: sb_puts(b, "False"); return 0;
+    case JSON_NULL: fb_sb_puts(b, "None"); return 0;
+    case JSON_TRUE: fb_sb_puts(b, "True"); return 0;
+    case JSON_FALSE: fb_sb_puts(b, "False"); return 0;
     case JSON_INTEGER:
         snprintf(s, sizeof s, "%lld", (long long)json_integer_value(j));
-        sb_puts(b, s);
+        fb_sb_puts(b, s);
         return 0;
     case JSON_REAL: py_float(b, json_real_value(j), 1); return 0;
     case JSON_STRING: py_repr_str(b, json_string_value(j), json_string_length(j)); return 0;
     case JSON_ARRAY: {
         int tu = is_tuple(C, j);
-        sb_puts(b, tu ? "(" : "[");
+        fb_sb_puts(b, tu ? "(" : "[");
         for (size_t i = 0; i < json_array_size(j); i++) {
-            if (i) sb_puts(b, ", ");
+            if (i) fb_sb_puts(b, ", ");
             if (py_repr(C, line, json_array_get(j, i), b, depth + 1)) return -1;
         }
-        sb_puts(b, tu ? (json_array_size(j) == 1 ? ",)" : ")") : "]");
+        fb_sb_puts(b, tu ? (json_array_size(j) == 1 ? ",)" : ")") : "]");
         return 0;
     }
     case JSON_OBJECT: {
         const char *k;
         json_t *x;
         int first = 1;
-        sb_puts(b, "{");
+        fb_sb_puts(b, "{");
         json_object_foreach(j, k, x) {
-            if (!first) sb_puts(b, ", ");
+            if (!first) fb_sb_puts(b, ", ");
             first = 0;
             py_repr_str(b, k, strlen(k));
-            sb_puts(b, ": ");
+            fb_sb_puts(b, ": ");
             if (py_repr(C, line, x, b, depth + 1)) return -1;
         }
-        sb_puts(b, "}");
+        fb_sb_puts(b, "}");
         return 0;
     }
     }
@@ -1634,16 +1619,16 @@ static json_t *py_split(const char *s, size_t n, const char *sep, size_t ns, lon
 }
 
 static val py_replace(const char *s, size_t n, const char *a, size_t na, const char *b, size_t nb, long long count) {
-    sbuf o = {0};
+    fb_sbuf o = {0};
     if (na == 0) {  // Python inserts the replacement around every code point
         long long k = 0;
         size_t i = 0;
         while (1) {
-            if (count < 0 || k < count) sb_put(&o, b, nb), k++;
+            if (count < 0 || k < count) fb_sb_put(&o, b, nb), k++;
             if (i >= n) break;
             uint32_t c;
             size_t l = u8_next(s + i, n - i, &c);
-            sb_put(&o, s + i, l);
+            fb_sb_put(&o, s + i, l);
             i += l;
         }
     } else {
@@ -1652,12 +1637,12 @@ static val py_replace(const char *s, size_t n, const char *a, size_t na, const c
         while (count < 0 || k < count) {
             const char *p = memmem_(s + i, n - i, a, na);
             if (!p) break;
-            sb_put(&o, s + i, (size_t)(p - (s + i)));
-            sb_put(&o, b, nb);
+            fb_sb_put(&o, s + i, (size_t)(p - (s + i)));
+            fb_sb_put(&o, b, nb);
             i = (size_t)(p - s) + na;
             k++;
         }
-        sb_put(&o, s + i, n - i);
+        fb_sb_put(&o, s + i, n - i);
     }
     val r = v_str(o.p ? o.p : "", o.n);
     free(o.p);
@@ -1856,8 +1841,8 @@ static int do_slice(ctx *C, const node *n, const val *o, val *out) {
         size_t ncp;
         size_t *off = cp_offsets(s, json_string_length(o->j), &ncp);
         slice_idx((long long)ncp, has[0], pv[0], has[1], pv[1], st, &a, &b);
-        sbuf r = {0};
-        for (long long i = a; st > 0 ? i < b : i > b; i += st) sb_put(&r, s + off[i], off[i + 1] - off[i]);
+        fb_sbuf r = {0};
+        for (long long i = a; st > 0 ? i < b : i > b; i += st) fb_sb_put(&r, s + off[i], off[i + 1] - off[i]);
         *out = v_str(r.p ? r.p : "", r.n);
         free(r.p);
         free(off);
@@ -1875,9 +1860,9 @@ static int ret_real(ctx *C, int line, double x, val *out) {
 
 static int arith(ctx *C, int line, const char *op, const val *a, const val *b, val *out) {
     if (op[0] == '+' && is_str(a) && is_str(b)) {
-        sbuf r = {0};
-        sb_put(&r, json_string_value(a->j), json_string_length(a->j));
-        sb_put(&r, json_string_value(b->j), json_string_length(b->j));
+        fb_sbuf r = {0};
+        fb_sb_put(&r, json_string_value(a->j), json_string_length(a->j));
+        fb_sb_put(&r, json_string_value(b->j), json_string_length(b->j));
         *out = v_str(r.p, r.n);
         free(r.p);
         return 0;
@@ -1894,8 +1879,8 @@ static int arith(ctx *C, int line, const char *op, const val *a, const val *b, v
         size_t n = json_string_length(s->j);
         if (k > 0 && n && (unsigned long long)k * n > C->max_output)
             return rerr(C, line, "string repetition larger than %zu bytes (limit)", C->max_output);
-        sbuf r = {0};
-        for (long long i = 0; i < k; i++) sb_put(&r, json_string_value(s->j), n);
+        fb_sbuf r = {0};
+        for (long long i = 0; i < k; i++) fb_sb_put(&r, json_string_value(s->j), n);
         *out = v_str(r.p ? r.p : "", r.n);
         free(r.p);
         return 0;
@@ -2100,7 +2085,7 @@ static int need_str(ctx *C, int line, const val *v, const char *what) {
 // str(v) as a new string value.
 static int to_str_val(ctx *C, int line, const val *v, val *out) {
     if (is_str(v)) return *out = v_copy(v), 0;
-    sbuf b = {0};
+    fb_sbuf b = {0};
     if (py_str(C, line, v, &b)) return free(b.p), -1;
     *out = v_str(b.p ? b.p : "", b.n);
     free(b.p);
@@ -2132,20 +2117,20 @@ static int f_tojson(ctx *C, int line, const val *v, const args_t *a, val *out) {
     fb_err e;
     if (fb_pyjson(v->j, &s, &n, &e)) return rerr(C, line, "tojson: %s", e.msg);
     if (ea && truthy(ea)) {  // \uXXXX (surrogate pairs above the BMP) for every non-ASCII character
-        sbuf b = {0};
+        fb_sbuf b = {0};
         for (size_t i = 0; i < n;) {
             uint32_t c;
             size_t l = u8_next(s + i, n - i, &c);
             char u[16];
             if (c < 0x80) {
-                sb_put(&b, s + i, 1);
+                fb_sb_put(&b, s + i, 1);
             } else if (c < 0x10000) {
                 snprintf(u, sizeof u, "\\u%04x", c);
-                sb_puts(&b, u);
+                fb_sb_puts(&b, u);
             } else {
                 uint32_t x = c - 0x10000;
                 snprintf(u, sizeof u, "\\u%04x\\u%04x", 0xD800 + (x >> 10), 0xDC00 + (x & 0x3FF));
-                sb_puts(&b, u);
+                fb_sb_puts(&b, u);
             }
             i += l;
         }
@@ -2220,9 +2205,9 @@ static int f_join(ctx *C, int line, const val *v, const args_t *a, val *out) {
     if (d && need_str(C, line, d, "join separator")) return -1;
     json_t *it;
     if (iter_items(C, line, v, &it)) return -1;
-    sbuf b = {0};
+    fb_sbuf b = {0};
     for (size_t i = 0; i < json_array_size(it); i++) {
-        if (i && d) sb_put(&b, json_string_value(d->j), json_string_length(d->j));
+        if (i && d) fb_sb_put(&b, json_string_value(d->j), json_string_length(d->j));
         val x = {K_JSON, json_array_get(it, i), NULL};
         if (py_str(C, line, &x, &b)) return json_decref(it), free(b.p), -1;
     }
@@ -2343,9 +2328,9 @@ static int f_reverse(ctx *C, int line, const val *v, const args_t *a, val *out) 
     json_t *it;
     if (iter_items(C, line, v, &it)) return -1;
     if (is_str(v)) {
-        sbuf b = {0};
+        fb_sbuf b = {0};
         for (size_t i = json_array_size(it); i-- > 0;)
-            sb_put(&b, json_string_value(json_array_get(it, i)), json_string_length(json_array_get(it, i)));
+            fb_sb_put(&b, json_string_value(json_array_get(it, i)), json_string_length(json_array_get(it, i)));
         *out = v_str(b.p ? b.p : "", b.n);
         free(b.p);
     } else {
@@ -2548,7 +2533,7 @@ static int call_method(ctx *C, int line, const val *o, const char *m, const args
             if (check_args(C, line, m, a, 1, NULL) || !arg(a, 0, NULL)) return rerr(C, line, "join needs one argument");
             json_t *it;
             if (iter_items(C, line, arg(a, 0, NULL), &it)) return -1;
-            sbuf b = {0};
+            fb_sbuf b = {0};
             for (size_t i = 0; i < json_array_size(it); i++) {
                 json_t *x = json_array_get(it, i);
                 if (!json_is_string(x)) {
@@ -2556,8 +2541,8 @@ static int call_method(ctx *C, int line, const val *o, const char *m, const args
                     free(b.p);
                     return rerr(C, line, "join: sequence item %zu: expected str", i);
                 }
-                if (i) sb_put(&b, s, n);
-                sb_put(&b, json_string_value(x), json_string_length(x));
+                if (i) fb_sb_put(&b, s, n);
+                fb_sb_put(&b, json_string_value(x), json_string_length(x));
             }
             json_decref(it);
             *out = v_str(b.p ? b.p : "", b.n);
@@ -2611,7 +2596,7 @@ static int call_macro(ctx *C, int line, const node *m, const args_t *a, val *out
     // caller's scope), and renders into its own buffer: its output is the call's value.
     scope frame = {.parent = C->top};
     scope *caller = C->sc;
-    sbuf body = {0}, *caller_out = C->out;
+    fb_sbuf body = {0}, *caller_out = C->out;
     C->sc = &frame;
     C->depth++;
     int rc = 0;
@@ -2645,7 +2630,7 @@ static int call_macro(ctx *C, int line, const node *m, const args_t *a, val *out
 static int call_global(ctx *C, int line, const char *name, const args_t *a, val *out) {
     if (!strcmp(name, "raise_exception")) {
         const val *m = arg(a, 0, NULL);
-        sbuf b = {0};
+        fb_sbuf b = {0};
         if (m && py_str(C, line, m, &b)) return free(b.p), -1;
         rerr(C, line, "raise_exception: %s", b.p ? b.p : "");
         free(b.p);
@@ -2868,7 +2853,7 @@ static int eval_node(ctx *C, const node *n, val *out) {
         int rc = 0;
         const char *op = n->s;
         if (!strcmp(op, "~")) {
-            sbuf s = {0};
+            fb_sbuf s = {0};
             rc = py_str(C, n->line, &a, &s) || py_str(C, n->line, &b, &s) ? -1 : 0;
             if (!rc) *out = v_str(s.p ? s.p : "", s.n);
             free(s.p);
@@ -2987,7 +2972,7 @@ static int render_stmt(ctx *C, const node *n) {
     case N_OUT: {
         val v;
         if (eval(C, n->a, &v)) return -1;
-        sbuf b = {0};
+        fb_sbuf b = {0};
         int rc = py_str(C, n->line, &v, &b);
         if (!rc) rc = emit(C, n->line, b.p ? b.p : "", b.n);
         free(b.p);
@@ -3022,7 +3007,7 @@ static int render_stmt(ctx *C, const node *n) {
         return 0;
     }
     case N_SETBLOCK: {
-        sbuf b = {0}, *saved = C->out;
+        fb_sbuf b = {0}, *saved = C->out;
         C->out = &b;
         int rc = render_body(C, n->v, n->nv);
         C->out = saved;
@@ -3050,7 +3035,7 @@ int fb_jinja_render(const fb_jinja *t, json_t *vars, char **out, size_t *out_len
     *out = NULL;
     *out_len = 0;
     if (vars && !json_is_object(vars)) return fb_fail(err, "%s: template variables must be an object", t->name);
-    sbuf b = {0};
+    fb_sbuf b = {0};
     scope g = {0};
     if (vars) {
         const char *k;
@@ -3068,7 +3053,7 @@ int fb_jinja_render(const fb_jinja *t, json_t *vars, char **out, size_t *out_len
         free(b.p);
         return -1;
     }
-    if (!b.p) sb_put(&b, "", 0);
+    if (!b.p) fb_sb_put(&b, "", 0);
     *out = b.p;
     *out_len = b.n;
     return 0;

@@ -1,37 +1,21 @@
 // pyjson.c: Python's json.dumps of a JSON value, byte for byte (see pyjson.h).
 #include "io/pyjson.h"
+#include "common/sbuf.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} buf;
-
-static void put(buf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 256;
-        while (c < b->n + n + 1) c *= 2;
-        b->p = fb_realloc(b->p, c);
-        b->cap = c;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void puts_(buf *b, const char *s) { put(b, s, strlen(s)); }
 
 // repr(float): the shortest digits that round-trip, fixed notation for 1e-4 <= |x| < 1e16.
-static void py_float(buf *b, double x) {
+static void py_float(fb_sbuf *b, double x) {
     if (isnan(x)) {
-        puts_(b, "NaN");
+        fb_sb_puts(b, "NaN");
         return;
     }
     if (isinf(x)) {
-        puts_(b, x > 0 ? "Infinity" : "-Infinity");
+        fb_sb_puts(b, x > 0 ? "Infinity" : "-Infinity");
         return;
     }
     char s[64];
@@ -51,101 +35,101 @@ static void py_float(buf *b, double x) {
     int e = atoi(q + 1);
     while (nd > 1 && digits[nd - 1] == '0') nd--;  // %.0e of 100 gives "1e+02"; keep shortest
     digits[nd] = 0;
-    if (neg) put(b, "-", 1);
+    if (neg) fb_sb_put(b, "-", 1);
     int decpt = e + 1;
     if (e >= -4 && e < 16) {
         if (decpt <= 0) {
-            puts_(b, "0.");
-            for (int i = 0; i < -decpt; i++) put(b, "0", 1);
-            put(b, digits, nd);
+            fb_sb_puts(b, "0.");
+            for (int i = 0; i < -decpt; i++) fb_sb_put(b, "0", 1);
+            fb_sb_put(b, digits, nd);
         } else if ((size_t)decpt >= nd) {
-            put(b, digits, nd);
-            for (size_t i = nd; i < (size_t)decpt; i++) put(b, "0", 1);
-            puts_(b, ".0");
+            fb_sb_put(b, digits, nd);
+            for (size_t i = nd; i < (size_t)decpt; i++) fb_sb_put(b, "0", 1);
+            fb_sb_puts(b, ".0");
         } else {
-            put(b, digits, (size_t)decpt);
-            put(b, ".", 1);
-            put(b, digits + decpt, nd - (size_t)decpt);
+            fb_sb_put(b, digits, (size_t)decpt);
+            fb_sb_put(b, ".", 1);
+            fb_sb_put(b, digits + decpt, nd - (size_t)decpt);
         }
     } else {
-        put(b, digits, 1);
+        fb_sb_put(b, digits, 1);
         if (nd > 1) {
-            put(b, ".", 1);
-            put(b, digits + 1, nd - 1);
+            fb_sb_put(b, ".", 1);
+            fb_sb_put(b, digits + 1, nd - 1);
         }
         char ex[16];
         snprintf(ex, sizeof ex, "e%c%02d", e < 0 ? '-' : '+', e < 0 ? -e : e);
-        puts_(b, ex);
+        fb_sb_puts(b, ex);
     }
 }
 
-static void py_json_str(buf *b, const char *s, size_t n) {
-    put(b, "\"", 1);
+static void py_json_str(fb_sbuf *b, const char *s, size_t n) {
+    fb_sb_put(b, "\"", 1);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         static const char *esc[] = {['"'] = "\\\"", ['\\'] = "\\\\", ['\n'] = "\\n", ['\r'] = "\\r",
                                     ['\t'] = "\\t", ['\b'] = "\\b", ['\f'] = "\\f"};
         if (c < sizeof esc / sizeof esc[0] && esc[c]) {
-            puts_(b, esc[c]);
+            fb_sb_puts(b, esc[c]);
         } else if (c < 0x20) {
             char u[8];
             snprintf(u, sizeof u, "\\u%04x", c);
-            puts_(b, u);
+            fb_sb_puts(b, u);
         } else {
-            put(b, (const char *)&c, 1);
+            fb_sb_put(b, (const char *)&c, 1);
         }
     }
-    put(b, "\"", 1);
+    fb_sb_put(b, "\"", 1);
 }
 
 // json.dumps(v, ensure_ascii=False) with the default separators.
-static int py_json(buf *b, json_t *v, fb_err *err) {
+static int py_json(fb_sbuf *b, json_t *v, fb_err *err) {
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         const char *k;
         json_t *x;
         int first = 1;
-        put(b, "{", 1);
+        fb_sb_put(b, "{", 1);
         json_object_foreach(v, k, x) {
-            if (!first) puts_(b, ", ");
+            if (!first) fb_sb_puts(b, ", ");
             first = 0;
             py_json_str(b, k, strlen(k));
-            puts_(b, ": ");
+            fb_sb_puts(b, ": ");
             if (py_json(b, x, err)) return -1;
         }
-        put(b, "}", 1);
+        fb_sb_put(b, "}", 1);
         return 0;
     }
     case JSON_ARRAY:
-        put(b, "[", 1);
+        fb_sb_put(b, "[", 1);
         for (size_t i = 0; i < json_array_size(v); i++) {
-            if (i) puts_(b, ", ");
+            if (i) fb_sb_puts(b, ", ");
             if (py_json(b, json_array_get(v, i), err)) return -1;
         }
-        put(b, "]", 1);
+        fb_sb_put(b, "]", 1);
         return 0;
     case JSON_STRING: py_json_str(b, json_string_value(v), json_string_length(v)); return 0;
     case JSON_INTEGER: {
         char s[32];
         snprintf(s, sizeof s, "%lld", (long long)json_integer_value(v));
-        puts_(b, s);
+        fb_sb_puts(b, s);
         return 0;
     }
     case JSON_REAL: py_float(b, json_real_value(v)); return 0;
-    case JSON_TRUE: puts_(b, "true"); return 0;
-    case JSON_FALSE: puts_(b, "false"); return 0;
-    case JSON_NULL: puts_(b, "null"); return 0;
+    case JSON_TRUE: fb_sb_puts(b, "true"); return 0;
+    case JSON_FALSE: fb_sb_puts(b, "false"); return 0;
+    case JSON_NULL: fb_sb_puts(b, "null"); return 0;
     }
     return fb_fail(err, "unknown JSON value type");
 }
 
 int fb_pyjson(json_t *v, char **out, size_t *out_len, fb_err *err) {
-    buf b = {0};
+    fb_sbuf b = {0};
     if (py_json(&b, v, err)) {
         free(b.p);
         return -1;
     }
-    if (!b.p) put(&b, "", 0);
+    if (!b.p) fb_sb_put(&b, "", 0);
     *out = b.p;
     *out_len = b.n;
     return 0;

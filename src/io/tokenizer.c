@@ -1,6 +1,7 @@
 // tokenizer.c: Hugging Face tokenizer.json BPE (see tokenizer.h for the algorithm and the
 // reference source files of the `tokenizers` library each step follows).
 #include "io/tokenizer.h"
+#include "common/sbuf.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -27,26 +28,6 @@ void fb_ids_free(fb_ids *a) {
     a->n = a->cap = 0;
 }
 
-typedef struct {
-    char *p;
-    size_t n, cap;
-} sbuf;
-
-static void sb_reserve(sbuf *b, size_t extra) {
-    if (b->n + extra + 1 > b->cap) {
-        size_t c = b->cap ? b->cap : 256;
-        while (c < b->n + extra + 1) c *= 2;
-        b->p = fb_realloc(b->p, c);
-        b->cap = c;
-    }
-}
-static void sb_put(sbuf *b, const void *d, size_t n) {
-    sb_reserve(b, n);
-    if (n) memcpy(b->p + b->n, d, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_putc(sbuf *b, char c) { sb_put(b, &c, 1); }
 
 typedef struct {
     uint32_t *v;
@@ -276,14 +257,14 @@ static size_t utf8_check(const char *s, size_t n) {
 }
 
 // Appends s as String::from_utf8_lossy does: each maximal invalid subpart becomes U+FFFD.
-static void utf8_lossy(sbuf *out, const unsigned char *s, size_t n) {
+static void utf8_lossy(fb_sbuf *out, const unsigned char *s, size_t n) {
     static const char rep[] = "\xEF\xBF\xBD";
     size_t i = 0;
     while (i < n) {
         uint32_t cp;
         int l = utf8_dec(s + i, n - i, &cp);
         if (l) {
-            sb_put(out, s + i, (size_t)l);
+            fb_sb_put(out, s + i, (size_t)l);
             i += (size_t)l;
             continue;
         }
@@ -308,7 +289,7 @@ static void utf8_lossy(sbuf *out, const unsigned char *s, size_t n) {
                 while (k <= need && i + k < n && (s[i + k] & 0xC0) == 0x80) k++;
             }
         }
-        sb_put(out, rep, 3);
+        fb_sb_put(out, rep, 3);
         i += k;
     }
 }
@@ -323,7 +304,7 @@ static int is_white(uint32_t c) {
 // ============================================================================================
 // NFC: implemented at the end of this file, after its generated tables.
 
-static void nfc_append(const mmap_t *comp, const char *s, size_t n, sbuf *out);
+static void nfc_append(const mmap_t *comp, const char *s, size_t n, fb_sbuf *out);
 static void nfc_comp_init(mmap_t *comp);
 
 // ============================================================================================
@@ -420,7 +401,7 @@ typedef struct {
     int32_t tok;  // added-token id, or -1 for text still to process
 } piece;
 typedef struct {
-    sbuf buf;
+    fb_sbuf buf;
     piece *p;
     size_t n, cap;
 } plist;
@@ -432,7 +413,7 @@ static void pl_add(plist *l, const char *s, size_t n, int32_t tok) {
         l->p = fb_realloc(l->p, l->cap * sizeof *l->p);
     }
     size_t off = l->buf.n;
-    sb_put(&l->buf, s, n);
+    fb_sb_put(&l->buf, s, n);
     l->p[l->n++] = (piece){off, n, tok};
 }
 static void pl_clear(plist *l) {
@@ -550,7 +531,7 @@ struct fb_tok {
     // scratch
     plist pa, pb;
     spans sp;
-    sbuf nb;
+    fb_sbuf nb;
     // BPE cache: key -> offset/length in cache_ids
     smap cache;
     fb_ids cache_ids;
@@ -886,7 +867,7 @@ static void build_matcher(fb_tok *t, matcher *m, int normalized) {
     }
 }
 
-static void normalize_append(fb_tok *t, const nrm *n, const char *s, size_t len, sbuf *out);
+static void normalize_append(fb_tok *t, const nrm *n, const char *s, size_t len, fb_sbuf *out);
 
 static int load_model(ld *L, json_t *model) {
     fb_tok *t = L->t;
@@ -939,7 +920,7 @@ static int load_model(ld *L, json_t *model) {
 
     // Merges: "a b" strings (lines starting with "#version" skipped) or [a, b] pairs. A rank is
     // the index among the kept merges.
-    sbuf tmp = {0};
+    fb_sbuf tmp = {0};
     size_t nm = json_array_size(merges), rank = 0;
     for (size_t i = 0; i < nm; i++) {
         json_t *m = json_array_get(merges, i);
@@ -974,8 +955,8 @@ static int load_model(ld *L, json_t *model) {
         }
         size_t skip = t->cont_prefix_len <= bl ? t->cont_prefix_len : 0;
         tmp.n = 0;
-        sb_put(&tmp, a, al);
-        sb_put(&tmp, b + skip, bl - skip);
+        fb_sb_put(&tmp, a, al);
+        fb_sb_put(&tmp, b + skip, bl - skip);
         if (!smap_get(&t->vocab, tmp.p, tmp.n, &in)) {
             char shown[256];
             snprintf(shown, sizeof shown, "%.*s", (int)tmp.n, tmp.p);
@@ -1026,7 +1007,7 @@ static int load_added(ld *L, json_t *arr) {
         a.match = a.content;
         a.mlen = a.len;
         if (a.normalized && t->norm) {
-            sbuf nb = {0};
+            fb_sbuf nb = {0};
             normalize_append(t, t->norm, a.content, a.len, &nb);
             if (nb.n != a.len || memcmp(nb.p, a.content, a.len) != 0) {
                 a.match = arena_dup(&t->ar, nb.p ? nb.p : "", nb.n);
@@ -1120,10 +1101,10 @@ int fb_tok_load(const char *path, fb_tok **out, fb_err *err) {
     *out = NULL;
     FILE *f = fopen(path, "rb");
     if (!f) return fb_fail(err, "%s: cannot open: %s", path, strerror(errno));
-    sbuf b = {0};
+    fb_sbuf b = {0};
     char chunk[1 << 16];
     size_t r;
-    while ((r = fread(chunk, 1, sizeof chunk, f)) > 0) sb_put(&b, chunk, r);
+    while ((r = fread(chunk, 1, sizeof chunk, f)) > 0) fb_sb_put(&b, chunk, r);
     int bad = ferror(f);
     fclose(f);
     if (bad) {
@@ -1175,40 +1156,40 @@ void fb_tok_free(fb_tok *t) {
 
 // Replaces every match of re in s by rep (Replace normalizer / decoder).
 static void replace_append(fb_tok *t, rx *re, const char *rep, size_t replen, const char *s, size_t n,
-                           sbuf *out) {
+                           fb_sbuf *out) {
     spans sp = {0};
     fb_err e;
     if (rx_find(re, s, n, &sp, &e)) {  // cannot fail with NO_UTF_CHECK on valid text
-        sb_put(out, s, n);
+        fb_sb_put(out, s, n);
     } else {
         for (size_t i = 0; i < sp.n; i++) {
-            if (sp.v[i].m) sb_put(out, rep, replen);
-            else sb_put(out, s + sp.v[i].s, sp.v[i].e - sp.v[i].s);
+            if (sp.v[i].m) fb_sb_put(out, rep, replen);
+            else fb_sb_put(out, s + sp.v[i].s, sp.v[i].e - sp.v[i].s);
         }
     }
     free(sp.v);
     (void)t;
 }
 
-static void normalize_append(fb_tok *t, const nrm *n, const char *s, size_t len, sbuf *out) {
+static void normalize_append(fb_tok *t, const nrm *n, const char *s, size_t len, fb_sbuf *out) {
     switch (n->type) {
     case NRM_NFC: nfc_append(&t->nfc_comp, s, len, out); return;
     case NRM_PREPEND:
-        if (len) sb_put(out, n->a, n->alen);
-        sb_put(out, s, len);
+        if (len) fb_sb_put(out, n->a, n->alen);
+        fb_sb_put(out, s, len);
         return;
     case NRM_REPLACE: replace_append(t, (rx *)&n->re, n->a, n->alen, s, len, out); return;
     default: {
-        sbuf cur = {0}, nxt = {0};
-        sb_put(&cur, s, len);
+        fb_sbuf cur = {0}, nxt = {0};
+        fb_sb_put(&cur, s, len);
         for (size_t i = 0; i < n->nkids; i++) {
             nxt.n = 0;
             normalize_append(t, &n->kids[i], cur.p, cur.n, &nxt);
-            sbuf x = cur;
+            fb_sbuf x = cur;
             cur = nxt;
             nxt = x;
         }
-        sb_put(out, cur.p, cur.n);
+        fb_sb_put(out, cur.p, cur.n);
         free(cur.p);
         free(nxt.p);
         return;
@@ -1377,7 +1358,7 @@ static int run_pt_seq(fb_tok *t, const pt *p, plist *in, plist *out, fb_err *err
 // Applies pre-tokenizer p to every text piece of in (token pieces pass through) into out.
 static int run_pt(fb_tok *t, const pt *p, plist *in, plist *out, fb_err *err) {
     if (p->type == PT_SEQ) return run_pt_seq(t, p, in, out, err);
-    sbuf tmp = {0};
+    fb_sbuf tmp = {0};
     for (size_t i = 0; i < in->n; i++) {
         const char *s = pl_str(in, i);
         size_t n = in->p[i].len;
@@ -1398,8 +1379,8 @@ static int run_pt(fb_tok *t, const pt *p, plist *in, plist *out, fb_err *err) {
             break;
         case PT_BYTELEVEL: {
             tmp.n = 0;
-            if (p->add_prefix_space && !(n && s[0] == ' ')) sb_putc(&tmp, ' ');
-            sb_put(&tmp, s, n);
+            if (p->add_prefix_space && !(n && s[0] == ' ')) fb_sb_putc(&tmp, ' ');
+            fb_sb_put(&tmp, s, n);
             size_t first = out->n;
             if (p->use_regex) {
                 if (rx_find(&t->re_gpt2, tmp.p, tmp.n, &t->sp, err)) goto fail;
@@ -1409,15 +1390,15 @@ static int run_pt(fb_tok *t, const pt *p, plist *in, plist *out, fb_err *err) {
             }
             // Map each new piece's bytes to the byte-level alphabet (in place, at the end).
             for (size_t k = first; k < out->n; k++) {
-                sbuf m = {0};
+                fb_sbuf m = {0};
                 const char *ps = pl_str(out, k);
                 for (size_t q = 0; q < out->p[k].len; q++) {
                     char u[4];
-                    sb_put(&m, u, (size_t)utf8_enc(u, t->byte_char[(unsigned char)ps[q]]));
+                    fb_sb_put(&m, u, (size_t)utf8_enc(u, t->byte_char[(unsigned char)ps[q]]));
                 }
                 out->p[k].off = out->buf.n;
                 out->p[k].len = m.n;
-                sb_put(&out->buf, m.p, m.n);
+                fb_sb_put(&out->buf, m.p, m.n);
                 free(m.p);
             }
             break;
@@ -1482,7 +1463,7 @@ static int bpe_word(fb_tok *t, const char *w, size_t n, fb_ids *out, fb_err *err
     int32_t unk_id = -1;
     uint32_t unk_len = 0;
     int have_unk = 0;
-    sbuf key = {0};
+    fb_sbuf key = {0};
 #define ADD_SYM(ID, LEN)                                                         \
     do {                                                                         \
         if (ns == cap) syms = fb_realloc(syms, (cap *= 2) * sizeof *syms);       \
@@ -1497,9 +1478,9 @@ static int bpe_word(fb_tok *t, const char *w, size_t n, fb_ids *out, fb_err *err
         size_t e = i + (size_t)l;
         int is_first = i == 0, is_last = e >= n;
         key.n = 0;
-        if (!is_first && t->cont_prefix) sb_put(&key, t->cont_prefix, t->cont_prefix_len);
-        sb_put(&key, w + i, (size_t)l);
-        if (is_last && t->eow_suffix) sb_put(&key, t->eow_suffix, t->eow_suffix_len);
+        if (!is_first && t->cont_prefix) fb_sb_put(&key, t->cont_prefix, t->cont_prefix_len);
+        fb_sb_put(&key, w + i, (size_t)l);
+        if (is_last && t->eow_suffix) fb_sb_put(&key, t->eow_suffix, t->eow_suffix_len);
         int32_t id;
         if (smap_get(&t->vocab, key.p, key.n, &id)) {
             if (have_unk) {
@@ -1682,7 +1663,7 @@ int fb_tok_encode(fb_tok *t, const char *text, size_t len, int add_special_token
 // Decode
 
 typedef struct {
-    sbuf buf;
+    fb_sbuf buf;
     size_t *off, *len;
     size_t n, cap;
 } slist;
@@ -1695,7 +1676,7 @@ static void sl_add(slist *l, const char *s, size_t n) {
     }
     l->off[l->n] = l->buf.n;
     l->len[l->n] = n;
-    sb_put(&l->buf, s, n);
+    fb_sb_put(&l->buf, s, n);
     l->n++;
 }
 static void sl_free(slist *l) {
@@ -1722,7 +1703,7 @@ static void run_dec(const fb_tok *t, const dec *d, slist *in, slist *out) {
         return;
     }
     case DEC_BYTELEVEL: {
-        sbuf bytes = {0}, res = {0};
+        fb_sbuf bytes = {0}, res = {0};
         for (size_t i = 0; i < in->n; i++) {
             const unsigned char *s = (const unsigned char *)SL_STR(in, i);
             size_t n = in->len[i], q = 0, mark = bytes.n;
@@ -1734,12 +1715,12 @@ static void run_dec(const fb_tok *t, const dec *d, slist *in, slist *out) {
                     ok = 0;
                     break;
                 }
-                sb_putc(&bytes, (char)t->char_byte[cp]);
+                fb_sb_putc(&bytes, (char)t->char_byte[cp]);
                 q += (size_t)l;
             }
             if (!ok) {
                 bytes.n = mark;
-                sb_put(&bytes, s, n);
+                fb_sb_put(&bytes, s, n);
             }
         }
         utf8_lossy(&res, (const unsigned char *)(bytes.p ? bytes.p : ""), bytes.n);
@@ -1749,7 +1730,7 @@ static void run_dec(const fb_tok *t, const dec *d, slist *in, slist *out) {
         return;
     }
     case DEC_BYTEFALLBACK: {
-        sbuf pend = {0};
+        fb_sbuf pend = {0};
         for (size_t i = 0; i <= in->n; i++) {
             const char *s = i < in->n ? SL_STR(in, i) : NULL;
             size_t n = i < in->n ? in->len[i] : 0;
@@ -1770,7 +1751,7 @@ static void run_dec(const fb_tok *t, const dec *d, slist *in, slist *out) {
                 if (okh) byte = v;
             }
             if (byte >= 0) {
-                sb_putc(&pend, (char)byte);
+                fb_sb_putc(&pend, (char)byte);
                 continue;
             }
             if (pend.n) {
@@ -1787,8 +1768,8 @@ static void run_dec(const fb_tok *t, const dec *d, slist *in, slist *out) {
         return;
     }
     case DEC_FUSE: {
-        sbuf all = {0};
-        for (size_t i = 0; i < in->n; i++) sb_put(&all, SL_STR(in, i), in->len[i]);
+        fb_sbuf all = {0};
+        for (size_t i = 0; i < in->n; i++) fb_sb_put(&all, SL_STR(in, i), in->len[i]);
         sl_add(out, all.p ? all.p : "", all.n);
         free(all.p);
         return;
@@ -1829,7 +1810,7 @@ static void run_dec(const fb_tok *t, const dec *d, slist *in, slist *out) {
     }
     case DEC_REPLACE: {
         for (size_t i = 0; i < in->n; i++) {
-            sbuf r = {0};
+            fb_sbuf r = {0};
             replace_append((fb_tok *)t, (rx *)&d->re, d->content, d->clen, SL_STR(in, i), in->len[i], &r);
             sl_add(out, r.p ? r.p : "", r.n);
             free(r.p);
@@ -1857,20 +1838,20 @@ int fb_tok_decode(const fb_tok *t, const int32_t *ids, size_t n, int skip_specia
         if (id >= t->n_vocab_r || !t->vocab_r[id]) continue;
         sl_add(&toks, t->vocab_r[id], strlen(t->vocab_r[id]));
     }
-    sbuf res = {0};
+    fb_sbuf res = {0};
     if (t->decoder) {
         slist o = {0};
         run_dec(t, t->decoder, &toks, &o);
-        for (size_t i = 0; i < o.n; i++) sb_put(&res, SL_STR(&o, i), o.len[i]);
+        for (size_t i = 0; i < o.n; i++) fb_sb_put(&res, SL_STR(&o, i), o.len[i]);
         sl_free(&o);
     } else {
         for (size_t i = 0; i < toks.n; i++) {
-            if (i) sb_putc(&res, ' ');
-            sb_put(&res, SL_STR(&toks, i), toks.len[i]);
+            if (i) fb_sb_putc(&res, ' ');
+            fb_sb_put(&res, SL_STR(&toks, i), toks.len[i]);
         }
     }
     sl_free(&toks);
-    if (!res.p) sb_put(&res, "", 0);
+    if (!res.p) fb_sb_put(&res, "", 0);
     *out = res.p;
     *out_len = res.n;
     return 0;
@@ -2553,11 +2534,11 @@ static uint32_t compose_pair(const mmap_t *comp, uint32_t a, uint32_t b) {
 }
 
 // NFC of s[0..n) appended to out (s is valid UTF-8).
-static void nfc_append(const mmap_t *comp, const char *s, size_t n, sbuf *out) {
+static void nfc_append(const mmap_t *comp, const char *s, size_t n, fb_sbuf *out) {
     size_t i;
     for (i = 0; i < n && (unsigned char)s[i] < 0x80; i++) {}
     if (i == n) {
-        sb_put(out, s, n);
+        fb_sb_put(out, s, n);
         return;
     }
     u32vec d = {0};
@@ -2606,7 +2587,7 @@ static void nfc_append(const mmap_t *comp, const char *s, size_t n, sbuf *out) {
         d.n = w;
     }
     char tmp[4];
-    for (size_t k = 0; k < d.n; k++) sb_put(out, tmp, (size_t)utf8_enc(tmp, d.v[k]));
+    for (size_t k = 0; k < d.n; k++) fb_sb_put(out, tmp, (size_t)utf8_enc(tmp, d.v[k]));
     free(d.v);
 }
 

@@ -18,6 +18,7 @@
 void fb_prune_map_free(fb_prune_map *m) {
     if (!m) return;
     free(m->keep);
+    free(m->layer_keep);
     free(m->saliency);
     free(m->counts);
     free(m);
@@ -29,6 +30,8 @@ static fb_prune_map *map_new(int n_layers, int n_experts, int n_keep) {
     m->n_experts = n_experts;
     m->n_keep = n_keep;
     m->keep = fb_calloc((size_t)n_layers * (size_t)n_keep + 1, sizeof *m->keep);
+    m->layer_keep = fb_malloc(((size_t)n_layers + 1) * sizeof *m->layer_keep);
+    for (int l = 0; l < n_layers; l++) m->layer_keep[l] = n_keep;
     return m;
 }
 
@@ -90,6 +93,67 @@ int fb_prune_select(const fb_calib_stats *s, int n_keep, fb_prune_map **out, fb_
     return 0;
 }
 
+int fb_prune_map_nonuniform(const fb_prune_map *m) {
+    for (int l = 1; l < m->n_layers; l++)
+        if (m->layer_keep[l] != m->layer_keep[0]) return 1;
+    return 0;
+}
+
+// The global drop order: lowest saliency first; ties: the higher expert index, then the
+// higher layer, first (prune.h).
+typedef struct grank { double s; int l, e; } grank;
+static int grank_cmp(const void *pa, const void *pb) {
+    const grank *a = pa, *b = pb;
+    if (a->s < b->s) return -1;
+    if (a->s > b->s) return 1;
+    if (a->e != b->e) return b->e - a->e;
+    return b->l - a->l;
+}
+
+int fb_prune_select_global(const fb_calib_stats *s, long n_drop, int min_experts, fb_prune_map **out, fb_err *err) {
+    int E = s->n_experts, L = s->n_layers;
+    if (min_experts < 1 || min_experts > E)
+        return fb_fail(err, "the floor of experts per layer must be in [1, %d], got %d", E, min_experts);
+    long room = (long)L * (long)(E - min_experts);
+    if (n_drop < 1 || n_drop > room)
+        return fb_fail(err, "dropping %ld of the %d x %d experts is not possible with at least %d per layer (at most %ld "
+                            "can go)", n_drop, L, E, min_experts, room);
+    for (int l = 0; l < L; l++)
+        if (!s->done[l]) return fb_fail(err, "statistics: layer %d was not calibrated (no saliency)", l);
+    fb_prune_map *m = map_new(L, E, E);
+    map_attach_stats(m, s);
+    size_t n = (size_t)L * (size_t)E;
+    grank *r = fb_malloc(n * sizeof *r);
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++) r[(size_t)l * (size_t)E + (size_t)e] = (grank){m->saliency[(size_t)l * (size_t)E + (size_t)e], l, e};
+    qsort(r, n, sizeof *r, grank_cmp);
+    unsigned char *drop = fb_calloc(n + 1, 1);
+    long dropped = 0;
+    for (size_t k = 0; k < n && dropped < n_drop; k++) {
+        if (m->layer_keep[r[k].l] <= min_experts) continue;  // this layer is at its floor
+        drop[(size_t)r[k].l * (size_t)E + (size_t)r[k].e] = 1;
+        m->layer_keep[r[k].l]--;
+        dropped++;
+    }
+    FB_ASSERT(dropped == n_drop);
+    int mx = 0;
+    for (int l = 0; l < L; l++) mx = m->layer_keep[l] > mx ? m->layer_keep[l] : mx;
+    // Rows of the largest count: re-lay keep[] with stride mx.
+    free(m->keep);
+    m->n_keep = mx;
+    m->keep = fb_calloc((size_t)L * (size_t)mx + 1, sizeof *m->keep);
+    for (int l = 0; l < L; l++) {
+        int i = 0;
+        for (int e = 0; e < E; e++)
+            if (!drop[(size_t)l * (size_t)E + (size_t)e]) m->keep[(size_t)l * (size_t)mx + (size_t)i++] = e;
+        FB_ASSERT(i == m->layer_keep[l]);
+    }
+    free(r);
+    free(drop);
+    *out = m;
+    return 0;
+}
+
 json_t *fb_prune_map_json(const fb_prune_map *m, const fb_arch *a) {
     json_t *o = json_object();
     json_object_set_new(o, "format", json_string("fourbit.reap-map"));
@@ -97,6 +161,11 @@ json_t *fb_prune_map_json(const fb_prune_map *m, const fb_arch *a) {
     json_object_set_new(o, "architecture", json_string(a->name));
     json_object_set_new(o, "num_experts", json_integer(m->n_experts));
     json_object_set_new(o, "num_experts_kept", json_integer(m->n_keep));
+    if (fb_prune_map_nonuniform(m)) {
+        json_t *pl = json_array();
+        for (int l = 0; l < m->n_layers; l++) json_array_append_new(pl, json_integer(m->layer_keep[l]));
+        json_object_set_new(o, "per_layer", pl);
+    }
     json_t *ret = json_object(), *dr = json_object(), *sal = m->saliency ? json_object() : NULL;
     json_t *cnt = m->counts ? json_object() : NULL;
     unsigned char *kept = fb_malloc((size_t)m->n_experts + 1);
@@ -105,7 +174,7 @@ json_t *fb_prune_map_json(const fb_prune_map *m, const fb_arch *a) {
         fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
         json_t *k = json_array(), *d = json_array();
         memset(kept, 0, (size_t)m->n_experts);
-        for (int i = 0; i < m->n_keep; i++) {
+        for (int i = 0; i < m->layer_keep[l]; i++) {
             int e = m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i];
             kept[e] = 1;
             json_array_append_new(k, json_integer(e));
@@ -182,6 +251,7 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
         }
         by_layer[l] = val;
     }
+    int mx = 0;
     for (int l = 0; l < n_layers; l++) {
         char blk[256];
         fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
@@ -190,17 +260,20 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
             fb_fail(err, "%s: %s: missing (or not a list of expert indices)", path, blk);
             goto done;
         }
+        int n = json_array_size(k) > (size_t)n_experts ? n_experts + 1 : (int)json_array_size(k);
+        if (n < 1 || n > n_experts) {
+            fb_fail(err, "%s: %s keeps %d experts: must be in [1, %d]", path, blk, n, n_experts);
+            goto done;
+        }
+        if (n > mx) mx = n;
+    }
+    m = map_new(n_layers, n_experts, mx);
+    for (int l = 0; l < n_layers; l++) {
+        char blk[256];
+        fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
+        json_t *k = by_layer[l];
         int n = (int)json_array_size(k);
-        if (!m) m = map_new(n_layers, n_experts, n);
-        if (n != m->n_keep) {
-            fb_fail(err, "%s: %s keeps %d experts, %s keeps %d: every layer must keep the same number", path, blk, n,
-                    "layer 0", m->n_keep);
-            goto done;
-        }
-        if (n < 1 || n >= n_experts) {
-            fb_fail(err, "%s: %s keeps %d experts: must be in [1, %d]", path, blk, n, n_experts - 1);
-            goto done;
-        }
+        m->layer_keep[l] = n;
         for (int i = 0; i < n; i++) {
             json_t *v = json_array_get(k, (size_t)i);
             json_int_t e = json_is_integer(v) ? json_integer_value(v) : -1;
@@ -208,12 +281,12 @@ int fb_prune_map_read(const char *path, const fb_arch *a, int n_layers, int n_ex
                 fb_fail(err, "%s: %s[%d]: not an expert index in [0, %d)", path, blk, i, n_experts);
                 goto done;
             }
-            if (i > 0 && e <= m->keep[(size_t)l * (size_t)n + (size_t)i - 1]) {
+            if (i > 0 && e <= m->keep[(size_t)l * (size_t)mx + (size_t)i - 1]) {
                 fb_fail(err, "%s: %s[%d] = %lld: indices must be strictly increasing (kept experts keep their order)",
                         path, blk, i, (long long)e);
                 goto done;
             }
-            m->keep[(size_t)l * (size_t)n + (size_t)i] = (int)e;
+            m->keep[(size_t)l * (size_t)mx + (size_t)i] = (int)e;
         }
     }
     rc = 0;
@@ -344,7 +417,7 @@ static int classify(const fb_ckpt *c, const fb_arch *a, const fb_prune_map *m, c
         // dimension 0 is not the expert count (a block scale, a global scale) cannot be sliced.
         if (t->ndim >= 1 && t->shape[0] == m->n_experts) {
             p->a = ACT_SLICE;
-            p->shape[0] = m->n_keep;
+            p->shape[0] = m->layer_keep[l];
         } else {
             return fb_fail(err, "%s: tensor %s: dimension 0 is %lld, not the %d experts: a router stored this way "
                                 "(block-quantized?) cannot be sliced row by row",
@@ -386,7 +459,7 @@ static int compute(void *ctx, size_t k, int tid, fb_err *err) {
     }
     int l = j->pl[c->src].layer;
     uint64_t row = ct->t->nbytes / (uint64_t)j->m->n_experts;
-    for (int i = 0; i < j->m->n_keep; i++) {
+    for (int i = 0; i < j->m->layer_keep[l]; i++) {
         uint64_t e = (uint64_t)j->m->keep[(size_t)l * (size_t)j->m->n_keep + (size_t)i];
         if (fb_st_read(f, ct->t, e * row, j->buf[tid] + (uint64_t)i * row, row, err)) return -1;
     }
@@ -422,15 +495,20 @@ static json_t *cfg_holder(json_t *cfg, const char *key) {
 
 static void report_dry(FILE *f, const fb_arch *a, const fb_prune_map *m, const char *src, const char *dst,
                        uint64_t bytes_in, uint64_t bytes_out) {
-    fprintf(f, "reap-prune: %s -> %s (dry run): %d -> %d experts in each of %d layers\n", src, dst, m->n_experts,
-            m->n_keep, m->n_layers);
+    if (fb_prune_map_nonuniform(m)) {
+        fprintf(f, "reap-prune: %s -> %s (dry run): %d experts per layer -> per-layer counts", src, dst, m->n_experts);
+        for (int l = 0; l < m->n_layers; l++) fprintf(f, "%s%d", l ? ", " : " ", m->layer_keep[l]);
+        fprintf(f, " (%d layers)\n", m->n_layers);
+    } else
+        fprintf(f, "reap-prune: %s -> %s (dry run): %d -> %d experts in each of %d layers\n", src, dst, m->n_experts,
+                m->n_keep, m->n_layers);
     unsigned char *kept = fb_malloc((size_t)m->n_experts + 1);
     for (int l = 0; l < m->n_layers; l++) {
         char blk[256];
         fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
         memset(kept, 0, (size_t)m->n_experts);
-        for (int i = 0; i < m->n_keep; i++) kept[m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i]] = 1;
-        fprintf(f, "  %s: drop", blk);
+        for (int i = 0; i < m->layer_keep[l]; i++) kept[m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i]] = 1;
+        fprintf(f, "  %s: keep %d, drop", blk, m->layer_keep[l]);
         for (int e = 0; e < m->n_experts; e++) {
             if (kept[e]) continue;
             size_t i = (size_t)l * (size_t)m->n_experts + (size_t)e;
@@ -438,12 +516,18 @@ static void report_dry(FILE *f, const fb_arch *a, const fb_prune_map *m, const c
                 fprintf(f, " %d (saliency %.6g, %lld tokens)", e, m->saliency[i], (long long)m->counts[i]);
             else fprintf(f, " %d", e);
         }
+        if (m->layer_keep[l] == m->n_experts) fprintf(f, " nothing");
         fputc('\n', f);
     }
     free(kept);
     fprintf(f, "  read %.6f GB, write %.6f GB, saved %.6f GB (%.1f%%)\n", (double)bytes_in / 1e9,
             (double)bytes_out / 1e9, (double)(bytes_in - bytes_out) / 1e9,
             bytes_in ? 100.0 * (double)(bytes_in - bytes_out) / (double)bytes_in : 0.0);
+}
+
+void fb_prune_result_free(fb_prune_result *r) {
+    free(r->layer_keep);
+    r->layer_keep = NULL;
 }
 
 int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE *report, fb_prune_result *res,
@@ -454,6 +538,9 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     if (modes != 1) return fb_fail(err, "give exactly one of --sparsity, --experts and --keep");
     if (!o->keep_path && !o->stats_path) return fb_fail(err, "--stats STATS is needed to rank the experts");
     if (o->stats_out && !o->stats_path) return fb_fail(err, "--stats-out needs --stats");
+    if (o->stats_out && o->per_layer)
+        return fb_fail(err, "--stats-out with --per-layer: the statistics table holds one expert count per model");
+    if (o->min_experts && !o->per_layer) return fb_fail(err, "--min-experts needs --per-layer");
     fb_ckpt *c = NULL;
     fb_calib_stats *st = NULL;
     fb_prune_map *m = NULL;
@@ -494,9 +581,42 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
                 goto out;
             }
     }
+    int floor_k = o->min_experts ? o->min_experts : mc.top_k;
+    if (o->per_layer && (floor_k < mc.top_k || floor_k > E)) {
+        fb_fail(err, "--min-experts %d: must be in [num_experts_per_tok %d, %d]: fewer experts than the router's top-%d "
+                     "leave it nothing to choose from", floor_k, mc.top_k, E, mc.top_k);
+        goto out;
+    }
     if (o->keep_path) {
         if (fb_prune_map_read(o->keep_path, a, L, E, &m, err)) goto out;
         if (st) map_attach_stats(m, st);
+        if (fb_prune_map_nonuniform(m) && !o->per_layer) {
+            int l = 1;
+            while (m->layer_keep[l] == m->layer_keep[0]) l++;
+            fb_fail(err, "%s: layer %d keeps %d experts, layer 0 keeps %d: every layer must keep the same number (a "
+                         "per-layer map needs --per-layer)", o->keep_path, l, m->layer_keep[l], m->layer_keep[0]);
+            goto out;
+        }
+        long kept = 0;
+        for (int l = 0; l < L; l++) kept += m->layer_keep[l];
+        if (kept == (long)L * E) {
+            fb_fail(err, "%s: every layer keeps all %d experts: nothing to prune", o->keep_path, E);
+            goto out;
+        }
+    } else if (o->per_layer) {
+        // The budget of uniform pruning, spread by one global ranking (prune.h).
+        long n_drop;
+        if (o->sparsity != 0.0) {
+            int nk = fb_prune_keep_for_sparsity(E, o->sparsity, err);
+            if (nk < 0) goto out;
+            n_drop = (long)L * (E - nk);
+        } else if (o->n_keep < 1 || o->n_keep >= E) {
+            fb_fail(err, "--experts %d: must be in [%d, %d] (the model has %d experts per layer)", o->n_keep, mc.top_k, E - 1, E);
+            goto out;
+        } else {
+            n_drop = (long)L * (E - o->n_keep);
+        }
+        if (fb_prune_select_global(st, n_drop, floor_k, &m, err)) goto out;
     } else {
         int n_keep = o->n_keep;
         if (o->sparsity != 0.0) {
@@ -509,21 +629,45 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
         }
         if (fb_prune_select(st, n_keep, &m, err)) goto out;
     }
-    if (mc.top_k > m->n_keep) {
-        fb_fail(err, "num_experts_per_tok %d > %d experts kept per layer: the router could not pick its top-%d", mc.top_k,
-                m->n_keep, mc.top_k);
+    for (int l = 0; l < L; l++)
+        if (mc.top_k > m->layer_keep[l] || (o->per_layer && m->layer_keep[l] < floor_k)) {
+            char blk[256];
+            fb_arch_block(a, FB_BLOCK_MOE, l, blk, sizeof blk);
+            if (mc.top_k > m->layer_keep[l])
+                fb_fail(err, "num_experts_per_tok %d > %d experts kept%s%s: the router could not pick its top-%d", mc.top_k,
+                        m->layer_keep[l], fb_prune_map_nonuniform(m) ? " in " : " per layer", fb_prune_map_nonuniform(m) ? blk : "",
+                        mc.top_k);
+            else
+                fb_fail(err, "%s keeps %d experts, below --min-experts %d", blk, m->layer_keep[l], floor_k);
+            goto out;
+        }
+    int nonuni = fb_prune_map_nonuniform(m);
+    res->layer_keep = fb_malloc(((size_t)L + 1) * sizeof *res->layer_keep);
+    memcpy(res->layer_keep, m->layer_keep, (size_t)L * sizeof *res->layer_keep);
+    res->nonuniform = nonuni;
+    // vLLM builds one expert count in every layer (prune.h): a non-uniform result would not load.
+    if (nonuni && !o->allow_nonuniform && !o->dry_run) {
+        char list[512];
+        size_t k = 0;
+        for (int l = 0; l < L && k < sizeof list - 16; l++)
+            k += (size_t)snprintf(list + k, sizeof list - k, "%s%d", l ? ", " : "", m->layer_keep[l]);
+        fb_fail(err, "per-layer expert counts [%s]: no vLLM release can load them (MiniMaxM2MoE / Qwen3MoeSparseMoeBlock "
+                     "build %s experts and gate rows in every layer; a smaller layer fails the gate's weight loader), nor "
+                     "can transformers or fourbit's engines; pass --allow-nonuniform to write them anyway "
+                     "(config.json gets compressed-tensors' moe_sparsity_config), or prune uniformly",
+                list, a->key_n_experts);
         goto out;
     }
     newidx = fb_malloc(((size_t)L * (size_t)E + 1) * sizeof *newidx);
     for (size_t i = 0; i < (size_t)L * (size_t)E; i++) newidx[i] = -1;
     for (int l = 0; l < L; l++)
-        for (int i = 0; i < m->n_keep; i++) newidx[(size_t)l * (size_t)E + (size_t)m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i]] = i;
+        for (int i = 0; i < m->layer_keep[l]; i++) newidx[(size_t)l * (size_t)E + (size_t)m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i]] = i;
     pl = fb_calloc(c->n_tensors + 1, sizeof *pl);
     if (classify(c, a, m, newidx, pl, err)) goto out;
     // Every kept expert must exist in every layer (a source already pruned or broken is
     // refused here rather than by the validator after the copy).
     for (int l = 0; l < L; l++)
-        for (int i = 0; i < m->n_keep; i++) {
+        for (int i = 0; i < m->layer_keep[l]; i++) {
             char nm[512];
             int e = m->keep[(size_t)l * (size_t)m->n_keep + (size_t)i];
             fb_arch_module(a, FB_ROLE_W_DOWN, l, e, nm, sizeof nm);
@@ -541,7 +685,10 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
         const fb_st_tensor *t = c->tensors[i].t;
         bytes_in += t->nbytes;
         if (pl[i].a == ACT_COPY) { bytes_out += t->nbytes; res->n_copied++; }
-        else if (pl[i].a == ACT_SLICE) { bytes_out += t->nbytes / (uint64_t)E * (uint64_t)m->n_keep; res->n_sliced++; }
+        else if (pl[i].a == ACT_SLICE) {
+            bytes_out += t->nbytes / (uint64_t)E * (uint64_t)m->layer_keep[pl[i].layer];
+            res->n_sliced++;
+        }
         else res->n_dropped++;
     }
     res->n_experts = E;
@@ -556,7 +703,8 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     }
 
     char opbuf[160], keepbuf[32];
-    snprintf(opbuf, sizeof opbuf, "reap expert pruning %d -> %d experts per layer", E, m->n_keep);
+    if (nonuni) snprintf(opbuf, sizeof opbuf, "reap expert pruning %d -> per-layer counts (largest %d)", E, m->n_keep);
+    else snprintf(opbuf, sizeof opbuf, "reap expert pruning %d -> %d experts per layer", E, m->n_keep);
     snprintf(keepbuf, sizeof keepbuf, "%d", m->n_keep);
     const char *mk[] = {"fourbit.operation", "fourbit.experts_kept"};
     const char *mv[] = {opbuf, keepbuf};
@@ -640,6 +788,17 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
     if (!wrc) {
         json_t *cfg = json_deep_copy(c->config);
         json_object_set_new(cfg_holder(cfg, a->key_n_experts), a->key_n_experts, json_integer(m->n_keep));
+        if (o->per_layer) {
+            // compressed-tensors 0.20 ExpertSparsityConfig, as its model_dump() writes it; where
+            // its QuantizationConfig holds it (prune.h). MiniMax-M2 and Qwen3-MoE have an MoE
+            // block in every layer: no null entries.
+            json_t *ms = json_object(), *ne = json_array();
+            json_object_set_new(ms, "method", json_string("prune"));
+            for (int l = 0; l < L; l++) json_array_append_new(ne, json_integer(m->layer_keep[l]));
+            json_object_set_new(ms, "num_experts", ne);
+            json_t *qc = json_object_get(cfg, "quantization_config");
+            json_object_set_new(json_is_object(qc) ? qc : cfg, "moe_sparsity_config", ms);
+        }
         char *p = fb_cw_path(w, "config.json");
         if (json_dump_file(cfg, p, JSON_INDENT(2)) != 0) wrc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
         free(p);
@@ -653,7 +812,7 @@ int fb_prune_run(const char *src, const char *dst, const fb_prune_opts *o, FILE 
         json_decref(mj);
     }
     if (!wrc && fb_cw_finish(w, err)) wrc = -1;
-    if (!wrc && fb_validate_output(fb_cw_staging_dir(w), err)) wrc = -1;
+    if (!wrc && fb_validate_output_allowing(fb_cw_staging_dir(w), nonuni ? "moe.nonuniform" : NULL, err)) wrc = -1;
     if (wrc == -2 || (wrc && o->cancel && atomic_load(o->cancel))) {  // interrupted: keep for --resume
         fb_cw_detach(w);
         rc = -2;

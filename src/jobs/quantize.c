@@ -291,6 +291,76 @@ static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_
     fb_strmap_free(&idx);
 }
 
+// ---- which recipe form config.json follows -------------------------------------------------
+
+// llm-compressor writes different quantization args for a `scheme:` preset and for the same
+// scheme spelled out in config_groups (tests/golden/scheme-forms, scripts/gen-scheme-form-golden.py):
+// the preset carries its scale_dtype and input observer, config_groups gets the defaults
+// (scale_dtype null, input observer minmax). The tensors are the same; fourbit writes what
+// llm-compressor writes for the form the recipe uses, and the plan says which.
+static void args_text(char *b, size_t n, const char *what, const fb_qargs *a) {
+    snprintf(b, n, "%s observer %s, scale_dtype %s", what, a->observer[0] ? a->observer : "null",
+             a->scale_dtype[0] ? a->scale_dtype : "null");
+}
+
+// The fields of `a` that differ from `p` among observer and scale_dtype, appended to b.
+static void args_diff(char *b, size_t n, const char *what, const fb_qargs *a, const fb_qargs *p) {
+    size_t k = strlen(b);
+    if (strcmp(a->observer, p->observer))
+        k += (size_t)snprintf(b + k, k < n ? n - k : 0, "%s%s observer %s", k ? ", " : "", what,
+                              p->observer[0] ? p->observer : "null");
+    if (strcmp(a->scale_dtype, p->scale_dtype) && k < n)
+        snprintf(b + k, n - k, "%s%s scale_dtype %s", k ? ", " : "", what, p->scale_dtype[0] ? p->scale_dtype : "null");
+}
+
+// 1 when a and p are the same arguments apart from observer, scale_dtype and zp_dtype.
+static int same_but_form(const fb_qargs *a, const fb_qargs *p) {
+    fb_qargs x;
+    fb_qargs_copy(&x, a);
+    memcpy(x.observer, p->observer, sizeof x.observer);
+    memcpy(x.scale_dtype, p->scale_dtype, sizeof x.scale_dtype);
+    memcpy(x.zp_dtype, p->zp_dtype, sizeof x.zp_dtype);
+    int eq = fb_qargs_equal(&x, p);
+    fb_qargs_free(&x);
+    return eq;
+}
+
+static void report_form(FILE *f, const fb_qconfig *cfg) {
+    static const char *const presets[] = {"NVFP4", "NVFP4A16", "W4A16"};  // what the writers write
+    for (size_t g = 0; g < cfg->n_groups; g++) {
+        const fb_qscheme *q = &cfg->groups[g];
+        char w[160] = "", in[160] = "";
+        if (q->has_weights) args_text(w, sizeof w, "weights", &q->weights);
+        if (q->has_input) args_text(in, sizeof in, "input", &q->input);
+        if (q->preset) {
+            fprintf(f, "  config.json: %s follows llm-compressor's `scheme: %s` form (%s%s%s)\n", q->name, q->preset, w,
+                    in[0] ? "; " : "", in);
+            continue;
+        }
+        fprintf(f, "  config.json: %s follows llm-compressor's config_groups form, as written (%s%s%s)", q->name, w,
+                in[0] ? "; " : "", in);
+        for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++) {
+            fb_qscheme p;
+            fb_err e;
+            if (fb_qscheme_preset(presets[i], NULL, 0, "p", &p, &e)) continue;
+            int same = p.has_weights == q->has_weights && p.has_input == q->has_input && p.has_output == q->has_output &&
+                       (!q->has_weights || same_but_form(&q->weights, &p.weights)) &&
+                       (!q->has_input || same_but_form(&q->input, &p.input));
+            char d[320] = "";
+            if (same) {
+                if (q->has_weights) args_diff(d, sizeof d, "weights", &q->weights, &p.weights);
+                if (q->has_input) args_diff(d, sizeof d, "input", &q->input, &p.input);
+            }
+            fb_qscheme_free(&p);
+            if (!same) continue;
+            if (d[0]) fprintf(f, "; `scheme: %s` would quantize the same tensors but write %s", presets[i], d);
+            else fprintf(f, "; the same as `scheme: %s` writes", presets[i]);
+            break;
+        }
+        fputc('\n', f);
+    }
+}
+
 // ---- the job ----------------------------------------------------------------------------
 
 // Declares output tensor <name><suffix> (to the writer when there is one: not in a dry run)
@@ -622,6 +692,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         fprintf(report, "%s: %s -> %s (dry run), recipe %s, scheme %s%s\n", o->tool, src, dst, o->recipe_path, res->scheme,
                 o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : o->format == FB_QOUT_MODELOPT ? ", ModelOpt NVFP4 (--format modelopt)" : "");
         if (s->is_fp8) fprintf(report, "  source is FP8 block-scaled (%zux%zu): dequantized in memory, tile by tile\n", s->bm, s->bn);
+        report_form(report, &rec.cfg);
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
         if ((used & (1u << FB_QK_NVFP4)) && !stats)
             fprintf(report, "  note: NVFP4 (W4A4) needs --calib STATS from `calibrate` for input_global_scale\n");

@@ -5,7 +5,7 @@
 #include <pthread.h>
 #include <string.h>
 
-#include "quant/simd_priv.h"
+#include "quant/simd_cpu.h"
 
 #if defined(__aarch64__)
 #include <arm_neon.h>

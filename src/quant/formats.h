@@ -60,7 +60,7 @@ int fb_load_f32(fb_dtype dt, const void *buf, uint64_t i, float *out);
 int fb_to_f32(fb_dtype dt, const void *src, float *dst, size_t n);
 
 // The BF16 -> f32 widening fb_to_f32 uses: "neon" (aarch64) or "scalar" (a loop the compiler
-// may vectorize). Chosen once per process; FB_QUANT_IMPL caps it (quant/simd_priv.h).
+// may vectorize). Chosen once per process; FB_QUANT_IMPL caps it (quant/simd_cpu.h).
 const char *fb_bf16_widen_impl(void);
 
 // Index of the first NaN (or, with also_inf, NaN or Inf) among n elements of a floating

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "quant/formats.h"
-#include "quant/simd_priv.h"
+#include "quant/simd_cpu.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -27,7 +27,7 @@ int64_t fb_fp8_dequant_f32(const uint8_t *w, const float *scale, uint64_t r0, si
 
 // The fast path in use: "avx512", "avx2", "neon" or "scalar" (a per-tile lookup table).
 // Chosen once; FB_QUANT_IMPL=scalar|avx2|avx512|neon in the environment caps it (tests,
-// benchmarks; the rules are in quant/simd_priv.h).
+// benchmarks; the rules are in quant/simd_cpu.h).
 const char *fb_fp8_dequant_impl(void);
 
 // Scalar reference implementation of fb_fp8_dequant_bf16 (the truth the fast path is tested

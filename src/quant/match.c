@@ -14,6 +14,7 @@
 // same text differently are rewritten before compiling (py_to_pcre2 below); constructs Python
 // would reject, or that PCRE2 would read differently and we do not translate, are errors.
 #include "quant/match.h"
+#include "common/sbuf.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -41,21 +42,6 @@ struct fb_target {
 
 // ---- Python re -> PCRE2 translation ----------------------------------------------------
 
-typedef struct sbuf {
-    char *p;
-    size_t n, cap;
-} sbuf;
-
-static void sb_putn(sbuf *b, const char *s, size_t n) {
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->p = fb_realloc(b->p, b->cap);
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-static void sb_puts(sbuf *b, const char *s) { sb_putn(b, s, strlen(s)); }
 
 static int is_hex(char c) {
     return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
@@ -69,8 +55,8 @@ static const char *const PY_ESC_INSIDE = "abdDsSwWfnrtvxuUN";
 // Translates a Python `re` pattern into an equivalent PCRE2 pattern. Returns a malloc'ed
 // string, or NULL with err set for a pattern Python rejects or we do not support.
 static char *py_to_pcre2(const char *pat, fb_err *err) {
-    sbuf b = {0};
-    sb_puts(&b, "");
+    fb_sbuf b = {0};
+    fb_sb_puts(&b, "");
     size_t n = strlen(pat);
     int in_class = 0;    // inside [...]
     size_t class_start = 0;  // index just after '[' or '[^'
@@ -85,7 +71,7 @@ static char *py_to_pcre2(const char *pat, fb_err *err) {
             char e = pat[i + 1];
             int letter = (e >= 'a' && e <= 'z') || (e >= 'A' && e <= 'Z');
             if (!letter) {  // \. \$ \\ \1 \0 ... mean the same in both dialects
-                sb_putn(&b, pat + i, 2);
+                fb_sb_put(&b, pat + i, 2);
                 i++;
                 continue;
             }
@@ -110,35 +96,35 @@ static char *py_to_pcre2(const char *pat, fb_err *err) {
                     fb_fail(err, "bad escape \\%c%s at position %zu", e, hex, i);
                     return NULL;
                 }
-                sb_puts(&b, "\\x{");
-                sb_puts(&b, hex);
-                sb_puts(&b, "}");
+                fb_sb_puts(&b, "\\x{");
+                fb_sb_puts(&b, hex);
+                fb_sb_puts(&b, "}");
                 i += 1 + (size_t)ndig;
                 continue;
             }
             switch (e) {
-            case 'Z': sb_puts(&b, "\\z"); break;    // Python \Z = PCRE2 \z (very end)
-            case 'v': sb_puts(&b, "\\x0b"); break;  // Python: VT; PCRE2: vertical space class
+            case 'Z': fb_sb_puts(&b, "\\z"); break;    // Python \Z = PCRE2 \z (very end)
+            case 'v': fb_sb_puts(&b, "\\x0b"); break;  // Python: VT; PCRE2: vertical space class
             case 'N':
                 free(b.p);
                 fb_fail(err, "unsupported escape \\N{...} at position %zu", i);
                 return NULL;
-            default: sb_putn(&b, pat + i, 2); break;
+            default: fb_sb_put(&b, pat + i, 2); break;
             }
             i++;
             continue;
         }
         if (in_class) {
             if (c == ']' && i > class_start) in_class = 0;
-            sb_putn(&b, &c, 1);
+            fb_sb_put(&b, &c, 1);
             continue;
         }
         if (c == '[') {
             in_class = 1;
             class_start = i + 1;
             if (class_start < n && pat[class_start] == '^') class_start++;
-            sb_putn(&b, &c, 1);
-            if (class_start > i + 1) sb_putn(&b, "^", 1);
+            fb_sb_put(&b, &c, 1);
+            if (class_start > i + 1) fb_sb_put(&b, "^", 1);
             i = class_start - 1;
             continue;
         }
@@ -146,7 +132,7 @@ static char *py_to_pcre2(const char *pat, fb_err *err) {
             size_t j = i + 2;
             while (j < n && pat[j] >= '0' && pat[j] <= '9') j++;
             if (j > i + 2 && j < n && pat[j] == '}') {
-                sb_puts(&b, "{0");
+                fb_sb_puts(&b, "{0");
                 continue;  // the ',' and digits are copied by the next iterations
             }
         }
@@ -177,7 +163,7 @@ static char *py_to_pcre2(const char *pat, fb_err *err) {
                 }
             }
         }
-        sb_putn(&b, &c, 1);
+        fb_sb_put(&b, &c, 1);
     }
     if (in_class) {
         free(b.p);

@@ -8,23 +8,8 @@
 
 #include "common/fb.h"
 #include "quant/formats.h"
-#include "quant/simd_priv.h"
-
-#if defined(__x86_64__)
-// Fast paths, in quant_simd.c (same results as the reference, tested in tests/test_nvfp4.c).
-int fb_qsimd_have_avx2(void);
-int fb_qsimd_have_avx512(void);
-float fb_qsimd_absmax_avx2(const float *x, size_t n);
-float fb_qsimd_absmax_avx512(const float *x, size_t n);
-void fb_qsimd_nvfp4_avx2(const float *w, size_t nrows, size_t cols, float g, uint8_t *packed,
-                         uint8_t *scale);
-void fb_qsimd_nvfp4_avx512(const float *w, size_t nrows, size_t cols, float g,
-                           uint8_t *packed, uint8_t *scale);
-#elif defined(__aarch64__)
-float fb_qsimd_absmax_neon(const float *x, size_t n);
-void fb_qsimd_nvfp4_neon(const float *w, size_t nrows, size_t cols, float g, uint8_t *packed,
-                         uint8_t *scale);
-#endif
+#include "quant/quant_simd.h"
+#include "quant/simd_cpu.h"
 
 static inline float bf16r(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
 

@@ -99,7 +99,7 @@ void fb_nvfp4_dequant_rows_bf16(const uint8_t *packed, const uint8_t *scale, siz
 
 // The fast path fb_nvfp4_quantize_rows and fb_nvfp4_absmax use on this CPU: "avx512",
 // "avx2", "neon" or "scalar". Chosen once per process; FB_QUANT_IMPL=scalar|avx2|avx512|neon
-// in the environment caps the choice (tests, benchmarks; rules in quant/simd_priv.h).
+// in the environment caps the choice (tests, benchmarks; rules in quant/simd_cpu.h).
 const char *fb_nvfp4_impl(void);
 
 // vLLM's NVFP4 activation fake-quantization (W4A4 emulation, jobs/runner.h): in place on `rows`

@@ -1,7 +1,6 @@
 // quant_simd.c: AVX2 and AVX-512 (x86-64) and NEON (aarch64) fast paths of the NVFP4
-// (nvfp4.h) and W4A16 / AutoRound (w4a16.h) quantizers, and the FB_QUANT_IMPL policy every
-// kernel follows (simd_priv.h). Private to nvfp4.c / w4a16.c, which declare these functions and pick
-// one at run time with fb_qsimd_have_*(); each must give exactly the bytes of the scalar
+// (nvfp4.h) and W4A16 / AutoRound (w4a16.h) quantizers (quant_simd.h). Private to nvfp4.c /
+// w4a16.c, which pick one at run time (simd_cpu.h); each must give exactly the bytes of the scalar
 // reference (tests/test_nvfp4.c, tests/test_w4a16.c check it on random, heavy-tailed,
 // edge-case and all-bf16 inputs).
 //
@@ -18,33 +17,13 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "quant/quant_simd.h"
+
 #include "common/fb.h"
 #include "quant/formats.h"
-#include "quant/simd_priv.h"
-#include "quant/w4a16.h"
-
-#include <stdlib.h>
-
-int fb_qsimd_allowed(const char *level) {
-    const char *cap = getenv("FB_QUANT_IMPL");
-    if (!cap || !*cap) return 1;
-    if (!strcmp(cap, level)) return 1;
-    return !strcmp(cap, "avx512") && !strcmp(level, "avx2");
-}
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-int fb_qsimd_have_avx2(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2");
-}
-
-int fb_qsimd_have_avx512(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-}
 
 #define T_AVX2 __attribute__((target("avx2")))
 #define T_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
@@ -445,13 +424,6 @@ T_AVX512 void fb_qsimd_autoround_avx512(const float *w, size_t nrows, size_t col
 // FPCR.FZ clear, so subnormals are kept). SVE is not used: the Grace-class cores of GB10
 // implement it at 128 bits, the width of NEON, so it would add predication, not lanes.
 #include <arm_neon.h>
-#include <sys/auxv.h>
-
-#ifndef HWCAP_ASIMD
-#define HWCAP_ASIMD (1 << 1)
-#endif
-
-int fb_qsimd_have_neon(void) { return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0; }
 
 #define CHUNK 64  // groups per chunk (a multiple of 4)
 #define AR_THRESH_F16 0x00A8u
@@ -599,10 +571,7 @@ static inline float32x4_t absmax4(const float *x, size_t n) {
 
 void fb_qsimd_w4a16_neon(const float *w, size_t nrows, size_t cols, size_t group,
                          int32_t *packed, uint16_t *scale) {
-    if (group % 8) {  // words would straddle groups: the reference handles that
-        fb_w4a16_quantize_rows_ref(w, nrows, cols, group, packed, scale);
-        return;
-    }
+    FB_ASSERT(group % 8 == 0);  // w4a16.c gives other groups to the reference
     const size_t ng = cols / group;
     for (size_t r = 0; r < nrows; r++) {
         const float *row = w + r * cols;
@@ -648,10 +617,7 @@ static inline uint32x4_t ar_codes_neon(float32x4_t w, float32x4_t s) {
 
 void fb_qsimd_autoround_neon(const float *w, size_t nrows, size_t cols, size_t group, size_t o0,
                              size_t ld, int32_t *qweight, uint16_t *scales) {
-    if (group % 8) {
-        fb_autoround_quantize_rows_ref(w, nrows, cols, group, o0, ld, qweight, scales);
-        return;
-    }
+    FB_ASSERT(group % 8 == 0);
     fb_formats_init();
     for (size_t r = 0; r < nrows; r++) {
         const float *row = w + r * cols;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "arch/arch.h"
 #include "quant/formats.h"
 #include "quant/fp8block.h"
 
@@ -69,6 +70,12 @@ int fb_source_open(const char *path, fb_source **out, fb_err *err) {
     }
     if (qkind) {
         fb_fail(err, "%s: this checkpoint is already quantized (%s); pass the FP8 or BF16 source it was made from", path, qkind);
+        fb_source_close(s);
+        return -1;
+    }
+    // Per-layer expert counts (reap-prune --per-layer): every engine builds one count per model.
+    if (fb_cfg_refuse_nonuniform(c->config, err)) {
+        fb_err_prefix(err, "%s", path);
         fb_source_close(s);
         return -1;
     }

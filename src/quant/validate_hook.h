@@ -11,6 +11,9 @@
 // validate-ignore-list rules on it (other architectures: the structural checks only). Returns 0 when it would load,
 // -1 with err listing the first failing findings otherwise.
 int fb_validate_output(const char *dir, fb_err *err);
+// The same, where errors of one rule (e.g. "moe.nonuniform" for reap-prune
+// --allow-nonuniform) do not count; allow NULL is fb_validate_output.
+int fb_validate_output_allowing(const char *dir, const char *allow, fb_err *err);
 
 // The same rules on what a recipe would write from src (validate-ignore-list --recipe), run by
 // the quantizers before they read statistics or write anything, dry run included: a recipe

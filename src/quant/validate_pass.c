@@ -199,7 +199,15 @@ typedef struct vctx {
     int32_t *exp;         // [nL][nE][3][NSUF]
     pname *pn;            // per tensor
     long max_layer, max_expert;
+    int *Epl;             // [d.nhl] per-layer expert counts (moe_sparsity_config), or NULL
 } vctx;
+
+// The expert count of layer L: moe_sparsity_config's entry when the config has one, else the
+// family's expert key.
+static long layer_E(const vctx *v, long L) {
+    if (v->Epl && L >= 0 && L < v->d.nhl && v->Epl[L] > 0) return v->Epl[L];
+    return v->d.E;
+}
 
 static int32_t *mod_slot(vctx *v, int kind, long L, long E) {
     if (kind <= MK_NORM) return v->top + (size_t)kind * NSUF;
@@ -671,6 +679,16 @@ static void read_dims(vctx *v) {
     d->nhl = jint(c, "num_hidden_layers", -1);
     d->mtp = jint(c, "num_mtp_modules", 0);
     d->qk_per_head = v->arch->qk_norm == FB_QKN_PER_HEAD;
+    // Per-layer counts (reap-prune --per-layer; compressed-tensors ExpertSparsityConfig).
+    v->Epl = NULL;
+    if (c && d->nhl > 0 && d->nhl <= 4096) {
+        int *cnt = fb_malloc(((size_t)d->nhl + 1) * sizeof *cnt);
+        fb_err e;
+        int r = fb_cfg_expert_counts(c, (int)d->nhl, cnt, &e);
+        if (r == 1) v->Epl = cnt;
+        else free(cnt);
+        if (r < 0) fb_vf_add(v->f, "config.moe_sparsity", "config.json:moe_sparsity_config", NULL, NULL, "%s", e.msg);
+    }
     v->use_bias = v->arch->role[FB_ROLE_ROUTER_BIAS].path && jbool(c, "use_routing_bias", 0);
     v->use_qk_norm = v->arch->qk_norm == FB_QKN_PER_HEAD || jbool(c, "use_qk_norm", 1);
     v->tie = jbool(c, "tie_word_embeddings", 0);
@@ -1306,6 +1324,8 @@ static void check_tensor_shape(vctx *v, const fb_vtensor *t, const pname *p, int
     int nd;
     long sh[2];
     if (!expected(v, p->kind, sch, p->suf, &dtm, &nd, sh)) return;
+    // The router's rows are the layer's experts (per-layer counts: moe_sparsity_config).
+    if ((p->kind == MK_GATE || p->kind == MK_BIAS) && sh[0] >= 0) sh[0] = layer_E(v, p->layer);
     if (!(dtm & DT(t->dtype))) {
         char want[128] = "";
         for (int d = 0; d < FB_DTYPE_COUNT; d++)
@@ -1345,14 +1365,16 @@ static void check_tensor_shape(vctx *v, const fb_vtensor *t, const pname *p, int
         strcat(want, "]");
     }
     // Expert-count mismatches of the router (REAP) get their own rule.
-    if ((p->kind == MK_GATE || p->kind == MK_BIAS) && v->d.E > 0 && t->ndim >= 1 && t->shape[0] != v->d.E) {
+    if ((p->kind == MK_GATE || p->kind == MK_BIAS) && layer_E(v, p->layer) > 0 && t->ndim >= 1 &&
+        t->shape[0] != layer_E(v, p->layer)) {
         char cons[256];
         snprintf(cons, sizeof cons, "vLLM: AssertionError in the weight loader of %s (param.size() != loaded_weight.size())",
                  p->kind == MK_BIAS ? "e_score_correction_bias" : "the gate (ReplicatedLinear)");
         fb_vf_add(v->f, "moe.experts", t->name, cons,
                   "slice the gate rows and e_score_correction_bias to the experts kept (REAP: retained indices, spec §B.3)",
                   "%s has %lld entries, %s is %ld", p->kind == MK_BIAS ? "e_score_correction_bias" : "gate.weight",
-                  (long long)t->shape[0], v->arch->key_n_experts, v->d.E);
+                  (long long)t->shape[0], v->Epl ? "moe_sparsity_config.num_experts[layer]" : v->arch->key_n_experts,
+                  layer_E(v, p->layer));
         return;
     }
     fb_vf_add(v->f, "tensor.shape", t->name, NULL, NULL, "%s has shape %s %s, the %s scheme needs %s",
@@ -1627,9 +1649,10 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
                       v->d.mtp > 0 && p->layer < v->d.nhl + v->d.mtp ? " (an MTP layer)" : "");
             continue;
         }
-        if (p->expert >= 0 && v->d.E > 0 && p->expert >= v->d.E) {
+        if (p->expert >= 0 && layer_E(v, p->layer) > 0 && p->expert >= layer_E(v, p->layer)) {
             keyerror_text(v, t->name, cons, sizeof cons);
-            fb_vf_add(f, "moe.experts", t->name, cons, NULL, "expert %ld >= %s %ld", p->expert, v->arch->key_n_experts, v->d.E);
+            fb_vf_add(f, "moe.experts", t->name, cons, NULL, "expert %ld >= %s %ld", p->expert,
+                      v->Epl ? "moe_sparsity_config.num_experts[layer]" : v->arch->key_n_experts, layer_E(v, p->layer));
             continue;
         }
         if (p->suf == S_KSCALE || p->suf == S_VSCALE) {
@@ -1720,7 +1743,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         }
         if (ecount[L] == 0) continue;  // counted below
         int sch = module_scheme(v, MK_W1, L);
-        for (long E = 0; E < nE; E++)
+        for (long E = 0; E < nE && E < layer_E(v, L); E++)
             for (int k = MK_W1; k <= MK_W3; k++) {
                 int32_t *m = mod_slot(v, k, L, E);
                 for (int s = 0; s < S_OTHER; s++) {
@@ -1733,7 +1756,45 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
             }
     }
     // experts present per layer vs num_local_experts (REAP)
-    if (v->d.E > 0 && expect_layers > 0) {
+    if (v->Epl && expect_layers > 0) {
+        // Per-layer counts: each layer against its own entry; the family's key must be the
+        // largest (what a loader that reads the counts allocates); and the verdict on loading.
+        long mx = 0, mn = -1;
+        for (long L = 0; L < v->d.nhl; L++) {
+            if (v->Epl[L] > mx) mx = v->Epl[L];
+            if (v->Epl[L] > 0 && (mn < 0 || v->Epl[L] < mn)) mn = v->Epl[L];
+        }
+        for (long L = 0; L < expect_layers && L < nL; L++)
+            if (ecount[L] > 0 && v->Epl[L] > 0 && ecount[L] != v->Epl[L]) {
+                fb_arch_block(v->arch, FB_BLOCK_EXPERTS, (int)L, nm, sizeof nm);
+                fb_vf_add(f, "moe.experts", nm, NULL, NULL, "layer holds %ld experts, moe_sparsity_config.num_experts[%ld] is %d",
+                          ecount[L], L, v->Epl[L]);
+            }
+        char where[96];
+        snprintf(where, sizeof where, "config.json:%s", v->arch->key_n_experts);
+        if (v->d.E > 0 && mx != v->d.E)
+            fb_vf_add(f, "config.moe_sparsity", where, NULL, NULL,
+                      "%s is %ld, the largest count of moe_sparsity_config.num_experts is %ld", v->arch->key_n_experts, v->d.E, mx);
+        long k = jint(v->in->config, "num_experts_per_tok", -1);
+        if (k > 0 && mn > 0 && k > mn)
+            fb_vf_add(f, "config.num_experts_per_tok", "config.json:num_experts_per_tok", NULL, NULL,
+                      "num_experts_per_tok %ld > %ld experts of the smallest layer (moe_sparsity_config)", k, mn);
+        if (mn > 0 && mn != mx) {
+            // One finding naming every layer and its count (runs of equal counts merged).
+            char list[1024];
+            size_t n = 0;
+            for (long L = 0; L < v->d.nhl && n < sizeof list - 48; L++) {
+                if (v->Epl[L] <= 0) continue;
+                n += (size_t)snprintf(list + n, sizeof list - n, "%slayer %ld: %d", n ? ", " : "", L, v->Epl[L]);
+            }
+            char ncons[512];
+            snprintf(ncons, sizeof ncons, "vLLM (%s) builds %s = %ld experts and gate rows in every layer and reads no per-layer "
+                     "counts: AssertionError in the gate's weight loader (param.size() != loaded_weight.size()) for the first "
+                     "smaller layer; transformers likewise", v->arch->vllm_model, v->arch->key_n_experts, v->d.E);
+            fb_vf_add(f, "moe.nonuniform", "config.json:moe_sparsity_config", ncons, NULL,
+                      "per-layer expert counts (%s), from %ld to %ld", list, mn, mx);
+        }
+    } else if (v->d.E > 0 && expect_layers > 0) {
         long present_max = 0;
         for (long L = 0; L < expect_layers && L < nL; L++) present_max = ecount[L] > present_max ? ecount[L] : present_max;
         long beyond = v->max_expert + 1;
@@ -1820,7 +1881,7 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
     for (size_t i = 0; i < ng; i++) ign_free(v, &groups[i].targets);
     free(groups);
     ign_free(v, &ign);
-    free(v->pn); free(v->top); free(v->lay); free(v->exp);
+    free(v->pn); free(v->top); free(v->lay); free(v->exp); free(v->Epl);
     free(v->sc_qkv); free(v->sc_o); free(v->sc_moe);
     return rc;
 }

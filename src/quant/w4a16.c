@@ -8,26 +8,8 @@
 
 #include "common/fb.h"
 #include "quant/formats.h"
-#include "quant/simd_priv.h"
-
-#if defined(__x86_64__)
-// Fast paths, in quant_simd.c (same results as the reference, tested in tests/test_w4a16.c).
-int fb_qsimd_have_avx2(void);
-int fb_qsimd_have_avx512(void);
-void fb_qsimd_w4a16_avx2(const float *w, size_t nrows, size_t cols, size_t group,
-                         int32_t *packed, uint16_t *scale);
-void fb_qsimd_w4a16_avx512(const float *w, size_t nrows, size_t cols, size_t group,
-                           int32_t *packed, uint16_t *scale);
-void fb_qsimd_autoround_avx2(const float *w, size_t nrows, size_t cols, size_t group,
-                             size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
-void fb_qsimd_autoround_avx512(const float *w, size_t nrows, size_t cols, size_t group,
-                               size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
-#elif defined(__aarch64__)
-void fb_qsimd_w4a16_neon(const float *w, size_t nrows, size_t cols, size_t group,
-                         int32_t *packed, uint16_t *scale);
-void fb_qsimd_autoround_neon(const float *w, size_t nrows, size_t cols, size_t group,
-                             size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
-#endif
+#include "quant/quant_simd.h"
+#include "quant/simd_cpu.h"
 
 static inline float bf16r(float x) { return fb_bf16_to_f32(fb_f32_to_bf16(x)); }
 
@@ -194,7 +176,10 @@ void fb_w4a16_quantize_rows(const float *w, size_t nrows, size_t cols, size_t gr
                             int32_t *packed, uint16_t *scale) {
     check_shape(cols, group);
     pthread_once(&impl_once, pick_impl);
-    impl.ct(w, nrows, cols, group, packed, scale);
+    // The fast paths pack whole groups into 32-bit words: a group that is not a multiple of 8
+    // makes words straddle groups, which the reference handles.
+    if (group % 8) fb_w4a16_quantize_rows_ref(w, nrows, cols, group, packed, scale);
+    else impl.ct(w, nrows, cols, group, packed, scale);
 }
 
 void fb_autoround_quantize_rows(const float *w, size_t nrows, size_t cols, size_t group,
@@ -202,7 +187,8 @@ void fb_autoround_quantize_rows(const float *w, size_t nrows, size_t cols, size_
     check_shape(cols, group);
     FB_ASSERT(o0 + nrows <= ld);
     pthread_once(&impl_once, pick_impl);
-    impl.ar(w, nrows, cols, group, o0, ld, qweight, scales);
+    if (group % 8) fb_autoround_quantize_rows_ref(w, nrows, cols, group, o0, ld, qweight, scales);
+    else impl.ar(w, nrows, cols, group, o0, ld, qweight, scales);
 }
 
 const char *fb_w4a16_impl(void) {

@@ -90,7 +90,7 @@ void fb_autoround_dequant_rows(const int32_t *qweight, const uint16_t *scales, s
 
 // The fast path the quantizers use on this CPU: "avx512", "avx2", "neon" or "scalar". Chosen
 // once per process; FB_QUANT_IMPL=scalar|avx2|avx512|neon in the environment caps the choice
-// (tests, benchmarks; rules in quant/simd_priv.h).
+// (tests, benchmarks; rules in quant/simd_cpu.h).
 const char *fb_w4a16_impl(void);
 
 #endif
