@@ -26,8 +26,9 @@ float fb_modelopt_input_scale(float act_absmax);
 
 // Quantizes nrows rows of cols (cols % 16 == 0) bf16-exact finite values with weight_scale_2
 // s2 > 0 into packed[nrows * cols/2] and scale[nrows * cols/16] (e4m3 bytes). Thread-safe, no
-// allocation. Fast path (AVX2 on x86-64, following FB_QUANT_IMPL; tests/test_modelopt.c checks it
-// byte for byte against the scalar reference _ref, which needs fb_formats_init() first).
+// allocation. Fast path: AVX2 on x86-64, capped by FB_QUANT_IMPL (quant/simd_cpu.h);
+// tests/test_modelopt.c checks it byte for byte against the scalar reference _ref, which needs
+// fb_formats_init() first.
 void fb_modelopt_quantize_rows(const float *w, size_t nrows, size_t cols, float s2, uint8_t *packed,
                                uint8_t *scale);
 void fb_modelopt_quantize_rows_ref(const float *w, size_t nrows, size_t cols, float s2, uint8_t *packed,

@@ -24,7 +24,7 @@
 #include "quant/modelopt.h"
 #include "quant/nvfp4.h"
 #include "quant/qformat.h"
-#include "quant/simd_priv.h"
+#include "quant/simd_cpu.h"
 
 #define MO_AMAX_DIV 2688.0f  // E2M1_MAX * E4M3_MAX = 6.0 * 448.0 (a Python float product, exact)
 #define MO_SCALE_MIN 0x1p-9f // _cast_per_block_scale_to_fp8's clamp: the smallest e4m3 subnormal
@@ -72,7 +72,6 @@ void fb_modelopt_quantize_rows_ref(const float *w, size_t nrows, size_t cols, fl
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-int fb_qsimd_have_avx2(void);  // quant_simd.c
 
 // AVX2 element step: the block scale stays scalar (one per 16 elements, the same function as
 // the reference); the 16 divisions and E2M1 roundings of a group run 8 lanes at a time with
@@ -128,7 +127,7 @@ static mo_quant_fn mo_quant;
 static const char *mo_impl_name;
 static pthread_once_t mo_once = PTHREAD_ONCE_INIT;
 
-// The fast path follows FB_QUANT_IMPL like every kernel (quant/simd_priv.h).
+// The fast path follows FB_QUANT_IMPL like every kernel (quant/simd_cpu.h).
 static void mo_pick(void) {
     fb_formats_init();
     mo_quant = fb_modelopt_quantize_rows_ref;
