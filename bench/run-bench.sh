@@ -15,7 +15,7 @@
 #    GB/s and peak RSS; ratios to the floor and to fp8-dequant.
 # 3. validate-ignore-list on 96k/192k-tensor synthetic headers (bench/bench_validate.c).
 # 4. the calibration forward (bench/bench_calib.c); GPTQ per full-size Linear on the CPU and the
-#    projection to a layer (bench/bench_gptq.c).
+#    projection to a layer (bench/bench_gptq.c); AutoRound on one expert (bench/bench_autoround.c).
 # 5. the CUDA layer benchmark (bench/bench_cuda_layer.c), when a GPU is present.
 set -u
 : "${BUILD:=build}"
@@ -106,6 +106,9 @@ echo "-- 4. calibration forward --"
 $BUILD/bench/bench_calib 2>&1 | tail -n 12
 echo "-- 4b. GPTQ per full-size Linear (CPU, $THREADS threads) --"
 $BUILD/bench/bench_gptq --threads "$THREADS" 2>&1
+echo
+echo "-- 4c. AutoRound SignRound, one full-size expert MLP, 2048 tokens (BENCH_AR_ITERS, default 200) --"
+$BUILD/bench/bench_autoround --iters "${BENCH_AR_ITERS:-200}" 2>&1 | tail -n 2
 echo
 echo "-- 5. CUDA: one full-size layer on the GPU vs cuBLAS bf16 peak (needs a GPU; skipped otherwise) --"
 if [ -x "$BUILD/bench/bench_cuda_layer" ]; then $BUILD/bench/bench_cuda_layer 2>&1 | tail -n 12; else echo "  (not built: no nvcc)"; fi

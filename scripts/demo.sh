@@ -4,6 +4,7 @@
 #   FP8 -> BF16 (fp8-dequant)                       the dequantized checkpoint
 #   calibration statistics (calibrate)              data/demo-chat.jsonl, the model's own chat template
 #   FP8 -> NVFP4 W4A4 (nvfp4-quantize --calib)      recipes/minimax.yaml
+#   the same as NVIDIA ModelOpt's NVFP4 checkpoint (--format modelopt, vllm --quantization modelopt)
 #   FP8 -> W4A16 (w4a16-quantize) and AutoRound     recipes/minimax-w4a16.yaml
 #   validate-ignore-list on each output
 #   ref-runner: KL divergence / top-1 of each quantized model against the source (when built),
@@ -25,6 +26,8 @@ step "calibrate on data/demo-chat.jsonl (all experts observed on every token)"
 $B/calibrate -q -m "$M" -d data/demo-chat.jsonl -o "$OUT/calib-stats.safetensors" --samples 8 --seq-len 256
 step "nvfp4-quantize --recipe recipes/minimax.yaml --calib (NVFP4 W4A4) -> $OUT/nvfp4"
 $B/nvfp4-quantize -q --recipe recipes/minimax.yaml --calib "$OUT/calib-stats.safetensors" "$M" "$OUT/nvfp4"
+step "nvfp4-quantize --recipe recipes/minimax.yaml --calib --format modelopt (ModelOpt NVFP4) -> $OUT/nvfp4-modelopt"
+$B/nvfp4-quantize -q --recipe recipes/minimax.yaml --calib "$OUT/calib-stats.safetensors" --format modelopt "$M" "$OUT/nvfp4-modelopt"
 step "nvfp4-quantize --recipe recipes/minimax-nvfp4a16.yaml -> $OUT/nvfp4a16"
 $B/nvfp4-quantize -q --recipe recipes/minimax-nvfp4a16.yaml "$M" "$OUT/nvfp4a16"
 step "w4a16-quantize --recipe recipes/minimax-w4a16.yaml -> $OUT/w4a16 (compressed-tensors) and $OUT/w4a16-autoround"
@@ -32,7 +35,7 @@ $B/w4a16-quantize -q --recipe recipes/minimax-w4a16.yaml "$M" "$OUT/w4a16"
 $B/w4a16-quantize -q --format auto_round --recipe recipes/minimax-w4a16.yaml "$M" "$OUT/w4a16-autoround"
 
 step "validate-ignore-list"
-for d in bf16 nvfp4 nvfp4a16 w4a16 w4a16-autoround; do
+for d in bf16 nvfp4 nvfp4-modelopt nvfp4a16 w4a16 w4a16-autoround; do
     printf '%-18s ' "$d:"
     $B/validate-ignore-list "$OUT/$d" | tail -n 1
 done
@@ -48,7 +51,7 @@ if [ -x "$B/ref-runner" ]; then
     step "ref-runner: each quantized model against the FP8 source, checked against its recipe's fourbit: thresholds"
     printf '%-18s %10s %10s %24s  %s\n' "" "KL mean" "top-1" "perplexity (ref)" "check (recipe thresholds)"
     misses=0
-    for dr in nvfp4:minimax.yaml nvfp4a16:minimax-nvfp4a16.yaml w4a16:minimax-w4a16.yaml w4a16-autoround:minimax-w4a16.yaml; do
+    for dr in nvfp4:minimax.yaml nvfp4-modelopt:minimax.yaml nvfp4a16:minimax-nvfp4a16.yaml w4a16:minimax-w4a16.yaml w4a16-autoround:minimax-w4a16.yaml; do
         d=${dr%%:*}; rcp=recipes/${dr#*:}
         # W4A4 (nvfp4) is measured with activations emulated, as Blackwell runs it (the default);
         # the table goes into each output's model card (--card).
@@ -72,7 +75,7 @@ if [ -x "$B/ref-runner" ]; then
                else verdict="ERROR: $(tail -n 1 "$OUT/ref-runner-$d.err")"; fi ;;
             *) verdict="ERROR (exit $rrc): $(tail -n 1 "$OUT/ref-runner-$d.err")" ;;
         esac
-        lab=$d; [ "$d" = nvfp4 ] && lab="nvfp4 (W4A4)"
+        lab=$d; [ "$d" = nvfp4 ] && lab="nvfp4 (W4A4)"; [ "$d" = nvfp4-modelopt ] && lab="modelopt (W4A4)"
         printf '%-18s %10.6f %10.4f %12.2f (%.2f)  %s\n' "$lab:" "${kl:-0}" "${top:-0}" "${pq:-0}" "${pr:-0}" "$verdict"
     done
     if [ "$misses" -gt 0 ]; then
@@ -92,7 +95,7 @@ fi
 
 step "summary"
 printf '%-18s %10s  %s\n' "output" "size" "tensors"
-for d in bf16 nvfp4 nvfp4a16 w4a16 w4a16-autoround; do
+for d in bf16 nvfp4 nvfp4-modelopt nvfp4a16 w4a16 w4a16-autoround; do
     sz=$(du -sb "$OUT/$d" | cut -f1)
     n=$(grep -c '": "model-' "$OUT/$d/model.safetensors.index.json" || true)
     printf '%-18s %8.2f MB  %s\n' "$d" "$(echo "$sz" | awk '{print $1/1e6}')" "$n"

@@ -9,12 +9,15 @@ The expected answers come from compressed-tensors' own matching functions and fr
   compressed_tensors.utils.match.match_targets (priority: exact, regex, class)
   re.match / re.compile                        (raw regex cases, and which patterns are errors)
 
-Pinned versions (pip install --no-deps compressed-tensors==0.18.0 loguru; torch from the box):
-  compressed-tensors 0.18.0, Python 3.11.7, torch 2.x (CPU).
+Pinned versions (the venv /work/venvs/hq: llmcompressor 0.14.0.1, compressed-tensors 0.19.0, torch
+2.15 CPU; plus auto-round 0.16.1 --no-deps), Python 3.11.7. Until 2026-12 these goldens came from
+compressed-tensors 0.18.0; regenerated with 0.19.0 every expectation is the same apart from the
+"version" key (the config through llm-compressor's resolve_quantization_config, see below).
 
 qconfig.json: a toy MiniMax-M2 module tree (same module names, classes and registration order
 as the MiniMax remote code: router gate = nn.Linear, experts.E.w1/w2/w3) gets a recipe's
-config through compressed-tensors' own apply_quantization_config, is marked compressed, and
+config (llm-compressor's QuantizationModifier.resolve_quantization_config) through
+compressed-tensors' own apply_quantization_config, is marked compressed, and
 ModelCompressor.from_pretrained_model(...).update_config() writes config.json exactly as the
 oneshot path does. The toy's state-dict (names, shapes) is stored with it so the C test builds
 its plan from the same tensors.
@@ -280,13 +283,17 @@ def quant_config_for(recipe, model_out=None):
                                                  preset_name_to_scheme)
     torch.manual_seed(0)
     model = model_out if model_out is not None else ToyMiniMax()
-    if "scheme" in recipe:  # mixin.resolve_quantization_config with targets [Linear]
-        groups = {"group_0": preset_name_to_scheme(recipe["scheme"], ["Linear"])}
+    # llm-compressor's own QuantizationModifier.resolve_quantization_config (what oneshot applies):
+    # from compressed-tensors 0.19 the presets leave weights.observer unset and llm-compressor
+    # fills its default ("memoryless_minmax"), which is what a oneshot config.json says
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    if "scheme" in recipe:
+        mod = QuantizationModifier(targets=["Linear"], scheme=recipe["scheme"], ignore=recipe["ignore"])
     else:
-        groups = {k: QuantizationScheme.model_validate(v)
-                  for k, v in recipe["config_groups"].items()}
-    cfg = QuantizationConfig(config_groups=groups, ignore=recipe["ignore"],
-                             quantization_status=QuantizationStatus.INITIALIZED)
+        mod = QuantizationModifier(config_groups={k: QuantizationScheme.model_validate(v)
+                                                  for k, v in recipe["config_groups"].items()},
+                                   ignore=recipe["ignore"])
+    cfg = mod.resolve_quantization_config()
     apply_quantization_config(model, cfg, show_progress=False)
     for m in model.modules():
         if getattr(m, "quantization_scheme", None) is not None:

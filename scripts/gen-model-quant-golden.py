@@ -5,17 +5,21 @@ tests/test_quantize_cli.c.
 
 The expectations come from the real reference tools from PyPI, run on the CPU on the BF16
 version of the embedded model, never from fourbit:
-    llmcompressor       == 0.13.0   (model_free_ptq; the release pinned to compressed-tensors
-                                     0.18.0. Install with --no-deps: its metadata pins
-                                     torch<=2.13 / transformers<=5.14.1 / auto-round<=0.14.2,
-                                     which would downgrade the box; the model-free entrypoint
-                                     needs none of them beyond what is installed)
-    compressed-tensors  == 0.18.0
+    llmcompressor       == 0.14.0.1 (model_free_ptq, and QuantizationModifier's
+                                     resolve_quantization_config for the oneshot config; the
+                                     release pinned to compressed-tensors 0.19.0. Installed
+                                     --no-deps in /work/venvs/hq: its metadata pins torch<=2.14)
+    compressed-tensors  == 0.19.0
     auto-round          == 0.16.1   (model-free RTN, AutoRound(model_free=True))
     xxhash              == 4.1.0    (xxh3_128 hexdigest = canonical big-endian, XXH128_canonicalFromHash)
-    torch 2.15 (CPU), safetensors 0.8, transformers 5.23 (auto-round imports it)
-    pip install compressed-tensors==0.18.0 auto-round==0.16.1 xxhash==4.1.0
-    pip install --no-deps llmcompressor==0.13.0
+    torch 2.15 (CPU), safetensors 0.8, transformers 5.17 (auto-round imports it)
+    venv: /work/venvs/hq plus `pip install --no-deps auto-round==0.16.1 py-cpuinfo`
+Until 2026-12 these goldens came from llmcompressor 0.13.0 / compressed-tensors 0.18.0: every
+tensor byte and the oneshot quantization_config are the same with 0.14.0.1 / 0.19.0 apart from
+the "version" key; model_free_ptq 0.14 writes weights.observer null where 0.13 wrote
+"memoryless_minmax" (tests/quant_golden.h notes it). compressed-tensors 0.20.1 also gives the same
+tensor bytes, but its config drops null fields and adds "moe_sparsity_config": null (README,
+"Reference releases").
 
 Steps:
  1. BF16 source: every F8_E4M3 `.weight` with a `.weight_scale_inv` becomes
@@ -75,7 +79,11 @@ import auto_round
 import llmcompressor
 from llmcompressor.entrypoints.model_free import model_free_ptq
 
-assert compressed_tensors.__version__.startswith("0.18."), compressed_tensors.__version__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from minimax_bf16 import make_bf16  # noqa: E402
+
+assert compressed_tensors.__version__ == "0.19.0", compressed_tensors.__version__
+assert llmcompressor.__version__ == "0.14.0.1", llmcompressor.__version__
 assert auto_round.__version__ == "0.16.1", auto_round.__version__
 assert xxhash.xxh3_128_hexdigest(b"abc") == "06b05ab6733a618578af5f94892f3950"
 torch.set_num_threads(1)
@@ -111,46 +119,7 @@ def digests(ckpt_dir):
 
 # ---- 1. BF16 source --------------------------------------------------------------------------
 
-def make_bf16(src, dst):
-    with open(os.path.join(src, "model.safetensors.index.json")) as f:
-        index = json.load(f)
-    wm = index["weight_map"]
-    tensors = {}
-    for shard in sorted(set(wm.values())):
-        tensors.update(load_file(os.path.join(src, shard)))
-    with open(os.path.join(src, "config.json")) as f:
-        cfg = json.load(f)
-    bs = cfg["quantization_config"]["weight_block_size"]
-    out = {}
-    n_fp8 = 0
-    for name, t in tensors.items():
-        if name.endswith(".weight_scale_inv"):
-            continue
-        if t.dtype == torch.float8_e4m3fn:
-            s = tensors[name + "_scale_inv"].float()
-            r, c = t.shape
-            se = s.repeat_interleave(bs[0], 0).repeat_interleave(bs[1], 1)[:r, :c]
-            t = (t.float() * se).to(torch.bfloat16)
-            n_fp8 += 1
-        out[name] = t
-    os.makedirs(dst, exist_ok=True)
-    new_wm = {}
-    for shard in sorted(set(wm.values())):
-        part = {n: out[n].contiguous() for n in wm if wm[n] == shard and n in out}
-        save_file(part, os.path.join(dst, shard), metadata={"format": "pt"})
-        new_wm.update({n: shard for n in part})
-    total = sum(v.numel() * v.element_size() for v in out.values())
-    with open(os.path.join(dst, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(new_wm.items()))}, f, indent=2)
-    del cfg["quantization_config"]
-    with open(os.path.join(dst, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    for fn in os.listdir(src):
-        if fn.endswith(".safetensors") or fn in ("config.json", "model.safetensors.index.json"):
-            continue
-        shutil.copy(os.path.join(src, fn), os.path.join(dst, fn))
-    print(f"BF16 source: {n_fp8} FP8 weights dequantized, {len(out)} tensors")
-    return cfg
+# make_bf16: scripts/minimax_bf16.py (shared with gen-minimax-oneshot-golden.py).
 
 
 # ---- 5. the oneshot-path quantization_config -------------------------------------------------
@@ -216,11 +185,11 @@ def toy_model(cfg):
 
 def oneshot_qconfig(cfg, scheme, ignore):
     from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import (QuantizationConfig, QuantizationStatus,
-                                                 apply_quantization_config, preset_name_to_scheme)
+    from compressed_tensors.quantization import QuantizationStatus, apply_quantization_config
+    from llmcompressor.modifiers.quantization import QuantizationModifier
     model = toy_model(cfg)
-    qc = QuantizationConfig(config_groups={"group_0": preset_name_to_scheme(scheme, ["Linear"])},
-                            ignore=ignore, quantization_status=QuantizationStatus.INITIALIZED)
+    # the config oneshot applies: llm-compressor fills the observers the 0.19 presets leave unset
+    qc = QuantizationModifier(targets=["Linear"], scheme=scheme, ignore=list(ignore)).resolve_quantization_config()
     apply_quantization_config(model, qc, show_progress=False)
     for m in model.modules():
         if getattr(m, "quantization_scheme", None) is not None:

@@ -2,10 +2,11 @@
 """Golden fixtures for the NVFP4 / W4A16 / AutoRound kernels (tests/test_nvfp4.c, test_w4a16.c).
 
 Every expected output is computed by the real reference packages from PyPI, on the CPU:
-    compressed-tensors == 0.18.0   (NVFP4 "nvfp4-pack-quantized", W4A16 "pack-quantized")
+    compressed-tensors == 0.19.0   (NVFP4 "nvfp4-pack-quantized", W4A16 "pack-quantized"; until
+                                    2026-12 0.18.0, whose bytes are the same)
     auto-round         == 0.16.1   (model-free RTN, "auto_round:auto_gptq" packing)
     torch 2.15 (CPU), safetensors, numpy
-    pip install compressed-tensors==0.18.0 auto-round==0.16.1
+    pip install compressed-tensors==0.19.0 auto-round==0.16.1
 
 The calls follow what llm-compressor does per weight (spec/compressed-tensors.md §1, §4, §6):
 the observer statistics are torch.amin/amax of the bf16 weight (per tensor -> generate_gparam;
@@ -44,7 +45,7 @@ from compressed_tensors.quantization.utils.helpers import calculate_qparams, gen
 import auto_round
 from auto_round.utils.model_free_utils import quantize_weight_rtn
 
-assert compressed_tensors.__version__.startswith("0.18."), compressed_tensors.__version__
+assert compressed_tensors.__version__ == "0.19.0", compressed_tensors.__version__
 torch.set_num_threads(1)
 
 NVFP4 = preset_name_to_scheme("NVFP4A16", ["Linear"])   # weights identical to NVFP4 (§3)

@@ -2,8 +2,8 @@
 tools: every F8_E4M3 `.weight` with a `.weight_scale_inv` becomes BF16(float32(fp8) *
 scale_inv[i/128, j/128]) in torch (one f32 multiply, then bf16 RNE: the formula fp8-dequant
 implements), the scales are dropped, the FP8 quantization_config is removed from config.json;
-same names, shard layout and index; side files copied. (Same function as in
-gen-model-quant-golden.py, importable without that script's version pins.)"""
+same names, shard layout and index; side files copied. (Used by gen-model-quant-golden.py and
+gen-minimax-oneshot-golden.py.)"""
 import json
 import os
 import shutil

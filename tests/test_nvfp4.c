@@ -1,4 +1,4 @@
-// test_nvfp4.c: NVFP4 kernels against compressed-tensors 0.18 (golden files made by the real
+// test_nvfp4.c: NVFP4 kernels against compressed-tensors 0.19 (0.18 gave the same bytes; golden files made by the real
 // reference: tests/golden/ct_golden.safetensors and tests/golden/quant/quant_golden.safetensors,
 // from scripts/gen-quant-golden.py), hand-checked spec values, and fast path == reference on
 // random, heavy-tailed and edge-case inputs.

@@ -3,7 +3,7 @@
 //   - W4A4 activation emulation against tests/golden/runner/w4a4.safetensors (vLLM's NVFP4
 //     emulation steps in torch, scripts/gen-runner-golden.py);
 //   - the quantized weight source: NVFP4 and int4 pack-quantized weights dequantized from
-//     the compressed-tensors golden tensors (tests/golden/quant, compressed-tensors 0.18
+//     the compressed-tensors golden tensors (tests/golden/quant, compressed-tensors 0.19
 //     decompress) must equal the golden decompressed values bit for bit; AutoRound weights
 //     equal an independent nibble-by-nibble decode; row ranges; malformed parts are refused;
 //   - the runner on models/tiny-minimax-m2 (when present): the model against itself gives KL

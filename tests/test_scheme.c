@@ -1,5 +1,6 @@
-// test_scheme.c: plans and quantization_config JSON against what compressed-tensors 0.18 and
-// auto-round 0.16.1 write for the same toy MiniMax-M2 module tree and recipes
+// test_scheme.c: plans and quantization_config JSON against what compressed-tensors 0.19 (through
+// llm-compressor 0.14.0.1's resolve_quantization_config) and auto-round 0.16.1 write for the
+// same toy MiniMax-M2 module tree and recipes
 // (tests/golden/match/qconfig.json, from scripts/gen-match-golden.py), plus the predicate's
 // rules, presets, strict parsing, fused sets and module order.
 #include <jansson.h>

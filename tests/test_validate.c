@@ -418,6 +418,32 @@ int main(void) {
     make_model(&m, Q_MODELOPT);
     json_object_del(json_object_get(m.hfq, "quantization"), "kv_cache_quant_algo");
     expect("modelopt legacy without kv_cache_quant_algo", &m, NULL, "quant.unknown-method", "kv_cache_quant_algo", 1);
+    make_model(&m, Q_MODELOPT);
+    json_object_set_new(json_object_get(m.hfq, "quantization"), "quant_algo", json_string("W4A16_NVFP4"));
+    for (size_t i = 0; i < m.n; i++)
+        if (strstr(m.t[i].name, ".input_scale")) m.t[i--] = m.t[--m.n];
+    expect("modelopt W4A16_NVFP4 (warning: vLLM PR #41769/#42566)", &m, NULL, "mo.w4a16", "W4A16_NVFP4", 0);
+    {
+        // transformers 5 / llm-compressor 0.14 expert names in a MiniMax-M2 checkpoint: KeyError, and the fix says the rename
+        make_model(&m, Q_BF16);
+        static const char *const from[3] = {".w1.", ".w3.", ".w2."}, *const to[3] = {".gate_proj.", ".up_proj.", ".down_proj."};
+        for (size_t i = 0; i < m.n; i++)
+            for (int k = 0; k < 3; k++) {
+                char *at = strstr(m.t[i].name, from[k]);
+                if (!at || !strstr(m.t[i].name, ".experts.")) continue;
+                char rest[160];
+                snprintf(rest, sizeof rest, "%s", at + 4);
+                snprintf(at, sizeof m.t[i].name - (size_t)(at - m.t[i].name), "%s%s", to[k], rest);
+            }
+        result r;
+        run(&m, &r, NULL);
+        const fb_finding *x = fb_findings_get(&r.f, "tensor.keyerror");
+        CHECK(x && strstr(x->where, "experts") && strstr(x->fix, "rename gate_proj -> w1, up_proj -> w3, down_proj -> w2"),
+              "gate_proj/up_proj/down_proj experts: KeyError with the rename as the fix (%s)", x ? x->fix : "no finding");
+        CHECK(r.tool_rc == 1, "gate_proj experts: exit 1");
+        fb_findings_free(&r.f);
+        free_model(&m);
+    }
     make_model(&m, Q_NVFP4); expect("nvfp4 deep", &m, "--deep", NULL, NULL, 0);
 
     // --- the quantized-router case: ignore ["lm_head"] only, gates quantized ---

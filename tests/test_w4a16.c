@@ -1,4 +1,4 @@
-// test_w4a16.c: W4A16 kernels against the real reference tools (compressed-tensors 0.18
+// test_w4a16.c: W4A16 kernels against the real reference tools (compressed-tensors 0.19
 // pack-quantized; auto-round 0.16 model-free RTN with auto_round:auto_gptq packing), from
 // tests/golden/ct_golden.safetensors and tests/golden/quant/quant_golden.safetensors
 // (scripts/gen-quant-golden.py), spec values, and fast path == reference on random,

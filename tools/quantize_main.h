@@ -30,6 +30,7 @@ static int fb_qm_staging_exists(const char *dst) {
     return stat(p, &st) == 0;
 }
 
+// has_format: 0 no --format, 1 compressed-tensors | auto_round (W4A16), 2 compressed-tensors | modelopt (NVFP4).
 static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned kinds, int has_format, const char *about) {
     fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
                           .shard_count = 1,
@@ -70,7 +71,9 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     if (kinds & (1u << FB_QK_NVFP4))  // only NVFP4 (W4A4) uses statistics
         opts[no++] = (fb_opt){"calib", 'c', FB_OPT_STR, &calib, "STATS", "calibration statistics from `calibrate` (NVFP4 W4A4 input scales; refused for weight-only schemes)", 0, 0};
     if (has_format)
-        opts[no++] = (fb_opt){"format", 0, FB_OPT_STR, &format, "F", "compressed-tensors | auto_round", 0, 0};
+        opts[no++] = (fb_opt){"format", 0, FB_OPT_STR, &format, "F",
+                              has_format == 2 ? "compressed-tensors | modelopt (NVIDIA ModelOpt NVFP4, hf_quant_config.json)"
+                                              : "compressed-tensors | auto_round", 0, 0};
     opts[no] = (fb_opt){0};
     const char *pos[2];
     int npos;
@@ -85,9 +88,11 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         fprintf(stderr, "%s: --merge needs the --shard-count of the split jobs\n", tool);
         return 2;
     }
-    if (!strcmp(format, "auto_round") || !strcmp(format, "autoround")) o.format = FB_QOUT_AUTOROUND;
+    if (has_format == 1 && (!strcmp(format, "auto_round") || !strcmp(format, "autoround"))) o.format = FB_QOUT_AUTOROUND;
+    else if (has_format == 2 && !strcmp(format, "modelopt")) o.format = FB_QOUT_MODELOPT;
     else if (strcmp(format, "compressed-tensors") != 0) {
-        fprintf(stderr, "%s: --format must be compressed-tensors or auto_round, got '%s'\n", tool, format);
+        fprintf(stderr, "%s: --format must be compressed-tensors or %s, got '%s'\n", tool,
+                has_format == 2 ? "modelopt" : "auto_round", format);
         return 2;
     }
     o.recipe_path = recipe;
@@ -208,7 +213,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     if (json) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:i}",
                               "tool", tool, "version", FB_VERSION, "src", pos[0], "dst", pos[1], "scheme", r.scheme,
-                              "format", o.format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors",
+                              "format", o.format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : o.format == FB_QOUT_MODELOPT ? "modelopt" : "compressed-tensors",
                               "quantized_modules", (json_int_t)r.n_quantized, "fused_sets", (json_int_t)r.n_fused_sets,
                               "kept_tensors", (json_int_t)r.n_kept, "shards", (json_int_t)r.n_shards,
                               "resumed_shards", (json_int_t)r.n_resumed, "bytes_in", (json_int_t)r.bytes_in,

@@ -160,7 +160,7 @@ int main(int argc, char **argv) {
         goto fail;
     }
     // W4A4 checkpoints are measured as Blackwell runs them unless asked otherwise.
-    int is_w4a4 = !strcmp(fb_wsrc_quant_format(qs), "nvfp4");
+    int is_w4a4 = !strcmp(fb_wsrc_quant_format(qs), "nvfp4") || !strcmp(fb_wsrc_quant_format(qs), "modelopt-nvfp4");
     if (!emulate && !no_emulate && is_w4a4) emulate = 1;
     ro.emulate_w4a4 = emulate;
     if (fb_model_config_parse(ref->config, &cfg, &err)) { fb_err_prefix(&err, "%s", refp); goto fail; }

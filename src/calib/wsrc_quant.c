@@ -13,7 +13,7 @@
 typedef struct wq_ctx {
     fb_ckpt *ck;
     fb_qfmt_read rd;    // the checkpoint and the AutoRound zero-point word
-    char fmt[16];
+    char fmt[32];
 } wq_ctx;
 
 #define WQ_CHUNK_BYTES FB_QF_CHUNK_BYTES
@@ -37,28 +37,30 @@ static int weight_prefix(const char *name, char *prefix, size_t sz) {
 // FB_WQ_* of the output-format table's ids.
 static const int WQ_OF[FB_QF_COUNT] = {
     [FB_QF_NVFP4] = FB_WQ_NVFP4, [FB_QF_PACK_INT4] = FB_WQ_INT4_CT, [FB_QF_AUTOROUND] = FB_WQ_AUTOROUND,
+    [FB_QF_MODELOPT] = FB_WQ_MODELOPT,
 };
 
 // The format of module P: plain (P.weight stored), one of the table's, or -1.
 static int kind_of(const wq_ctx *q, const char *prefix, fb_qfmt_id *id) {
     char b[512];
-    *id = FB_QF_COUNT;
-    if (fb_qf_part(&q->rd, prefix, ".weight", NULL, b, sizeof b)) return FB_WQ_PLAIN;
+    // the table first: ModelOpt stores its packed codes as P.weight
     *id = fb_qfmt_detect(&q->rd, prefix);
-    return *id < FB_QF_COUNT ? WQ_OF[*id] : -1;
+    if (*id < FB_QF_COUNT) return WQ_OF[*id];
+    return fb_qf_part(&q->rd, prefix, ".weight", NULL, b, sizeof b) ? FB_WQ_PLAIN : -1;
 }
 
 static int wq_shape(fb_wsrc *s, const char *name, int *ndim, int64_t shape[FB_MAX_DIMS]) {
     wq_ctx *q = s->ctx;
-    const fb_st_tensor *t = wq_find(q, name, NULL);
+    char p[512];
+    fb_qfmt_id id;
+    int k = weight_prefix(name, p, sizeof p) ? kind_of(q, p, &id) : FB_WQ_PLAIN;
+    const fb_st_tensor *t = k > FB_WQ_PLAIN ? NULL : wq_find(q, name, NULL);
     if (t) {
         *ndim = t->ndim;
         for (int i = 0; i < t->ndim; i++) shape[i] = t->shape[i];
         return 1;
     }
-    char p[512];
-    fb_qfmt_id id;
-    if (!weight_prefix(name, p, sizeof p) || kind_of(q, p, &id) <= FB_WQ_PLAIN) return 0;
+    if (k <= FB_WQ_PLAIN) return 0;
     int64_t r, c;
     fb_err e;
     if (fb_qfmt_get(id)->logical_shape(&q->rd, p, &r, &c, &e)) return 0;
@@ -102,11 +104,11 @@ static int wq_load(fb_wsrc *s, const char *name, int64_t r0, int64_t nrows, floa
                    fb_err *err) {
     wq_ctx *q = s->ctx;
     const fb_st_file *f;
-    const fb_st_tensor *t = wq_find(q, name, &f);
-    if (t) return load_plain(f, t, r0, nrows, out, err);
     char p[512];
     fb_qfmt_id id = FB_QF_COUNT;
     int k = weight_prefix(name, p, sizeof p) ? kind_of(q, p, &id) : -1;
+    const fb_st_tensor *t = k > FB_WQ_PLAIN ? NULL : wq_find(q, name, &f);
+    if (t) return load_plain(f, t, r0, nrows, out, err);
     if (k > FB_WQ_PLAIN) return fb_qfmt_get(id)->load_rows(&q->rd, p, name, r0, nrows, out, err);
     return fb_fail(err, "%s: tensor %s is missing (neither stored nor quantized)", s->desc, name);
 }
@@ -140,13 +142,14 @@ fb_wsrc *fb_wsrc_open_quant(const char *path, fb_err *err) {
     if (pf && strstr(pf, "gptq") == NULL && strncmp(pf, "auto_round", 10) == 0)
         q->rd.zp_word = FB_AUTOROUND_ZEROS_DIRECT;
     // The format's name, from the tensors present.
-    size_t n_fp4 = 0, n_int4 = 0, n_ar = 0, n_igs = 0;
+    size_t n_fp4 = 0, n_int4 = 0, n_ar = 0, n_igs = 0, n_mo = 0, n_mois = 0;
     for (size_t i = 0; i < ck->n_tensors; i++) {
         const fb_st_tensor *t = ck->tensors[i].t;
         size_t n = strlen(t->name);
         struct { const char *suf; fb_dtype dt; size_t *cnt; } tab[] = {
             {".weight_packed", FB_U8, &n_fp4}, {".weight_packed", FB_I32, &n_int4},
             {".qweight", FB_I32, &n_ar}, {".input_global_scale", FB_F32, &n_igs},
+            {".weight_scale_2", FB_F32, &n_mo}, {".input_scale", FB_F32, &n_mois},
         };
         for (size_t j = 0; j < sizeof tab / sizeof tab[0]; j++) {
             size_t ls = strlen(tab[j].suf);
@@ -154,9 +157,10 @@ fb_wsrc *fb_wsrc_open_quant(const char *path, fb_err *err) {
                 (*tab[j].cnt)++;
         }
     }
-    int kinds = (n_fp4 > 0) + (n_int4 > 0) + (n_ar > 0);
+    int kinds = (n_fp4 > 0) + (n_int4 > 0) + (n_ar > 0) + (n_mo > 0);
     const char *fmt = kinds > 1 ? "mixed"
                       : n_fp4 ? (n_igs ? "nvfp4" : "nvfp4a16")
+                      : n_mo ? (n_mois ? "modelopt-nvfp4" : "modelopt-nvfp4a16")
                       : n_int4 ? "w4a16"
                       : n_ar ? "auto_round" : "plain";
     snprintf(q->fmt, sizeof q->fmt, "%s", fmt);
@@ -181,7 +185,7 @@ fb_wsrc *fb_wsrc_open_auto(const char *path, fb_err *err) {
     const char *qm = NULL;
     const json_t *qc = cfg ? json_object_get(cfg, "quantization_config") : NULL;
     if (json_is_object(qc)) qm = cfg_str(qc, "quant_method");
-    int quant = qm && (!strcmp(qm, "compressed-tensors") || !strcmp(qm, "auto-round") ||
+    int quant = qm && (!strcmp(qm, "compressed-tensors") || !strcmp(qm, "modelopt") || !strcmp(qm, "auto-round") ||
                        !strcmp(qm, "intel/auto-round"));
     if (cfg) json_decref(cfg);
     return quant ? fb_wsrc_open_quant(path, err) : fb_wsrc_open_ckpt(path, err);
@@ -202,8 +206,15 @@ int fb_wsrc_quant_input_gs(fb_wsrc *s, const char *prefix, float *gs, fb_err *er
     char b[512];
     const fb_st_file *f;
     const fb_st_tensor *t = fb_qf_part(&((wq_ctx *)s->ctx)->rd, prefix, ".input_global_scale", &f, b, sizeof b);
+    if (t) return fb_qf_read_gs(f, t, gs, err) ? -1 : 1;
+    if (fb_qfmt_detect(&((wq_ctx *)s->ctx)->rd, prefix) != FB_QF_MODELOPT) return 0;
+    t = fb_qf_part(&((wq_ctx *)s->ctx)->rd, prefix, ".input_scale", &f, b, sizeof b);
     if (!t) return 0;
-    return fb_qf_read_gs(f, t, gs, err) ? -1 : 1;
+    float is;
+    if (fb_qf_read_gs(f, t, &is, err)) return -1;
+    *gs = 1.0f / is;  // vLLM ModelOptNvFp4LinearMethod: input_scale_inv = 1 / input_scale
+    if (!isfinite(*gs)) return fb_fail(err, "%s: tensor %s: input_scale %g has no finite inverse", f->path, b, (double)is);
+    return 1;
 }
 
 const char *fb_wsrc_quant_format(const fb_wsrc *s) {

@@ -47,6 +47,7 @@ typedef enum fb_wq_kind {
     FB_WQ_NVFP4,       // weight_packed U8 + weight_scale F8_E4M3 + weight_global_scale
     FB_WQ_INT4_CT,     // weight_packed I32 + weight_scale BF16 + weight_shape
     FB_WQ_AUTOROUND,   // qweight + scales + qzeros (+ g_idx)
+    FB_WQ_MODELOPT,    // ModelOpt NVFP4: weight U8 + weight_scale F8_E4M3 + weight_scale_2
 } fb_wq_kind;
 
 // Opens a compressed-tensors or AutoRound checkpoint directory as a weight source. Fails
@@ -55,7 +56,7 @@ typedef enum fb_wq_kind {
 fb_wsrc *fb_wsrc_open_quant(const char *path, fb_err *err);
 
 // Opens any checkpoint for the forward: compressed-tensors (config quant_method
-// "compressed-tensors") and AutoRound ("auto-round" / "intel/auto-round") through
+// "compressed-tensors"), ModelOpt ("modelopt") and AutoRound ("auto-round" / "intel/auto-round") through
 // fb_wsrc_open_quant, everything else (BF16, FP8 block-scaled) through fb_wsrc_open_ckpt.
 fb_wsrc *fb_wsrc_open_auto(const char *path, fb_err *err);
 
@@ -67,8 +68,9 @@ int fb_wsrc_is_quant(const fb_wsrc *s);
 // source that is not a quantized one answers FB_WQ_PLAIN for an existing P.weight.
 int fb_wsrc_quant_kind(fb_wsrc *s, const char *prefix);
 
-// The input_global_scale of Linear `prefix` (W4A4 NVFP4). Returns 1 and *gs when the tensor
-// exists (F32 [1], finite and > 0), 0 when the Linear has none (or s is not a quantized
+// The input_global_scale of Linear `prefix` (W4A4 NVFP4; for ModelOpt 1/input_scale, the
+// input_scale_inv vLLM quantizes activations with). Returns 1 and *gs when the tensor
+// exists (one F32, finite and > 0), 0 when the Linear has none (or s is not a quantized
 // source), -1 with err set when it exists but is malformed.
 int fb_wsrc_quant_input_gs(fb_wsrc *s, const char *prefix, float *gs, fb_err *err);
 

@@ -79,8 +79,19 @@ static const char *meta(const fb_st_file *f, const char *k) {
 // How each output is served, from what the loaders do with it (spec/loaders-vllm-transformers.md).
 static void serving(FILE *o, const fb_card_info *c, const char *name) {
     const char *trc = c->has_auto_map ? " --trust-remote-code" : "";
-    fprintf(o, "## Serving\n\n```\nvllm serve %s --tensor-parallel-size N%s\n```\n\n", name, trc);
-    if (!strcmp(c->scheme, "NVFP4"))
+    int mo = strstr(c->format, "ModelOpt") != NULL;  // nvfp4-quantize --format modelopt
+    fprintf(o, "## Serving\n\n```\nvllm serve %s%s --tensor-parallel-size N%s\n```\n\n", name,
+            mo ? " --quantization modelopt" : "", trc);
+    if (mo && !strcmp(c->scheme, "NVFP4"))
+        fprintf(o, "- vLLM on Blackwell (sm100+): native NVFP4 W4A4 (ModelOptNvFp4LinearMethod, ModelOptNvFp4FusedMoE):\n"
+                   "  activations quantized with 1/input_scale.\n"
+                   "- vLLM on Hopper (sm90): the Marlin backend, weight-only, activations BF16 (for ModelOpt MoE layers\n"
+                   "  in older vLLM releases this is unverified). Quality on Hopper is that of\n"
+                   "  `ref-runner --no-emulate-w4a4`, on Blackwell that of the default (W4A4 emulated).\n");
+    else if (mo)
+        fprintf(o, "- quant_algo W4A16_NVFP4 (weight-only): vLLM loads it only with PR #41769 (Linear) and PR #42566\n"
+                   "  (fused MoE), May 2026, through Marlin; activations stay BF16.\n");
+    else if (!strcmp(c->scheme, "NVFP4"))
         fprintf(o, "- vLLM on Blackwell (sm100+): native NVFP4 W4A4 (CompressedTensorsW4A4Fp4): weights and activations\n"
                    "  in FP4, activations scaled by the calibrated input_global_scale.\n"
                    "- vLLM on Hopper (sm90): weight-only FP4 through Marlin (CompressedTensorsW4A16Fp4); activations stay\n"
@@ -96,7 +107,8 @@ static void serving(FILE *o, const fb_card_info *c, const char *name) {
         fprintf(o, "- vLLM and transformers load it as an unquantized BF16 checkpoint.\n");
     fprintf(o, "- transformers: `AutoModelForCausalLM.from_pretrained(\"%s\"%s)`%s.\n", name,
             c->has_auto_map ? ", trust_remote_code=True" : "",
-            strcmp(c->scheme, "BF16") ? " (with compressed-tensors / auto-round installed)" : "");
+            !strcmp(c->scheme, "BF16") ? "" : mo ? " (loading ModelOpt NVFP4 in transformers is not checked by fourbit)"
+                                                  : " (with compressed-tensors / auto-round installed)");
     fprintf(o, "\n`validate-ignore-list` checked this directory against what these loaders require before it was\n"
                "renamed into place (router gates unquantized, fused global scales equal, every scale tensor\n"
                "present, config consistent).\n\n");
@@ -135,7 +147,8 @@ int fb_card_write(const char *dir, const fb_card_info *c, fb_err *err) {
         for (; c->scheme[k] && k + 1 < sizeof lower; k++)
             lower[k] = (char)(c->scheme[k] >= 'A' && c->scheme[k] <= 'Z' ? c->scheme[k] - 'A' + 'a' : c->scheme[k]);
         lower[k] = 0;
-        fprintf(o, "- %s\n- %s\n", lower, strstr(c->format, "auto_round") ? "auto-round" : "compressed-tensors");
+        fprintf(o, "- %s\n- %s\n", lower,
+                strstr(c->format, "auto_round") ? "auto-round" : strstr(c->format, "ModelOpt") ? "modelopt" : "compressed-tensors");
     }
     fprintf(o, "---\n\n" CARD_MARK "\n\n");
 

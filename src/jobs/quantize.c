@@ -16,6 +16,7 @@
 #include "quant/recipe.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
+#include "quant/modelopt.h"
 #include "quant/qformat.h"
 #include "quant/scheme.h"
 #include "quant/source.h"
@@ -132,7 +133,10 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
             }
             amax[k] = a;
         }
-        if (!rc) g = fb_nvfp4_fused_global_scale(amax, (size_t)it->nm);
+        if (!rc) g = qf->fused_scale ? qf->fused_scale(amax, (size_t)it->nm) : fb_nvfp4_fused_global_scale(amax, (size_t)it->nm);
+        if (!rc && !(isfinite(g) && g > 0))  // ModelOpt: amax/2688 of an all-zero set is 0 (its export divides 0 by 0)
+            rc = fb_fail(err, "%s: tensor %s: the weight%s all zero: %s has no per-tensor scale for it", src_path(j->s, it->m[0].src),
+                         src_name(j->s, it->m[0].src), it->nm > 1 ? "s of its fused set are" : " is", qf->name);
     }
     // Pass 2: quantize each member into whole-tensor output buffers (the format's tensors).
     for (int k = 0; k < it->nm && !rc; k++) {
@@ -508,6 +512,27 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
     return rc;
 }
 
+// ModelOpt's configs (quant/modelopt.h) from the plan: the quantized modules, and as
+// "unquantized layers" every kept module with a 2-D weight (embedding, lm_head, routers: the
+// modules modelopt's export gives a disabled quantizer), in checkpoint order.
+static json_t *modelopt_config(const fb_ckpt *c, const fb_plan *plan, const size_t *logical, size_t n, unsigned used,
+                               json_t **hfq) {
+    const char **qn = fb_malloc((n ? n : 1) * sizeof *qn), **un = fb_malloc((n ? n : 1) * sizeof *un);
+    size_t nq = 0, nu = 0;
+    for (size_t i = 0; i < n; i++) {
+        const fb_plan_entry *e = &plan->e[i];
+        const fb_st_tensor *t = c->tensors[logical[i]].t;
+        size_t l = strlen(t->name);
+        if (!e->module || l < 7 || strcmp(t->name + l - 7, ".weight")) continue;
+        if (e->quantize) qn[nq++] = e->module;
+        else if (t->ndim == 2) un[nu++] = e->module;
+    }
+    json_t *qc = fb_modelopt_config_json(qn, nq, un, nu, (used & (1u << FB_QK_NVFP4)) != 0, hfq);
+    free(qn);
+    free(un);
+    return qc;
+}
+
 int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o, FILE *report,
                     fb_quantize_result *res, fb_err *err) {
     double t0 = fb_now();
@@ -617,6 +642,12 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                           "them too: pass one of the two", o->recipe_path, o->calib_path);
         goto done;
     }
+    if (o->format == FB_QOUT_MODELOPT && used != (1u << FB_QK_NVFP4) && used != (1u << FB_QK_NVFP4A16)) {
+        // one quant_algo per checkpoint: modelopt writes MIXED_PRECISION otherwise, not modelled here
+        rc = fb_fail(err, "%s: --format modelopt writes one scheme, NVFP4 or NVFP4A16, for every quantized Linear",
+                     o->recipe_path);
+        goto done;
+    }
     // The loader rules on the predicted output, before statistics are read or anything is written.
     if (fb_validate_recipe_before_write(c, &rec, err)) { rc = fb_err_prefix(err, "%s", o->recipe_path); goto done; }
     snprintf(res->scheme, sizeof res->scheme, "%s",
@@ -706,7 +737,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     const char *mk[6] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format",
                          "fourbit.dataset_xxh3_128", "fourbit.tuning"};
     const char *mv[6] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
-                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : "compressed-tensors",
+                         o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : o->format == FB_QOUT_MODELOPT ? "modelopt" : "compressed-tensors",
                          data_hex ? data_hex : "none", "GPTQ"};
     fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
                      .allow_nonfinite = o->allow_nan, .tool = o->tool,
@@ -777,7 +808,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         member m = {.src = si, .plan = i, .tuned = tuned[i]};
         const fb_qfmt *qf = fb_qfmt_get(e->kind == FB_QK_W4A16 ? (o->format == FB_QOUT_AUTOROUND ? FB_QF_AUTOROUND
                                                                                                 : FB_QF_PACK_INT4)
-                                                               : FB_QF_NVFP4);
+                                                               : o->format == FB_QOUT_MODELOPT ? FB_QF_MODELOPT : FB_QF_NVFP4);
         int w4a4 = e->kind == FB_QK_NVFP4;
         for (int q = 0; q < qf->n_out; q++) {
             if (qf->out[q].w4a4_only && !w4a4) continue;
@@ -798,7 +829,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                                   "calibrate with all experts observed (the default) and more samples",
                              o->calib_path, mod, (double)a);
             } else {
-                m.igs = fb_nvfp4_input_global_scale(a);
+                m.igs = qf->input_scale ? qf->input_scale(a) : fb_nvfp4_input_global_scale(a);
             }
         }
         free(mod);
@@ -842,7 +873,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
 
     if (o->dry_run) {
         fprintf(report, "%s: %s -> %s (dry run), recipe %s, scheme %s%s\n", o->tool, src, dst, o->recipe_path, res->scheme,
-                o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : "");
+                o->format == FB_QOUT_AUTOROUND ? ", AutoRound packing" : o->format == FB_QOUT_MODELOPT ? ", ModelOpt NVFP4 (--format modelopt)" : "");
         if (s->is_fp8) fprintf(report, "  source is FP8 block-scaled (%zux%zu): dequantized in memory, tile by tile\n", s->bm, s->bn);
         report_form(report, &rec.cfg);
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "  warning: %s\n", rec.warnings[k]);
@@ -998,7 +1029,9 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     json_t *cfg = c->config ? json_deep_copy(c->config) : json_object();
     json_object_del(cfg, "quantization_config");
     json_t *qc = NULL;
+    json_t *hfq = NULL;
     if (o->format == FB_QOUT_AUTOROUND) qc = fb_autoround_config_json(&plan, NULL, err);
+    else if (o->format == FB_QOUT_MODELOPT) qc = modelopt_config(c, &plan, logical, n, used, &hfq);
     else qc = fb_qconfig_to_json(&plan, NULL);
     if (!qc) { json_decref(cfg); rc = -1; goto done; }
     json_t *rd = json_object_get(cfg, "rotary_dim"), *hd = json_object_get(cfg, "head_dim");
@@ -1015,6 +1048,12 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (json_dump_file(qc, p, JSON_INDENT(2)) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
         free(p);
     }
+    if (!rc && hfq) {  // modelopt's own file, key order as it writes it
+        p = fb_cw_path(w, "hf_quant_config.json");
+        if (json_dump_file(hfq, p, JSON_INDENT(4)) != 0) rc = fb_fail(err, "%s: cannot write: %s", p, strerror(errno));
+        free(p);
+    }
+    json_decref(hfq);
     int auto_map = json_object_get(cfg, "auto_map") != NULL;
     json_decref(qc);
     json_decref(cfg);
@@ -1029,6 +1068,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         res->left_out = fb_side_files_left_out(s);
         fb_card_info ci = {.tool = o->tool, .src = src, .src_dir = c->dir, .src_config = c->config, .scheme = res->scheme,
                            .format = o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq (AutoRound's GPTQ packing)"
+                                     : o->format == FB_QOUT_MODELOPT ? "ModelOpt NVFP4 (quant_method modelopt, hf_quant_config.json)"
                                      : (used & ((1u << FB_QK_NVFP4) | (1u << FB_QK_NVFP4A16))) ? "compressed-tensors nvfp4-pack-quantized"
                                                                                              : "compressed-tensors pack-quantized",
                            .plan = plan_text, .ignore = (const char *const *)rec.cfg.ignore, .n_ignore = rec.cfg.n_ignore,

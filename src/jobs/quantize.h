@@ -12,7 +12,7 @@
 //      committed in order (src/common/pool.h); memory = threads x one item's buffers;
 //   4. config.json: the source's FP8 quantization_config replaced by the one the plan
 //      produces, partial_rotary_factor added when the source has rotary_dim;
-//      quantization_config.json too for AutoRound; recipe.yaml; tokenizer and side files;
+//      quantization_config.json too for AutoRound, hf_quant_config.json for ModelOpt; recipe.yaml; tokenizer and side files;
 //      README.md, the model card (src/io/card.h);
 //   5. the validate-ignore-list rules on the staging directory, then rename into place.
 // NVFP4 (W4A4) reads each quantized module's input absmax from a calibration statistics
@@ -37,6 +37,8 @@
 typedef enum fb_qout_format {
     FB_QOUT_COMPRESSED_TENSORS = 0,  // nvfp4-pack-quantized / pack-quantized
     FB_QOUT_AUTOROUND,               // auto_round:auto_gptq (W4A16 only)
+    FB_QOUT_MODELOPT,                // NVIDIA ModelOpt NVFP4 (quant_method modelopt, hf_quant_config.json;
+                                     // NVFP4 / NVFP4A16 only)
 } fb_qout_format;
 
 typedef struct fb_quantize_opts {

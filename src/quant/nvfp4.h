@@ -1,4 +1,5 @@
-// nvfp4.h: NVFP4 weight quantization, bit-exact with compressed-tensors 0.18
+// nvfp4.h: NVFP4 weight quantization, bit-exact with compressed-tensors 0.18, 0.19 and 0.20.1
+// (the three give the same bytes)
 // ("nvfp4-pack-quantized"; spec/compressed-tensors.md §0–§4, §10).
 //
 // A weight W [rows, cols] (cols % 16 == 0) of bf16 values becomes

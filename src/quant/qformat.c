@@ -9,11 +9,13 @@
 extern const fb_qfmt fb_qfmt_nvfp4;
 extern const fb_qfmt fb_qfmt_pack_int4;
 extern const fb_qfmt fb_qfmt_autoround;
+extern const fb_qfmt fb_qfmt_modelopt;
 
 static const fb_qfmt *const FORMATS[FB_QF_COUNT] = {
     [FB_QF_NVFP4] = &fb_qfmt_nvfp4,
     [FB_QF_PACK_INT4] = &fb_qfmt_pack_int4,
     [FB_QF_AUTOROUND] = &fb_qfmt_autoround,
+    [FB_QF_MODELOPT] = &fb_qfmt_modelopt,
 };
 
 const fb_qfmt *fb_qfmt_get(fb_qfmt_id id) { return (unsigned)id < FB_QF_COUNT ? FORMATS[id] : NULL; }

@@ -16,6 +16,8 @@
 //                    input scale)
 //   FB_QF_PACK_INT4  compressed-tensors pack-quantized, int4 symmetric groups
 //   FB_QF_AUTOROUND  AutoRound's GPTQ packing (auto_round:auto_gptq), int4 symmetric groups
+//   FB_QF_MODELOPT   NVIDIA ModelOpt's NVFP4 HF checkpoint (quant_method modelopt: weight u8,
+//                    weight_scale, weight_scale_2, input_scale), NVFP4 and W4A16_NVFP4
 // Adding a format: one file defining `const fb_qfmt fb_qfmt_<name>` and its line in the registry
 // (FORMATS[] in qformat.c). See README "Extending fourbit".
 #ifndef FB_QUANT_QFORMAT_H
@@ -27,14 +29,20 @@
 #include "io/checkpoint.h"
 #include "io/safetensors.h"
 
-typedef enum fb_qfmt_id { FB_QF_NVFP4 = 0, FB_QF_PACK_INT4, FB_QF_AUTOROUND, FB_QF_COUNT } fb_qfmt_id;
+typedef enum fb_qfmt_id {
+    FB_QF_NVFP4 = 0,
+    FB_QF_PACK_INT4,
+    FB_QF_AUTOROUND,
+    FB_QF_MODELOPT,
+    FB_QF_COUNT
+} fb_qfmt_id;
 
 #define FB_QFMT_MAX_OUT 4
 
 typedef struct fb_qfmt_out {
     const char *suffix;  // appended to the module name (".weight_packed")
     fb_dtype dtype;
-    int ndim;            // 1 or 2
+    int ndim;            // 0 (a scalar, shape []), 1 or 2
     int w4a4_only;       // written only when activations are quantized too (input scale)
 } fb_qfmt_out;
 
@@ -51,6 +59,11 @@ typedef struct fb_qfmt {
     int global_scale;           // 1: a per-tensor global scale from the amax of the rows comes
                                 // first (a fused set shares the one of its largest member)
     int fixed_group;            // group size the format fixes (16 for NVFP4), 0 = the recipe's
+    // The per-tensor scale of a fused set from its members' weight amax, and the input scale
+    // from a Linear's input absmax (W4A4). NULL: compressed-tensors' (fb_nvfp4_fused_global_scale,
+    // fb_nvfp4_input_global_scale). A scale that is not finite and > 0 refuses the tensor.
+    float (*fused_scale)(const float *amax, size_t n);
+    float (*input_scale)(float act_absmax);
     // Shape of output k of a weight [R, C] with group size G.
     void (*shape)(int k, int64_t R, int64_t C, int64_t G, int64_t shape[2]);
     // Quantizes rows [r0, r0+nr) of the f32 weight [R, C] into the whole-tensor output buffers

@@ -1160,7 +1160,7 @@ json_t *fb_qconfig_to_json(const fb_plan *p, const char *ct_version) {
     json_object_set_new(o, "quantization_status", json_string("compressed"));
     json_object_set_new(o, "sparsity_config", json_object());
     json_object_set_new(o, "transform_config", json_object());
-    json_object_set_new(o, "version", json_string(ct_version ? ct_version : "0.18.0"));
+    json_object_set_new(o, "version", json_string(ct_version ? ct_version : FB_CT_VERSION));
     return o;
 }
 

@@ -2,7 +2,7 @@
 // `quantization_config` they produce (spec/compressed-tensors.md §2, §3, §6.3, §7, §9;
 // spec/autoround-reap-modelopt.md §A.4.1).
 //
-// Data model = compressed-tensors 0.18 pydantic models, field for field:
+// Data model = compressed-tensors 0.18 / 0.19 pydantic models (the same fields), field for field:
 //   QuantizationArgs   -> fb_qargs    {num_bits, type, symmetric, group_size, strategy,
 //                                      block_structure, dynamic, actorder, scale_dtype,
 //                                      zp_dtype, observer, observer_kwargs}
@@ -274,9 +274,16 @@ int fb_module_order_cmp(const char *a, const char *b);
 // `format` (the single format or "mixed-precision"); `ignore` = plan->ignore_expanded;
 // kv_cache_scheme null; global_compression_ratio null; quant_method "compressed-tensors";
 // quantization_status "compressed"; sparsity_config {}; transform_config {}; version
-// `ct_version` (NULL = "0.18.0"). Serialize with JSON_INDENT(2) | JSON_SORT_KEYS.
+// `ct_version` (NULL = FB_CT_VERSION). Serialize with JSON_INDENT(2) | JSON_SORT_KEYS.
 // Caller owns the result.
 json_t *fb_qconfig_to_json(const fb_plan *p, const char *ct_version);
+
+// The compressed-tensors release written as quantization_config "version": the one whose
+// output fourbit's matches byte for byte, tensors and config (the release llm-compressor 0.14.0.1
+// pins; tests/golden/model-quant, qwen3-moe, match). 0.18.0 writes the same bytes under its own
+// version; 0.20.1 the same tensors but another config (null fields dropped,
+// "moe_sparsity_config" added), see README "Reference releases".
+#define FB_CT_VERSION "0.19.0"
 
 // One QuantizationScheme / QuantizationArgs as compressed-tensors serializes it (new refs).
 json_t *fb_qscheme_to_json(const fb_qscheme *s, fb_qformat fmt);

@@ -1,6 +1,6 @@
-// simd_cpu.h: private to the quantization kernels (fp8block.c, formats.c, nvfp4.c, w4a16.c):
-// which SIMD fast paths this process may use (simd_cpu.c). The fast paths themselves are
-// declared in quant_simd.h.
+// simd_cpu.h: private to the quantization kernels (fp8block.c, formats.c, nvfp4.c, w4a16.c,
+// qformat_modelopt.c): which SIMD fast paths this process may use (simd_cpu.c). The fast paths
+// themselves are declared in quant_simd.h (ModelOpt's in qformat_modelopt.c).
 //
 // FB_QUANT_IMPL in the environment caps the choice, read the same way by every kernel:
 //   unset or empty   the best fast path this CPU runs

@@ -71,6 +71,14 @@ static const vrule RULES[] = {
      "use format \"nvfp4-pack-quantized\" for NVFP4 (W4A4 and A16), \"pack-quantized\" for int4 W4A16"},
     {"ct.format-top", W, "the top-level format disagrees with the groups; loaders that read it decompress the wrong way",
      "write the group format at the top level (\"mixed-precision\" when groups differ)"},
+    {"mo.w4a16", W,
+     "vLLM loads ModelOpt quant_algo W4A16_NVFP4 only since PR #41769 (Linear) and PR #42566 (fused MoE), May 2026; "
+     "older releases: ValueError: ModelOpt currently only supports: ['FP8', 'FP8_PER_CHANNEL_PER_TOKEN', 'FP8_PB_WO', 'NVFP4']",
+     "serve with a vLLM that has both PRs, or write quant_algo NVFP4 (W4A4: calibrate, then nvfp4-quantize --recipe recipes/minimax.yaml --calib STATS --format modelopt)"},
+    {"mo.lm-head", W,
+     "vLLM versions whose ModelOpt NVFP4 quantizes ParallelLMHead (tests/quantization/test_modelopt.py::test_modelopt_nvfp4_quantizes_parallel_lm_head) "
+     "build lm_head packed: the bf16 lm_head.weight does not fit it",
+     "list \"lm_head\" in exclude_modules / ignore (modelopt's export does)"},
     {"ct.scheme", E, "vLLM: no compressed-tensors scheme for this combination (NotImplementedError / ValueError at load)",
      "use the NVFP4, NVFP4A16 or W4A16 preset arguments (spec/compressed-tensors.md §7)"},
     {"ct.targets", E, "vLLM finds no target for the layer: KeyError/ValueError (\"Unable to find matching target\") at model construction",

@@ -1222,12 +1222,19 @@ static void setup_modelopt(vctx *v, const json_t *q, const char *where, int lega
     else if (algo && !strcasecmp(algo, "W4A16_NVFP4")) sc = SC_MO_NVFP4A16;
     else fb_vf_add_sev(v->f, "ct.scheme", FB_SEV_WARNING, where, "this ModelOpt algorithm is not modelled: tensor checks skipped", NULL,
                        "ModelOpt quant_algo \"%s\" not modelled", algo ? algo : "(none)");
+    if (sc == SC_MO_NVFP4A16) fb_vf_add(v->f, "mo.w4a16", where, NULL, NULL, "quant_algo \"%s\" (weight-only ModelOpt NVFP4)", algo);
     long gs = jint(q, "group_size", 16);
     if (gs != 16) fb_vf_add(v->f, "ct.scheme", where, "vLLM's ModelOpt NVFP4 supports group_size 16 only", NULL, "group_size %ld", gs);
     const json_t *kv = json_object_get(q, "kv_cache_quant_algo");
     v->kv_allowed = json_is_string(kv);
     const json_t *ex = json_object_get(q, legacy ? "exclude_modules" : "ignore");
     if (!ex) ex = json_object_get(q, "exclude_modules");
+    // lm_head stored unquantized (a float lm_head.weight) but not excluded
+    int32_t *lm = mod_slot(v, MK_LMHEAD, -1, -1);
+    if (sc != SC_SKIP && lm && lm[S_WEIGHT] >= 0 && fb_dtypes[v->in->tensors[lm[S_WEIGHT]].dtype].is_float &&
+        v->in->tensors[lm[S_WEIGHT]].dtype != FB_F8_E4M3 && !mo_excluded(ex, v->MODS[MK_LMHEAD].path))
+        fb_vf_add(v->f, "mo.lm-head", where, NULL, NULL, "%s.weight is %s and %s does not exclude it", v->MODS[MK_LMHEAD].path,
+                  fb_dtypes[v->in->tensors[lm[S_WEIGHT]].dtype].name, legacy ? "exclude_modules" : "ignore");
     char nm[256], sh[256];
     static const char *const qn[3] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"};
     for (long L = 0; L < v->nL; L++) {
@@ -1613,7 +1620,20 @@ int fb_validate(const fb_vinput *in, const fb_validate_opts *o, fb_findings *f, 
         const pname *p = &v->pn[i];
         if (p->kind < 0 || p->suf == S_OTHER) {
             keyerror_text(v, t->name, cons, sizeof cons);
-            fb_vf_add(f, "tensor.keyerror", t->name, cons, NULL, "tensor is not a parameter of %s", v->arch->classes[0]);
+            // transformers 5 / llm-compressor 0.14 save MoE experts as experts.N.gate_proj/up_proj/down_proj;
+            // a family whose checkpoints say w1/w3/w2 (MiniMax-M2) has a loader that maps only its own names
+            const char *fx = NULL;
+            static const char *const HF[3] = {".gate_proj.", ".up_proj.", ".down_proj."}, *const HN[3] = {"gate_proj", "up_proj", "down_proj"};
+            static const int MK_OF[3] = {MK_W1, MK_W3, MK_W2};
+            for (int k = 0; k < 3 && !fx; k++)
+                if (strstr(t->name, ".experts.") && strstr(t->name, HF[k]) && strcmp(v->MODS[MK_OF[k]].path, HN[k]) != 0) {
+                    snprintf(fix, sizeof fix, "expert names of transformers 5 (llm-compressor 0.14 writes them); %s's loader maps "
+                             "experts.N.%s/%s/%s (gate/up/down): rename gate_proj -> %s, up_proj -> %s, down_proj -> %s",
+                             v->arch->classes[0], v->MODS[MK_W1].path, v->MODS[MK_W3].path, v->MODS[MK_W2].path,
+                             v->MODS[MK_W1].path, v->MODS[MK_W3].path, v->MODS[MK_W2].path);
+                    fx = fix;
+                }
+            fb_vf_add(f, "tensor.keyerror", t->name, cons, fx, "tensor is not a parameter of %s", v->arch->classes[0]);
             continue;
         }
         if (p->layer >= 0 && v->d.nhl > 0 && p->layer >= v->d.nhl) {

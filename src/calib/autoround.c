@@ -1,0 +1,530 @@
+// autoround.c: auto-round 0.16.1's optimized RTN, plain RTN and SignRound on routed experts
+// (see autoround.h). Scalar reference code; the GEMMs of the tuning go through BLAS.
+#include "calib/autoround.h"
+
+#include <cblas.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+#include "quant/formats.h"
+
+#define G FB_AR_GROUP
+
+// Rounds an f32 op result to the search dtype (torch computes bf16 ops in f32 and rounds).
+static inline float rd(fb_ar_dtype dt, float x) {
+    return dt == FB_AR_BF16 ? fb_bf16_to_f32(fb_f32_to_bf16(x)) : x;
+}
+static inline float h16(float x) { return fb_f16_to_f32(fb_f32_to_f16(x)); }
+
+// auto_round.utils.get_reciprocal: 0 where |x| < 1e-30 (in the dtype), else 1 / x.
+static inline float recip(fb_ar_dtype dt, float x) {
+    return fabsf(x) >= rd(dt, 1e-30f) ? rd(dt, 1.0f / x) : 0.0f;
+}
+
+static inline float clampq(float v) { return v < -8.0f ? -8.0f : v > 7.0f ? 7.0f : v; }
+
+void fb_autoround_imatrix_add(float *im, size_t C, const float *x, size_t rows) {
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < C; k++) im[k] += x[r * C + k] * x[r * C + k];
+}
+
+void fb_autoround_imatrix_scale(float *im, size_t C, size_t n) {
+    for (size_t k = 0; k < C; k++) im[k] = im[k] / (float)n;
+}
+
+static int check_finite(const float *W, size_t R, size_t C, const float *im, fb_err *err) {
+    if (!R || !C || C % G) return fb_fail(err, "AutoRound: a [%zu, %zu] weight (columns must be a multiple of %d)", R, C, G);
+    for (size_t r = 0; r < R; r++)
+        for (size_t k = 0; k < C; k++)
+            if (!isfinite(W[r * C + k]))
+                return fb_fail(err, "AutoRound: weight row %zu column %zu is %g", r, k, (double)W[r * C + k]);
+    if (im)
+        for (size_t k = 0; k < C; k++)
+            if (!isfinite(im[k]) || im[k] < 0)
+                return fb_fail(err, "AutoRound: importance matrix column %zu is %g", k, (double)im[k]);
+    return 0;
+}
+
+// The loss of scale s / inverse scale is on one group (search_scales' inner step), in double
+// (the reference sums f32 in its own order: a near-tie may resolve the other way).
+static double grp_loss(fb_ar_dtype dt, const float *w, const float *qw, float is, float s) {
+    double l = 0;
+    for (size_t k = 0; k < G; k++) {
+        float L = clampq(nearbyintf(rd(dt, is * w[k])));
+        float e = rd(dt, rd(dt, s * L) - w[k]);
+        float e2 = e * e;
+        if (qw) e2 = e2 * qw[k];
+        l += e2;
+    }
+    return l;
+}
+
+// gguf._imatrix_handle_zero on one group row: qw (in: the imatrix slice, out: patched).
+static void patch_imatrix(fb_ar_dtype dt, const float *w, float *qw) {
+    size_t zc = 0;
+    for (size_t k = 0; k < G; k++) zc += qw[k] <= 1e-30f;
+    if (zc > G / 2) {
+        // the weights' own magnitude instead (bits 4: |w| + sqrt(sum w^2 / 32)), in the dtype
+        float s2 = 0;
+        for (size_t k = 0; k < G; k++) s2 += rd(dt, w[k] * w[k]);
+        float av = rd(dt, sqrtf(rd(dt, rd(dt, s2) / 32.0f)));
+        for (size_t k = 0; k < G; k++) qw[k] = rd(dt, fabsf(w[k]) + av);
+    } else if (zc > 0) {
+        float sum = 0;
+        for (size_t k = 0; k < G; k++) sum += qw[k];
+        float mean = sum / (float)(G - zc);
+        for (size_t k = 0; k < G; k++)
+            if (qw[k] == 0) qw[k] = mean;
+    }
+}
+
+int fb_autoround_opt_rtn(const float *W, size_t R, size_t C, const float *im, fb_ar_dtype dt, float *scale,
+                         int8_t *q, float *out, fb_err *err) {
+    if (check_finite(W, R, C, im, err)) return -1;
+    int patch = 0;
+    if (im)
+        for (size_t k = 0; k < C; k++) patch |= im[k] == 0;
+    const double step = 6.0 / 200 * 2;  // nmax * 0.75 / grid * 2, as Python computes it
+    const int smin = (int)(6.0 / step);
+    float qw[G];
+    const float thr = rd(dt, 1e-5f);
+    for (size_t r = 0; r < R; r++)
+        for (size_t g0 = 0; g0 < C; g0 += G) {
+            const float *w = W + r * C + g0;
+            const float *pq = NULL;
+            if (im) {
+                memcpy(qw, im + g0, sizeof qw);
+                if (patch) patch_imatrix(dt, w, qw);
+                pq = qw;
+            }
+            size_t imax = 0;
+            for (size_t k = 1; k < G; k++)
+                if (fabsf(w[k]) > fabsf(w[imax])) imax = k;
+            float rg = recip(dt, w[imax]);
+            float is = rd(dt, -8.0f * rg), s = recip(dt, is);
+            double best = grp_loss(dt, w, pq, is, s);
+            for (int k = -smin; k <= smin; k++) {
+                if (!k) continue;
+                float ist = rd(dt, (float)(-(8.0 - step * k)) * rg), st = recip(dt, ist);
+                double l = grp_loss(dt, w, pq, ist, st);
+                if (l < best) { best = l; s = st; }
+            }
+            s = s < 0 ? fminf(s, -thr) : fmaxf(s, thr);
+            scale[r * (C / G) + g0 / G] = s;
+            for (size_t k = 0; k < G; k++) {
+                float v = clampq(nearbyintf(rd(dt, w[k] / s)));
+                if (q) q[r * C + g0 + k] = (int8_t)v;
+                if (out) out[r * C + g0 + k] = rd(dt, v * s);
+            }
+        }
+    return 0;
+}
+
+// int_sym's scale of one group with the min/max factors (fp16, thresholded); sign_out gets the
+// sign of max_v and tie / branch flags for the gradient.
+static inline float sym_scale(float wmin, float wmax, float mn, float mx, float *sv) {
+    float a = -(wmin * mn), b = wmax * mx;
+    float m = a > b ? a : b;
+    float mv = (b < a ? 1.0f : -1.0f) * m;
+    float s = h16(mv / 8.0f);
+    const float thr = h16(1e-5f);
+    if (sv) *sv = s;  // before the threshold: its gradient mask
+    return s < 0 ? fminf(s, -thr) : fmaxf(s, thr);
+}
+
+int fb_autoround_rtn(const float *W, size_t R, size_t C, fb_ar_dtype dt, float *scale, int8_t *q, float *out,
+                     fb_err *err) {
+    if (check_finite(W, R, C, NULL, err)) return -1;
+    for (size_t r = 0; r < R; r++)
+        for (size_t g0 = 0; g0 < C; g0 += G) {
+            const float *w = W + r * C + g0;
+            float lo = 0, hi = 0;
+            for (size_t k = 0; k < G; k++) {
+                lo = fminf(lo, w[k]);
+                hi = fmaxf(hi, w[k]);
+            }
+            float s = sym_scale(lo, hi, 1.0f, 1.0f, NULL);
+            scale[r * (C / G) + g0 / G] = s;
+            for (size_t k = 0; k < G; k++) {
+                float v = clampq(nearbyintf(w[k] / s));
+                if (q) q[r * C + g0 + k] = (int8_t)v;
+                if (out) out[r * C + g0 + k] = rd(dt, v * s);
+            }
+        }
+    return 0;
+}
+
+// ---- SignRound --------------------------------------------------------------------------
+
+typedef struct arlin {
+    fb_ar_linear *L;
+    size_t R, C, NG;
+    float *w0;          // [R, C] the FP weight (the caller's buffer, replaced at the very end)
+    float *wq;          // [R, C] fake-quantized weight of the current parameters
+    float *gw;          // [R, C] dLoss/dwq (a scratch shared by all Linears: used right away)
+    float *v, *bv;      // [R, C] V and its best snapshot
+    float *mn, *mx;     // [NG * R] min/max factors
+    float *bmn, *bmx;
+    float *lo, *hi;     // [NG * R] min(0, group), max(0, group) of the FP weight
+} arlin;
+
+static void lin_init(arlin *a, fb_ar_linear *L, float *gw) {
+    a->L = L;
+    a->R = L->rows;
+    a->C = L->cols;
+    a->NG = a->R * a->C / G;
+    size_t n = a->R * a->C;
+    a->w0 = L->w;
+    a->wq = fb_aligned_alloc(n * sizeof(float) + 64);
+    a->gw = gw;
+    a->v = fb_calloc(n, sizeof(float));
+    a->bv = fb_calloc(n, sizeof(float));
+    a->mn = fb_malloc(a->NG * sizeof(float));
+    a->mx = fb_malloc(a->NG * sizeof(float));
+    a->bmn = fb_malloc(a->NG * sizeof(float));
+    a->bmx = fb_malloc(a->NG * sizeof(float));
+    a->lo = fb_malloc(a->NG * sizeof(float));
+    a->hi = fb_malloc(a->NG * sizeof(float));
+    for (size_t gi = 0; gi < a->NG; gi++) {
+        const float *w = a->w0 + gi * G;
+        float lo = 0, hi = 0;
+        for (size_t k = 0; k < G; k++) {
+            lo = fminf(lo, w[k]);
+            hi = fmaxf(hi, w[k]);
+        }
+        a->lo[gi] = lo;
+        a->hi[gi] = hi;
+        a->mn[gi] = a->mx[gi] = a->bmn[gi] = a->bmx[gi] = 1.0f;
+    }
+}
+
+static void lin_free(arlin *a) {
+    free(a->wq); free(a->v); free(a->bv);
+    free(a->mn); free(a->mx); free(a->bmn); free(a->bmx); free(a->lo); free(a->hi);
+}
+
+// _qdq_weight: clamps the factors to [0, 1] in place, then wq = s * clamp(rint(w / s + v)).
+static void lin_qdq(arlin *a, const float *v, float *mn, float *mx, float *wq, float *scale, int8_t *q) {
+    for (size_t gi = 0; gi < a->NG; gi++) {
+        mn[gi] = fminf(fmaxf(mn[gi], 0.0f), 1.0f);
+        mx[gi] = fminf(fmaxf(mx[gi], 0.0f), 1.0f);
+        float s = sym_scale(a->lo[gi], a->hi[gi], mn[gi], mx[gi], NULL);
+        if (scale) scale[gi] = s;
+        const float *w = a->w0 + gi * G, *vv = v + gi * G;
+        for (size_t k = 0; k < G; k++) {
+            float c = clampq(nearbyintf(w[k] / s + vv[k]));
+            wq[gi * G + k] = s * c;
+            if (q) q[gi * G + k] = (int8_t)c;
+        }
+    }
+}
+
+static inline float sgn(float g) { return g > 0 ? 1.0f : g < 0 ? -1.0f : 0.0f; }
+
+// The chain rule from dLoss/dwq (a->gw) to V, min_scale, max_scale, and the SignSGD step.
+static void lin_step(arlin *a, float lr, float mlr, int minmax) {
+    const float thr = h16(1e-5f);
+    for (size_t gi = 0; gi < a->NG; gi++) {
+        float sv, s = sym_scale(a->lo[gi], a->hi[gi], a->mn[gi], a->mx[gi], &sv);
+        const float *w = a->w0 + gi * G, *gw = a->gw + gi * G;
+        float *v = a->v + gi * G;
+        float gq = 0, gd = 0;  // the scale's gradient through s*q and through w/s
+        for (size_t k = 0; k < G; k++) {
+            float t = nearbyintf(w[k] / s + v[k]);
+            int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
+            float c = clampq(t);
+            gq += gw[k] * c;
+            float gvk = in ? gw[k] * s : 0.0f;  // d wq / d V = s inside the clamp
+            if (in) gd += gvk * (-(w[k] / s) / s);
+            v[k] -= lr * sgn(gvk);
+        }
+        if (!minmax) continue;
+        // each use of the fp16 scale gets its gradient in fp16; the threshold's clamp passes
+        // it where the scale was kept
+        float gs = h16(h16(gq) + h16(gd));
+        if (!(sv < 0 ? sv < -thr : sv > thr)) gs = 0;
+        float gm = gs / 8.0f;  // max_v / 8, the fp16 cast passes the gradient through
+        float A = -(a->lo[gi] * a->mn[gi]), B = a->hi[gi] * a->mx[gi];
+        gm *= B < A ? 1.0f : -1.0f;
+        float gA = A > B ? gm : A == B ? gm / 2 : 0.0f, gB = B > A ? gm : A == B ? gm / 2 : 0.0f;
+        a->mn[gi] -= mlr * sgn(-a->lo[gi] * gA);
+        a->mx[gi] -= mlr * sgn(a->hi[gi] * gB);
+    }
+}
+
+static inline float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// Python's random module (MT19937, random.seed(int) = init_by_array of the seed's 32-bit words,
+// shuffle = Fisher-Yates from the end with _randbelow = rejection on getrandbits(bit_length)),
+// so that IndexSampler's batches come out as auto-round draws them after random.seed(seed).
+typedef struct pyrand {
+    uint32_t mt[624];
+    int i;
+} pyrand;
+
+static void py_init(pyrand *r, uint32_t s) {
+    r->mt[0] = s;
+    for (int i = 1; i < 624; i++) r->mt[i] = 1812433253u * (r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) + (uint32_t)i;
+    r->i = 624;
+}
+
+static void py_seed(pyrand *r, uint64_t seed) {
+    uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+    int klen = seed >> 32 ? 2 : 1, i = 1, j = 0;
+    py_init(r, 19650218u);
+    for (int k = 624 > klen ? 624 : klen; k; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) * 1664525u)) + key[j] + (uint32_t)j;
+        i++;
+        j++;
+        if (i >= 624) { r->mt[0] = r->mt[623]; i = 1; }
+        if (j >= klen) j = 0;
+    }
+    for (int k = 623; k; k--) {
+        r->mt[i] = (r->mt[i] ^ ((r->mt[i - 1] ^ (r->mt[i - 1] >> 30)) * 1566083941u)) - (uint32_t)i;
+        i++;
+        if (i >= 624) { r->mt[0] = r->mt[623]; i = 1; }
+    }
+    r->mt[0] = 0x80000000u;
+}
+
+static uint32_t py_u32(pyrand *r) {
+    if (r->i >= 624) {
+        for (int k = 0; k < 624; k++) {
+            uint32_t y = (r->mt[k] & 0x80000000u) | (r->mt[(k + 1) % 624] & 0x7fffffffu);
+            r->mt[k] = r->mt[(k + 397) % 624] ^ (y >> 1) ^ (y & 1 ? 0x9908b0dfu : 0);
+        }
+        r->i = 0;
+    }
+    uint32_t y = r->mt[r->i++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+}
+
+static size_t py_below(pyrand *r, size_t n) {  // n < 2^32
+    int k = 0;
+    while (((size_t)1 << k) <= n) k++;
+    for (;;) {
+        size_t v = py_u32(r) >> (32 - k);
+        if (v < n) return v;
+    }
+}
+
+static void shuffle(size_t *p, size_t n, pyrand *r) {
+    for (size_t i = n - 1; i >= 1; i--) {
+        size_t j = py_below(r, i + 1), t = p[i];
+        p[i] = p[j];
+        p[j] = t;
+    }
+}
+
+typedef struct moe_ws {
+    size_t H, FF, E;
+    float *xe, *re, *A, *Bm, *Hh, *Y, *dY;  // one expert's rows of a batch (capacity cap)
+    size_t *pos, cap;                       // pos: the batch rows of that expert's tokens
+} moe_ws;
+
+// MoE output of the tokens tok[0..n) (rows of x) with the experts' FP (quant 0) or fake-quantized
+// weights into out [n, H]. With grad != NULL instead backpropagates dLoss/dout = grad into each
+// Linear's gw and takes its SignSGD step right away (an expert's step changes nothing another
+// expert's backward reads; an expert without tokens has zero gradients: no step).
+static void moe_pass(const float *x, const float *route, const size_t *tok, size_t n, arlin *lin, int quant,
+                     moe_ws *ws, float *out, const float *grad, float lr, float mlr, int minmax) {
+    size_t H = ws->H, FF = ws->FF, E = ws->E;
+    if (!grad) memset(out, 0, n * H * sizeof(float));
+    for (size_t e = 0; e < E; e++) {
+        arlin *g = &lin[3 * e], *u = &lin[3 * e + 1], *d = &lin[3 * e + 2];
+        const float *Wg = quant ? g->wq : g->w0, *Wu = quant ? u->wq : u->w0, *Wd = quant ? d->wq : d->w0;
+        size_t m = 0, *pos = ws->pos;
+        for (size_t t = 0; t < n; t++) {
+            float r = route[tok[t] * E + e];
+            if (r == 0) continue;
+            memcpy(ws->xe + m * H, x + tok[t] * H, H * sizeof(float));
+            ws->re[m] = r;
+            pos[m] = t;
+            m++;
+        }
+        if (!m) continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)FF, (int)H, 1.0f, ws->xe, (int)H, Wg, (int)H,
+                    0.0f, ws->A, (int)FF);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)FF, (int)H, 1.0f, ws->xe, (int)H, Wu, (int)H,
+                    0.0f, ws->Bm, (int)FF);
+        for (size_t i = 0; i < m * FF; i++) ws->Hh[i] = silu(ws->A[i]) * ws->Bm[i];
+        if (!grad) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)H, (int)FF, 1.0f, ws->Hh, (int)FF, Wd,
+                        (int)FF, 0.0f, ws->Y, (int)H);
+            for (size_t j = 0; j < m; j++)
+                for (size_t k = 0; k < H; k++) out[pos[j] * H + k] += ws->re[j] * ws->Y[j * H + k];
+        } else {
+            for (size_t j = 0; j < m; j++)
+                for (size_t k = 0; k < H; k++) ws->dY[j * H + k] = ws->re[j] * grad[pos[j] * H + k];
+            // dWd = dY^T Hh; dHh = dY Wd
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)H, (int)FF, (int)m, 1.0f, ws->dY, (int)H, ws->Hh,
+                        (int)FF, 0.0f, d->gw, (int)FF);
+            lin_step(d, lr, mlr, minmax);  // changes V and the factors, not d->wq that dHh reads
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)FF, (int)H, 1.0f, ws->dY, (int)H, Wd,
+                        (int)FF, 0.0f, ws->Y, (int)FF);
+            for (size_t i = 0; i < m * FF; i++) {
+                float a = ws->A[i], sg = 1.0f / (1.0f + expf(-a)), dh = ws->Y[i];
+                ws->Hh[i] = dh * ws->Bm[i] * (sg * (1.0f + a * (1.0f - sg)));  // dA
+                ws->Bm[i] = dh * (a * sg);                                     // dB
+            }
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Hh, (int)FF, ws->xe,
+                        (int)H, 0.0f, g->gw, (int)H);
+            lin_step(g, lr, mlr, minmax);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Bm, (int)FF, ws->xe,
+                        (int)H, 0.0f, u->gw, (int)H);
+            lin_step(u, lr, mlr, minmax);
+        }
+    }
+}
+
+static double mse(const float *a, const float *b, size_t n) {
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        float d = a[i] - b[i];
+        s += (double)(d * d);
+    }
+    return s / (double)n;
+}
+
+int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H, const float *route,
+                          size_t n_experts, const float *target, fb_ar_expert *ex, const fb_ar_opts *o,
+                          fb_ar_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    size_t E = n_experts, N = nsamples * seq;
+    if (!E || !N || !H || o->iters < 1)
+        return fb_fail(err, "AutoRound: %zu experts, %zu samples x %zu tokens, hidden %zu, %d iterations", E, nsamples,
+                       seq, H, o->iters);
+    size_t FF = ex[0].gate.rows;
+    size_t bs = o->batch_size ? o->batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    // BLAS takes int dimensions; the buffers are indexed up to a batch's tokens x max(H, FF)
+    if (!FF || FF > INT_MAX / H || bs * seq > INT_MAX / (H > FF ? H : FF))
+        return fb_fail(err, "AutoRound: a batch of %zu x %zu tokens with hidden %zu, intermediate %zu is out of range", bs,
+                       seq, H, FF);
+    for (size_t e = 0; e < E; e++) {
+        fb_ar_expert *p = &ex[e];
+        if (p->gate.rows != FF || p->gate.cols != H || p->up.rows != FF || p->up.cols != H || p->down.rows != H ||
+            p->down.cols != FF)
+            return fb_fail(err, "AutoRound: expert %zu: gate [%zu, %zu], up [%zu, %zu], down [%zu, %zu] for hidden %zu, "
+                           "intermediate %zu", e, p->gate.rows, p->gate.cols, p->up.rows, p->up.cols, p->down.rows,
+                           p->down.cols, H, FF);
+        const fb_ar_linear *ls[3] = {&p->gate, &p->up, &p->down};
+        for (int j = 0; j < 3; j++)
+            if (check_finite(ls[j]->w, ls[j]->rows, ls[j]->cols, NULL, err))
+                return fb_fail(err, "expert %zu %s: %s", e, j == 0 ? "gate" : j == 1 ? "up" : "down", err->msg);
+    }
+    for (size_t i = 0; i < N * E; i++)
+        if (!isfinite(route[i]) || route[i] < 0) return fb_fail(err, "AutoRound: routing weight %zu is %g", i, (double)route[i]);
+    float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
+    int minmax = !o->disable_minmax;
+
+    arlin *lin = fb_calloc(3 * E, sizeof(arlin));
+    float *gws = fb_aligned_alloc(H * FF * sizeof(float) + 64);
+    for (size_t e = 0; e < E; e++) {
+        lin_init(&lin[3 * e], &ex[e].gate, gws);
+        lin_init(&lin[3 * e + 1], &ex[e].up, gws);
+        lin_init(&lin[3 * e + 2], &ex[e].down, gws);
+    }
+    moe_ws ws = {.H = H, .FF = FF, .E = E, .cap = bs * seq};
+    size_t cap = ws.cap, HI = H > FF ? H : FF;
+    ws.xe = fb_malloc(cap * H * sizeof(float));
+    ws.re = fb_malloc(cap * sizeof(float));
+    ws.A = fb_malloc(cap * FF * sizeof(float));
+    ws.Bm = fb_malloc(cap * FF * sizeof(float));
+    ws.Hh = fb_malloc(cap * FF * sizeof(float));
+    ws.Y = fb_malloc(cap * HI * sizeof(float));
+    ws.dY = fb_malloc(cap * H * sizeof(float));
+    ws.pos = fb_malloc(cap * sizeof(size_t));
+    // The FP target over all samples when the caller has none (chunks of one batch).
+    float *tgt = NULL;
+    size_t *all = fb_malloc(N * sizeof(size_t));
+    for (size_t i = 0; i < N; i++) all[i] = i;
+    if (!target) {
+        tgt = fb_malloc(N * H * sizeof(float));
+        for (size_t t0 = 0; t0 < N; t0 += cap) {
+            size_t n = N - t0 < cap ? N - t0 : cap;
+            moe_pass(x, route, all + t0, n, lin, 0, &ws, tgt + t0 * H, NULL, 0, 0, 0);
+        }
+        target = tgt;
+    }
+    float *out = fb_malloc(cap * H * sizeof(float)), *grad = fb_malloc(cap * H * sizeof(float));
+    // The MSE over every sample of the current fake-quantized weights.
+#define FULL_MSE(dst)                                                                       \
+    do {                                                                                    \
+        double s_ = 0;                                                                      \
+        for (size_t t0 = 0; t0 < N; t0 += cap) {                                            \
+            size_t n_ = N - t0 < cap ? N - t0 : cap;                                        \
+            moe_pass(x, route, all + t0, n_, lin, 1, &ws, out, NULL, 0, 0, 0);                       \
+            s_ += mse(out, target + t0 * H, n_ * H) * (double)(n_ * H);                     \
+        }                                                                                   \
+        (dst) = s_ / (double)(N * H);                                                       \
+    } while (0)
+    for (size_t j = 0; j < 3 * E; j++) lin_qdq(&lin[j], lin[j].v, lin[j].mn, lin[j].mx, lin[j].wq, NULL, NULL);
+    FULL_MSE(res->rtn_mse);
+
+    size_t *perm = fb_malloc(nsamples * sizeof(size_t)), *tok = fb_malloc(cap * sizeof(size_t)), pi = 0;
+    for (size_t i = 0; i < nsamples; i++) perm[i] = i;
+    pyrand st;
+    py_seed(&st, o->seed);
+    shuffle(perm, nsamples, &st);
+    float *tb = fb_malloc(cap * H * sizeof(float));
+    double best = 3.4028234663852886e38;  // torch.finfo(float).max
+    float lr_i = lr, mlr_i = mlr;
+    for (int it = 0; it < o->iters; it++) {
+        if (pi + bs > nsamples) {
+            shuffle(perm, nsamples, &st);
+            pi = 0;
+        }
+        size_t n = 0;
+        for (size_t b = 0; b < bs; b++)
+            for (size_t t = 0; t < seq; t++) tok[n++] = perm[pi + b] * seq + t;
+        pi += bs;
+        for (size_t j = 0; j < 3 * E; j++) lin_qdq(&lin[j], lin[j].v, lin[j].mn, lin[j].mx, lin[j].wq, NULL, NULL);
+        moe_pass(x, route, tok, n, lin, 1, &ws, out, NULL, 0, 0, 0);
+        for (size_t t = 0; t < n; t++) memcpy(tb + t * H, target + tok[t] * H, H * sizeof(float));
+        double loss = (double)(float)mse(out, tb, n * H);  // loss.item() of an f32 tensor
+        // MSELoss(mean) * 1000: d/dout = 2 (out - target) / numel * 1000
+        const float k = 2000.0f / (float)(n * H);
+        for (size_t i = 0; i < n * H; i++) grad[i] = (out[i] - tb[i]) * k;
+        if (it == 0) res->init_loss = loss;
+        if (o->loss_trace) o->loss_trace[it] = loss;
+        if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
+            if (loss < best) {
+                best = loss;
+                res->best_iter = it;
+                res->best_loss = loss;
+            }
+            for (size_t j = 0; j < 3 * E; j++) {
+                arlin *a = &lin[j];
+                memcpy(a->bv, a->v, a->R * a->C * sizeof(float));
+                memcpy(a->bmn, a->mn, a->NG * sizeof(float));
+                memcpy(a->bmx, a->mx, a->NG * sizeof(float));
+            }
+        }
+        moe_pass(x, route, tok, n, lin, 1, &ws, NULL, grad, lr_i, mlr_i, minmax);
+        // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
+        float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
+        lr_i = lr_i * f;
+        mlr_i = mlr_i * f;
+    }
+    if (o->not_use_best_mse) {
+        res->best_loss = best;
+    }
+    for (size_t j = 0; j < 3 * E; j++) {
+        arlin *a = &lin[j];
+        lin_qdq(a, a->bv, a->bmn, a->bmx, a->wq, a->L->scale, a->L->q);
+    }
+    FULL_MSE(res->final_mse);
+#undef FULL_MSE
+    for (size_t j = 0; j < 3 * E; j++) {
+        memcpy(lin[j].L->w, lin[j].wq, lin[j].R * lin[j].C * sizeof(float));
+        lin_free(&lin[j]);
+    }
+    free(lin); free(ws.xe); free(ws.re); free(ws.A); free(ws.Bm); free(ws.Hh); free(ws.Y); free(ws.dY); free(ws.pos);
+    free(gws); free(tgt); free(all); free(out); free(grad); free(perm); free(tok); free(tb);
+    return 0;
+}
