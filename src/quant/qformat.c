@@ -1,5 +1,7 @@
 // qformat.c: the output-format registry and the helpers the format files share (see qformat.h).
 #include "quant/qformat.h"
+#include "quant/formats.h"
+#include "quant/nvfp4.h"
 
 #include <math.h>
 #include <string.h>
@@ -83,4 +85,50 @@ int fb_qf_rows_check(const char *path, const char *name, int64_t r0, int64_t nro
         return fb_fail(err, "%s: tensor %s: rows [%lld, %lld) outside [0, %lld)", path, name,
                        (long long)r0, (long long)(r0 + nrows), (long long)rows);
     return 0;
+}
+
+int fb_qf_fp4_rows(const fb_qfmt_read *rd, const char *p, const char *name, const char *const sfx[3],
+                   const char *what, fb_qf_fp4_dequant dequant, int64_t r0, int64_t nrows, float *out,
+                   fb_err *err) {
+    char bp[512], bs[512], bg[512];
+    const fb_st_file *fp = NULL, *fs = NULL, *fg = NULL;
+    const fb_st_tensor *tp = fb_qf_part(rd, p, sfx[0], &fp, bp, sizeof bp);
+    const fb_st_tensor *ts = fb_qf_part(rd, p, sfx[1], &fs, bs, sizeof bs);
+    const fb_st_tensor *tg = fb_qf_part(rd, p, sfx[2], &fg, bg, sizeof bg);
+    if (!tp || !ts || !tg)
+        return fb_fail(err, "%s: tensor %s is missing (%s weight %s)", rd->ck->path,
+                       !tp ? bp : !ts ? bs : bg, what, name);
+    if (tp->ndim != 2) return fb_qf_check_2d(fp, tp, FB_U8, 0, 0, err);
+    int64_t R = tp->shape[0], C = tp->shape[1] * 2;
+    if (C % FB_NVFP4_GROUP)
+        return fb_fail(err, "%s: tensor %s: %lld columns are not a multiple of 16", fp->path,
+                       bp, (long long)C);
+    if (fb_qf_check_2d(fs, ts, FB_F8_E4M3, R, C / FB_NVFP4_GROUP, err)) return -1;
+    float s;
+    if (fb_qf_read_gs(fg, tg, &s, err)) return -1;  // F32, one element, finite and > 0
+    if (fb_qf_rows_check(fp->path, name, r0, nrows, R, err)) return -1;
+    size_t pb = (size_t)C / 2, sb = (size_t)C / FB_NVFP4_GROUP;
+    int64_t chunk = (int64_t)(FB_QF_CHUNK_BYTES / pb);
+    if (chunk < 1) chunk = 1;
+    if (chunk > nrows) chunk = nrows;
+    uint8_t *pk = fb_malloc((size_t)chunk * pb + 1), *sc = fb_malloc((size_t)chunk * sb + 1);
+    int rc = 0;
+    for (int64_t r = 0; r < nrows && !rc; r += chunk) {
+        int64_t n = nrows - r < chunk ? nrows - r : chunk;
+        if (fb_st_read(fp, tp, (uint64_t)(r0 + r) * pb, pk, (size_t)n * pb, err) ||
+            fb_st_read(fs, ts, (uint64_t)(r0 + r) * sb, sc, (size_t)n * sb, err)) {
+            rc = -1;
+            break;
+        }
+        for (size_t i = 0; i < (size_t)n * sb; i++)
+            if (fb_e4m3_is_nan(sc[i])) {
+                rc = fb_fail(err, "%s: tensor %s: row %lld, group %zu: scale is an fp8 NaN code 0x%02X",
+                             fs->path, bs, (long long)(r0 + r) + (long long)(i / sb), i % sb, sc[i]);
+                break;
+            }
+        if (!rc) dequant(pk, sc, (size_t)n, (size_t)C, s, out + (size_t)r * (size_t)C);
+    }
+    free(pk);
+    free(sc);
+    return rc;
 }

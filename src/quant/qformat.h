@@ -118,6 +118,17 @@ int fb_qf_read_gs(const fb_st_file *f, const fb_st_tensor *t, float *out, fb_err
 int fb_qf_rows_check(const char *path, const char *name, int64_t r0, int64_t nrows, int64_t rows,
                      fb_err *err);
 
+// The row reader of the FP4 formats (compressed-tensors NVFP4, ModelOpt NVFP4): packed u8
+// [R, C/2] + fp8 e4m3 block scales [R, C/16] + one F32 per-tensor scale, named <p><sfx[0..2]>;
+// rows [r0, r0+nrows) are read in chunks, fp8 NaN scale codes refused naming row and group,
+// and `dequant` (the format's fb_*_dequant_rows) turns each chunk into f32. `what` names the
+// format in the missing-tensor message.
+typedef void (*fb_qf_fp4_dequant)(const uint8_t *packed, const uint8_t *scale, size_t nrows,
+                                  size_t cols, float s, float *out);
+int fb_qf_fp4_rows(const fb_qfmt_read *rd, const char *p, const char *name, const char *const sfx[3],
+                   const char *what, fb_qf_fp4_dequant dequant, int64_t r0, int64_t nrows, float *out,
+                   fb_err *err);
+
 // Bytes read per chunk while dequantizing.
 #define FB_QF_CHUNK_BYTES ((uint64_t)16 << 20)
 
