@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
-"""Grafts the quantized Linears of a reference checkpoint (llm-compressor's GPTQ output) into a
-copy of a fourbit checkpoint of the same scheme, so that ref-runner measures the two GPTQ
-implementations' weights with everything else identical (embeddings, norms, and the router gate
-and correction bias, which llm-compressor's bf16 model stores in bf16 while the source and
-fourbit keep them in float32: a routing difference that is not GPTQ's).
+"""Grafts the quantized Linears of a reference checkpoint (llm-compressor's GPTQ output, or
+auto-round's `auto_round` export) into a copy of a fourbit checkpoint of the same scheme and
+format, so that ref-runner measures the two implementations' weights with everything else
+identical (embeddings, norms, and the router gate and correction bias, which llm-compressor's bf16
+model stores in bf16 while the source and fourbit keep them in float32, and which auto-round 0.16.1
+writes in float32 along with the norms, embeddings and lm_head that fourbit keeps in bf16:
+differences that are not the quantizer's).
 
     python scripts/graft-quantized.py FOURBIT_DIR REFERENCE_DIR OUT_DIR
 
-Every `*.weight_packed`, `*.weight_scale`, `*.weight_global_scale` of FOURBIT_DIR is replaced by
+Every `*.weight_packed`, `*.weight_scale`, `*.weight_global_scale` (compressed-tensors) or
+`*.qweight`, `*.qzeros`, `*.scales` (auto_round's GPTQ packing) of FOURBIT_DIR is replaced by
 the reference's tensor of the same name, dtype and shape (a missing or different one is an
 error); the rest of FOURBIT_DIR is copied as it is. Needs torch + safetensors.
 """
@@ -18,10 +21,10 @@ import sys
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-SUFFIXES = (".weight_packed", ".weight_scale", ".weight_global_scale")
+SUFFIXES = (".weight_packed", ".weight_scale", ".weight_global_scale", ".qweight", ".qzeros", ".scales")
 
 
-def name(k):  # llm-compressor 0.14 saves MiniMax-M2 experts as gate_proj / up_proj / down_proj
+def name(k):  # llm-compressor 0.14 and auto-round 0.16.1 save MiniMax-M2 experts as gate_proj / up_proj / down_proj
     if ".experts." in k:
         for a, b in ((".gate_proj.", ".w1."), (".up_proj.", ".w3."), (".down_proj.", ".w2.")):
             k = k.replace(a, b)
