@@ -110,7 +110,7 @@ class LossLog(logging.Handler):
             if self.cur:
                 best = min(range(len(self.cur)), key=lambda i: (self.cur[i], i))
                 b.update({"init_loss": self.cur[0], "best_iter": best, "best_loss": self.cur[best],
-                          "iters_run": len(self.cur)})
+                          "iters_run": len(self.cur), "iter_losses": self.cur})
             self.blocks.append(b)
             self.cur, self.t0 = [], now
 
