@@ -18,40 +18,48 @@ Steps:
     LLM calibrator (auto_round/calibration/llm.py, calib) takes any non-str dataset as the
     dataloader itself: a tensor item is the input_ids as they are (no tokenizer call, no
     filtering except "shorter than seqlen is skipped", no concatenation, no shuffle); it stops
-    after nsamples. It builds the attention mask from the tokenizer's pad token (ids != pad;
-    none of these ids is the pad) and always masks the last position ("some models treat an
-    all-1 mask as None"), as for every user's tensor dataset. The script checks (and prints)
-    that 64 x 256 input_ids were cached, equal to the file's ids in order. SignRound's own
+    after nsamples. It builds the attention mask from the tokenizer's pad token (ids != pad; the
+    pad is 4089, the eos, which none of these ids is: auto-round would have cached it as -100)
+    and always masks the last position ("some models treat an all-1 mask as None"), as for every
+    user's tensor dataset. The script checks (and prints) that 64 x 256 input_ids were cached,
+    equal to the file's ids in order (the last column, which auto-round always marks -100, aside),
+    and stops otherwise. SignRound's own
     IndexSampler then draws the mini-batches (a seeded shuffle per pass): that is documented
     behaviour, kept.
  4. AutoRound(model, tokenizer, scheme="W4A16" (int4 sym, group 128, fp16 scales),
     iters=200 | 0, nsamples=64, seqlen=256, batch_size=8, seed=42, lr default (1/iters = 0.005,
-    minmax_lr the same),
-    enable_torch_compile=False, device_map="cpu", ignore_layers=<router gate>),
+    minmax_lr the same), enable_torch_compile=False, device_map="cpu",
+    ignore_layers=<router gates>),
     quantize_and_save(DIR, format="auto_round").
     What auto-round 0.16.1 quantizes on MiniMax-M2 by default (transformers 5.17's modeling):
     every nn.Linear inside the decoder blocks (model.layers.N): attention q/k/v/o_proj, and the
     routed experts, which auto-round unfuses (modeling/fused_moe: transformers keeps the
     experts as fused 3-D gate_up_proj / down_proj Parameters; auto-round replaces them by one
     nn.Linear per expert and projection, saved as experts.E.gate_proj / up_proj / down_proj =
-    the checkpoint's w1 / w3 / w2). It skips lm_head (quant_lm_head=False) and the embedding /
-    norms (not Linear). The router gate block_sparse_moe.gate: the script prints whether
-    auto-round found it among the quantizable layers; it is named in ignore_layers either way
-    (the recipe's ignore list, as for GPTQ), and the e_score_correction_bias is a buffer.
-    The printout of this run is recorded in the golden JSON ("quantized_layers",
-    "skipped_layers").
+    the checkpoint's w1 / w3 / w2): 112 Linears on this model. It skips lm_head
+    (quant_lm_head=False: "quantized 112/113, unquantized layers: lm_head"), the embedding and
+    the norms (not Linear), and the router gate: in transformers 5.17 block_sparse_moe is named
+    mlp in the model and mlp.gate is a MiniMaxM2TopKRouter, not an nn.Linear, which
+    auto-round's predefined ignore list for the model names anyway ("Using predefined
+    ignore_layers: model.layers.[0-3].mlp.gate", exported as 16-bit extra_config entries); it
+    is named in ignore_layers here too (the recipe's ignore list, as for GPTQ).
+    e_score_correction_bias is a buffer. Recorded in the golden JSON: the gates found
+    ("gates_in_model"), the 2-D weights left unquantized in the layers
+    ("unquantized_2d_weights_in_layers") and the exported quantization_config.
     iters=0 is auto-round's "RTN mode": optimized RTN (opt_rtn: a per-group scale search with
     an importance matrix) for attention, and, for MoE experts, plain RTN (its default
     disables opt-RTN for experts); recorded as the second reference.
  5. Stored: per quantized module the xxh3-128 of qweight, qzeros and scales, auto-round's own
     per-block losses (the logged "loss iter 0 -> iter best", at full precision from its
-    per-iteration debug records) and the wall time of each block, the versions; the bytes of
+    per-iteration debug records, and every iteration's) and the wall time of each block, the
+    versions; the bytes of
     qweight / qzeros / scales of the modules in KEEP (layers 0 and 3: q/k/v/o and expert 0) in
     kept-<run>.safetensors. With --keep DIR the reference checkpoints stay in DIR
     (BENCHMARKS.md's KL figures use them, grafted by scripts/graft-quantized.py).
 
-Run from the repository root (about 30-60 min on the shared 2-core machine for iters=200):
-    /work/venvs/a16/bin/python scripts/gen-autoround-model-golden.py --keep /tmp/ar
+Run from the repository root (iters=200 took 10.4 and 16.8 min on the shared 2-core machine;
+two runs gave identical bytes and losses):
+    /work/venvs/a16/bin/python scripts/gen-autoround-model-golden.py --keep /tmp/arref
 """
 import argparse
 import json
