@@ -605,11 +605,11 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     // Which quantized modules the recipe's GPTQModifier tunes (the rest: round-to-nearest).
     tuned = fb_calloc(n + 1, 1);
     for (size_t i = 0; i < n; i++)
-        if (plan.e[i].quantize && fb_recipe_gptq_applies(&rec, plan.e[i].module, plan.e[i].cls)) {
+        if (plan.e[i].quantize && fb_recipe_tune_applies(&rec, plan.e[i].module, plan.e[i].cls)) {
             tuned[i] = 1;
             n_tuned_plan++;
         }
-    if (rec.gptq.present && !n_tuned_plan) {  // GPTQModifier raises the same
+    if (rec.tune.present && !n_tuned_plan) {  // GPTQModifier raises the same
         rc = fb_fail(err, "%s: the GPTQModifier tunes none of the modules the recipe quantizes (check its targets "
                           "and ignore)", o->recipe_path);
         goto done;
@@ -883,9 +883,9 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (n_tuned_plan)
             fprintf(report, "  GPTQ (block_size %d, dampening_frac %g, actorder %s): %zu of the quantized modules are tuned "
                             "layer by layer on --dataset calibration data, the others are round-to-nearest\n",
-                    rec.gptq.block_size, rec.gptq.dampening_frac,
+                    rec.tune.block_size, rec.tune.dampening_frac,
                     rec.cfg.groups[0].weights.actorder ? "weight/static" : "none", n_tuned_plan);
-        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose, rec.gptq.present ? tuned : NULL);
+        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose, rec.tune.present ? tuned : NULL);
         fprintf(report, "  %zu modules quantized (%zu fused sets share a global scale), %zu tensors kept\n", res->n_quantized,
                 res->n_fused_sets, res->n_kept);
         fprintf(report, "  expected output: %.3f GB of tensors (%.2fx smaller than the %.3f GB BF16 equivalent)\n",
@@ -996,8 +996,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (one_pass) stats = fb_calib_stats_new(mc.n_layers, mc.n_experts);
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, 1);
         tune_ctx tc = {.j = &j, .nt = nt, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
-        fb_tune_opts to = {.algo = FB_TUNE_GPTQ, .block_size = rec.gptq.block_size,
-                           .dampening_frac = rec.gptq.dampening_frac, .threads = nt, .cancel = o->cancel,
+        fb_tune_opts to = {.algo = FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
+                           .dampening_frac = rec.tune.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
                            .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};
         fb_tune_result tr;
@@ -1062,7 +1062,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         size_t plan_len = 0;
         FILE *pf = open_memstream(&plan_text, &plan_len);
         if (pf) {
-            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0, rec.gptq.present ? tuned : NULL);
+            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0, rec.tune.present ? tuned : NULL);
             fclose(pf);
         }
         res->left_out = fb_side_files_left_out(s);
