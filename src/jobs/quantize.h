@@ -57,6 +57,8 @@ typedef struct fb_quantize_opts {
     const char *dataset;       // comma-separated JSONL files, or NULL
     const fb_ds_opts *data;    // samples, seq_len, seed, shuffle, template, tokenizer (with dataset)
     const char *template_what; // the chat template used (provenance)
+    int expert_group;          // AutoRound: a layer's routed experts tuned in groups of this many
+                               // (memory: ~5 weight-sized f32 arrays per tuned Linear); 0 = all
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {

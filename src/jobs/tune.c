@@ -1,6 +1,8 @@
 // tune.c: see tune.h.
 #include "jobs/tune.h"
 
+#include "jobs/tune_priv.h"
+
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
@@ -29,6 +31,7 @@ static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W,
 
 static const fb_tune_algo ALGOS[FB_TUNE_COUNT] = {
     [FB_TUNE_GPTQ] = {.name = "GPTQ", .hessians = 1, .linear = gptq_linear},
+    [FB_TUNE_AUTOROUND] = {.name = "AutoRound", .block = 1},
 };
 
 const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id) { return id < FB_TUNE_COUNT ? &ALGOS[id] : NULL; }
@@ -47,7 +50,7 @@ void fb_tune_observer_scales(const fb_tune_linear *l, const float *W, float g, f
     for (int k = 0; k < qf->n_out; k++) free(out[k]);
 }
 
-static int load_weight(fb_wsrc *s, const char *name, int64_t R, int64_t C, float *W, fb_err *err) {
+int fb_tune_load_weight(fb_wsrc *s, const char *name, int64_t R, int64_t C, float *W, fb_err *err) {
     int64_t shape[2] = {R, C};
     if (fb_wsrc_load_full(s, name, 2, shape, W, err)) return -1;
     int64_t at = fb_find_nonfinite(FB_F32, W, (size_t)(R * C), 1);
@@ -72,7 +75,7 @@ static int fused_global_scale(fb_wsrc *base, const fb_tune_linear *l, const floa
         if (!base->shape(base, m, &nd, sh) || nd != 2)
             return fb_fail(err, "%s: fused member %s of %s is missing or not 2-D", base->desc, m, l->name);
         float *x = fb_aligned_alloc((size_t)(sh[0] * sh[1]) * sizeof(float) + 64);
-        int rc = load_weight(base, m, sh[0], sh[1], x, err);
+        int rc = fb_tune_load_weight(base, m, sh[0], sh[1], x, err);
         if (!rc) amax[k] = fb_nvfp4_absmax(x, (size_t)(sh[0] * sh[1]));
         free(x);
         if (rc) return -1;
@@ -202,7 +205,7 @@ static int lin_compute(void *ctx, size_t k, int tid, fb_err *err) {
     float *W = fb_aligned_alloc(R * C * sizeof(float) + 64);
     float *H = NULL, *sc = NULL;
     float g = 1.0f;
-    int rc = load_weight(j->base, l->name, l->R, l->C, W, err);
+    int rc = fb_tune_load_weight(j->base, l->name, l->R, l->C, W, err);
     if (!rc && l->nvfp4) rc = fused_global_scale(j->base, l, W, &g, err);
     if (!rc) {
         sc = fb_malloc(R * NG * sizeof(float));
@@ -259,8 +262,18 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     memset(res, 0, sizeof *res);
     double t_start = fb_now();
     const fb_tune_algo *algo = fb_tune_algo_get(o->algo);
-    if (!algo || !algo->linear) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
+    if (!algo || (!algo->linear && !algo->block)) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
     if (!S || S->n == 0 || S->n_tok == 0) return fb_fail(err, "%s needs calibration tokens", algo->name);
+    if (algo->block) {
+        for (size_t i = 0; i < n; i++)
+            if (lin[i].layer < 0 || lin[i].layer >= cfg->n_layers || !lin[i].qf || !lin[i].qf->pack_scaled ||
+                lin[i].nvfp4 || lin[i].group != 128 || lin[i].C % 128 || lin[i].expert >= cfg->n_experts)
+                return fb_fail(err, "%s: %s tunes int4 group-128 weights of a format that stores its scales (layer "
+                                    "%d, expert %d, format %s, group %zu)", lin[i].name, algo->name, lin[i].layer,
+                               lin[i].expert, lin[i].qf ? lin[i].qf->name : "none", lin[i].group);
+        if (o->absmax) return fb_fail(err, "%s: W4A4 input scales are not gathered by its loop", algo->name);
+        return fb_tune_run_autoround(base, overlay, cfg, S, lin, n, o, res, err);
+    }
     if (o->absmax && (o->absmax->n_layers != cfg->n_layers || o->absmax->n_experts != cfg->n_experts))
         return fb_fail(err, "statistics of %d layers x %d experts for a model of %d x %d", o->absmax->n_layers,
                        o->absmax->n_experts, cfg->n_layers, cfg->n_experts);
