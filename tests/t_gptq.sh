@@ -56,7 +56,7 @@ expect_out "bad.jsonl:1" "names the line"
 
 # small run (4 samples x 64 tokens): chained recipe, compared with plain RTN
 expect_rc 0 "chained GPTQ run" -- "$Q4" --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 --json $M "$T_TMP/g1"
-expect_out '"gptq":\{"tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
+expect_out '"gptq":\{"algorithm":"GPTQ","tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
 expect_out "layer 3: 21 modules tuned \(GPTQ\)" "progress per layer"
 cat > "$T_TMP/rtn.yaml" <<'Y'
 quant_stage:

@@ -1043,6 +1043,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         r = fb_tune_run(wbase, overlay, &mc, &S, tl, ntl, &to, &tr, err);
         if (!r) r = run_segment(&j, tc.next, n_items, nt, err);  // what follows the last layer
         res->n_tuned = tr.n_tuned;
+        res->tune_algo = n_tuned_plan ? algo_name : NULL;
         res->n_tune_fallback = tr.n_fallback;
         res->tune_seconds = tr.seconds;
     } else {

@@ -67,6 +67,7 @@ typedef struct fb_quantize_result {
     int split_job;             // 1: a split job finished its shards; the merge run completes
     uint64_t bytes_in, bytes_out, elements_quantized;
     double seconds;
+    const char *tune_algo;            // "GPTQ" / "AutoRound" when the recipe tunes, else NULL
     size_t n_tuned, n_tune_fallback;  // modules tuned by GPTQ; of them, round-to-nearest fallbacks
     size_t n_samples, n_tokens;       // calibration data used for tuning
     double tune_seconds;              // the layer loop (calibration, tuning, propagation passes)
