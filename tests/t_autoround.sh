@@ -106,6 +106,19 @@ expect_rc 0 "--expert-group 3" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D --expert
 k_a3=$(kl "$T_TMP/a3")
 awk -v a="$k_a3" -v r="$k_r" 'BEGIN { exit !(a > 0 && a < 0.9 * r) }' && ok || fail "--expert-group 3: KL $k_a3 vs RTN $k_r"
 "$BIN/st-diff" -q "$T_TMP/a1" "$T_TMP/a3" >/dev/null 2>&1 && fail "--expert-group 3 changed nothing" || ok
+# iters 0: auto-round's RTN mode. Routed experts plain RTN: byte-identical to fourbit's own
+# round-to-nearest auto_round output (auto-round's rtn_int_sym); attention: the optimized RTN
+# weighted by its input's imatrix, other scales. disable_opt_rtn: everything plain RTN.
+sed 's/iters: 10/iters: 0/' "$T_TMP/ar.yaml" > "$T_TMP/ar0.yaml"
+expect_rc 0 "iters 0 dry run" -- "$Q4" --recipe "$T_TMP/ar0.yaml" --dry-run $M "$T_TMP/o5"
+expect_out "AutoRound iters 0 \(auto-round's RTN mode: attention optimized RTN" "iters 0 summary line"
+expect_rc 0 "iters 0 run" -- "$Q4" -q --recipe "$T_TMP/ar0.yaml" --format auto_round $D $M "$T_TMP/z1"
+"$BIN/st-diff" --json "$T_TMP/z1" "$T_TMP/r2" 2>/dev/null | grep -o '"name": "[^"]*"' > "$T_TMP/zd.txt"
+if grep -q experts "$T_TMP/zd.txt"; then fail "iters 0: an expert differs from plain RTN: $(grep experts "$T_TMP/zd.txt" | head -2)"; else ok; fi
+[ "$(grep -c 'self_attn.*scales' "$T_TMP/zd.txt")" -ge 12 ] && ok || fail "iters 0: the optimized RTN changed only $(grep -c 'self_attn.*scales' "$T_TMP/zd.txt") of 16 attention scale tensors"
+printf '      disable_opt_rtn: true\n' >> "$T_TMP/ar0.yaml"
+expect_rc 0 "iters 0, disable_opt_rtn" -- "$Q4" -q --recipe "$T_TMP/ar0.yaml" --format auto_round $D $M "$T_TMP/z2"
+expect_rc 0 "disable_opt_rtn == plain RTN, byte for byte" -- "$BIN/st-diff" -q "$T_TMP/z2" "$T_TMP/r2"
 # determinism (same thread count)
 expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D $M "$T_TMP/a4"
 expect_rc 0 "deterministic" -- "$BIN/st-diff" -q "$T_TMP/a1" "$T_TMP/a4"

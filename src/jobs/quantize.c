@@ -913,7 +913,12 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if ((used & (1u << FB_QK_NVFP4)) && !stats)
             fprintf(report, "  note: NVFP4 (W4A4) needs input_global_scale: --calib STATS from `calibrate`, or --dataset "
                             "D.jsonl to observe them in the same pass\n");
-        if (n_tuned_plan && autoround)
+        if (n_tuned_plan && autoround && rec.tune.iters == 0)
+            fprintf(report, "  AutoRound iters 0 (auto-round's RTN mode: %s, routed experts round-to-nearest): %zu of the "
+                            "quantized modules, on --dataset calibration data, the others are round-to-nearest\n",
+                    rec.tune.disable_opt_rtn ? "disable_opt_rtn, attention round-to-nearest too"
+                                             : "attention optimized RTN weighted by its input's imatrix", n_tuned_plan);
+        else if (n_tuned_plan && autoround)
             fprintf(report, "  AutoRound (SignRound: iters %d, batch_size %d, lr %g, seed 42): %zu of the quantized modules "
                             "are tuned layer by layer on --dataset calibration data, the others are round-to-nearest\n",
                     rec.tune.iters, rec.tune.batch_size, rec.tune.lr > 0 ? rec.tune.lr : 1.0 / rec.tune.iters, n_tuned_plan);
@@ -1035,6 +1040,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         tune_ctx tc = {.j = &j, .nt = nt, .autoround = autoround, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
         fb_tune_opts to = {.algo = autoround ? FB_TUNE_AUTOROUND : FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
                            .ar_iters = rec.tune.iters, .ar_batch = rec.tune.batch_size, .ar_lr = rec.tune.lr,
+                           .ar_disable_opt_rtn = rec.tune.disable_opt_rtn,
                            .ar_seed = 42, .expert_group = o->expert_group,
                            .dampening_frac = rec.tune.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,

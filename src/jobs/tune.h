@@ -44,6 +44,12 @@
 //        of expert_group experts when the layer's experts do not fit (the other groups held at
 //        their current weights);
 //     4. the propagation pass with every tuned weight: the next layer's quantized-chain input.
+//   iters 0 (auto-round's RTN mode, algorithms/quantization/rtn): no tuning and no quantized
+//   chain; the attention Linears get the optimized RTN (fb_autoround_opt_rtn, in bf16) weighted by
+//   their imatrix over the FP chain's inputs (OptimizedRTNQuantizer's FP-input hooks; / samples),
+//   the routed experts plain RTN (auto-round's MoE default), and with disable_opt_rtn everything
+//   plain RTN. In every mode the original weights are taken as the bf16 model holds them (the
+//   reference tools load the checkpoint in bf16).
 //   Each tuned Linear's weights s * q (f32, exact) and its scales (f32 values of fp16, signed as
 //   auto-round's are) go into the overlay (the scales as "<weight name>" FB_TUNE_SCALE_SUFFIX);
 //   the format's pack_scaled stores both. W4A16 int4 symmetric group 128 only.
@@ -96,7 +102,8 @@ typedef struct fb_tune_opts {
     fb_tune_algo_id algo;
     int block_size;            // GPTQ block (128)
     double dampening_frac;     // GPTQ dampening (0.01)
-    int ar_iters;              // AutoRound iterations per unit (200)
+    int ar_iters;              // AutoRound iterations per unit (200); 0: auto-round's iters=0 (below)
+    int ar_disable_opt_rtn;    // AutoRound iters 0: plain RTN for the attention Linears too
     int ar_batch;              // AutoRound samples per iteration (8)
     double ar_lr;              // AutoRound learning rate (0: 1 / iters)
     uint64_t ar_seed;          // AutoRound mini-batch order (auto-round's default 42)

@@ -8,6 +8,7 @@
 
 #include "calib/autoround.h"
 #include "calib/forward.h"
+#include "quant/formats.h"
 #include "common/cancel.h"
 #include "jobs/tune_priv.h"
 
@@ -83,6 +84,43 @@ static int put_tuned(fb_wsrc *ov, const fb_tune_linear *l, const float *W, const
     return fb_wsrc_overlay_put(ov, name, 2, ss, scale, err);
 }
 
+// The weight as the reference's bf16 model holds it.
+static int load_bf16(fb_wsrc *base, const fb_tune_linear *l, float *W, fb_err *err) {
+    if (fb_tune_load_weight(base, l->name, l->R, l->C, W, err)) return -1;
+    for (size_t i = 0; i < (size_t)(l->R * l->C); i++) W[i] = fb_bf16_to_f32(fb_f32_to_bf16(W[i]));
+    return 0;
+}
+
+// iters 0: RTN (plain, or optimized with the imatrix of the FP chain's input x [N, C]).
+static int rtn_linear(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb_tune_linear *l, const float *x,
+                      size_t nsamples, size_t N, int opt, fb_tune_result *res, fb_err *err) {
+    double t0 = fb_now();
+    size_t R = (size_t)l->R, C = (size_t)l->C, NG = C / l->group;
+    float *W = fb_aligned_alloc(R * C * sizeof(float) + 64), *sc = fb_malloc(R * NG * sizeof(float));
+    float *im = opt ? fb_calloc(C, sizeof(float)) : NULL;
+    int8_t *q = fb_malloc(R * C);
+    int rc = load_bf16(base, l, W, err);
+    if (!rc && opt) {
+        fb_autoround_imatrix_add(im, C, x, N);
+        fb_autoround_imatrix_scale(im, C, nsamples);
+    }
+    if (!rc) rc = opt ? fb_autoround_opt_rtn(W, R, C, im, FB_AR_BF16, sc, q, NULL, err)
+                      : fb_autoround_rtn(W, R, C, FB_AR_BF16, sc, q, NULL, err);
+    if (rc) fb_err_prefix(err, "%s", l->name);
+    if (!rc) {
+        for (size_t r = 0; r < R; r++)  // s * q exactly: what the export packs
+            for (size_t c = 0; c < C; c++) W[r * C + c] = sc[r * NG + c / l->group] * (float)q[r * C + c];
+        rc = put_tuned(ov, l, W, sc, err);
+    }
+    if (!rc && o->module_done) {
+        fb_tune_stat st = {.seconds = fb_now() - t0};
+        o->module_done(o->user, l, &st);
+    }
+    free(W); free(sc); free(im); free(q);
+    res->n_tuned += !rc;
+    return rc;
+}
+
 static fb_ar_opts ar_opts(const fb_tune_opts *o) {
     fb_ar_opts a = {.iters = o->ar_iters > 0 ? o->ar_iters : 200, .lr = (float)o->ar_lr,
                     .batch_size = (size_t)(o->ar_batch > 0 ? o->ar_batch : 8), .seed = o->ar_seed};
@@ -96,7 +134,7 @@ static int tune_attn(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb
     size_t R = (size_t)l->R, C = (size_t)l->C, N = nsamples * seq;
     float *W = fb_aligned_alloc(R * C * sizeof(float) + 64), *T = fb_malloc(N * R * sizeof(float));
     float *sc = fb_malloc(R * (C / l->group) * sizeof(float));
-    int rc = fb_tune_load_weight(base, l->name, l->R, l->C, W, err);
+    int rc = load_bf16(base, l, W, err);
     fb_ar_result ar;
     if (!rc) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)R, (int)C, 1.0f, xf, (int)C, W, (int)C, 0.0f,
@@ -147,7 +185,7 @@ static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const
                 L[j]->rows = R, L[j]->cols = C;
                 L[j]->w = fb_aligned_alloc(R * C * sizeof(float) + 64);
                 L[j]->scale = fb_malloc(R * (C / 128) * sizeof(float));
-                rc = fb_tune_load_weight(base, m->l[j]->name, m->l[j]->R, m->l[j]->C, L[j]->w, err);
+                rc = load_bf16(base, m->l[j], L[j]->w, err);
             }
         }
         if (rc) break;
@@ -290,6 +328,19 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             fb_wsrc_overlay_clear(overlay);
             continue;
         }
+        if (o->ar_iters == 0) {  // auto-round's RTN mode: the FP chain only
+            double t1 = fb_now();
+            for (size_t k = 0; k < na && !rc; k++)
+                rc = rtn_linear(o, base, overlay, attn[k], attn[k]->role == FB_ROLE_O ? xo_fp : xa_fp, S->n, ntok,
+                                !o->ar_disable_opt_rtn, res, err);
+            for (size_t x = 0; x < E && nx && !rc; x++)
+                for (int j = 0; j < 3 && !rc; j++) rc = rtn_linear(o, base, overlay, ms[x].l[j], NULL, S->n, ntok, 0, res, err);
+            res->tune_s += fb_now() - t1;
+            memcpy(h_fp, out_fp, ntok * H * sizeof(float));
+            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+            fb_wsrc_overlay_clear(overlay);
+            continue;
+        }
         // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
         double t1 = fb_now();
         if (has_qkv) rc = ar_pass(e, &cap, l, h_q, xa_q, NULL, NULL, NULL, err);
@@ -325,7 +376,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
                     for (int j = 0; j < 3 && !rc; j++) {
                         L[j]->rows = (size_t)ms[x].l[j]->R, L[j]->cols = (size_t)ms[x].l[j]->C;
                         L[j]->w = fb_aligned_alloc(L[j]->rows * L[j]->cols * sizeof(float) + 64);
-                        rc = fb_tune_load_weight(base, ms[x].l[j]->name, ms[x].l[j]->R, ms[x].l[j]->C, L[j]->w, err);
+                        rc = load_bf16(base, ms[x].l[j], L[j]->w, err);
                     }
                 }
                 if (!rc) fb_autoround_moe_forward(xm, ntok, H, route, E, ex, fp);

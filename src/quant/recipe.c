@@ -635,10 +635,6 @@ static int parse_autoround_args(rctx *c, const json_t *m, const char *path, fb_r
         if (!json_is_integer(v) || !(d >= 0 && d <= 1000000))
             return rfail(c, 0, p, "expected an integer in [0, 1000000], got %s", json_is_integer(v) ? "a value out of range" : jtype(v));
         g->iters = (int)json_integer_value(v);
-        if (g->iters == 0)
-            return rfail(c, 0, p, "iters 0 (auto-round's optimized RTN) is not run by the layer loop yet; for "
-                                  "auto-round's iters=0 layout use a QuantizationModifier with w4a16-quantize --format "
-                                  "auto_round (round-to-nearest), or give iters >= 1");
     }
     v = json_object_get(m, "batch_size");
     if (v) {
