@@ -119,6 +119,34 @@ if grep -q experts "$T_TMP/zd.txt"; then fail "iters 0: an expert differs from p
 printf '      disable_opt_rtn: true\n' >> "$T_TMP/ar0.yaml"
 expect_rc 0 "iters 0, disable_opt_rtn" -- "$Q4" -q --recipe "$T_TMP/ar0.yaml" --format auto_round $D $M "$T_TMP/z2"
 expect_rc 0 "disable_opt_rtn == plain RTN, byte for byte" -- "$BIN/st-diff" -q "$T_TMP/z2" "$T_TMP/r2"
+# resume at layer granularity: SIGINT once layer 1 is written (small shards: several per layer),
+# --resume continues from the staged input of the first layer with unwritten outputs; the result
+# equals an uninterrupted run byte for byte, and no state file is left in the output. A damaged
+# state file is refused by its digest and the loop starts again from layer 0 (shards kept).
+sed 's/iters: 10/iters: 40/' "$T_TMP/ar.yaml" > "$T_TMP/ar40.yaml"
+K="--recipe $T_TMP/ar40.yaml $D --max-shard-size 600KB"
+expect_rc 0 "uninterrupted run" -- "$Q4" -q $K $M "$T_TMP/k0"
+kill_after_layer1() {  # $1: DST
+    "$Q4" $K $M "$1" 2> "$T_TMP/kerr" & pid=$!
+    i=0
+    while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+    kill -INT $pid 2>/dev/null; wait $pid; echo $?
+}
+rc=$(kill_after_layer1 "$T_TMP/k1")
+[ "$rc" = 130 ] && ok || fail "interrupted run: exit $rc, want 130 (the run ended before the signal?)"
+ls "$T_TMP/k1.partial"/fourbit-layer-state-*.bin >/dev/null 2>&1 && ok || fail "no layer state staged in k1.partial"
+expect_rc 0 "--resume" -- "$Q4" $K --resume $M "$T_TMP/k1"
+expect_out "resuming the layer loop at layer [12] from its staged input" "says where it resumes"
+if grep -q "layer 0: .*tuned" "$T_TMP/out"; then fail "layer 0 was tuned again"; else ok; fi
+expect_rc 0 "resumed == uninterrupted, byte for byte" -- "$BIN/st-diff" -q "$T_TMP/k1" "$T_TMP/k0"
+ls "$T_TMP/k1"/fourbit-layer-state-* >/dev/null 2>&1 && fail "a layer state file left in the output" || ok
+rc=$(kill_after_layer1 "$T_TMP/k2")
+for f in "$T_TMP/k2.partial"/fourbit-layer-state-*.bin; do  # damage the data, not the header
+    printf 'XXXX' | dd of="$f" bs=1 seek=$(($(stat -c %s "$f") - 8)) conv=notrunc 2>/dev/null
+done
+expect_rc 0 "--resume with damaged states" -- "$Q4" $K --resume $M "$T_TMP/k2"
+expect_out "no usable layer state to resume from .*digest mismatch" "says why it starts over"
+expect_rc 0 "still byte-identical" -- "$BIN/st-diff" -q "$T_TMP/k2" "$T_TMP/k0"
 # determinism (same thread count)
 expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D $M "$T_TMP/a4"
 expect_rc 0 "deterministic" -- "$BIN/st-diff" -q "$T_TMP/a1" "$T_TMP/a4"

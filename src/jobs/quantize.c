@@ -469,7 +469,27 @@ typedef struct tune_ctx {
     double layer_loss, t_layer;
     size_t layer_fallback, layer_n;
     int autoround;
+    size_t open_item;        // resume: first item whose shards may still be open
 } tune_ctx;
+
+// 1 when every output of item it lies in a finished shard (or a kept / another job's one).
+static int item_closed(const job *j, const item *it) {
+    if (it->type == IT_COPY) return j->pending[fb_cw_tensor_shard(j->w, it->out)] == 0;
+    for (int k = 0; k < it->nm; k++)
+        for (int q = 0; q < it->m[k].n_out; q++)
+            if (j->pending[fb_cw_tensor_shard(j->w, it->m[k].out[q])] != 0) return 0;
+    return 1;
+}
+
+// The first layer whose outputs are not all in finished shards: its staged input must stay.
+static int tune_keep_from(void *u) {
+    tune_ctx *t = u;
+    job *j = t->j;
+    while (t->open_item < j->n_items && item_closed(j, &j->items[t->open_item])) t->open_item++;
+    if (t->open_item == j->n_items) return 1 << 30;
+    int l = j->items[t->open_item].layer;
+    return l < 0 ? 0 : l;
+}
 
 static void tune_layer_start(void *u, int layer, int n_layers, size_t n_tuned) {
     tune_ctx *t = u;
@@ -514,7 +534,7 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
                              j->items[k].m[mm].src), j->items[k].layer, layer);
     for (size_t k = t->next; k < b && t->stats && !rc; k++) {  // W4A4 input scales of this segment
         item *it = &j->items[k];
-        if (it->type != IT_QUANT || !it->w4a4) continue;
+        if (it->type != IT_QUANT || !it->w4a4 || it->skip) continue;  // skip: in a kept shard
         for (int mm = 0; mm < it->nm && !rc; mm++) {
             const char *mod = t->plan->e[it->m[mm].plan].module;
             float a;
@@ -1038,7 +1058,34 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (one_pass) stats = fb_calib_stats_new(mc.n_layers, mc.n_experts);
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, 1);
         tune_ctx tc = {.j = &j, .nt = nt, .autoround = autoround, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
-        fb_tune_opts to = {.algo = autoround ? FB_TUNE_AUTOROUND : FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
+        // Resume: the first layer with outputs still to write starts from its staged input.
+        char key[512];
+        snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d src=%s",
+                 n_tuned_plan ? algo_name : "observe", recipe_hex ? recipe_hex : "", data_hex ? data_hex : "", nt,
+                 (int)o->format, o->expert_group, src);
+        int resume_layer = 0;
+        if (o->resume) {
+            resume_layer = mc.n_layers;
+            for (size_t k = 0; k < n_items; k++)
+                if (!items[k].skip && items[k].layer >= 0 && items[k].layer < resume_layer) resume_layer = items[k].layer;
+            fb_err se;
+            int chains = n_tuned_plan && autoround ? 2 : 1;
+            if (resume_layer == mc.n_layers) {
+                // every layer's outputs are kept: nothing to run
+            } else if (resume_layer > 0 &&
+                       !fb_tune_state_ok(fb_cw_staging_dir(w), resume_layer, key, chains, S.n_tok, (size_t)mc.hidden, &se)) {
+                if (!o->quiet)
+                    fprintf(report, "%s: note: no usable layer state to resume from (%s): the layer loop starts again "
+                                    "from layer 0; the finished shards are kept\n", o->tool, se.msg);
+                resume_layer = 0;
+            } else if (resume_layer > 0 && !o->quiet) {
+                fprintf(report, "%s: resuming the layer loop at layer %d from its staged input (layers 0..%d are in "
+                                "kept shards)\n", o->tool, resume_layer, resume_layer - 1);
+            }
+        }
+        fb_tune_opts to = {.state_dir = fb_cw_staging_dir(w), .state_key = key, .resume_layer = resume_layer,
+                           .keep_from = tune_keep_from,
+                           .algo = autoround ? FB_TUNE_AUTOROUND : FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
                            .ar_iters = rec.tune.iters, .ar_batch = rec.tune.batch_size, .ar_lr = rec.tune.lr,
                            .ar_disable_opt_rtn = rec.tune.disable_opt_rtn,
                            .ar_seed = 42, .expert_group = o->expert_group,

@@ -117,6 +117,18 @@ typedef struct fb_tune_opts {
     int (*layer_done)(void *user, int layer, fb_wsrc *overlay, fb_err *err);
     void (*layer_start)(void *user, int layer, int n_layers, size_t n_tuned);
     void *user;
+    // Resume at layer granularity (NULL state_dir: off). Before each layer l the loop stages
+    // its input hidden states (GPTQ: the quantized chain's; AutoRound: the FP and the quantized
+    // chain's) as state_dir/fourbit-layer-state-<l>.bin (written to a .tmp, fsync'ed, renamed;
+    // key and an xxh3 digest inside), and removes the files of layers below keep_from(user) (the
+    // first layer whose outputs are not yet in finished shards). resume_layer > 0: layers below
+    // it are neither run nor tuned (layer_done is still called for each, in order: their outputs
+    // are in kept shards), the loop starts from that layer's staged state, which must exist and
+    // carry state_key (fb_tune_state_ok). Every state file is removed when the loop ends.
+    const char *state_dir;
+    const char *state_key;     // identifies the run (algorithm, recipe, data, source, threads)
+    int resume_layer;
+    int (*keep_from)(void *user);
     // Optional (NULL: none): the input absmax of every Linear, recorded in each layer's
     // calibration pass (layers without tuned Linears run one pass, recorded too) into these
     // statistics (fb_calib_stats_new(n_layers, n_experts)), before layer_done: NVFP4 W4A4 input
@@ -151,6 +163,13 @@ const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id);
 int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                 const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
                 fb_err *err);
+
+// 1 when state_dir holds a valid staged state of layer `layer` made under `key` (chains: 1 for
+// GPTQ, 2 for AutoRound), for n_tok x hidden hidden states; 0 otherwise (why in err).
+int fb_tune_state_ok(const char *state_dir, int layer, const char *key, int chains, size_t n_tok, size_t hidden,
+                     fb_err *err);
+// Removes every staged state file from state_dir.
+void fb_tune_state_clear(const char *state_dir);
 
 // The observer's scales of weight W [R x C] for l's format (the scale tensor quantize_rows
 // stores, as f32) into scales [R x C/G]. g: the NVFP4 global scale.

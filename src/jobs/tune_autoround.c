@@ -278,9 +278,21 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             memcpy(h_q, h, ntok * H * sizeof(float));
         }
     }
+    if (!rc && o->resume_layer > 0 && o->resume_layer < cfg->n_layers) {  // the staged inputs of the first layer to run
+        float *ch[2] = {h_fp, h_q};
+        rc = fb_tune_state_load(o, o->resume_layer, ch, 2, ntok, H, err);
+    }
     fb_blas_threads(o->threads > 0 ? o->threads : fb_ncpu());
     for (int l = 0; l < cfg->n_layers && !rc; l++) {
         if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
+        if (l < o->resume_layer) {  // its outputs are in kept shards
+            rc = o->layer_done(o->user, l, overlay, err);
+            continue;
+        }
+        if (o->state_dir) {
+            const float *ch[2] = {h_fp, h_q};
+            if (fb_tune_state_save(o, l, ch, 2, ntok, H, err)) { rc = -1; break; }
+        }
         size_t na = 0, nx = 0, m = 0;
         memset(ms, 0, (E + 1) * sizeof *ms);
         for (size_t i = 0; i < n && !rc; i++) {
@@ -326,6 +338,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
             if (!rc) rc = o->layer_done(o->user, l, overlay, err);
             fb_wsrc_overlay_clear(overlay);
+            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
             continue;
         }
         if (o->ar_iters == 0) {  // auto-round's RTN mode: the FP chain only
@@ -339,6 +352,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
             if (!rc) rc = o->layer_done(o->user, l, overlay, err);
             fb_wsrc_overlay_clear(overlay);
+            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
             continue;
         }
         // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
@@ -400,7 +414,9 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         memcpy(h_fp, out_fp, ntok * H * sizeof(float));
         if (!rc) rc = o->layer_done(o->user, l, overlay, err);
         fb_wsrc_overlay_clear(overlay);
+        if (!rc) fb_tune_state_prune(o, cfg->n_layers);
     }
+    if (!rc) fb_tune_state_clear(o->state_dir);
     free(ms);
     free(attn);
     free(h_fp); free(h_q); free(out_fp); free(out_q); free(xa_fp); free(xa_q); free(xo_fp); free(xo_q); free(xm);
