@@ -167,7 +167,7 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*/*.h)
 
 $(BUILD)/obj/%.o: src/%.cu $(wildcard src/*/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) -O2 $(CUDA_ARCH) -Isrc -DFB_HAVE_CUDA=1 -DFB_CUDA_ARCHS='"$(CUDA_ARCH_LIST)"' -Xcompiler -fPIC,-ffp-contract=off -c $< -o $@
+	$(NVCC) -O2 $(CUDA_ARCH) -Isrc $(PKG_CFLAGS) -DFB_HAVE_CUDA=1 -DFB_CUDA_ARCHS='"$(CUDA_ARCH_LIST)"' -Xcompiler -fPIC,-ffp-contract=off -c $< -o $@
 
 $(LIB): $(OBJS) $(CU_OBJS)
 	@mkdir -p $(dir $@)

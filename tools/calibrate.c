@@ -134,8 +134,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (bf16) devs = "cpu";
-    int use_cuda;
-    {
+    int use_cuda = 0;
+    // --dump-tokens / --dump-text only tokenize: no default device is looked for then. The probe
+    // initialises the CUDA driver, which a tokenize-only run has no use for; on an H100 machine
+    // t_hardening's tokenize-only runs under `ulimit -v 2000000` ran out of memory or hung.
+    if (devs || (!dump && !dump_text)) {
         fb_err derr;
         int dev = fb_runner_pick_device(devs, &derr);
         if (dev < 0) {

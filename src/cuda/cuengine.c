@@ -4,6 +4,7 @@
 #include <string.h>
 
 #ifdef FB_HAVE_CUDA
+#include "common/cancel.h"
 #include "cuda/cufwd.h"
 
 static int cu_set_tokens(fb_engine *e, const int32_t *ids, size_t n, const size_t *starts,
@@ -64,7 +65,8 @@ fb_engine *fb_engine_cuda_new(fb_wsrc *src, const fb_model_config *cfg, const fb
     fb_cufwd_opts co = {.gemm_f32 = e->o.gemm_f32, .all_experts = e->o.all_experts,
                         .expert_group = e->o.expert_group, .token_chunk = e->o.token_chunk,
                         .host_threads = e->o.threads, .act_gs = e->o.act_gs,
-                        .act_user = e->o.act_user, .stats = e->o.stats, .hooks = e->o.hooks};
+                        .act_user = e->o.act_user, .stats = e->o.stats, .hooks = e->o.hooks,
+                        .cancelled = fb_cancelled};
     e->impl = fb_cufwd_new(src, cfg, &co, err);
     if (!e->impl) {
         free(e);

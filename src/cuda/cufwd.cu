@@ -367,9 +367,11 @@ __global__ void k_gather_swiglu(const T *G, int I, const int32_t *idx, int base,
     }
 }
 
-// acc[tok[r]] += wt[r] * Y[r] (one token at most once per launch); saliency sum += wt*||Y[r]||.
+// acc[tok[r]] += wt[r] * Y[r] (one token at most once per launch); rsal[r] = wt*||Y[r]|| (each
+// row's saliency term, summed per expert on the host in row order: an atomicAdd across blocks
+// summed in whatever order the blocks ran, so the statistics differed from run to run).
 __global__ void k_combine(float *acc, const float *Y, const int32_t *tok, const float *wt, int base,
-                          int H, double *sal) {
+                          int H, double *rsal) {
     int r = blockIdx.x;
     const float *y = Y + (size_t)r * H;
     float *a = acc + (size_t)(tok[r] - base) * H;
@@ -379,9 +381,9 @@ __global__ void k_combine(float *acc, const float *Y, const int32_t *tok, const 
         ss += (double)y[d] * (double)y[d];
         a[d] = __fadd_rn(a[d], __fmul_rn(y[d], w));
     }
-    if (sal) {
+    if (rsal) {
         ss = block_sum_d(ss);
-        if (threadIdx.x == 0) atomicAdd(sal, (double)w * sqrt(ss));
+        if (threadIdx.x == 0) rsal[r] = (double)w * sqrt(ss);
     }
 }
 
@@ -503,9 +505,8 @@ struct fb_cufwd {
     void *all_experts_w;   // synthetic: every expert resident
     // scratch (grown on demand)
     struct buf { void *p; size_t cap; } s_f32a, s_f32b, s_f32c, s_w1, s_w2, s_S, s_P, s_idx, s_wt,
-        s_stage;
+        s_stage, s_rsal;       // s_rsal: [N * top_k] doubles, a routed row's saliency term
     unsigned *absmax_d;    // [2 + 2E] qkv, o, w13[E], w2[E]
-    double *sal_d;         // [E]
     double *norms_d;       // [ntok]
     float *fnorm;
     void *head;
@@ -698,8 +699,7 @@ static fb_cufwd *cufwd_new_common(const fb_model_config *cfg, const fb_cufwd_opt
     fb_mm_rope_inv_freq(cfg->rope_theta, cfg->rotary_dim, inv.data());
     if (alloc_f(&f->inv_freq, inv.size(), err) ||
         cudaMemcpy(f->inv_freq, inv.data(), inv.size() * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
-        cudaMalloc((void **)&f->absmax_d, (2 + 2 * (size_t)E) * sizeof(unsigned)) != cudaSuccess ||
-        cudaMalloc((void **)&f->sal_d, (size_t)E * sizeof(double)) != cudaSuccess) {
+        cudaMalloc((void **)&f->absmax_d, (2 + 2 * (size_t)E) * sizeof(unsigned)) != cudaSuccess) {
         if (!err->msg[0]) fb_fail(err, "CUDA: allocation failed");
         fb_cufwd_free(f);
         return NULL;
@@ -744,10 +744,9 @@ extern "C" void fb_cufwd_free(fb_cufwd *f) {
     free(f->w13);
     free(f->w2);
     fb_cufwd::buf *bs[] = {&f->s_f32a, &f->s_f32b, &f->s_f32c, &f->s_w1, &f->s_w2, &f->s_S,
-                           &f->s_P, &f->s_idx, &f->s_wt, &f->s_stage, &f->s_fp8, &f->s_scale};
+                           &f->s_P, &f->s_idx, &f->s_wt, &f->s_stage, &f->s_fp8, &f->s_scale, &f->s_rsal};
     for (auto b : bs) if (b->p) cudaFree(b->p);
-    void *ps[] = {f->h, f->acc, f->xn2, f->ridx_d, f->rw_d, f->inv_freq, f->absmax_d, f->sal_d,
-                  f->norms_d, f->fnorm, f->head};
+    void *ps[] = {f->h, f->acc, f->xn2, f->ridx_d, f->rw_d, f->inv_freq, f->absmax_d, f->norms_d, f->fnorm, f->head};
     for (auto p : ps) if (p) cudaFree(p);
     free(f->hbuf);
     if (f->hb8) cudaFreeHost(f->hb8);
@@ -1304,7 +1303,8 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
     CK(cudaMemcpy(rtok_d, rtok.data(), N * k * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(rwt_d, rwt.data(), N * k * 4, cudaMemcpyHostToDevice));
     CK(cudaMemset(f->acc, 0, N * H * 4));
-    CK(cudaMemset(f->sal_d, 0, (size_t)E * sizeof(double)));
+    if (f->o.stats && grow(&f->s_rsal, N * k * sizeof(double), err)) return -1;
+    double *rsal_d = f->o.stats ? (double *)f->s_rsal.p : NULL;  // rows off[e]..off[e+1]: expert e
     // w13 absmax slots: [2 .. 2+E), w2: [2+E .. 2+2E)
     unsigned *w13m = f->absmax_d + 2, *w2m = f->absmax_d + 2 + E;
     int all = f->o.all_experts;
@@ -1335,6 +1335,7 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
         f->tm.load_s += now_s() - tl;
     }
     for (int e0 = 0, gi = 0; e0 < E; e0 += Gs, gi++) {
+        if (f->o.cancelled && f->o.cancelled()) return fb_fail(err, "interrupted (forward)");
         int g = E - e0 < Gs ? E - e0 : Gs;
         double tl = now_s();
         if (f->all_experts_w) {  // synthetic: every expert resident
@@ -1374,7 +1375,7 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                 if (gemm(f, pw, I, f->w2[i], I, XY, H, (int)cnt, H, I, err)) return -1;
                 if (hook_expert_output(f, l, e, rtok.data() + r0, XY, cnt, (size_t)H, err)) return -1;
                 k_combine<<<(unsigned)cnt, 256>>>(f->acc, XY, rtok_d + r0, rwt_d + r0, 0, H,
-                                                  f->sal_d + e);
+                                                  rsal_d ? rsal_d + r0 : NULL);
                 KCHECK();
             }
         } else {
@@ -1431,12 +1432,13 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
                             return -1;
                         k_combine<<<(unsigned)cnt, 256>>>(f->acc + c0 * H, (const float *)f->s_w2.p,
                                                           rtok_d + r0, rwt_d + r0, (int)c0, H,
-                                                          f->sal_d + e);
+                                                          rsal_d ? rsal_d + r0 : NULL);
                     } else {
                         if (gemm(f, pw, I, f->w2[i], I, XY, H, (int)cnt, H, I, err)) return -1;
                         if (hook_expert_output(f, l, e, a, XY, cnt, (size_t)H, err)) return -1;
                         k_combine<<<(unsigned)cnt, 256>>>(f->acc + c0 * H, XY, rtok_d + r0,
-                                                          rwt_d + r0, (int)c0, H, f->sal_d + e);
+                                                          rwt_d + r0, (int)c0, H,
+                                                          rsal_d ? rsal_d + r0 : NULL);
                     }
                     KCHECK();
                 }
@@ -1455,9 +1457,9 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
         unsigned hm_bits = 0;
         unsigned *hm_d = f->absmax_d + 2 + 2 * E - 1;  // reused after reading below
         std::vector<unsigned> am((size_t)2 + 2 * E);
-        std::vector<double> sal((size_t)E), norms(N);
+        std::vector<double> rsal(N * k), norms(N);
         CK(cudaMemcpy(am.data(), f->absmax_d, am.size() * 4, cudaMemcpyDeviceToHost));
-        CK(cudaMemcpy(sal.data(), f->sal_d, (size_t)E * 8, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(rsal.data(), rsal_d, N * k * sizeof(double), cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(norms.data(), f->norms_d, N * 8, cudaMemcpyDeviceToHost));
         CK(cudaMemset(hm_d, 0, 4));
         if (absmax(f->h, N * H, hm_d, err)) return -1;
@@ -1470,7 +1472,9 @@ static int run_moe(fb_cufwd *f, int l, fb_err *err) {
             st->w13_absmax[si] = bits(all ? am[2] : am[2 + e]);
             st->w2_absmax[si] = bits(am[2 + E + e]);
             st->counts[si] += (int64_t)(off[e + 1] - off[e]);
-            st->sal_sum[si] += sal[e];
+            double sal = 0;  // in row (token) order, as the CPU engine sums
+            for (size_t r = off[e]; r < off[e + 1]; r++) sal += rsal[r];
+            st->sal_sum[si] += sal;
         }
         double ns = 0, nm = 0;
         for (size_t t = 0; t < N; t++) {
@@ -1514,7 +1518,10 @@ static int run_layer(fb_cufwd *f, int layer, fb_err *err) {
     return 0;
 }
 
-extern "C" int fb_cufwd_layer(fb_cufwd *f, int layer, fb_err *err) { return run_layer(f, layer, err); }
+extern "C" int fb_cufwd_layer(fb_cufwd *f, int layer, fb_err *err) {
+    if (f->o.cancelled && f->o.cancelled()) return fb_fail(err, "interrupted (forward)");
+    return run_layer(f, layer, err);
+}
 
 extern "C" int fb_cufwd_set_hidden(fb_cufwd *f, int layer, const float *h, fb_err *err) {
     if (!f->h) return fb_fail(err, "forward: no tokens set");

@@ -58,6 +58,10 @@ typedef struct fb_cufwd_opts {
     // they see (linear_input's changes are copied back). NULL for none. Costs a device-to-host
     // copy per call: for algorithms prototyped on the host, not for speed.
     const fb_fwd_hooks *hooks;
+    // Polled at the start of each layer and of each expert group (as the CPU forward polls
+    // the cancellation flag): nonzero ends the layer with -1 and "interrupted (forward)".
+    // NULL: never (the engine passes common/cancel.h's fb_cancelled).
+    int (*cancelled)(void);
 } fb_cufwd_opts;
 
 typedef struct fb_cufwd fb_cufwd;

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Issue 16's baseline: auto-round 0.16.1's time for one full-size synthetic MiniMax-M2 decoder
+layer, W4A16 (int4 sym, group 128), as `AutoRound(...).quantize()` runs it.
+
+The model is transformers' own MiniMaxM2ForCausalLM with one decoder layer of MiniMax-M2's real
+dimensions (hidden 3072, 48 heads x head_dim 128, 8 KV heads, 256 experts of intermediate 1536,
+top-8, sigmoid router with correction bias, partial rotary 64 of 128, per-layer q/k norm) and
+random bf16 weights (transformers' own initialisation, seed 0). Only the vocabulary is small
+(the repo's tiny MiniMax-M2 tokenizer's 4096): embedding and lm_head are not quantized and are not part of the
+layer's time. Calibration: --nsamples random token sequences of --seqlen ids (default 64 x 2048),
+batch_size 8, --iters SignRound iterations (auto-round's default is 200).
+
+Measured, in one run: the whole quantize() wall time; the time from quantize()'s start to the
+first SignSGD step (input caching, wrapping, the RTN init); every iteration's time (between
+consecutive optimizer steps, CUDA synchronised); the time after the last step (best-weight
+restore, packing). Printed as text and, with --json FILE, as JSON. With --iters below 200 the
+200-iteration time is PROJECTED as setup + 200 x the median iteration + tail, and says so.
+
+Needs torch with CUDA, transformers (5.x, with minimax_m2) and auto-round 0.16.1 (plus its
+datasets/pydantic imports). Example (one GPU):
+    python3 scripts/bench-autoround-ref.py --iters 20 --json out.json
+A small CPU smoke run of the same code path:
+    python3 scripts/bench-autoround-ref.py --device cpu --small --iters 2
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--iters", type=int, default=200)
+    ap.add_argument("--nsamples", type=int, default=64)
+    ap.add_argument("--seqlen", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--tokenizer", default="models/tiny-minimax-m2",
+                    help="any tokenizer (auto-round insists on one; ids are random, it is only asked for its pad id)")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--small", action="store_true", help="tiny dimensions (a smoke test of the script)")
+    ap.add_argument("--json", help="write the figures here")
+    a = ap.parse_args()
+
+    import auto_round
+    import transformers
+    from auto_round import AutoRound
+    from auto_round.algorithms.quantization.sign_round import sign_sgd
+
+    dims = dict(hidden_size=3072, num_attention_heads=48, head_dim=128, num_key_value_heads=8,
+                num_local_experts=256, intermediate_size=1536, num_experts_per_tok=8, rotary_dim=64)
+    if a.small:
+        dims = dict(hidden_size=256, num_attention_heads=4, head_dim=64, num_key_value_heads=2,
+                    num_local_experts=8, intermediate_size=256, num_experts_per_tok=2, rotary_dim=32)
+    tok = transformers.AutoTokenizer.from_pretrained(a.tokenizer)
+    vocab = len(tok)
+    cfg = transformers.MiniMaxM2Config(
+        **dims, num_hidden_layers=1, vocab_size=vocab, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, max_position_embeddings=max(a.seqlen, 2048),
+        partial_rotary_factor=dims["rotary_dim"] / dims["head_dim"], rms_norm_eps=1e-6, rope_theta=5e6,
+        scoring_func="sigmoid", use_routing_bias=True, use_qk_norm=True, qk_norm_type="per_layer",
+        tie_word_embeddings=False, use_cache=False)
+    torch.manual_seed(0)
+    dev = torch.device(a.device)
+    with torch.device(dev):
+        model = transformers.MiniMaxM2ForCausalLM(cfg).to(torch.bfloat16)
+    model.eval()
+    n_param = sum(p.numel() for p in model.model.layers[0].parameters())
+
+    # Random ids below the special tokens (the tokenizer's pad id is masked by auto-round); no id
+    # repeats at a sequence's end, which auto-round would also read as padding.
+    top = min(i for i in tok.all_special_ids) if tok.all_special_ids else vocab
+    g = torch.Generator().manual_seed(1)
+    data = []
+    for _ in range(a.nsamples):
+        ids = torch.randint(0, top, (1, a.seqlen), generator=g)
+        ids[0, -2] = (ids[0, -1] + 1) % top
+        data.append(ids)
+
+    steps = []
+    orig_step = sign_sgd.SignSGD.step
+
+    def timed_step(self, *args, **kw):
+        r = orig_step(self, *args, **kw)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        steps.append(time.perf_counter())
+        # as it goes, so that a run stopped by a time limit still tells its iteration times
+        print(f"step {len(steps)} at {steps[-1] - t0:.3f} s", file=sys.stderr, flush=True)
+        return r
+
+    sign_sgd.SignSGD.step = timed_step
+
+    t0 = time.perf_counter()  # re-read below; here for the progress lines of model set-up
+    ar = AutoRound(model, tokenizer=tok, scheme="W4A16", iters=a.iters, nsamples=a.nsamples, seqlen=a.seqlen,
+                   batch_size=a.batch_size, dataset=data, device_map=a.device if dev.type == "cuda" else "cpu")
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    ar.quantize()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    t1 = time.perf_counter()
+
+    its = [b - a_ for a_, b in zip(steps, steps[1:])]
+    res = {
+        "auto_round": auto_round.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "dims": dims, "layer_params": n_param, "nsamples": a.nsamples, "seqlen": a.seqlen,
+        "batch_size": a.batch_size, "iters": a.iters, "steps_seen": len(steps),
+        "quantize_s": t1 - t0,
+        "setup_s": (steps[0] - t0) if steps else None,
+        "first_iter_s": (steps[0] - t0) if steps else None,
+        "iter_median_s": statistics.median(its) if its else None,
+        "iter_min_s": min(its) if its else None, "iter_max_s": max(its) if its else None,
+        "tail_s": (t1 - steps[-1]) if steps else None,
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+    }
+    # The first step's time includes everything before it (caching, wrapping, the RTN init and
+    # the first forward/backward); one median iteration stands in for that first iteration.
+    if its and a.iters < 200:
+        res["projected_200_s"] = res["setup_s"] + 199 * res["iter_median_s"] + res["tail_s"]
+    print(json.dumps(res, indent=1))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
