@@ -56,7 +56,7 @@ expect_out "bad.jsonl:1" "names the line"
 
 # small run (4 samples x 64 tokens): chained recipe, compared with plain RTN
 expect_rc 0 "chained GPTQ run" -- "$Q4" --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 --json $M "$T_TMP/g1"
-expect_out '"gptq":\{"tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
+expect_out '"gptq":\{"algorithm":"GPTQ","tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
 expect_out "layer 3: 21 modules tuned \(GPTQ\)" "progress per layer"
 cat > "$T_TMP/rtn.yaml" <<'Y'
 quant_stage:
@@ -110,6 +110,19 @@ Y
     if grep -v weight_packed "$T_TMP/qd.txt" | grep -q .; then fail "Qwen3: a scale differs from RTN: $(grep -v weight_packed "$T_TMP/qd.txt" | head -2)"; else ok; fi
     [ "$(grep -c weight_packed "$T_TMP/qd.txt")" -ge 100 ] && ok || fail "Qwen3: GPTQ changed only $(grep -c weight_packed "$T_TMP/qd.txt") packed tensors of 112"
 fi
+
+# resume at layer granularity (jobs/tune.h): SIGINT once layer 1 is written, --resume continues
+# from the staged input of the first layer with unwritten outputs, byte-identical to one run
+K="--recipe $R4 --dataset $IDS --samples 16 --no-shuffle -t 2 --max-shard-size 600KB"
+expect_rc 0 "uninterrupted GPTQ run" -- "$Q4" -q $K $M "$T_TMP/k0"
+"$Q4" $K $M "$T_TMP/k1" 2> "$T_TMP/kerr" & pid=$!
+i=0
+while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+kill -INT $pid 2>/dev/null; wait $pid; rc=$?
+[ "$rc" = 130 ] && ok || fail "interrupted GPTQ run: exit $rc, want 130"
+expect_rc 0 "GPTQ --resume" -- "$Q4" $K --resume $M "$T_TMP/k1"
+expect_out "resuming the layer loop at layer [12] from its staged input" "says where it resumes"
+expect_rc 0 "resumed GPTQ == uninterrupted, byte for byte" -- "$BIN/st-diff" -q "$T_TMP/k1" "$T_TMP/k0"
 
 # the same thread count gives the same bytes (another count changes OpenBLAS's blocking of the
 # projection GEMMs, hence the Hessians' last bits: calib/forward.h)

@@ -20,6 +20,9 @@
 
 #include "calib/autoround.h"
 #include "io/safetensors.h"
+#include "quant/formats.h"
+#include "quant/qformat.h"
+#include "quant/w4a16.h"
 #include "test.h"
 
 #define GOLD GOLDEN_DIR "/autoround/autoround_golden.safetensors"
@@ -280,6 +283,79 @@ static void signround(fb_st_file *f) {
     free(b.x); free(b.route); free(b.target); free(ref);
 }
 
+// fb_autoround_tune_linear (the layer loop's attention unit): the tuned weight is exactly its
+// scales times its codes, the codes in range, the kept iterate no worse than RTN (iteration 0) on
+// its mini-batch and over every sample; and the formats' pack_scaled store exactly those scales and
+// codes (auto_round: fp16 scales, so the stored weight decodes to s * q bit for bit).
+static float urand(uint64_t *s) {  // uniform in [-1, 1), xorshift64
+    *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
+    return (float)((*s >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
+}
+
+static void linear_unit(void) {
+    const size_t R = 48, C = 256, NS = 16, SEQ = 8, N = NS * SEQ, NG = C / 128;
+    uint64_t st = 12345;
+    float *W = fb_malloc(R * C * sizeof(float)), *W0 = fb_malloc(R * C * sizeof(float));
+    float *x = fb_malloc(N * C * sizeof(float)), *xf = fb_malloc(N * C * sizeof(float));
+    float *T = fb_malloc(N * R * sizeof(float)), *sc = fb_malloc(R * NG * sizeof(float));
+    int8_t *q = fb_malloc(R * C);
+    for (size_t i = 0; i < R * C; i++) W0[i] = W[i] = 0.05f * urand(&st);
+    for (size_t i = 0; i < N * C; i++) {
+        xf[i] = urand(&st);
+        x[i] = xf[i] * (1.0f + 0.01f * urand(&st));  // the quantized chain
+    }
+    for (size_t t = 0; t < N; t++)
+        for (size_t r = 0; r < R; r++) {
+            float acc = 0;
+            for (size_t c = 0; c < C; c++) acc += xf[t * C + c] * W0[r * C + c];
+            T[t * R + r] = acc;
+        }
+    fb_ar_linear L = {.w = W, .rows = R, .cols = C, .scale = sc, .q = q};
+    fb_ar_opts o = {.iters = 30, .batch_size = 4, .seed = 42};
+    fb_ar_result res;
+    fb_err err;
+    REQUIRE(fb_autoround_tune_linear(x, T, NS, SEQ, &L, &o, &res, &err) == 0, "%s", err.msg);
+    CHECK(res.best_loss <= res.init_loss && res.final_mse < res.rtn_mse, "linear: kept %g <= init %g, final %g < RTN %g",
+          res.best_loss, res.init_loss, res.final_mse, res.rtn_mse);
+    size_t bad = 0;
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = 0; c < C; c++) {
+            float s = sc[r * NG + c / 128];
+            bad += q[r * C + c] < -8 || q[r * C + c] > 7 || W[r * C + c] != s * (float)q[r * C + c]  /* == : a code 0 may come as -0 */ ||
+                   !fb_f32_bits_eq(s, fb_f16_to_f32(fb_f32_to_f16(s)));
+        }
+    CHECK(bad == 0, "linear: %zu weights are not their fp16 scale times their code", bad);
+    // auto_round: pack_scaled then the format's reader gives W back exactly
+    const fb_qfmt *qf = fb_qfmt_get(FB_QF_AUTOROUND);
+    void *out[FB_QFMT_MAX_OUT] = {0};
+    for (int k = 0; k < qf->n_out; k++) out[k] = fb_calloc(fb_qfmt_out_bytes(qf, k, R, C, 128, 0) + 1, 1);
+    qf->quantize_rows(W0, R, R, C, 128, 0, 1, out);
+    qf->pack_scaled(W, sc, R, R, C, 128, 0, out);
+    float *back = fb_malloc(R * C * sizeof(float));
+    fb_autoround_dequant_rows(out[0], out[2], R, C, 128, 0, R, back);
+    bad = 0;
+    for (size_t i = 0; i < R * C; i++) bad += back[i] != W[i];  // -0 and +0 alike
+    CHECK(bad == 0, "auto_round pack_scaled: %zu weights do not decode to s * q", bad);
+    for (int k = 0; k < qf->n_out; k++) free(out[k]);
+    // pack-quantized: bf16 scales; the codes are the tuned ones (|q| <= 8: the bf16 rounding of s
+    // moves w / s by at most 8 * 2^-9)
+    qf = fb_qfmt_get(FB_QF_PACK_INT4);
+    for (int k = 0; k < qf->n_out; k++) out[k] = fb_calloc(fb_qfmt_out_bytes(qf, k, R, C, 128, 0) + 1, 1);
+    qf->quantize_rows(W0, R, R, C, 128, 0, 1, out);
+    qf->pack_scaled(W, sc, R, R, C, 128, 0, out);
+    bad = 0;
+    for (size_t r = 0; r < R; r++)
+        for (size_t c = 0; c < C; c++) {
+            uint32_t word = (uint32_t)((int32_t *)out[0])[r * (C / 8) + c / 8];
+            int code = (int)((word >> (4 * (c % 8))) & 15) - 8;
+            bad += code != q[r * C + c];
+        }
+    for (size_t i = 0; i < R * NG; i++) bad += ((uint16_t *)out[1])[i] != fb_f32_to_bf16(sc[i]);
+    CHECK(bad == 0, "pack-quantized pack_scaled: %zu codes / scales are not the tuned ones", bad);
+    for (int k = 0; k < qf->n_out; k++) free(out[k]);
+    free(W); free(W0); free(x); free(xf); free(T); free(sc); free(q); free(back);
+}
+
 int main(void) {
     fb_st_file *f;
     fb_err err;
@@ -287,6 +363,7 @@ int main(void) {
     opt_rtn_cases(f);
     nonfinite();
     signround(f);
+    linear_unit();
     fb_st_close(f);
     TEST_MAIN_END();
 }

@@ -119,13 +119,13 @@ static void test_gptq(void) {
     fb_recipe r;
     fb_err err;
     REQUIRE(fb_recipe_load(GOLDEN_DIR "/recipes/good/gptq_alone.yaml", &r, &err) == 0, "%s", err.msg);
-    CHECK(r.gptq.present && r.gptq.own_config && r.gptq.block_size == 128 && r.gptq.dampening_frac == 0.05,
-          "gptq_alone: present %d own %d block %d damp %g", r.gptq.present, r.gptq.own_config, r.gptq.block_size,
-          r.gptq.dampening_frac);
+    CHECK(r.tune.present && r.tune.own_config && r.tune.block_size == 128 && r.tune.dampening_frac == 0.05,
+          "gptq_alone: present %d own %d block %d damp %g", r.tune.present, r.tune.own_config, r.tune.block_size,
+          r.tune.dampening_frac);
     CHECK(r.cfg.n_groups == 1 && r.cfg.groups[0].weights.actorder == FB_AO_STATIC,
           "gptq_alone: the Sentinel default writes actorder static into the scheme (%d)", r.cfg.groups[0].weights.actorder);
     CHECK(fb_qscheme_kind(&r.cfg.groups[0], NULL) == FB_QK_W4A16, "gptq_alone: W4A16 with actorder static is writable");
-    CHECK(fb_recipe_needs_data(&r) && fb_recipe_gptq_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"),
+    CHECK(fb_recipe_needs_data(&r) && fb_recipe_tune_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"),
           "gptq_alone: needs data, tunes what it quantizes");
     CHECK(r.n_warnings == 1 && strstr(r.warnings[0], "gptq_alone.yaml:9:") && strstr(r.warnings[0], "offload_hessians"),
           "gptq_alone: offload_hessians noted: %s", r.n_warnings ? r.warnings[0] : "none");
@@ -133,19 +133,40 @@ static void test_gptq(void) {
     fb_recipe_free(&r);
 
     REQUIRE(fb_recipe_load(GOLDEN_DIR "/recipes/good/gptq_chained.yaml", &r, &err) == 0, "%s", err.msg);
-    CHECK(r.gptq.present && !r.gptq.own_config && r.gptq.block_size == 64 && r.gptq.actorder == FB_AO_NONE,
+    CHECK(r.tune.present && !r.tune.own_config && r.tune.block_size == 64 && r.tune.actorder == FB_AO_NONE,
           "gptq_chained: gptq args");
     CHECK(r.cfg.n_groups == 1 && r.cfg.groups[0].weights.actorder == FB_AO_NONE &&
           fb_qscheme_kind(&r.cfg.groups[0], NULL) == FB_QK_NVFP4A16, "gptq_chained: the QuantizationModifier's scheme");
-    CHECK(fb_recipe_gptq_applies(&r, "model.layers.1.block_sparse_moe.experts.3.w1", "Linear") &&
-          !fb_recipe_gptq_applies(&r, "model.layers.1.block_sparse_moe.experts.0.w1", "Linear") &&
-          !fb_recipe_gptq_applies(&r, "model.layers.1.self_attn.q_proj", "Linear"),
+    CHECK(fb_recipe_tune_applies(&r, "model.layers.1.block_sparse_moe.experts.3.w1", "Linear") &&
+          !fb_recipe_tune_applies(&r, "model.layers.1.block_sparse_moe.experts.0.w1", "Linear") &&
+          !fb_recipe_tune_applies(&r, "model.layers.1.self_attn.q_proj", "Linear"),
           "gptq_chained: its targets and ignore select the tuned modules");
     fb_recipe_free(&r);
 
+    // AutoRoundModifier: its own config, or chained (defaults iters 200, batch_size 8, lr 1/iters)
+    REQUIRE(fb_recipe_load(GOLDEN_DIR "/recipes/good/autoround_alone.yaml", &r, &err) == 0, "%s", err.msg);
+    CHECK(r.tune.present && r.tune.algo == FB_RALGO_AUTOROUND && r.tune.own_config && r.tune.iters == 50 &&
+          r.tune.batch_size == 4 && r.tune.lr == 0.01 && !r.tune.disable_opt_rtn,
+          "autoround_alone: algo %d own %d iters %d batch %d lr %g", (int)r.tune.algo, r.tune.own_config, r.tune.iters,
+          r.tune.batch_size, r.tune.lr);
+    CHECK(fb_qscheme_kind(&r.cfg.groups[0], NULL) == FB_QK_W4A16 && fb_recipe_needs_data(&r) &&
+          fb_recipe_tune_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"), "autoround_alone: W4A16, tunes");
+    CHECK(r.n_warnings == 1 && strstr(r.warnings[0], "autoround_alone.yaml:9:") &&
+          strstr(r.warnings[0], "enable_torch_compile"), "autoround_alone: torch.compile noted: %s",
+          r.n_warnings ? r.warnings[0] : "none");
+    fb_recipe_free(&r);
+    REQUIRE(fb_recipe_load(GOLDEN_DIR "/recipes/good/autoround_chained.yaml", &r, &err) == 0, "%s", err.msg);
+    CHECK(r.tune.present && r.tune.algo == FB_RALGO_AUTOROUND && !r.tune.own_config && r.tune.iters == 200 &&
+          r.tune.batch_size == 8 && r.tune.lr == 0, "autoround_chained: defaults (iters %d batch %d lr %g)",
+          r.tune.iters, r.tune.batch_size, r.tune.lr);
+    CHECK(fb_recipe_tune_applies(&r, "model.layers.1.block_sparse_moe.experts.3.w2", "Linear") &&
+          !fb_recipe_tune_applies(&r, "model.layers.1.self_attn.q_proj", "Linear"),
+          "autoround_chained: its targets select the tuned modules");
+    fb_recipe_free(&r);
+
     REQUIRE(fb_recipe_load("recipes/minimax-w4a16.yaml", &r, &err) == 0, "%s", err.msg);
-    CHECK(!r.gptq.present && !fb_recipe_needs_data(&r) &&
-          !fb_recipe_gptq_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"), "RTN recipe: no GPTQ");
+    CHECK(!r.tune.present && !fb_recipe_needs_data(&r) &&
+          !fb_recipe_tune_applies(&r, "model.layers.0.self_attn.q_proj", "Linear"), "RTN recipe: no GPTQ");
     fb_recipe_free(&r);
 }
 

@@ -59,10 +59,12 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     opts[no++] = (fb_opt){"dataset", 'd', FB_OPT_STR, &dataset, "D.jsonl",
                           (kinds & (1u << FB_QK_NVFP4))
                               ? "calibration data: for a GPTQModifier recipe (required), or NVFP4 W4A4 input scales in the same pass (instead of a statistics file); JSONL as calibrate reads it (comma-separated list for several files)"
-                              : "calibration data for a GPTQModifier recipe (required by it, refused otherwise): JSONL as calibrate reads it (comma-separated list for several files)",
+                              : "calibration data for a GPTQModifier / AutoRoundModifier recipe (required by it, refused otherwise): JSONL as calibrate reads it (comma-separated list for several files)",
                           0, 0};
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
+    if (!(kinds & (1u << FB_QK_NVFP4)))  // AutoRound tunes W4A16 only
+        opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts in groups of N (memory; default: all of a layer at once)", 1, 1 << 20};
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0};
@@ -103,11 +105,12 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         fb_err re;
         if (fb_recipe_load(recipe, &rr, &re) == 0) {
             int need = fb_recipe_needs_data(&rr), w4a4 = 0;
+            const char *rr_name = rr.tune.name ? rr.tune.name : "GPTQModifier";
             for (size_t g = 0; g < rr.cfg.n_groups; g++) w4a4 |= fb_qscheme_kind(&rr.cfg.groups[g], NULL) == FB_QK_NVFP4;
             fb_recipe_free(&rr);
             if (need && !dataset && !o.dry_run) {
-                fprintf(stderr, "%s: %s has a GPTQModifier, which tunes on calibration data: pass --dataset D.jsonl "
-                                "(--samples N --seq-len L, as calibrate reads them)\n", tool, recipe);
+                fprintf(stderr, "%s: %s has a %s, which tunes on calibration data: pass --dataset D.jsonl "
+                                "(--samples N --seq-len L, as calibrate reads them)\n", tool, recipe, rr_name);
                 return 2;
             }
             if (!need && !w4a4 && dataset) {
@@ -221,7 +224,9 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                               el_per_s, "peak_rss_bytes", (json_int_t)fb_peak_rss(), "threads", o.threads);
         json_object_set_new(j, "not_carried_over", r.left_out ? json_incref(r.left_out) : json_array());
         if (r.n_tuned || dataset)
-            json_object_set_new(j, "gptq", json_pack("{s:I, s:I, s:I, s:I, s:f}", "tuned_modules", (json_int_t)r.n_tuned,
+            json_object_set_new(j, r.tune_algo && !strcmp(r.tune_algo, "AutoRound") ? "autoround" : "gptq",
+                                json_pack("{s:s, s:I, s:I, s:I, s:I, s:f}", "algorithm", r.tune_algo ? r.tune_algo : "none",
+                                                     "tuned_modules", (json_int_t)r.n_tuned,
                                                      "rtn_fallbacks", (json_int_t)r.n_tune_fallback, "samples",
                                                      (json_int_t)r.n_samples, "tokens", (json_int_t)r.n_tokens,
                                                      "seconds", r.tune_seconds));

@@ -528,3 +528,127 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
     free(gws); free(tgt); free(all); free(out); free(grad); free(perm); free(tok); free(tb);
     return 0;
 }
+
+void fb_autoround_moe_forward(const float *x, size_t n_tok, size_t H, const float *route, size_t n_experts,
+                              const fb_ar_expert *ex, float *out) {
+    size_t E = n_experts, FF = ex[0].gate.rows, cap = n_tok < 4096 ? n_tok : 4096, HI = H > FF ? H : FF;
+    arlin *lin = fb_calloc(3 * E, sizeof(arlin));
+    for (size_t e = 0; e < E; e++) {  // only w0 is read by a forward with FP weights
+        lin[3 * e].w0 = ex[e].gate.w;
+        lin[3 * e + 1].w0 = ex[e].up.w;
+        lin[3 * e + 2].w0 = ex[e].down.w;
+    }
+    moe_ws ws = {.H = H, .FF = FF, .E = E, .cap = cap};
+    ws.xe = fb_malloc(cap * H * sizeof(float));
+    ws.re = fb_malloc(cap * sizeof(float));
+    ws.A = fb_malloc(cap * FF * sizeof(float));
+    ws.Bm = fb_malloc(cap * FF * sizeof(float));
+    ws.Hh = fb_malloc(cap * FF * sizeof(float));
+    ws.Y = fb_malloc(cap * HI * sizeof(float));
+    ws.pos = fb_malloc(cap * sizeof(size_t));
+    size_t *tok = fb_malloc(cap * sizeof(size_t));
+    for (size_t t0 = 0; t0 < n_tok; t0 += cap) {
+        size_t n = n_tok - t0 < cap ? n_tok - t0 : cap;
+        for (size_t i = 0; i < n; i++) tok[i] = t0 + i;
+        moe_pass(x, route, tok, n, lin, 0, &ws, out + t0 * H, NULL, 0, 0, 0);
+    }
+    free(lin); free(ws.xe); free(ws.re); free(ws.A); free(ws.Bm); free(ws.Hh); free(ws.Y); free(ws.pos); free(tok);
+}
+
+// out[n, R] = x[tok[0..n)] W^T (no bias: the Linears auto-round tunes in MiniMax-M2 / Qwen3-MoE
+// attention have none).
+static void lin_fwd(const float *x, const size_t *tok, size_t n, size_t C, const float *W, size_t R, float *xb,
+                    float *out) {
+    for (size_t t = 0; t < n; t++) memcpy(xb + t * C, x + tok[t] * C, C * sizeof(float));
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)n, (int)R, (int)C, 1.0f, xb, (int)C, W, (int)C, 0.0f, out,
+                (int)R);
+}
+
+int fb_autoround_tune_linear(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_linear *L,
+                             const fb_ar_opts *o, fb_ar_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    size_t N = nsamples * seq, R = L->rows, C = L->cols;
+    if (!N || !R || !C || C % G || o->iters < 1)
+        return fb_fail(err, "AutoRound: a [%zu, %zu] Linear (columns a multiple of %d), %zu samples x %zu tokens, "
+                       "%d iterations", R, C, G, nsamples, seq, o->iters);
+    size_t bs = o->batch_size ? o->batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    size_t cap = bs * seq;
+    if (R > INT_MAX / 2 || C > INT_MAX / 2 || cap > INT_MAX / (R > C ? R : C))
+        return fb_fail(err, "AutoRound: a batch of %zu tokens for a [%zu, %zu] Linear is out of range", cap, R, C);
+    if (check_finite(L->w, R, C, NULL, err)) return -1;
+    for (size_t i = 0; i < N * C; i++)
+        if (!isfinite(x[i])) return fb_fail(err, "AutoRound: input element %zu is not finite", i);
+    for (size_t i = 0; i < N * R; i++)
+        if (!isfinite(target[i])) return fb_fail(err, "AutoRound: target element %zu is not finite", i);
+    float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
+    int minmax = !o->disable_minmax;
+    float *gw = fb_aligned_alloc(R * C * sizeof(float) + 64);
+    arlin a;
+    lin_init(&a, L, gw);
+    float *xb = fb_malloc(cap * C * sizeof(float)), *out = fb_malloc(cap * R * sizeof(float));
+    float *tb = fb_malloc(cap * R * sizeof(float));
+    size_t *tok = fb_malloc(cap * sizeof(size_t)), *all = fb_malloc(cap * sizeof(size_t));
+#define FULL_MSE_L(dst)                                                                     \
+    do {                                                                                    \
+        double s_ = 0;                                                                      \
+        for (size_t t0 = 0; t0 < N; t0 += cap) {                                            \
+            size_t n_ = N - t0 < cap ? N - t0 : cap;                                        \
+            for (size_t i_ = 0; i_ < n_; i_++) all[i_] = t0 + i_;                           \
+            lin_fwd(x, all, n_, C, a.wq, R, xb, out);                                       \
+            s_ += mse(out, target + t0 * R, n_ * R) * (double)(n_ * R);                     \
+        }                                                                                   \
+        (dst) = s_ / (double)(N * R);                                                       \
+    } while (0)
+    lin_qdq(&a, a.v, a.mn, a.mx, a.wq, NULL, NULL);
+    FULL_MSE_L(res->rtn_mse);
+    size_t *perm = fb_malloc(nsamples * sizeof(size_t)), pi = 0;
+    for (size_t i = 0; i < nsamples; i++) perm[i] = i;
+    pyrand st;
+    py_seed(&st, o->seed);
+    shuffle(perm, nsamples, &st);
+    double best = 3.4028234663852886e38;
+    float lr_i = lr, mlr_i = mlr;
+    for (int it = 0; it < o->iters; it++) {
+        if (pi + bs > nsamples) {
+            shuffle(perm, nsamples, &st);
+            pi = 0;
+        }
+        size_t n = 0;
+        for (size_t b = 0; b < bs; b++)
+            for (size_t t = 0; t < seq; t++) tok[n++] = perm[pi + b] * seq + t;
+        pi += bs;
+        lin_qdq(&a, a.v, a.mn, a.mx, a.wq, NULL, NULL);
+        lin_fwd(x, tok, n, C, a.wq, R, xb, out);
+        for (size_t t = 0; t < n; t++) memcpy(tb + t * R, target + tok[t] * R, R * sizeof(float));
+        double loss = (double)(float)mse(out, tb, n * R);
+        const float k = 2000.0f / (float)(n * R);
+        for (size_t i = 0; i < n * R; i++) out[i] = (out[i] - tb[i]) * k;  // dLoss/dout
+        if (it == 0) res->init_loss = loss;
+        if (o->loss_trace) o->loss_trace[it] = loss;
+        if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
+            if (loss < best) {
+                best = loss;
+                res->best_iter = it;
+                res->best_loss = loss;
+            }
+            memcpy(a.bv, a.v, R * C * sizeof(float));
+            memcpy(a.bmn, a.mn, a.NG * sizeof(float));
+            memcpy(a.bmx, a.mx, a.NG * sizeof(float));
+        }
+        // dW = dOut^T Xb
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)C, (int)n, 1.0f, out, (int)R, xb, (int)C, 0.0f,
+                    gw, (int)C);
+        lin_step(&a, lr_i, mlr_i, minmax);
+        float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
+        lr_i = lr_i * f;
+        mlr_i = mlr_i * f;
+    }
+    lin_qdq(&a, a.bv, a.bmn, a.bmx, a.wq, L->scale, L->q);
+    FULL_MSE_L(res->final_mse);
+#undef FULL_MSE_L
+    memcpy(L->w, a.wq, R * C * sizeof(float));
+    lin_free(&a);
+    free(gw); free(xb); free(out); free(tb); free(tok); free(all); free(perm);
+    return 0;
+}

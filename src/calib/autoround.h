@@ -135,4 +135,20 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
                           size_t n_experts, const float *target, fb_ar_expert *ex, const fb_ar_opts *o,
                           fb_ar_result *res, fb_err *err);
 
+// The routed-expert output with the experts' FP weights (ex[e].*.w): out [n_tok, H] = sum over
+// e of route[t, e] * down_e(silu(gate_e x_t) * up_e x_t), as fb_autoround_tune_moe computes its
+// target (GEMMs through BLAS). The layer loop uses it to split a block's output into the part the
+// experts make and the rest.
+void fb_autoround_moe_forward(const float *x, size_t n_tok, size_t H, const float *route, size_t n_experts,
+                              const fb_ar_expert *ex, float *out);
+
+// SignRound on one Linear against its own output (auto-round's layer-wise tuning,
+// _quantize_layer: the unit is the Linear, not the block): x [nsamples * seq, cols] its input on
+// the quantized chain, target [nsamples * seq, rows] its FP output on the FP chain's input. Same
+// parameters, fake quantization, optimizer, schedule, mini-batches and best-iteration rule as
+// fb_autoround_tune_moe; loss MSE(x W'^T, target). The layer loop uses it for the attention
+// Linears (see jobs/tune.h). Replaces L->w with s * q and fills L->scale / L->q.
+int fb_autoround_tune_linear(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_linear *L,
+                             const fb_ar_opts *o, fb_ar_result *res, fb_err *err);
+
 #endif

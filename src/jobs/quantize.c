@@ -147,19 +147,36 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
             it->res_len[k][q] = q < qf->n_out ? (size_t)fb_qfmt_out_bytes(qf, q, (int64_t)R, (int64_t)C, (int64_t)G, it->w4a4) : 0;
             it->res[k][q] = it->res_len[k][q] ? fb_malloc(it->res_len[k][q]) : NULL;
         }
-        float *tuned = m->tuned ? fb_aligned_alloc(per * C * sizeof(float) + 64) : NULL;
+        float *tuned = m->tuned ? fb_aligned_alloc(per * C * sizeof(float) + 64) : NULL, *tscale = NULL;
+        char sname[1024];
+        if (tuned) {  // tuned scales too (AutoRound)?
+            int nd;
+            int64_t sh[FB_MAX_DIMS];
+            snprintf(sname, sizeof sname, "%s%s", t->name, FB_TUNE_SCALE_SUFFIX);
+            if (j->overlay->shape(j->overlay, sname, &nd, sh)) {
+                if (!qf->pack_scaled || nd != 2 || sh[0] != (int64_t)R || sh[1] != (int64_t)(C / G))
+                    rc = fb_fail(err, "%s: tuned scales of shape %s for %s do not fit", t->name, "[?]", qf->name);
+                else tscale = fb_malloc(per * (C / G) * sizeof(float));
+            } else if (!qf->pack_fixed) {
+                rc = fb_fail(err, "%s: the format %s cannot store tuned weights without their scales", t->name, qf->name);
+            }
+        }
         for (size_t r = 0; r < R && !rc; r += per) {
             size_t nr = R - r < per ? R - r : per;
             rc = fb_source_read_rows_f32(j->s, m->src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
             if (!rc && !qf->global_scale) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
             if (rc) break;
             qf->quantize_rows(rows, nr, R, C, G, r, g, it->res[k]);
-            if (tuned) {  // the scales stay the observer's of the original rows; the codes are GPTQ's
+            if (tuned) {  // GPTQ: the observer's scales of the original rows, GPTQ's codes;
+                          // AutoRound: its tuned scales (in the overlay beside the weights) and codes
                 rc = j->overlay->load(j->overlay, t->name, (int64_t)r, (int64_t)nr, tuned, err);
-                if (!rc) qf->pack_fixed(tuned, nr, R, C, G, r, g, it->res[k]);
+                if (!rc && tscale) rc = j->overlay->load(j->overlay, sname, (int64_t)r, (int64_t)nr, tscale, err);
+                if (!rc && tscale) qf->pack_scaled(tuned, tscale, nr, R, C, G, r, it->res[k]);
+                else if (!rc) qf->pack_fixed(tuned, nr, R, C, G, r, g, it->res[k]);
             }
         }
         free(tuned);
+        free(tscale);
         if (rc) break;
         qf->finish(R, C, G, g, m->igs, it->res[k]);
         fb_source_release(j->s, m->src);  // read twice (amax, quantize), released once
@@ -254,10 +271,10 @@ typedef struct plan_line {
     size_t count;
 } plan_line;
 
-// tuned: per plan entry, 1 when GPTQ tunes it; NULL when the recipe has no GPTQModifier (the
-// method column is then left out, as before GPTQ existed).
+// tuned: per plan entry, 1 when the tuning modifier tunes it (label: "GPTQ", "AutoRound"); NULL
+// when the recipe has none (the method column is then left out, as before tuning existed).
 static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_qconfig *cfg, const size_t *logical,
-                        size_t n, int verbose, const unsigned char *tuned) {
+                        size_t n, int verbose, const unsigned char *tuned, const char *label) {
     plan_line *lines = NULL;
     size_t nl = 0;
     fb_strmap idx;
@@ -267,10 +284,11 @@ static void report_plan(FILE *f, const fb_source *s, const fb_plan *p, const fb_
         const char *name = src_name(s, logical[i]);
         char why[512];
         const char *dt = fb_dtypes[fb_source_logical_dtype(s, logical[i])].name;
+        char meth[32] = "";
+        if (tuned) snprintf(meth, sizeof meth, "%-4s ", tuned[i] ? label : "RTN");
         if (e->quantize)
-            snprintf(why, sizeof why, "quantize %-9s %starget '%s' (%s)", fb_qkind_name(e->kind),
-                     !tuned ? "" : tuned[i] ? "GPTQ " : "RTN  ", cfg->groups[e->group].targets[e->target_entry],
-                     cfg->groups[e->group].name);
+            snprintf(why, sizeof why, "quantize %-9s %starget '%s' (%s)", fb_qkind_name(e->kind), meth,
+                     cfg->groups[e->group].targets[e->target_entry], cfg->groups[e->group].name);
         else if (e->rule == FB_RULE_IGNORED)
             snprintf(why, sizeof why, "keep     %-9s ignored by '%s'", dt, cfg->ignore[e->ignore_entry]);
         else
@@ -450,7 +468,28 @@ typedef struct tune_ctx {
     FILE *report;
     double layer_loss, t_layer;
     size_t layer_fallback, layer_n;
+    int autoround;
+    size_t open_item;        // resume: first item whose shards may still be open
 } tune_ctx;
+
+// 1 when every output of item it lies in a finished shard (or a kept / another job's one).
+static int item_closed(const job *j, const item *it) {
+    if (it->type == IT_COPY) return j->pending[fb_cw_tensor_shard(j->w, it->out)] == 0;
+    for (int k = 0; k < it->nm; k++)
+        for (int q = 0; q < it->m[k].n_out; q++)
+            if (j->pending[fb_cw_tensor_shard(j->w, it->m[k].out[q])] != 0) return 0;
+    return 1;
+}
+
+// The first layer whose outputs are not all in finished shards: its staged input must stay.
+static int tune_keep_from(void *u) {
+    tune_ctx *t = u;
+    job *j = t->j;
+    while (t->open_item < j->n_items && item_closed(j, &j->items[t->open_item])) t->open_item++;
+    if (t->open_item == j->n_items) return 1 << 30;
+    int l = j->items[t->open_item].layer;
+    return l < 0 ? 0 : l;
+}
 
 static void tune_layer_start(void *u, int layer, int n_layers, size_t n_tuned) {
     tune_ctx *t = u;
@@ -469,7 +508,12 @@ static void tune_module_done(void *u, const fb_tune_linear *l, const fb_tune_sta
         fprintf(t->report, "%s: warning: %s: its Hessian is not positive definite after dampening: quantized "
                            "round-to-nearest (raise dampening_frac or give more samples)\n", t->j->o->tool, l->name);
     }
-    if (t->j->o->verbose)
+    if (t->j->o->verbose && t->autoround && st->joint && st->loss_rtn == 0 && st->loss == 0)
+        ;  // the routed experts' loss is reported once, on the group's first Linear
+    else if (t->j->o->verbose && t->autoround)
+        fprintf(t->report, "  layer %d %-60s AutoRound %s MSE %.6g -> %.6g (RTN -> tuned, %.2f s)\n", l->layer, l->name,
+                st->joint ? "experts' block-output" : "output", st->loss_rtn, st->loss, st->seconds);
+    else if (t->j->o->verbose)
         fprintf(t->report, "  layer %d %-60s GPTQ loss %.6g%s (%.2f s)\n", l->layer, l->name, st->loss,
                 st->dead_columns ? " (dead input columns)" : "", st->seconds);
 }
@@ -490,7 +534,7 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
                              j->items[k].m[mm].src), j->items[k].layer, layer);
     for (size_t k = t->next; k < b && t->stats && !rc; k++) {  // W4A4 input scales of this segment
         item *it = &j->items[k];
-        if (it->type != IT_QUANT || !it->w4a4) continue;
+        if (it->type != IT_QUANT || !it->w4a4 || it->skip) continue;  // skip: in a kept shard
         for (int mm = 0; mm < it->nm && !rc; mm++) {
             const char *mod = t->plan->e[it->m[mm].plan].module;
             float a;
@@ -506,8 +550,8 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
     if (!rc) rc = run_segment(j, t->next, b, t->nt, err);
     t->next = b;
     if (!rc && !j->o->quiet && t->layer_n)
-        fprintf(t->report, "%s: layer %d: %zu modules tuned (GPTQ), loss %.6g%s, %.2f s\n", j->o->tool, layer,
-                t->layer_n, t->layer_loss, t->layer_fallback ? " (round-to-nearest fallbacks)" : "",
+        fprintf(t->report, "%s: layer %d: %zu modules tuned (%s), loss %.6g%s, %.2f s\n", j->o->tool, layer,
+                t->layer_n, t->autoround ? "AutoRound; sum of the units' output MSEs" : "GPTQ", t->layer_loss, t->layer_fallback ? " (round-to-nearest fallbacks)" : "",
                 fb_now() - t->t_layer);
     return rc;
 }
@@ -540,6 +584,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     fb_recipe rec;
     memset(&rec, 0, sizeof rec);
     if (fb_recipe_load(o->recipe_path, &rec, err)) return -1;
+    int autoround = rec.tune.present && rec.tune.algo == FB_RALGO_AUTOROUND;
+    const char *algo_name = autoround ? "AutoRound" : "GPTQ", *mod_name = rec.tune.name ? rec.tune.name : "GPTQModifier";
     fb_source *s = NULL;
     fb_calib_stats *stats = NULL;
     fb_plan plan;
@@ -605,28 +651,35 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     // Which quantized modules the recipe's GPTQModifier tunes (the rest: round-to-nearest).
     tuned = fb_calloc(n + 1, 1);
     for (size_t i = 0; i < n; i++)
-        if (plan.e[i].quantize && fb_recipe_gptq_applies(&rec, plan.e[i].module, plan.e[i].cls)) {
+        if (plan.e[i].quantize && fb_recipe_tune_applies(&rec, plan.e[i].module, plan.e[i].cls)) {
             tuned[i] = 1;
             n_tuned_plan++;
         }
-    if (rec.gptq.present && !n_tuned_plan) {  // GPTQModifier raises the same
-        rc = fb_fail(err, "%s: the GPTQModifier tunes none of the modules the recipe quantizes (check its targets "
-                          "and ignore)", o->recipe_path);
+    if (rec.tune.present && !n_tuned_plan) {  // GPTQModifier raises the same
+        rc = fb_fail(err, "%s: the %s tunes none of the modules the recipe quantizes (check its targets "
+                          "and ignore)", o->recipe_path, mod_name);
         goto done;
     }
-    if (n_tuned_plan && o->format == FB_QOUT_AUTOROUND) {
+    for (size_t i = 0; i < n && autoround; i++)  // fourbit's SignRound: int4 symmetric groups of 128
+        if (tuned[i] && (plan.e[i].kind != FB_QK_W4A16 || rec.cfg.groups[plan.e[i].group].weights.group_size != 128)) {
+            rc = fb_fail(err, "%s: module %s: fourbit's AutoRound tunes W4A16 (int4 symmetric, group_size 128) "
+                              "weights; this one is %s with group_size %d", o->recipe_path, plan.e[i].module,
+                         fb_qkind_name(plan.e[i].kind), (int)rec.cfg.groups[plan.e[i].group].weights.group_size);
+            goto done;
+        }
+    if (n_tuned_plan && o->format == FB_QOUT_AUTOROUND && !autoround) {
         rc = fb_fail(err, "%s: GPTQ results are written as compressed-tensors pack-quantized / nvfp4-pack-quantized; "
                           "--format auto_round with a GPTQModifier is not supported", o->recipe_path);
         goto done;
     }
     if (n_tuned_plan && (o->shard_count > 1 || o->merge)) {
-        rc = fb_fail(err, "%s: GPTQ runs one layer loop over the whole model: split jobs (--shard-count, --merge) "
-                          "are not supported with a GPTQModifier", o->recipe_path);
+        rc = fb_fail(err, "%s: %s runs one layer loop over the whole model: split jobs (--shard-count, --merge) "
+                          "are not supported with a %s", o->recipe_path, algo_name, mod_name);
         goto done;
     }
     if (n_tuned_plan && !o->dataset && !o->dry_run) {
-        rc = fb_fail(err, "%s: the GPTQModifier needs calibration data: pass --dataset D.jsonl (--samples N "
-                          "--seq-len L)", o->recipe_path);
+        rc = fb_fail(err, "%s: the %s needs calibration data: pass --dataset D.jsonl (--samples N "
+                          "--seq-len L)", o->recipe_path, mod_name);
         goto done;
     }
     // NVFP4 (W4A4) with --dataset: the input scales come from the same pass over the checkpoint.
@@ -738,7 +791,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                          "fourbit.dataset_xxh3_128", "fourbit.tuning"};
     const char *mv[6] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
                          o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : o->format == FB_QOUT_MODELOPT ? "modelopt" : "compressed-tensors",
-                         data_hex ? data_hex : "none", "GPTQ"};
+                         data_hex ? data_hex : "none", algo_name};
     fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
                      .allow_nonfinite = o->allow_nan, .tool = o->tool,
                      .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge,
@@ -880,12 +933,21 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if ((used & (1u << FB_QK_NVFP4)) && !stats)
             fprintf(report, "  note: NVFP4 (W4A4) needs input_global_scale: --calib STATS from `calibrate`, or --dataset "
                             "D.jsonl to observe them in the same pass\n");
-        if (n_tuned_plan)
+        if (n_tuned_plan && autoround && rec.tune.iters == 0)
+            fprintf(report, "  AutoRound iters 0 (auto-round's RTN mode: %s, routed experts round-to-nearest): %zu of the "
+                            "quantized modules, on --dataset calibration data, the others are round-to-nearest\n",
+                    rec.tune.disable_opt_rtn ? "disable_opt_rtn, attention round-to-nearest too"
+                                             : "attention optimized RTN weighted by its input's imatrix", n_tuned_plan);
+        else if (n_tuned_plan && autoround)
+            fprintf(report, "  AutoRound (SignRound: iters %d, batch_size %d, lr %g, seed 42): %zu of the quantized modules "
+                            "are tuned layer by layer on --dataset calibration data, the others are round-to-nearest\n",
+                    rec.tune.iters, rec.tune.batch_size, rec.tune.lr > 0 ? rec.tune.lr : 1.0 / rec.tune.iters, n_tuned_plan);
+        else if (n_tuned_plan)
             fprintf(report, "  GPTQ (block_size %d, dampening_frac %g, actorder %s): %zu of the quantized modules are tuned "
                             "layer by layer on --dataset calibration data, the others are round-to-nearest\n",
-                    rec.gptq.block_size, rec.gptq.dampening_frac,
+                    rec.tune.block_size, rec.tune.dampening_frac,
                     rec.cfg.groups[0].weights.actorder ? "weight/static" : "none", n_tuned_plan);
-        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose, rec.gptq.present ? tuned : NULL);
+        report_plan(report, s, &plan, &rec.cfg, logical, n, o->verbose, rec.tune.present ? tuned : NULL, algo_name);
         fprintf(report, "  %zu modules quantized (%zu fused sets share a global scale), %zu tensors kept\n", res->n_quantized,
                 res->n_fused_sets, res->n_kept);
         fprintf(report, "  expected output: %.3f GB of tensors (%.2fx smaller than the %.3f GB BF16 equivalent)\n",
@@ -995,15 +1057,46 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (rc) goto done;
         if (one_pass) stats = fb_calib_stats_new(mc.n_layers, mc.n_experts);
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, 1);
-        tune_ctx tc = {.j = &j, .nt = nt, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
-        fb_tune_opts to = {.algo = FB_TUNE_GPTQ, .block_size = rec.gptq.block_size,
-                           .dampening_frac = rec.gptq.dampening_frac, .threads = nt, .cancel = o->cancel,
+        tune_ctx tc = {.j = &j, .nt = nt, .autoround = autoround, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
+        // Resume: the first layer with outputs still to write starts from its staged input.
+        char key[512];
+        snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d src=%s",
+                 n_tuned_plan ? algo_name : "observe", recipe_hex ? recipe_hex : "", data_hex ? data_hex : "", nt,
+                 (int)o->format, o->expert_group, src);
+        int resume_layer = 0;
+        if (o->resume) {
+            resume_layer = mc.n_layers;
+            for (size_t k = 0; k < n_items; k++)
+                if (!items[k].skip && items[k].layer >= 0 && items[k].layer < resume_layer) resume_layer = items[k].layer;
+            fb_err se;
+            int chains = n_tuned_plan && autoround ? 2 : 1;
+            if (resume_layer == mc.n_layers) {
+                // every layer's outputs are kept: nothing to run
+            } else if (resume_layer > 0 &&
+                       !fb_tune_state_ok(fb_cw_staging_dir(w), resume_layer, key, chains, S.n_tok, (size_t)mc.hidden, &se)) {
+                if (!o->quiet)
+                    fprintf(report, "%s: note: no usable layer state to resume from (%s): the layer loop starts again "
+                                    "from layer 0; the finished shards are kept\n", o->tool, se.msg);
+                resume_layer = 0;
+            } else if (resume_layer > 0 && !o->quiet) {
+                fprintf(report, "%s: resuming the layer loop at layer %d from its staged input (layers 0..%d are in "
+                                "kept shards)\n", o->tool, resume_layer, resume_layer - 1);
+            }
+        }
+        fb_tune_opts to = {.state_dir = fb_cw_staging_dir(w), .state_key = key, .resume_layer = resume_layer,
+                           .keep_from = tune_keep_from,
+                           .algo = autoround ? FB_TUNE_AUTOROUND : FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
+                           .ar_iters = rec.tune.iters, .ar_batch = rec.tune.batch_size, .ar_lr = rec.tune.lr,
+                           .ar_disable_opt_rtn = rec.tune.disable_opt_rtn,
+                           .ar_seed = 42, .expert_group = o->expert_group,
+                           .dampening_frac = rec.tune.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
                            .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};
         fb_tune_result tr;
         r = fb_tune_run(wbase, overlay, &mc, &S, tl, ntl, &to, &tr, err);
         if (!r) r = run_segment(&j, tc.next, n_items, nt, err);  // what follows the last layer
         res->n_tuned = tr.n_tuned;
+        res->tune_algo = n_tuned_plan ? algo_name : NULL;
         res->n_tune_fallback = tr.n_fallback;
         res->tune_seconds = tr.seconds;
     } else {
@@ -1062,7 +1155,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         size_t plan_len = 0;
         FILE *pf = open_memstream(&plan_text, &plan_len);
         if (pf) {
-            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0, rec.gptq.present ? tuned : NULL);
+            report_plan(pf, s, &plan, &rec.cfg, logical, n, 0, rec.tune.present ? tuned : NULL, algo_name);
             fclose(pf);
         }
         res->left_out = fb_side_files_left_out(s);
@@ -1092,8 +1185,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                            "tokens) of %s (xxh3-128 %s), template %s\n", res->n_samples, res->n_tokens, o->dataset,
                         data_hex ? data_hex : "none", o->template_what ? o->template_what : "none");
             if (n_tuned_plan)
-                fprintf(f, "# GPTQ: %zu modules tuned on %zu samples (%zu tokens) of %s (xxh3-128 %s), template %s\n",
-                        res->n_tuned, res->n_samples, res->n_tokens, o->dataset, data_hex ? data_hex : "none",
+                fprintf(f, "# %s: %zu modules tuned on %zu samples (%zu tokens) of %s (xxh3-128 %s), template %s\n",
+                        algo_name, res->n_tuned, res->n_samples, res->n_tokens, o->dataset, data_hex ? data_hex : "none",
                         o->template_what ? o->template_what : "none");
             fwrite(rec.text, 1, rec.text_len, f);
             if (fclose(f) != 0) rc = fb_fail(err, "%s: write error: %s", p, strerror(errno));

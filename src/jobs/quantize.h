@@ -57,6 +57,8 @@ typedef struct fb_quantize_opts {
     const char *dataset;       // comma-separated JSONL files, or NULL
     const fb_ds_opts *data;    // samples, seq_len, seed, shuffle, template, tokenizer (with dataset)
     const char *template_what; // the chat template used (provenance)
+    int expert_group;          // AutoRound: a layer's routed experts tuned in groups of this many
+                               // (memory: ~5 weight-sized f32 arrays per tuned Linear); 0 = all
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {
@@ -65,6 +67,7 @@ typedef struct fb_quantize_result {
     int split_job;             // 1: a split job finished its shards; the merge run completes
     uint64_t bytes_in, bytes_out, elements_quantized;
     double seconds;
+    const char *tune_algo;            // "GPTQ" / "AutoRound" when the recipe tunes, else NULL
     size_t n_tuned, n_tune_fallback;  // modules tuned by GPTQ; of them, round-to-nearest fallbacks
     size_t n_samples, n_tokens;       // calibration data used for tuning
     double tune_seconds;              // the layer loop (calibration, tuning, propagation passes)

@@ -1,9 +1,17 @@
 // tune.c: see tune.h.
 #include "jobs/tune.h"
 
+#include "jobs/tune_priv.h"
+
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <xxhash.h>
 
 #include "common/cancel.h"
 #include "common/pool.h"
@@ -29,6 +37,7 @@ static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W,
 
 static const fb_tune_algo ALGOS[FB_TUNE_COUNT] = {
     [FB_TUNE_GPTQ] = {.name = "GPTQ", .hessians = 1, .linear = gptq_linear},
+    [FB_TUNE_AUTOROUND] = {.name = "AutoRound", .block = 1},
 };
 
 const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id) { return id < FB_TUNE_COUNT ? &ALGOS[id] : NULL; }
@@ -47,7 +56,7 @@ void fb_tune_observer_scales(const fb_tune_linear *l, const float *W, float g, f
     for (int k = 0; k < qf->n_out; k++) free(out[k]);
 }
 
-static int load_weight(fb_wsrc *s, const char *name, int64_t R, int64_t C, float *W, fb_err *err) {
+int fb_tune_load_weight(fb_wsrc *s, const char *name, int64_t R, int64_t C, float *W, fb_err *err) {
     int64_t shape[2] = {R, C};
     if (fb_wsrc_load_full(s, name, 2, shape, W, err)) return -1;
     int64_t at = fb_find_nonfinite(FB_F32, W, (size_t)(R * C), 1);
@@ -72,7 +81,7 @@ static int fused_global_scale(fb_wsrc *base, const fb_tune_linear *l, const floa
         if (!base->shape(base, m, &nd, sh) || nd != 2)
             return fb_fail(err, "%s: fused member %s of %s is missing or not 2-D", base->desc, m, l->name);
         float *x = fb_aligned_alloc((size_t)(sh[0] * sh[1]) * sizeof(float) + 64);
-        int rc = load_weight(base, m, sh[0], sh[1], x, err);
+        int rc = fb_tune_load_weight(base, m, sh[0], sh[1], x, err);
         if (!rc) amax[k] = fb_nvfp4_absmax(x, (size_t)(sh[0] * sh[1]));
         free(x);
         if (rc) return -1;
@@ -202,7 +211,7 @@ static int lin_compute(void *ctx, size_t k, int tid, fb_err *err) {
     float *W = fb_aligned_alloc(R * C * sizeof(float) + 64);
     float *H = NULL, *sc = NULL;
     float g = 1.0f;
-    int rc = load_weight(j->base, l->name, l->R, l->C, W, err);
+    int rc = fb_tune_load_weight(j->base, l->name, l->R, l->C, W, err);
     if (!rc && l->nvfp4) rc = fused_global_scale(j->base, l, W, &g, err);
     if (!rc) {
         sc = fb_malloc(R * NG * sizeof(float));
@@ -259,8 +268,18 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     memset(res, 0, sizeof *res);
     double t_start = fb_now();
     const fb_tune_algo *algo = fb_tune_algo_get(o->algo);
-    if (!algo || !algo->linear) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
+    if (!algo || (!algo->linear && !algo->block)) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
     if (!S || S->n == 0 || S->n_tok == 0) return fb_fail(err, "%s needs calibration tokens", algo->name);
+    if (algo->block) {
+        for (size_t i = 0; i < n; i++)
+            if (lin[i].layer < 0 || lin[i].layer >= cfg->n_layers || !lin[i].qf || !lin[i].qf->pack_scaled ||
+                lin[i].nvfp4 || lin[i].group != 128 || lin[i].C % 128 || lin[i].expert >= cfg->n_experts)
+                return fb_fail(err, "%s: %s tunes int4 group-128 weights of a format that stores its scales (layer "
+                                    "%d, expert %d, format %s, group %zu)", lin[i].name, algo->name, lin[i].layer,
+                               lin[i].expert, lin[i].qf ? lin[i].qf->name : "none", lin[i].group);
+        if (o->absmax) return fb_fail(err, "%s: W4A4 input scales are not gathered by its loop", algo->name);
+        return fb_tune_run_autoround(base, overlay, cfg, S, lin, n, o, res, err);
+    }
     if (o->absmax && (o->absmax->n_layers != cfg->n_layers || o->absmax->n_experts != cfg->n_experts))
         return fb_fail(err, "statistics of %d layers x %d experts for a model of %d x %d", o->absmax->n_layers,
                        o->absmax->n_experts, cfg->n_layers, cfg->n_experts);
@@ -295,8 +314,22 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     float **Wk = fb_calloc(n + 1, sizeof *Wk);
     fb_tune_stat *st = fb_calloc(n + 1, sizeof *st);
     int rc = fb_engine_set_tokens(e, S->ids, S->n_tok, S->starts, S->n, err);
+    if (!rc && o->resume_layer > 0 && o->resume_layer < cfg->n_layers) {  // the staged input of the first layer to run
+        float *ch[1] = {h_in};
+        rc = fb_tune_state_load(o, o->resume_layer, ch, 1, ntok, H, err);
+        if (!rc) rc = fb_engine_set_hidden(e, o->resume_layer, h_in, err);
+    }
     for (int l = 0; l < cfg->n_layers && !rc; l++) {
         if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
+        if (l < o->resume_layer) {  // its outputs are in kept shards
+            rc = o->layer_done(o->user, l, overlay, err);
+            continue;
+        }
+        if (o->state_dir) {
+            const float *hs = fb_engine_hidden(e, err);
+            const float *ch[1] = {hs};
+            if (!hs || fb_tune_state_save(o, l, ch, 1, ntok, H, err)) { rc = -1; break; }
+        }
         size_t m = 0;
         for (size_t i = 0; i < n; i++)
             if (lin[i].layer == l) idx[m++] = i;
@@ -312,6 +345,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
             res->propagate_s += fb_now() - t0;
             if (!rc) rc = o->layer_done(o->user, l, overlay, err);
             fb_wsrc_overlay_clear(overlay);
+            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
             continue;
         }
         const float *h = fb_engine_hidden(e, err);
@@ -367,7 +401,9 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
         res->propagate_s += fb_now() - t2;
         if (!rc) rc = o->layer_done(o->user, l, overlay, err);  // 4. write
         fb_wsrc_overlay_clear(overlay);
+        if (!rc) fb_tune_state_prune(o, cfg->n_layers);
     }
+    if (!rc) fb_tune_state_clear(o->state_dir);
     free_hessians(&t);
     free(t.Hdown);
     pthread_mutex_destroy(&t.mu);
@@ -379,4 +415,127 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     res->seconds = fb_now() - t_start;
     if (rc == -1 && o->cancel && atomic_load(o->cancel)) rc = -2;
     return rc;
+}
+
+// ---- layer-boundary states (resume) ------------------------------------------------------------
+
+#define STATE_MAGIC "FBLSTAT1"
+
+static char *state_path(const char *dir, int layer, const char *suffix) {
+    size_t n = strlen(dir) + 64;
+    char *p = fb_malloc(n);
+    snprintf(p, n, "%s/fourbit-layer-state-%d.bin%s", dir, layer, suffix);
+    return p;
+}
+
+typedef struct state_hdr {
+    char magic[8];
+    uint32_t layer, nchains;
+    uint64_t n_tok, hidden, keylen, digest;  // digest: xxh3-64 of the chains' bytes
+} state_hdr;
+
+int fb_tune_state_save(const fb_tune_opts *o, int layer, const float *const *chains, int nchains, size_t n_tok,
+                       size_t hidden, fb_err *err) {
+    if (!o->state_dir) return 0;
+    char *tmp = state_path(o->state_dir, layer, ".tmp"), *fin = state_path(o->state_dir, layer, "");
+    state_hdr h;
+    memset(&h, 0, sizeof h);
+    memcpy(h.magic, STATE_MAGIC, 8);
+    h.layer = (uint32_t)layer, h.nchains = (uint32_t)nchains, h.n_tok = n_tok, h.hidden = hidden;
+    h.keylen = o->state_key ? strlen(o->state_key) : 0;
+    XXH3_state_t *xs = XXH3_createState();
+    XXH3_64bits_reset(xs);
+    for (int c = 0; c < nchains; c++) XXH3_64bits_update(xs, chains[c], n_tok * hidden * sizeof(float));
+    h.digest = XXH3_64bits_digest(xs);
+    XXH3_freeState(xs);
+    int rc = 0;
+    FILE *f = fopen(tmp, "wb");
+    if (!f) rc = fb_fail(err, "%s: cannot create: %s", tmp, strerror(errno));
+    if (!rc && (fwrite(&h, sizeof h, 1, f) != 1 || (h.keylen && fwrite(o->state_key, h.keylen, 1, f) != 1)))
+        rc = fb_fail(err, "%s: write error: %s", tmp, strerror(errno));
+    for (int c = 0; c < nchains && !rc; c++)
+        if (fwrite(chains[c], sizeof(float), n_tok * hidden, f) != n_tok * hidden)
+            rc = fb_fail(err, "%s: write error: %s", tmp, strerror(errno));
+    if (!rc && (fflush(f) != 0 || fsync(fileno(f)) != 0)) rc = fb_fail(err, "%s: write error: %s", tmp, strerror(errno));
+    if (f && fclose(f) != 0 && !rc) rc = fb_fail(err, "%s: write error: %s", tmp, strerror(errno));
+    if (!rc && rename(tmp, fin) != 0) rc = fb_fail(err, "%s: cannot rename into place: %s", fin, strerror(errno));
+    if (rc) unlink(tmp);
+    free(tmp);
+    free(fin);
+    return rc;
+}
+
+// Reads and checks a state file; chains NULL: check only.
+static int state_read(const char *dir, int layer, const char *key, int nchains, size_t n_tok, size_t hidden,
+                      float *const *chains, fb_err *err) {
+    char *p = state_path(dir, layer, "");
+    FILE *f = fopen(p, "rb");
+    int rc = 0;
+    state_hdr h;
+    size_t kl = key ? strlen(key) : 0;
+    if (!f) rc = fb_fail(err, "%s: %s", p, strerror(errno));
+    else if (fread(&h, sizeof h, 1, f) != 1 || memcmp(h.magic, STATE_MAGIC, 8) != 0)
+        rc = fb_fail(err, "%s: not a layer state file (truncated or foreign)", p);
+    else if (h.layer != (uint32_t)layer || h.nchains != (uint32_t)nchains || h.n_tok != n_tok || h.hidden != hidden)
+        rc = fb_fail(err, "%s: layer %u, %u chains of %llu x %llu; this run needs layer %d, %d of %zu x %zu", p, h.layer,
+                     h.nchains, (unsigned long long)h.n_tok, (unsigned long long)h.hidden, layer, nchains, n_tok, hidden);
+    else if (h.keylen != kl)
+        rc = fb_fail(err, "%s: made by another run (recipe, data, source or threads differ)", p);
+    if (!rc && kl) {
+        char *k = fb_malloc(kl + 1);
+        if (fread(k, kl, 1, f) != 1 || memcmp(k, key, kl) != 0)
+            rc = fb_fail(err, "%s: made by another run (recipe, data, source or threads differ)", p);
+        free(k);
+    }
+    XXH3_state_t *xs = XXH3_createState();
+    XXH3_64bits_reset(xs);
+    float *buf = chains ? NULL : fb_malloc(hidden * sizeof(float));
+    for (int c = 0; c < nchains && !rc; c++)
+        for (size_t t = 0; t < n_tok && !rc; t++) {
+            float *dst = chains ? chains[c] + t * hidden : buf;
+            if (fread(dst, sizeof(float), hidden, f) != hidden) rc = fb_fail(err, "%s: truncated", p);
+            else XXH3_64bits_update(xs, dst, hidden * sizeof(float));
+        }
+    if (!rc && XXH3_64bits_digest(xs) != h.digest) rc = fb_fail(err, "%s: digest mismatch (a damaged file)", p);
+    XXH3_freeState(xs);
+    free(buf);
+    if (f) fclose(f);
+    free(p);
+    return rc;
+}
+
+int fb_tune_state_ok(const char *state_dir, int layer, const char *key, int chains, size_t n_tok, size_t hidden,
+                     fb_err *err) {
+    return state_read(state_dir, layer, key, chains, n_tok, hidden, NULL, err) == 0;
+}
+
+int fb_tune_state_load(const fb_tune_opts *o, int layer, float *const *chains, int nchains, size_t n_tok,
+                       size_t hidden, fb_err *err) {
+    return state_read(o->state_dir, layer, o->state_key, nchains, n_tok, hidden, chains, err);
+}
+
+void fb_tune_state_prune(const fb_tune_opts *o, int n_layers) {
+    if (!o->state_dir || !o->keep_from) return;
+    int k = o->keep_from(o->user);
+    for (int l = 0; l < k && l < n_layers; l++) {
+        char *p = state_path(o->state_dir, l, "");
+        unlink(p);
+        free(p);
+    }
+}
+
+void fb_tune_state_clear(const char *state_dir) {
+    if (!state_dir) return;
+    DIR *d = opendir(state_dir);
+    if (!d) return;
+    struct dirent *de;
+    while ((de = readdir(d)))
+        if (strncmp(de->d_name, "fourbit-layer-state-", 20) == 0) {
+            size_t n = strlen(state_dir) + strlen(de->d_name) + 2;
+            char *p = fb_malloc(n);
+            snprintf(p, n, "%s/%s", state_dir, de->d_name);
+            unlink(p);
+            free(p);
+        }
+    closedir(d);
 }

@@ -23,11 +23,36 @@
 //   Memory: the engine's (tokens x hidden activations, one layer's weights), a copy of the
 //   layer's inputs, the layer's Hessians, the tuned weights of one layer (f32, in the overlay).
 //
-// The algorithms are entries of one table (fb_tune_algo_get): today a per-Linear function (GPTQ:
+// The algorithms are entries of one table (fb_tune_algo_get): a per-Linear function (GPTQ:
 // weights + Hessian + the observer's scales -> the weights to write, dequantized f32 on the
-// scale grid the format stores; quant/qformat.h pack_fixed encodes them). A block-wise
-// algorithm (AutoRound) adds a per-layer member taking the layer's inputs (saved before step 1)
-// and original outputs (after step 1) with the layer's weights; the loop already holds both.
+// scale grid the format stores; quant/qformat.h pack_fixed encodes them), or a per-layer one
+// (AutoRound), which runs its own passes:
+//
+// AutoRound (auto-round 0.16.1's SignRound, calib/autoround.h), two chains as auto-round keeps
+// them: the FP chain (every layer original: its outputs are the targets) and the quantized chain
+// (the tuned layers before: its outputs are the inputs, enable_quanted_input). For layer l:
+//     1. FP pass on the FP chain's input: the attention Linears' inputs and the layer output;
+//     2. quantized-chain pass: the q/k/v input; q/k/v tuned, each against its own FP output
+//        (the FP chain's input times the original weight); then a pass with the tuned q/k/v for
+//        o_proj's input, and o_proj tuned likewise (auto-round's layer-wise unit, _quantize_layer:
+//        fourbit does not backpropagate through attention; auto-round tunes the block's Linears
+//        jointly against the block output);
+//     3. a pass with the tuned attention and the original experts: the MoE input and the real
+//        top-k routing of the quantized chain, and the layer output; the routed experts are then
+//        tuned jointly against the FP block output (fb_autoround_tune_moe, the target shifted by
+//        what the tuned attention changed, so that its loss is the block-output MSE), in groups
+//        of expert_group experts when the layer's experts do not fit (the other groups held at
+//        their current weights);
+//     4. the propagation pass with every tuned weight: the next layer's quantized-chain input.
+//   iters 0 (auto-round's RTN mode, algorithms/quantization/rtn): no tuning and no quantized
+//   chain; the attention Linears get the optimized RTN (fb_autoround_opt_rtn, in bf16) weighted by
+//   their imatrix over the FP chain's inputs (OptimizedRTNQuantizer's FP-input hooks; / samples),
+//   the routed experts plain RTN (auto-round's MoE default), and with disable_opt_rtn everything
+//   plain RTN. In every mode the original weights are taken as the bf16 model holds them (the
+//   reference tools load the checkpoint in bf16).
+//   Each tuned Linear's weights s * q (f32, exact) and its scales (f32 values of fp16, signed as
+//   auto-round's are) go into the overlay (the scales as "<weight name>" FB_TUNE_SCALE_SUFFIX);
+//   the format's pack_scaled stores both. W4A16 int4 symmetric group 128 only.
 #ifndef FB_JOBS_TUNE_H
 #define FB_JOBS_TUNE_H
 
@@ -42,7 +67,10 @@
 
 #define FB_TUNE_MAX_FUSED 4
 
-typedef enum fb_tune_algo_id { FB_TUNE_GPTQ = 0, FB_TUNE_COUNT } fb_tune_algo_id;
+typedef enum fb_tune_algo_id { FB_TUNE_GPTQ = 0, FB_TUNE_AUTOROUND, FB_TUNE_COUNT } fb_tune_algo_id;
+
+// The overlay name of a tuned Linear's scales: the weight's name and this suffix ([R, C/G] f32).
+#define FB_TUNE_SCALE_SUFFIX ":scale"
 
 // One Linear the loop tunes.
 typedef struct fb_tune_linear {
@@ -60,7 +88,11 @@ typedef struct fb_tune_linear {
 
 // What tuning one Linear gave.
 typedef struct fb_tune_stat {
-    double loss;               // the algorithm's loss (GPTQ: sum err^2 / 2)
+    double loss;               // the algorithm's loss (GPTQ: sum err^2 / 2; AutoRound: the MSE
+                               // of its unit's output over every sample with the kept weights)
+    double loss_rtn;           // AutoRound: that MSE with round-to-nearest weights (iteration 0)
+    int joint;                 // AutoRound: 1 for the routed experts (one loss for the group,
+                               // reported on its first Linear; 0 on the others), 0 per Linear
     int rtn_fallback;          // 1: fell back to round-to-nearest (non-PD Hessian)
     size_t dead_columns;
     double seconds;
@@ -70,6 +102,12 @@ typedef struct fb_tune_opts {
     fb_tune_algo_id algo;
     int block_size;            // GPTQ block (128)
     double dampening_frac;     // GPTQ dampening (0.01)
+    int ar_iters;              // AutoRound iterations per unit (200); 0: auto-round's iters=0 (below)
+    int ar_disable_opt_rtn;    // AutoRound iters 0: plain RTN for the attention Linears too
+    int ar_batch;              // AutoRound samples per iteration (8)
+    double ar_lr;              // AutoRound learning rate (0: 1 / iters)
+    uint64_t ar_seed;          // AutoRound mini-batch order (auto-round's default 42)
+    int expert_group;          // AutoRound: experts tuned together (0: all of a layer)
     int threads;               // engine and per-Linear tuning threads
     atomic_int *cancel;
     // Called after each Linear is tuned (may be NULL), in the order of lin[].
@@ -79,6 +117,18 @@ typedef struct fb_tune_opts {
     int (*layer_done)(void *user, int layer, fb_wsrc *overlay, fb_err *err);
     void (*layer_start)(void *user, int layer, int n_layers, size_t n_tuned);
     void *user;
+    // Resume at layer granularity (NULL state_dir: off). Before each layer l the loop stages
+    // its input hidden states (GPTQ: the quantized chain's; AutoRound: the FP and the quantized
+    // chain's) as state_dir/fourbit-layer-state-<l>.bin (written to a .tmp, fsync'ed, renamed;
+    // key and an xxh3 digest inside), and removes the files of layers below keep_from(user) (the
+    // first layer whose outputs are not yet in finished shards). resume_layer > 0: layers below
+    // it are neither run nor tuned (layer_done is still called for each, in order: their outputs
+    // are in kept shards), the loop starts from that layer's staged state, which must exist and
+    // carry state_key (fb_tune_state_ok). Every state file is removed when the loop ends.
+    const char *state_dir;
+    const char *state_key;     // identifies the run (algorithm, recipe, data, source, threads)
+    int resume_layer;
+    int (*keep_from)(void *user);
     // Optional (NULL: none): the input absmax of every Linear, recorded in each layer's
     // calibration pass (layers without tuned Linears run one pass, recorded too) into these
     // statistics (fb_calib_stats_new(n_layers, n_experts)), before layer_done: NVFP4 W4A4 input
@@ -101,6 +151,7 @@ typedef struct fb_tune_algo {
     // of the stored scales); g the NVFP4 global scale (1 for int4).
     int (*linear)(const fb_tune_opts *o, const fb_tune_linear *l, float *W, float *H,
                   const float *scales, float g, fb_tune_stat *st, fb_err *err);
+    int block;                 // 1: a per-layer algorithm (AutoRound, above): linear is NULL
 } fb_tune_algo;
 
 const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id);
@@ -112,6 +163,13 @@ const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id);
 int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                 const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
                 fb_err *err);
+
+// 1 when state_dir holds a valid staged state of layer `layer` made under `key` (chains: 1 for
+// GPTQ, 2 for AutoRound), for n_tok x hidden hidden states; 0 otherwise (why in err).
+int fb_tune_state_ok(const char *state_dir, int layer, const char *key, int chains, size_t n_tok, size_t hidden,
+                     fb_err *err);
+// Removes every staged state file from state_dir.
+void fb_tune_state_clear(const char *state_dir);
 
 // The observer's scales of weight W [R x C] for l's format (the scale tensor quantize_rows
 // stores, as f32) into scales [R x C/G]. g: the NVFP4 global scale.

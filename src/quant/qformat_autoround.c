@@ -26,6 +26,14 @@ static void quantize_rows(const float *rows, size_t nr, size_t R, size_t C, size
     fb_autoround_quantize_rows(rows, nr, C, G, r0, R, out[0], out[2]);
 }
 
+static void pack_scaled(const float *rows, const float *scales, size_t nr, size_t R, size_t C, size_t G,
+                        size_t r0, void *const out[]) {
+    uint16_t *sc = out[2];  // [C/G, R]
+    for (size_t r = 0; r < nr; r++)
+        for (size_t k = 0; k < C / G; k++) sc[k * R + r0 + r] = fb_f32_to_f16(scales[r * (C / G) + k]);
+    fb_autoround_pack_rows_fixed(rows, nr, C, G, r0, R, sc, out[0]);
+}
+
 static void finish(size_t R, size_t C, size_t G, float g, float igs, void *const out[]) {
     (void)g, (void)igs;
     fb_autoround_qzeros(C, R, G, 1, out[1]);
@@ -122,6 +130,7 @@ const fb_qfmt fb_qfmt_autoround = {
     .fixed_group = 0,
     .shape = shape,
     .quantize_rows = quantize_rows,
+    .pack_scaled = pack_scaled,
     .finish = finish,
     .detect = detect,
     .logical_shape = logical_shape,

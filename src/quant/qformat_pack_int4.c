@@ -32,6 +32,14 @@ static void pack_fixed(const float *rows, size_t nr, size_t R, size_t C, size_t 
                              (int32_t *)out[0] + r0 * (C / 8));
 }
 
+static void pack_scaled(const float *rows, const float *scales, size_t nr, size_t R, size_t C, size_t G,
+                        size_t r0, void *const out[]) {
+    (void)R;
+    uint16_t *sc = (uint16_t *)out[1] + r0 * (C / G);
+    for (size_t i = 0; i < nr * (C / G); i++) sc[i] = fb_f32_to_bf16(scales[i]);
+    fb_w4a16_pack_rows_fixed(rows, nr, C, G, sc, (int32_t *)out[0] + r0 * (C / 8));
+}
+
 static void finish(size_t R, size_t C, size_t G, float g, float igs, void *const out[]) {
     (void)G, (void)g, (void)igs;
     int64_t shp[2] = {(int64_t)R, (int64_t)C};
@@ -134,6 +142,7 @@ const fb_qfmt fb_qfmt_pack_int4 = {
     .quantize_rows = quantize_rows,
     .finish = finish,
     .pack_fixed = pack_fixed,
+    .pack_scaled = pack_scaled,
     .detect = detect,
     .logical_shape = logical_shape,
     .load_rows = load_rows,

@@ -417,17 +417,17 @@ static const struct { const char *name, *why; } OTHER_MODIFIERS[] = {
     {"ConstantPruningModifier", "sparsity is not supported"},
     {"SpinQuantModifier", "transforms (SpinQuant) are not supported"},
     {"QuIPModifier", "transforms (QuIP) are not supported"},
-    {"AutoRoundModifier", "AutoRound tuning (iters > 0) is not supported; fourbit does RTN "
-                          "(use w4a16-quantize --format auto_round for the iters=0 layout)"},
     {"IMatrixGatherer", "importance matrices are not supported"},
     {"OutputDistillationModifier", "distillation is not supported"},
     {"LogarithmicEqualizationModifier", "equalization is not supported"},
 };
 
-// Accepted QuantizationModifier / GPTQModifier keys, with the JSON types they take; gptq: a
-// GPTQModifier key only.
+// Accepted QuantizationModifier / GPTQModifier / AutoRoundModifier keys, with the JSON types they
+// take; only: 0 every modifier's, else the modifiers (bits: 1 << K_GPTQ, 1 << K_AR) that take it.
 enum { T_STR = 1, T_LIST = 2, T_MAP = 4, T_NULL = 8, T_BOOL = 16, T_NUM = 32 };
-static const struct { const char *key; int types; int gptq; } QM_KEYS[] = {
+enum { K_QM = 0, K_GPTQ = 1, K_AR = 2 };
+static const char *const MODIFIER_NAME[] = {"QuantizationModifier", "GPTQModifier", "AutoRoundModifier"};
+static const struct { const char *key; int types; int only; } QM_KEYS[] = {
     {"targets", T_STR | T_LIST, 0},
     {"ignore", T_LIST | T_NULL, 0},
     {"scheme", T_STR | T_MAP | T_NULL, 0},
@@ -444,11 +444,17 @@ static const struct { const char *key; int types; int gptq; } QM_KEYS[] = {
     {"start", T_NUM | T_NULL, 0},
     {"end", T_NUM | T_NULL, 0},
     {"update", T_NUM | T_NULL, 0},
-    {"block_size", T_NUM, 1},
-    {"dampening_frac", T_NUM | T_NULL | T_STR, 1},  // a string only to say why (1e-3)
-    {"actorder", T_STR | T_NULL, 1},
-    {"offload_hessians", T_BOOL | T_NULL, 1},
-    {"batched_quantization", T_STR | T_NUM | T_NULL, 1},
+    {"block_size", T_NUM, 1 << K_GPTQ},
+    {"dampening_frac", T_NUM | T_NULL | T_STR, 1 << K_GPTQ},  // a string only to say why (1e-3)
+    {"actorder", T_STR | T_NULL, 1 << K_GPTQ},
+    {"offload_hessians", T_BOOL | T_NULL, 1 << K_GPTQ},
+    {"batched_quantization", T_STR | T_NUM | T_NULL, 1 << K_GPTQ},
+    {"iters", T_NUM, 1 << K_AR},
+    {"batch_size", T_NUM, 1 << K_AR},
+    {"lr", T_NUM | T_NULL | T_STR, 1 << K_AR},  // a string only to say why (1e-3)
+    {"disable_opt_rtn", T_BOOL, 1 << K_AR},
+    {"enable_torch_compile", T_BOOL, 1 << K_AR},
+    {"device_ids", T_STR | T_NULL, 1 << K_AR},
 };
 
 static int type_bit(const json_t *v) {
@@ -553,10 +559,10 @@ static int has_config(const json_t *m) {
 static const char *const ACTORDER_TEXT[] = {"null", "group", "weight", "dynamic", "static"};
 
 // GPTQModifier's own arguments (block_size, dampening_frac, actorder, offload_hessians,
-// batched_quantization) into r->gptq; every number range-checked before it is converted.
+// batched_quantization) into r->tune; every number range-checked before it is converted.
 static int parse_gptq_args(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
     char p[1100];
-    fb_recipe_gptq *g = &r->gptq;
+    fb_recipe_tune *g = &r->tune;
     g->block_size = 128;
     g->dampening_frac = 0.01;
     g->actorder = FB_AO_STATIC;  // the Sentinel("static") default, resolved below
@@ -614,6 +620,54 @@ static int parse_gptq_args(rctx *c, const json_t *m, const char *path, fb_recipe
     return 0;
 }
 
+// AutoRoundModifier's own arguments (iters, batch_size, lr, disable_opt_rtn, enable_torch_compile,
+// device_ids) into r->tune; every number range-checked before it is converted.
+static int parse_autoround_args(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
+    char p[1100];
+    fb_recipe_tune *g = &r->tune;
+    g->iters = 200;
+    g->batch_size = 8;
+    g->lr = 0;
+    json_t *v = json_object_get(m, "iters");
+    if (v) {
+        snprintf(p, sizeof p, "%s.iters", path);
+        double d = json_number_value(v);
+        if (!json_is_integer(v) || !(d >= 0 && d <= 1000000))
+            return rfail(c, 0, p, "expected an integer in [0, 1000000], got %s", json_is_integer(v) ? "a value out of range" : jtype(v));
+        g->iters = (int)json_integer_value(v);
+    }
+    v = json_object_get(m, "batch_size");
+    if (v) {
+        snprintf(p, sizeof p, "%s.batch_size", path);
+        double d = json_number_value(v);
+        if (!json_is_integer(v) || !(d >= 1 && d <= 1000000))
+            return rfail(c, 0, p, "expected a positive integer (at most 1000000), got %s", json_is_integer(v) ? "a value out of range" : jtype(v));
+        g->batch_size = (int)json_integer_value(v);
+    }
+    v = json_object_get(m, "lr");
+    if (v && !json_is_null(v)) {
+        snprintf(p, sizeof p, "%s.lr", path);
+        if (json_is_string(v))
+            return rfail(c, 0, p, "expected a number, got the string '%s' (YAML 1.1 reads 5e-3 as a "
+                                  "string: write 5.0e-3)", json_string_value(v));
+        double d = json_number_value(v);
+        if (!(d > 0 && d <= 1e6)) return rfail(c, 0, p, "%g is out of range (0, 1e6] (null: 1/iters)", d);
+        g->lr = d;
+    }
+    v = json_object_get(m, "disable_opt_rtn");
+    if (v) g->disable_opt_rtn = json_is_true(v);
+    if (json_object_get(m, "enable_torch_compile")) {
+        snprintf(p, sizeof p, "%s.enable_torch_compile", path);
+        warn(c, p, "accepted and ignored: a speed option of the reference (torch.compile)");
+    }
+    v = json_object_get(m, "device_ids");
+    if (v && !json_is_null(v)) {
+        snprintf(p, sizeof p, "%s.device_ids", path);
+        warn(c, p, "accepted and ignored: fourbit's engine and threads are chosen by --device / --threads");
+    }
+    return 0;
+}
+
 // GPTQModifier.resolve_quantization_config: its actorder goes into every weight scheme of its
 // own config (absent: static unless the scheme has one; given: it must agree with the scheme's).
 static int resolve_actorder(rctx *c, const json_t *m, const char *path, fb_recipe *r) {
@@ -628,15 +682,15 @@ static int resolve_actorder(rctx *c, const json_t *m, const char *path, fb_recip
         fb_qactorder ex = s->weights.actorder;
         if (!given) {
             if (ex == FB_AO_NONE) s->weights.actorder = FB_AO_STATIC;
-        } else if (ex == FB_AO_NONE || ex == r->gptq.actorder ||
-                   (!fb_actorder_is_group(ex) && r->gptq.actorder != FB_AO_NONE)) {  // weight = static
-            s->weights.actorder = r->gptq.actorder;
+        } else if (ex == FB_AO_NONE || ex == r->tune.actorder ||
+                   (!fb_actorder_is_group(ex) && r->tune.actorder != FB_AO_NONE)) {  // weight = static
+            s->weights.actorder = r->tune.actorder;
         } else {
             char p[1100];
             snprintf(p, sizeof p, "%s.actorder", path);
             return rfail(c, 0, p, "Cannot resolve activation ordering when both GPTQModifier.actorder "
                                   "and the scheme's actorder are given and differ (%s, %s) in group %s",
-                         ACTORDER_TEXT[r->gptq.actorder], ACTORDER_TEXT[ex], s->name);
+                         ACTORDER_TEXT[r->tune.actorder], ACTORDER_TEXT[ex], s->name);
         }
         if (fb_actorder_is_group(s->weights.actorder)) {
             char p[1100];
@@ -678,10 +732,10 @@ static int parse_gptq_selection(rctx *c, const json_t *m, const char *path, fb_r
     }
     fb_err e2;
     int rc = 0;
-    if (fb_target_list_compile((const char *const *)targets, nt, &r->gptq.targets, NULL, NULL, &e2)) {
+    if (fb_target_list_compile((const char *const *)targets, nt, &r->tune.targets, NULL, NULL, &e2)) {
         snprintf(p, sizeof p, "%s.targets", path);
         rc = rfail(c, 0, p, "%s", e2.msg);
-    } else if (fb_target_list_compile((const char *const *)ignore, ni, &r->gptq.ignore, NULL, NULL, &e2)) {
+    } else if (fb_target_list_compile((const char *const *)ignore, ni, &r->tune.ignore, NULL, NULL, &e2)) {
         snprintf(p, sizeof p, "%s.ignore", path);
         rc = rfail(c, 0, p, "%s", e2.msg);
     }
@@ -690,9 +744,10 @@ static int parse_gptq_selection(rctx *c, const json_t *m, const char *path, fb_r
     return rc;
 }
 
-static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe *r, int gptq) {
+static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe *r, int kind) {
     char p[1100];
-    const char *mname = gptq ? "GPTQModifier" : "QuantizationModifier";
+    const char *mname = MODIFIER_NAME[kind];
+    int gptq = kind == K_GPTQ;
     if (!json_is_object(m)) return rfail(c, 0, path, "expected a mapping of arguments, got %s", jtype(m));
     const char *k;
     json_t *v;
@@ -700,7 +755,7 @@ static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe
         snprintf(p, sizeof p, "%s.%s", path, k);
         int ki = -1;
         for (size_t i = 0; i < NELEM(QM_KEYS); i++)
-            if (strcmp(k, QM_KEYS[i].key) == 0 && (gptq || !QM_KEYS[i].gptq)) ki = (int)i;
+            if (strcmp(k, QM_KEYS[i].key) == 0 && (!QM_KEYS[i].only || (QM_KEYS[i].only & (1 << kind)))) ki = (int)i;
         if (ki < 0)
             return rfail(c, 0, p, "unknown key '%s' for %s (accepted: targets, "
                                   "scheme, config_groups, ignore, kv_cache_scheme, weight_observer, "
@@ -708,18 +763,21 @@ static int parse_qmodifier(rctx *c, const json_t *m, const char *path, fb_recipe
                                   "bypass_divisibility_checks, requires_calibration_data, index, "
                                   "group, start, end, update%s)", k, mname,
                          gptq ? ", block_size, dampening_frac, actorder, offload_hessians, "
-                                "batched_quantization" : "");
+                                "batched_quantization" : kind == K_AR ? ", iters, batch_size, lr, disable_opt_rtn, "
+                                "enable_torch_compile, device_ids" : "");
         if (!(type_bit(v) & QM_KEYS[ki].types)) {
             char tt[128];
             types_text(QM_KEYS[ki].types, tt, sizeof tt);
             return rfail(c, 0, p, "expected %s, got %s", tt, jtype(v));
         }
     }
-    if (gptq) {
-        r->gptq.present = 1;
-        if (parse_gptq_args(c, m, path, r)) return -1;
+    if (kind != K_QM) {
+        r->tune.present = 1;
+        r->tune.algo = gptq ? FB_RALGO_GPTQ : FB_RALGO_AUTOROUND;
+        r->tune.name = mname;
+        if (gptq ? parse_gptq_args(c, m, path, r) : parse_autoround_args(c, m, path, r)) return -1;
         if (!has_config(m)) return parse_gptq_selection(c, m, path, r);
-        r->gptq.own_config = 1;
+        r->tune.own_config = 1;
     }
     json_t *kv = json_object_get(m, "kv_cache_scheme");
     if (kv && !json_is_null(kv)) {
@@ -962,35 +1020,40 @@ static int parse_recipe(rctx *c, const json_t *root, fb_recipe *r) {
             json_object_foreach(gv, mk, mv) {
                 char mp[800];
                 snprintf(mp, sizeof mp, "%s.%s", gp, mk);
-                int gptq = strcmp(mk, "GPTQModifier") == 0;
+                int kind = strcmp(mk, "GPTQModifier") == 0 ? K_GPTQ : strcmp(mk, "AutoRoundModifier") == 0 ? K_AR : K_QM;
+                int gptq = kind != K_QM;  // a tuning modifier
                 if (strcmp(mk, "QuantizationModifier") != 0 && !gptq) {
                     for (size_t i = 0; i < NELEM(OTHER_MODIFIERS); i++)
                         if (strcmp(mk, OTHER_MODIFIERS[i].name) == 0)
                             return rfail(c, 0, mp, "%s is not supported: %s", mk, OTHER_MODIFIERS[i].why);
                     return rfail(c, 0, mp, "unknown modifier '%s' (fourbit supports "
-                                           "QuantizationModifier and GPTQModifier)", mk);
+                                           "QuantizationModifier, GPTQModifier and AutoRoundModifier)", mk);
                 }
-                if (gptq ? r->gptq.present : found_qm)
+                if (gptq && r->tune.present)
+                    return rfail(c, 0, mp, "%s after %s: fourbit applies at most one tuning modifier", mk,
+                                 r->tune.name);
+                if (!gptq && found_qm)
                     return rfail(c, 0, mp, "a second %s: fourbit applies exactly one (merge their "
                                            "config_groups)", mk);
                 int cfg_here = !gptq || (json_is_object(mv) && has_config(mv));
                 if (cfg_here && found)
                     return rfail(c, 0, mp, "%s brings a second quantization scheme: fourbit applies "
-                                           "one config (give GPTQModifier no scheme to tune what the "
-                                           "QuantizationModifier quantizes, or merge the config_groups)", mk);
+                                           "one config (give %s no scheme to tune what the "
+                                           "QuantizationModifier quantizes, or merge the config_groups)", mk,
+                                 gptq ? mk : r->tune.present ? r->tune.name : "GPTQModifier");
                 if (!gptq) found_qm = 1;
                 if (cfg_here) {
                     found = 1;
                     r->stage = dupn(k, strlen(k) - strlen("_stage"));
                     r->group = dupn(gk, strlen(gk) - strlen("_modifiers"));
                 }
-                if (parse_qmodifier(c, mv, mp, r, gptq)) return -1;
+                if (parse_qmodifier(c, mv, mp, r, kind)) return -1;
             }
         }
     }
-    if (!found && r->gptq.present)
-        return rfail(c, 1, NULL, "GPTQModifier has no scheme or config_groups and no "
-                                 "QuantizationModifier gives one: nothing to quantize");
+    if (!found && r->tune.present)
+        return rfail(c, 1, NULL, "%s has no scheme or config_groups and no "
+                                 "QuantizationModifier gives one: nothing to quantize", r->tune.name);
     if (!found) return rfail(c, 1, NULL, "no QuantizationModifier found (expected "
                                          "<name>_stage: <name>_modifiers: QuantizationModifier: ...)");
     return 0;
@@ -1005,20 +1068,20 @@ void fb_recipe_free(fb_recipe *r) {
     free(r->stage);
     free(r->group);
     fb_qconfig_free(&r->cfg);
-    fb_target_list_free(&r->gptq.targets);
-    fb_target_list_free(&r->gptq.ignore);
+    fb_target_list_free(&r->tune.targets);
+    fb_target_list_free(&r->tune.ignore);
     free_strs(r->warnings, r->n_warnings);
     memset(r, 0, sizeof *r);
 }
 
-int fb_recipe_gptq_applies(const fb_recipe *r, const char *name, const char *cls) {
-    if (!r->gptq.present) return 0;
-    if (r->gptq.own_config) return 1;  // its own targets and ignore made the plan
-    return fb_target_list_match(&r->gptq.targets, name, cls) >= 0 &&
-           fb_target_list_match(&r->gptq.ignore, name, cls) < 0;
+int fb_recipe_tune_applies(const fb_recipe *r, const char *name, const char *cls) {
+    if (!r->tune.present) return 0;
+    if (r->tune.own_config) return 1;  // its own targets and ignore made the plan
+    return fb_target_list_match(&r->tune.targets, name, cls) >= 0 &&
+           fb_target_list_match(&r->tune.ignore, name, cls) < 0;
 }
 
-int fb_recipe_needs_data(const fb_recipe *r) { return r->gptq.present; }
+int fb_recipe_needs_data(const fb_recipe *r) { return r->tune.present; }
 
 int fb_recipe_parse(const char *name, const char *text, size_t len, fb_recipe *out, fb_err *err) {
     memset(out, 0, sizeof *out);

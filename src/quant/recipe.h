@@ -53,16 +53,26 @@
 #include "common/fb.h"
 #include "quant/scheme.h"
 
-// The recipe's GPTQModifier.
-typedef struct fb_recipe_gptq {
-    int present;             // 1: the recipe has a GPTQModifier
-    int own_config;          // 1: the quantization config (cfg) is the GPTQModifier's
+// The recipe's tuning modifier: a GPTQModifier or an AutoRoundModifier (at most one).
+typedef enum fb_recipe_algo { FB_RALGO_GPTQ = 0, FB_RALGO_AUTOROUND } fb_recipe_algo;
+
+typedef struct fb_recipe_tune {
+    int present;             // 1: the recipe has a tuning modifier
+    fb_recipe_algo algo;
+    const char *name;        // "GPTQModifier" / "AutoRoundModifier" (messages)
+    int own_config;          // 1: the quantization config (cfg) is the tuning modifier's
+    fb_target_list targets;  // its targets / ignore (compiled): which quantized modules it tunes
+    fb_target_list ignore;
+    // GPTQModifier
     int block_size;          // columns per block (128)
     double dampening_frac;   // relative dampening (0.01)
     fb_qactorder actorder;   // as written or resolved (own_config: already set in the groups)
-    fb_target_list targets;  // its targets / ignore (compiled): which quantized modules it tunes
-    fb_target_list ignore;
-} fb_recipe_gptq;
+    // AutoRoundModifier (llm-compressor 0.14 modifiers/autoround/base.py)
+    int iters;               // SignSGD iterations per decoder layer (200)
+    int batch_size;          // samples per iteration (8)
+    double lr;               // 0: auto-round's default 1/iters (lr: null)
+    int disable_opt_rtn;     // iters 0 only: plain RTN instead of the optimized RTN
+} fb_recipe_tune;
 
 typedef struct fb_recipe {
     char *path;              // as given (messages)
@@ -73,7 +83,7 @@ typedef struct fb_recipe {
     fb_qconfig cfg;          // resolved config groups (group_0.. for presets, the recipe's
                              // names for config_groups) and the ignore list, compiled
     const char *preset;      // the preset of `scheme` when it was one name, else NULL
-    fb_recipe_gptq gptq;     // gptq.present == 0 when the recipe has no GPTQModifier
+    fb_recipe_tune tune;     // tune.present == 0 when the recipe has no tuning modifier
     int has_max_kld, has_min_top1;
     double max_kld, min_top1;
     size_t n_warnings;
@@ -89,11 +99,11 @@ int fb_recipe_parse(const char *name, const char *text, size_t len, fb_recipe *o
 
 void fb_recipe_free(fb_recipe *r);
 
-// 1 when the recipe's GPTQModifier tunes module `name` (class `cls`, e.g. "Linear"); the caller
-// asks only for modules the plan quantizes. 0 without a GPTQModifier.
-int fb_recipe_gptq_applies(const fb_recipe *r, const char *name, const char *cls);
+// 1 when the recipe's tuning modifier (GPTQModifier / AutoRoundModifier) tunes module `name`
+// (class `cls`, e.g. "Linear"); the caller asks only for modules the plan quantizes. 0 without one.
+int fb_recipe_tune_applies(const fb_recipe *r, const char *name, const char *cls);
 
-// 1 when the recipe needs calibration data in the quantizer (a GPTQModifier).
+// 1 when the recipe needs calibration data in the quantizer (a tuning modifier).
 int fb_recipe_needs_data(const fb_recipe *r);
 
 #endif

@@ -136,6 +136,25 @@ void fb_autoround_quantize_rows_ref(const float *w, size_t nrows, size_t cols, s
     }
 }
 
+void fb_autoround_pack_rows_fixed(const float *w, size_t nrows, size_t cols, size_t group, size_t o0,
+                                  size_t ld, const uint16_t *scales, int32_t *qweight) {
+    check_shape(cols, group);
+    FB_ASSERT(o0 + nrows <= ld);
+    fb_formats_init();
+    for (size_t r = 0; r < nrows; r++) {
+        size_t o = o0 + r;
+        for (size_t k = 0; k < cols / group; k++) {
+            const float *x = w + r * cols + k * group;
+            float s = fb_f16_to_f32(scales[k * ld + o]);
+            for (size_t i = 0; i < group; i += 8) {
+                uint32_t word = 0;
+                for (int j = 0; j < 8; j++) word |= ar_code(x[i + j], s) << (4 * j);
+                qweight[((k * group + i) / 8) * ld + o] = (int32_t)word;
+            }
+        }
+    }
+}
+
 void fb_autoround_qzeros(size_t cols, size_t out, size_t group, int zp_minus_one,
                          int32_t *qzeros) {
     check_shape(cols, group);

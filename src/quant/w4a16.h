@@ -81,6 +81,12 @@ void fb_autoround_quantize_rows(const float *w, size_t nrows, size_t cols, size_
 void fb_autoround_quantize_rows_ref(const float *w, size_t nrows, size_t cols, size_t group,
                                     size_t o0, size_t ld, int32_t *qweight, uint16_t *scales);
 
+// Encodes output rows [o0, o0 + nrows) with the scales already in the FULL scales tensor
+// [cols/group, ld] (fp16 bits; e.g. AutoRound's tuned ones) into qweight [cols/8, ld]: each
+// code clamp(round(w / s), -8, 7) + 8 as fb_autoround_quantize_rows computes it. Scalar.
+void fb_autoround_pack_rows_fixed(const float *w, size_t nrows, size_t cols, size_t group, size_t o0,
+                                  size_t ld, const uint16_t *scales, int32_t *qweight);
+
 // Fills qzeros [cols/group, ceil(out/8)] for the symmetric scheme: every word
 // FB_AUTOROUND_ZEROS_GPTQ when zp_minus_one (auto_round:auto_gptq, auto_gptq), else
 // FB_AUTOROUND_ZEROS_DIRECT.

@@ -1,0 +1,428 @@
+// tune_autoround.c: the AutoRound layer loop (jobs/tune.h: two chains, four kinds of pass per
+// layer, attention Linears tuned one by one, routed experts jointly; calib/autoround.h does the
+// tuning itself).
+#include <math.h>
+#include <string.h>
+
+#include <cblas.h>
+
+#include "calib/autoround.h"
+#include "calib/forward.h"
+#include "quant/formats.h"
+#include "common/cancel.h"
+#include "jobs/tune_priv.h"
+
+// What the hooks capture in a pass (NULL: not this time). Attention runs on the main thread, one
+// sequence after another, so its rows arrive in token order; the MoE input arrives in chunks of
+// tokens [t0, t0 + rows) from any thread, each writing its own rows.
+typedef struct arcap {
+    int layer;
+    float *xa;       // [ntok, hidden] the q/k/v input
+    float *xo;       // [ntok, n_heads * head_dim] the o_proj input
+    float *xm;       // [ntok, hidden] the MoE input
+    size_t na, no;   // rows captured so far
+    size_t ntok, H, Dq;
+} arcap;
+
+static int ar_hk_linear(void *u, fb_role role, int layer, int expert, float *x, size_t rows, size_t cols, fb_err *err) {
+    arcap *c = u;
+    if (layer != c->layer || expert >= 0) return 0;
+    if (role == FB_ROLE_Q && c->xa) {
+        if (cols != c->H || c->na + rows > c->ntok)
+            return fb_fail(err, "AutoRound: layer %d: attention input of %zu x %zu after %zu rows (expected %zu x %zu)",
+                           layer, rows, cols, c->na, c->ntok, c->H);
+        memcpy(c->xa + c->na * cols, x, rows * cols * sizeof(float));
+        c->na += rows;
+    } else if (role == FB_ROLE_O && c->xo) {
+        if (cols != c->Dq || c->no + rows > c->ntok)
+            return fb_fail(err, "AutoRound: layer %d: o_proj input of %zu x %zu after %zu rows (expected %zu x %zu)",
+                           layer, rows, cols, c->no, c->ntok, c->Dq);
+        memcpy(c->xo + c->no * cols, x, rows * cols * sizeof(float));
+        c->no += rows;
+    }
+    return 0;
+}
+
+static int ar_hk_all(void *u, fb_role role, int layer, int expert, size_t t0, const float *x, size_t rows, size_t cols,
+                     fb_err *err) {
+    arcap *c = u;
+    if (layer != c->layer || role != FB_ROLE_W_GATE || expert >= 0 || !c->xm) return 0;
+    if (cols != c->H || t0 + rows > c->ntok)
+        return fb_fail(err, "AutoRound: layer %d: MoE input rows [%zu, %zu) x %zu (expected %zu x %zu)", layer, t0,
+                       t0 + rows, cols, c->ntok, c->H);
+    memcpy(c->xm + t0 * cols, x, rows * cols * sizeof(float));
+    return 0;
+}
+
+// One pass of layer l from hidden states h with what the overlay holds; captures what c asks.
+static int ar_pass(fb_engine *e, arcap *c, int l, const float *h, float *xa, float *xo, float *xm, float *out,
+                   fb_err *err) {
+    c->layer = l;
+    c->xa = xa, c->xo = xo, c->xm = xm;
+    c->na = c->no = 0;
+    int rc = fb_engine_set_hidden(e, l, h, err);
+    if (!rc) rc = fb_engine_layer(e, l, err);
+    c->xa = c->xo = c->xm = NULL;
+    if (rc) return -1;
+    if ((xa && c->na != c->ntok) || (xo && c->no != c->ntok))
+        return fb_fail(err, "AutoRound: layer %d: the engine reported %zu / %zu attention rows of %zu tokens", l, c->na,
+                       c->no, c->ntok);
+    if (out) {
+        const float *hh = fb_engine_hidden(e, err);
+        if (!hh) return -1;
+        memcpy(out, hh, c->ntok * c->H * sizeof(float));
+    }
+    return 0;
+}
+
+static int put_tuned(fb_wsrc *ov, const fb_tune_linear *l, const float *W, const float *scale, fb_err *err) {
+    int64_t sh[2] = {l->R, l->C}, ss[2] = {l->R, l->C / (int64_t)l->group};
+    char name[1024];
+    if (snprintf(name, sizeof name, "%s%s", l->name, FB_TUNE_SCALE_SUFFIX) >= (int)sizeof name)
+        return fb_fail(err, "%s: name too long", l->name);
+    if (fb_wsrc_overlay_put(ov, l->name, 2, sh, W, err)) return -1;
+    return fb_wsrc_overlay_put(ov, name, 2, ss, scale, err);
+}
+
+// The weight as the reference's bf16 model holds it.
+static int load_bf16(fb_wsrc *base, const fb_tune_linear *l, float *W, fb_err *err) {
+    if (fb_tune_load_weight(base, l->name, l->R, l->C, W, err)) return -1;
+    for (size_t i = 0; i < (size_t)(l->R * l->C); i++) W[i] = fb_bf16_to_f32(fb_f32_to_bf16(W[i]));
+    return 0;
+}
+
+// iters 0: RTN (plain, or optimized with the imatrix of the FP chain's input x [N, C]).
+static int rtn_linear(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb_tune_linear *l, const float *x,
+                      size_t nsamples, size_t N, int opt, fb_tune_result *res, fb_err *err) {
+    double t0 = fb_now();
+    size_t R = (size_t)l->R, C = (size_t)l->C, NG = C / l->group;
+    float *W = fb_aligned_alloc(R * C * sizeof(float) + 64), *sc = fb_malloc(R * NG * sizeof(float));
+    float *im = opt ? fb_calloc(C, sizeof(float)) : NULL;
+    int8_t *q = fb_malloc(R * C);
+    int rc = load_bf16(base, l, W, err);
+    if (!rc && opt) {
+        fb_autoround_imatrix_add(im, C, x, N);
+        fb_autoround_imatrix_scale(im, C, nsamples);
+    }
+    if (!rc) rc = opt ? fb_autoround_opt_rtn(W, R, C, im, FB_AR_BF16, sc, q, NULL, err)
+                      : fb_autoround_rtn(W, R, C, FB_AR_BF16, sc, q, NULL, err);
+    if (rc) fb_err_prefix(err, "%s", l->name);
+    if (!rc) {
+        for (size_t r = 0; r < R; r++)  // s * q exactly: what the export packs
+            for (size_t c = 0; c < C; c++) W[r * C + c] = sc[r * NG + c / l->group] * (float)q[r * C + c];
+        rc = put_tuned(ov, l, W, sc, err);
+    }
+    if (!rc && o->module_done) {
+        fb_tune_stat st = {.seconds = fb_now() - t0};
+        o->module_done(o->user, l, &st);
+    }
+    free(W); free(sc); free(im); free(q);
+    res->n_tuned += !rc;
+    return rc;
+}
+
+static fb_ar_opts ar_opts(const fb_tune_opts *o) {
+    fb_ar_opts a = {.iters = o->ar_iters > 0 ? o->ar_iters : 200, .lr = (float)o->ar_lr,
+                    .batch_size = (size_t)(o->ar_batch > 0 ? o->ar_batch : 8), .seed = o->ar_seed};
+    return a;
+}
+
+// SignRound on one attention Linear: input x (quantized chain), target xf W^T (FP chain).
+static int tune_attn(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb_tune_linear *l, const float *x,
+                     const float *xf, size_t nsamples, size_t seq, fb_tune_result *res, fb_err *err) {
+    double t0 = fb_now();
+    size_t R = (size_t)l->R, C = (size_t)l->C, N = nsamples * seq;
+    float *W = fb_aligned_alloc(R * C * sizeof(float) + 64), *T = fb_malloc(N * R * sizeof(float));
+    float *sc = fb_malloc(R * (C / l->group) * sizeof(float));
+    int rc = load_bf16(base, l, W, err);
+    fb_ar_result ar;
+    if (!rc) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, (int)R, (int)C, 1.0f, xf, (int)C, W, (int)C, 0.0f,
+                    T, (int)R);
+        fb_ar_linear L = {.w = W, .rows = R, .cols = C, .scale = sc};
+        fb_ar_opts a = ar_opts(o);
+        rc = fb_autoround_tune_linear(x, T, nsamples, seq, &L, &a, &ar, err);
+        if (rc) fb_err_prefix(err, "%s", l->name);
+    }
+    if (!rc) rc = put_tuned(ov, l, W, sc, err);
+    if (!rc && o->module_done) {
+        fb_tune_stat st = {.loss = ar.final_mse, .loss_rtn = ar.rtn_mse, .seconds = fb_now() - t0};
+        o->module_done(o->user, l, &st);
+    }
+    free(W);
+    free(T);
+    free(sc);
+    res->n_tuned += !rc;
+    return rc;
+}
+
+typedef struct moe_set {
+    const fb_tune_linear *l[3];  // gate, up, down of one expert
+} moe_set;
+
+// The routed experts of layer l, jointly, in groups: x the MoE input and route [N, E] the
+// routing of the quantized chain; T [N, H] the target of the experts' sum (the FP block output
+// minus the rest of the quantized block's output); acc [N, H] the experts' sum with their FP
+// weights, updated as groups are tuned.
+static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const moe_set *ms, size_t E,
+                        const float *x, const float *route, const float *T, float *acc, size_t nsamples, size_t seq,
+                        size_t H, fb_tune_result *res, fb_err *err) {
+    size_t N = nsamples * seq;
+    size_t gsz = o->expert_group > 0 && (size_t)o->expert_group < E ? (size_t)o->expert_group : E;
+    fb_ar_expert *ex = fb_calloc(gsz, sizeof *ex);
+    float *fp = fb_malloc(N * H * sizeof(float));
+    float *Tg = fb_malloc(N * H * sizeof(float)), *rg = fb_malloc(N * gsz * sizeof(float));
+    int rc = 0;
+    for (size_t g0 = 0; g0 < E && !rc; g0 += gsz) {
+        double t0 = fb_now();
+        size_t ng = E - g0 < gsz ? E - g0 : gsz;
+        if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
+        for (size_t k = 0; k < ng && !rc; k++) {
+            const moe_set *m = &ms[g0 + k];
+            fb_ar_linear *L[3] = {&ex[k].gate, &ex[k].up, &ex[k].down};
+            for (int j = 0; j < 3 && !rc; j++) {
+                size_t R = (size_t)m->l[j]->R, C = (size_t)m->l[j]->C;
+                L[j]->rows = R, L[j]->cols = C;
+                L[j]->w = fb_aligned_alloc(R * C * sizeof(float) + 64);
+                L[j]->scale = fb_malloc(R * (C / 128) * sizeof(float));
+                rc = load_bf16(base, m->l[j], L[j]->w, err);
+            }
+        }
+        if (rc) break;
+        for (size_t t = 0; t < N; t++)
+            for (size_t k = 0; k < ng; k++) rg[t * ng + k] = route[t * E + g0 + k];
+        // this group's FP sum, and its target: T minus the other groups at their current weights
+        fb_autoround_moe_forward(x, N, H, rg, ng, ex, fp);
+        for (size_t i = 0; i < N * H; i++) Tg[i] = T[i] - (acc[i] - fp[i]);
+        fb_ar_opts a = ar_opts(o);
+        fb_ar_result ar;
+        rc = fb_autoround_tune_moe(x, nsamples, seq, H, rg, ng, Tg, ex, &a, &ar, err);
+        if (rc) {
+            fb_err_prefix(err, "layer %d experts %zu..%zu", ms[g0].l[0]->layer, g0, g0 + ng - 1);
+            break;
+        }
+        if (ng < E) {  // the group's tuned sum replaces its FP one for the next groups
+            float *q = Tg;
+            fb_autoround_moe_forward(x, N, H, rg, ng, ex, q);
+            for (size_t i = 0; i < N * H; i++) acc[i] += q[i] - fp[i];
+        }
+        double dt = fb_now() - t0;
+        for (size_t k = 0; k < ng && !rc; k++) {
+            fb_ar_linear *L[3] = {&ex[k].gate, &ex[k].up, &ex[k].down};
+            for (int j = 0; j < 3 && !rc; j++) {
+                rc = put_tuned(ov, ms[g0 + k].l[j], L[j]->w, L[j]->scale, err);
+                if (!rc && o->module_done) {
+                    int first = k == 0 && j == 0;
+                    fb_tune_stat st = {.loss = first ? ar.final_mse : 0, .loss_rtn = first ? ar.rtn_mse : 0,
+                                       .joint = 1, .seconds = first ? dt : 0};
+                    o->module_done(o->user, ms[g0 + k].l[j], &st);
+                }
+                res->n_tuned += !rc;
+            }
+        }
+        for (size_t k = 0; k < ng; k++)
+            for (int j = 0; j < 3; j++) {
+                fb_ar_linear *L = j == 0 ? &ex[k].gate : j == 1 ? &ex[k].up : &ex[k].down;
+                free(L->w);
+                free(L->scale);
+                L->w = L->scale = NULL;
+            }
+    }
+    for (size_t k = 0; k < gsz; k++) {
+        free(ex[k].gate.w); free(ex[k].gate.scale); free(ex[k].up.w); free(ex[k].up.scale);
+        free(ex[k].down.w); free(ex[k].down.scale);
+    }
+    free(ex);
+    free(fp);
+    free(Tg);
+    free(rg);
+    return rc;
+}
+
+int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
+                          const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
+                          fb_err *err) {
+    double t_start = fb_now();
+    size_t H = (size_t)cfg->hidden, ntok = S->n_tok, E = (size_t)cfg->n_experts, K = (size_t)cfg->top_k;
+    size_t Dq = (size_t)cfg->n_heads * (size_t)cfg->head_dim;
+    // SignRound's mini-batches are whole samples of one length (auto-round pads to seqlen).
+    size_t seq = S->starts[1] - S->starts[0];
+    for (size_t s = 0; s < S->n; s++)
+        if (S->starts[s + 1] - S->starts[s] != seq)
+            return fb_fail(err, "AutoRound: sample %zu has %zu tokens, sample 0 %zu: its mini-batches need samples of one "
+                                "length (use --seq-len with samples at least that long)", s,
+                           S->starts[s + 1] - S->starts[s], seq);
+    // Which Linears of which layer: attention ones individually, experts as complete sets.
+    moe_set *ms = fb_calloc(E + 1, sizeof *ms);
+    const fb_tune_linear **attn = fb_calloc(n + 1, sizeof *attn);
+    arcap cap = {.ntok = ntok, .H = H, .Dq = Dq};
+    fb_fwd_hooks hk = {.user = &cap, .linear_input = ar_hk_linear, .expert_input_all = ar_hk_all};
+    fb_engine_opts eo = {.threads = o->threads, .all_experts = 1, .hooks = &hk};
+    fb_engine *e = fb_engine_cpu_new(overlay, cfg, &eo, err);
+    if (!e) {
+        free(ms);
+        free(attn);
+        return -1;
+    }
+    float *h_fp = fb_aligned_alloc(ntok * H * sizeof(float) + 64), *h_q = fb_aligned_alloc(ntok * H * sizeof(float) + 64);
+    float *out_fp = fb_malloc(ntok * H * sizeof(float)), *out_q = fb_malloc(ntok * H * sizeof(float));
+    float *xa_fp = fb_malloc(ntok * H * sizeof(float)), *xa_q = fb_malloc(ntok * H * sizeof(float));
+    float *xo_fp = fb_malloc(ntok * Dq * sizeof(float)), *xo_q = fb_malloc(ntok * Dq * sizeof(float));
+    float *xm = fb_malloc(ntok * H * sizeof(float)), *route = fb_malloc(ntok * (E ? E : 1) * sizeof(float));
+    int rc = fb_engine_set_tokens(e, S->ids, S->n_tok, S->starts, S->n, err);
+    if (!rc) {
+        const float *h = fb_engine_hidden(e, err);
+        if (!h) rc = -1;
+        else {
+            memcpy(h_fp, h, ntok * H * sizeof(float));
+            memcpy(h_q, h, ntok * H * sizeof(float));
+        }
+    }
+    if (!rc && o->resume_layer > 0 && o->resume_layer < cfg->n_layers) {  // the staged inputs of the first layer to run
+        float *ch[2] = {h_fp, h_q};
+        rc = fb_tune_state_load(o, o->resume_layer, ch, 2, ntok, H, err);
+    }
+    fb_blas_threads(o->threads > 0 ? o->threads : fb_ncpu());
+    for (int l = 0; l < cfg->n_layers && !rc; l++) {
+        if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
+        if (l < o->resume_layer) {  // its outputs are in kept shards
+            rc = o->layer_done(o->user, l, overlay, err);
+            continue;
+        }
+        if (o->state_dir) {
+            const float *ch[2] = {h_fp, h_q};
+            if (fb_tune_state_save(o, l, ch, 2, ntok, H, err)) { rc = -1; break; }
+        }
+        size_t na = 0, nx = 0, m = 0;
+        memset(ms, 0, (E + 1) * sizeof *ms);
+        for (size_t i = 0; i < n && !rc; i++) {
+            const fb_tune_linear *li = &lin[i];
+            if (li->layer != l) continue;
+            m++;
+            switch (li->role) {
+            case FB_ROLE_Q: case FB_ROLE_K: case FB_ROLE_V: case FB_ROLE_O: attn[na++] = li; break;
+            case FB_ROLE_W_GATE: case FB_ROLE_W_UP: case FB_ROLE_W_DOWN: {
+                int j = li->role == FB_ROLE_W_GATE ? 0 : li->role == FB_ROLE_W_UP ? 1 : 2;
+                if (li->expert < 0 || ms[li->expert].l[j])
+                    rc = fb_fail(err, "%s: AutoRound: not one expert's %s", li->name, fb_role_name(li->role));
+                else ms[li->expert].l[j] = li, nx++;
+                break;
+            }
+            default:
+                rc = fb_fail(err, "%s: AutoRound cannot tune a %s (attention q/k/v/o and routed experts only)", li->name,
+                             fb_role_name(li->role));
+            }
+        }
+        if (rc) break;
+        if (nx && nx != 3 * E) {
+            for (size_t x = 0; x < E && !rc; x++)
+                for (int j = 0; j < 3 && !rc; j++)
+                    if (!ms[x].l[j])
+                        rc = fb_fail(err, "layer %d: AutoRound tunes the routed experts jointly: expert %zu's %s is not "
+                                          "tuned while others are (tune all of the layer's experts or none)", l, x,
+                                     fb_role_name(j == 0 ? FB_ROLE_W_GATE : j == 1 ? FB_ROLE_W_UP : FB_ROLE_W_DOWN));
+            break;
+        }
+        if (o->layer_start) o->layer_start(o->user, l, cfg->n_layers, m);
+        double t0 = fb_now();
+        int has_qkv = 0, has_o = 0;
+        for (size_t k = 0; k < na; k++) {
+            if (attn[k]->role == FB_ROLE_O) has_o = 1;
+            else has_qkv = 1;
+        }
+        // 1. FP chain (the overlay is empty: original weights)
+        rc = ar_pass(e, &cap, l, h_fp, has_qkv ? xa_fp : NULL, has_o ? xo_fp : NULL, NULL, out_fp, err);
+        res->calib_s += fb_now() - t0;
+        if (rc || !m) {  // nothing tuned: the quantized chain runs the same weights
+            if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
+            memcpy(h_fp, out_fp, ntok * H * sizeof(float));
+            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+            fb_wsrc_overlay_clear(overlay);
+            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            continue;
+        }
+        if (o->ar_iters == 0) {  // auto-round's RTN mode: the FP chain only
+            double t1 = fb_now();
+            for (size_t k = 0; k < na && !rc; k++)
+                rc = rtn_linear(o, base, overlay, attn[k], attn[k]->role == FB_ROLE_O ? xo_fp : xa_fp, S->n, ntok,
+                                !o->ar_disable_opt_rtn, res, err);
+            for (size_t x = 0; x < E && nx && !rc; x++)
+                for (int j = 0; j < 3 && !rc; j++) rc = rtn_linear(o, base, overlay, ms[x].l[j], NULL, S->n, ntok, 0, res, err);
+            res->tune_s += fb_now() - t1;
+            memcpy(h_fp, out_fp, ntok * H * sizeof(float));
+            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+            fb_wsrc_overlay_clear(overlay);
+            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            continue;
+        }
+        // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
+        double t1 = fb_now();
+        if (has_qkv) rc = ar_pass(e, &cap, l, h_q, xa_q, NULL, NULL, NULL, err);
+        for (size_t k = 0; k < na && !rc; k++)
+            if (attn[k]->role != FB_ROLE_O) rc = tune_attn(o, base, overlay, attn[k], xa_q, xa_fp, S->n, seq, res, err);
+        if (!rc && has_o) rc = ar_pass(e, &cap, l, h_q, NULL, xo_q, NULL, NULL, err);
+        for (size_t k = 0; k < na && !rc; k++)
+            if (attn[k]->role == FB_ROLE_O) rc = tune_attn(o, base, overlay, attn[k], xo_q, xo_fp, S->n, seq, res, err);
+        // 3. the experts behind the tuned attention
+        if (!rc && nx) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, xm, out_q, err);
+        if (!rc && nx) {
+            const int32_t *ri = fb_engine_route_idx(e);
+            const float *rw = fb_engine_route_w(e);
+            if (!ri || !rw) rc = fb_fail(err, "AutoRound: layer %d: the engine kept no routing", l);
+            for (size_t t = 0; t < ntok && !rc; t++) {
+                memset(route + t * E, 0, E * sizeof(float));
+                for (size_t s = 0; s < K; s++) {
+                    int32_t x = ri[t * K + s];
+                    if (x < 0 || (size_t)x >= E) {
+                        rc = fb_fail(err, "AutoRound: layer %d: token %zu routed to expert %d of %zu", l, t, x, E);
+                        break;
+                    }
+                    route[t * E + (size_t)x] += rw[t * K + s];
+                }
+            }
+            if (!rc) {
+                // The experts' target: the FP block output minus what the rest of the quantized
+                // block gives (its output with FP experts minus those experts' sum).
+                float *T = out_q, *fp = xa_q;  // xa_q is free now: ntok x H
+                fb_ar_expert *ex = fb_calloc(E, sizeof *ex);
+                for (size_t x = 0; x < E && !rc; x++) {
+                    fb_ar_linear *L[3] = {&ex[x].gate, &ex[x].up, &ex[x].down};
+                    for (int j = 0; j < 3 && !rc; j++) {
+                        L[j]->rows = (size_t)ms[x].l[j]->R, L[j]->cols = (size_t)ms[x].l[j]->C;
+                        L[j]->w = fb_aligned_alloc(L[j]->rows * L[j]->cols * sizeof(float) + 64);
+                        rc = load_bf16(base, ms[x].l[j], L[j]->w, err);
+                    }
+                }
+                if (!rc) fb_autoround_moe_forward(xm, ntok, H, route, E, ex, fp);
+                for (size_t x = 0; x < E; x++) {
+                    free(ex[x].gate.w);
+                    free(ex[x].up.w);
+                    free(ex[x].down.w);
+                }
+                free(ex);
+                if (!rc) {
+                    for (size_t i = 0; i < ntok * H; i++) T[i] = out_fp[i] - (out_q[i] - fp[i]);
+                    rc = tune_experts(o, base, overlay, ms, E, xm, route, T, fp, S->n, seq, H, res, err);
+                }
+            }
+        }
+        res->tune_s += fb_now() - t1;
+        // 4. propagate the quantized chain through the tuned layer
+        double t2 = fb_now();
+        if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
+        res->propagate_s += fb_now() - t2;
+        memcpy(h_fp, out_fp, ntok * H * sizeof(float));
+        if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+        fb_wsrc_overlay_clear(overlay);
+        if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+    }
+    if (!rc) fb_tune_state_clear(o->state_dir);
+    free(ms);
+    free(attn);
+    free(h_fp); free(h_q); free(out_fp); free(out_q); free(xa_fp); free(xa_q); free(xo_fp); free(xo_q); free(xm);
+    free(route);
+    fb_engine_free(e);
+    res->seconds = fb_now() - t_start;
+    if (rc == -1 && o->cancel && atomic_load(o->cancel)) rc = -2;
+    return rc;
+}

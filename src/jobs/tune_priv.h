@@ -1,0 +1,23 @@
+// tune_priv.h: what the layer loop's files share (jobs/tune.c, jobs/tune_autoround.c).
+#ifndef FB_JOBS_TUNE_PRIV_H
+#define FB_JOBS_TUNE_PRIV_H
+
+#include "jobs/tune.h"
+
+// Loads the whole 2-D weight `name` [R, C] as f32; fails naming it on a NaN / Inf.
+int fb_tune_load_weight(fb_wsrc *s, const char *name, int64_t R, int64_t C, float *W, fb_err *err);
+
+// Layer-boundary states (tune.h: state_dir): stage layer l's input chains (each n_tok x
+// hidden), load them back (checked against the key and digest), drop those below keep_from.
+int fb_tune_state_save(const fb_tune_opts *o, int layer, const float *const *chains, int nchains, size_t n_tok,
+                       size_t hidden, fb_err *err);
+int fb_tune_state_load(const fb_tune_opts *o, int layer, float *const *chains, int nchains, size_t n_tok,
+                       size_t hidden, fb_err *err);
+void fb_tune_state_prune(const fb_tune_opts *o, int n_layers);
+
+// The AutoRound loop (tune.h), called by fb_tune_run once the arguments are checked.
+int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
+                          const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
+                          fb_err *err);
+
+#endif
