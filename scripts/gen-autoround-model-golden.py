@@ -31,6 +31,12 @@ Steps:
     minmax_lr the same), enable_torch_compile=False, device_map="cpu",
     ignore_layers=<router gates>),
     quantize_and_save(DIR, format="auto_round").
+    Compute dtype: auto-round casts the model to its amp dtype, bf16 where the device supports
+    bf16, else float32 with amp off ("amp is set to FALSE as the current cpu device does not
+    support the 'bf16' data type", on this machine's CPU without avx512_bf16): the golden's run
+    is float32 throughout (calibration, imatrix, optimized RTN's search, SignRound) on the
+    bf16-rounded weights; "cpu_bf16" / "compute_dtype" in the JSON say which. On a CPU with bf16
+    the bytes differ.
     What auto-round 0.16.1 quantizes on MiniMax-M2 by default (transformers 5.17's modeling):
     every nn.Linear inside the decoder blocks (model.layers.N): attention q/k/v/o_proj, and the
     routed experts, which auto-round unfuses (modeling/fused_moe: transformers keeps the
@@ -221,6 +227,13 @@ def main():
     doc["source_files"] = {fn: xxh(open(os.path.join(SRC, fn), "rb").read()) for fn in sorted(os.listdir(SRC))
                            if fn.endswith(".safetensors")}
     doc["calibration_ids_xxh3"] = xxh(open(IDS, "rb").read())
+    # auto-round 0.16.1 casts the model to its amp dtype: bf16 where the device supports it, else
+    # float32 with amp off (this machine's CPU has no avx512_bf16: the whole run, calibration,
+    # optimized RTN and SignRound, is float32 on the bf16-rounded weights). A machine with bf16
+    # gives other bytes.
+    from auto_round.utils.device import CpuInfo
+    doc["cpu_bf16"] = bool(CpuInfo().bf16)
+    doc["compute_dtype"] = "bfloat16 (amp)" if doc["cpu_bf16"] else "float32 (amp off: no bf16 on this CPU)"
     doc.setdefault("runs", {})
     for rname in args.runs.split(","):
         iters = RUNS[rname]
