@@ -381,6 +381,87 @@ static void moe_pass(const float *x, const float *route, const size_t *tok, size
     }
 }
 
+// ---- the SignRound driver (one unit: a block's experts, or one Linear) ----------------------
+
+// A unit's Linears and how a mini-batch's loss and backward step are computed.
+typedef struct sr_unit {
+    arlin *lin;
+    size_t nlin;
+    void *ctx;
+    // The loss of tokens tok[0..n) (rows of the unit's inputs) with the current fake-quantized
+    // weights; keeps dLoss/dout for bwd.
+    double (*fwd)(void *ctx, const size_t *tok, size_t n);
+    // Backpropagates the last fwd's loss into each Linear's gw and takes its SignSGD step.
+    void (*bwd)(void *ctx, const size_t *tok, size_t n, float lr, float mlr, int minmax);
+    // The MSE over every sample with the current fake-quantized weights.
+    double (*full)(void *ctx);
+} sr_unit;
+
+static void sr_qdq(sr_unit *u) {
+    for (size_t j = 0; j < u->nlin; j++) lin_qdq(&u->lin[j], u->lin[j].v, u->lin[j].mn, u->lin[j].mx, u->lin[j].wq, NULL, NULL);
+}
+
+// auto-round's tuning loop (autoround.h): iteration 0 is RTN, IndexSampler batches after
+// random.seed(seed), the best mini-batch loss snapshots the parameters before that iteration's
+// step, LinearLR from 1 to 0; ends with the kept parameters' weights, scales and codes.
+static void signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts *o, fb_ar_result *res) {
+    size_t bs = o->batch_size ? o->batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
+    int minmax = !o->disable_minmax;
+    sr_qdq(u);
+    res->rtn_mse = u->full(u->ctx);
+    size_t *perm = fb_malloc(nsamples * sizeof(size_t)), *tok = fb_malloc(bs * seq * sizeof(size_t)), pi = 0;
+    for (size_t i = 0; i < nsamples; i++) perm[i] = i;
+    pyrand st;
+    py_seed(&st, o->seed);
+    shuffle(perm, nsamples, &st);
+    double best = 3.4028234663852886e38;  // torch.finfo(float).max
+    float lr_i = lr, mlr_i = mlr;
+    for (int it = 0; it < o->iters; it++) {
+        if (pi + bs > nsamples) {
+            shuffle(perm, nsamples, &st);
+            pi = 0;
+        }
+        size_t n = 0;
+        for (size_t b = 0; b < bs; b++)
+            for (size_t t = 0; t < seq; t++) tok[n++] = perm[pi + b] * seq + t;
+        pi += bs;
+        sr_qdq(u);
+        double loss = u->fwd(u->ctx, tok, n);
+        if (it == 0) res->init_loss = loss;
+        if (o->loss_trace) o->loss_trace[it] = loss;
+        if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
+            if (loss < best) {
+                best = loss;
+                res->best_iter = it;
+                res->best_loss = loss;
+            }
+            for (size_t j = 0; j < u->nlin; j++) {
+                arlin *a = &u->lin[j];
+                memcpy(a->bv, a->v, a->R * a->C * sizeof(float));
+                memcpy(a->bmn, a->mn, a->NG * sizeof(float));
+                memcpy(a->bmx, a->mx, a->NG * sizeof(float));
+            }
+        }
+        u->bwd(u->ctx, tok, n, lr_i, mlr_i, minmax);
+        // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
+        float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
+        lr_i = lr_i * f;
+        mlr_i = mlr_i * f;
+    }
+    if (o->not_use_best_mse) res->best_loss = best;
+    for (size_t j = 0; j < u->nlin; j++) {
+        arlin *a = &u->lin[j];
+        lin_qdq(a, a->bv, a->bmn, a->bmx, a->wq, a->L->scale, a->L->q);
+    }
+    res->final_mse = u->full(u->ctx);
+    free(perm);
+    free(tok);
+}
+
+// The mean of the squared differences, in f32 per element and double over the sum, as loss.item()
+// of an f32 MSELoss reads (rounded to f32 by the caller where the reference rounds).
 static double mse(const float *a, const float *b, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) {
@@ -388,6 +469,45 @@ static double mse(const float *a, const float *b, size_t n) {
         s += (double)(d * d);
     }
     return s / (double)n;
+}
+
+// ---- the routed experts of a block ---------------------------------------------------------
+
+typedef struct moe_unit {
+    const float *x, *route, *target;
+    size_t N, H, cap;
+    arlin *lin;
+    moe_ws ws;
+    float *out, *grad, *tb;
+    size_t *all;
+} moe_unit;
+
+static double moe_fwd_b(void *ctx, const size_t *tok, size_t n) {
+    moe_unit *m = ctx;
+    size_t H = m->H;
+    moe_pass(m->x, m->route, tok, n, m->lin, 1, &m->ws, m->out, NULL, 0, 0, 0);
+    for (size_t t = 0; t < n; t++) memcpy(m->tb + t * H, m->target + tok[t] * H, H * sizeof(float));
+    double loss = (double)(float)mse(m->out, m->tb, n * H);  // loss.item() of an f32 tensor
+    // MSELoss(mean) * 1000: d/dout = 2 (out - target) / numel * 1000
+    const float k = 2000.0f / (float)(n * H);
+    for (size_t i = 0; i < n * H; i++) m->grad[i] = (m->out[i] - m->tb[i]) * k;
+    return loss;
+}
+
+static void moe_bwd_b(void *ctx, const size_t *tok, size_t n, float lr, float mlr, int minmax) {
+    moe_unit *m = ctx;
+    moe_pass(m->x, m->route, tok, n, m->lin, 1, &m->ws, NULL, m->grad, lr, mlr, minmax);
+}
+
+static double moe_full(void *ctx) {
+    moe_unit *m = ctx;
+    double s = 0;
+    for (size_t t0 = 0; t0 < m->N; t0 += m->cap) {
+        size_t n = m->N - t0 < m->cap ? m->N - t0 : m->cap;
+        moe_pass(m->x, m->route, m->all + t0, n, m->lin, 1, &m->ws, m->out, NULL, 0, 0, 0);
+        s += mse(m->out, m->target + t0 * m->H, n * m->H) * (double)(n * m->H);
+    }
+    return s / (double)(m->N * m->H);
 }
 
 int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H, const float *route,
@@ -419,8 +539,6 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
     }
     for (size_t i = 0; i < N * E; i++)
         if (!isfinite(route[i]) || route[i] < 0) return fb_fail(err, "AutoRound: routing weight %zu is %g", i, (double)route[i]);
-    float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
-    int minmax = !o->disable_minmax;
 
     arlin *lin = fb_calloc(3 * E, sizeof(arlin));
     float *gws = fb_aligned_alloc(H * FF * sizeof(float) + 64);
@@ -429,103 +547,41 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
         lin_init(&lin[3 * e + 1], &ex[e].up, gws);
         lin_init(&lin[3 * e + 2], &ex[e].down, gws);
     }
-    moe_ws ws = {.H = H, .FF = FF, .E = E, .cap = bs * seq};
-    size_t cap = ws.cap, HI = H > FF ? H : FF;
-    ws.xe = fb_malloc(cap * H * sizeof(float));
-    ws.re = fb_malloc(cap * sizeof(float));
-    ws.A = fb_malloc(cap * FF * sizeof(float));
-    ws.Bm = fb_malloc(cap * FF * sizeof(float));
-    ws.Hh = fb_malloc(cap * FF * sizeof(float));
-    ws.Y = fb_malloc(cap * HI * sizeof(float));
-    ws.dY = fb_malloc(cap * H * sizeof(float));
-    ws.pos = fb_malloc(cap * sizeof(size_t));
+    moe_unit m = {.x = x, .route = route, .N = N, .H = H, .cap = bs * seq, .lin = lin};
+    m.ws = (moe_ws){.H = H, .FF = FF, .E = E, .cap = m.cap};
+    size_t cap = m.cap, HI = H > FF ? H : FF;
+    m.ws.xe = fb_malloc(cap * H * sizeof(float));
+    m.ws.re = fb_malloc(cap * sizeof(float));
+    m.ws.A = fb_malloc(cap * FF * sizeof(float));
+    m.ws.Bm = fb_malloc(cap * FF * sizeof(float));
+    m.ws.Hh = fb_malloc(cap * FF * sizeof(float));
+    m.ws.Y = fb_malloc(cap * HI * sizeof(float));
+    m.ws.dY = fb_malloc(cap * H * sizeof(float));
+    m.ws.pos = fb_malloc(cap * sizeof(size_t));
+    m.all = fb_malloc(N * sizeof(size_t));
+    for (size_t i = 0; i < N; i++) m.all[i] = i;
     // The FP target over all samples when the caller has none (chunks of one batch).
     float *tgt = NULL;
-    size_t *all = fb_malloc(N * sizeof(size_t));
-    for (size_t i = 0; i < N; i++) all[i] = i;
     if (!target) {
         tgt = fb_malloc(N * H * sizeof(float));
         for (size_t t0 = 0; t0 < N; t0 += cap) {
             size_t n = N - t0 < cap ? N - t0 : cap;
-            moe_pass(x, route, all + t0, n, lin, 0, &ws, tgt + t0 * H, NULL, 0, 0, 0);
+            moe_pass(x, route, m.all + t0, n, lin, 0, &m.ws, tgt + t0 * H, NULL, 0, 0, 0);
         }
         target = tgt;
     }
-    float *out = fb_malloc(cap * H * sizeof(float)), *grad = fb_malloc(cap * H * sizeof(float));
-    // The MSE over every sample of the current fake-quantized weights.
-#define FULL_MSE(dst)                                                                       \
-    do {                                                                                    \
-        double s_ = 0;                                                                      \
-        for (size_t t0 = 0; t0 < N; t0 += cap) {                                            \
-            size_t n_ = N - t0 < cap ? N - t0 : cap;                                        \
-            moe_pass(x, route, all + t0, n_, lin, 1, &ws, out, NULL, 0, 0, 0);                       \
-            s_ += mse(out, target + t0 * H, n_ * H) * (double)(n_ * H);                     \
-        }                                                                                   \
-        (dst) = s_ / (double)(N * H);                                                       \
-    } while (0)
-    for (size_t j = 0; j < 3 * E; j++) lin_qdq(&lin[j], lin[j].v, lin[j].mn, lin[j].mx, lin[j].wq, NULL, NULL);
-    FULL_MSE(res->rtn_mse);
-
-    size_t *perm = fb_malloc(nsamples * sizeof(size_t)), *tok = fb_malloc(cap * sizeof(size_t)), pi = 0;
-    for (size_t i = 0; i < nsamples; i++) perm[i] = i;
-    pyrand st;
-    py_seed(&st, o->seed);
-    shuffle(perm, nsamples, &st);
-    float *tb = fb_malloc(cap * H * sizeof(float));
-    double best = 3.4028234663852886e38;  // torch.finfo(float).max
-    float lr_i = lr, mlr_i = mlr;
-    for (int it = 0; it < o->iters; it++) {
-        if (pi + bs > nsamples) {
-            shuffle(perm, nsamples, &st);
-            pi = 0;
-        }
-        size_t n = 0;
-        for (size_t b = 0; b < bs; b++)
-            for (size_t t = 0; t < seq; t++) tok[n++] = perm[pi + b] * seq + t;
-        pi += bs;
-        for (size_t j = 0; j < 3 * E; j++) lin_qdq(&lin[j], lin[j].v, lin[j].mn, lin[j].mx, lin[j].wq, NULL, NULL);
-        moe_pass(x, route, tok, n, lin, 1, &ws, out, NULL, 0, 0, 0);
-        for (size_t t = 0; t < n; t++) memcpy(tb + t * H, target + tok[t] * H, H * sizeof(float));
-        double loss = (double)(float)mse(out, tb, n * H);  // loss.item() of an f32 tensor
-        // MSELoss(mean) * 1000: d/dout = 2 (out - target) / numel * 1000
-        const float k = 2000.0f / (float)(n * H);
-        for (size_t i = 0; i < n * H; i++) grad[i] = (out[i] - tb[i]) * k;
-        if (it == 0) res->init_loss = loss;
-        if (o->loss_trace) o->loss_trace[it] = loss;
-        if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
-            if (loss < best) {
-                best = loss;
-                res->best_iter = it;
-                res->best_loss = loss;
-            }
-            for (size_t j = 0; j < 3 * E; j++) {
-                arlin *a = &lin[j];
-                memcpy(a->bv, a->v, a->R * a->C * sizeof(float));
-                memcpy(a->bmn, a->mn, a->NG * sizeof(float));
-                memcpy(a->bmx, a->mx, a->NG * sizeof(float));
-            }
-        }
-        moe_pass(x, route, tok, n, lin, 1, &ws, NULL, grad, lr_i, mlr_i, minmax);
-        // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
-        float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
-        lr_i = lr_i * f;
-        mlr_i = mlr_i * f;
-    }
-    if (o->not_use_best_mse) {
-        res->best_loss = best;
-    }
-    for (size_t j = 0; j < 3 * E; j++) {
-        arlin *a = &lin[j];
-        lin_qdq(a, a->bv, a->bmn, a->bmx, a->wq, a->L->scale, a->L->q);
-    }
-    FULL_MSE(res->final_mse);
-#undef FULL_MSE
+    m.target = target;
+    m.out = fb_malloc(cap * H * sizeof(float));
+    m.grad = fb_malloc(cap * H * sizeof(float));
+    m.tb = fb_malloc(cap * H * sizeof(float));
+    sr_unit u = {.lin = lin, .nlin = 3 * E, .ctx = &m, .fwd = moe_fwd_b, .bwd = moe_bwd_b, .full = moe_full};
+    signround(&u, nsamples, seq, o, res);
     for (size_t j = 0; j < 3 * E; j++) {
         memcpy(lin[j].L->w, lin[j].wq, lin[j].R * lin[j].C * sizeof(float));
         lin_free(&lin[j]);
     }
-    free(lin); free(ws.xe); free(ws.re); free(ws.A); free(ws.Bm); free(ws.Hh); free(ws.Y); free(ws.dY); free(ws.pos);
-    free(gws); free(tgt); free(all); free(out); free(grad); free(perm); free(tok); free(tb);
+    free(lin); free(m.ws.xe); free(m.ws.re); free(m.ws.A); free(m.ws.Bm); free(m.ws.Hh); free(m.ws.Y); free(m.ws.dY);
+    free(m.ws.pos); free(gws); free(tgt); free(m.all); free(m.out); free(m.grad); free(m.tb);
     return 0;
 }
 
@@ -564,6 +620,46 @@ static void lin_fwd(const float *x, const size_t *tok, size_t n, size_t C, const
                 (int)R);
 }
 
+typedef struct lin_unit {
+    const float *x, *target;
+    size_t N, R, C, cap;
+    arlin *a;
+    float *xb, *out, *tb;
+    size_t *all;
+} lin_unit;
+
+static double lin_fwd_b(void *ctx, const size_t *tok, size_t n) {
+    lin_unit *l = ctx;
+    size_t R = l->R;
+    lin_fwd(l->x, tok, n, l->C, l->a->wq, R, l->xb, l->out);
+    for (size_t t = 0; t < n; t++) memcpy(l->tb + t * R, l->target + tok[t] * R, R * sizeof(float));
+    double loss = (double)(float)mse(l->out, l->tb, n * R);
+    const float k = 2000.0f / (float)(n * R);
+    for (size_t i = 0; i < n * R; i++) l->out[i] = (l->out[i] - l->tb[i]) * k;  // dLoss/dout
+    return loss;
+}
+
+static void lin_bwd_b(void *ctx, const size_t *tok, size_t n, float lr, float mlr, int minmax) {
+    lin_unit *l = ctx;
+    (void)tok;
+    // dW = dOut^T Xb (xb still holds the batch's rows from fwd)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->R, (int)l->C, (int)n, 1.0f, l->out, (int)l->R, l->xb,
+                (int)l->C, 0.0f, l->a->gw, (int)l->C);
+    lin_step(l->a, lr, mlr, minmax);
+}
+
+static double lin_full(void *ctx) {
+    lin_unit *l = ctx;
+    double s = 0;
+    for (size_t t0 = 0; t0 < l->N; t0 += l->cap) {
+        size_t n = l->N - t0 < l->cap ? l->N - t0 : l->cap;
+        for (size_t i = 0; i < n; i++) l->all[i] = t0 + i;
+        lin_fwd(l->x, l->all, n, l->C, l->a->wq, l->R, l->xb, l->out);
+        s += mse(l->out, l->target + t0 * l->R, n * l->R) * (double)(n * l->R);
+    }
+    return s / (double)(l->N * l->R);
+}
+
 int fb_autoround_tune_linear(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_linear *L,
                              const fb_ar_opts *o, fb_ar_result *res, fb_err *err) {
     memset(res, 0, sizeof *res);
@@ -581,74 +677,18 @@ int fb_autoround_tune_linear(const float *x, const float *target, size_t nsample
         if (!isfinite(x[i])) return fb_fail(err, "AutoRound: input element %zu is not finite", i);
     for (size_t i = 0; i < N * R; i++)
         if (!isfinite(target[i])) return fb_fail(err, "AutoRound: target element %zu is not finite", i);
-    float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
-    int minmax = !o->disable_minmax;
     float *gw = fb_aligned_alloc(R * C * sizeof(float) + 64);
     arlin a;
     lin_init(&a, L, gw);
-    float *xb = fb_malloc(cap * C * sizeof(float)), *out = fb_malloc(cap * R * sizeof(float));
-    float *tb = fb_malloc(cap * R * sizeof(float));
-    size_t *tok = fb_malloc(cap * sizeof(size_t)), *all = fb_malloc(cap * sizeof(size_t));
-#define FULL_MSE_L(dst)                                                                     \
-    do {                                                                                    \
-        double s_ = 0;                                                                      \
-        for (size_t t0 = 0; t0 < N; t0 += cap) {                                            \
-            size_t n_ = N - t0 < cap ? N - t0 : cap;                                        \
-            for (size_t i_ = 0; i_ < n_; i_++) all[i_] = t0 + i_;                           \
-            lin_fwd(x, all, n_, C, a.wq, R, xb, out);                                       \
-            s_ += mse(out, target + t0 * R, n_ * R) * (double)(n_ * R);                     \
-        }                                                                                   \
-        (dst) = s_ / (double)(N * R);                                                       \
-    } while (0)
-    lin_qdq(&a, a.v, a.mn, a.mx, a.wq, NULL, NULL);
-    FULL_MSE_L(res->rtn_mse);
-    size_t *perm = fb_malloc(nsamples * sizeof(size_t)), pi = 0;
-    for (size_t i = 0; i < nsamples; i++) perm[i] = i;
-    pyrand st;
-    py_seed(&st, o->seed);
-    shuffle(perm, nsamples, &st);
-    double best = 3.4028234663852886e38;
-    float lr_i = lr, mlr_i = mlr;
-    for (int it = 0; it < o->iters; it++) {
-        if (pi + bs > nsamples) {
-            shuffle(perm, nsamples, &st);
-            pi = 0;
-        }
-        size_t n = 0;
-        for (size_t b = 0; b < bs; b++)
-            for (size_t t = 0; t < seq; t++) tok[n++] = perm[pi + b] * seq + t;
-        pi += bs;
-        lin_qdq(&a, a.v, a.mn, a.mx, a.wq, NULL, NULL);
-        lin_fwd(x, tok, n, C, a.wq, R, xb, out);
-        for (size_t t = 0; t < n; t++) memcpy(tb + t * R, target + tok[t] * R, R * sizeof(float));
-        double loss = (double)(float)mse(out, tb, n * R);
-        const float k = 2000.0f / (float)(n * R);
-        for (size_t i = 0; i < n * R; i++) out[i] = (out[i] - tb[i]) * k;  // dLoss/dout
-        if (it == 0) res->init_loss = loss;
-        if (o->loss_trace) o->loss_trace[it] = loss;
-        if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
-            if (loss < best) {
-                best = loss;
-                res->best_iter = it;
-                res->best_loss = loss;
-            }
-            memcpy(a.bv, a.v, R * C * sizeof(float));
-            memcpy(a.bmn, a.mn, a.NG * sizeof(float));
-            memcpy(a.bmx, a.mx, a.NG * sizeof(float));
-        }
-        // dW = dOut^T Xb
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)R, (int)C, (int)n, 1.0f, out, (int)R, xb, (int)C, 0.0f,
-                    gw, (int)C);
-        lin_step(&a, lr_i, mlr_i, minmax);
-        float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
-        lr_i = lr_i * f;
-        mlr_i = mlr_i * f;
-    }
-    lin_qdq(&a, a.bv, a.bmn, a.bmx, a.wq, L->scale, L->q);
-    FULL_MSE_L(res->final_mse);
-#undef FULL_MSE_L
+    lin_unit l = {.x = x, .target = target, .N = N, .R = R, .C = C, .cap = cap, .a = &a};
+    l.xb = fb_malloc(cap * C * sizeof(float));
+    l.out = fb_malloc(cap * R * sizeof(float));
+    l.tb = fb_malloc(cap * R * sizeof(float));
+    l.all = fb_malloc(cap * sizeof(size_t));
+    sr_unit u = {.lin = &a, .nlin = 1, .ctx = &l, .fwd = lin_fwd_b, .bwd = lin_bwd_b, .full = lin_full};
+    signround(&u, nsamples, seq, o, res);
     memcpy(L->w, a.wq, R * C * sizeof(float));
     lin_free(&a);
-    free(gw); free(xb); free(out); free(tb); free(tok); free(all); free(perm);
+    free(gw); free(l.xb); free(l.out); free(l.tb); free(l.all);
     return 0;
 }
