@@ -113,6 +113,9 @@ fi
 
 # resume at layer granularity (jobs/tune.h): SIGINT once layer 1 is written, --resume continues
 # from the staged input of the first layer with unwritten outputs, byte-identical to one run
+# (natively only: under qemu-user a run takes minutes and the signal's timing is not meaningful)
+case "$BUILD" in *qemu*) RESUME=0 ;; *) RESUME=1 ;; esac
+if [ $RESUME = 1 ]; then
 K="--recipe $R4 --dataset $IDS --samples 16 --no-shuffle -t 2 --max-shard-size 600KB"
 expect_rc 0 "uninterrupted GPTQ run" -- "$Q4" -q $K $M "$T_TMP/k0"
 "$Q4" $K $M "$T_TMP/k1" 2> "$T_TMP/kerr" & pid=$!
@@ -123,6 +126,7 @@ kill -INT $pid 2>/dev/null; wait $pid; rc=$?
 expect_rc 0 "GPTQ --resume" -- "$Q4" $K --resume $M "$T_TMP/k1"
 expect_out "resuming the layer loop at layer [12] from its staged input" "says where it resumes"
 expect_rc 0 "resumed GPTQ == uninterrupted, byte for byte" -- "$BIN/st-diff" -q "$T_TMP/k1" "$T_TMP/k0"
+fi
 
 # the same thread count gives the same bytes (another count changes OpenBLAS's blocking of the
 # projection GEMMs, hence the Hessians' last bits: calib/forward.h)

@@ -45,7 +45,9 @@
 //        their current weights);
 //     4. the propagation pass with every tuned weight: the next layer's quantized-chain input.
 //   iters 0 (auto-round's RTN mode, algorithms/quantization/rtn): no tuning and no quantized
-//   chain; the attention Linears get the optimized RTN (fb_autoround_opt_rtn, in bf16) weighted by
+//   chain; the attention Linears get the optimized RTN (fb_autoround_opt_rtn in float32, as auto-round
+//   searches where its amp is off, e.g. on a CPU without bf16: the golden tests/golden/autoround-model;
+//   under bf16 amp on a GPU it searches in bf16, which fb_autoround_opt_rtn also does) weighted by
 //   their imatrix over the FP chain's inputs (OptimizedRTNQuantizer's FP-input hooks; / samples),
 //   the routed experts plain RTN (auto-round's MoE default), and with disable_opt_rtn everything
 //   plain RTN. In every mode the original weights are taken as the bf16 model holds them (the

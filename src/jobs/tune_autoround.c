@@ -104,7 +104,7 @@ static int rtn_linear(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
         fb_autoround_imatrix_add(im, C, x, N);
         fb_autoround_imatrix_scale(im, C, nsamples);
     }
-    if (!rc) rc = opt ? fb_autoround_opt_rtn(W, R, C, im, FB_AR_BF16, sc, q, NULL, err)
+    if (!rc) rc = opt ? fb_autoround_opt_rtn(W, R, C, im, FB_AR_F32, sc, q, NULL, err)
                       : fb_autoround_rtn(W, R, C, FB_AR_BF16, sc, q, NULL, err);
     if (rc) fb_err_prefix(err, "%s", l->name);
     if (!rc) {
