@@ -13,6 +13,7 @@
 #include "io/card.h"
 #include "io/checkpoint.h"
 #include "jobs/tune.h"
+#include "jobs/tune_autoround.h"
 #include "quant/recipe.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
@@ -1093,7 +1094,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
                            .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};
         fb_tune_result tr;
-        r = fb_tune_run(wbase, overlay, &mc, &S, tl, ntl, &to, &tr, err);
+        r = (n_tuned_plan && autoround ? fb_tune_run_autoround : fb_tune_run)(wbase, overlay, &mc, &S, tl, ntl, &to, &tr, err);
         if (!r) r = run_segment(&j, tc.next, n_items, nt, err);  // what follows the last layer
         res->n_tuned = tr.n_tuned;
         res->tune_algo = n_tuned_plan ? algo_name : NULL;

@@ -268,18 +268,9 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     memset(res, 0, sizeof *res);
     double t_start = fb_now();
     const fb_tune_algo *algo = fb_tune_algo_get(o->algo);
-    if (!algo || (!algo->linear && !algo->block)) return fb_fail(err, "tuning algorithm %d is not available", (int)o->algo);
+    if (!algo || !algo->linear)
+        return fb_fail(err, "tuning algorithm %s runs its own layer loop, not fb_tune_run", algo ? algo->name : "?");
     if (!S || S->n == 0 || S->n_tok == 0) return fb_fail(err, "%s needs calibration tokens", algo->name);
-    if (algo->block) {
-        for (size_t i = 0; i < n; i++)
-            if (lin[i].layer < 0 || lin[i].layer >= cfg->n_layers || !lin[i].qf || !lin[i].qf->pack_scaled ||
-                lin[i].nvfp4 || lin[i].group != 128 || lin[i].C % 128 || lin[i].expert >= cfg->n_experts)
-                return fb_fail(err, "%s: %s tunes int4 group-128 weights of a format that stores its scales (layer "
-                                    "%d, expert %d, format %s, group %zu)", lin[i].name, algo->name, lin[i].layer,
-                               lin[i].expert, lin[i].qf ? lin[i].qf->name : "none", lin[i].group);
-        if (o->absmax) return fb_fail(err, "%s: W4A4 input scales are not gathered by its loop", algo->name);
-        return fb_tune_run_autoround(base, overlay, cfg, S, lin, n, o, res, err);
-    }
     if (o->absmax && (o->absmax->n_layers != cfg->n_layers || o->absmax->n_experts != cfg->n_experts))
         return fb_fail(err, "statistics of %d layers x %d experts for a model of %d x %d", o->absmax->n_layers,
                        o->absmax->n_experts, cfg->n_layers, cfg->n_experts);

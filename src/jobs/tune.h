@@ -158,7 +158,8 @@ typedef struct fb_tune_algo {
 
 const fb_tune_algo *fb_tune_algo_get(fb_tune_algo_id id);
 
-// Runs the loop over every layer of `cfg` on the tokens S, reading weights from `base` through
+// Runs the per-Linear loop (GPTQ; AutoRound's is fb_tune_run_autoround, jobs/tune_autoround.h)
+// over every layer of `cfg` on the tokens S, reading weights from `base` through
 // `overlay` (fb_wsrc_overlay_new(base), owned by the caller), tuning the Linears lin[0..n) (n may
 // be 0: then the loop only records o->absmax).
 // Returns 0, -1 with err, or -2 when cancelled.

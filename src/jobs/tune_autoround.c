@@ -10,6 +10,7 @@
 #include "calib/forward.h"
 #include "quant/formats.h"
 #include "common/cancel.h"
+#include "jobs/tune_autoround.h"
 #include "jobs/tune_priv.h"
 
 // What the hooks capture in a pass (NULL: not this time). Attention runs on the main thread, one
@@ -242,7 +243,16 @@ static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const
 int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                           const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
                           fb_err *err) {
+    memset(res, 0, sizeof *res);
     double t_start = fb_now();
+    if (!S || S->n == 0 || S->n_tok == 0) return fb_fail(err, "AutoRound needs calibration tokens");
+    for (size_t i = 0; i < n; i++)
+        if (lin[i].layer < 0 || lin[i].layer >= cfg->n_layers || !lin[i].qf || !lin[i].qf->pack_scaled || lin[i].nvfp4 ||
+            lin[i].group != 128 || lin[i].C % 128 || lin[i].expert >= cfg->n_experts)
+            return fb_fail(err, "%s: AutoRound tunes int4 group-128 weights of a format that stores its scales (layer "
+                                "%d, expert %d, format %s, group %zu)", lin[i].name, lin[i].layer, lin[i].expert,
+                           lin[i].qf ? lin[i].qf->name : "none", lin[i].group);
+    if (o->absmax) return fb_fail(err, "AutoRound: W4A4 input scales are not gathered by its loop");
     size_t H = (size_t)cfg->hidden, ntok = S->n_tok, E = (size_t)cfg->n_experts, K = (size_t)cfg->top_k;
     size_t Dq = (size_t)cfg->n_heads * (size_t)cfg->head_dim;
     // SignRound's mini-batches are whole samples of one length (auto-round pads to seqlen).

@@ -1,4 +1,5 @@
-// tune_priv.h: what the layer loop's files share (jobs/tune.c, jobs/tune_autoround.c).
+// tune_priv.h: what tune.c gives the other layer loops (jobs/tune_autoround.c): loading a weight,
+// the layer-boundary states.
 #ifndef FB_JOBS_TUNE_PRIV_H
 #define FB_JOBS_TUNE_PRIV_H
 
@@ -15,9 +16,5 @@ int fb_tune_state_load(const fb_tune_opts *o, int layer, float *const *chains, i
                        size_t hidden, fb_err *err);
 void fb_tune_state_prune(const fb_tune_opts *o, int n_layers);
 
-// The AutoRound loop (tune.h), called by fb_tune_run once the arguments are checked.
-int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
-                          const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
-                          fb_err *err);
 
 #endif
