@@ -156,7 +156,8 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
             snprintf(sname, sizeof sname, "%s%s", t->name, FB_TUNE_SCALE_SUFFIX);
             if (j->overlay->shape(j->overlay, sname, &nd, sh)) {
                 if (!qf->pack_scaled || nd != 2 || sh[0] != (int64_t)R || sh[1] != (int64_t)(C / G))
-                    rc = fb_fail(err, "%s: tuned scales of shape %s for %s do not fit", t->name, "[?]", qf->name);
+                    rc = fb_fail(err, "%s: tuned scales of %d dims [%lld, %lld] do not fit [%zu, %zu] of format %s", t->name,
+                                 nd, (long long)sh[0], (long long)(nd > 1 ? sh[1] : 0), R, C / G, qf->name);
                 else tscale = fb_malloc(per * (C / G) * sizeof(float));
             } else if (!qf->pack_fixed) {
                 rc = fb_fail(err, "%s: the format %s cannot store tuned weights without their scales", t->name, qf->name);
