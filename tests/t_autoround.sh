@@ -105,9 +105,12 @@ eq=$(sed -n 's/.*tensors compared (bytes), \([0-9]*\) equal.*/\1/p' "$T_TMP/g0.t
 if grep -q '^  model.layers.0.*differ' "$T_TMP/g0.txt"; then fail "iters 0 vs auto-round: layer 0 differs: $(grep '^  model.layers.0' "$T_TMP/g0.txt" | head -2)"; else ok; fi
 if grep -q '^  .*experts.*differ' "$T_TMP/g0.txt"; then fail "iters 0 vs auto-round: an expert differs"; else ok; fi
 
-# everything tuned, both formats; lower KL than RTN on held-out tokens
-expect_rc 0 "AutoRound run" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D $M "$T_TMP/a1"
-expect_rc 0 "AutoRound run, auto_round format" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" --format auto_round $D $M "$T_TMP/a2"
+# everything tuned, both formats; lower KL than RTN on held-out tokens. The whole block is one
+# unit (joint): 20 iterations (lr 1/20; with 10 the steps are too coarse for the block's loss:
+# measured KL 0.0326 against RTN's 0.0321 in auto_round format, 0.0229 with 20).
+sed 's/iters: 10/iters: 20/' "$T_TMP/ar.yaml" > "$T_TMP/ar20.yaml"
+expect_rc 0 "AutoRound run" -- "$Q4" -q --recipe "$T_TMP/ar20.yaml" $D $M "$T_TMP/a1"
+expect_rc 0 "AutoRound run, auto_round format" -- "$Q4" -q --recipe "$T_TMP/ar20.yaml" --format auto_round $D $M "$T_TMP/a2"
 expect_rc 0 "validate (auto_round)" -- "$BIN/validate-ignore-list" "$T_TMP/a2"
 expect_rc 0 "RTN, auto_round format" -- "$Q4" -q --recipe "$T_TMP/rtn.yaml" --format auto_round -t 2 $M "$T_TMP/r2"
 kl() { "$BIN/ref-runner" --reference $M --quantized "$1" --data $EV --samples 8 --seq-len 128 -t 2 2>&1 | sed -n 's/.*KL divergence *mean \([0-9.e-]*\).*/\1/p'; }

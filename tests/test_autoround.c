@@ -356,6 +356,179 @@ static void linear_unit(void) {
     free(W); free(W0); free(x); free(xf); free(T); free(sc); free(q); free(back);
 }
 
+// fb_autoround_tune_block (auto-round's unit: the whole block): its backward against central
+// differences of its own forward, for both routers and the three q/k norm kinds (the analytic
+// chain through experts, routing weights, norms, attention and RoPE must be the derivative of the
+// loss it tunes); then a tuning run: kept iterate no worse than RTN, every tuned weight its fp16
+// scale times its code, a fixed Linear untouched, the same bytes for the same seed; bad input
+// refused.
+typedef struct blkfix {
+    fb_model_config c;
+    float *ln1, *ln2, *qn, *kn, *router, *bias;
+    fb_ar_linear at[4];
+    fb_ar_expert *ex;
+    float *sc[4 + 3 * 4];
+    fb_ar_block b;
+} blkfix;
+
+static void blk_make(blkfix *f, fb_qk_norm qk, fb_router_kind rk, int norm_topk, uint64_t seed) {
+    memset(f, 0, sizeof *f);
+    f->c = (fb_model_config){.hidden = 128, .inter = 128, .n_heads = 2, .n_kv_heads = 1, .head_dim = 64,
+                             .rotary_dim = 32, .rope_theta = 10000.0, .eps = 1e-6, .n_experts = 4, .top_k = 2,
+                             .qk_norm = qk, .router = rk, .norm_topk_prob = norm_topk, .use_routing_bias = 1};
+    size_t H = 128, E = 4, Dq = 128, Dk = 64;
+    uint64_t st = seed;
+    f->ln1 = fb_malloc(H * sizeof(float)), f->ln2 = fb_malloc(H * sizeof(float));
+    f->qn = fb_malloc(Dq * sizeof(float)), f->kn = fb_malloc(Dq * sizeof(float));
+    for (size_t i = 0; i < H; i++) f->ln1[i] = 1.0f + 0.2f * urand(&st), f->ln2[i] = 1.0f + 0.2f * urand(&st);
+    for (size_t i = 0; i < Dq; i++) f->qn[i] = 1.0f + 0.2f * urand(&st), f->kn[i] = 1.0f + 0.2f * urand(&st);
+    f->router = fb_malloc(E * H * sizeof(float)), f->bias = fb_malloc(E * sizeof(float));
+    for (size_t i = 0; i < E * H; i++) f->router[i] = 0.2f * urand(&st);
+    for (size_t i = 0; i < E; i++) f->bias[i] = 0.05f * urand(&st);
+    size_t R[4] = {Dq, Dk, Dk, H}, C[4] = {H, H, H, Dq};
+    int k = 0;
+    for (int j = 0; j < 4; j++) {
+        f->at[j] = (fb_ar_linear){.w = fb_malloc(R[j] * C[j] * sizeof(float)), .rows = R[j], .cols = C[j]};
+        for (size_t i = 0; i < R[j] * C[j]; i++) f->at[j].w[i] = 0.09f * urand(&st);
+        f->at[j].scale = f->sc[k++] = fb_malloc(R[j] * C[j] / 128 * sizeof(float));
+        f->b.attn[j] = &f->at[j];
+        f->b.attn_tuned[j] = 1;
+    }
+    f->ex = fb_calloc(E, sizeof *f->ex);
+    for (size_t e = 0; e < E; e++) {
+        fb_ar_linear *L[3] = {&f->ex[e].gate, &f->ex[e].up, &f->ex[e].down};
+        for (int j = 0; j < 3; j++) {
+            *L[j] = (fb_ar_linear){.w = fb_malloc(H * H * sizeof(float)), .rows = H, .cols = H};
+            for (size_t i = 0; i < H * H; i++) L[j]->w[i] = 0.09f * urand(&st);
+            L[j]->scale = f->sc[k++] = fb_malloc(H * sizeof(float));
+        }
+    }
+    f->b = (fb_ar_block){.cfg = &f->c, .ln1 = f->ln1, .ln2 = f->ln2, .q_norm = qk ? f->qn : NULL,
+                         .k_norm = qk ? f->kn : NULL, .router = f->router,
+                         .router_bias = rk == FB_ROUTER_SIGMOID_BIAS ? f->bias : NULL,
+                         .attn = {&f->at[0], &f->at[1], &f->at[2], &f->at[3]}, .attn_tuned = {1, 1, 1, 1},
+                         .experts = f->ex, .experts_tuned = 1};
+}
+
+static void blk_drop(blkfix *f) {
+    for (int j = 0; j < 4; j++) free(f->at[j].w);
+    for (size_t e = 0; e < 4; e++) free(f->ex[e].gate.w), free(f->ex[e].up.w), free(f->ex[e].down.w);
+    for (int k = 0; k < 16; k++) free(f->sc[k]);
+    free(f->ex); free(f->ln1); free(f->ln2); free(f->qn); free(f->kn); free(f->router); free(f->bias);
+}
+
+static fb_ar_linear *blk_lin(blkfix *f, int j) {
+    if (j < 4) return &f->at[j];
+    fb_ar_expert *p = &f->ex[(j - 4) / 3];
+    return (j - 4) % 3 == 0 ? &p->gate : (j - 4) % 3 == 1 ? &p->up : &p->down;
+}
+
+static void blk_gradcheck(fb_qk_norm qk, fb_router_kind rk, int norm_topk, const char *label) {
+    blkfix f;
+    blk_make(&f, qk, rk, norm_topk, 777);
+    const size_t NS = 2, SEQ = 8, N = NS * SEQ, H = 128, NL = 16;
+    uint64_t st = 99;
+    float *x = fb_malloc(N * H * sizeof(float)), *t = fb_malloc(N * H * sizeof(float));
+    for (size_t i = 0; i < N * H; i++) x[i] = urand(&st), t[i] = x[i] + 0.5f * urand(&st);
+    float *g[16];
+    for (size_t j = 0; j < NL; j++) g[j] = fb_malloc(blk_lin(&f, (int)j)->rows * blk_lin(&f, (int)j)->cols * sizeof(float));
+    double loss, lp, lm;
+    fb_err err;
+    REQUIRE(fb_autoround_block_grad(x, t, NS, SEQ, &f.b, &loss, g, &err) == 0, "%s", err.msg);
+    size_t bad = 0, checked = 0;
+    double worst = 0;
+    for (size_t j = 0; j < NL; j++) {
+        fb_ar_linear *L = blk_lin(&f, (int)j);
+        size_t n = L->rows * L->cols, imax = 0;
+        float gmax = 0;
+        for (size_t i = 0; i < n; i++)
+            if (fabsf(g[j][i]) > gmax) gmax = fabsf(g[j][i]), imax = i;
+        if (gmax == 0) continue;  // an expert no token chose
+        size_t pick[3] = {imax, (size_t)(0.37 * (double)n), (size_t)(0.81 * (double)n)};
+        for (int p = 0; p < 3; p++) {
+            size_t i = pick[p];
+            float w = L->w[i], h = 1e-3f;
+            L->w[i] = w + h;
+            fb_autoround_block_grad(x, t, NS, SEQ, &f.b, &lp, NULL, &err);
+            L->w[i] = w - h;
+            fb_autoround_block_grad(x, t, NS, SEQ, &f.b, &lm, NULL, &err);
+            L->w[i] = w;
+            double fd = (lp - lm) / (2.0 * (double)h), e = fabs(fd - (double)g[j][i]) / (double)gmax;
+            if (e > worst) worst = e;
+            bad += e > 2e-3;
+            checked++;
+        }
+    }
+    CHECK(bad == 0 && checked >= 36, "block gradient (%s): %zu of %zu entries off central differences (worst %.2e of "
+          "the Linear's largest gradient)", label, bad, checked, worst);
+    for (size_t j = 0; j < NL; j++) free(g[j]);
+    free(x); free(t);
+    blk_drop(&f);
+}
+
+static void block_unit(void) {
+    blk_gradcheck(FB_QKN_ALL_HEADS, FB_ROUTER_SIGMOID_BIAS, 0, "MiniMax-M2: q/k norm over all heads, sigmoid router");
+    blk_gradcheck(FB_QKN_PER_HEAD, FB_ROUTER_SOFTMAX, 1, "Qwen3-MoE: per-head q/k norm, softmax router, top-k renormalised");
+    blk_gradcheck(FB_QKN_NONE, FB_ROUTER_SOFTMAX, 0, "no q/k norm, softmax router");
+    // tuning: v_proj fixed, the rest tuned
+    const size_t NS = 8, SEQ = 8, N = NS * SEQ, H = 128;
+    float *out[2][16];
+    for (int run = 0; run < 2; run++) {
+        blkfix f;
+        blk_make(&f, FB_QKN_ALL_HEADS, FB_ROUTER_SIGMOID_BIAS, 0, 4242);
+        f.b.attn_tuned[2] = 0;
+        float *v0 = fb_malloc(128 * 64 * sizeof(float));
+        memcpy(v0, f.at[2].w, 128 * 64 * sizeof(float));
+        uint64_t st = 5;
+        float *x = fb_malloc(N * H * sizeof(float)), *t = fb_malloc(N * H * sizeof(float));
+        for (size_t i = 0; i < N * H; i++) x[i] = urand(&st), t[i] = x[i] + 0.3f * urand(&st);
+        fb_ar_opts o = {.iters = 20, .batch_size = 4, .seed = 42};
+        fb_ar_result res;
+        fb_err err;
+        REQUIRE(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) == 0, "%s", err.msg);
+        if (run == 0)
+            CHECK(res.best_loss <= res.init_loss && res.final_mse < res.rtn_mse,
+                  "block: kept %g <= init %g, final %g < RTN %g", res.best_loss, res.init_loss, res.final_mse,
+                  res.rtn_mse);
+        CHECK(memcmp(v0, f.at[2].w, 128 * 64 * sizeof(float)) == 0, "block: the fixed v_proj was modified");
+        size_t bad = 0;
+        for (int j = 0; j < 16; j++) {
+            if (j == 2) continue;
+            fb_ar_linear *L = blk_lin(&f, j);
+            for (size_t r = 0; r < L->rows; r++)
+                for (size_t c = 0; c < L->cols; c++) {
+                    float s = L->scale[r * (L->cols / 128) + c / 128], w = L->w[r * L->cols + c], q = w / s;
+                    bad += q != nearbyintf(q) || q < -8 || q > 7 || !fb_f32_bits_eq(s, fb_f16_to_f32(fb_f32_to_f16(s)));
+                }
+            out[run][j] = fb_malloc(L->rows * L->cols * sizeof(float));
+            memcpy(out[run][j], L->w, L->rows * L->cols * sizeof(float));
+        }
+        CHECK(bad == 0, "block: %zu tuned weights are not an fp16 scale times a code in [-8, 7]", bad);
+        if (run == 1) {
+            size_t diff = 0;
+            for (int j = 0; j < 16; j++) {
+                if (j == 2) continue;
+                fb_ar_linear *L = blk_lin(&f, j);
+                diff += memcmp(out[0][j], out[1][j], L->rows * L->cols * sizeof(float)) != 0;
+                free(out[0][j]);
+                free(out[1][j]);
+            }
+            CHECK(diff == 0, "block: the same seed gave other weights in %zu Linears", diff);
+            // bad input: a NaN in the input, a wrong shape
+            x[77] = NAN;
+            CHECK(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "input element 77"),
+                  "block: a NaN input is refused naming it (%s)", err.msg);
+            x[77] = 0;
+            f.at[1].rows = 32;
+            CHECK(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "k_proj"),
+                  "block: a wrong k_proj shape is refused naming it (%s)", err.msg);
+            f.at[1].rows = 64;
+        }
+        free(v0); free(x); free(t);
+        blk_drop(&f);
+    }
+}
+
 int main(void) {
     fb_st_file *f;
     fb_err err;
@@ -364,6 +537,7 @@ int main(void) {
     nonfinite();
     signround(f);
     linear_unit();
+    block_unit();
     fb_st_close(f);
     TEST_MAIN_END();
 }

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "calib/mm.h"
 #include "quant/formats.h"
 
 #define G FB_AR_GROUP
@@ -167,9 +168,12 @@ typedef struct arlin {
     float *mn, *mx;     // [NG * R] min/max factors
     float *bmn, *bmx;
     float *lo, *hi;     // [NG * R] min(0, group), max(0, group) of the FP weight
+    int fixed;          // a Linear of the block that is not tuned: forward with w0, no step
+    float *gsave;       // gradient checks: keep dLoss/dwq here instead of stepping
 } arlin;
 
 static void lin_init(arlin *a, fb_ar_linear *L, float *gw) {
+    memset(a, 0, sizeof *a);
     a->L = L;
     a->R = L->rows;
     a->C = L->cols;
@@ -253,6 +257,16 @@ static void lin_step(arlin *a, float lr, float mlr, int minmax) {
     }
 }
 
+// What a backward does with a Linear's gradient in gw: the SignSGD step (tuned), nothing
+// (fixed), or keep it (gradient checks).
+static void lin_apply(arlin *a, float lr, float mlr, int minmax) {
+    if (a->gsave) memcpy(a->gsave, a->gw, a->R * a->C * sizeof(float));
+    else if (!a->fixed) lin_step(a, lr, mlr, minmax);
+}
+
+// Whether a backward needs a's weight gradient at all.
+static inline int lin_wants_grad(const arlin *a) { return a->gsave || !a->fixed; }
+
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 // Python's random module (MT19937, random.seed(int) = init_by_array of the seed's 32-bit words,
@@ -324,6 +338,8 @@ typedef struct moe_ws {
     size_t H, FF, E;
     float *xe, *re, *A, *Bm, *Hh, *Y, *dY;  // one expert's rows of a batch (capacity cap)
     size_t *pos, cap;                       // pos: the batch rows of that expert's tokens
+    float *dx;   // backward, optional: [n, H] dLoss/dx added (the joint block's MoE input)
+    float *dr;   // backward, optional: [n, E] dLoss/droute written for routed (token, expert)
 } moe_ws;
 
 // MoE output of the tokens tok[0..n) (rows of x) with the experts' FP (quant 0) or fake-quantized
@@ -360,10 +376,22 @@ static void moe_pass(const float *x, const float *route, const size_t *tok, size
         } else {
             for (size_t j = 0; j < m; j++)
                 for (size_t k = 0; k < H; k++) ws->dY[j * H + k] = ws->re[j] * grad[pos[j] * H + k];
+            if (ws->dr) {  // d out / d route[t, e] = the expert's output Y = Hh Wd^T
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)H, (int)FF, 1.0f, ws->Hh, (int)FF, Wd,
+                            (int)FF, 0.0f, ws->Y, (int)H);
+                for (size_t j = 0; j < m; j++) {
+                    const float *gr = grad + pos[j] * H, *y = ws->Y + j * H;
+                    float acc = 0;
+                    for (size_t k = 0; k < H; k++) acc += gr[k] * y[k];
+                    ws->dr[pos[j] * E + e] = acc;
+                }
+            }
             // dWd = dY^T Hh; dHh = dY Wd
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)H, (int)FF, (int)m, 1.0f, ws->dY, (int)H, ws->Hh,
-                        (int)FF, 0.0f, d->gw, (int)FF);
-            lin_step(d, lr, mlr, minmax);  // changes V and the factors, not d->wq that dHh reads
+            if (lin_wants_grad(d)) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)H, (int)FF, (int)m, 1.0f, ws->dY, (int)H,
+                            ws->Hh, (int)FF, 0.0f, d->gw, (int)FF);
+                lin_apply(d, lr, mlr, minmax);  // changes V and the factors, not d->wq that dHh reads
+            }
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)FF, (int)H, 1.0f, ws->dY, (int)H, Wd,
                         (int)FF, 0.0f, ws->Y, (int)FF);
             for (size_t i = 0; i < m * FF; i++) {
@@ -371,12 +399,24 @@ static void moe_pass(const float *x, const float *route, const size_t *tok, size
                 ws->Hh[i] = dh * ws->Bm[i] * (sg * (1.0f + a * (1.0f - sg)));  // dA
                 ws->Bm[i] = dh * (a * sg);                                     // dB
             }
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Hh, (int)FF, ws->xe,
-                        (int)H, 0.0f, g->gw, (int)H);
-            lin_step(g, lr, mlr, minmax);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Bm, (int)FF, ws->xe,
-                        (int)H, 0.0f, u->gw, (int)H);
-            lin_step(u, lr, mlr, minmax);
+            if (lin_wants_grad(g)) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Hh, (int)FF,
+                            ws->xe, (int)H, 0.0f, g->gw, (int)H);
+                lin_apply(g, lr, mlr, minmax);
+            }
+            if (lin_wants_grad(u)) {
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)FF, (int)H, (int)m, 1.0f, ws->Bm, (int)FF,
+                            ws->xe, (int)H, 0.0f, u->gw, (int)H);
+                lin_apply(u, lr, mlr, minmax);
+            }
+            if (ws->dx) {  // dx = dA Wg + dB Wu (xe is free now)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)H, (int)FF, 1.0f, ws->Hh, (int)FF,
+                            Wg, (int)H, 0.0f, ws->xe, (int)H);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)H, (int)FF, 1.0f, ws->Bm, (int)FF,
+                            Wu, (int)H, 1.0f, ws->xe, (int)H);
+                for (size_t j = 0; j < m; j++)
+                    for (size_t k = 0; k < H; k++) ws->dx[pos[j] * H + k] += ws->xe[j * H + k];
+            }
         }
     }
 }
@@ -398,7 +438,8 @@ typedef struct sr_unit {
 } sr_unit;
 
 static void sr_qdq(sr_unit *u) {
-    for (size_t j = 0; j < u->nlin; j++) lin_qdq(&u->lin[j], u->lin[j].v, u->lin[j].mn, u->lin[j].mx, u->lin[j].wq, NULL, NULL);
+    for (size_t j = 0; j < u->nlin; j++)
+        if (!u->lin[j].fixed) lin_qdq(&u->lin[j], u->lin[j].v, u->lin[j].mn, u->lin[j].mx, u->lin[j].wq, NULL, NULL);
 }
 
 // auto-round's tuning loop (autoround.h): iteration 0 is RTN, IndexSampler batches after
@@ -439,6 +480,7 @@ static void signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts 
             }
             for (size_t j = 0; j < u->nlin; j++) {
                 arlin *a = &u->lin[j];
+                if (a->fixed) continue;
                 memcpy(a->bv, a->v, a->R * a->C * sizeof(float));
                 memcpy(a->bmn, a->mn, a->NG * sizeof(float));
                 memcpy(a->bmx, a->mx, a->NG * sizeof(float));
@@ -453,6 +495,7 @@ static void signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts 
     if (o->not_use_best_mse) res->best_loss = best;
     for (size_t j = 0; j < u->nlin; j++) {
         arlin *a = &u->lin[j];
+        if (a->fixed) continue;
         lin_qdq(a, a->bv, a->bmn, a->bmx, a->wq, a->L->scale, a->L->q);
     }
     res->final_mse = u->full(u->ctx);
@@ -645,7 +688,7 @@ static void lin_bwd_b(void *ctx, const size_t *tok, size_t n, float lr, float ml
     // dW = dOut^T Xb (xb still holds the batch's rows from fwd)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)l->R, (int)l->C, (int)n, 1.0f, l->out, (int)l->R, l->xb,
                 (int)l->C, 0.0f, l->a->gw, (int)l->C);
-    lin_step(l->a, lr, mlr, minmax);
+    lin_apply(l->a, lr, mlr, minmax);
 }
 
 static double lin_full(void *ctx) {
@@ -690,5 +733,435 @@ int fb_autoround_tune_linear(const float *x, const float *target, size_t nsample
     memcpy(L->w, a.wq, R * C * sizeof(float));
     lin_free(&a);
     free(gw); free(l.xb); free(l.out); free(l.tb); free(l.all);
+    return 0;
+}
+
+// ---- a whole decoder block (attention + MoE) -------------------------------------------------
+
+// RMSNorm of rows of n values as fb_mm_rmsnorm computes it (y may alias x), keeping 1/rms per row.
+static void rms_fwd(const float *x, const float *w, float eps, size_t rows, size_t n, float *y, float *inv) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n;
+        float *yr = y + r * n;
+        double ss = 0;
+        for (size_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
+        float iv = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+        inv[r] = iv;
+        for (size_t i = 0; i < n; i++) yr[i] = w[i] * (xr[i] * iv);
+    }
+}
+
+// dx (= or +=) of y = w * x * r, r = (mean(x^2) + eps)^-1/2: w dy r - x r^3 mean(w dy x).
+// dx may alias dy when add is 0.
+static void rms_bwd(const float *x, const float *w, const float *inv, const float *dy, size_t rows, size_t n,
+                    float *dx, int add) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * n, *dr = dy + r * n;
+        float *o = dx + r * n, iv = inv[r];
+        double s = 0;
+        for (size_t i = 0; i < n; i++) s += (double)(dr[i] * w[i]) * xr[i];
+        float c = (float)(s / (double)n) * iv * iv * iv;
+        for (size_t i = 0; i < n; i++) {
+            float v = dr[i] * w[i] * iv - xr[i] * c;
+            o[i] = add ? o[i] + v : v;
+        }
+    }
+}
+
+// The backward of fb_mm_rope: the gradient rotated back by the same angles.
+static void rope_back(float *g, int n_heads, int head_dim, int rotary_dim, const float *inv_freq, int64_t pos) {
+    int half = rotary_dim / 2;
+    float p = (float)pos;
+    for (int i = 0; i < half; i++) {
+        float a = p * inv_freq[i], c = cosf(a), s = sinf(a);
+        for (int h = 0; h < n_heads; h++) {
+            float *gh = g + (size_t)h * head_dim, d1 = gh[i], d2 = gh[i + half];
+            gh[i] = d1 * c + d2 * s;
+            gh[i + half] = -d1 * s + d2 * c;
+        }
+    }
+}
+
+typedef struct blk_unit {
+    const fb_ar_block *b;
+    const fb_model_config *c;
+    const float *x, *target;
+    size_t N, seq, cap, H, Dq, Dk, hd, nh, nkv, E, K;
+    float eps, scale;
+    float *inv_freq;
+    arlin *lin;  // [4 + 3E]: q, k, v, o, then gate/up/down of each expert
+    moe_ws ws;
+    // one batch's activations (cap rows)
+    float *xb, *xn1, *r1, *Q, *Kp, *V, *Qr, *Kr, *rq, *rk, *AO, *h1, *xn2, *r2, *lg, *route, *out, *tb, *grad;
+    int32_t *idx;
+    // the backward's
+    float *dxn2, *dh1, *dAO, *dQ, *dK, *dV, *S, *dP, *dr, *scr, *wt;
+    size_t *ident, *all;
+} blk_unit;
+
+static void nt(const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+               size_t k, float beta) {  // c[m, n] = a[m, k] b[n, k]^T (+ beta c)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)lda, b, (int)ldb, beta, c,
+                (int)ldc);
+}
+static void nn(const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+               size_t k, float beta) {  // c[m, n] = a[m, k] b[k, n] (+ beta c)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)lda, b, (int)ldb, beta,
+                c, (int)ldc);
+}
+static void tn(const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+               size_t k, float beta) {  // c[m, n] = a[k, m]^T b[k, n] (+ beta c)
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)m, (int)n, (int)k, 1.0f, a, (int)lda, b, (int)ldb, beta, c,
+                (int)ldc);
+}
+
+// The causal softmax probabilities of one sample's head into u->S [seq, seq] (the engine's f32
+// attention: scores scaled, softmax over keys 0..r, the rest 0).
+static void blk_probs(blk_unit *u, const float *Qh, const float *Kh) {
+    size_t L = u->seq;
+    nt(Qh, u->Dq, Kh, u->Dk, u->S, L, L, L, u->hd, 0.0f);
+    for (size_t r = 0; r < L; r++) {
+        float *s = u->S + r * L;
+        for (size_t k = 0; k <= r; k++) s[k] *= u->scale;
+        fb_mm_softmax(s, r + 1);
+        for (size_t k = r + 1; k < L; k++) s[k] = 0.0f;
+    }
+}
+
+// The block's output for rows tok[0..n) of x (whole samples) into u->out, keeping what the
+// backward reads.
+static void blk_forward(blk_unit *u, const size_t *tok, size_t n) {
+    const fb_ar_block *b = u->b;
+    const fb_model_config *c = u->c;
+    size_t H = u->H, Dq = u->Dq, Dk = u->Dk, hd = u->hd, E = u->E, K = u->K, L = u->seq;
+    for (size_t t = 0; t < n; t++) memcpy(u->xb + t * H, u->x + tok[t] * H, H * sizeof(float));
+    rms_fwd(u->xb, b->ln1, u->eps, n, H, u->xn1, u->r1);
+    nt(u->xn1, H, u->lin[0].wq, H, u->Q, Dq, n, Dq, H, 0.0f);
+    nt(u->xn1, H, u->lin[1].wq, H, u->Kp, Dk, n, Dk, H, 0.0f);
+    nt(u->xn1, H, u->lin[2].wq, H, u->V, Dk, n, Dk, H, 0.0f);
+    if (c->qk_norm == FB_QKN_ALL_HEADS) {
+        rms_fwd(u->Q, b->q_norm, u->eps, n, Dq, u->Qr, u->rq);
+        rms_fwd(u->Kp, b->k_norm, u->eps, n, Dk, u->Kr, u->rk);
+    } else if (c->qk_norm == FB_QKN_PER_HEAD) {
+        rms_fwd(u->Q, b->q_norm, u->eps, n * u->nh, hd, u->Qr, u->rq);
+        rms_fwd(u->Kp, b->k_norm, u->eps, n * u->nkv, hd, u->Kr, u->rk);
+    } else {
+        memcpy(u->Qr, u->Q, n * Dq * sizeof(float));
+        memcpy(u->Kr, u->Kp, n * Dk * sizeof(float));
+    }
+    for (size_t t = 0; t < n; t++) {
+        fb_mm_rope(u->Qr + t * Dq, (int)u->nh, (int)hd, c->rotary_dim, u->inv_freq, (int64_t)(t % L));
+        fb_mm_rope(u->Kr + t * Dk, (int)u->nkv, (int)hd, c->rotary_dim, u->inv_freq, (int64_t)(t % L));
+    }
+    size_t grp = u->nh / u->nkv;
+    for (size_t s = 0; s < n / L; s++)
+        for (size_t h = 0; h < u->nh; h++) {
+            size_t g = h / grp, r0 = s * L;
+            blk_probs(u, u->Qr + r0 * Dq + h * hd, u->Kr + r0 * Dk + g * hd);
+            nn(u->S, L, u->V + r0 * Dk + g * hd, Dk, u->AO + r0 * Dq + h * hd, Dq, L, hd, L, 0.0f);
+        }
+    nt(u->AO, Dq, u->lin[3].wq, Dq, u->h1, H, n, H, Dq, 0.0f);
+    for (size_t i = 0; i < n * H; i++) u->h1[i] = u->xb[i] + u->h1[i];
+    rms_fwd(u->h1, b->ln2, u->eps, n, H, u->xn2, u->r2);
+    nt(u->xn2, H, b->router, H, u->lg, E, n, E, H, 0.0f);
+    memset(u->route, 0, n * E * sizeof(float));
+    for (size_t t = 0; t < n; t++) {
+        int32_t *ix = u->idx + t * K;
+        if (c->router == FB_ROUTER_SOFTMAX)
+            fb_mm_route_softmax(u->lg + t * E, (int)E, (int)K, c->norm_topk_prob, ix, u->wt, u->scr);
+        else
+            fb_mm_route(u->lg + t * E, b->router_bias, (int)E, (int)K, ix, u->wt, u->scr);
+        for (size_t j = 0; j < K; j++) u->route[t * E + (size_t)ix[j]] = u->wt[j];
+    }
+    moe_pass(u->xn2, u->route, u->ident, n, u->lin + 4, 1, &u->ws, u->out, NULL, 0, 0, 0);
+    for (size_t i = 0; i < n * H; i++) u->out[i] = u->h1[i] + u->out[i];
+}
+
+// Back-propagates u->grad (dLoss/dout of the last forward's n rows) to every Linear's weight and
+// applies it (lin_apply: the SignSGD step, or keeping it).
+static void blk_backward(blk_unit *u, size_t n, float lr, float mlr, int minmax) {
+    const fb_ar_block *b = u->b;
+    const fb_model_config *c = u->c;
+    size_t H = u->H, Dq = u->Dq, Dk = u->Dk, hd = u->hd, E = u->E, K = u->K, L = u->seq;
+    // the experts, and the gradient of their input and of the routing weights
+    memset(u->dxn2, 0, n * H * sizeof(float));
+    memset(u->dr, 0, n * E * sizeof(float));
+    u->ws.dx = u->dxn2;
+    u->ws.dr = u->dr;
+    moe_pass(u->xn2, u->route, u->ident, n, u->lin + 4, 1, &u->ws, NULL, u->grad, lr, mlr, minmax);
+    u->ws.dx = u->ws.dr = NULL;
+    // the router: routing weights -> logits (the top-k choice passes nothing), into lg
+    for (size_t t = 0; t < n; t++) {
+        float *lg = u->lg + t * E, *dr = u->dr + t * E;
+        const int32_t *ix = u->idx + t * K;
+        if (c->router == FB_ROUTER_SOFTMAX) {
+            float *p = u->scr;
+            memcpy(p, lg, E * sizeof(float));
+            fb_mm_softmax(p, E);
+            float P = 0, dot = 0;
+            for (size_t j = 0; j < K; j++) P += p[ix[j]];
+            for (size_t j = 0; j < K; j++) dot += dr[ix[j]] * (p[ix[j]] / P);
+            float *dp = u->wt;  // K values
+            for (size_t j = 0; j < K; j++) dp[j] = c->norm_topk_prob ? (dr[ix[j]] - dot) / P : dr[ix[j]];
+            float pd = 0;
+            for (size_t j = 0; j < K; j++) pd += dp[j] * p[ix[j]];
+            for (size_t e = 0; e < E; e++) lg[e] = -p[e] * pd;
+            for (size_t j = 0; j < K; j++) lg[ix[j]] += p[ix[j]] * dp[j];
+        } else {
+            float *sg = u->wt, S = 0, dot = 0;
+            for (size_t j = 0; j < K; j++) {
+                sg[j] = 1.0f / (1.0f + expf(-lg[ix[j]]));
+                S += sg[j];
+            }
+            for (size_t j = 0; j < K; j++) dot += dr[ix[j]] * (sg[j] / S);
+            memset(lg, 0, E * sizeof(float));
+            for (size_t j = 0; j < K; j++) lg[ix[j]] = (dr[ix[j]] - dot) / S * (sg[j] * (1.0f - sg[j]));
+        }
+    }
+    nn(u->lg, E, b->router, H, u->dxn2, H, n, H, E, 1.0f);
+    // the post-attention norm and the residual
+    memcpy(u->dh1, u->grad, n * H * sizeof(float));
+    rms_bwd(u->h1, b->ln2, u->r2, u->dxn2, n, H, u->dh1, 1);
+    // o_proj
+    arlin *lo = &u->lin[3];
+    if (lin_wants_grad(lo)) {
+        tn(u->dh1, H, u->AO, Dq, lo->gw, Dq, H, Dq, n, 0.0f);
+        lin_apply(lo, lr, mlr, minmax);
+    }
+    nn(u->dh1, H, lo->wq, Dq, u->dAO, Dq, n, Dq, H, 0.0f);
+    // attention, per sample and head (probabilities recomputed)
+    memset(u->dK, 0, n * Dk * sizeof(float));
+    memset(u->dV, 0, n * Dk * sizeof(float));
+    size_t grp = u->nh / u->nkv;
+    for (size_t s = 0; s < n / L; s++)
+        for (size_t h = 0; h < u->nh; h++) {
+            size_t g = h / grp, r0 = s * L;
+            const float *Qh = u->Qr + r0 * Dq + h * hd, *Kh = u->Kr + r0 * Dk + g * hd;
+            const float *dO = u->dAO + r0 * Dq + h * hd;
+            blk_probs(u, Qh, Kh);
+            nt(dO, Dq, u->V + r0 * Dk + g * hd, Dk, u->dP, L, L, L, hd, 0.0f);
+            tn(u->S, L, dO, Dq, u->dV + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f);
+            for (size_t r = 0; r < L; r++) {
+                float *p = u->S + r * L, *dp = u->dP + r * L, dot = 0;
+                for (size_t k = 0; k <= r; k++) dot += p[k] * dp[k];
+                for (size_t k = 0; k <= r; k++) dp[k] = p[k] * (dp[k] - dot) * u->scale;
+                for (size_t k = r + 1; k < L; k++) dp[k] = 0.0f;
+            }
+            nn(u->dP, L, Kh, Dk, u->dQ + r0 * Dq + h * hd, Dq, L, hd, L, 0.0f);
+            tn(u->dP, L, Qh, Dq, u->dK + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f);
+        }
+    for (size_t t = 0; t < n; t++) {
+        rope_back(u->dQ + t * Dq, (int)u->nh, (int)hd, c->rotary_dim, u->inv_freq, (int64_t)(t % L));
+        rope_back(u->dK + t * Dk, (int)u->nkv, (int)hd, c->rotary_dim, u->inv_freq, (int64_t)(t % L));
+    }
+    if (c->qk_norm == FB_QKN_ALL_HEADS) {
+        rms_bwd(u->Q, b->q_norm, u->rq, u->dQ, n, Dq, u->dQ, 0);
+        rms_bwd(u->Kp, b->k_norm, u->rk, u->dK, n, Dk, u->dK, 0);
+    } else if (c->qk_norm == FB_QKN_PER_HEAD) {
+        rms_bwd(u->Q, b->q_norm, u->rq, u->dQ, n * u->nh, hd, u->dQ, 0);
+        rms_bwd(u->Kp, b->k_norm, u->rk, u->dK, n * u->nkv, hd, u->dK, 0);
+    }
+    const float *dY[3] = {u->dQ, u->dK, u->dV};
+    size_t R[3] = {Dq, Dk, Dk};
+    for (int j = 0; j < 3; j++) {
+        arlin *a = &u->lin[j];
+        if (!lin_wants_grad(a)) continue;
+        tn(dY[j], R[j], u->xn1, H, a->gw, H, R[j], H, n, 0.0f);
+        lin_apply(a, lr, mlr, minmax);
+    }
+}
+
+static double blk_fwd_b(void *ctx, const size_t *tok, size_t n) {
+    blk_unit *u = ctx;
+    size_t H = u->H;
+    blk_forward(u, tok, n);
+    for (size_t t = 0; t < n; t++) memcpy(u->tb + t * H, u->target + tok[t] * H, H * sizeof(float));
+    double loss = (double)(float)mse(u->out, u->tb, n * H);
+    const float k = 2000.0f / (float)(n * H);
+    for (size_t i = 0; i < n * H; i++) u->grad[i] = (u->out[i] - u->tb[i]) * k;
+    return loss;
+}
+
+static void blk_bwd_b(void *ctx, const size_t *tok, size_t n, float lr, float mlr, int minmax) {
+    (void)tok;
+    blk_backward(ctx, n, lr, mlr, minmax);
+}
+
+static double blk_full(void *ctx) {
+    blk_unit *u = ctx;
+    double s = 0;
+    for (size_t t0 = 0; t0 < u->N; t0 += u->cap) {
+        size_t n = u->N - t0 < u->cap ? u->N - t0 : u->cap;
+        blk_forward(u, u->all + t0, n);
+        s += mse(u->out, u->target + t0 * u->H, n * u->H) * (double)(n * u->H);
+    }
+    return s / (double)(u->N * u->H);
+}
+
+static int finite_or_fail(const float *p, size_t n, const char *what, fb_err *err) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(p[i])) return fb_fail(err, "AutoRound block: %s element %zu is %g", what, i, (double)p[i]);
+    return 0;
+}
+
+// Checks the block's shapes and values; sets u's sizes.
+static int blk_check(blk_unit *u, const fb_ar_block *b, const float *x, const float *target, size_t nsamples,
+                     size_t seq, size_t bs, fb_err *err) {
+    const fb_model_config *c = b->cfg;
+    memset(u, 0, sizeof *u);
+    u->b = b, u->c = c, u->x = x, u->target = target, u->seq = seq;
+    if (!c || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads || c->head_dim <= 0 ||
+        c->rotary_dim < 0 || c->rotary_dim > c->head_dim || c->rotary_dim % 2 || c->n_experts <= 0 || c->top_k <= 0 ||
+        c->top_k > c->n_experts || c->top_k > 64 || c->inter <= 0)
+        return fb_fail(err, "AutoRound block: the model configuration is not one this loop can run");
+    u->H = (size_t)c->hidden, u->nh = (size_t)c->n_heads, u->nkv = (size_t)c->n_kv_heads, u->hd = (size_t)c->head_dim;
+    u->Dq = u->nh * u->hd, u->Dk = u->nkv * u->hd, u->E = (size_t)c->n_experts, u->K = (size_t)c->top_k;
+    u->N = nsamples * seq, u->cap = bs * seq, u->eps = (float)c->eps;
+    u->scale = (float)pow((double)u->hd, -0.5);
+    size_t H = u->H, FF = (size_t)c->inter, big = u->Dq > H ? u->Dq : H;
+    if (big < FF) big = FF;
+    if (big < u->E) big = u->E;
+    if (!u->N || big > INT_MAX / 2 || u->cap > INT_MAX / big || seq > 46340)
+        return fb_fail(err, "AutoRound block: %zu samples x %zu tokens (batch %zu) with widths up to %zu are out of range",
+                       nsamples, seq, bs, big);
+    size_t rows[4] = {u->Dq, u->Dk, u->Dk, H}, cols[4] = {H, H, H, u->Dq};
+    static const char *const nm[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    for (int j = 0; j < 4; j++) {
+        const fb_ar_linear *l = b->attn[j];
+        if (!l || l->rows != rows[j] || l->cols != cols[j] || (b->attn_tuned[j] && l->cols % G))
+            return fb_fail(err, "AutoRound block: %s is [%zu, %zu], expected [%zu, %zu]", nm[j], l ? l->rows : 0,
+                           l ? l->cols : 0, rows[j], cols[j]);
+        if (check_finite(l->w, l->rows, l->cols, NULL, err)) return fb_fail(err, "%s: %s", nm[j], err->msg);
+    }
+    for (size_t e = 0; e < u->E; e++) {
+        const fb_ar_expert *p = &b->experts[e];
+        if (p->gate.rows != FF || p->gate.cols != H || p->up.rows != FF || p->up.cols != H || p->down.rows != H ||
+            p->down.cols != FF || (b->experts_tuned && FF % G))
+            return fb_fail(err, "AutoRound block: expert %zu: gate [%zu, %zu], up [%zu, %zu], down [%zu, %zu] for hidden "
+                                "%zu, intermediate %zu", e, p->gate.rows, p->gate.cols, p->up.rows, p->up.cols,
+                           p->down.rows, p->down.cols, H, FF);
+        const fb_ar_linear *ls[3] = {&p->gate, &p->up, &p->down};
+        for (int j = 0; j < 3; j++)
+            if (check_finite(ls[j]->w, ls[j]->rows, ls[j]->cols, NULL, err))
+                return fb_fail(err, "expert %zu %s: %s", e, j == 0 ? "gate" : j == 1 ? "up" : "down", err->msg);
+    }
+    size_t qn = c->qk_norm == FB_QKN_ALL_HEADS ? u->Dq : u->hd, kn = c->qk_norm == FB_QKN_ALL_HEADS ? u->Dk : u->hd;
+    if (!b->ln1 || !b->ln2 || !b->router || (c->qk_norm != FB_QKN_NONE && (!b->q_norm || !b->k_norm)))
+        return fb_fail(err, "AutoRound block: a norm or the router weight is missing");
+    if (finite_or_fail(b->ln1, H, "input_layernorm", err) || finite_or_fail(b->ln2, H, "post_attention_layernorm", err) ||
+        finite_or_fail(b->router, u->E * H, "router", err) ||
+        (b->router_bias && finite_or_fail(b->router_bias, u->E, "router bias", err)) ||
+        (c->qk_norm != FB_QKN_NONE &&
+         (finite_or_fail(b->q_norm, qn, "q_norm", err) || finite_or_fail(b->k_norm, kn, "k_norm", err))) ||
+        finite_or_fail(x, u->N * H, "input", err) || finite_or_fail(target, u->N * H, "target", err))
+        return -1;
+    return 0;
+}
+
+static void *fa(size_t n) { return fb_aligned_alloc(n * sizeof(float) + 64); }
+
+// Allocates the activations and the arlins' shells; lin[j].{L, R, C, w0} set, the rest the caller's.
+static void blk_alloc(blk_unit *u) {
+    size_t cap = u->cap, H = u->H, Dq = u->Dq, Dk = u->Dk, E = u->E, FF = (size_t)u->c->inter, L = u->seq;
+    size_t HI = H > FF ? H : FF, nr = u->c->qk_norm == FB_QKN_PER_HEAD ? cap * u->nh : cap;
+    u->inv_freq = fa((size_t)u->c->rotary_dim / 2 + 1);
+    fb_mm_rope_inv_freq(u->c->rope_theta, u->c->rotary_dim, u->inv_freq);
+    u->xb = fa(cap * H), u->xn1 = fa(cap * H), u->r1 = fa(cap), u->Q = fa(cap * Dq), u->Kp = fa(cap * Dk);
+    u->V = fa(cap * Dk), u->Qr = fa(cap * Dq), u->Kr = fa(cap * Dk), u->rq = fa(nr), u->rk = fa(nr);
+    u->AO = fa(cap * Dq), u->h1 = fa(cap * H), u->xn2 = fa(cap * H), u->r2 = fa(cap), u->lg = fa(cap * E);
+    u->route = fa(cap * E), u->out = fa(cap * H), u->tb = fa(cap * H), u->grad = fa(cap * H);
+    u->idx = fb_malloc(cap * u->K * sizeof(int32_t));
+    u->dxn2 = fa(cap * H), u->dh1 = fa(cap * H), u->dAO = fa(cap * Dq), u->dQ = fa(cap * Dq), u->dK = fa(cap * Dk);
+    u->dV = fa(cap * Dk), u->S = fa(L * L), u->dP = fa(L * L), u->dr = fa(cap * E), u->scr = fa(E), u->wt = fa(64);
+    u->ident = fb_malloc(cap * sizeof(size_t));
+    for (size_t i = 0; i < cap; i++) u->ident[i] = i;
+    u->all = fb_malloc(u->N * sizeof(size_t));
+    for (size_t i = 0; i < u->N; i++) u->all[i] = i;
+    u->ws = (moe_ws){.H = H, .FF = FF, .E = E, .cap = cap};
+    u->ws.xe = fa(cap * H), u->ws.re = fa(cap), u->ws.A = fa(cap * FF), u->ws.Bm = fa(cap * FF);
+    u->ws.Hh = fa(cap * FF), u->ws.Y = fa(cap * HI), u->ws.dY = fa(cap * H);
+    u->ws.pos = fb_malloc(cap * sizeof(size_t));
+    u->lin = fb_calloc(4 + 3 * E, sizeof(arlin));
+}
+
+static void blk_free(blk_unit *u) {
+    float *f[] = {u->inv_freq, u->xb, u->xn1, u->r1, u->Q, u->Kp, u->V, u->Qr, u->Kr, u->rq, u->rk, u->AO, u->h1,
+                  u->xn2, u->r2, u->lg, u->route, u->out, u->tb, u->grad, u->dxn2, u->dh1, u->dAO, u->dQ, u->dK,
+                  u->dV, u->S, u->dP, u->dr, u->scr, u->wt, u->ws.xe, u->ws.re, u->ws.A, u->ws.Bm, u->ws.Hh, u->ws.Y,
+                  u->ws.dY};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) free(f[i]);
+    free(u->idx); free(u->ident); free(u->all); free(u->ws.pos); free(u->lin);
+}
+
+// The block's Linears in order: q, k, v, o, then each expert's gate, up, down.
+static fb_ar_linear *blk_linear(const fb_ar_block *b, size_t j) {
+    if (j < 4) return b->attn[j];
+    fb_ar_expert *p = &b->experts[(j - 4) / 3];
+    return (j - 4) % 3 == 0 ? &p->gate : (j - 4) % 3 == 1 ? &p->up : &p->down;
+}
+
+static size_t blk_max_linear(const blk_unit *u) {
+    size_t m = 0;
+    for (size_t j = 0; j < 4 + 3 * u->E; j++) {
+        const fb_ar_linear *l = blk_linear(u->b, j);
+        if (l->rows * l->cols > m) m = l->rows * l->cols;
+    }
+    return m;
+}
+
+int fb_autoround_tune_block(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_block *b,
+                            const fb_ar_opts *o, fb_ar_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    if (o->iters < 1) return fb_fail(err, "AutoRound block: %d iterations", o->iters);
+    size_t bs = o->batch_size ? o->batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    blk_unit u;
+    if (blk_check(&u, b, x, target, nsamples, seq, bs, err)) return -1;
+    blk_alloc(&u);
+    size_t nl = 4 + 3 * u.E;
+    float *gw = fa(blk_max_linear(&u));
+    for (size_t j = 0; j < nl; j++) {
+        fb_ar_linear *l = blk_linear(b, j);
+        int tuned = j < 4 ? b->attn_tuned[j] : b->experts_tuned;
+        arlin *a = &u.lin[j];
+        if (tuned) lin_init(a, l, gw);
+        else {  // read as it is: its FP weight is both w0 and wq
+            a->L = l, a->R = l->rows, a->C = l->cols, a->w0 = l->w, a->wq = l->w, a->gw = gw, a->fixed = 1;
+        }
+    }
+    sr_unit su = {.lin = u.lin, .nlin = nl, .ctx = &u, .fwd = blk_fwd_b, .bwd = blk_bwd_b, .full = blk_full};
+    signround(&su, nsamples, seq, o, res);
+    for (size_t j = 0; j < nl; j++) {
+        arlin *a = &u.lin[j];
+        if (a->fixed) continue;
+        memcpy(a->L->w, a->wq, a->R * a->C * sizeof(float));
+        lin_free(a);
+    }
+    free(gw);
+    blk_free(&u);
+    return 0;
+}
+
+int fb_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq, const fb_ar_block *b,
+                            double *loss, float **grads, fb_err *err) {
+    blk_unit u;
+    if (blk_check(&u, b, x, target, nsamples, seq, nsamples, err)) return -1;
+    blk_alloc(&u);
+    size_t nl = 4 + 3 * u.E;
+    float *gw = fa(blk_max_linear(&u));
+    for (size_t j = 0; j < nl; j++) {
+        fb_ar_linear *l = blk_linear(b, j);
+        arlin *a = &u.lin[j];
+        a->L = l, a->R = l->rows, a->C = l->cols, a->w0 = l->w, a->wq = l->w, a->gw = gw;
+        a->fixed = 1, a->gsave = grads ? grads[j] : NULL;
+    }
+    blk_forward(&u, u.all, u.N);
+    double s = mse(u.out, target, u.N * u.H);
+    *loss = 1000.0 * s;
+    const float k = 2000.0f / (float)(u.N * u.H);
+    for (size_t i = 0; i < u.N * u.H; i++) u.grad[i] = (u.out[i] - target[i]) * k;
+    blk_backward(&u, u.N, 0, 0, 0);
+    free(gw);
+    blk_free(&u);
     return 0;
 }

@@ -47,21 +47,23 @@
 //   (an expert without tokens has zero gradients: it stays RTN).
 // NVFP4: auto-round 0.16.1 tunes nv_fp4 too (its own data_type/nvfp.py); not implemented here.
 //
-// What fourbit implements of SignRound (fb_autoround_tune_moe): the block's routed-expert part,
-// out(t) = sum_e route[t, e] * down_e(silu(gate_e x_t) * up_e x_t), with analytic gradients, the
-// same parameters, fake quantization, loss, optimizer, schedule and best-iteration rule, in f32
-// (auto-round runs the block under bf16 autocast on a bf16 model). Differences from auto-round:
-// the attention half of the block is not tuned here (the caller passes the MoE input and the FP
-// MoE output as target); the routing is an input (the router is never quantized, so within a
-// block a sample's routing is fixed); the mini-batches are drawn with Python's generator seeded
-// with `seed` at each call (auto-round seeds once per run, so from its second block on the order
-// differs). Deterministic for a given seed (and thread count of the BLAS).
+// What fourbit implements of SignRound: the whole block (fb_autoround_tune_block, the layer
+// loop's unit), the routed-expert part alone (fb_autoround_tune_moe) and one Linear
+// (fb_autoround_tune_linear; the last two serve --expert-group), all with analytic gradients and
+// the same parameters, fake quantization, loss, optimizer, schedule and best-iteration rule, in
+// f32 (auto-round runs the block under bf16 autocast on a bf16 model; on a CPU without bf16 it
+// runs f32 as here). The block's forward is the engine's f32 forward (calib/forward.c); the
+// router is recomputed on every forward and its top-k choice passes no gradient, as under
+// autograd. The mini-batches are drawn with Python's generator seeded with `seed` at each call
+// (auto-round seeds once per run, so from its second block on the order differs). Deterministic
+// for a given seed (and thread count of the BLAS).
 #ifndef FB_CALIB_AUTOROUND_H
 #define FB_CALIB_AUTOROUND_H
 
 #include <stddef.h>
 #include <stdint.h>
 
+#include "arch/arch.h"
 #include "common/fb.h"
 
 #define FB_AR_GROUP 128  // W4A16 group size (columns per scale)
@@ -150,5 +152,42 @@ void fb_autoround_moe_forward(const float *x, size_t n_tok, size_t H, const floa
 // Linears (see jobs/tune.h). Replaces L->w with s * q and fills L->scale / L->q.
 int fb_autoround_tune_linear(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_linear *L,
                              const fb_ar_opts *o, fb_ar_result *res, fb_err *err);
+
+// One decoder block for joint SignRound (auto-round's unit): attention (RMSNorm, q/k/v, q/k
+// norm, partial RoPE, causal GQA softmax attention, o_proj, residual), RMSNorm, router and routed
+// SwiGLU experts (residual), in f32 as the engine's f32 forward computes it (calib/forward.c).
+// Weights are the caller's f32 arrays: the fixed ones are only read; each Linear marked tuned
+// is replaced at the end by s * q with its scales (fb_ar_linear).
+typedef struct fb_ar_block {
+    const fb_model_config *cfg;     // shapes, eps, rope, q/k norm kind, router kind
+    const float *ln1, *ln2;         // [hidden] input / post-attention RMSNorm weights
+    const float *q_norm, *k_norm;   // per cfg->qk_norm ([heads * head_dim] or [head_dim]); NULL if none
+    const float *router;            // [experts, hidden]
+    const float *router_bias;       // [experts] correction bias (sigmoid router), or NULL
+    fb_ar_linear *attn[4];          // q [Dq, H], k [Dk, H], v [Dk, H], o [H, Dq]
+    int attn_tuned[4];
+    fb_ar_expert *experts;          // [experts]
+    int experts_tuned;              // all routed experts tuned, or none
+} fb_ar_block;
+
+// SignRound on a whole block, as auto-round tunes it: every tuned Linear's V and min/max factors
+// by one loss, the MSE of the block output on x [nsamples * seq, H] (the quantized chain's block
+// input; samples of seq tokens, positions 0..seq-1) against target [nsamples * seq, H] (the FP
+// block's output on the FP chain), back-propagated through the experts, the routing weights
+// (the router recomputed on every forward, its top-k choice passing no gradient, as autograd
+// does), the norms, the attention and RoPE. Same parameters, quantizer, optimizer, schedule,
+// mini-batches and best-iteration rule as fb_autoround_tune_moe. Memory: fb_autoround_tune_moe's
+// per tuned Linear plus one batch's activations (bs * seq tokens; attention probabilities are
+// recomputed in the backward per sample and head, [seq, seq] at a time). GEMMs through BLAS.
+// Fails on inconsistent shapes, non-finite inputs or weights (nothing modified then).
+int fb_autoround_tune_block(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_block *b,
+                            const fb_ar_opts *o, fb_ar_result *res, fb_err *err);
+
+// The block's loss and gradients with the Linears' weights as given (no quantization): *loss =
+// 1000 * MSE(block(x), target) over all rows, grads[j] = dloss/dW of Linear j (q, k, v, o, then
+// gate, up, down of each expert; a NULL entry is skipped). For gradient checks (tests); the
+// forward and backward are fb_autoround_tune_block's. x holds nsamples * seq rows.
+int fb_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq, const fb_ar_block *b,
+                            double *loss, float **grads, fb_err *err);
 
 #endif

@@ -514,7 +514,8 @@ static void tune_module_done(void *u, const fb_tune_linear *l, const fb_tune_sta
         ;  // the routed experts' loss is reported once, on the group's first Linear
     else if (t->j->o->verbose && t->autoround)
         fprintf(t->report, "  layer %d %-60s AutoRound %s MSE %.6g -> %.6g (RTN -> tuned, %.2f s)\n", l->layer, l->name,
-                st->joint ? "experts' block-output" : "output", st->loss_rtn, st->loss, st->seconds);
+                st->joint == 2 ? "block-output (all its Linears jointly)"
+                : st->joint ? "experts' block-output" : "output", st->loss_rtn, st->loss, st->seconds);
     else if (t->j->o->verbose)
         fprintf(t->report, "  layer %d %-60s GPTQ loss %.6g%s (%.2f s)\n", l->layer, l->name, st->loss,
                 st->dead_columns ? " (dead input columns)" : "", st->seconds);

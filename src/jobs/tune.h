@@ -31,18 +31,21 @@
 // AutoRound (auto-round 0.16.1's SignRound, calib/autoround.h), two chains as auto-round keeps
 // them: the FP chain (every layer original: its outputs are the targets) and the quantized chain
 // (the tuned layers before: its outputs are the inputs, enable_quanted_input). For layer l:
-//     1. FP pass on the FP chain's input: the attention Linears' inputs and the layer output;
-//     2. quantized-chain pass: the q/k/v input; q/k/v tuned, each against its own FP output
-//        (the FP chain's input times the original weight); then a pass with the tuned q/k/v for
-//        o_proj's input, and o_proj tuned likewise (auto-round's layer-wise unit, _quantize_layer:
-//        fourbit does not backpropagate through attention; auto-round tunes the block's Linears
-//        jointly against the block output);
-//     3. a pass with the tuned attention and the original experts: the MoE input and the real
+//     1. FP pass on the FP chain's input: the layer output (the target);
+//     2. the whole block tuned as one unit, as auto-round does (fb_autoround_tune_block): every
+//        tuned Linear of the layer against the MSE of the block output on the quantized chain's
+//        input, back-propagated through experts, routing, norms, RoPE and attention; the
+//        untuned parts (norms, router, ignored Linears) read as the engine reads them.
+//   With --expert-group smaller than the layer's experts (memory), 2. is instead:
+//     2a. FP pass captures the attention Linears' inputs; a quantized-chain pass the q/k/v input;
+//        q/k/v tuned, each against its own FP output (the FP chain's input times the original
+//        weight); then a pass with the tuned q/k/v for o_proj's input, and o_proj tuned likewise
+//        (auto-round's layer-wise unit, _quantize_layer);
+//     2b. a pass with the tuned attention and the original experts: the MoE input and the real
 //        top-k routing of the quantized chain, and the layer output; the routed experts are then
-//        tuned jointly against the FP block output (fb_autoround_tune_moe, the target shifted by
-//        what the tuned attention changed, so that its loss is the block-output MSE), in groups
-//        of expert_group experts when the layer's experts do not fit (the other groups held at
-//        their current weights);
+//        tuned against the FP block output (fb_autoround_tune_moe, the target shifted by what
+//        the tuned attention changed, so that its loss is the block-output MSE), expert_group at
+//        a time (the other groups held at their current weights);
 //     4. the propagation pass with every tuned weight: the next layer's quantized-chain input.
 //   iters 0 (auto-round's RTN mode, algorithms/quantization/rtn): no tuning and no quantized
 //   chain; the attention Linears get the optimized RTN (fb_autoround_opt_rtn in float32, as auto-round
@@ -93,8 +96,9 @@ typedef struct fb_tune_stat {
     double loss;               // the algorithm's loss (GPTQ: sum err^2 / 2; AutoRound: the MSE
                                // of its unit's output over every sample with the kept weights)
     double loss_rtn;           // AutoRound: that MSE with round-to-nearest weights (iteration 0)
-    int joint;                 // AutoRound: 1 for the routed experts (one loss for the group,
-                               // reported on its first Linear; 0 on the others), 0 per Linear
+    int joint;                 // AutoRound: 2 for a whole block, 1 for a group of routed experts
+                               // (one loss for the unit, reported on its first Linear; 0 on the
+                               // others), 0 per Linear
     int rtn_fallback;          // 1: fell back to round-to-nearest (non-PD Hessian)
     size_t dead_columns;
     double seconds;

@@ -1,6 +1,6 @@
-// tune_autoround.c: the AutoRound layer loop (jobs/tune.h: two chains, four kinds of pass per
-// layer, attention Linears tuned one by one, routed experts jointly; calib/autoround.h does the
-// tuning itself).
+// tune_autoround.c: the AutoRound layer loop (jobs/tune.h: two chains; each block tuned as one
+// unit, or with --expert-group its attention Linears one by one and its routed experts in groups;
+// calib/autoround.h does the tuning itself).
 #include <math.h>
 #include <string.h>
 
@@ -240,6 +240,130 @@ static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const
     return rc;
 }
 
+// A tensor of layer l by its role, f32 as the engine reads it (norms, router, fixed Linears).
+static int load_role(fb_wsrc *base, const fb_model_config *cfg, fb_role r, int l, int x, int ndim, int64_t d0,
+                     int64_t d1, float *out, fb_err *err) {
+    char n[1024];
+    if (fb_arch_tensor(cfg->arch, r, l, x, n, sizeof n))
+        return fb_fail(err, "AutoRound: layer %d: %s has no tensor name in %s", l, fb_role_name(r), cfg->arch->label);
+    int64_t sh[2] = {d0, d1};
+    if (fb_wsrc_load_full(base, n, ndim, sh, out, err)) return -1;
+    int64_t at = fb_find_nonfinite(FB_F32, out, (size_t)(ndim == 2 ? d0 * d1 : d0), 1);
+    if (at >= 0) return fb_fail(err, "%s: tensor %s: not finite at element %lld", base->desc, n, (long long)at);
+    return 0;
+}
+
+// The whole block l tuned at once (auto-round's unit): x the quantized chain's block input, T
+// the FP block's output. Tuned Linears (attn[0..na), the experts in ms when nx) are loaded as the
+// reference's bf16 model holds them; the rest of the block (norms, router, untuned Linears) as
+// the engine reads it.
+static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb_model_config *cfg, int l,
+                      const fb_tune_linear *const *attn, size_t na, const moe_set *ms, size_t nx, const float *x,
+                      const float *T, size_t nsamples, size_t seq, fb_tune_result *res, fb_err *err) {
+    double t0 = fb_now();
+    size_t H = (size_t)cfg->hidden, E = (size_t)cfg->n_experts, FF = (size_t)cfg->inter, hd = (size_t)cfg->head_dim;
+    size_t Dq = (size_t)cfg->n_heads * hd, Dk = (size_t)cfg->n_kv_heads * hd;
+    int all = cfg->qk_norm == FB_QKN_ALL_HEADS;
+    float *ln1 = fb_malloc(H * sizeof(float)), *ln2 = fb_malloc(H * sizeof(float));
+    float *qn = fb_malloc((all ? Dq : hd) * sizeof(float)), *kn = fb_malloc((all ? Dk : hd) * sizeof(float));
+    float *rt = fb_malloc(E * H * sizeof(float)), *bias = NULL;
+    fb_ar_linear at[4] = {{0}};
+    fb_ar_expert *ex = fb_calloc(E, sizeof *ex);
+    const fb_tune_linear *who[4] = {0};
+    static const fb_role roles[4] = {FB_ROLE_Q, FB_ROLE_K, FB_ROLE_V, FB_ROLE_O};
+    fb_ar_block b = {.cfg = cfg, .ln1 = ln1, .ln2 = ln2, .router = rt, .experts = ex, .experts_tuned = nx > 0};
+    int rc = load_role(base, cfg, FB_ROLE_LN_IN, l, 0, 1, (int64_t)H, 0, ln1, err);
+    if (!rc) rc = load_role(base, cfg, FB_ROLE_LN_POST, l, 0, 1, (int64_t)H, 0, ln2, err);
+    if (!rc && cfg->qk_norm != FB_QKN_NONE) {
+        rc = load_role(base, cfg, FB_ROLE_Q_NORM, l, 0, 1, (int64_t)(all ? Dq : hd), 0, qn, err);
+        if (!rc) rc = load_role(base, cfg, FB_ROLE_K_NORM, l, 0, 1, (int64_t)(all ? Dk : hd), 0, kn, err);
+        b.q_norm = qn, b.k_norm = kn;
+    }
+    if (!rc) rc = load_role(base, cfg, FB_ROLE_ROUTER, l, 0, 2, (int64_t)E, (int64_t)H, rt, err);
+    if (!rc && cfg->router == FB_ROUTER_SIGMOID_BIAS && cfg->use_routing_bias) {
+        // as the engine: the correction bias when the checkpoint has one (absent: zero)
+        char n[1024];
+        int nd;
+        int64_t sh[FB_MAX_DIMS];
+        if (fb_arch_tensor(cfg->arch, FB_ROLE_ROUTER_BIAS, l, 0, n, sizeof n) == 0 && base->shape(base, n, &nd, sh)) {
+            bias = fb_malloc(E * sizeof(float));
+            rc = load_role(base, cfg, FB_ROLE_ROUTER_BIAS, l, 0, 1, (int64_t)E, 0, bias, err);
+            b.router_bias = bias;
+        }
+    }
+    size_t R[4] = {Dq, Dk, Dk, H}, C[4] = {H, H, H, Dq};
+    for (size_t k = 0; k < na; k++)
+        for (int j = 0; j < 4; j++)
+            if (attn[k]->role == roles[j]) who[j] = attn[k];
+    for (int j = 0; j < 4 && !rc; j++) {
+        at[j].rows = R[j], at[j].cols = C[j];
+        at[j].w = fb_aligned_alloc(R[j] * C[j] * sizeof(float) + 64);
+        b.attn[j] = &at[j];
+        b.attn_tuned[j] = who[j] != NULL;
+        if (who[j]) {
+            if ((size_t)who[j]->R != R[j] || (size_t)who[j]->C != C[j])
+                rc = fb_fail(err, "%s: [%lld, %lld], the configuration says [%zu, %zu]", who[j]->name,
+                             (long long)who[j]->R, (long long)who[j]->C, R[j], C[j]);
+            else rc = load_bf16(base, who[j], at[j].w, err);
+            at[j].scale = fb_malloc(R[j] * (C[j] / 128) * sizeof(float));
+        } else rc = load_role(base, cfg, roles[j], l, 0, 2, (int64_t)R[j], (int64_t)C[j], at[j].w, err);
+    }
+    static const fb_role xr[3] = {FB_ROLE_W_GATE, FB_ROLE_W_UP, FB_ROLE_W_DOWN};
+    for (size_t e = 0; e < E && !rc; e++) {
+        fb_ar_linear *L[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
+        for (int j = 0; j < 3 && !rc; j++) {
+            L[j]->rows = j < 2 ? FF : H, L[j]->cols = j < 2 ? H : FF;
+            L[j]->w = fb_aligned_alloc(FF * H * sizeof(float) + 64);
+            if (nx) {
+                if ((size_t)ms[e].l[j]->R != L[j]->rows || (size_t)ms[e].l[j]->C != L[j]->cols)
+                    rc = fb_fail(err, "%s: [%lld, %lld], the configuration says [%zu, %zu]", ms[e].l[j]->name,
+                                 (long long)ms[e].l[j]->R, (long long)ms[e].l[j]->C, L[j]->rows, L[j]->cols);
+                else rc = load_bf16(base, ms[e].l[j], L[j]->w, err);
+                L[j]->scale = fb_malloc(FF * H / 128 * sizeof(float));
+            } else rc = load_role(base, cfg, xr[j], l, (int)e, 2, (int64_t)L[j]->rows, (int64_t)L[j]->cols, L[j]->w, err);
+        }
+    }
+    fb_ar_result ar;
+    if (!rc) {
+        fb_ar_opts a = ar_opts(o);
+        rc = fb_autoround_tune_block(x, T, nsamples, seq, &b, &a, &ar, err);
+        if (rc) fb_err_prefix(err, "layer %d", l);
+    }
+    double dt = fb_now() - t0;
+    int first = 1;
+    for (int j = 0; j < 4 && !rc; j++) {
+        if (!who[j]) continue;
+        rc = put_tuned(ov, who[j], at[j].w, at[j].scale, err);
+        if (!rc && o->module_done) {
+            fb_tune_stat st = {.loss = first ? ar.final_mse : 0, .loss_rtn = first ? ar.rtn_mse : 0, .joint = 2,
+                               .seconds = first ? dt : 0};
+            o->module_done(o->user, who[j], &st);
+        }
+        first = 0;
+        res->n_tuned += !rc;
+    }
+    for (size_t e = 0; e < E && nx && !rc; e++) {
+        fb_ar_linear *L[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
+        for (int j = 0; j < 3 && !rc; j++) {
+            rc = put_tuned(ov, ms[e].l[j], L[j]->w, L[j]->scale, err);
+            if (!rc && o->module_done) {
+                fb_tune_stat st = {.loss = first ? ar.final_mse : 0, .loss_rtn = first ? ar.rtn_mse : 0, .joint = 2,
+                                   .seconds = first ? dt : 0};
+                o->module_done(o->user, ms[e].l[j], &st);
+            }
+            first = 0;
+            res->n_tuned += !rc;
+        }
+    }
+    for (int j = 0; j < 4; j++) free(at[j].w), free(at[j].scale);
+    for (size_t e = 0; e < E; e++) {
+        free(ex[e].gate.w); free(ex[e].gate.scale); free(ex[e].up.w); free(ex[e].up.scale);
+        free(ex[e].down.w); free(ex[e].down.scale);
+    }
+    free(ex); free(ln1); free(ln2); free(qn); free(kn); free(rt); free(bias);
+    return rc;
+}
+
 int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                           const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
                           fb_err *err) {
@@ -340,8 +464,12 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             if (attn[k]->role == FB_ROLE_O) has_o = 1;
             else has_qkv = 1;
         }
+        // Joint: the block is one unit (auto-round's); with --expert-group smaller than the
+        // layer's experts, attention Linears one by one, then the experts in groups.
+        int joint = o->ar_iters > 0 && (!nx || o->expert_group <= 0 || (size_t)o->expert_group >= E);
         // 1. FP chain (the overlay is empty: original weights)
-        rc = ar_pass(e, &cap, l, h_fp, has_qkv ? xa_fp : NULL, has_o ? xo_fp : NULL, NULL, out_fp, err);
+        rc = ar_pass(e, &cap, l, h_fp, has_qkv && !joint ? xa_fp : NULL, has_o && !joint ? xo_fp : NULL, NULL, out_fp,
+                     err);
         res->calib_s += fb_now() - t0;
         if (rc || !m) {  // nothing tuned: the quantized chain runs the same weights
             if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
@@ -365,8 +493,20 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             if (!rc) fb_tune_state_prune(o, cfg->n_layers);
             continue;
         }
-        // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
         double t1 = fb_now();
+        if (joint) {
+            rc = tune_block(o, base, overlay, cfg, l, attn, na, ms, nx, h_q, out_fp, S->n, seq, res, err);
+            res->tune_s += fb_now() - t1;
+            double t2 = fb_now();
+            if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
+            res->propagate_s += fb_now() - t2;
+            memcpy(h_fp, out_fp, ntok * H * sizeof(float));
+            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+            fb_wsrc_overlay_clear(overlay);
+            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            continue;
+        }
+        // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
         if (has_qkv) rc = ar_pass(e, &cap, l, h_q, xa_q, NULL, NULL, NULL, err);
         for (size_t k = 0; k < na && !rc; k++)
             if (attn[k]->role != FB_ROLE_O) rc = tune_attn(o, base, overlay, attn[k], xa_q, xa_fp, S->n, seq, res, err);
