@@ -180,8 +180,16 @@ if [ -d $Q3 ]; then
     k3r=$(q3kl "$T_TMP/q3r"); k3a=$(q3kl "$T_TMP/q3a")
     awk -v a="$k3a" -v r="$k3r" 'BEGIN { exit !(a > 0 && r > 0 && a < 0.5 * r) }' && ok || fail "Qwen3-MoE: AutoRound KL $k3a not below 0.5 x RTN's $k3r"
 fi
+# -v: the block is one unit, its loss reported once; with --expert-group the old units
+sed 's/iters: 10/iters: 2/' "$T_TMP/ar.yaml" > "$T_TMP/ar2.yaml"
+expect_rc 0 "-v joint" -- "$Q4" -v --recipe "$T_TMP/ar2.yaml" $D $M "$T_TMP/v1"
+expect_out "layer 0 model.layers.0.self_attn.q_proj.weight +AutoRound block-output \(all its Linears jointly\) MSE" "one loss per block"
+[ "$(grep -c 'AutoRound .*MSE' "$T_TMP/out")" = 4 ] && ok || fail "-v joint: $(grep -c 'AutoRound .*MSE' "$T_TMP/out") MSE lines, want 4 (one per layer)"
+expect_rc 0 "-v grouped" -- "$Q4" -v --recipe "$T_TMP/ar2.yaml" $D --expert-group 4 $M "$T_TMP/v2"
+expect_out "self_attn.o_proj.weight +AutoRound output MSE" "per-Linear attention units"
+expect_out "AutoRound experts' block-output MSE" "grouped experts"
 # determinism (same thread count)
-expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D $M "$T_TMP/a4"
+expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/ar20.yaml" $D $M "$T_TMP/a4"
 expect_rc 0 "deterministic" -- "$BIN/st-diff" -q "$T_TMP/a1" "$T_TMP/a4"
 echo "t_autoround: KL on 8 x 128 held-out tokens: RTN $k_r / $k_r2 (auto_round), AutoRound $k_a / $k_a2, grouped $k_a3"
 finish

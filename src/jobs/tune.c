@@ -334,9 +334,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
             t.capture = 0;
             if (!rc) absmax_done(&t, l);
             res->propagate_s += fb_now() - t0;
-            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
-            fb_wsrc_overlay_clear(overlay);
-            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
             continue;
         }
         const float *h = fb_engine_hidden(e, err);
@@ -390,9 +388,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
         rc = fb_engine_set_hidden(e, l, h_in, err);  // 3. propagate with the tuned weights
         if (!rc) rc = fb_engine_layer(e, l, err);
         res->propagate_s += fb_now() - t2;
-        if (!rc) rc = o->layer_done(o->user, l, overlay, err);  // 4. write
-        fb_wsrc_overlay_clear(overlay);
-        if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+        rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);  // 4. write
     }
     if (!rc) fb_tune_state_clear(o->state_dir);
     free_hessians(&t);
@@ -503,6 +499,13 @@ int fb_tune_state_ok(const char *state_dir, int layer, const char *key, int chai
 int fb_tune_state_load(const fb_tune_opts *o, int layer, float *const *chains, int nchains, size_t n_tok,
                        size_t hidden, fb_err *err) {
     return state_read(o->state_dir, layer, o->state_key, nchains, n_tok, hidden, chains, err);
+}
+
+int fb_tune_layer_end(const fb_tune_opts *o, int l, fb_wsrc *overlay, int n_layers, int rc, fb_err *err) {
+    if (!rc) rc = o->layer_done(o->user, l, overlay, err);
+    fb_wsrc_overlay_clear(overlay);
+    if (!rc) fb_tune_state_prune(o, n_layers);
+    return rc;
 }
 
 void fb_tune_state_prune(const fb_tune_opts *o, int n_layers) {

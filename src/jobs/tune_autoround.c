@@ -474,9 +474,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         if (rc || !m) {  // nothing tuned: the quantized chain runs the same weights
             if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
-            fb_wsrc_overlay_clear(overlay);
-            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
             continue;
         }
         if (o->ar_iters == 0) {  // auto-round's RTN mode: the FP chain only
@@ -488,9 +486,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
                 for (int j = 0; j < 3 && !rc; j++) rc = rtn_linear(o, base, overlay, ms[x].l[j], NULL, S->n, ntok, 0, res, err);
             res->tune_s += fb_now() - t1;
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
-            fb_wsrc_overlay_clear(overlay);
-            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
             continue;
         }
         double t1 = fb_now();
@@ -501,9 +497,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
             if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
             res->propagate_s += fb_now() - t2;
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-            if (!rc) rc = o->layer_done(o->user, l, overlay, err);
-            fb_wsrc_overlay_clear(overlay);
-            if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
             continue;
         }
         // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
@@ -562,9 +556,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
         res->propagate_s += fb_now() - t2;
         memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-        if (!rc) rc = o->layer_done(o->user, l, overlay, err);
-        fb_wsrc_overlay_clear(overlay);
-        if (!rc) fb_tune_state_prune(o, cfg->n_layers);
+        rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
     }
     if (!rc) fb_tune_state_clear(o->state_dir);
     free(ms);
