@@ -160,6 +160,7 @@ if grep -q "layer 0: .*tuned" "$T_TMP/out"; then fail "layer 0 was tuned again";
 expect_rc 0 "resumed == uninterrupted, byte for byte" -- "$BIN/st-diff" -q "$T_TMP/k1" "$T_TMP/k0"
 ls "$T_TMP/k1"/fourbit-layer-state-* >/dev/null 2>&1 && fail "a layer state file left in the output" || ok
 rc=$(kill_after_layer1 "$T_TMP/k2")
+[ "$rc" = 130 ] && ok || fail "second interrupted run: exit $rc, want 130"
 for f in "$T_TMP/k2.partial"/fourbit-layer-state-*.bin; do  # damage the data, not the header
     printf 'XXXX' | dd of="$f" bs=1 seek=$(($(stat -c %s "$f") - 8)) conv=notrunc 2>/dev/null
 done

@@ -523,6 +523,15 @@ static void block_unit(void) {
             CHECK(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "k_proj"),
                   "block: a wrong k_proj shape is refused naming it (%s)", err.msg);
             f.at[1].rows = 64;
+            // Ctrl-C: polled every iteration; nothing replaced
+            atomic_int stop = 1;
+            o.cancel = &stop;
+            float *w0 = fb_malloc(128 * 128 * sizeof(float));
+            memcpy(w0, f.at[0].w, 128 * 128 * sizeof(float));
+            CHECK(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) == -2 && strstr(err.msg, "interrupted") &&
+                      memcmp(w0, f.at[0].w, 128 * 128 * sizeof(float)) == 0,
+                  "block: a set cancel flag returns -2 with the weights untouched (%s)", err.msg);
+            free(w0);
         }
         free(v0); free(x); free(t);
         blk_drop(&f);

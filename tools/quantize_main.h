@@ -64,7 +64,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
     if (!(kinds & (1u << FB_QK_NVFP4)))  // AutoRound tunes W4A16 only
-        opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts in groups of N (memory; default: all of a layer at once)", 1, 1 << 20};
+        opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts N at a time, attention Linears one by one (memory; default: the whole block as one unit)", 1, 1 << 20};
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0};

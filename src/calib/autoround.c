@@ -445,7 +445,8 @@ static void sr_qdq(sr_unit *u) {
 // auto-round's tuning loop (autoround.h): iteration 0 is RTN, IndexSampler batches after
 // random.seed(seed), the best mini-batch loss snapshots the parameters before that iteration's
 // step, LinearLR from 1 to 0; ends with the kept parameters' weights, scales and codes.
-static void signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts *o, fb_ar_result *res) {
+// Returns 0, or -2 when o->cancel was set (the Linears' weights are then left as they were).
+static int signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts *o, fb_ar_result *res) {
     size_t bs = o->batch_size ? o->batch_size : 8;
     if (bs > nsamples) bs = nsamples;
     float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
@@ -460,6 +461,11 @@ static void signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts 
     double best = 3.4028234663852886e38;  // torch.finfo(float).max
     float lr_i = lr, mlr_i = mlr;
     for (int it = 0; it < o->iters; it++) {
+        if (o->cancel && atomic_load(o->cancel)) {
+            free(perm);
+            free(tok);
+            return -2;
+        }
         if (pi + bs > nsamples) {
             shuffle(perm, nsamples, &st);
             pi = 0;
@@ -501,6 +507,7 @@ static void signround(sr_unit *u, size_t nsamples, size_t seq, const fb_ar_opts 
     res->final_mse = u->full(u->ctx);
     free(perm);
     free(tok);
+    return 0;
 }
 
 // The mean of the squared differences, in f32 per element and double over the sum, as loss.item()
@@ -618,14 +625,15 @@ int fb_autoround_tune_moe(const float *x, size_t nsamples, size_t seq, size_t H,
     m.grad = fb_malloc(cap * H * sizeof(float));
     m.tb = fb_malloc(cap * H * sizeof(float));
     sr_unit u = {.lin = lin, .nlin = 3 * E, .ctx = &m, .fwd = moe_fwd_b, .bwd = moe_bwd_b, .full = moe_full};
-    signround(&u, nsamples, seq, o, res);
+    int rc = signround(&u, nsamples, seq, o, res);
     for (size_t j = 0; j < 3 * E; j++) {
-        memcpy(lin[j].L->w, lin[j].wq, lin[j].R * lin[j].C * sizeof(float));
+        if (!rc) memcpy(lin[j].L->w, lin[j].wq, lin[j].R * lin[j].C * sizeof(float));
         lin_free(&lin[j]);
     }
     free(lin); free(m.ws.xe); free(m.ws.re); free(m.ws.A); free(m.ws.Bm); free(m.ws.Hh); free(m.ws.Y); free(m.ws.dY);
     free(m.ws.pos); free(gws); free(tgt); free(m.all); free(m.out); free(m.grad); free(m.tb);
-    return 0;
+    if (rc) fb_fail(err, "AutoRound: interrupted");
+    return rc;
 }
 
 void fb_autoround_moe_forward(const float *x, size_t n_tok, size_t H, const float *route, size_t n_experts,
@@ -729,11 +737,12 @@ int fb_autoround_tune_linear(const float *x, const float *target, size_t nsample
     l.tb = fb_malloc(cap * R * sizeof(float));
     l.all = fb_malloc(cap * sizeof(size_t));
     sr_unit u = {.lin = &a, .nlin = 1, .ctx = &l, .fwd = lin_fwd_b, .bwd = lin_bwd_b, .full = lin_full};
-    signround(&u, nsamples, seq, o, res);
-    memcpy(L->w, a.wq, R * C * sizeof(float));
+    int rc = signround(&u, nsamples, seq, o, res);
+    if (!rc) memcpy(L->w, a.wq, R * C * sizeof(float));
     lin_free(&a);
     free(gw); free(l.xb); free(l.out); free(l.tb); free(l.all);
-    return 0;
+    if (rc) fb_fail(err, "AutoRound: interrupted");
+    return rc;
 }
 
 // ---- a whole decoder block (attention + MoE) -------------------------------------------------
@@ -1130,16 +1139,17 @@ int fb_autoround_tune_block(const float *x, const float *target, size_t nsamples
         }
     }
     sr_unit su = {.lin = u.lin, .nlin = nl, .ctx = &u, .fwd = blk_fwd_b, .bwd = blk_bwd_b, .full = blk_full};
-    signround(&su, nsamples, seq, o, res);
+    int rc = signround(&su, nsamples, seq, o, res);
     for (size_t j = 0; j < nl; j++) {
         arlin *a = &u.lin[j];
         if (a->fixed) continue;
-        memcpy(a->L->w, a->wq, a->R * a->C * sizeof(float));
+        if (!rc) memcpy(a->L->w, a->wq, a->R * a->C * sizeof(float));
         lin_free(a);
     }
     free(gw);
     blk_free(&u);
-    return 0;
+    if (rc) fb_fail(err, "AutoRound: interrupted");
+    return rc;
 }
 
 int fb_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq, const fb_ar_block *b,

@@ -60,6 +60,7 @@
 #ifndef FB_CALIB_AUTOROUND_H
 #define FB_CALIB_AUTOROUND_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -99,6 +100,8 @@ typedef struct fb_ar_opts {
     uint64_t seed;          // mini-batch order: random.seed(seed) (auto-round's default is 42)
     int not_use_best_mse;   // 1: keep the last iterate instead of the best one
     double *loss_trace;     // optional [iters]: each iteration's mini-batch loss (-v, tests)
+    atomic_int *cancel;     // optional: polled every iteration; set: the tuning functions return
+                            // -2 (err says so) with nothing replaced
 } fb_ar_opts;
 
 // One quantized Linear: in, its f32 weight; out, the tuned fake-quantized weight and what a
