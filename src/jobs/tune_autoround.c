@@ -321,7 +321,9 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
                                  (long long)ms[e].l[j]->R, (long long)ms[e].l[j]->C, L[j]->rows, L[j]->cols);
                 else rc = load_bf16(base, ms[e].l[j], L[j]->w, err);
                 L[j]->scale = fb_malloc(FF * H / 128 * sizeof(float));
-            } else rc = load_role(base, cfg, xr[j], l, (int)e, 2, (int64_t)L[j]->rows, (int64_t)L[j]->cols, L[j]->w, err);
+            } else {
+                rc = load_role(base, cfg, xr[j], l, (int)e, 2, (int64_t)L[j]->rows, (int64_t)L[j]->cols, L[j]->w, err);
+            }
         }
     }
     fb_ar_result ar;
@@ -392,7 +394,11 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
     const fb_tune_linear **attn = fb_calloc(n + 1, sizeof *attn);
     arcap cap = {.ntok = ntok, .H = H, .Dq = Dq};
     fb_fwd_hooks hk = {.user = &cap, .linear_input = ar_hk_linear, .expert_input_all = ar_hk_all};
-    fb_engine_opts eo = {.threads = o->threads, .all_experts = 1, .hooks = &hk};
+    // All-experts mode (every expert on every token, 32x the routed MoE work on MiniMax-M2) only
+    // where the MoE input is captured (the grouped units) and for iters 0, whose FP chain the
+    // optimized-RTN golden was matched with; the joint block reads only the layer outputs.
+    int grouped = o->ar_iters > 0 && o->expert_group > 0 && (size_t)o->expert_group < E;
+    fb_engine_opts eo = {.threads = o->threads, .all_experts = grouped || o->ar_iters == 0, .hooks = &hk};
     fb_engine *e = fb_engine_cpu_new(overlay, cfg, &eo, err);
     if (!e) {
         free(ms);
@@ -493,61 +499,57 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         double t1 = fb_now();
         if (joint) {
             rc = tune_block(o, base, overlay, cfg, l, attn, na, ms, nx, h_q, out_fp, S->n, seq, res, err);
-            res->tune_s += fb_now() - t1;
-            double t2 = fb_now();
-            if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
-            res->propagate_s += fb_now() - t2;
-            memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
-            continue;
-        }
-        // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
-        if (has_qkv) rc = ar_pass(e, &cap, l, h_q, xa_q, NULL, NULL, NULL, err);
-        for (size_t k = 0; k < na && !rc; k++)
-            if (attn[k]->role != FB_ROLE_O) rc = tune_attn(o, base, overlay, attn[k], xa_q, xa_fp, S->n, seq, res, err);
-        if (!rc && has_o) rc = ar_pass(e, &cap, l, h_q, NULL, xo_q, NULL, NULL, err);
-        for (size_t k = 0; k < na && !rc; k++)
-            if (attn[k]->role == FB_ROLE_O) rc = tune_attn(o, base, overlay, attn[k], xo_q, xo_fp, S->n, seq, res, err);
-        // 3. the experts behind the tuned attention
-        if (!rc && nx) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, xm, out_q, err);
-        if (!rc && nx) {
-            const int32_t *ri = fb_engine_route_idx(e);
-            const float *rw = fb_engine_route_w(e);
-            if (!ri || !rw) rc = fb_fail(err, "AutoRound: layer %d: the engine kept no routing", l);
-            for (size_t t = 0; t < ntok && !rc; t++) {
-                memset(route + t * E, 0, E * sizeof(float));
-                for (size_t s = 0; s < K; s++) {
-                    int32_t x = ri[t * K + s];
-                    if (x < 0 || (size_t)x >= E) {
-                        rc = fb_fail(err, "AutoRound: layer %d: token %zu routed to expert %d of %zu", l, t, x, E);
-                        break;
-                    }
-                    route[t * E + (size_t)x] += rw[t * K + s];
-                }
-            }
-            if (!rc) {
-                // The experts' target: the FP block output minus what the rest of the quantized
-                // block gives (its output with FP experts minus those experts' sum).
-                float *T = out_q, *fp = xa_q;  // xa_q is free now: ntok x H
-                fb_ar_expert *ex = fb_calloc(E, sizeof *ex);
-                for (size_t x = 0; x < E && !rc; x++) {
-                    fb_ar_linear *L[3] = {&ex[x].gate, &ex[x].up, &ex[x].down};
-                    for (int j = 0; j < 3 && !rc; j++) {
-                        L[j]->rows = (size_t)ms[x].l[j]->R, L[j]->cols = (size_t)ms[x].l[j]->C;
-                        L[j]->w = fb_aligned_alloc(L[j]->rows * L[j]->cols * sizeof(float) + 64);
-                        rc = load_bf16(base, ms[x].l[j], L[j]->w, err);
+        } else {
+            // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
+            if (has_qkv) rc = ar_pass(e, &cap, l, h_q, xa_q, NULL, NULL, NULL, err);
+            for (size_t k = 0; k < na && !rc; k++)
+                if (attn[k]->role != FB_ROLE_O)
+                    rc = tune_attn(o, base, overlay, attn[k], xa_q, xa_fp, S->n, seq, res, err);
+            if (!rc && has_o) rc = ar_pass(e, &cap, l, h_q, NULL, xo_q, NULL, NULL, err);
+            for (size_t k = 0; k < na && !rc; k++)
+                if (attn[k]->role == FB_ROLE_O)
+                    rc = tune_attn(o, base, overlay, attn[k], xo_q, xo_fp, S->n, seq, res, err);
+            // 3. the experts behind the tuned attention
+            if (!rc && nx) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, xm, out_q, err);
+            if (!rc && nx) {
+                const int32_t *ri = fb_engine_route_idx(e);
+                const float *rw = fb_engine_route_w(e);
+                if (!ri || !rw) rc = fb_fail(err, "AutoRound: layer %d: the engine kept no routing", l);
+                for (size_t t = 0; t < ntok && !rc; t++) {
+                    memset(route + t * E, 0, E * sizeof(float));
+                    for (size_t s = 0; s < K; s++) {
+                        int32_t x = ri[t * K + s];
+                        if (x < 0 || (size_t)x >= E) {
+                            rc = fb_fail(err, "AutoRound: layer %d: token %zu routed to expert %d of %zu", l, t, x, E);
+                            break;
+                        }
+                        route[t * E + (size_t)x] += rw[t * K + s];
                     }
                 }
-                if (!rc) fb_autoround_moe_forward(xm, ntok, H, route, E, ex, fp);
-                for (size_t x = 0; x < E; x++) {
-                    free(ex[x].gate.w);
-                    free(ex[x].up.w);
-                    free(ex[x].down.w);
-                }
-                free(ex);
                 if (!rc) {
-                    for (size_t i = 0; i < ntok * H; i++) T[i] = out_fp[i] - (out_q[i] - fp[i]);
-                    rc = tune_experts(o, base, overlay, ms, E, xm, route, T, fp, S->n, seq, H, res, err);
+                    // The experts' target: the FP block output minus what the rest of the quantized
+                    // block gives (its output with FP experts minus those experts' sum).
+                    float *T = out_q, *fp = xa_q;  // xa_q is free now: ntok x H
+                    fb_ar_expert *ex = fb_calloc(E, sizeof *ex);
+                    for (size_t x = 0; x < E && !rc; x++) {
+                        fb_ar_linear *L[3] = {&ex[x].gate, &ex[x].up, &ex[x].down};
+                        for (int j = 0; j < 3 && !rc; j++) {
+                            L[j]->rows = (size_t)ms[x].l[j]->R, L[j]->cols = (size_t)ms[x].l[j]->C;
+                            L[j]->w = fb_aligned_alloc(L[j]->rows * L[j]->cols * sizeof(float) + 64);
+                            rc = load_bf16(base, ms[x].l[j], L[j]->w, err);
+                        }
+                    }
+                    if (!rc) fb_autoround_moe_forward(xm, ntok, H, route, E, ex, fp);
+                    for (size_t x = 0; x < E; x++) {
+                        free(ex[x].gate.w);
+                        free(ex[x].up.w);
+                        free(ex[x].down.w);
+                    }
+                    free(ex);
+                    if (!rc) {
+                        for (size_t i = 0; i < ntok * H; i++) T[i] = out_fp[i] - (out_q[i] - fp[i]);
+                        rc = tune_experts(o, base, overlay, ms, E, xm, route, T, fp, S->n, seq, H, res, err);
+                    }
                 }
             }
         }
