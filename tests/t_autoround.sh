@@ -181,7 +181,7 @@ if [ -d $Q3 ]; then
     awk -v a="$k3a" -v r="$k3r" 'BEGIN { exit !(a > 0 && r > 0 && a < 0.5 * r) }' && ok || fail "Qwen3-MoE: AutoRound KL $k3a not below 0.5 x RTN's $k3r"
 fi
 # determinism (same thread count)
-expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D $M "$T_TMP/a4"
+expect_rc 0 "same run again" -- "$Q4" -q --recipe "$T_TMP/ar20.yaml" $D $M "$T_TMP/a4"
 expect_rc 0 "deterministic" -- "$BIN/st-diff" -q "$T_TMP/a1" "$T_TMP/a4"
 echo "t_autoround: KL on 8 x 128 held-out tokens: RTN $k_r / $k_r2 (auto_round), AutoRound $k_a / $k_a2, grouped $k_a3"
 finish
