@@ -28,10 +28,18 @@
 #define GOLD GOLDEN_DIR "/autoround/autoround_golden.safetensors"
 
 // The trajectory is auto-round's to f32 precision until a near-zero gradient takes the other sign
-// (measured here: iterations 0..15 within 1.6e-7, apart from iteration 16 on); the first TRACE_N are
-// required within TRACE_TOL (other BLAS kernels, e.g. aarch64, may flip a sign earlier than here).
-#define TRACE_N 5
+// (measured here: iterations 0..15 within 1.6e-7, apart from iteration 16 on). Where that happens
+// depends on the BLAS kernels' summation order: with OpenBLAS 0.3.21's Haswell, Zen, Sandybridge,
+// Nehalem and Core2 kernels (OPENBLAS_CORETYPE) iterations 0..9 stay within 1.6e-7, with its
+// Prescott kernels (and on the H100 host's CPU, 2026-12-07: the same figures) iterations 0..2 stay
+// within 6.2e-8 and then a sign flips: 1.5e-5 at iteration 3, 2.8e-4 at 4 (tests/t_blas_kernels.sh
+// runs this test with Prescott's). So iterations 0..TRACE_N-1 are required within TRACE_TOL and
+// iterations TRACE_N..TRACE_N2-1 within TRACE_TOL2 (3.6x the 2.8e-4). What the bounds still catch,
+// measured here: a learning rate 1% off moves iteration 1 by >= 5.5e-4 and iteration 4 by >= 3.1e-3.
+#define TRACE_N 3
 #define TRACE_TOL 1e-5
+#define TRACE_N2 5
+#define TRACE_TOL2 1e-3
 // After that the runs are two samples of the same chaotic process: per seed fourbit's final MSE
 // within SEED_TOL of auto-round's, and over the six seeds the mean within MEAN_TOL (measured:
 // -1.4% .. +2.0% per seed, mean +0.3%).
@@ -221,10 +229,13 @@ static void signround(fb_st_file *f) {
     // determinism: the same seed, the same bytes
     // The same mini-batches (Python's generator, seed 42) and the same steps: the trajectory
     // follows the reference's while the float rounding has not flipped many signs.
-    double dmax = 0;
+    double dmax = 0, dmax2 = 0;
     for (size_t i = 0; i < TRACE_N; i++) dmax = fmax(dmax, fabs(trace[i] - lref[i]) / lref[i]);
+    for (size_t i = TRACE_N; i < TRACE_N2; i++) dmax2 = fmax(dmax2, fabs(trace[i] - lref[i]) / lref[i]);
     CHECK(dmax <= TRACE_TOL, "mini-batch losses of iterations 0..%d within %.3g of auto-round's (max %.3g)",
           TRACE_N - 1, TRACE_TOL, dmax);
+    CHECK(dmax2 <= TRACE_TOL2, "mini-batch losses of iterations %d..%d within %.3g of auto-round's (max %.3g)",
+          TRACE_N, TRACE_N2 - 1, TRACE_TOL2, dmax2);
     for (size_t i = 0; i < nl; i += i < 20 ? 1 : 10) printf("  iteration %3zu: loss %.6g, auto-round %.6g\n", i, trace[i], (double)lref[i]);
     free(trace); free(lref);
     o.loss_trace = NULL;

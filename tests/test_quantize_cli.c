@@ -326,8 +326,13 @@ static void split_jobs(void) {
 // NVFP4 W4A4 input scales calibrated by fourbit against llm-compressor oneshot's own
 // (nvfp4-oneshot.json, scripts/gen-minimax-oneshot-golden.py; the same 8 id sequences). With
 // `calibrate --precision bf16` (the bf16 model's forward, eager attention as oneshot runs it):
-// measured 109 of 112 equal, the other 3 within 2 bf16 ulps; required >= 105 and <= 2 ulps.
-// The default f32 forward: measured 65 of 112 equal (information, not checked).
+// measured 109 of 112 equal, the other 3 within 2 bf16 ulps. The last ulps follow the BLAS
+// kernels' summation order (oneshot's torch CPU bf16 forward is one order among others, not an
+// exact value): with OpenBLAS 0.3.21's kernels (OPENBLAS_CORETYPE) Haswell/Zen gave 109 equal and
+// worst 2 ulps, Sandybridge/Nehalem/Core2 110 and 2, Prescott 109 and 3 (as on the H100 host's
+// CPU, 2026-12-07; tests/t_blas_kernels.sh runs this test with Prescott's). Required >= 105 equal
+// and <= 3 ulps (an ulp of bf16 is 2^-7 relative). The default f32 forward: measured 65 of 112
+// equal (information, not checked).
 static void oneshot_input_scales(void) {
     json_t *g = load_gold("nvfp4-oneshot.json");
     char st[400], od[400];
@@ -356,7 +361,7 @@ static void oneshot_input_scales(void) {
         exact += u == 0;
         n++;
     }
-    CHECK(missing == 0 && n == 112 && exact >= 105 && worst <= 2,
+    CHECK(missing == 0 && n == 112 && exact >= 105 && worst <= 3,
           "bf16 calibration: input_global_scale equal to oneshot's on %zu of %zu Linears (%zu missing), worst %zu bf16 ulp(s)",
           exact, n, missing, worst);
     printf("minimax nvfp4 (calibrate --precision bf16): input_global_scale equal to oneshot's on %zu of %zu, worst %zu ulp\n",
