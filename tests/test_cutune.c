@@ -186,6 +186,23 @@ static void host_checks(int have_gpu) {
     blk_drop(&f);
 }
 
+// A full MiniMax-M2 block (48 heads x 128 on 8 KV heads, 256 experts of 1536, top-8, every Linear
+// tuned) on 64 x 2048 tokens, batch 8: the tuner's own device buffers fit an 80 GB H100 (78 GiB
+// usable) with room for the CUDA context, cuBLAS and the 0.5 GiB reserve it keeps; the 768
+// expert Linears' state alone (w0, V, best V in f32) is 40.5 GiB, a lower bound.
+static void full_size_memory(void) {
+    fb_model_config c = {.hidden = 3072, .inter = 1536, .n_heads = 48, .n_kv_heads = 8, .head_dim = 128,
+                         .rotary_dim = 64, .rope_theta = 5e6, .eps = 1e-6, .n_experts = 256, .top_k = 8,
+                         .qk_norm = FB_QKN_ALL_HEADS, .router = FB_ROUTER_SIGMOID_BIAS, .use_routing_bias = 1};
+    const int all[4] = {1, 1, 1, 1};
+    double gib = (double)fb_cuda_autoround_block_bytes(&c, 64, 2048, 8, all, 1) / (1u << 30);
+    double floor_gib = 768.0 * 3072 * 1536 * 12 / (1u << 30);
+    CHECK(gib > floor_gib && gib < 78.0 - 2.0, "full-size MiniMax-M2 block on the GPU: %.2f GiB (floor %.2f)", gib, floor_gib);
+    printf("test_cutune: a full MiniMax-M2 block, 64 x 2048 tokens, batch 8: %.2f GiB of device buffers\n", gib);
+    c.top_k = 65;
+    CHECK(fb_cuda_autoround_block_bytes(&c, 64, 2048, 8, all, 1) == 0, "a configuration the tuner refuses sizes to 0");
+}
+
 static double maxabs(const float *p, size_t n) {
     double m = 0;
     for (size_t i = 0; i < n; i++) m = fmax(m, fabs((double)p[i]));
@@ -305,6 +322,7 @@ static void gpu_checks(void) {
     char name[256], why[512];
     int have = fb_engine_cuda_available(name, sizeof name, why, sizeof why);
     host_checks(have);
+    full_size_memory();
     if (!have) {
         printf("test_cutune: CUDA checks skipped: %s\n", why);
         return;

@@ -592,11 +592,9 @@ int weight_finite(Blk &u, const fb_ar_linear *l, const char *what, size_t e) {
     return 0;
 }
 
-// autoround.c's blk_check: the same refusals, the same messages.
-int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target, size_t nsamples, size_t seq,
-              size_t bs) {
-    const fb_model_config *c = b->cfg;
-    u.b = b, u.c = c, u.seq = seq;
+// The configuration's sizes into u (blk_check's first half).
+int blk_sizes(Blk &u, const fb_model_config *c, size_t nsamples, size_t seq, size_t bs) {
+    u.c = c, u.seq = seq;
     if (!c || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads || c->head_dim <= 0 ||
         c->rotary_dim < 0 || c->rotary_dim > c->head_dim || c->rotary_dim % 2 || c->n_experts <= 0 || c->top_k <= 0 ||
         c->top_k > c->n_experts || c->top_k > 64 || c->inter <= 0)
@@ -615,6 +613,16 @@ int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target,
     if (!u.N || big > INT_MAX / 2 || u.cap > INT_MAX / big || seq > 46340)
         return fb_fail(u.err, "AutoRound block: %zu samples x %zu tokens (batch %zu) with widths up to %zu are out of range",
                        nsamples, seq, bs, big);
+    return 0;
+}
+
+// autoround.c's blk_check: the same refusals, the same messages.
+int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target, size_t nsamples, size_t seq,
+              size_t bs) {
+    const fb_model_config *c = b->cfg;
+    u.b = b;
+    TRY(blk_sizes(u, c, nsamples, seq, bs));
+    size_t H = u.H, FF = u.FF;
     size_t rows[4] = {u.Dq, u.Dk, u.Dk, H}, cols[4] = {H, H, H, u.Dq};
     static const char *const nm[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
     for (int j = 0; j < 4; j++) {
@@ -1209,3 +1217,28 @@ extern "C" int fb_cuda_autoround_block_grad(const float *x, const float *target,
 }
 
 extern "C" void fb_cuda_autoround_last_info(fb_cutune_info *info) { *info = g_info; }
+
+extern "C" size_t fb_cuda_autoround_block_bytes(const fb_model_config *cfg, size_t nsamples, size_t seq,
+                                                size_t batch_size, const int attn_tuned[4], int experts_tuned) {
+    Blk u;
+    fb_err err;
+    u.err = &err;
+    size_t bs = batch_size ? batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    if (blk_sizes(u, cfg, nsamples, seq, bs)) return 0;
+    size_t nl = 4 + 3 * u.E, R[4] = {u.Dq, u.Dk, u.Dk, u.H}, C[4] = {u.H, u.H, u.H, u.Dq};
+    std::vector<int> tuned(nl, 0);
+    u.lin.assign(nl, DLin());
+    for (size_t j = 0; j < nl; j++) {
+        DLin &a = u.lin[j];
+        a.R = j < 4 ? R[j] : (j - 4) % 3 == 2 ? u.H : u.FF;
+        a.C = j < 4 ? C[j] : (j - 4) % 3 == 2 ? u.FF : u.H;
+        a.NG = a.R * a.C / G;
+        a.expert = j >= 4;
+        tuned[j] = j < 4 ? attn_tuned[j] : experts_tuned;
+        a.fixed = !tuned[j];
+    }
+    u.dry = 1;
+    if (blk_alloc(u, tuned, 1)) return 0;
+    return u.bytes;
+}

@@ -8,8 +8,9 @@
 // snapshots and FP group min/max. The attention Linears also keep their fake-quantized weight;
 // an expert's is recomputed from (w0, V, factors) into a scratch before each use (a forward and
 // a backward read the same parameters, so the same values): 12 bytes per expert weight, which
-// puts a full MiniMax-M2 block (768 expert Linears of 3072 x 1536) at ~44 GB plus ~9 GB of
-// activations for a batch of 8 x 2048 tokens, inside an 80 GB H100.
+// puts a full MiniMax-M2 block (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch
+// 8 x 2048, at 49.9 GiB with activations and inputs (fb_cuda_autoround_block_bytes), inside an
+// 80 GB H100.
 //
 // Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
 // shapes; attention per sample and KV group with cublasSgemmStridedBatched over its query
@@ -57,6 +58,14 @@ typedef struct fb_cutune_info {
     double full_flop;       // GEMM flops of the two full passes
 } fb_cutune_info;
 void fb_cuda_autoround_last_info(fb_cutune_info *info);
+
+// The device bytes fb_cuda_autoround_tune_block allocates for a block of this configuration
+// (attention Linear j tuned when attn_tuned[j], the routed experts when experts_tuned),
+// nsamples x seq tokens, batch_size (8 when 0): its own buffers, the sizes it checks against the
+// device's free memory before allocating (the CUDA context and cuBLAS workspace come on top).
+// Computed on the host, no GPU needed; 0 for a configuration it refuses, or without CUDA.
+size_t fb_cuda_autoround_block_bytes(const fb_model_config *cfg, size_t nsamples, size_t seq, size_t batch_size,
+                                     const int attn_tuned[4], int experts_tuned);
 
 #ifdef __cplusplus
 }

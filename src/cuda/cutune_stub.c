@@ -24,4 +24,10 @@ int fb_cuda_autoround_block_grad(const float *x, const float *target, size_t nsa
 
 void fb_cuda_autoround_last_info(fb_cutune_info *info) { memset(info, 0, sizeof *info); }
 
+size_t fb_cuda_autoround_block_bytes(const fb_model_config *cfg, size_t nsamples, size_t seq, size_t batch_size,
+                                     const int attn_tuned[4], int experts_tuned) {
+    (void)cfg, (void)nsamples, (void)seq, (void)batch_size, (void)attn_tuned, (void)experts_tuned;
+    return 0;
+}
+
 #endif
