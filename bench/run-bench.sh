@@ -16,7 +16,8 @@
 # 3. validate-ignore-list on 96k/192k-tensor synthetic headers (bench/bench_validate.c).
 # 4. the calibration forward (bench/bench_calib.c); GPTQ per full-size Linear on the CPU and the
 #    projection to a layer (bench/bench_gptq.c); AutoRound on one expert (bench/bench_autoround.c).
-# 5. the CUDA layer benchmark (bench/bench_cuda_layer.c), when a GPU is present.
+# 5. the CUDA layer benchmark (bench/bench_cuda_layer.c), when a GPU is present; AutoRound's block
+#    tuning on the GPU (bench/bench_cuda_autoround.c).
 set -u
 : "${BUILD:=build}"
 DIR=${FOURBIT_BENCH_DIR:-/tmp/fourbit-bench}
@@ -112,3 +113,5 @@ $BUILD/bench/bench_autoround --iters "${BENCH_AR_ITERS:-200}" 2>&1 | tail -n 2
 echo
 echo "-- 5. CUDA: one full-size layer on the GPU vs cuBLAS bf16 peak (needs a GPU; skipped otherwise) --"
 if [ -x "$BUILD/bench/bench_cuda_layer" ]; then $BUILD/bench/bench_cuda_layer 2>&1 | tail -n 12; else echo "  (not built: no nvcc)"; fi
+echo "-- 5b. CUDA: AutoRound's block tuning, one full-size MiniMax-M2 block (BENCH_CUAR_ITERS, default 10; needs a GPU) --"
+$BUILD/bench/bench_cuda_autoround --iters "${BENCH_CUAR_ITERS:-10}" 2>&1 | tail -n 6

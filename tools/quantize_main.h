@@ -35,7 +35,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
                           .shard_count = 1,
                           .cancel = fb_cancel_flag()};
-    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors";
+    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors", *device = "cpu";
     const char *dataset = NULL, *tokp = NULL, *tmpl = "auto", *tmplf = NULL;
     int json = 0, quiet = 0, n_samples = 128, seq_len = 2048, no_shuffle = 0;
     double seed_d = 42;
@@ -64,7 +64,10 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
     if (!(kinds & (1u << FB_QK_NVFP4)))  // AutoRound tunes W4A16 only
+    {
         opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts N at a time, attention Linears one by one (memory; default: the whole block as one unit)", 1, 1 << 20};
+        opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV", "AutoRoundModifier: where each block is tuned, cpu (default) or cuda (a GPU; the same loop within f32 rounding, not byte-identical to cpu)", 0, 0};
+    }
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0};
@@ -97,6 +100,15 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                 has_format == 2 ? "modelopt" : "auto_round", format);
         return 2;
     }
+    if (!strcmp(device, "cuda")) o.ar_cuda = 1;
+    else if (strcmp(device, "cpu") != 0) {
+        fprintf(stderr, "%s: --device must be cpu or cuda, got '%s'\n", tool, device);
+        return 2;
+    }
+    if (o.ar_cuda && o.expert_group > 0) {
+        fprintf(stderr, "%s: --device cuda tunes whole blocks; --expert-group runs on the CPU only (drop one)\n", tool);
+        return 2;
+    }
     o.recipe_path = recipe;
     o.calib_path = calib;
     {  // a GPTQModifier needs calibration data; nothing else uses it (a recipe that does not parse
@@ -107,7 +119,12 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
             int need = fb_recipe_needs_data(&rr), w4a4 = 0;
             const char *rr_name = rr.tune.name ? rr.tune.name : "GPTQModifier";
             for (size_t g = 0; g < rr.cfg.n_groups; g++) w4a4 |= fb_qscheme_kind(&rr.cfg.groups[g], NULL) == FB_QK_NVFP4;
+            int ar = rr.tune.present && rr.tune.algo == FB_RALGO_AUTOROUND;
             fb_recipe_free(&rr);
+            if (o.ar_cuda && !ar) {
+                fprintf(stderr, "%s: --device cuda runs an AutoRoundModifier's block tuning; %s has none\n", tool, recipe);
+                return 2;
+            }
             if (need && !dataset && !o.dry_run) {
                 fprintf(stderr, "%s: %s has a %s, which tunes on calibration data: pass --dataset D.jsonl "
                                 "(--samples N --seq-len L, as calibrate reads them)\n", tool, recipe, rr_name);

@@ -334,6 +334,26 @@ static void shuffle(size_t *p, size_t n, pyrand *r) {
     }
 }
 
+// signround()'s IndexSampler walk, on its own: the same seeding, shuffles and reshuffles.
+void fb_autoround_sample_order(size_t nsamples, const fb_ar_opts *o, size_t *order) {
+    size_t bs = o->batch_size ? o->batch_size : 8, pi = 0;
+    if (bs > nsamples) bs = nsamples;
+    size_t *perm = fb_malloc(nsamples * sizeof(size_t));
+    for (size_t i = 0; i < nsamples; i++) perm[i] = i;
+    pyrand st;
+    py_seed(&st, o->seed);
+    shuffle(perm, nsamples, &st);
+    for (int it = 0; it < o->iters; it++) {
+        if (pi + bs > nsamples) {
+            shuffle(perm, nsamples, &st);
+            pi = 0;
+        }
+        for (size_t b = 0; b < bs; b++) order[(size_t)it * bs + b] = perm[pi + b];
+        pi += bs;
+    }
+    free(perm);
+}
+
 typedef struct moe_ws {
     size_t H, FF, E;
     float *xe, *re, *A, *Bm, *Hh, *Y, *dY;  // one expert's rows of a batch (capacity cap)

@@ -193,4 +193,10 @@ int fb_autoround_tune_block(const float *x, const float *target, size_t nsamples
 int fb_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq, const fb_ar_block *b,
                             double *loss, float **grads, fb_err *err);
 
+// The samples of each SignRound iteration as fb_autoround_tune_* draw them (auto-round's
+// IndexSampler after random.seed(o->seed)): order [o->iters * bs], iteration it's samples at
+// order[it * bs .. it * bs + bs), bs = o->batch_size (8 when 0) but at most nsamples. For other
+// implementations of the same loop (cuda/cutune.h) to walk the very same mini-batches.
+void fb_autoround_sample_order(size_t nsamples, const fb_ar_opts *o, size_t *order);
+
 #endif

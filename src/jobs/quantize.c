@@ -612,6 +612,10 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     fb_tune_linear *tl = NULL;
     size_t ntl = 0;
 
+    if (o->ar_cuda && !autoround) {
+        rc = fb_fail(err, "%s: --device cuda runs an AutoRoundModifier's block tuning; the recipe has none", o->recipe_path);
+        goto done;
+    }
     if (!o->dry_run)  // the dry run lists them with the plan
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "%s: warning: %s\n", o->tool, rec.warnings[k]);
     if (fb_source_open(src, &s, err)) { rc = -1; goto done; }
@@ -1063,9 +1067,9 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         tune_ctx tc = {.j = &j, .nt = nt, .autoround = autoround, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
         // Resume: the first layer with outputs still to write starts from its staged input.
         char key[512];
-        snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d src=%s",
+        snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d%s src=%s",
                  n_tuned_plan ? algo_name : "observe", recipe_hex ? recipe_hex : "", data_hex ? data_hex : "", nt,
-                 (int)o->format, o->expert_group, src);
+                 (int)o->format, o->expert_group, o->ar_cuda ? " device=cuda" : "", src);
         int resume_layer = 0;
         if (o->resume) {
             resume_layer = mc.n_layers;
@@ -1091,7 +1095,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                            .algo = autoround ? FB_TUNE_AUTOROUND : FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
                            .ar_iters = rec.tune.iters, .ar_batch = rec.tune.batch_size, .ar_lr = rec.tune.lr,
                            .ar_disable_opt_rtn = rec.tune.disable_opt_rtn,
-                           .ar_seed = 42, .expert_group = o->expert_group,
+                           .ar_seed = 42, .expert_group = o->expert_group, .ar_cuda = o->ar_cuda,
                            .dampening_frac = rec.tune.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
                            .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};

@@ -114,6 +114,7 @@ typedef struct fb_tune_opts {
     double ar_lr;              // AutoRound learning rate (0: 1 / iters)
     uint64_t ar_seed;          // AutoRound mini-batch order (auto-round's default 42)
     int expert_group;          // AutoRound: experts tuned together (0: all of a layer)
+    int ar_cuda;               // AutoRound: tune each block on the GPU (cuda/cutune.h); whole blocks only
     int threads;               // engine and per-Linear tuning threads
     atomic_int *cancel;
     // Called after each Linear is tuned (may be NULL), in the order of lin[].

@@ -10,6 +10,7 @@
 #include "calib/forward.h"
 #include "quant/formats.h"
 #include "common/cancel.h"
+#include "cuda/cutune.h"
 #include "jobs/tune_autoround.h"
 #include "jobs/tune_priv.h"
 
@@ -329,7 +330,7 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
     fb_ar_result ar;
     if (!rc) {
         fb_ar_opts a = ar_opts(o);
-        rc = fb_autoround_tune_block(x, T, nsamples, seq, &b, &a, &ar, err);
+        rc = (o->ar_cuda ? fb_cuda_autoround_tune_block : fb_autoround_tune_block)(x, T, nsamples, seq, &b, &a, &ar, err);
         if (rc) fb_err_prefix(err, "layer %d", l);
     }
     double dt = fb_now() - t0;
@@ -380,6 +381,9 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
                                 "%d, expert %d, format %s, group %zu)", lin[i].name, lin[i].layer, lin[i].expert,
                            lin[i].qf ? lin[i].qf->name : "none", lin[i].group);
     if (o->absmax) return fb_fail(err, "AutoRound: W4A4 input scales are not gathered by its loop");
+    if (o->ar_cuda && o->expert_group > 0 && (size_t)o->expert_group < (size_t)cfg->n_experts)
+        return fb_fail(err, "AutoRound on CUDA tunes whole blocks: --expert-group %d (of %d experts) runs on the CPU only",
+                       o->expert_group, cfg->n_experts);
     size_t H = (size_t)cfg->hidden, ntok = S->n_tok, E = (size_t)cfg->n_experts, K = (size_t)cfg->top_k;
     size_t Dq = (size_t)cfg->n_heads * (size_t)cfg->head_dim;
     // SignRound's mini-batches are whole samples of one length (auto-round pads to seqlen).

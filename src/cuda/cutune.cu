@@ -1,0 +1,1244 @@
+// cutune.cu: SignRound on a whole decoder block on the GPU (see cutune.h). The CPU code it
+// follows step for step is calib/autoround.c from "---- a whole decoder block" on (blk_forward,
+// blk_backward, moe_pass, lin_qdq, lin_step, signround); the names below are the same.
+//
+// Layout: row-major everywhere, as the CPU. A row-major product C[m,n] = op(A) op(B) is one
+// cublasSgemm on the column-major transposes (C^T = op(B)^T op(A)^T): see gemm() below.
+// Elementwise steps whose CPU form rounds each operation are written with __fmul_rn /
+// __fadd_rn so that nvcc does not contract them into FMAs (the CPU is built -ffp-contract=off).
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <vector>
+
+#include "cuda/cutune.h"
+
+extern "C" {
+#include "calib/mm.h"
+}
+
+#define G FB_AR_GROUP
+
+namespace {
+
+double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+thread_local fb_cutune_info g_info;
+
+// ---- device helpers (autoround.c's, on the device) -----------------------------------------
+
+__device__ inline float h16(float x) { return __half2float(__float2half_rn(x)); }
+__device__ inline float clampq(float v) { return v < -8.0f ? -8.0f : v > 7.0f ? 7.0f : v; }
+__device__ inline float sgn(float g) { return g > 0 ? 1.0f : g < 0 ? -1.0f : 0.0f; }
+
+// int_sym's scale of one group with the min/max factors (autoround.c sym_scale).
+__device__ inline float sym_scale(float wmin, float wmax, float mn, float mx, float *sv) {
+    float a = -(wmin * mn), b = wmax * mx;
+    float m = a > b ? a : b;
+    float mv = (b < a ? 1.0f : -1.0f) * m;
+    float s = h16(mv / 8.0f);
+    const float thr = h16(1e-5f);
+    if (sv) *sv = s;
+    return s < 0 ? fminf(s, -thr) : fmaxf(s, thr);
+}
+
+__device__ double bsum_d(double v) {
+    __shared__ double sh[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? sh[lane] : 0.0;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    double r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ float bsum_f(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? sh[lane] : 0.0f;
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+__device__ float bmax_f(float v) {
+    __shared__ float sh[32];
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        v = lane < nw ? sh[lane] : -INFINITY;
+        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
+        if (lane == 0) sh[0] = v;
+    }
+    __syncthreads();
+    float r = sh[0];
+    __syncthreads();
+    return r;
+}
+
+// ---- kernels: the quantizer and the SignSGD step --------------------------------------------
+
+// min(0, group), max(0, group) of the FP weight, one thread per group (lin_init's loop).
+__global__ void k_group_minmax(const float *w0, size_t NG, float *lo, float *hi) {
+    size_t gi = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gi >= NG) return;
+    const float *w = w0 + gi * G;
+    float l = 0, h = 0;
+    for (int k = 0; k < G; k++) {
+        l = fminf(l, w[k]);
+        h = fmaxf(h, w[k]);
+    }
+    lo[gi] = l;
+    hi[gi] = h;
+}
+
+__global__ void k_clamp(float *mn, float *mx, size_t NG) {
+    size_t gi = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (gi >= NG) return;
+    mn[gi] = fminf(fmaxf(mn[gi], 0.0f), 1.0f);
+    mx[gi] = fminf(fmaxf(mx[gi], 0.0f), 1.0f);
+}
+
+__global__ void k_fill(float *p, size_t n, float v) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) p[i] = v;
+}
+
+// lin_qdq without the clamp (k_clamp first): one block of G threads per group.
+__global__ void k_qdq(const float *w0, const float *v, const float *lo, const float *hi, const float *mn,
+                      const float *mx, float *wq, float *scale, int8_t *q) {
+    size_t gi = blockIdx.x, i = gi * G + threadIdx.x;
+    float s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], NULL);
+    if (scale && threadIdx.x == 0) scale[gi] = s;
+    float c = clampq(rintf(w0[i] / s + v[i]));
+    wq[i] = s * c;
+    if (q) q[i] = (int8_t)c;
+}
+
+// lin_step: one block of G threads per group; the scale-gradient sums in the CPU's order (one
+// thread, k ascending), so that the fp16 roundings see the same partial sums given equal gw.
+__global__ void k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx,
+                       const float *gw, float lr, float mlr, int minmax) {
+    __shared__ float sq[G], sd[G];
+    __shared__ unsigned char sin_[G];
+    size_t gi = blockIdx.x;
+    int k = threadIdx.x;
+    size_t i = gi * G + k;
+    float sv, s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], &sv);
+    float w = w0[i], g = gw[i];
+    float t = rintf(w / s + v[i]);
+    int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
+    float c = clampq(t);
+    float gvk = in ? __fmul_rn(g, s) : 0.0f;
+    sq[k] = __fmul_rn(g, c);
+    sd[k] = in ? __fmul_rn(gvk, (-(w / s)) / s) : 0.0f;
+    sin_[k] = (unsigned char)in;
+    v[i] = __fsub_rn(v[i], __fmul_rn(lr, sgn(gvk)));
+    if (!minmax) return;
+    __syncthreads();
+    if (k) return;
+    float gq = 0, gd = 0;
+    for (int j = 0; j < G; j++) {
+        gq = __fadd_rn(gq, sq[j]);
+        if (sin_[j]) gd = __fadd_rn(gd, sd[j]);
+    }
+    const float thr = h16(1e-5f);
+    float gs = h16(h16(gq) + h16(gd));
+    if (!(sv < 0 ? sv < -thr : sv > thr)) gs = 0;
+    float gm = gs / 8.0f;
+    float A = -(lo[gi] * mn[gi]), B = hi[gi] * mx[gi];
+    gm *= B < A ? 1.0f : -1.0f;
+    float gA = A > B ? gm : A == B ? gm / 2 : 0.0f, gB = B > A ? gm : A == B ? gm / 2 : 0.0f;
+    mn[gi] = __fsub_rn(mn[gi], __fmul_rn(mlr, sgn(-lo[gi] * gA)));
+    mx[gi] = __fsub_rn(mx[gi], __fmul_rn(mlr, sgn(hi[gi] * gB)));
+}
+
+// ---- kernels: the block's forward and backward -----------------------------------------------
+
+// rms_fwd: one block per row.
+__global__ void k_rms_fwd(const float *x, const float *w, float eps, int n, float *y, float *inv) {
+    const float *xr = x + (size_t)blockIdx.x * n;
+    float *yr = y + (size_t)blockIdx.x * n;
+    double ss = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = bsum_d(ss);
+    float iv = 1.0f / sqrtf((float)(ss / (double)n) + eps);
+    if (threadIdx.x == 0) inv[blockIdx.x] = iv;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = __fmul_rn(w[i], __fmul_rn(xr[i], iv));
+}
+
+// rms_bwd: dx (= or +=) w dy r - x r^3 mean(w dy x); dx may alias dy when add is 0 (each thread
+// writes only the entries it read, after the row's sum).
+__global__ void k_rms_bwd(const float *x, const float *w, const float *inv, const float *dy, int n, float *dx, int add) {
+    size_t r = blockIdx.x;
+    const float *xr = x + r * n, *dr = dy + r * n;
+    float *o = dx + r * n, iv = inv[r];
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += (double)__fmul_rn(dr[i], w[i]) * xr[i];
+    s = bsum_d(s);
+    float c = __fmul_rn(__fmul_rn(__fmul_rn((float)(s / (double)n), iv), iv), iv);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = __fsub_rn(__fmul_rn(__fmul_rn(dr[i], w[i]), iv), __fmul_rn(xr[i], c));
+        o[i] = add ? __fadd_rn(o[i], v) : v;
+    }
+}
+
+// fb_mm_rope (back = 0) or rope_back (back = 1) of every head of one token per block; the
+// token's position is its row modulo the sample length.
+__global__ void k_rope(float *x, int ld, int nheads, int hd, int half, const float *inv_freq, int L, int back) {
+    float *xt = x + (size_t)blockIdx.x * ld;
+    float p = (float)(blockIdx.x % L);
+    for (int idx = threadIdx.x; idx < nheads * half; idx += blockDim.x) {
+        int h = idx / half, i = idx % half;
+        float a = __fmul_rn(p, inv_freq[i]), c = cosf(a), s = sinf(a);
+        float *xh = xt + (size_t)h * hd, x1 = xh[i], x2 = xh[i + half];
+        if (!back) {
+            xh[i] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(-x2, s));
+            xh[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+        } else {
+            xh[i] = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+            xh[i + half] = __fadd_rn(__fmul_rn(-x1, s), __fmul_rn(x2, c));
+        }
+    }
+}
+
+// blk_probs' causal softmax: S [heads][L][L] of raw scores -> probabilities (block per row r of
+// head blockIdx.y): scaled, softmax over keys 0..r, the rest 0.
+__global__ void k_softmax_fwd(float *S, int L, float scale) {
+    int r = blockIdx.x;
+    float *s = S + ((size_t)blockIdx.y * L + r) * L;
+    float m = -INFINITY;
+    for (int k = threadIdx.x; k <= r; k += blockDim.x) {
+        s[k] = __fmul_rn(s[k], scale);
+        m = fmaxf(m, s[k]);
+    }
+    m = bmax_f(m);
+    float sum = 0;
+    for (int k = threadIdx.x; k <= r; k += blockDim.x) {
+        s[k] = expf(s[k] - m);
+        sum += s[k];
+    }
+    sum = bsum_f(sum);
+    for (int k = threadIdx.x; k < L; k += blockDim.x) s[k] = k <= r ? s[k] / sum : 0.0f;
+}
+
+// The softmax backward of blk_backward: dp = p (dp - sum p dp) * scale on keys 0..r, 0 after.
+__global__ void k_softmax_bwd(const float *S, float *dP, int L, float scale) {
+    int r = blockIdx.x;
+    size_t o = ((size_t)blockIdx.y * L + r) * L;
+    const float *p = S + o;
+    float *dp = dP + o;
+    float dot = 0;
+    for (int k = threadIdx.x; k <= r; k += blockDim.x) dot = __fadd_rn(dot, __fmul_rn(p[k], dp[k]));
+    dot = bsum_f(dot);
+    for (int k = threadIdx.x; k < L; k += blockDim.x) dp[k] = k <= r ? __fmul_rn(__fmul_rn(p[k], dp[k] - dot), scale) : 0.0f;
+}
+
+__global__ void k_add(const float *a, const float *b, float *out, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = __fadd_rn(a[i], b[i]);
+}
+
+// fb_mm_route (sigmoid, correction bias for the choice only) / fb_mm_route_softmax, one thread
+// per token, the CPU's loops as they are; scr [n, E].
+__global__ void k_route(const float *lg, const float *bias, int n, int E, int K, int softmax, int norm, int32_t *idx,
+                        float *wt, float *scr) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    const float *l = lg + (size_t)t * E;
+    float *s = scr + (size_t)t * E;
+    int32_t *ix = idx + (size_t)t * K;
+    float *w = wt + (size_t)t * K;
+    unsigned long long ch[16] = {0};  // E <= 1024 (checked on the host)
+    if (!softmax) {
+        for (int e = 0; e < E; e++) s[e] = 1.0f / (1.0f + expf(-l[e]));
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            float bv = 0;
+            for (int e = 0; e < E; e++) {
+                if (ch[e >> 6] >> (e & 63) & 1) continue;
+                float v = bias ? __fadd_rn(s[e], bias[e]) : s[e];
+                if (best < 0 || v > bv) best = e, bv = v;
+            }
+            ch[best >> 6] |= 1ull << (best & 63);
+        }
+        int m = 0;
+        for (int e = 0; e < E && m < K; e++)
+            if (ch[e >> 6] >> (e & 63) & 1) ix[m++] = e;
+        float sum = 0;
+        for (int j = 0; j < K; j++) sum = __fadd_rn(sum, s[ix[j]]);
+        for (int j = 0; j < K; j++) w[j] = s[ix[j]] / sum;
+    } else {
+        float mx = -INFINITY;
+        for (int e = 0; e < E; e++)
+            if (l[e] > mx) mx = l[e];
+        float sum = 0;
+        for (int e = 0; e < E; e++) {
+            s[e] = expf(l[e] - mx);
+            sum = __fadd_rn(sum, s[e]);
+        }
+        for (int e = 0; e < E; e++) s[e] = s[e] / sum;
+        float tsum = 0;
+        for (int j = 0; j < K; j++) {
+            int best = -1;
+            for (int e = 0; e < E; e++)
+                if (!(ch[e >> 6] >> (e & 63) & 1) && (best < 0 || s[e] > s[best])) best = e;
+            ch[best >> 6] |= 1ull << (best & 63);
+            tsum = __fadd_rn(tsum, s[best]);
+        }
+        int m = 0;
+        for (int e = 0; e < E && m < K; e++)
+            if (ch[e >> 6] >> (e & 63) & 1) ix[m++] = e;
+        for (int j = 0; j < K; j++) w[j] = norm ? s[ix[j]] / tsum : s[ix[j]];
+    }
+}
+
+// blk_backward's router part: dLoss/droute (dr [n, E]) -> dLoss/dlogits (dlg [n, E]); one
+// thread per token, scr [n, E].
+__global__ void k_router_bwd(const float *lg, const int32_t *idx, const float *dr, int n, int E, int K, int softmax,
+                             int norm, float *scr, float *dlg) {
+    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n) return;
+    const float *l = lg + (size_t)t * E, *d = dr + (size_t)t * E;
+    const int32_t *ix = idx + (size_t)t * K;
+    float *g = dlg + (size_t)t * E, dp[64];
+    if (softmax) {
+        float *p = scr + (size_t)t * E, mx = -INFINITY, sum = 0;
+        for (int e = 0; e < E; e++)
+            if (l[e] > mx) mx = l[e];
+        for (int e = 0; e < E; e++) {
+            p[e] = expf(l[e] - mx);
+            sum = __fadd_rn(sum, p[e]);
+        }
+        for (int e = 0; e < E; e++) p[e] = p[e] / sum;
+        float P = 0, dot = 0;
+        for (int j = 0; j < K; j++) P = __fadd_rn(P, p[ix[j]]);
+        for (int j = 0; j < K; j++) dot = __fadd_rn(dot, __fmul_rn(d[ix[j]], p[ix[j]] / P));
+        for (int j = 0; j < K; j++) dp[j] = norm ? (d[ix[j]] - dot) / P : d[ix[j]];
+        float pd = 0;
+        for (int j = 0; j < K; j++) pd = __fadd_rn(pd, __fmul_rn(dp[j], p[ix[j]]));
+        for (int e = 0; e < E; e++) g[e] = -p[e] * pd;
+        for (int j = 0; j < K; j++) g[ix[j]] = __fadd_rn(g[ix[j]], __fmul_rn(p[ix[j]], dp[j]));
+    } else {
+        float S = 0, dot = 0;
+        for (int j = 0; j < K; j++) {
+            dp[j] = 1.0f / (1.0f + expf(-l[ix[j]]));
+            S = __fadd_rn(S, dp[j]);
+        }
+        for (int j = 0; j < K; j++) dot = __fadd_rn(dot, __fmul_rn(d[ix[j]], dp[j] / S));
+        for (int e = 0; e < E; e++) g[e] = 0.0f;
+        for (int j = 0; j < K; j++) g[ix[j]] = __fmul_rn((d[ix[j]] - dot) / S, __fmul_rn(dp[j], 1.0f - dp[j]));
+    }
+}
+
+// Rows pos[0..m) of src [*, H] into dst [m, H].
+__global__ void k_gather(const float *src, const int *pos, int H, float *dst) {
+    const float *s = src + (size_t)pos[blockIdx.x] * H;
+    float *d = dst + (size_t)blockIdx.x * H;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) d[k] = s[k];
+}
+
+__global__ void k_swiglu(const float *A, const float *B, float *Hh, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float a = A[i];
+        Hh[i] = __fmul_rn(a / (1.0f + expf(-a)), B[i]);
+    }
+}
+
+// out[pos[j]] += re[j] * Y[j] (one expert's routing-weighted output), block per j.
+__global__ void k_combine(float *out, const int *pos, const float *re, const float *Y, int H) {
+    float *o = out + (size_t)pos[blockIdx.x] * H, r = re[blockIdx.x];
+    const float *y = Y + (size_t)blockIdx.x * H;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) o[k] = __fadd_rn(o[k], __fmul_rn(r, y[k]));
+}
+
+// dY[j] = re[j] * grad[pos[j]] and dr[pos[j], e] = grad[pos[j]] . Y[j] (Y the expert's output).
+__global__ void k_dy_dr(const float *grad, const int *pos, const float *re, const float *Y, int H, int E, int e,
+                        float *dY, float *dr) {
+    const float *gr = grad + (size_t)pos[blockIdx.x] * H, *y = Y + (size_t)blockIdx.x * H;
+    float *d = dY + (size_t)blockIdx.x * H, r = re[blockIdx.x], acc = 0;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) {
+        d[k] = __fmul_rn(r, gr[k]);
+        if (dr) acc = __fadd_rn(acc, __fmul_rn(gr[k], y[k]));
+    }
+    if (!dr) return;
+    acc = bsum_f(acc);
+    if (threadIdx.x == 0) dr[(size_t)pos[blockIdx.x] * E + e] = acc;
+}
+
+// dHh (in Y) -> dA (into Hh), dB (into Bm), as moe_pass's backward.
+__global__ void k_dswiglu(const float *A, float *Bm, float *Hh, const float *Y, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float a = A[i], sg = 1.0f / (1.0f + expf(-a)), dh = Y[i];
+        Hh[i] = __fmul_rn(__fmul_rn(dh, Bm[i]), __fmul_rn(sg, __fadd_rn(1.0f, __fmul_rn(a, 1.0f - sg))));
+        Bm[i] = __fmul_rn(dh, __fmul_rn(a, sg));
+    }
+}
+
+__global__ void k_scatter_add(float *dx, const int *pos, const float *src, int H) {
+    float *d = dx + (size_t)pos[blockIdx.x] * H;
+    const float *s = src + (size_t)blockIdx.x * H;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) d[k] = __fadd_rn(d[k], s[k]);
+}
+
+// mse's partial sums (f32 squares, f64 sum) per block; k_sum_final adds them in block order.
+__global__ void k_mse_part(const float *a, const float *b, size_t n, double *part) {
+    double s = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float d = a[i] - b[i];
+        s += (double)__fmul_rn(d, d);
+    }
+    s = bsum_d(s);
+    if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+__global__ void k_sum_final(double *part, int nb) {
+    double s = 0;
+    for (int i = 0; i < nb; i++) s += part[i];
+    part[nb] = s;
+}
+
+// grad = (out - tb) * k (MSELoss(mean) * 1000's derivative).
+__global__ void k_lossgrad(const float *out, const float *tb, float k, size_t n, float *grad) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        grad[i] = __fmul_rn(out[i] - tb[i], k);
+}
+
+// ---- host side -------------------------------------------------------------------------------
+
+const int NB_RED = 1024;  // blocks of the MSE reduction
+
+int ew_grid(size_t n) {
+    size_t b = (n + 255) / 256;
+    return (int)(b > 65535 ? 65535 : b ? b : 1);
+}
+
+struct DLin {
+    fb_ar_linear *L = nullptr;
+    size_t R = 0, C = 0, NG = 0;
+    int fixed = 1, expert = 0;
+    float *w0 = nullptr, *wq = nullptr, *v = nullptr, *bv = nullptr, *mn = nullptr, *mx = nullptr;
+    float *bmn = nullptr, *bmx = nullptr, *lo = nullptr, *hi = nullptr;
+    float *gsave = nullptr;  // host: gradient checks keep dLoss/dW here
+};
+
+struct Blk {
+    fb_err *err = nullptr;
+    const fb_ar_block *b = nullptr;
+    const fb_model_config *c = nullptr;
+    size_t N = 0, seq = 0, cap = 0, H = 0, Dq = 0, Dk = 0, hd = 0, nh = 0, nkv = 0, E = 0, K = 0, FF = 0, grp = 0;
+    float eps = 0, scale = 0;
+    int softmax = 0;
+    cublasHandle_t h = nullptr;
+    // allocations: dry (sizing) or real
+    int dry = 0;
+    size_t bytes = 0, by_part[4] = {0, 0, 0, 0};
+    std::vector<void *> mem;
+    double flop = 0;
+    // device
+    float *x = nullptr, *target = nullptr, *ln1 = nullptr, *ln2 = nullptr, *qn = nullptr, *kn = nullptr;
+    float *router = nullptr, *rbias = nullptr, *inv_freq = nullptr;
+    const float *xcur = nullptr;
+    float *xb, *tb, *xn1, *r1, *Q, *Kp, *V, *Qr, *Kr, *rq, *rk, *AO, *h1, *xn2, *r2, *lg, *out, *grad, *wt;
+    int32_t *idx;
+    float *dxn2, *dh1, *dAO, *dQ, *dK, *dV, *S, *dP, *dr, *dlg, *rscr;
+    float *gw, *ewq[3], *xe, *re, *A, *Bm, *Hh, *Y, *dY, *sbuf;
+    int8_t *qbuf;
+    int *pos;
+    double *part;
+    std::vector<DLin> lin;
+    // the routing of the last forward: experts' token lists (host), their device copy in pos/re
+    std::vector<int32_t> hidx;
+    std::vector<float> hwt, hre;
+    std::vector<int> hpos;
+    std::vector<size_t> off;
+    ~Blk() {
+        for (void *p : mem) cudaFree(p);
+        if (h) cublasDestroy(h);
+    }
+};
+
+#define CK(call)                                                                                                    \
+    do {                                                                                                            \
+        cudaError_t e_ = (call);                                                                                    \
+        if (e_ != cudaSuccess)                                                                                      \
+            return fb_fail(u.err, "AutoRound on CUDA: %s (%s:%d): %s", #call, __FILE__, __LINE__,                   \
+                           cudaGetErrorString(e_));                                                                 \
+    } while (0)
+#define CB(call)                                                                                                    \
+    do {                                                                                                            \
+        cublasStatus_t s_ = (call);                                                                                 \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                            \
+            return fb_fail(u.err, "AutoRound on CUDA: cuBLAS %s (%s:%d): status %d", #call, __FILE__, __LINE__,     \
+                           (int)s_);                                                                                \
+    } while (0)
+#define KC() CK(cudaGetLastError())
+#define TRY(call)                 \
+    do {                          \
+        if ((call)) return -1;    \
+    } while (0)
+
+enum { P_WEIGHTS, P_INPUTS, P_ACT, P_SCRATCH };
+const char *const PART_NAME[4] = {"Linear weights and tuning state", "x and target", "one batch's activations",
+                                  "expert and attention scratch"};
+
+// One device allocation of n elements of sz bytes for `what` (counted by part; a dry run only
+// counts). A failure names what did not fit.
+template <typename T> int dalloc(Blk &u, T **p, size_t n, int part, const char *what) {
+    size_t b = (n ? n : 1) * sizeof(T);
+    b = (b + 255) & ~(size_t)255;
+    u.bytes += b;
+    u.by_part[part] += b;
+    if (u.dry) {
+        *p = nullptr;
+        return 0;
+    }
+    void *q = nullptr;
+    cudaError_t e = cudaMalloc(&q, b);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return fb_fail(u.err, "AutoRound on CUDA: the device has no room for %s (%zu bytes; %zu allocated before): %s",
+                       what, b, u.bytes - b, cudaGetErrorString(e));
+    }
+    u.mem.push_back(q);
+    *p = (T *)q;
+    return 0;
+}
+
+// Row-major GEMMs: c[m, n] = op(a) op(b) (+ beta c), as autoround.c's nt / nn / tn, optionally
+// batched (count > 1, element strides sa, sb, sc).
+int gemm(Blk &u, int ta, int tb_, const float *a, size_t lda, long long sa, const float *b, size_t ldb, long long sb,
+         float *c, size_t ldc, long long sc, size_t m, size_t n, size_t k, float beta, int count) {
+    if (!m || !n) return 0;
+    const float one = 1.0f;
+    u.flop += 2.0 * (double)m * (double)n * (double)k * count;
+    // column-major: c^T [n, m] = op(b)^T [n, k] op(a)^T [k, m]
+    cublasOperation_t ob = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N, oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (count == 1)
+        CB(cublasSgemm(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, a, (int)lda, &beta, c, (int)ldc));
+    else
+        CB(cublasSgemmStridedBatched(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, sb, a, (int)lda, sa, &beta,
+                                     c, (int)ldc, sc, count));
+    return 0;
+}
+// c[m, n] = a[m, k] b[n, k]^T
+int nt(Blk &u, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+       size_t k, float beta) {
+    return gemm(u, 0, 1, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+}
+// c[m, n] = a[m, k] b[k, n]
+int nn(Blk &u, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+       size_t k, float beta) {
+    return gemm(u, 0, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+}
+// c[m, n] = a[k, m]^T b[k, n]
+int tn(Blk &u, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+       size_t k, float beta) {
+    return gemm(u, 1, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+}
+
+// The block's Linears in order: q, k, v, o, then each expert's gate, up, down.
+fb_ar_linear *blk_linear(const fb_ar_block *b, size_t j) {
+    if (j < 4) return b->attn[j];
+    fb_ar_expert *p = &b->experts[(j - 4) / 3];
+    return (j - 4) % 3 == 0 ? &p->gate : (j - 4) % 3 == 1 ? &p->up : &p->down;
+}
+
+int finite_or_fail(Blk &u, const float *p, size_t n, const char *what) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(p[i])) return fb_fail(u.err, "AutoRound block: %s element %zu is %g", what, i, (double)p[i]);
+    return 0;
+}
+
+int weight_finite(Blk &u, const fb_ar_linear *l, const char *what, size_t e) {
+    for (size_t r = 0; r < l->rows; r++)
+        for (size_t k = 0; k < l->cols; k++) {
+            float v = l->w[r * l->cols + k];
+            if (!isfinite(v)) {
+                if (e == (size_t)-1)
+                    return fb_fail(u.err, "%s: AutoRound: weight row %zu column %zu is %g", what, r, k, (double)v);
+                return fb_fail(u.err, "expert %zu %s: AutoRound: weight row %zu column %zu is %g", e, what, r, k,
+                               (double)v);
+            }
+        }
+    return 0;
+}
+
+// The configuration's sizes into u (blk_check's first half).
+int blk_sizes(Blk &u, const fb_model_config *c, size_t nsamples, size_t seq, size_t bs) {
+    u.c = c, u.seq = seq;
+    if (!c || c->hidden <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads || c->head_dim <= 0 ||
+        c->rotary_dim < 0 || c->rotary_dim > c->head_dim || c->rotary_dim % 2 || c->n_experts <= 0 || c->top_k <= 0 ||
+        c->top_k > c->n_experts || c->top_k > 64 || c->inter <= 0)
+        return fb_fail(u.err, "AutoRound block: the model configuration is not one this loop can run");
+    if (c->n_experts > 1024)
+        return fb_fail(u.err, "AutoRound on CUDA: %d routed experts (at most 1024 here)", c->n_experts);
+    u.H = (size_t)c->hidden, u.nh = (size_t)c->n_heads, u.nkv = (size_t)c->n_kv_heads, u.hd = (size_t)c->head_dim;
+    u.Dq = u.nh * u.hd, u.Dk = u.nkv * u.hd, u.E = (size_t)c->n_experts, u.K = (size_t)c->top_k;
+    u.FF = (size_t)c->inter, u.grp = u.nh / u.nkv;
+    u.N = nsamples * seq, u.cap = bs * seq, u.eps = (float)c->eps;
+    u.scale = (float)pow((double)u.hd, -0.5);
+    u.softmax = c->router == FB_ROUTER_SOFTMAX;
+    size_t H = u.H, FF = u.FF, big = u.Dq > H ? u.Dq : H;
+    if (big < FF) big = FF;
+    if (big < u.E) big = u.E;
+    if (!u.N || big > INT_MAX / 2 || u.cap > INT_MAX / big || seq > 46340)
+        return fb_fail(u.err, "AutoRound block: %zu samples x %zu tokens (batch %zu) with widths up to %zu are out of range",
+                       nsamples, seq, bs, big);
+    return 0;
+}
+
+// autoround.c's blk_check: the same refusals, the same messages.
+int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target, size_t nsamples, size_t seq,
+              size_t bs) {
+    const fb_model_config *c = b->cfg;
+    u.b = b;
+    TRY(blk_sizes(u, c, nsamples, seq, bs));
+    size_t H = u.H, FF = u.FF;
+    size_t rows[4] = {u.Dq, u.Dk, u.Dk, H}, cols[4] = {H, H, H, u.Dq};
+    static const char *const nm[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    for (int j = 0; j < 4; j++) {
+        const fb_ar_linear *l = b->attn[j];
+        if (!l || l->rows != rows[j] || l->cols != cols[j] || (b->attn_tuned[j] && l->cols % G))
+            return fb_fail(u.err, "AutoRound block: %s is [%zu, %zu], expected [%zu, %zu]", nm[j], l ? l->rows : 0,
+                           l ? l->cols : 0, rows[j], cols[j]);
+        TRY(weight_finite(u, l, nm[j], (size_t)-1));
+    }
+    for (size_t e = 0; e < u.E; e++) {
+        const fb_ar_expert *p = &b->experts[e];
+        if (p->gate.rows != FF || p->gate.cols != H || p->up.rows != FF || p->up.cols != H || p->down.rows != H ||
+            p->down.cols != FF || (b->experts_tuned && FF % G))
+            return fb_fail(u.err, "AutoRound block: expert %zu: gate [%zu, %zu], up [%zu, %zu], down [%zu, %zu] for "
+                                  "hidden %zu, intermediate %zu", e, p->gate.rows, p->gate.cols, p->up.rows, p->up.cols,
+                           p->down.rows, p->down.cols, H, FF);
+        TRY(weight_finite(u, &p->gate, "gate", e));
+        TRY(weight_finite(u, &p->up, "up", e));
+        TRY(weight_finite(u, &p->down, "down", e));
+    }
+    size_t qnn = c->qk_norm == FB_QKN_ALL_HEADS ? u.Dq : u.hd, knn = c->qk_norm == FB_QKN_ALL_HEADS ? u.Dk : u.hd;
+    if (!b->ln1 || !b->ln2 || !b->router || (c->qk_norm != FB_QKN_NONE && (!b->q_norm || !b->k_norm)))
+        return fb_fail(u.err, "AutoRound block: a norm or the router weight is missing");
+    if (finite_or_fail(u, b->ln1, H, "input_layernorm") || finite_or_fail(u, b->ln2, H, "post_attention_layernorm") ||
+        finite_or_fail(u, b->router, u.E * H, "router") ||
+        (b->router_bias && finite_or_fail(u, b->router_bias, u.E, "router bias")) ||
+        (c->qk_norm != FB_QKN_NONE &&
+         (finite_or_fail(u, b->q_norm, qnn, "q_norm") || finite_or_fail(u, b->k_norm, knn, "k_norm"))) ||
+        finite_or_fail(u, x, u.N * H, "input") || finite_or_fail(u, target, u.N * H, "target"))
+        return -1;
+    return 0;
+}
+
+// Every device buffer (u.dry: only their sizes). tuned[j]: Linear j gets V, snapshots, factors.
+int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
+    size_t cap = u.cap, H = u.H, Dq = u.Dq, Dk = u.Dk, E = u.E, FF = u.FF, L = u.seq, K = u.K;
+    size_t HI = H > FF ? H : FF, nr = u.c->qk_norm == FB_QKN_PER_HEAD ? cap * u.nh : cap;
+    size_t qnn = u.c->qk_norm == FB_QKN_ALL_HEADS ? Dq : u.hd, knn = u.c->qk_norm == FB_QKN_ALL_HEADS ? Dk : u.hd;
+    TRY(dalloc(u, &u.x, u.N * H, P_INPUTS, "the block input x"));
+    TRY(dalloc(u, &u.target, u.N * H, P_INPUTS, "the target"));
+    TRY(dalloc(u, &u.ln1, H, P_WEIGHTS, "input_layernorm"));
+    TRY(dalloc(u, &u.ln2, H, P_WEIGHTS, "post_attention_layernorm"));
+    TRY(dalloc(u, &u.qn, qnn, P_WEIGHTS, "q_norm"));
+    TRY(dalloc(u, &u.kn, knn, P_WEIGHTS, "k_norm"));
+    TRY(dalloc(u, &u.router, E * H, P_WEIGHTS, "the router"));
+    TRY(dalloc(u, &u.rbias, E, P_WEIGHTS, "the router bias"));
+    TRY(dalloc(u, &u.inv_freq, (size_t)u.c->rotary_dim / 2 + 1, P_WEIGHTS, "RoPE frequencies"));
+    struct { float **p; size_t n; } act[] = {
+        {&u.xb, cap * H}, {&u.tb, cap * H}, {&u.xn1, cap * H}, {&u.r1, cap}, {&u.Q, cap * Dq}, {&u.Kp, cap * Dk},
+        {&u.V, cap * Dk}, {&u.Qr, cap * Dq}, {&u.Kr, cap * Dk}, {&u.rq, nr}, {&u.rk, nr}, {&u.AO, cap * Dq},
+        {&u.h1, cap * H}, {&u.xn2, cap * H}, {&u.r2, cap}, {&u.lg, cap * E}, {&u.out, cap * H}, {&u.grad, cap * H},
+        {&u.wt, cap * K}, {&u.dxn2, cap * H}, {&u.dh1, cap * H}, {&u.dAO, cap * Dq}, {&u.dQ, cap * Dq},
+        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.grp * L * L}, {&u.dP, u.grp * L * L}, {&u.dr, cap * E},
+        {&u.dlg, cap * E}, {&u.rscr, cap * E}, {&u.re, cap * K}};
+    for (auto &a : act) TRY(dalloc(u, a.p, a.n, P_ACT, "one batch's activations"));
+    TRY(dalloc(u, &u.idx, cap * K, P_ACT, "one batch's routing"));
+    TRY(dalloc(u, &u.pos, cap * K, P_ACT, "one batch's routing"));
+    TRY(dalloc(u, &u.part, NB_RED + 1, P_ACT, "the loss reduction"));
+    // the experts' scratch: one expert's rows (at most every token of the batch)
+    struct { float **p; size_t n; } scr[] = {{&u.xe, cap * H}, {&u.A, cap * FF}, {&u.Bm, cap * FF}, {&u.Hh, cap * FF},
+                                             {&u.Y, cap * HI}, {&u.dY, cap * H}};
+    for (auto &a : scr) TRY(dalloc(u, a.p, a.n, P_SCRATCH, "the experts' scratch"));
+    size_t maxw = 0, maxg = 0;
+    for (size_t j = 0; j < u.lin.size(); j++) {
+        DLin &a = u.lin[j];
+        size_t n = a.R * a.C;
+        if (n > maxw) maxw = n;
+        if (a.NG > maxg) maxg = a.NG;
+        char what[96];
+        snprintf(what, sizeof what, "Linear %zu (%zu x %zu)", j, a.R, a.C);
+        TRY(dalloc(u, &a.w0, n, P_WEIGHTS, what));
+        if (!tuned[j]) {
+            a.wq = a.w0;
+            continue;
+        }
+        if (!a.expert) TRY(dalloc(u, &a.wq, n, P_WEIGHTS, what));
+        TRY(dalloc(u, &a.v, n, P_WEIGHTS, what));
+        TRY(dalloc(u, &a.bv, n, P_WEIGHTS, what));
+        float **f[6] = {&a.mn, &a.mx, &a.bmn, &a.bmx, &a.lo, &a.hi};
+        for (int i = 0; i < 6; i++) TRY(dalloc(u, f[i], a.NG, P_WEIGHTS, what));
+    }
+    TRY(dalloc(u, &u.gw, maxw, P_SCRATCH, "the weight-gradient scratch"));
+    for (int i = 0; i < 3; i++) TRY(dalloc(u, &u.ewq[i], u.lin.size() > 4 ? u.FF * H : 1, P_SCRATCH, "an expert's weights"));
+    TRY(dalloc(u, &u.sbuf, need_q ? maxg : 1, P_SCRATCH, "the scales' scratch"));
+    TRY(dalloc(u, &u.qbuf, need_q ? maxw : 1, P_SCRATCH, "the codes' scratch"));
+    return 0;
+}
+
+// Sizes every buffer, checks them against the device's free memory, allocates, uploads.
+int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int> &tuned, int need_q) {
+    int ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&ndev);
+    if (e != cudaSuccess || ndev < 1) {
+        cudaGetLastError();
+        return fb_fail(u.err, "AutoRound on CUDA: no usable GPU (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+    }
+    CK(cudaSetDevice(0));
+    u.dry = 1;
+    u.bytes = 0;
+    memset(u.by_part, 0, sizeof u.by_part);
+    TRY(blk_alloc(u, tuned, need_q));
+    size_t fr = 0, tot = 0;
+    CK(cudaMemGetInfo(&fr, &tot));
+    const size_t margin = (size_t)512 << 20;  // cuBLAS workspace, the context's own
+    if (u.bytes + margin > fr) {
+        cudaDeviceProp pr;
+        CK(cudaGetDeviceProperties(&pr, 0));
+        const double gi = 1.0 / (1 << 30);
+        return fb_fail(u.err, "AutoRound on CUDA: the block does not fit %s: it needs %.2f GiB (%s %.2f GiB, %s %.2f GiB, "
+                              "%s %.2f GiB, %s %.2f GiB) + %.2f GiB reserve, %.2f GiB of %.2f GiB are free (fewer "
+                              "samples or a smaller --batch-size shrink the last three)",
+                       pr.name, u.bytes * gi, PART_NAME[0], u.by_part[0] * gi, PART_NAME[1], u.by_part[1] * gi,
+                       PART_NAME[2], u.by_part[2] * gi, PART_NAME[3], u.by_part[3] * gi, margin * gi, fr * gi, tot * gi);
+    }
+    u.dry = 0;
+    u.bytes = 0;
+    memset(u.by_part, 0, sizeof u.by_part);
+    TRY(blk_alloc(u, tuned, need_q));
+    CB(cublasCreate(&u.h));
+    CB(cublasSetMathMode(u.h, CUBLAS_DEFAULT_MATH));  // no TF32: the CPU path is the truth
+    const fb_ar_block *b = u.b;
+    const fb_model_config *c = u.c;
+    size_t H = u.H, fl = sizeof(float);
+    CK(cudaMemcpy(u.x, x, u.N * H * fl, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(u.target, target, u.N * H * fl, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(u.ln1, b->ln1, H * fl, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(u.ln2, b->ln2, H * fl, cudaMemcpyHostToDevice));
+    if (c->qk_norm != FB_QKN_NONE) {
+        size_t qnn = c->qk_norm == FB_QKN_ALL_HEADS ? u.Dq : u.hd, knn = c->qk_norm == FB_QKN_ALL_HEADS ? u.Dk : u.hd;
+        CK(cudaMemcpy(u.qn, b->q_norm, qnn * fl, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(u.kn, b->k_norm, knn * fl, cudaMemcpyHostToDevice));
+    }
+    CK(cudaMemcpy(u.router, b->router, u.E * H * fl, cudaMemcpyHostToDevice));
+    if (b->router_bias) CK(cudaMemcpy(u.rbias, b->router_bias, u.E * fl, cudaMemcpyHostToDevice));
+    std::vector<float> inv((size_t)c->rotary_dim / 2 + 1, 0.0f);
+    fb_mm_rope_inv_freq(c->rope_theta, c->rotary_dim, inv.data());
+    CK(cudaMemcpy(u.inv_freq, inv.data(), inv.size() * fl, cudaMemcpyHostToDevice));
+    for (size_t j = 0; j < u.lin.size(); j++) {
+        DLin &a = u.lin[j];
+        size_t n = a.R * a.C;
+        CK(cudaMemcpy(a.w0, a.L->w, n * fl, cudaMemcpyHostToDevice));
+        if (!tuned[j]) continue;
+        CK(cudaMemset(a.v, 0, n * fl));
+        CK(cudaMemset(a.bv, 0, n * fl));
+        float *ones[4] = {a.mn, a.mx, a.bmn, a.bmx};
+        for (int i = 0; i < 4; i++) {
+            k_fill<<<ew_grid(a.NG), 256>>>(ones[i], a.NG, 1.0f);
+            KC();
+        }
+        k_group_minmax<<<(unsigned)((a.NG + 127) / 128), 128>>>(a.w0, a.NG, a.lo, a.hi);
+        KC();
+    }
+    CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+// An expert Linear's fake-quantized weight for this forward / backward (tuned: recomputed into
+// the scratch slot from its current parameters; fixed: its FP weight).
+int expert_wq(Blk &u, DLin &a, int slot, const float **w) {
+    if (a.fixed) {
+        *w = a.w0;
+        return 0;
+    }
+    k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, u.ewq[slot], nullptr, nullptr);
+    KC();
+    *w = u.ewq[slot];
+    return 0;
+}
+
+// lin_apply: keep the gradient (checks), the SignSGD step (tuned), or nothing (fixed).
+int lin_apply(Blk &u, DLin &a, float lr, float mlr, int minmax) {
+    if (a.gsave) CK(cudaMemcpy(a.gsave, u.gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
+    else if (!a.fixed) {
+        k_step<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, u.gw, lr, mlr, minmax);
+        KC();
+    }
+    return 0;
+}
+inline int wants_grad(const DLin &a) { return a.gsave || !a.fixed; }
+
+// moe_pass over the batch's n rows (xn2): forward into out (grad NULL), or the backward of
+// dLoss/dout = grad (steps each expert Linear, fills dr and adds dLoss/dxn2 into dxn2).
+int moe_pass(Blk &u, size_t n, float *out, const float *grad, float lr, float mlr, int minmax) {
+    size_t H = u.H, FF = u.FF, E = u.E;
+    if (!grad) CK(cudaMemsetAsync(out, 0, n * H * sizeof(float)));
+    for (size_t e = 0; e < E; e++) {
+        size_t m = u.off[e + 1] - u.off[e];
+        if (!m) continue;
+        DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
+        const float *Wg, *Wu, *Wd;
+        TRY(expert_wq(u, g, 0, &Wg));
+        TRY(expert_wq(u, up, 1, &Wu));
+        TRY(expert_wq(u, d, 2, &Wd));
+        const int *pos = u.pos + u.off[e];
+        const float *re = u.re + u.off[e];
+        k_gather<<<(unsigned)m, 256>>>(u.xn2, pos, (int)H, u.xe);
+        KC();
+        TRY(nt(u, u.xe, H, Wg, H, u.A, FF, m, FF, H, 0.0f));
+        TRY(nt(u, u.xe, H, Wu, H, u.Bm, FF, m, FF, H, 0.0f));
+        k_swiglu<<<ew_grid(m * FF), 256>>>(u.A, u.Bm, u.Hh, m * FF);
+        KC();
+        TRY(nt(u, u.Hh, FF, Wd, FF, u.Y, H, m, H, FF, 0.0f));  // the expert's output
+        if (!grad) {
+            k_combine<<<(unsigned)m, 256>>>(out, pos, re, u.Y, (int)H);
+            KC();
+            continue;
+        }
+        k_dy_dr<<<(unsigned)m, 256>>>(grad, pos, re, u.Y, (int)H, (int)E, (int)e, u.dY, u.dr);
+        KC();
+        if (wants_grad(d)) {  // dWd = dY^T Hh
+            TRY(tn(u, u.dY, H, u.Hh, FF, u.gw, FF, H, FF, m, 0.0f));
+            TRY(lin_apply(u, d, lr, mlr, minmax));  // Wd (the scratch) keeps this iteration's weights
+        }
+        TRY(nn(u, u.dY, H, Wd, FF, u.Y, FF, m, FF, H, 0.0f));  // dHh = dY Wd
+        k_dswiglu<<<ew_grid(m * FF), 256>>>(u.A, u.Bm, u.Hh, u.Y, m * FF);
+        KC();
+        if (wants_grad(g)) {
+            TRY(tn(u, u.Hh, FF, u.xe, H, u.gw, H, FF, H, m, 0.0f));
+            TRY(lin_apply(u, g, lr, mlr, minmax));
+        }
+        if (wants_grad(up)) {
+            TRY(tn(u, u.Bm, FF, u.xe, H, u.gw, H, FF, H, m, 0.0f));
+            TRY(lin_apply(u, up, lr, mlr, minmax));
+        }
+        // dx = dA Wg + dB Wu (xe is free now)
+        TRY(nn(u, u.Hh, FF, Wg, H, u.xe, H, m, H, FF, 0.0f));
+        TRY(nn(u, u.Bm, FF, Wu, H, u.xe, H, m, H, FF, 1.0f));
+        k_scatter_add<<<(unsigned)m, 256>>>(u.dxn2, pos, u.xe, (int)H);
+        KC();
+    }
+    return 0;
+}
+
+// blk_forward on the n rows at u.xcur (whole samples) into u.out.
+int blk_forward(Blk &u, size_t n) {
+    const fb_model_config *c = u.c;
+    size_t H = u.H, Dq = u.Dq, Dk = u.Dk, hd = u.hd, E = u.E, K = u.K, L = u.seq;
+    k_rms_fwd<<<(unsigned)n, 256>>>(u.xcur, u.ln1, u.eps, (int)H, u.xn1, u.r1);
+    KC();
+    TRY(nt(u, u.xn1, H, u.lin[0].wq, H, u.Q, Dq, n, Dq, H, 0.0f));
+    TRY(nt(u, u.xn1, H, u.lin[1].wq, H, u.Kp, Dk, n, Dk, H, 0.0f));
+    TRY(nt(u, u.xn1, H, u.lin[2].wq, H, u.V, Dk, n, Dk, H, 0.0f));
+    if (c->qk_norm == FB_QKN_ALL_HEADS) {
+        k_rms_fwd<<<(unsigned)n, 256>>>(u.Q, u.qn, u.eps, (int)Dq, u.Qr, u.rq);
+        KC();
+        k_rms_fwd<<<(unsigned)n, 256>>>(u.Kp, u.kn, u.eps, (int)Dk, u.Kr, u.rk);
+        KC();
+    } else if (c->qk_norm == FB_QKN_PER_HEAD) {
+        k_rms_fwd<<<(unsigned)(n * u.nh), 128>>>(u.Q, u.qn, u.eps, (int)hd, u.Qr, u.rq);
+        KC();
+        k_rms_fwd<<<(unsigned)(n * u.nkv), 128>>>(u.Kp, u.kn, u.eps, (int)hd, u.Kr, u.rk);
+        KC();
+    } else {
+        CK(cudaMemcpyAsync(u.Qr, u.Q, n * Dq * sizeof(float), cudaMemcpyDeviceToDevice));
+        CK(cudaMemcpyAsync(u.Kr, u.Kp, n * Dk * sizeof(float), cudaMemcpyDeviceToDevice));
+    }
+    int half = c->rotary_dim / 2;
+    if (half) {
+        k_rope<<<(unsigned)n, 256>>>(u.Qr, (int)Dq, (int)u.nh, (int)hd, half, u.inv_freq, (int)L, 0);
+        KC();
+        k_rope<<<(unsigned)n, 256>>>(u.Kr, (int)Dk, (int)u.nkv, (int)hd, half, u.inv_freq, (int)L, 0);
+        KC();
+    }
+    // attention per sample and KV group, batched over the group's query heads
+    for (size_t s = 0; s < n / L; s++)
+        for (size_t g = 0; g < u.nkv; g++) {
+            size_t r0 = s * L, h0 = g * u.grp;
+            TRY(gemm(u, 0, 1, u.Qr + r0 * Dq + h0 * hd, Dq, (long long)hd, u.Kr + r0 * Dk + g * hd, Dk, 0, u.S, L,
+                     (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
+            k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
+            KC();
+            TRY(gemm(u, 0, 0, u.S, L, (long long)(L * L), u.V + r0 * Dk + g * hd, Dk, 0, u.AO + r0 * Dq + h0 * hd, Dq,
+                     (long long)hd, L, hd, L, 0.0f, (int)u.grp));
+        }
+    TRY(nt(u, u.AO, Dq, u.lin[3].wq, Dq, u.h1, H, n, H, Dq, 0.0f));
+    k_add<<<ew_grid(n * H), 256>>>(u.xcur, u.h1, u.h1, n * H);
+    KC();
+    k_rms_fwd<<<(unsigned)n, 256>>>(u.h1, u.ln2, u.eps, (int)H, u.xn2, u.r2);
+    KC();
+    TRY(nt(u, u.xn2, H, u.router, H, u.lg, E, n, E, H, 0.0f));
+    k_route<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.b->router_bias ? u.rbias : nullptr, (int)n, (int)E, (int)K,
+                                                  u.softmax, u.c->norm_topk_prob, u.idx, u.wt, u.rscr);
+    KC();
+    // each expert's tokens (ascending), as moe_pass gathers them (a weight of exactly 0 skipped)
+    u.hidx.resize(n * K);
+    u.hwt.resize(n * K);
+    CK(cudaMemcpy(u.hidx.data(), u.idx, n * K * sizeof(int32_t), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(u.hwt.data(), u.wt, n * K * sizeof(float), cudaMemcpyDeviceToHost));
+    u.off.assign(E + 1, 0);
+    for (size_t i = 0; i < n * K; i++)
+        if (u.hwt[i] != 0) u.off[(size_t)u.hidx[i] + 1]++;
+    for (size_t e = 0; e < E; e++) u.off[e + 1] += u.off[e];
+    u.hpos.resize(n * K);
+    u.hre.resize(n * K);
+    std::vector<size_t> fill(u.off.begin(), u.off.end() - 1);
+    for (size_t t = 0; t < n; t++)
+        for (size_t j = 0; j < K; j++) {
+            size_t i = t * K + j;
+            if (u.hwt[i] == 0) continue;
+            size_t at = fill[(size_t)u.hidx[i]]++;
+            u.hpos[at] = (int)t;
+            u.hre[at] = u.hwt[i];
+        }
+    size_t tot = u.off[E];
+    if (tot) {
+        CK(cudaMemcpy(u.pos, u.hpos.data(), tot * sizeof(int), cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(u.re, u.hre.data(), tot * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    TRY(moe_pass(u, n, u.out, nullptr, 0, 0, 0));
+    k_add<<<ew_grid(n * H), 256>>>(u.h1, u.out, u.out, n * H);
+    KC();
+    return 0;
+}
+
+// blk_backward: u.grad (dLoss/dout of the last forward's n rows) to every Linear.
+int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
+    const fb_model_config *c = u.c;
+    size_t H = u.H, Dq = u.Dq, Dk = u.Dk, hd = u.hd, E = u.E, K = u.K, L = u.seq;
+    CK(cudaMemsetAsync(u.dxn2, 0, n * H * sizeof(float)));
+    CK(cudaMemsetAsync(u.dr, 0, n * E * sizeof(float)));
+    TRY(moe_pass(u, n, nullptr, u.grad, lr, mlr, minmax));
+    k_router_bwd<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.idx, u.dr, (int)n, (int)E, (int)K, u.softmax,
+                                                       u.c->norm_topk_prob, u.rscr, u.dlg);
+    KC();
+    TRY(nn(u, u.dlg, E, u.router, H, u.dxn2, H, n, H, E, 1.0f));
+    CK(cudaMemcpyAsync(u.dh1, u.grad, n * H * sizeof(float), cudaMemcpyDeviceToDevice));
+    k_rms_bwd<<<(unsigned)n, 256>>>(u.h1, u.ln2, u.r2, u.dxn2, (int)H, u.dh1, 1);
+    KC();
+    DLin &lo = u.lin[3];
+    if (wants_grad(lo)) {
+        TRY(tn(u, u.dh1, H, u.AO, Dq, u.gw, Dq, H, Dq, n, 0.0f));
+        TRY(lin_apply(u, lo, lr, mlr, minmax));
+    }
+    TRY(nn(u, u.dh1, H, lo.wq, Dq, u.dAO, Dq, n, Dq, H, 0.0f));
+    CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
+    CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
+    for (size_t s = 0; s < n / L; s++)
+        for (size_t g = 0; g < u.nkv; g++) {
+            size_t r0 = s * L, h0 = g * u.grp;
+            const float *Qg = u.Qr + r0 * Dq + h0 * hd, *Kg = u.Kr + r0 * Dk + g * hd, *Vg = u.V + r0 * Dk + g * hd;
+            const float *dO = u.dAO + r0 * Dq + h0 * hd;
+            TRY(gemm(u, 0, 1, Qg, Dq, (long long)hd, Kg, Dk, 0, u.S, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
+            k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
+            KC();
+            TRY(gemm(u, 0, 1, dO, Dq, (long long)hd, Vg, Dk, 0, u.dP, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
+            for (size_t i = 0; i < u.grp; i++)
+                TRY(tn(u, u.S + i * L * L, L, dO + i * hd, Dq, u.dV + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
+            k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, u.dP, (int)L, u.scale);
+            KC();
+            TRY(gemm(u, 0, 0, u.dP, L, (long long)(L * L), Kg, Dk, 0, u.dQ + r0 * Dq + h0 * hd, Dq, (long long)hd, L, hd,
+                     L, 0.0f, (int)u.grp));
+            for (size_t i = 0; i < u.grp; i++)
+                TRY(tn(u, u.dP + i * L * L, L, Qg + i * hd, Dq, u.dK + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
+        }
+    int half = c->rotary_dim / 2;
+    if (half) {
+        k_rope<<<(unsigned)n, 256>>>(u.dQ, (int)Dq, (int)u.nh, (int)hd, half, u.inv_freq, (int)L, 1);
+        KC();
+        k_rope<<<(unsigned)n, 256>>>(u.dK, (int)Dk, (int)u.nkv, (int)hd, half, u.inv_freq, (int)L, 1);
+        KC();
+    }
+    if (c->qk_norm == FB_QKN_ALL_HEADS) {
+        k_rms_bwd<<<(unsigned)n, 256>>>(u.Q, u.qn, u.rq, u.dQ, (int)Dq, u.dQ, 0);
+        KC();
+        k_rms_bwd<<<(unsigned)n, 256>>>(u.Kp, u.kn, u.rk, u.dK, (int)Dk, u.dK, 0);
+        KC();
+    } else if (c->qk_norm == FB_QKN_PER_HEAD) {
+        k_rms_bwd<<<(unsigned)(n * u.nh), 128>>>(u.Q, u.qn, u.rq, u.dQ, (int)hd, u.dQ, 0);
+        KC();
+        k_rms_bwd<<<(unsigned)(n * u.nkv), 128>>>(u.Kp, u.kn, u.rk, u.dK, (int)hd, u.dK, 0);
+        KC();
+    }
+    const float *dY[3] = {u.dQ, u.dK, u.dV};
+    size_t R[3] = {Dq, Dk, Dk};
+    for (int j = 0; j < 3; j++) {
+        DLin &a = u.lin[j];
+        if (!wants_grad(a)) continue;
+        TRY(tn(u, dY[j], R[j], u.xn1, H, u.gw, H, R[j], H, n, 0.0f));
+        TRY(lin_apply(u, a, lr, mlr, minmax));
+    }
+    return 0;
+}
+
+// mse(a, b) over n elements (f32 squares, f64 sum), into *out.
+int d_mse(Blk &u, const float *a, const float *b, size_t n, double *out) {
+    k_mse_part<<<NB_RED, 256>>>(a, b, n, u.part);
+    KC();
+    k_sum_final<<<1, 1>>>(u.part, NB_RED);
+    KC();
+    double s = 0;
+    CK(cudaMemcpy(&s, u.part + NB_RED, sizeof s, cudaMemcpyDeviceToHost));
+    *out = s / (double)n;
+    return 0;
+}
+
+// blk_full: the MSE over every sample with the current weights.
+int blk_full(Blk &u, double *out) {
+    double s = 0;
+    for (size_t t0 = 0; t0 < u.N; t0 += u.cap) {
+        size_t n = u.N - t0 < u.cap ? u.N - t0 : u.cap;
+        u.xcur = u.x + t0 * u.H;
+        TRY(blk_forward(u, n));
+        double m;
+        TRY(d_mse(u, u.out, u.target + t0 * u.H, n * u.H, &m));
+        s += m * (double)(n * u.H);
+    }
+    *out = s / (double)(u.N * u.H);
+    return 0;
+}
+
+// sr_qdq: every tuned Linear's factors clamped; the attention's fake-quantized weights (the
+// experts' are made where they are used).
+int sr_qdq(Blk &u) {
+    for (DLin &a : u.lin) {
+        if (a.fixed) continue;
+        k_clamp<<<ew_grid(a.NG), 256>>>(a.mn, a.mx, a.NG);
+        KC();
+        if (!a.expert) {
+            k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq, nullptr, nullptr);
+            KC();
+        }
+    }
+    return 0;
+}
+
+// Fills u.lin from the block (tuned[j] for Linear j).
+void lin_setup(Blk &u, fb_ar_block *b, std::vector<int> &tuned, int all_fixed) {
+    size_t nl = 4 + 3 * u.E;
+    u.lin.assign(nl, DLin());
+    tuned.assign(nl, 0);
+    for (size_t j = 0; j < nl; j++) {
+        DLin &a = u.lin[j];
+        a.L = blk_linear(b, j);
+        a.R = a.L->rows, a.C = a.L->cols, a.NG = a.R * a.C / G;
+        a.expert = j >= 4;
+        tuned[j] = all_fixed ? 0 : j < 4 ? b->attn_tuned[j] : b->experts_tuned;
+        a.fixed = !tuned[j];
+    }
+}
+
+int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_block *b,
+               const fb_ar_opts *o, fb_ar_result *res) {
+    double t0 = now_s();
+    if (o->iters < 1) return fb_fail(u.err, "AutoRound block: %d iterations", o->iters);
+    size_t bs = o->batch_size ? o->batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    TRY(blk_check(u, b, x, target, nsamples, seq, bs));
+    std::vector<int> tuned;
+    lin_setup(u, b, tuned, 0);
+    TRY(blk_setup(u, x, target, tuned, 1));
+    size_t H = u.H, n = bs * seq;
+    float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
+    int minmax = !o->disable_minmax;
+    std::vector<size_t> order((size_t)o->iters * bs);
+    fb_autoround_sample_order(nsamples, o, order.data());
+    double t1 = now_s();
+    TRY(sr_qdq(u));
+    TRY(blk_full(u, &res->rtn_mse));
+    CK(cudaDeviceSynchronize());
+    double t2 = now_s(), full_flop = u.flop;
+    double best = 3.4028234663852886e38;  // torch.finfo(float).max
+    float lr_i = lr, mlr_i = mlr;
+    for (int it = 0; it < o->iters; it++) {
+        for (size_t k = 0; k < bs; k++) {  // the batch's samples (whole sequences) in order
+            size_t smp = order[(size_t)it * bs + k];
+            CK(cudaMemcpyAsync(u.xb + k * seq * H, u.x + smp * seq * H, seq * H * sizeof(float), cudaMemcpyDeviceToDevice));
+            CK(cudaMemcpyAsync(u.tb + k * seq * H, u.target + smp * seq * H, seq * H * sizeof(float),
+                               cudaMemcpyDeviceToDevice));
+        }
+        TRY(sr_qdq(u));
+        u.xcur = u.xb;
+        TRY(blk_forward(u, n));
+        double m;
+        TRY(d_mse(u, u.out, u.tb, n * H, &m));
+        double loss = (double)(float)m;  // loss.item() of an f32 tensor
+        k_lossgrad<<<ew_grid(n * H), 256>>>(u.out, u.tb, 2000.0f / (float)(n * H), n * H, u.grad);
+        KC();
+        if (it == 0) res->init_loss = loss;
+        if (o->loss_trace) o->loss_trace[it] = loss;
+        if (loss < best || (o->not_use_best_mse && it == o->iters - 1)) {
+            if (loss < best) {
+                best = loss;
+                res->best_iter = it;
+                res->best_loss = loss;
+            }
+            for (DLin &a : u.lin) {
+                if (a.fixed) continue;
+                CK(cudaMemcpyAsync(a.bv, a.v, a.R * a.C * sizeof(float), cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpyAsync(a.bmn, a.mn, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpyAsync(a.bmx, a.mx, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
+            }
+        }
+        TRY(blk_backward(u, n, lr_i, mlr_i, minmax));
+        // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
+        float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
+        lr_i = lr_i * f;
+        mlr_i = mlr_i * f;
+    }
+    CK(cudaDeviceSynchronize());
+    double t3 = now_s(), iter_flop = u.flop - full_flop;
+    if (o->not_use_best_mse) res->best_loss = best;
+    // the kept parameters become the current ones: the final pass and the results read them
+    for (DLin &a : u.lin) {
+        if (a.fixed) continue;
+        CK(cudaMemcpyAsync(a.v, a.bv, a.R * a.C * sizeof(float), cudaMemcpyDeviceToDevice));
+        CK(cudaMemcpyAsync(a.mn, a.bmn, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
+        CK(cudaMemcpyAsync(a.mx, a.bmx, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
+    }
+    TRY(sr_qdq(u));
+    double f0 = u.flop;
+    TRY(blk_full(u, &res->final_mse));
+    CK(cudaDeviceSynchronize());
+    double t4 = now_s();
+    full_flop += u.flop - f0;
+    // every tuned Linear's s * q, scales and codes, into host staging first: the caller's
+    // weights change only once everything is back
+    std::vector<std::vector<float>> ws(u.lin.size()), ss(u.lin.size());
+    std::vector<std::vector<int8_t>> qs(u.lin.size());
+    for (size_t j = 0; j < u.lin.size(); j++) {
+        DLin &a = u.lin[j];
+        if (a.fixed) continue;
+        float *wq = a.expert ? u.gw : a.wq;
+        k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, wq, u.sbuf, u.qbuf);
+        KC();
+        ws[j].resize(a.R * a.C);
+        ss[j].resize(a.NG);
+        CK(cudaMemcpy(ws[j].data(), wq, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(ss[j].data(), u.sbuf, a.NG * sizeof(float), cudaMemcpyDeviceToHost));
+        if (a.L->q) {
+            qs[j].resize(a.R * a.C);
+            CK(cudaMemcpy(qs[j].data(), u.qbuf, a.R * a.C, cudaMemcpyDeviceToHost));
+        }
+    }
+    for (size_t j = 0; j < u.lin.size(); j++) {
+        DLin &a = u.lin[j];
+        if (a.fixed) continue;
+        memcpy(a.L->w, ws[j].data(), a.R * a.C * sizeof(float));
+        if (a.L->scale) memcpy(a.L->scale, ss[j].data(), a.NG * sizeof(float));
+        if (a.L->q) memcpy(a.L->q, qs[j].data(), a.R * a.C);
+    }
+    g_info.device_bytes = u.bytes;
+    g_info.setup_s = t1 - t0;
+    g_info.iters_s = t3 - t2;
+    g_info.full_s = (t2 - t1) + (t4 - t3);
+    g_info.iter_flop = iter_flop;
+    g_info.full_flop = full_flop;
+    return 0;
+}
+
+int block_grad(Blk &u, const float *x, const float *target, size_t nsamples, size_t seq, const fb_ar_block *b,
+               double *loss, float **grads) {
+    TRY(blk_check(u, b, x, target, nsamples, seq, nsamples));
+    std::vector<int> tuned;
+    lin_setup(u, (fb_ar_block *)b, tuned, 1);
+    for (size_t j = 0; j < u.lin.size(); j++) u.lin[j].gsave = grads ? grads[j] : nullptr;
+    TRY(blk_setup(u, x, target, tuned, 0));
+    size_t n = u.N, H = u.H;
+    u.xcur = u.x;
+    TRY(blk_forward(u, n));
+    double m;
+    TRY(d_mse(u, u.out, u.target, n * H, &m));
+    *loss = 1000.0 * m;
+    k_lossgrad<<<ew_grid(n * H), 256>>>(u.out, u.target, 2000.0f / (float)(n * H), n * H, u.grad);
+    KC();
+    TRY(blk_backward(u, n, 0, 0, 0));
+    CK(cudaDeviceSynchronize());
+    return 0;
+}
+
+}  // namespace
+
+extern "C" int fb_cuda_autoround_tune_block(const float *x, const float *target, size_t nsamples, size_t seq,
+                                            fb_ar_block *b, const fb_ar_opts *o, fb_ar_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    fb_ar_result r;
+    memset(&r, 0, sizeof r);
+    int rc;
+    {
+        Blk u;
+        u.err = err;
+        rc = tune_block(u, x, target, nsamples, seq, b, o, &r);
+    }
+    if (rc == 0) *res = r;
+    return rc ? -1 : 0;
+}
+
+extern "C" int fb_cuda_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq,
+                                            const fb_ar_block *b, double *loss, float **grads, fb_err *err) {
+    Blk u;
+    u.err = err;
+    return block_grad(u, x, target, nsamples, seq, b, loss, grads) ? -1 : 0;
+}
+
+extern "C" void fb_cuda_autoround_last_info(fb_cutune_info *info) { *info = g_info; }
+
+extern "C" size_t fb_cuda_autoround_block_bytes(const fb_model_config *cfg, size_t nsamples, size_t seq,
+                                                size_t batch_size, const int attn_tuned[4], int experts_tuned) {
+    Blk u;
+    fb_err err;
+    u.err = &err;
+    size_t bs = batch_size ? batch_size : 8;
+    if (bs > nsamples) bs = nsamples;
+    if (blk_sizes(u, cfg, nsamples, seq, bs)) return 0;
+    size_t nl = 4 + 3 * u.E, R[4] = {u.Dq, u.Dk, u.Dk, u.H}, C[4] = {u.H, u.H, u.H, u.Dq};
+    std::vector<int> tuned(nl, 0);
+    u.lin.assign(nl, DLin());
+    for (size_t j = 0; j < nl; j++) {
+        DLin &a = u.lin[j];
+        a.R = j < 4 ? R[j] : (j - 4) % 3 == 2 ? u.H : u.FF;
+        a.C = j < 4 ? C[j] : (j - 4) % 3 == 2 ? u.FF : u.H;
+        a.NG = a.R * a.C / G;
+        a.expert = j >= 4;
+        tuned[j] = j < 4 ? attn_tuned[j] : experts_tuned;
+        a.fixed = !tuned[j];
+    }
+    u.dry = 1;
+    if (blk_alloc(u, tuned, 1)) return 0;
+    return u.bytes;
+}

@@ -1,0 +1,74 @@
+// cutune.h: AutoRound's SignRound on a whole decoder block (fb_autoround_tune_block,
+// calib/autoround.h) on an NVIDIA GPU, with the CPU functions' arguments and semantics.
+//
+// What runs where. The weights come from the host (fb_ar_block, f32) and the tuned ones go back
+// there (w = s * q, scales, codes), nothing modified on failure. Everything else lives on the
+// device: x and target (all samples), one mini-batch's activations, and per tuned Linear its FP
+// weight w0, V, the best-V snapshot (f32, [rows, cols] each) and its per-group min/max factors,
+// snapshots and FP group min/max. The attention Linears also keep their fake-quantized weight;
+// an expert's is recomputed from (w0, V, factors) into a scratch before each use (a forward and
+// a backward read the same parameters, so the same values): 12 bytes per expert weight, which
+// puts a full MiniMax-M2 block (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch
+// 8 x 2048, at 49.9 GiB with activations and inputs (fb_cuda_autoround_block_bytes), inside an
+// 80 GB H100.
+//
+// Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
+// shapes; attention per sample and KV group with cublasSgemmStridedBatched over its query
+// heads; the experts as per-expert gathered GEMMs over the tokens routed to them (lists built
+// on the host from the routing, ascending token order, expert outputs added in ascending expert
+// order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),
+// RoPE, causal softmax, routers (one thread per token, the CPU's sequential loops), SwiGLU, the
+// fake quantizer and the SignSGD step (the group's scale-gradient sums in the CPU's order, the
+// fp16 roundings, the clamp-gradient and sign rules). The mini-batches are the CPU's
+// (fb_autoround_sample_order), the LinearLR factors and best-iteration rule signround()'s.
+// The GEMMs' and reductions' summation order differs from the BLAS's: gradients agree to f32
+// rounding, and a tuning run follows the CPU's until a near-zero gradient takes the other sign
+// (then both are samples of the same process; see tests/test_cutune.c for the tolerances).
+//
+// Built without CUDA (no nvcc, CUDA=0) both functions fail with a message saying so.
+#ifndef FB_CUDA_CUTUNE_H
+#define FB_CUDA_CUTUNE_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "calib/autoround.h"
+
+// fb_autoround_tune_block on the GPU (device 0). Fails (nothing modified) on what the CPU
+// function refuses, when CUDA is not built or no GPU is usable, and when the block does not fit
+// the device's free memory (the message names the bytes needed, by part, and the bytes free).
+int fb_cuda_autoround_tune_block(const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_block *b,
+                                 const fb_ar_opts *o, fb_ar_result *res, fb_err *err);
+
+// fb_autoround_block_grad on the GPU: *loss = 1000 * MSE over all rows, grads[j] the Linears'
+// weight gradients (q, k, v, o, then gate, up, down per expert; NULL entries skipped), written
+// on the host. All nsamples * seq rows in one pass.
+int fb_cuda_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq,
+                                 const fb_ar_block *b, double *loss, float **grads, fb_err *err);
+
+// What the last successful call on this thread measured (benchmarks): device bytes the tuner
+// allocated at its peak, GEMM floating-point operations issued (2 m n k each), and times.
+typedef struct fb_cutune_info {
+    size_t device_bytes;    // peak of the tuner's own allocations (cuBLAS workspace not included)
+    double setup_s;         // checks, uploads, allocations
+    double iters_s;         // the SignRound iterations (forward, backward, steps), synchronised
+    double full_s;          // the two full-data MSE passes (RTN and final)
+    double iter_flop;       // GEMM flops of all iterations (divide by iters for one)
+    double full_flop;       // GEMM flops of the two full passes
+} fb_cutune_info;
+void fb_cuda_autoround_last_info(fb_cutune_info *info);
+
+// The device bytes fb_cuda_autoround_tune_block allocates for a block of this configuration
+// (attention Linear j tuned when attn_tuned[j], the routed experts when experts_tuned),
+// nsamples x seq tokens, batch_size (8 when 0): its own buffers, the sizes it checks against the
+// device's free memory before allocating (the CUDA context and cuBLAS workspace come on top).
+// Computed on the host, no GPU needed; 0 for a configuration it refuses, or without CUDA.
+size_t fb_cuda_autoround_block_bytes(const fb_model_config *cfg, size_t nsamples, size_t seq, size_t batch_size,
+                                     const int attn_tuned[4], int experts_tuned);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,55 @@
+#!/bin/sh
+# t_cutune: w4a16-quantize --device cuda (AutoRound's block tuning on the GPU, cuda/cutune.h) on
+# the embedded model: usage refusals (an unknown device, with --expert-group, a recipe without an
+# AutoRoundModifier); then a small run (8 samples x 64 tokens, 10 iterations): with a GPU it
+# finishes, validates and its tuned experts differ from round-to-nearest; without one (or in a
+# build without CUDA) it fails with exit 1 saying so and writes no DST. The numerics against the
+# CPU's are tests/test_cutune.c's.
+. tests/lib.sh
+M=models/tiny-minimax-m2
+[ -d "$M" ] || { echo "t_cutune.sh: no $M"; ok; finish; exit $?; }
+Q4="$BIN/w4a16-quantize"
+IDS=tests/golden/gptq-model/calib-ids.jsonl
+cat > "$T_TMP/ar.yaml" <<'Y'
+quant_stage:
+  quant_modifiers:
+    AutoRoundModifier:
+      targets: [Linear]
+      scheme: W4A16
+      ignore: [lm_head, 're:.*block_sparse_moe\.gate$']
+      iters: 10
+      batch_size: 4
+Y
+cat > "$T_TMP/rtn.yaml" <<'Y'
+quant_stage:
+  quant_modifiers:
+    QuantizationModifier:
+      targets: [Linear]
+      scheme: W4A16
+      ignore: [lm_head, 're:.*block_sparse_moe\.gate$']
+Y
+D="--dataset $IDS --samples 8 --seq-len 64 --no-shuffle -t 2"
+expect_rc 2 "unknown device" -- "$Q4" --recipe "$T_TMP/ar.yaml" $D --device tpu $M "$T_TMP/o1"
+expect_out "--device must be cpu or cuda, got 'tpu'" "names the bad value"
+expect_rc 2 "cuda with --expert-group" -- "$Q4" --recipe "$T_TMP/ar.yaml" $D --device cuda --expert-group 2 $M "$T_TMP/o1"
+expect_out "--expert-group runs on the CPU only" "says why"
+expect_rc 2 "cuda without AutoRound" -- "$Q4" --recipe "$T_TMP/rtn.yaml" --device cuda $M "$T_TMP/o1"
+expect_out "AutoRoundModifier" "names what --device cuda runs"
+[ ! -e "$T_TMP/o1" ] && [ ! -e "$T_TMP/o1.partial" ] && ok || fail "nothing written on a usage error"
+# the CPU default is unchanged by the option's presence
+expect_rc 0 "--device cpu" -- "$Q4" -q --recipe "$T_TMP/rtn.yaml" --device cpu -t 2 $M "$T_TMP/r1"
+"$Q4" --recipe "$T_TMP/ar.yaml" $D --device cuda $M "$T_TMP/g1" >"$T_TMP/out" 2>&1; rc=$?
+if [ "$rc" = 0 ]; then
+    echo "t_cutune: GPU run finished"
+    expect_rc 0 "validate the GPU-tuned output" -- "$BIN/validate-ignore-list" "$T_TMP/g1"
+    "$BIN/st-diff" --json "$T_TMP/g1" "$T_TMP/r1" > "$T_TMP/diff.json" 2>/dev/null
+    n=$(grep -o '"name": "[^"]*experts[^"]*weight_packed"' "$T_TMP/diff.json" | wc -l)
+    [ "$n" -ge 90 ] && ok || fail "GPU-tuned experts: only $n of 96 differ from round-to-nearest"
+elif [ "$rc" = 1 ] && grep -Eq "no usable GPU|no CUDA support" "$T_TMP/out"; then
+    echo "t_cutune: no GPU here: $(grep -Eo 'no usable GPU.*|no CUDA support.*' "$T_TMP/out" | head -1)"
+    ok
+    [ ! -e "$T_TMP/g1" ] && ok || fail "a DST after the failure"
+else
+    fail "--device cuda: exit $rc"; sed 's/^/    | /' "$T_TMP/out" | head -20 >&2
+fi
+finish
