@@ -60,8 +60,18 @@
 #ifndef FB_CALIB_AUTOROUND_H
 #define FB_CALIB_AUTOROUND_H
 
-#include <stdatomic.h>
 #include <stddef.h>
+// The cancel flag is C11's atomic_int; nvcc reads this header as C++ (cuda/cutune.cu), where
+// std::atomic_int is the same lock-free int.
+#ifdef __cplusplus
+extern "C++" {  // this header may be read inside an extern "C" block
+#include <atomic>
+}
+typedef std::atomic_int fb_ar_atomic_int;
+#else
+#include <stdatomic.h>
+typedef atomic_int fb_ar_atomic_int;
+#endif
 #include <stdint.h>
 
 #include "arch/arch.h"
@@ -100,7 +110,7 @@ typedef struct fb_ar_opts {
     uint64_t seed;          // mini-batch order: random.seed(seed) (auto-round's default is 42)
     int not_use_best_mse;   // 1: keep the last iterate instead of the best one
     double *loss_trace;     // optional [iters]: each iteration's mini-batch loss (-v, tests)
-    atomic_int *cancel;     // optional: polled every iteration; set: the tuning functions return
+    fb_ar_atomic_int *cancel;  // optional: polled every iteration; set: the tuning functions return
                             // -2 (err says so) with nothing replaced
 } fb_ar_opts;
 

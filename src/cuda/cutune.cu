@@ -1086,6 +1086,10 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     double best = 3.4028234663852886e38;  // torch.finfo(float).max
     float lr_i = lr, mlr_i = mlr;
     for (int it = 0; it < o->iters; it++) {
+        if (o->cancel && o->cancel->load()) {  // Ctrl-C: nothing replaced
+            fb_fail(u.err, "AutoRound: interrupted");
+            return -2;
+        }
         for (size_t k = 0; k < bs; k++) {  // the batch's samples (whole sequences) in order
             size_t smp = order[(size_t)it * bs + k];
             CK(cudaMemcpyAsync(u.xb + k * seq * H, u.x + smp * seq * H, seq * H * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -1206,7 +1210,7 @@ extern "C" int fb_cuda_autoround_tune_block(const float *x, const float *target,
         rc = tune_block(u, x, target, nsamples, seq, b, o, &r);
     }
     if (rc == 0) *res = r;
-    return rc ? -1 : 0;
+    return rc == -2 ? -2 : rc ? -1 : 0;  // -2: cancelled (fb_ar_opts.cancel)
 }
 
 extern "C" int fb_cuda_autoround_block_grad(const float *x, const float *target, size_t nsamples, size_t seq,
