@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cuda/cufwd.h"
+#include "cuda/blockreduce.h"
 
 // ---- error plumbing ----------------------------------------------------------------------------
 
@@ -52,59 +53,11 @@ typedef __nv_bfloat16 bf16;
 
 // ---- kernels ---------------------------------------------------------------------------------
 
-__device__ double block_sum_d(double v) {
-    __shared__ double sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ double block_sum_d(double v) { return fb_block_reduce<double>(v, 0.0, fb_op_add()); }
 
-__device__ float block_sum_f(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    float r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ float block_sum_f(float v) { return fb_block_reduce<float>(v, 0.0f, fb_op_add()); }
 
-__device__ float block_max_f(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : -INFINITY;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    float r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ float block_max_f(float v) { return fb_block_reduce<float>(v, -INFINITY, fb_op_max()); }
 
 // y[r] = w * (x[r] * 1/sqrt(mean(x^2) + eps)), sum of squares in f64 (as mm.c).
 __global__ void k_rmsnorm(const float *x, const float *w, float eps, int n, float *y) {

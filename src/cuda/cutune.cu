@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cuda/cutune.h"
+#include "cuda/blockreduce.h"
 
 extern "C" {
 #include "calib/mm.h"
@@ -51,59 +52,11 @@ __device__ inline float sym_scale(float wmin, float wmax, float mn, float mx, fl
     return s < 0 ? fminf(s, -thr) : fmaxf(s, thr);
 }
 
-__device__ double bsum_d(double v) {
-    __shared__ double sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : 0.0;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    double r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ double bsum_d(double v) { return fb_block_reduce<double>(v, 0.0, fb_op_add()); }
 
-__device__ float bsum_f(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : 0.0f;
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    float r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ float bsum_f(float v) { return fb_block_reduce<float>(v, 0.0f, fb_op_add()); }
 
-__device__ float bmax_f(float v) {
-    __shared__ float sh[32];
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    if (wid == 0) {
-        v = lane < nw ? sh[lane] : -INFINITY;
-        for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-        if (lane == 0) sh[0] = v;
-    }
-    __syncthreads();
-    float r = sh[0];
-    __syncthreads();
-    return r;
-}
+__device__ float bmax_f(float v) { return fb_block_reduce<float>(v, -INFINITY, fb_op_max()); }
 
 // ---- kernels: the quantizer and the SignSGD step --------------------------------------------
 
