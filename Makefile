@@ -128,7 +128,7 @@ endif
 ifeq ($(CUDA),1)
   CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(shell command -v $(NVCC)))
   CFLAGS  += -DFB_HAVE_CUDA=1 -I$(CUDA_HOME)/include
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart_static -ldl -lrt -lstdc++
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcusolver -lcudart_static -ldl -lrt -lstdc++
   CU_OBJS := $(patsubst src/%.cu,$(BUILD)/obj/%.o,$(CU_SRCS))
 else
   CU_OBJS :=
