@@ -64,10 +64,12 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
     if (!(kinds & (1u << FB_QK_NVFP4)))  // AutoRound tunes W4A16 only
-    {
         opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts N at a time, attention Linears one by one (memory; default: the whole block as one unit)", 1, 1 << 20};
-        opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV", "AutoRoundModifier: where each block is tuned, cpu (default) or cuda (a GPU; the same loop within f32 rounding, not byte-identical to cpu)", 0, 0};
-    }
+    opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV",
+                          (kinds & (1u << FB_QK_NVFP4))
+                              ? "GPTQModifier: where each Linear's GPTQ solve runs, cpu (default) or cuda (a GPU; the Hessians are still accumulated on the CPU; the same result within f32 rounding, not byte-identical to cpu)"
+                              : "GPTQModifier / AutoRoundModifier: where each Linear's GPTQ solve (the Hessians are still accumulated on the CPU) or each AutoRound block is tuned, cpu (default) or cuda (a GPU; the same result within f32 rounding, not byte-identical to cpu)",
+                          0, 0};
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"tokenizer", 0, FB_OPT_STR, &tokp, "FILE", "tokenizer.json (default: SRC/tokenizer.json; read only when a record is not input_ids)", 0, 0};
@@ -119,10 +121,10 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
             int need = fb_recipe_needs_data(&rr), w4a4 = 0;
             const char *rr_name = rr.tune.name ? rr.tune.name : "GPTQModifier";
             for (size_t g = 0; g < rr.cfg.n_groups; g++) w4a4 |= fb_qscheme_kind(&rr.cfg.groups[g], NULL) == FB_QK_NVFP4;
-            int ar = rr.tune.present && rr.tune.algo == FB_RALGO_AUTOROUND;
             fb_recipe_free(&rr);
-            if (o.ar_cuda && !ar) {
-                fprintf(stderr, "%s: --device cuda runs an AutoRoundModifier's block tuning; %s has none\n", tool, recipe);
+            if (o.ar_cuda && !need) {
+                fprintf(stderr, "%s: --device cuda runs a GPTQModifier's or an AutoRoundModifier's tuning; %s has neither\n",
+                        tool, recipe);
                 return 2;
             }
             if (need && !dataset && !o.dry_run) {

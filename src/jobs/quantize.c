@@ -10,6 +10,7 @@
 #include "common/pool.h"
 #include "common/progress.h"
 #include "common/strmap.h"
+#include "cuda/cuengine.h"
 #include "io/card.h"
 #include "io/checkpoint.h"
 #include "jobs/tune.h"
@@ -612,9 +613,17 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
     fb_tune_linear *tl = NULL;
     size_t ntl = 0;
 
-    if (o->ar_cuda && !autoround) {
-        rc = fb_fail(err, "%s: --device cuda runs an AutoRoundModifier's block tuning; the recipe has none", o->recipe_path);
+    if (o->ar_cuda && !rec.tune.present) {
+        rc = fb_fail(err, "%s: --device cuda runs a GPTQModifier's or an AutoRoundModifier's tuning; the recipe has neither",
+                     o->recipe_path);
         goto done;
+    }
+    if (o->ar_cuda && !o->dry_run) {  // before any layer runs on the CPU: say now that the GPU is missing
+        char gname[256], why[512];
+        if (!fb_engine_cuda_available(gname, sizeof gname, why, sizeof why)) {
+            rc = fb_fail(err, "--device cuda: no usable GPU (%s)", why);
+            goto done;
+        }
     }
     if (!o->dry_run)  // the dry run lists them with the plan
         for (size_t k = 0; k < rec.n_warnings; k++) fprintf(report, "%s: warning: %s\n", o->tool, rec.warnings[k]);
@@ -1095,7 +1104,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                            .algo = autoround ? FB_TUNE_AUTOROUND : FB_TUNE_GPTQ, .block_size = rec.tune.block_size,
                            .ar_iters = rec.tune.iters, .ar_batch = rec.tune.batch_size, .ar_lr = rec.tune.lr,
                            .ar_disable_opt_rtn = rec.tune.disable_opt_rtn,
-                           .ar_seed = 42, .expert_group = o->expert_group, .ar_cuda = o->ar_cuda,
+                           .ar_seed = 42, .expert_group = o->expert_group, .ar_cuda = o->ar_cuda && autoround,
+                           .gptq_cuda = o->ar_cuda && !autoround,
                            .dampening_frac = rec.tune.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
                            .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};

@@ -59,7 +59,8 @@ typedef struct fb_quantize_opts {
     const char *template_what; // the chat template used (provenance)
     int expert_group;          // AutoRound: a layer's routed experts tuned in groups of this many
                                // (memory: ~5 weight-sized f32 arrays per tuned Linear); 0 = all
-    int ar_cuda;               // AutoRound: tune each block on the GPU (cuda/cutune.h); 0: the CPU
+    int ar_cuda;               // --device cuda: AutoRound tunes each block on the GPU (cuda/cutune.h), GPTQ
+                               // solves each Linear there (cuda/cugptq.h); 0: the CPU
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {

@@ -15,6 +15,7 @@
 
 #include "common/cancel.h"
 #include "common/pool.h"
+#include "cuda/cugptq.h"
 #include "quant/formats.h"
 #include "quant/nvfp4.h"
 
@@ -27,7 +28,7 @@ static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W,
                        .blocksize = (size_t)(o->block_size > 0 ? o->block_size : 128),
                        .percdamp = o->dampening_frac};
     fb_gptq_result r;
-    if (fb_gptq_quantize(W, (size_t)l->R, (size_t)l->C, H, scales, &go, &r, err))
+    if ((o->gptq_cuda ? fb_cuda_gptq_quantize : fb_gptq_quantize)(W, (size_t)l->R, (size_t)l->C, H, scales, &go, &r, err))
         return fb_err_prefix(err, "%s", l->name);
     st->loss = r.loss;
     st->rtn_fallback = r.rtn_fallback;
