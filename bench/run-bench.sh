@@ -17,7 +17,8 @@
 # 4. the calibration forward (bench/bench_calib.c); GPTQ per full-size Linear on the CPU and the
 #    projection to a layer (bench/bench_gptq.c); AutoRound on one expert (bench/bench_autoround.c).
 # 5. the CUDA layer benchmark (bench/bench_cuda_layer.c), when a GPU is present; AutoRound's block
-#    tuning on the GPU (bench/bench_cuda_autoround.c).
+#    tuning on the GPU (bench/bench_cuda_autoround.c); GPTQ's Hessians and solves for one layer on
+#    the GPU (bench/bench_cuda_gptq.c).
 set -u
 : "${BUILD:=build}"
 DIR=${FOURBIT_BENCH_DIR:-/tmp/fourbit-bench}
@@ -115,3 +116,5 @@ echo "-- 5. CUDA: one full-size layer on the GPU vs cuBLAS bf16 peak (needs a GP
 if [ -x "$BUILD/bench/bench_cuda_layer" ]; then $BUILD/bench/bench_cuda_layer 2>&1 | tail -n 12; else echo "  (not built: no nvcc)"; fi
 echo "-- 5b. CUDA: AutoRound's block tuning, one full-size MiniMax-M2 block (BENCH_CUAR_ITERS, default 10; needs a GPU) --"
 $BUILD/bench/bench_cuda_autoround --iters "${BENCH_CUAR_ITERS:-10}" 2>&1 | tail -n 6
+echo "-- 5c. CUDA: GPTQ's work for one full-size MiniMax-M2 layer, 64 x 2048 tokens (needs a GPU) --"
+$BUILD/bench/bench_cuda_gptq --threads "${BENCH_CUGPTQ_THREADS:-1}" 2>&1 | tail -n 6

@@ -6,7 +6,8 @@
 //  really run there; here they print that they are skipped):
 //   - the six llm-compressor goldens (tests/golden/gptq/, as test_gptq.c reads them) and random
 //     larger cases (INT4 and NVFP4, with and without act-order, a partial last block, a dead
-//     column, one full-size MiniMax-M2 expert w1 [1536, 3072]): the GPU's fake-quantized weights
+//     column, blocks of 32 to 512 columns: both in-block kernels, the warp-per-row one up to 256
+//     and the thread-per-row one above; one full-size MiniMax-M2 expert w1 [1536, 3072]): the GPU's fake-quantized weights
 //     equal the CPU's in >= SAME_FRAC of the elements and no element is more than one
 //     quantization level away; the loss within LOSS_REL; the dead columns and the fallback flag
 //     equal. Why not byte-identical: the in-block column steps are the CPU's f32 operations in
@@ -279,6 +280,8 @@ static void gpu_checks(void) {
     random_case("random INT4", 256, 1024, FB_GPTQ_INT4, 0, 128, 5000, 1);
     random_case("random INT4 act-order, dead column", 256, 1024, FB_GPTQ_INT4, 1, 128, 77, 2);
     random_case("random INT4 act-order, block 96", 192, 1024, FB_GPTQ_INT4, 1, 96, 1023, 3);
+    random_case("random INT4 block 512 (row threads)", 256, 1024, FB_GPTQ_INT4, 1, 512, 5000, 7);
+    random_case("random NVFP4 block 32", 128, 1024, FB_GPTQ_NVFP4, 1, 32, 5000, 8);
     random_case("random NVFP4", 256, 1024, FB_GPTQ_NVFP4, 0, 128, 5000, 4);
     random_case("random NVFP4 act-order, dead column", 256, 1024, FB_GPTQ_NVFP4, 1, 128, 300, 5);
     random_case("full-size expert w1 INT4 act-order", 1536, 3072, FB_GPTQ_INT4, 1, 128, 5000, 6);

@@ -28,12 +28,19 @@ double now_s(void) {
 
 thread_local fb_cugptq_info g_info;
 
-// The calling thread's stream and library handles (cugptq.h: one set per thread, kept).
+// The calling thread's stream and library handles (cugptq.h: one set per thread, kept), released
+// when the thread exits: the quantizers' worker threads are created per layer (common/pool.c), and
+// a cuBLAS handle holds a workspace of megabytes on the device.
 struct Ctx {
     int ready = 0;
     cudaStream_t st = nullptr;
     cublasHandle_t cb = nullptr;
     cusolverDnHandle_t cs = nullptr;
+    ~Ctx() {
+        if (cs) cusolverDnDestroy(cs);
+        if (cb) cublasDestroy(cb);
+        if (st) cudaStreamDestroy(st);
+    }
 };
 thread_local Ctx g_ctx;
 
@@ -234,6 +241,58 @@ __global__ void k_block(float *W1t, float *E1t, const float *Uf, size_t C, size_
     rowloss[r] += loss;
 }
 
+// The same column steps with one warp per row (blocks of up to 32 * NS columns): lane l holds the
+// row's columns l, l + 32, ... of the block in registers; every lane computes column i's q and e
+// (the same inputs, so the same values), the lanes update their own columns after i. Each element
+// sees the CPU's operations in the CPU's order, as in k_block. Reads and writes Wp (row-major,
+// coalesced) directly; E1 row-major [R][bw], as gptq.c's.
+template <int NS>
+__global__ void k_block_warp(float *Wp, float *E1, const float *Uf, size_t C, size_t i1, int bw, size_t R,
+                             const float *scales, size_t NG, const int *gcol, int nvfp4, float gs, double *rowloss) {
+    size_t r = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = (int)(threadIdx.x & 31);
+    if (r >= R) return;  // a whole warp: r is the warp's
+    float *wr = Wp + r * C + i1;
+    float w[NS];
+#pragma unroll
+    for (int s = 0; s < NS; s++) {
+        int k = s * 32 + lane;
+        w[s] = k < bw ? wr[k] : 0.0f;
+    }
+    double loss = 0;
+#pragma unroll
+    for (int s = 0; s < NS; s++) {
+        for (int l = 0; l < 32; l++) {
+            int i = s * 32 + l;
+            if (i >= bw) break;
+            size_t col = i1 + (size_t)i;
+            float wi = __shfl_sync(0xffffffffu, w[s], l);
+            float d = Uf[col * C + col];
+            float sc = scales[r * NG + gcol[col]];
+            if (nvfp4) sc = __fdiv_rn(sc, gs);
+            float q = fq(nvfp4, wi, sc);
+            float e = __fdiv_rn(__fsub_rn(wi, q), d);
+            if (lane == l) {
+                w[s] = q;
+                E1[r * (size_t)bw + (size_t)i] = e;
+            }
+            loss += (double)__fmul_rn(e, e) / 2;
+            const float *u = Uf + col * C + i1;
+#pragma unroll
+            for (int s2 = 0; s2 < NS; s2++) {
+                int k = s2 * 32 + lane;
+                if (k > i && k < bw) w[s2] = __fsub_rn(w[s2], __fmul_rn(e, u[k]));
+            }
+        }
+    }
+#pragma unroll
+    for (int s = 0; s < NS; s++) {
+        int k = s * 32 + lane;
+        if (k < bw) wr[k] = w[s];
+    }
+    if (lane == 0) rowloss[r] += loss;
+}
+
 // ---- the factorization (gptq.c hinv_upper): 0, or 1 when not positive definite -------------------
 
 int hinv_upper(Ctx &c, Mem &m, double *A, size_t n, float *Uf, int *d_bad, int *d_info, int *npd, fb_err *err) {
@@ -337,7 +396,7 @@ int gptq_run(float *W, size_t R, size_t C, const float *H, const float *scales, 
     TRY(dalloc(m, &dW, R * C, "the weight", err));
     TRY(dalloc(m, &dWp, R * C, "the permuted weight", err));
     TRY(dalloc(m, &dS, R * NG, "the scales", err));
-    TRY(dalloc(m, &dW1t, R * B, "the block's columns", err));
+    TRY(dalloc(m, &dW1t, B > 256 ? R * B : 1, "the block's columns", err));  // k_block only
     TRY(dalloc(m, &dE1t, R * B, "the block's errors", err));
     TRY(dalloc(m, &ddg, C, "the diagonal", err));
     TRY(dalloc(m, &drl, R, "the row losses", err));
@@ -371,13 +430,27 @@ int gptq_run(float *W, size_t R, size_t C, const float *H, const float *scales, 
     double t2 = now_s();
     // The block-wise error feedback.
     const float minus1 = -1.0f, one = 1.0f;
+    const int nvfp4 = o->qtype == FB_GPTQ_NVFP4;
     for (size_t i1 = 0; i1 < C; i1 += B) {
         size_t i2 = i1 + B < C ? i1 + B : C, bw = i2 - i1;
+        if (bw <= 256) {  // a warp per row, the block's columns in registers
+            unsigned g = nblk(R * 32, 128);
+            int b = (int)bw;
+            if (bw <= 32) k_block_warp<1><<<g, 128, 0, c.st>>>(dWp, dE1t, dUf, C, i1, b, R, dS, NG, dgcol, nvfp4, o->global_scale, drl);
+            else if (bw <= 64) k_block_warp<2><<<g, 128, 0, c.st>>>(dWp, dE1t, dUf, C, i1, b, R, dS, NG, dgcol, nvfp4, o->global_scale, drl);
+            else if (bw <= 128) k_block_warp<4><<<g, 128, 0, c.st>>>(dWp, dE1t, dUf, C, i1, b, R, dS, NG, dgcol, nvfp4, o->global_scale, drl);
+            else k_block_warp<8><<<g, 128, 0, c.st>>>(dWp, dE1t, dUf, C, i1, b, R, dS, NG, dgcol, nvfp4, o->global_scale, drl);
+            KC();
+            if (i2 < C)  // W[:, i2:] -= Err1 @ U[i1:i2, i2:] (column-major: Wp^T -= U_blk^T E1^T, E1 row-major)
+                CB(cublasSgemm(c.cb, CUBLAS_OP_N, CUBLAS_OP_N, (int)(C - i2), (int)R, (int)bw, &minus1, dUf + i1 * C + i2,
+                               (int)C, dE1t, (int)bw, &one, dWp + i2, (int)C));
+            continue;
+        }
         dim3 gb(nblk(R, 128), (unsigned)bw);
         k_load_block<<<gb, 128, 0, c.st>>>(dWp, R, C, i1, bw, dW1t);
         KC();
-        k_block<<<nblk(R, 64), 64, 0, c.st>>>(dW1t, dE1t, dUf, C, i1, bw, R, dS, NG, dgcol,
-                                              o->qtype == FB_GPTQ_NVFP4, o->global_scale, drl);
+        k_block<<<nblk(R, 64), 64, 0, c.st>>>(dW1t, dE1t, dUf, C, i1, bw, R, dS, NG, dgcol, nvfp4, o->global_scale,
+                                              drl);
         KC();
         k_store_block<<<gb, 128, 0, c.st>>>(dW1t, R, C, i1, bw, dWp);
         KC();

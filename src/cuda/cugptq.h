@@ -10,8 +10,9 @@
 // factor rounded to f32. Not positive definite (any potrf / potri info, a non-positive or
 // non-finite factor diagonal, a non-finite factor element): U = I, plain RTN with the same
 // scales, rtn_fallback = 1, never NaN. The error feedback is the CPU's in blocks of `blocksize`
-// columns: own kernel for the in-block column steps, one thread per row walking the block's
-// columns in order with the CPU's f32 operations (no FMA contraction: __fmul_rn / __fsub_rn),
+// columns: own kernel for the in-block column steps (one warp per row, the block's columns in its
+// lanes' registers, for blocks of up to 256 columns; one thread per row above), each element
+// getting the CPU's f32 operations in the CPU's order (no FMA contraction: __fmul_rn / __fsub_rn),
 // the same fake quantizer (INT4: rint, clamp [-8, 7], bf16(q * s); NVFP4: E2M1 RNE of w / eff,
 // times eff); cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) for the trailing update.
 // What differs from the CPU: the f64 factorization's rounding (cuSOLVER vs OpenBLAS) and the
@@ -20,7 +21,7 @@
 // carries that difference on. The loss is summed per row in f64, then over rows.
 //
 // Threads: every calling thread gets its own CUDA stream, cuBLAS and cuSOLVER handles (created on
-// its first call, kept for the thread's life), so the quantizers' per-Linear worker threads may
+// its first call, released when the thread exits), so the quantizers' per-Linear worker threads may
 // call concurrently; device memory is stream-ordered (cudaMallocAsync) and freed before return.
 //
 // Built without CUDA (no nvcc, CUDA=0) every function fails with a message saying so.
