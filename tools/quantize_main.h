@@ -35,7 +35,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
                           .shard_count = 1,
                           .cancel = fb_cancel_flag()};
-    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors", *device = "cpu";
+    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors", *device = "cpu", *gemm = NULL;
     const char *dataset = NULL, *tokp = NULL, *tmpl = "auto", *tmplf = NULL;
     int json = 0, quiet = 0, n_samples = 128, seq_len = 2048, no_shuffle = 0;
     double seed_d = 42;
@@ -67,6 +67,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     {
         opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts N at a time, attention Linears one by one (memory; default: the whole block as one unit)", 1, 1 << 20};
         opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV", "AutoRoundModifier: where each block is tuned, cpu (default) or cuda (a GPU; the same loop within f32 rounding, not byte-identical to cpu)", 0, 0};
+        opts[no++] = (fb_opt){"gemm", 0, FB_OPT_STR, &gemm, "M", "with --device cuda: the tuner's GEMMs, f32 (default: the CPU's to rounding), tf32 or bf16 (tensor cores, inputs rounded as auto-round's bf16 autocast does; faster, another sample of the tuning)", 0, 0};
     }
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};
@@ -104,6 +105,20 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     else if (strcmp(device, "cpu") != 0) {
         fprintf(stderr, "%s: --device must be cpu or cuda, got '%s'\n", tool, device);
         return 2;
+    }
+    if (gemm) {
+        static const char *GM[] = {"f32", "tf32", "bf16"};
+        o.ar_gemm = -1;
+        for (int g = 0; g < 3; g++)
+            if (!strcmp(gemm, GM[g])) o.ar_gemm = g;
+        if (o.ar_gemm < 0) {
+            fprintf(stderr, "%s: --gemm must be f32, tf32 or bf16, got '%s'\n", tool, gemm);
+            return 2;
+        }
+        if (!o.ar_cuda) {
+            fprintf(stderr, "%s: --gemm chooses the CUDA tuner's arithmetic; it needs --device cuda (the CPU computes in f32)\n", tool);
+            return 2;
+        }
     }
     if (o.ar_cuda && o.expert_group > 0) {
         fprintf(stderr, "%s: --device cuda tunes whole blocks; --expert-group runs on the CPU only (drop one)\n", tool);

@@ -60,6 +60,7 @@ typedef struct fb_quantize_opts {
     int expert_group;          // AutoRound: a layer's routed experts tuned in groups of this many
                                // (memory: ~5 weight-sized f32 arrays per tuned Linear); 0 = all
     int ar_cuda;               // AutoRound: tune each block on the GPU (cuda/cutune.h); 0: the CPU
+    int ar_gemm;               // with ar_cuda: the tuner's GEMM arithmetic (fb_ar_gemm; 0 f32)
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {
