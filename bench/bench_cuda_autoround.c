@@ -4,6 +4,7 @@
 // Linear tuned (4 attention + 768 expert Linears).
 //
 //   build/bench/bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E]
+//                                    [--gemm f32|tf32|bf16]   (fb_ar_opts.gemm; default f32)
 //                                    (defaults 10, 64, 2048, 8, 256: auto-round's 64 x 2048, batch 8)
 //
 // Prints the time per iteration, the time for a layer at 200 iterations (measured when N = 200,
@@ -55,13 +56,26 @@ static void make_linear(fb_ar_linear *L, size_t R, size_t C, float amp, uint64_t
 
 int main(int argc, char **argv) {
     long iters = 10, samples = 64, seq = 2048, batch = 8, experts = 256;
+    static const char *GEMM[] = {"f32", "tf32", "bf16"};
+    int gemm = FB_AR_GEMM_F32;
     for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--gemm") && i + 1 < argc) {
+            gemm = -1;
+            for (int g = 0; g < 3; g++)
+                if (!strcmp(argv[i + 1], GEMM[g])) gemm = g;
+            if (gemm < 0) {
+                fprintf(stderr, "bench_cuda_autoround: --gemm f32, tf32 or bf16\n");
+                return 2;
+            }
+            i++;
+            continue;
+        }
         long *dst = !strcmp(argv[i], "--iters") ? &iters : !strcmp(argv[i], "--samples") ? &samples
                     : !strcmp(argv[i], "--seq") ? &seq : !strcmp(argv[i], "--batch") ? &batch
                     : !strcmp(argv[i], "--experts") ? &experts : NULL;
         char *end = NULL;
         if (!dst || i + 1 >= argc || (*dst = strtol(argv[i + 1], &end, 10), *end)) {
-            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E]\n");
+            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--gemm f32|tf32|bf16]\n");
             return 2;
         }
         i++;
@@ -103,7 +117,7 @@ int main(int argc, char **argv) {
                      .router_bias = bias, .attn = {&at[0], &at[1], &at[2], &at[3]}, .attn_tuned = {1, 1, 1, 1},
                      .experts = ex, .experts_tuned = 1};
     double t1 = now();
-    fb_ar_opts o = {.iters = (int)iters, .batch_size = (size_t)batch, .seed = 42};
+    fb_ar_opts o = {.iters = (int)iters, .batch_size = (size_t)batch, .seed = 42, .gemm = gemm};
     fb_ar_result res;
     fb_err err;
     if (fb_cuda_autoround_tune_block(x, t, (size_t)samples, (size_t)seq, &b, &o, &res, &err)) {
@@ -114,8 +128,8 @@ int main(int argc, char **argv) {
     fb_cutune_info in;
     fb_cuda_autoround_last_info(&in);
     double per_it = in.iters_s / (double)iters, other = (t2 - t1) - in.iters_s;
-    printf("cuda autoround block: hidden %zu, %zu experts of %zu (top-8), %ld x %ld tokens, batch %ld, %ld iterations\n",
-           H, E, FF, samples, seq, batch, iters);
+    printf("cuda autoround block: hidden %zu, %zu experts of %zu (top-8), %ld x %ld tokens, batch %ld, %ld iterations, "
+           "%s GEMMs\n", H, E, FF, samples, seq, batch, iters, GEMM[gemm]);
     printf("  host setup (random weights) %.1f s; tune_block %.1f s: setup + uploads + downloads %.1f s, 2 full-data "
            "passes %.2f s, iterations %.2f s\n", t1 - t0, t2 - t1, other - in.full_s, in.full_s, in.iters_s);
     printf("  per iteration %.3f s (%.2f TFLOP of GEMMs, %.1f TFLOP/s); full passes %.1f TFLOP/s\n", per_it,

@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--experts", type=int, default=256,
+                    help="routed experts (MiniMax-M2 has 256; fewer to fit a smaller GPU, top-8 kept)")
     ap.add_argument("--tokenizer", default="models/tiny-minimax-m2",
                     help="any tokenizer (auto-round insists on one; ids are random, it is only asked for its pad id)")
     ap.add_argument("--device", default="cuda")
@@ -50,7 +52,7 @@ def main():
     from auto_round.algorithms.quantization.sign_round import sign_sgd
 
     dims = dict(hidden_size=3072, num_attention_heads=48, head_dim=128, num_key_value_heads=8,
-                num_local_experts=256, intermediate_size=1536, num_experts_per_tok=8, rotary_dim=64)
+                num_local_experts=a.experts, intermediate_size=1536, num_experts_per_tok=8, rotary_dim=64)
     if a.small:
         dims = dict(hidden_size=256, num_attention_heads=4, head_dim=64, num_key_value_heads=2,
                     num_local_experts=8, intermediate_size=256, num_experts_per_tok=2, rotary_dim=32)

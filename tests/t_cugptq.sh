@@ -25,6 +25,8 @@ expect_rc 2 "cuda with a round-to-nearest recipe (w4a16)" -- "$Q4" --recipe reci
 expect_out "GPTQModifier's or an AutoRoundModifier's tuning" "names what --device cuda runs"
 expect_rc 2 "cuda with a round-to-nearest recipe (nvfp4)" -- "$QN" --recipe recipes/minimax-nvfp4a16.yaml --device cuda $M "$T_TMP/o1"
 expect_out "GPTQModifier's or an AutoRoundModifier's tuning" "names what --device cuda runs"
+expect_rc 2 "--gemm with a GPTQ recipe" -- "$Q4" --recipe $R4 $D --device cuda --gemm tf32 $M "$T_TMP/o1"
+expect_out "no AutoRoundModifier \(GPTQ on the GPU computes in f32\)" "says why"
 [ ! -e "$T_TMP/o1" ] && [ ! -e "$T_TMP/o1.partial" ] && ok || fail "nothing written on a usage error"
 expect_rc 0 "nvfp4-quantize --help" -- "$QN" --help
 expect_out "GPTQModifier: where each Linear's GPTQ solve runs" "--help lists --device for GPTQ"

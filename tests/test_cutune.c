@@ -256,7 +256,7 @@ typedef struct run_out {
     size_t bad, fixed_changed;
 } run_out;
 
-static void tune_run(int gpu, run_out *r) {
+static void tune_run(int gpu, int gemm, run_out *r) {
     enum { NS = 8, SEQ = 16, ITERS = 20 };
     blkfix f;
     blk_make(&f, FB_QKN_ALL_HEADS, FB_ROUTER_SIGMOID_BIAS, 0, 4242);
@@ -266,7 +266,7 @@ static void tune_run(int gpu, run_out *r) {
     memcpy(v0, f.at[2].w, nv * sizeof(float));
     float *x, *t;
     blk_data(NS * SEQ, 5, 0.3f, &x, &t);
-    fb_ar_opts o = {.iters = ITERS, .batch_size = 4, .seed = 42, .loss_trace = r->trace};
+    fb_ar_opts o = {.iters = ITERS, .batch_size = 4, .seed = 42, .loss_trace = r->trace, .gemm = gemm};
     fb_err err;
     int rc = gpu ? fb_cuda_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &r->res, &err)
                  : fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &r->res, &err);
@@ -291,9 +291,9 @@ static void tune_run(int gpu, run_out *r) {
 
 static void tune_vs_cpu(void) {
     run_out c, g, g2;
-    tune_run(0, &c);
-    tune_run(1, &g);
-    tune_run(1, &g2);
+    tune_run(0, 0, &c);
+    tune_run(1, 0, &g);
+    tune_run(1, 0, &g2);
     CHECK(fabs(g.res.rtn_mse - c.res.rtn_mse) <= RTN_TOL * c.res.rtn_mse, "CUDA tune: RTN MSE %.9g vs CPU %.9g",
           g.res.rtn_mse, c.res.rtn_mse);
     int tr = 1;
@@ -318,6 +318,39 @@ static void tune_vs_cpu(void) {
            c.trace[1], c.trace[2], g.res.final_mse, c.res.final_mse, g.res.best_iter, c.res.best_iter);
 }
 
+// The tensor-core modes (fb_ar_opts.gemm tf32 / bf16) on the same fixture: products with inputs
+// rounded to 10 / 7 mantissa bits, so not the f32 trajectory, but the same tuning: the RTN MSE
+// within FAST_RTN_TOL of f32's (bf16's input rounding, ~2^-9 relative per factor, over sums of 128
+// products), the final MSE below RTN's and within FINAL_TOL of f32's, every weight a code times
+// its scale, the fixed Linear untouched, the same bytes twice (cuBLAS picks the same kernels).
+#define FAST_RTN_TOL 2e-2
+static void tune_fast_modes(void) {
+    static const char *NAME[] = {"f32", "tf32", "bf16"};
+    run_out f;
+    tune_run(1, FB_AR_GEMM_F32, &f);
+    for (int m = FB_AR_GEMM_TF32; m <= FB_AR_GEMM_BF16; m++) {
+        run_out g, g2;
+        tune_run(1, m, &g);
+        tune_run(1, m, &g2);
+        CHECK(fabs(g.res.rtn_mse - f.res.rtn_mse) <= FAST_RTN_TOL * f.res.rtn_mse, "CUDA %s: RTN MSE %.9g vs f32 %.9g",
+              NAME[m], g.res.rtn_mse, f.res.rtn_mse);
+        CHECK(g.res.final_mse < g.res.rtn_mse && fabs(g.res.final_mse - f.res.final_mse) <= FINAL_TOL * f.res.final_mse,
+              "CUDA %s: final MSE %.9g (RTN %.9g) vs f32 %.9g", NAME[m], g.res.final_mse, g.res.rtn_mse, f.res.final_mse);
+        CHECK(g.bad == 0 && !g.fixed_changed, "CUDA %s: %zu weights not a code times a scale, fixed v_proj changed %zu",
+              NAME[m], g.bad, g.fixed_changed);
+        size_t diff = 0;
+        for (int j = 0; j < FNL; j++) {
+            size_t n = j < 4 ? (j == 0 || j == 3 ? (size_t)FH * FNH * FHD : (size_t)FH * FNKV * FHD) : (size_t)FH * FF_;
+            diff += memcmp(g.w[j], g2.w[j], n * sizeof(float)) != 0;
+            free(g.w[j]), free(g2.w[j]);
+        }
+        CHECK(diff == 0, "CUDA %s: the same seed gave other weights in %zu Linears", NAME[m], diff);
+        printf("test_cutune: tune %s: RTN %.9g (f32 %.9g), final %.7g (f32 %.7g), best iter %d (f32 %d)\n", NAME[m],
+               g.res.rtn_mse, f.res.rtn_mse, g.res.final_mse, f.res.final_mse, g.res.best_iter, f.res.best_iter);
+    }
+    for (int j = 0; j < FNL; j++) free(f.w[j]);
+}
+
 static void gpu_checks(void) {
     char name[256], why[512];
     int have = fb_engine_cuda_available(name, sizeof name, why, sizeof why);
@@ -332,6 +365,7 @@ static void gpu_checks(void) {
     grad_vs_cpu(FB_QKN_PER_HEAD, FB_ROUTER_SOFTMAX, 1, "Qwen3-MoE: per-head q/k norm, softmax router, renormalised");
     grad_vs_cpu(FB_QKN_NONE, FB_ROUTER_SOFTMAX, 0, "no q/k norm, softmax router");
     tune_vs_cpu();
+    tune_fast_modes();
 }
 
 #endif

@@ -35,7 +35,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     fb_quantize_opts o = {.tool = tool, .allowed_kinds = kinds, .threads = fb_ncpu(), .max_shard_size = 5000000000ull,
                           .shard_count = 1,
                           .cancel = fb_cancel_flag()};
-    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors", *device = "cpu";
+    const char *recipe = NULL, *calib = NULL, *format = "compressed-tensors", *device = "cpu", *gemm = NULL;
     const char *dataset = NULL, *tokp = NULL, *tmpl = "auto", *tmplf = NULL;
     int json = 0, quiet = 0, n_samples = 128, seq_len = 2048, no_shuffle = 0;
     double seed_d = 42;
@@ -64,7 +64,10 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     opts[no++] = (fb_opt){"samples", 0, FB_OPT_INT, &n_samples, "N", "calibration samples (with --dataset)", 1, 100000000};
     opts[no++] = (fb_opt){"seq-len", 0, FB_OPT_INT, &seq_len, "L", "tokens per sample at most (with --dataset)", 1, 1 << 24};
     if (!(kinds & (1u << FB_QK_NVFP4)))  // AutoRound tunes W4A16 only
+    {
         opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts N at a time, attention Linears one by one (memory; default: the whole block as one unit)", 1, 1 << 20};
+        opts[no++] = (fb_opt){"gemm", 0, FB_OPT_STR, &gemm, "M", "with --device cuda: the tuner's GEMMs, f32 (default: the CPU's to rounding), tf32 or bf16 (tensor cores, inputs rounded as auto-round's bf16 autocast does; faster, another sample of the tuning)", 0, 0};
+    }
     opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV",
                           (kinds & (1u << FB_QK_NVFP4))
                               ? "GPTQModifier: where each Linear's GPTQ solve runs, cpu (default) or cuda (a GPU; the Hessians are still accumulated on the CPU; the same result within f32 rounding, not byte-identical to cpu)"
@@ -107,6 +110,20 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         fprintf(stderr, "%s: --device must be cpu or cuda, got '%s'\n", tool, device);
         return 2;
     }
+    if (gemm) {
+        static const char *GM[] = {"f32", "tf32", "bf16"};
+        o.ar_gemm = -1;
+        for (int g = 0; g < 3; g++)
+            if (!strcmp(gemm, GM[g])) o.ar_gemm = g;
+        if (o.ar_gemm < 0) {
+            fprintf(stderr, "%s: --gemm must be f32, tf32 or bf16, got '%s'\n", tool, gemm);
+            return 2;
+        }
+        if (!o.ar_cuda) {
+            fprintf(stderr, "%s: --gemm chooses the CUDA tuner's arithmetic; it needs --device cuda (the CPU computes in f32)\n", tool);
+            return 2;
+        }
+    }
     if (o.ar_cuda && o.expert_group > 0) {
         fprintf(stderr, "%s: --device cuda tunes whole blocks; --expert-group runs on the CPU only (drop one)\n", tool);
         return 2;
@@ -121,10 +138,16 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
             int need = fb_recipe_needs_data(&rr), w4a4 = 0;
             const char *rr_name = rr.tune.name ? rr.tune.name : "GPTQModifier";
             for (size_t g = 0; g < rr.cfg.n_groups; g++) w4a4 |= fb_qscheme_kind(&rr.cfg.groups[g], NULL) == FB_QK_NVFP4;
+            int ar = rr.tune.present && rr.tune.algo == FB_RALGO_AUTOROUND;
             fb_recipe_free(&rr);
             if (o.ar_cuda && !need) {
                 fprintf(stderr, "%s: --device cuda runs a GPTQModifier's or an AutoRoundModifier's tuning; %s has neither\n",
                         tool, recipe);
+                return 2;
+            }
+            if (gemm && !ar) {  // GPTQ on the GPU is f32 only: its golden is the CPU's f32 arithmetic
+                fprintf(stderr, "%s: --gemm chooses the AutoRound tuner's arithmetic; %s has no AutoRoundModifier (GPTQ "
+                                "on the GPU computes in f32)\n", tool, recipe);
                 return 2;
             }
             if (need && !dataset && !o.dry_run) {

@@ -411,6 +411,7 @@ struct Blk {
     float eps = 0, scale = 0;
     int softmax = 0;
     cublasHandle_t h = nullptr;
+    cublasComputeType_t ct = CUBLAS_COMPUTE_32F;  // CUBLAS_COMPUTE_32F: cublasSgemm (fb_ar_opts.gemm)
     // allocations: dry (sizing) or real
     int dry = 0;
     size_t bytes = 0, by_part[4] = {0, 0, 0, 0};
@@ -495,7 +496,15 @@ int gemm(Blk &u, int ta, int tb_, const float *a, size_t lda, long long sa, cons
     u.flop += 2.0 * (double)m * (double)n * (double)k * count;
     // column-major: c^T [n, m] = op(b)^T [n, k] op(a)^T [k, m]
     cublasOperation_t ob = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N, oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (count == 1)
+    if (u.ct != CUBLAS_COMPUTE_32F) {  // tensor cores (fb_ar_opts.gemm tf32 / bf16), f32 in and out
+        if (count == 1)
+            CB(cublasGemmEx(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, a, CUDA_R_32F, (int)lda,
+                            &beta, c, CUDA_R_32F, (int)ldc, u.ct, CUBLAS_GEMM_DEFAULT));
+        else
+            CB(cublasGemmStridedBatchedEx(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, sb, a,
+                                          CUDA_R_32F, (int)lda, sa, &beta, c, CUDA_R_32F, (int)ldc, sc, count, u.ct,
+                                          CUBLAS_GEMM_DEFAULT));
+    } else if (count == 1)
         CB(cublasSgemm(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, a, (int)lda, &beta, c, (int)ldc));
     else
         CB(cublasSgemmStridedBatched(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, sb, a, (int)lda, sa, &beta,
@@ -1020,6 +1029,9 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
                const fb_ar_opts *o, fb_ar_result *res) {
     double t0 = now_s();
     if (o->iters < 1) return fb_fail(u.err, "AutoRound block: %d iterations", o->iters);
+    static const cublasComputeType_t CT[] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_32F_FAST_16BF};
+    if (o->gemm < 0 || o->gemm > FB_AR_GEMM_BF16) return fb_fail(u.err, "AutoRound on CUDA: GEMM mode %d", o->gemm);
+    u.ct = CT[o->gemm];
     size_t bs = o->batch_size ? o->batch_size : 8;
     if (bs > nsamples) bs = nsamples;
     TRY(blk_check(u, b, x, target, nsamples, seq, bs));

@@ -13,7 +13,7 @@
 // 80 GB H100.
 //
 // Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
-// shapes; attention per sample and KV group with cublasSgemmStridedBatched over its query
+// shapes (fb_ar_opts.gemm tf32 / bf16: cublasGemmEx on tensor cores, f32 in and out); attention per sample and KV group with cublasSgemmStridedBatched over its query
 // heads; the experts as per-expert gathered GEMMs over the tokens routed to them (lists built
 // on the host from the routing, ascending token order, expert outputs added in ascending expert
 // order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),

@@ -1076,9 +1076,11 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         tune_ctx tc = {.j = &j, .nt = nt, .autoround = autoround, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
         // Resume: the first layer with outputs still to write starts from its staged input.
         char key[512];
-        snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d%s src=%s",
+        static const char *GEMM[] = {"", " gemm=tf32", " gemm=bf16"};
+        snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d%s%s src=%s",
                  n_tuned_plan ? algo_name : "observe", recipe_hex ? recipe_hex : "", data_hex ? data_hex : "", nt,
-                 (int)o->format, o->expert_group, o->ar_cuda ? " device=cuda" : "", src);
+                 (int)o->format, o->expert_group, o->ar_cuda ? " device=cuda" : "",
+                 o->ar_gemm > 0 && o->ar_gemm <= 2 ? GEMM[o->ar_gemm] : "", src);
         int resume_layer = 0;
         if (o->resume) {
             resume_layer = mc.n_layers;
@@ -1105,7 +1107,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                            .ar_iters = rec.tune.iters, .ar_batch = rec.tune.batch_size, .ar_lr = rec.tune.lr,
                            .ar_disable_opt_rtn = rec.tune.disable_opt_rtn,
                            .ar_seed = 42, .expert_group = o->expert_group, .ar_cuda = o->ar_cuda && autoround,
-                           .gptq_cuda = o->ar_cuda && !autoround,
+                           .gptq_cuda = o->ar_cuda && !autoround, .ar_gemm = o->ar_gemm,
                            .dampening_frac = rec.tune.dampening_frac, .threads = nt, .cancel = o->cancel,
                            .module_done = tune_module_done, .layer_done = tune_layer_done,
                            .layer_start = tune_layer_start, .user = &tc, .absmax = one_pass ? stats : NULL};

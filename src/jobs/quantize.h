@@ -61,6 +61,7 @@ typedef struct fb_quantize_opts {
                                // (memory: ~5 weight-sized f32 arrays per tuned Linear); 0 = all
     int ar_cuda;               // --device cuda: AutoRound tunes each block on the GPU (cuda/cutune.h), GPTQ
                                // solves each Linear there (cuda/cugptq.h); 0: the CPU
+    int ar_gemm;               // with ar_cuda: the AutoRound tuner's GEMM arithmetic (fb_ar_gemm; 0 f32)
 } fb_quantize_opts;
 
 typedef struct fb_quantize_result {

@@ -126,7 +126,7 @@ static int rtn_linear(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
 static fb_ar_opts ar_opts(const fb_tune_opts *o) {
     fb_ar_opts a = {.iters = o->ar_iters > 0 ? o->ar_iters : 200, .lr = (float)o->ar_lr,
                     .batch_size = (size_t)(o->ar_batch > 0 ? o->ar_batch : 8), .seed = o->ar_seed,
-                    .cancel = o->cancel};
+                    .cancel = o->cancel, .gemm = o->ar_gemm};
     return a;
 }
 
