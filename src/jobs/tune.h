@@ -115,7 +115,7 @@ typedef struct fb_tune_opts {
     uint64_t ar_seed;          // AutoRound mini-batch order (auto-round's default 42)
     int expert_group;          // AutoRound: experts tuned together (0: all of a layer)
     int ar_cuda;               // AutoRound: tune each block on the GPU (cuda/cutune.h); whole blocks only
-    int ar_gemm;               // AutoRound on the GPU: fb_ar_gemm (f32, tf32, bf16)
+    int ar_gemm;               // AutoRound on the GPU: fb_ar_gemm (f32, tf32)
     int threads;               // engine and per-Linear tuning threads
     atomic_int *cancel;
     // Called after each Linear is tuned (may be NULL), in the order of lin[].
