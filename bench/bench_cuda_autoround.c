@@ -4,7 +4,7 @@
 // Linear tuned (4 attention + 768 expert Linears).
 //
 //   build/bench/bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E]
-//                                    [--gemm f32|tf32|bf16]   (fb_ar_opts.gemm; default f32)
+//                                    [--gemm f32|tf32]   (fb_ar_opts.gemm; default f32)
 //                                    (defaults 10, 64, 2048, 8, 256: auto-round's 64 x 2048, batch 8)
 //
 // Prints the time per iteration, the time for a layer at 200 iterations (measured when N = 200,
@@ -56,15 +56,15 @@ static void make_linear(fb_ar_linear *L, size_t R, size_t C, float amp, uint64_t
 
 int main(int argc, char **argv) {
     long iters = 10, samples = 64, seq = 2048, batch = 8, experts = 256;
-    static const char *GEMM[] = {"f32", "tf32", "bf16"};
+    static const char *GEMM[] = {"f32", "tf32"};
     int gemm = FB_AR_GEMM_F32;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--gemm") && i + 1 < argc) {
             gemm = -1;
-            for (int g = 0; g < 3; g++)
+            for (int g = 0; g < 2; g++)
                 if (!strcmp(argv[i + 1], GEMM[g])) gemm = g;
             if (gemm < 0) {
-                fprintf(stderr, "bench_cuda_autoround: --gemm f32, tf32 or bf16\n");
+                fprintf(stderr, "bench_cuda_autoround: --gemm f32 or tf32\n");
                 return 2;
             }
             i++;
@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
                     : !strcmp(argv[i], "--experts") ? &experts : NULL;
         char *end = NULL;
         if (!dst || i + 1 >= argc || (*dst = strtol(argv[i + 1], &end, 10), *end)) {
-            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--gemm f32|tf32|bf16]\n");
+            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--gemm f32|tf32]\n");
             return 2;
         }
         i++;
@@ -132,6 +132,8 @@ int main(int argc, char **argv) {
            "%s GEMMs\n", H, E, FF, samples, seq, batch, iters, GEMM[gemm]);
     printf("  host setup (random weights) %.1f s; tune_block %.1f s: setup + uploads + downloads %.1f s, 2 full-data "
            "passes %.2f s, iterations %.2f s\n", t1 - t0, t2 - t1, other - in.full_s, in.full_s, in.iters_s);
+    printf("  of the setup etc.: host checks %.2f s, allocations + uploads %.2f s, results back %.2f s\n", in.check_s,
+           in.setup_s - in.check_s, in.download_s);
     printf("  per iteration %.3f s (%.2f TFLOP of GEMMs, %.1f TFLOP/s); full passes %.1f TFLOP/s\n", per_it,
            in.iter_flop / (double)iters * 1e-12, in.iter_flop / in.iters_s * 1e-12, in.full_flop / in.full_s * 1e-12);
     printf("  one layer at 200 iterations: %.1f s%s\n", other + 200.0 * per_it,

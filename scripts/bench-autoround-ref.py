@@ -37,6 +37,9 @@ def main():
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=1,
+                    help="decoder layers (2+: the later layers' time is the steady state, after torch.compile's "
+                         "first compilation, which auto-round enables and which lands in layer 0's setup)")
     ap.add_argument("--experts", type=int, default=256,
                     help="routed experts (MiniMax-M2 has 256; fewer to fit a smaller GPU, top-8 kept)")
     ap.add_argument("--tokenizer", default="models/tiny-minimax-m2",
@@ -59,7 +62,7 @@ def main():
     tok = transformers.AutoTokenizer.from_pretrained(a.tokenizer)
     vocab = len(tok)
     cfg = transformers.MiniMaxM2Config(
-        **dims, num_hidden_layers=1, vocab_size=vocab, bos_token_id=tok.bos_token_id,
+        **dims, num_hidden_layers=a.layers, vocab_size=vocab, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, max_position_embeddings=max(a.seqlen, 2048),
         partial_rotary_factor=dims["rotary_dim"] / dims["head_dim"], rms_norm_eps=1e-6, rope_theta=5e6,
         scoring_func="sigmoid", use_routing_bias=True, use_qk_norm=True, qk_norm_type="per_layer",
@@ -120,7 +123,20 @@ def main():
         "iter_min_s": min(its) if its else None, "iter_max_s": max(its) if its else None,
         "tail_s": (t1 - steps[-1]) if steps else None,
         "peak_gpu_mem_gib": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None,
+        "layers": a.layers, "steps_s": [s - t0 for s in steps],
     }
+    # Per layer (auto-round tunes block by block, iters steps each): layer l's time runs from the
+    # last step of layer l-1 (t0 for layer 0) to its own last step, so it holds the previous
+    # layer's tail (packing) and its own setup; projected to 200 iterations with its own median.
+    if a.layers > 1 and len(steps) == a.layers * a.iters and a.iters >= 2:
+        per = []
+        for l in range(a.layers):
+            s = steps[l * a.iters:(l + 1) * a.iters]
+            start = steps[l * a.iters - 1] if l else t0
+            med = statistics.median([b - a_ for a_, b in zip(s, s[1:])])
+            per.append({"layer": l, "wall_s": s[-1] - start, "iter_median_s": med,
+                        "projected_200_s": s[-1] - start + (200 - a.iters) * med})
+        res["per_layer"] = per
     # The first step's time includes everything before it (caching, wrapping, the RTN init and
     # the first forward/backward); one median iteration stands in for that first iteration.
     if its and a.iters < 200:

@@ -534,12 +534,12 @@ static void block_unit(void) {
             CHECK(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "k_proj"),
                   "block: a wrong k_proj shape is refused naming it (%s)", err.msg);
             f.at[1].rows = 64;
-            // the tensor-core GEMM modes are the CUDA tuner's; the CPU refuses them, nothing replaced
+            // the tensor-core GEMM mode is the CUDA tuner's; the CPU refuses them, nothing replaced
             float w01 = f.at[0].w[1];
-            o.gemm = FB_AR_GEMM_BF16;
+            o.gemm = FB_AR_GEMM_TF32;
             CHECK(fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "f32 only") &&
                       f.at[0].w[1] == w01,
-                  "block: a bf16 GEMM mode is refused on the CPU (%s)", err.msg);
+                  "block: the tf32 GEMM mode is refused on the CPU (%s)", err.msg);
             o.gemm = FB_AR_GEMM_F32;
             // Ctrl-C: polled every iteration; nothing replaced
             atomic_int stop = 1;

@@ -318,17 +318,16 @@ static void tune_vs_cpu(void) {
            c.trace[1], c.trace[2], g.res.final_mse, c.res.final_mse, g.res.best_iter, c.res.best_iter);
 }
 
-// The tensor-core modes (fb_ar_opts.gemm tf32 / bf16) on the same fixture: products with inputs
-// rounded to 10 / 7 mantissa bits, so not the f32 trajectory, but the same tuning: the RTN MSE
-// within FAST_RTN_TOL of f32's (bf16's input rounding, ~2^-9 relative per factor, over sums of 128
-// products), the final MSE below RTN's and within FINAL_TOL of f32's, every weight a code times
+// The tensor-core mode (fb_ar_opts.gemm tf32) on the same fixture: products with inputs rounded
+// to 10 mantissa bits, so not the f32 trajectory, but the same tuning: the RTN MSE within
+// FAST_RTN_TOL of f32's (measured on the H100: 1.3e-5 relative), the final MSE below RTN's and within FINAL_TOL of f32's, every weight a code times
 // its scale, the fixed Linear untouched, the same bytes twice (cuBLAS picks the same kernels).
-#define FAST_RTN_TOL 2e-2
+#define FAST_RTN_TOL 1e-3
 static void tune_fast_modes(void) {
-    static const char *NAME[] = {"f32", "tf32", "bf16"};
+    static const char *NAME[] = {"f32", "tf32"};
     run_out f;
     tune_run(1, FB_AR_GEMM_F32, &f);
-    for (int m = FB_AR_GEMM_TF32; m <= FB_AR_GEMM_BF16; m++) {
+    for (int m = FB_AR_GEMM_TF32; m <= FB_AR_GEMM_TF32; m++) {
         run_out g, g2;
         tune_run(1, m, &g);
         tune_run(1, m, &g2);

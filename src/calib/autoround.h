@@ -116,11 +116,13 @@ typedef struct fb_ar_opts {
 } fb_ar_opts;
 
 // GEMM arithmetic of the CUDA tuner (cuda/cutune.h). F32: cuBLAS f32 without tensor cores, the
-// CPU's to f32 rounding (the default, what the agreement tests check). TF32 / BF16: tensor cores,
-// f32 in and out with the products' inputs rounded to TF32 / bf16 (cuBLAS COMPUTE_32F_FAST_TF32 /
-// _FAST_16BF, f32 accumulation), as auto-round runs a bf16 model under autocast; the result is
-// another sample of the same tuning, not the f32 one to rounding.
-typedef enum fb_ar_gemm { FB_AR_GEMM_F32 = 0, FB_AR_GEMM_TF32, FB_AR_GEMM_BF16 } fb_ar_gemm;
+// CPU's to f32 rounding (the default, what the agreement tests check). TF32: tensor cores, f32 in
+// and out with the products' inputs rounded to TF32 (cuBLAS COMPUTE_32F_FAST_TF32, f32
+// accumulation; auto-round's bf16 autocast rounds them further): another sample of the same
+// tuning, not the f32 one to rounding. (cuBLAS's COMPUTE_32F_FAST_16BF on f32 operands gave the
+// TF32 results bit for bit on the H100, so there is no separate bf16 mode: a real one would cast
+// the operands to bf16 first.)
+typedef enum fb_ar_gemm { FB_AR_GEMM_F32 = 0, FB_AR_GEMM_TF32 } fb_ar_gemm;
 
 // One quantized Linear: in, its f32 weight; out, the tuned fake-quantized weight and what a
 // packer writes (scales, codes). Buffers are the caller's.

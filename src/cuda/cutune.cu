@@ -14,6 +14,9 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <algorithm>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "cuda/cutune.h"
@@ -496,7 +499,7 @@ int gemm(Blk &u, int ta, int tb_, const float *a, size_t lda, long long sa, cons
     u.flop += 2.0 * (double)m * (double)n * (double)k * count;
     // column-major: c^T [n, m] = op(b)^T [n, k] op(a)^T [k, m]
     cublasOperation_t ob = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N, oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
-    if (u.ct != CUBLAS_COMPUTE_32F) {  // tensor cores (fb_ar_opts.gemm tf32 / bf16), f32 in and out
+    if (u.ct != CUBLAS_COMPUTE_32F) {  // tensor cores (fb_ar_opts.gemm tf32), f32 in and out
         if (count == 1)
             CB(cublasGemmEx(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, a, CUDA_R_32F, (int)lda,
                             &beta, c, CUDA_R_32F, (int)ldc, u.ct, CUBLAS_GEMM_DEFAULT));
@@ -532,6 +535,29 @@ fb_ar_linear *blk_linear(const fb_ar_block *b, size_t j) {
     if (j < 4) return b->attn[j];
     fb_ar_expert *p = &b->experts[(j - 4) / 3];
     return (j - 4) % 3 == 0 ? &p->gate : (j - 4) % 3 == 1 ? &p->up : &p->down;
+}
+
+// f(i) for i in [0, n) on up to 16 host threads (the full block's host work is billions of
+// elements: its checks and the results' s * q); each i once, so the order of writes is irrelevant.
+template <class F> void par_for(size_t n, F f) {
+    size_t nt = std::min<size_t>(std::max(1u, std::thread::hardware_concurrency()), 16);
+    if (nt > n) nt = n;
+    if (nt <= 1) {
+        for (size_t i = 0; i < n; i++) f(i);
+        return;
+    }
+    std::vector<std::thread> th;
+    for (size_t t = 0; t < nt; t++)
+        th.emplace_back([&, t] {
+            for (size_t i = t; i < n; i += nt) f(i);
+        });
+    for (auto &x : th) x.join();
+}
+
+int all_finite(const float *p, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(p[i])) return 0;
+    return 1;
 }
 
 int finite_or_fail(Blk &u, const float *p, size_t n, const char *what) {
@@ -594,6 +620,15 @@ int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target,
                            l ? l->cols : 0, rows[j], cols[j]);
         TRY(weight_finite(u, l, nm[j], (size_t)-1));
     }
+    // the experts' weights scanned in parallel; the first bad one (lowest expert, gate/up/down,
+    // lowest element) reported below as the sequential scan would
+    std::vector<unsigned char> ok(u.E, 1);
+    par_for(u.E, [&](size_t e) {
+        const fb_ar_expert *p = &b->experts[e];
+        const fb_ar_linear *l3[3] = {&p->gate, &p->up, &p->down};
+        for (const fb_ar_linear *l : l3)
+            if (l->w && !all_finite(l->w, l->rows * l->cols)) ok[e] = 0;
+    });
     for (size_t e = 0; e < u.E; e++) {
         const fb_ar_expert *p = &b->experts[e];
         if (p->gate.rows != FF || p->gate.cols != H || p->up.rows != FF || p->up.cols != H || p->down.rows != H ||
@@ -601,6 +636,7 @@ int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target,
             return fb_fail(u.err, "AutoRound block: expert %zu: gate [%zu, %zu], up [%zu, %zu], down [%zu, %zu] for "
                                   "hidden %zu, intermediate %zu", e, p->gate.rows, p->gate.cols, p->up.rows, p->up.cols,
                            p->down.rows, p->down.cols, H, FF);
+        if (ok[e]) continue;
         TRY(weight_finite(u, &p->gate, "gate", e));
         TRY(weight_finite(u, &p->up, "up", e));
         TRY(weight_finite(u, &p->down, "down", e));
@@ -1029,12 +1065,13 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
                const fb_ar_opts *o, fb_ar_result *res) {
     double t0 = now_s();
     if (o->iters < 1) return fb_fail(u.err, "AutoRound block: %d iterations", o->iters);
-    static const cublasComputeType_t CT[] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_COMPUTE_32F_FAST_16BF};
-    if (o->gemm < 0 || o->gemm > FB_AR_GEMM_BF16) return fb_fail(u.err, "AutoRound on CUDA: GEMM mode %d", o->gemm);
+    static const cublasComputeType_t CT[] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32};
+    if (o->gemm < 0 || o->gemm > FB_AR_GEMM_TF32) return fb_fail(u.err, "AutoRound on CUDA: GEMM mode %d", o->gemm);
     u.ct = CT[o->gemm];
     size_t bs = o->batch_size ? o->batch_size : 8;
     if (bs > nsamples) bs = nsamples;
     TRY(blk_check(u, b, x, target, nsamples, seq, bs));
+    double tc = now_s();
     std::vector<int> tuned;
     lin_setup(u, b, tuned, 0);
     TRY(blk_setup(u, x, target, tuned, 1));
@@ -1106,34 +1143,37 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     CK(cudaDeviceSynchronize());
     double t4 = now_s();
     full_flop += u.flop - f0;
-    // every tuned Linear's s * q, scales and codes, into host staging first: the caller's
-    // weights change only once everything is back
-    std::vector<std::vector<float>> ws(u.lin.size()), ss(u.lin.size());
-    std::vector<std::vector<int8_t>> qs(u.lin.size());
+    // every tuned Linear's scales and codes into host staging first (the caller's weights change
+    // only once everything is back); then w = s * q on the host: the device's k_qdq value is that
+    // one f32 product, so the same bits, for a quarter of the transfer
+    std::vector<std::vector<float>> ss(u.lin.size());
+    std::vector<std::unique_ptr<int8_t[]>> qs(u.lin.size());
     for (size_t j = 0; j < u.lin.size(); j++) {
         DLin &a = u.lin[j];
         if (a.fixed) continue;
         float *wq = a.expert ? u.gw : a.wq;
         k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, wq, u.sbuf, u.qbuf);
         KC();
-        ws[j].resize(a.R * a.C);
         ss[j].resize(a.NG);
-        CK(cudaMemcpy(ws[j].data(), wq, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
+        qs[j].reset(new (std::nothrow) int8_t[a.R * a.C]);
+        if (!qs[j]) return fb_fail(u.err, "AutoRound on CUDA: out of host memory for the results (%zu bytes)", a.R * a.C);
         CK(cudaMemcpy(ss[j].data(), u.sbuf, a.NG * sizeof(float), cudaMemcpyDeviceToHost));
-        if (a.L->q) {
-            qs[j].resize(a.R * a.C);
-            CK(cudaMemcpy(qs[j].data(), u.qbuf, a.R * a.C, cudaMemcpyDeviceToHost));
-        }
+        CK(cudaMemcpy(qs[j].get(), u.qbuf, a.R * a.C, cudaMemcpyDeviceToHost));
     }
-    for (size_t j = 0; j < u.lin.size(); j++) {
+    par_for(u.lin.size(), [&](size_t j) {
         DLin &a = u.lin[j];
-        if (a.fixed) continue;
-        memcpy(a.L->w, ws[j].data(), a.R * a.C * sizeof(float));
-        if (a.L->scale) memcpy(a.L->scale, ss[j].data(), a.NG * sizeof(float));
-        if (a.L->q) memcpy(a.L->q, qs[j].data(), a.R * a.C);
-    }
+        if (a.fixed) return;
+        const float *s = ss[j].data();
+        const int8_t *q = qs[j].get();
+        float *w = a.L->w;
+        for (size_t i = 0, n = a.R * a.C; i < n; i++) w[i] = s[i / G] * (float)q[i];
+        if (a.L->scale) memcpy(a.L->scale, s, a.NG * sizeof(float));
+        if (a.L->q) memcpy(a.L->q, q, a.R * a.C);
+    });
     g_info.device_bytes = u.bytes;
+    g_info.check_s = tc - t0;
     g_info.setup_s = t1 - t0;
+    g_info.download_s = now_s() - t4;
     g_info.iters_s = t3 - t2;
     g_info.full_s = (t2 - t1) + (t4 - t3);
     g_info.iter_flop = iter_flop;

@@ -13,7 +13,7 @@
 // 80 GB H100.
 //
 // Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
-// shapes (fb_ar_opts.gemm tf32 / bf16: cublasGemmEx on tensor cores, f32 in and out); attention per sample and KV group with cublasSgemmStridedBatched over its query
+// shapes (fb_ar_opts.gemm tf32: cublasGemmEx on tensor cores, f32 in and out); attention per sample and KV group with cublasSgemmStridedBatched over its query
 // heads; the experts as per-expert gathered GEMMs over the tokens routed to them (lists built
 // on the host from the routing, ascending token order, expert outputs added in ascending expert
 // order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),
@@ -52,6 +52,8 @@ int fb_cuda_autoround_block_grad(const float *x, const float *target, size_t nsa
 typedef struct fb_cutune_info {
     size_t device_bytes;    // peak of the tuner's own allocations (cuBLAS workspace not included)
     double setup_s;         // checks, uploads, allocations
+    double check_s;         // of which the host's input checks (finite weights, shapes)
+    double download_s;      // the results back to the host (staged, then replaced)
     double iters_s;         // the SignRound iterations (forward, backward, steps), synchronised
     double full_s;          // the two full-data MSE passes (RTN and final)
     double iter_flop;       // GEMM flops of all iterations (divide by iters for one)

@@ -1076,11 +1076,11 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         tune_ctx tc = {.j = &j, .nt = nt, .autoround = autoround, .report = report, .stats = one_pass ? stats : NULL, .plan = &plan};
         // Resume: the first layer with outputs still to write starts from its staged input.
         char key[512];
-        static const char *GEMM[] = {"", " gemm=tf32", " gemm=bf16"};
+        static const char *GEMM[] = {"", " gemm=tf32"};
         snprintf(key, sizeof key, "algo=%s recipe=%s data=%s threads=%d format=%d experts=%d%s%s src=%s",
                  n_tuned_plan ? algo_name : "observe", recipe_hex ? recipe_hex : "", data_hex ? data_hex : "", nt,
                  (int)o->format, o->expert_group, o->ar_cuda ? " device=cuda" : "",
-                 o->ar_gemm > 0 && o->ar_gemm <= 2 ? GEMM[o->ar_gemm] : "", src);
+                 o->ar_gemm == 1 ? GEMM[1] : "", src);
         int resume_layer = 0;
         if (o->resume) {
             resume_layer = mc.n_layers;

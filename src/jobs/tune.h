@@ -117,7 +117,7 @@ typedef struct fb_tune_opts {
     int ar_cuda;               // AutoRound: tune each block on the GPU (cuda/cutune.h); whole blocks only
     int gptq_cuda;             // GPTQ: each Linear's solve on the GPU (cuda/cugptq.h); the Hessians are still
                                // accumulated by the host engine's calibration pass
-    int ar_gemm;               // AutoRound on the GPU: fb_ar_gemm (f32, tf32, bf16)
+    int ar_gemm;               // AutoRound on the GPU: fb_ar_gemm (f32, tf32)
     int threads;               // engine and per-Linear tuning threads
     atomic_int *cancel;
     // Called after each Linear is tuned (may be NULL), in the order of lin[].
