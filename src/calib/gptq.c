@@ -77,39 +77,49 @@ static int by_desc(const void *a, const void *b) {
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
-int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
-                     const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
-    memset(res, 0, sizeof *res);
-    size_t G = o->group, B = o->blocksize ? o->blocksize : 128;
-    double pd = o->percdamp < 0 ? 0.01 : o->percdamp;
-    if (!G || C % G || !R || !C)
-        return fb_fail(err, "GPTQ: a [%zu, %zu] weight with group %zu", R, C, G);
-    if (o->qtype == FB_GPTQ_NVFP4 && !(o->global_scale > 0))
-        return fb_fail(err, "GPTQ: NVFP4 needs a positive global scale");
-    size_t NG = C / G;
+struct fb_gptq_factor {
+    size_t C;
+    int actorder;          // the options it was made under (0 / 1)
+    double percdamp;       // (the default resolved: 0.01 for < 0)
+    size_t *perm;          // [C] permuted column j is original column perm[j]
+    unsigned char *dead;   // [C] by permuted column: its input was always zero (weights zeroed)
+    size_t n_dead;
+    int rtn_fallback;      // 1: not positive definite after dampening, Uf = I
+    float *Uf;             // [C x C] U rounded to f32, row-major upper (lower triangle zero)
+};
+
+static double damp_frac(const fb_gptq_opts *o) { return o->percdamp < 0 ? 0.01 : o->percdamp; }
+
+int fb_gptq_factorize(const float *H, size_t C, const fb_gptq_opts *o, fb_gptq_factor **out, fb_err *err) {
+    *out = NULL;
+    double pd = damp_frac(o);
+    if (!C) return fb_fail(err, "GPTQ: a Hessian of 0 columns");
+    if (!isfinite(pd)) return fb_fail(err, "GPTQ: dampening fraction %g is not a finite number", o->percdamp);
+    fb_gptq_factor *f = fb_calloc(1, sizeof *f);
+    f->C = C;
+    f->actorder = o->actorder != 0;
+    f->percdamp = pd;
     // Activation ordering: columns by descending diag(H) (ties: lower index first).
-    size_t *perm = fb_malloc(C * sizeof(size_t));
+    size_t *perm = f->perm = fb_malloc(C * sizeof(size_t));
     for (size_t j = 0; j < C; j++) perm[j] = j;
-    if (o->actorder) {
+    if (f->actorder) {
         dsort *d = fb_malloc(C * sizeof(dsort));
         for (size_t j = 0; j < C; j++) d[j] = (dsort){H[j * C + j], j};
         qsort(d, C, sizeof *d, by_desc);
         for (size_t j = 0; j < C; j++) perm[j] = d[j].i;
         free(d);
     }
-    float *Wp = fb_aligned_alloc(R * C * sizeof(float) + 64);
     double *Hd = fb_malloc(C * C * sizeof(double)), *U = fb_malloc(C * C * sizeof(double));
-    for (size_t r = 0; r < R; r++)
-        for (size_t j = 0; j < C; j++) Wp[r * C + j] = W[r * C + perm[j]];
     for (size_t i = 0; i < C; i++)
         for (size_t j = 0; j < C; j++) Hd[i * C + j] = H[perm[i] * C + perm[j]];
     // factorize_hessian: dead columns, dampening (in f32, as the reference), Cholesky.
+    f->dead = fb_calloc(C, 1);
     double mean = 0;
     for (size_t j = 0; j < C; j++) {
         if (Hd[j * C + j] == 0) {
             Hd[j * C + j] = 1;
-            for (size_t r = 0; r < R; r++) Wp[r * C + j] = 0;
-            res->dead_columns++;
+            f->dead[j] = 1;
+            f->n_dead++;
         }
         mean += (float)Hd[j * C + j];
     }
@@ -117,13 +127,56 @@ int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales
     for (size_t j = 0; j < C; j++) Hd[j * C + j] = (float)((float)Hd[j * C + j] + damp);
     if (hinv_upper(Hd, C, U)) {
         // Not positive definite: identity factor, i.e. plain RTN with the same scales.
-        res->rtn_fallback = 1;
+        f->rtn_fallback = 1;
         memset(U, 0, C * C * sizeof(double));
         for (size_t j = 0; j < C; j++) U[j * C + j] = 1;
     }
-    float *Uf = fb_aligned_alloc(C * C * sizeof(float) + 64);
-    for (size_t i = 0; i < C * C; i++) Uf[i] = (float)U[i];
-    // Effective scale of each (row, permuted column).
+    f->Uf = fb_aligned_alloc(C * C * sizeof(float) + 64);
+    for (size_t i = 0; i < C * C; i++) f->Uf[i] = (float)U[i];
+    free(Hd);
+    free(U);
+    *out = f;
+    return 0;
+}
+
+size_t fb_gptq_factor_cols(const fb_gptq_factor *f) { return f->C; }
+int fb_gptq_factor_rtn_fallback(const fb_gptq_factor *f) { return f->rtn_fallback; }
+size_t fb_gptq_factor_dead_columns(const fb_gptq_factor *f) { return f->n_dead; }
+
+void fb_gptq_factor_free(fb_gptq_factor *f) {
+    if (!f) return;
+    free(f->perm);
+    free(f->dead);
+    free(f->Uf);
+    free(f);
+}
+
+// What fb_gptq_quantize and fb_gptq_quantize_factored refuse about W, its scales and o.
+static int check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err) {
+    size_t G = o->group;
+    if (!G || C % G || !R || !C)
+        return fb_fail(err, "GPTQ: a [%zu, %zu] weight with group %zu", R, C, G);
+    if (o->qtype == FB_GPTQ_NVFP4 && !(o->global_scale > 0))
+        return fb_fail(err, "GPTQ: NVFP4 needs a positive global scale");
+    return 0;
+}
+
+int fb_gptq_quantize_factored(float *W, size_t R, size_t C, const fb_gptq_factor *f, const float *scales,
+                              const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    if (check_weight(R, C, o, err)) return -1;
+    if (!f) return fb_fail(err, "GPTQ: no factor for a [%zu, %zu] weight", R, C);
+    if (f->C != C)
+        return fb_fail(err, "GPTQ: a factor of a %zu-column Hessian for a [%zu, %zu] weight", f->C, R, C);
+    if (f->actorder != (o->actorder != 0) || !(f->percdamp == damp_frac(o)))
+        return fb_fail(err, "GPTQ: a factor made with actorder %d, dampening %g used with actorder %d, dampening %g",
+                       f->actorder, f->percdamp, o->actorder != 0, damp_frac(o));
+    size_t G = o->group, B = o->blocksize ? o->blocksize : 128, NG = C / G;
+    const size_t *perm = f->perm;
+    const float *Uf = f->Uf;
+    float *Wp = fb_aligned_alloc(R * C * sizeof(float) + 64);
+    for (size_t r = 0; r < R; r++)
+        for (size_t j = 0; j < C; j++) Wp[r * C + j] = f->dead[j] ? 0.0f : W[r * C + perm[j]];
     float *W1 = fb_aligned_alloc(R * B * sizeof(float) + 64), *E1 = fb_aligned_alloc(R * B * sizeof(float) + 64);
     double loss = 0;
     for (size_t i1 = 0; i1 < C; i1 += B) {
@@ -153,6 +206,19 @@ int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales
     for (size_t r = 0; r < R; r++)
         for (size_t j = 0; j < C; j++) W[r * C + perm[j]] = Wp[r * C + j];
     res->loss = loss;
-    free(perm); free(Wp); free(Hd); free(U); free(Uf); free(W1); free(E1);
+    res->rtn_fallback = f->rtn_fallback;
+    res->dead_columns = f->n_dead;
+    free(Wp); free(W1); free(E1);
     return 0;
+}
+
+int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
+                     const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    if (check_weight(R, C, o, err)) return -1;  // before the O(C^3) work, as before the split
+    fb_gptq_factor *f;
+    if (fb_gptq_factorize(H, C, o, &f, err)) return -1;
+    int rc = fb_gptq_quantize_factored(W, R, C, f, scales, o, res, err);
+    fb_gptq_factor_free(f);
+    return rc;
 }

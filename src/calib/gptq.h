@@ -50,9 +50,45 @@ void fb_gptq_hessian_add(float *H, size_t C, const float *x, size_t rows);
 void fb_gptq_hessian_scale(float *H, size_t C, size_t n);
 
 // GPTQ on W (R x C, f32, row-major, replaced by the fake-quantized weights) with the normalized
-// Hessian H (C x C, f32, destroyed) and the fixed scales (R x C/group, f32 values of the stored
-// scales: bf16 for INT4, fp8 e4m3 for NVFP4). Fails only on invalid arguments.
+// Hessian H (C x C, f32, not modified) and the fixed scales (R x C/group, f32 values of the stored
+// scales: bf16 for INT4, fp8 e4m3 for NVFP4). Fails only on invalid arguments. It is
+// fb_gptq_factorize then fb_gptq_quantize_factored (below), byte for byte.
 int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
                      const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err);
+
+// ---- one factorization, several Linears ---------------------------------------------------------
+// Everything GPTQ derives from H alone (the "factor" step above: the act-order permutation, the
+// dead columns, the dampening, L = chol(H), U = chol(H^-1) upper rounded to f32, the non-PD
+// fallback decision) depends on H, o->actorder and o->percdamp only. Linears fed by the same
+// input (q/k/v; every routed expert's w1 and w3 in all-experts calibration) share it: factorize
+// once, quantize each weight with the factor. The result is byte-identical to fb_gptq_quantize.
+
+// A factor (opaque): owned by the caller of fb_gptq_factorize, freed with fb_gptq_factor_free.
+// Read-only once made: any number of threads may run fb_gptq_quantize_factored on one factor
+// at the same time.
+typedef struct fb_gptq_factor fb_gptq_factor;
+
+// Factorizes the normalized Hessian H (C x C, f32, not modified) under o->actorder and
+// o->percdamp (the other fields of o are not read). A Hessian that is not positive definite
+// after dampening is not an error: the factor is the identity (plain RTN) and says so
+// (fb_gptq_factor_rtn_fallback). *out is the new factor (C^2 floats plus O(C)), NULL on failure;
+// fails only on invalid arguments (C 0, a dampening fraction that is not a finite number).
+int fb_gptq_factorize(const float *H, size_t C, const fb_gptq_opts *o, fb_gptq_factor **out, fb_err *err);
+
+// GPTQ of W (as fb_gptq_quantize) with a factor of its Hessian: the dead columns zeroed, the
+// permutation, the block-wise update, the inverse permutation. res->rtn_fallback and
+// res->dead_columns are the factor's. Refuses (W untouched) a factor of another width, one made
+// with another actorder or percdamp than o's, and what fb_gptq_quantize refuses.
+int fb_gptq_quantize_factored(float *W, size_t R, size_t C, const fb_gptq_factor *f, const float *scales,
+                              const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err);
+
+// The factor's width C, its fallback flag (1: H was not positive definite, U = I) and its number
+// of dead columns.
+size_t fb_gptq_factor_cols(const fb_gptq_factor *f);
+int fb_gptq_factor_rtn_fallback(const fb_gptq_factor *f);
+size_t fb_gptq_factor_dead_columns(const fb_gptq_factor *f);
+
+// Frees a factor (NULL: nothing).
+void fb_gptq_factor_free(fb_gptq_factor *f);
 
 #endif
