@@ -3,7 +3,8 @@
 # (a recipe that tunes needs --dataset, exit 2; --dataset with a round-to-nearest recipe, exit 2),
 # the --dry-run plan naming GPTQ or RTN per module (a chained recipe mixes them), refusals
 # (--format auto_round, split jobs), and a small end-to-end run: validated output, --json
-# summary, the untuned modules byte-identical to a round-to-nearest run, the tuned ones not,
+# summary (one Hessian factorization per distinct Hessian and layer), the untuned modules
+# byte-identical to a round-to-nearest run, the tuned ones not,
 # determinism; NVFP4 W4A4 input scales observed in the same pass (== calibrate + --calib). The
 # comparison with llm-compressor's GPTQ is test_gptq_model.
 . tests/lib.sh
@@ -57,6 +58,9 @@ expect_out "bad.jsonl:1" "names the line"
 # small run (4 samples x 64 tokens): chained recipe, compared with plain RTN
 expect_rc 0 "chained GPTQ run" -- "$Q4" --recipe "$T_TMP/chain.yaml" --dataset $IDS --samples 4 --seq-len 64 --no-shuffle -t 2 --json $M "$T_TMP/g1"
 expect_out '"gptq":\{"algorithm":"GPTQ","tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
+# one factorization per distinct Hessian and layer: every expert's w1/w3 share the MoE input's, each
+# w2 has its own: 4 layers x (1 + 7), not one per tuned module (84)
+expect_out '"factorizations":32\}' "each distinct Hessian factorized once per layer"
 expect_out "layer 3: 21 modules tuned \(GPTQ\)" "progress per layer"
 cat > "$T_TMP/rtn.yaml" <<'Y'
 quant_stage:

@@ -36,7 +36,10 @@ struct Ctx {
     cudaStream_t st = nullptr;
     cublasHandle_t cb = nullptr;
     cusolverDnHandle_t cs = nullptr;
+    void *pin = nullptr;      // pinned staging for W up and down (factored_run), pin_bytes long
+    size_t pin_bytes = 0;
     ~Ctx() {
+        if (pin) cudaFreeHost(pin);
         if (cs) cusolverDnDestroy(cs);
         if (cb) cublasDestroy(cb);
         if (st) cudaStreamDestroy(st);
@@ -343,24 +346,64 @@ int by_desc(const void *a, const void *b) {
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
-int gptq_run(float *W, size_t R, size_t C, const float *H, const float *scales, const fb_gptq_opts *o,
-             fb_gptq_result *res, fb_err *err) {
-    size_t G = o->group, B = o->blocksize ? o->blocksize : 128;
-    double pd = o->percdamp < 0 ? 0.01 : o->percdamp;
+double damp_frac(const fb_gptq_opts *o) { return o->percdamp < 0 ? 0.01 : o->percdamp; }
+
+// What the CPU refuses about W, its scales and o (gptq.c check_weight), then the grid limits.
+int check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err) {
+    size_t G = o->group;
     if (!G || C % G || !R || !C)
         return fb_fail(err, "GPTQ: a [%zu, %zu] weight with group %zu", R, C, G);
     if (o->qtype == FB_GPTQ_NVFP4 && !(o->global_scale > 0))
         return fb_fail(err, "GPTQ: NVFP4 needs a positive global scale");
     if (C > 65535 || R > 65535)  // a grid's y dimension holds a row or column index; int for cuSOLVER
         return fb_fail(err, "GPTQ on CUDA: a [%zu, %zu] weight: at most 65535 rows and columns", R, C);
-    if (B > C) B = C;
-    size_t NG = C / G;
+    return 0;
+}
+
+}  // namespace
+
+// The factor (cugptq.h): device buffers from the default memory pool (stream-ordered, allocated on
+// the factorizing thread's stream, synchronised before the factor is handed out, freed on the
+// freeing thread's stream), host copies of what the per-weight setup reads.
+struct fb_cuda_gptq_factor {
+    size_t C = 0;
+    int actorder = 0;
+    double percdamp = 0;
+    std::vector<int> perm;       // [C] permuted column j is original column perm[j]
+    size_t n_dead = 0;
+    int npd = 0;                 // 1: not positive definite, dUf = I
+    float *dUf = nullptr;        // [C x C] U in f32, row-major upper
+    int *dperm = nullptr;        // [C]
+    unsigned char *ddead = nullptr;  // [C] by permuted column
+    size_t bytes = 0;
+};
+
+namespace {
+
+void factor_release(fb_cuda_gptq_factor *f) {
+    void *p[3] = {f->dUf, f->dperm, f->ddead};
+    Ctx *c = nullptr;
+    fb_err e;
+    int have = ctx_get(&c, &e) == 0;
+    for (void *q : p)
+        if (q) {
+            if (have) cudaFreeAsync(q, c->st);  // no call uses it any more (each synchronised its stream)
+            else cudaFree(q);
+        }
+    delete f;
+}
+
+int factorize_run(const float *H, size_t C, const fb_gptq_opts *o, fb_cuda_gptq_factor **out, fb_err *err) {
+    double pd = damp_frac(o);
+    if (!C) return fb_fail(err, "GPTQ: a Hessian of 0 columns");
+    if (!isfinite(pd)) return fb_fail(err, "GPTQ: dampening fraction %g is not a finite number", o->percdamp);
+    if (C > 65535) return fb_fail(err, "GPTQ on CUDA: a Hessian of %zu columns: at most 65535", C);
     double t0 = now_s();
     Ctx *cp;
     TRY(ctx_get(&cp, err));
     Ctx &c = *cp;
     // Host: the ordering, dead columns and dampening, in gptq.c's code and order.
-    std::vector<int> perm(C), gcol(C);
+    std::vector<int> perm(C);
     for (size_t j = 0; j < C; j++) perm[j] = (int)j;
     if (o->actorder) {
         std::vector<dsort> d(C);
@@ -380,45 +423,32 @@ int gptq_run(float *W, size_t R, size_t C, const float *H, const float *scales, 
             ndead++;
         }
         mean += (float)dg[j];
-        gcol[j] = (int)((size_t)perm[j] / G);
     }
     float damp = (float)pd * (float)(mean / (double)C);
     for (size_t j = 0; j < C; j++) dg[j] = (float)((float)dg[j] + damp);
-    // Device buffers.
-    Mem m(c.st);
-    float *dH, *dW, *dWp, *dUf, *dS, *dW1t, *dE1t;
-    double *dA, *ddg, *drl;
-    int *dperm, *dgcol, *dflags;
+    // The factor's own buffers: kept (in fm) only when everything succeeded.
+    Mem fm(c.st), m(c.st);
+    float *dUf;
+    int *dperm;
     unsigned char *ddead;
+    TRY(dalloc(fm, &dUf, C * C, "the f32 factor", err));
+    TRY(dalloc(fm, &dperm, C, "the permutation", err));
+    TRY(dalloc(fm, &ddead, C, "the dead columns", err));
+    float *dH;
+    double *dA, *ddg;
+    int *dflags;
     TRY(dalloc(m, &dA, C * C, "the f64 Hessian", err));
     TRY(dalloc(m, &dH, C * C, "the f32 Hessian", err));
-    TRY(dalloc(m, &dUf, C * C, "the f32 factor", err));
-    TRY(dalloc(m, &dW, R * C, "the weight", err));
-    TRY(dalloc(m, &dWp, R * C, "the permuted weight", err));
-    TRY(dalloc(m, &dS, R * NG, "the scales", err));
-    TRY(dalloc(m, &dW1t, B > 256 ? R * B : 1, "the block's columns", err));  // k_block only
-    TRY(dalloc(m, &dE1t, R * B, "the block's errors", err));
     TRY(dalloc(m, &ddg, C, "the diagonal", err));
-    TRY(dalloc(m, &drl, R, "the row losses", err));
-    TRY(dalloc(m, &dperm, C, "the permutation", err));
-    TRY(dalloc(m, &dgcol, C, "the column groups", err));
     TRY(dalloc(m, &dflags, 2, "the flags", err));
-    TRY(dalloc(m, &ddead, C, "the dead columns", err));
     CK(cudaMemcpyAsync(dH, H, C * C * sizeof(float), cudaMemcpyHostToDevice, c.st));
-    CK(cudaMemcpyAsync(dW, W, R * C * sizeof(float), cudaMemcpyHostToDevice, c.st));
-    CK(cudaMemcpyAsync(dS, scales, R * NG * sizeof(float), cudaMemcpyHostToDevice, c.st));
     CK(cudaMemcpyAsync(ddg, dg.data(), C * sizeof(double), cudaMemcpyHostToDevice, c.st));
     CK(cudaMemcpyAsync(dperm, perm.data(), C * sizeof(int), cudaMemcpyHostToDevice, c.st));
-    CK(cudaMemcpyAsync(dgcol, gcol.data(), C * sizeof(int), cudaMemcpyHostToDevice, c.st));
     CK(cudaMemcpyAsync(ddead, dead.data(), C, cudaMemcpyHostToDevice, c.st));
-    CK(cudaMemsetAsync(drl, 0, R * sizeof(double), c.st));
     CK(cudaStreamSynchronize(c.st));
     double t1 = now_s();
-    // Factorization.
-    dim3 gC(nblk(C, 256), (unsigned)C), gR(nblk(C, 256), (unsigned)R);
+    dim3 gC(nblk(C, 256), (unsigned)C);
     k_permute_h<<<gC, 256, 0, c.st>>>(dH, dperm, ddg, C, dA);
-    KC();
-    k_permute_w<<<gR, 256, 0, c.st>>>(dW, dperm, ddead, C, dWp);
     KC();
     int npd = 0;
     TRY(hinv_upper(c, m, dA, C, dUf, dflags, dflags + 1, &npd, err));
@@ -428,6 +458,73 @@ int gptq_run(float *W, size_t R, size_t C, const float *H, const float *scales, 
     }
     CK(cudaStreamSynchronize(c.st));
     double t2 = now_s();
+    fb_cuda_gptq_factor *f = new fb_cuda_gptq_factor;
+    f->C = C, f->actorder = o->actorder != 0, f->percdamp = pd, f->perm = std::move(perm);
+    f->n_dead = ndead, f->npd = npd;
+    f->dUf = dUf, f->dperm = dperm, f->ddead = ddead, f->bytes = fm.bytes;
+    fm.p.clear();  // now the factor's
+    g_info = fb_cugptq_info{fm.bytes + m.bytes, t1 - t0, t2 - t1, 0, 0};
+    *out = f;
+    return 0;
+}
+
+// This thread's pinned staging buffer of at least `bytes` (Ctx::pin; grown, never shrunk).
+int pinned(Ctx &c, size_t bytes, void **out, fb_err *err) {
+    if (c.pin_bytes < bytes) {
+        if (c.pin) cudaFreeHost(c.pin);
+        c.pin = nullptr, c.pin_bytes = 0;
+        CK(cudaHostAlloc(&c.pin, bytes, cudaHostAllocDefault));
+        c.pin_bytes = bytes;
+    }
+    *out = c.pin;
+    return 0;
+}
+
+int factored_run(float *W, size_t R, size_t C, const fb_cuda_gptq_factor *f, const float *scales,
+                 const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
+    TRY(check_weight(R, C, o, err));
+    if (!f) return fb_fail(err, "GPTQ: no factor for a [%zu, %zu] weight", R, C);
+    if (f->C != C)
+        return fb_fail(err, "GPTQ: a factor of a %zu-column Hessian for a [%zu, %zu] weight", f->C, R, C);
+    if (f->actorder != (o->actorder != 0) || !(f->percdamp == damp_frac(o)))
+        return fb_fail(err, "GPTQ: a factor made with actorder %d, dampening %g used with actorder %d, dampening %g",
+                       f->actorder, f->percdamp, o->actorder != 0, damp_frac(o));
+    size_t G = o->group, B = o->blocksize ? o->blocksize : 128;
+    if (B > C) B = C;
+    size_t NG = C / G;
+    double t0 = now_s();
+    Ctx *cp;
+    TRY(ctx_get(&cp, err));
+    Ctx &c = *cp;
+    std::vector<int> gcol(C);
+    for (size_t j = 0; j < C; j++) gcol[j] = (int)((size_t)f->perm[j] / G);
+    Mem m(c.st);
+    float *dW, *dWp, *dS, *dW1t, *dE1t;
+    double *drl;
+    int *dgcol;
+    TRY(dalloc(m, &dW, R * C, "the weight", err));
+    TRY(dalloc(m, &dWp, R * C, "the permuted weight", err));
+    TRY(dalloc(m, &dS, R * NG, "the scales", err));
+    TRY(dalloc(m, &dW1t, B > 256 ? R * B : 1, "the block's columns", err));  // k_block only
+    TRY(dalloc(m, &dE1t, R * B, "the block's errors", err));
+    TRY(dalloc(m, &drl, R, "the row losses", err));
+    TRY(dalloc(m, &dgcol, C, "the column groups", err));
+    // W and the scales through the pinned buffer: a pageable copy is staged by the driver anyway,
+    // in smaller pieces and synchronously.
+    float *pin;
+    TRY(pinned(c, (R * C + R * NG) * sizeof(float), (void **)&pin, err));
+    memcpy(pin, W, R * C * sizeof(float));
+    memcpy(pin + R * C, scales, R * NG * sizeof(float));
+    CK(cudaMemcpyAsync(dW, pin, R * C * sizeof(float), cudaMemcpyHostToDevice, c.st));
+    CK(cudaMemcpyAsync(dS, pin + R * C, R * NG * sizeof(float), cudaMemcpyHostToDevice, c.st));
+    CK(cudaMemcpyAsync(dgcol, gcol.data(), C * sizeof(int), cudaMemcpyHostToDevice, c.st));
+    CK(cudaMemsetAsync(drl, 0, R * sizeof(double), c.st));
+    CK(cudaStreamSynchronize(c.st));
+    double t1 = now_s();
+    const float *dUf = f->dUf;
+    dim3 gR(nblk(C, 256), (unsigned)R);
+    k_permute_w<<<gR, 256, 0, c.st>>>(dW, f->dperm, f->ddead, C, dWp);
+    KC();
     // The block-wise error feedback.
     const float minus1 = -1.0f, one = 1.0f;
     const int nvfp4 = o->qtype == FB_GPTQ_NVFP4;
@@ -458,36 +555,66 @@ int gptq_run(float *W, size_t R, size_t C, const float *H, const float *scales, 
             CB(cublasSgemm(c.cb, CUBLAS_OP_N, CUBLAS_OP_T, (int)(C - i2), (int)R, (int)bw, &minus1, dUf + i1 * C + i2,
                            (int)C, dE1t, (int)R, &one, dWp + i2, (int)C));
     }
-    k_unpermute_w<<<gR, 256, 0, c.st>>>(dWp, dperm, C, dW);
+    k_unpermute_w<<<gR, 256, 0, c.st>>>(dWp, f->dperm, C, dW);
     KC();
     CK(cudaStreamSynchronize(c.st));
-    double t3 = now_s();
-    std::vector<float> out(R * C);
+    double t2 = now_s();
     std::vector<double> rl(R);
-    CK(cudaMemcpyAsync(out.data(), dW, R * C * sizeof(float), cudaMemcpyDeviceToHost, c.st));
+    CK(cudaMemcpyAsync(pin, dW, R * C * sizeof(float), cudaMemcpyDeviceToHost, c.st));
     CK(cudaMemcpyAsync(rl.data(), drl, R * sizeof(double), cudaMemcpyDeviceToHost, c.st));
     CK(cudaStreamSynchronize(c.st));
     double loss = 0;
     for (size_t r = 0; r < R; r++) loss += rl[r];
-    memcpy(W, out.data(), R * C * sizeof(float));  // nothing modified before this point
+    memcpy(W, pin, R * C * sizeof(float));  // nothing modified before this point
     res->loss = loss;
-    res->rtn_fallback = npd;
-    res->dead_columns = ndead;
-    double t4 = now_s();
-    g_info = fb_cugptq_info{m.bytes, t1 - t0, t2 - t1, t3 - t2, t4 - t3};
+    res->rtn_fallback = f->npd;
+    res->dead_columns = f->n_dead;
+    double t3 = now_s();
+    g_info = fb_cugptq_info{m.bytes, t1 - t0, 0, t2 - t1, t3 - t2};
     return 0;
 }
 
 }  // namespace
 
-extern "C" int fb_cuda_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
-                                     const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
+extern "C" int fb_cuda_gptq_factorize(const float *H, size_t C, const fb_gptq_opts *o, fb_cuda_gptq_factor **out,
+                                      fb_err *err) {
+    *out = nullptr;
+    return factorize_run(H, C, o, out, err);
+}
+
+extern "C" int fb_cuda_gptq_quantize_factored(float *W, size_t R, size_t C, const fb_cuda_gptq_factor *f,
+                                              const float *scales, const fb_gptq_opts *o, fb_gptq_result *res,
+                                              fb_err *err) {
     fb_gptq_result r;
     memset(&r, 0, sizeof r);
     memset(res, 0, sizeof *res);
-    if (gptq_run(W, R, C, H, scales, o, &r, err)) return -1;
+    if (factored_run(W, R, C, f, scales, o, &r, err)) return -1;
     *res = r;
     return 0;
+}
+
+extern "C" int fb_cuda_gptq_factor_rtn_fallback(const fb_cuda_gptq_factor *f) { return f->npd; }
+extern "C" size_t fb_cuda_gptq_factor_dead_columns(const fb_cuda_gptq_factor *f) { return f->n_dead; }
+
+extern "C" void fb_cuda_gptq_factor_free(fb_cuda_gptq_factor *f) {
+    if (f) factor_release(f);
+}
+
+extern "C" int fb_cuda_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
+                                     const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
+    memset(res, 0, sizeof *res);
+    if (check_weight(R, C, o, err)) return -1;  // before any device work, as the CPU refuses it
+    fb_cuda_gptq_factor *f;
+    if (factorize_run(H, C, o, &f, err)) return -1;
+    fb_cugptq_info fi = g_info;
+    int rc = fb_cuda_gptq_quantize_factored(W, R, C, f, scales, o, res, err);
+    fb_cuda_gptq_factor_free(f);
+    if (!rc) {
+        fb_cugptq_info qi = g_info;
+        g_info = fb_cugptq_info{fi.device_bytes + qi.device_bytes, fi.upload_s + qi.upload_s, fi.factor_s,
+                                qi.update_s, qi.download_s};
+    }
+    return rc;
 }
 
 extern "C" int fb_cuda_gptq_hessian_add(float *dH, size_t C, const float *dx, size_t rows, fb_err *err) {

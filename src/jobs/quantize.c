@@ -1117,6 +1117,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         res->n_tuned = tr.n_tuned;
         res->tune_algo = n_tuned_plan ? algo_name : NULL;
         res->n_tune_fallback = tr.n_fallback;
+        res->n_tune_factorized = tr.n_factorized;
         res->tune_seconds = tr.seconds;
     } else {
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, o->quiet);

@@ -72,6 +72,7 @@ typedef struct fb_quantize_result {
     double seconds;
     const char *tune_algo;            // "GPTQ" / "AutoRound" when the recipe tunes, else NULL
     size_t n_tuned, n_tune_fallback;  // modules tuned by GPTQ; of them, round-to-nearest fallbacks
+    size_t n_tune_factorized;         // GPTQ: Hessian factorizations (one per distinct Hessian of a layer)
     size_t n_samples, n_tokens;       // calibration data used for tuning
     double tune_seconds;              // the layer loop (calibration, tuning, propagation passes)
     char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")

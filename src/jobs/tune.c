@@ -21,14 +21,34 @@
 
 // ---- the algorithms ----------------------------------------------------------------------------
 
-static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W, float *H, const float *scales,
-                       float g, fb_tune_stat *st, fb_err *err) {
-    fb_gptq_opts go = {.qtype = l->nvfp4 ? FB_GPTQ_NVFP4 : FB_GPTQ_INT4, .group = l->group,
-                       .global_scale = l->nvfp4 ? g : 0, .actorder = l->actorder,
-                       .blocksize = (size_t)(o->block_size > 0 ? o->block_size : 128),
-                       .percdamp = o->dampening_frac};
+static fb_gptq_opts gptq_opts(const fb_tune_opts *o, const fb_tune_linear *l, float g) {
+    return (fb_gptq_opts){.qtype = l->nvfp4 ? FB_GPTQ_NVFP4 : FB_GPTQ_INT4, .group = l->group,
+                          .global_scale = l->nvfp4 ? g : 0, .actorder = l->actorder,
+                          .blocksize = (size_t)(o->block_size > 0 ? o->block_size : 128),
+                          .percdamp = o->dampening_frac};
+}
+
+// The factor is calib/gptq.h's or, with gptq_cuda, cuda/cugptq.h's (device memory).
+static int gptq_factorize(const fb_tune_opts *o, const fb_tune_linear *l, const float *H, void **factor,
+                          fb_err *err) {
+    fb_gptq_opts go = gptq_opts(o, l, 1.0f);
+    int rc = o->gptq_cuda ? fb_cuda_gptq_factorize(H, (size_t)l->C, &go, (fb_cuda_gptq_factor **)factor, err)
+                          : fb_gptq_factorize(H, (size_t)l->C, &go, (fb_gptq_factor **)factor, err);
+    return rc ? fb_err_prefix(err, "%s: factorizing its Hessian", l->name) : 0;
+}
+
+static void gptq_factor_free(const fb_tune_opts *o, void *factor) {
+    if (o->gptq_cuda) fb_cuda_gptq_factor_free(factor);
+    else fb_gptq_factor_free(factor);
+}
+
+static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W, const void *factor,
+                       const float *scales, float g, fb_tune_stat *st, fb_err *err) {
+    fb_gptq_opts go = gptq_opts(o, l, g);
     fb_gptq_result r;
-    if ((o->gptq_cuda ? fb_cuda_gptq_quantize : fb_gptq_quantize)(W, (size_t)l->R, (size_t)l->C, H, scales, &go, &r, err))
+    size_t R = (size_t)l->R, C = (size_t)l->C;
+    if (o->gptq_cuda ? fb_cuda_gptq_quantize_factored(W, R, C, factor, scales, &go, &r, err)
+                     : fb_gptq_quantize_factored(W, R, C, factor, scales, &go, &r, err))
         return fb_err_prefix(err, "%s", l->name);
     st->loss = r.loss;
     st->rtn_fallback = r.rtn_fallback;
@@ -37,7 +57,8 @@ static int gptq_linear(const fb_tune_opts *o, const fb_tune_linear *l, float *W,
 }
 
 static const fb_tune_algo ALGOS[FB_TUNE_COUNT] = {
-    [FB_TUNE_GPTQ] = {.name = "GPTQ", .hessians = 1, .linear = gptq_linear},
+    [FB_TUNE_GPTQ] = {.name = "GPTQ", .hessians = 1, .factorize = gptq_factorize, .factor_free = gptq_factor_free,
+                      .linear = gptq_linear},
     [FB_TUNE_AUTOROUND] = {.name = "AutoRound", .block = 1},
 };
 
@@ -201,7 +222,45 @@ typedef struct lin_job {
     float **W;               // per item: the tuned weights (compute -> commit)
     fb_tune_stat *st;
     size_t n_fallback;
+    struct fslot *fs;        // this layer's distinct (Hessian, actorder) pairs
+    const size_t *fsi;       // per item: its entry in fs
 } lin_job;
+
+// One distinct Hessian of the layer (with the ordering it is factorized under): factorized by the
+// first item that needs it (under mu: an item needing it meanwhile waits, the others go on),
+// freed by the last one (users counts down).
+typedef struct fslot {
+    const float *H;
+    int actorder;
+    size_t users;            // items not yet done with it (under mu)
+    int state;               // 0 not made, 1 made, -1 failed (err)
+    void *factor;
+    fb_err err;
+    pthread_mutex_t mu;
+} fslot;
+
+// Item k's factor (made if it is the first to need it), or NULL with err.
+static const void *factor_get(lin_job *j, size_t k, fb_err *err) {
+    fslot *s = &j->fs[j->fsi[k]];
+    const fb_tune_linear *l = &j->lin[j->idx[k]];
+    pthread_mutex_lock(&s->mu);
+    if (s->state == 0) s->state = j->algo->factorize(j->o, l, s->H, &s->factor, &s->err) ? -1 : 1;
+    if (s->state < 0) *err = s->err;
+    const void *f = s->state > 0 ? s->factor : NULL;
+    pthread_mutex_unlock(&s->mu);
+    return f;
+}
+
+// Item k is done with its factor; the last user frees it.
+static void factor_put(lin_job *j, size_t k) {
+    fslot *s = &j->fs[j->fsi[k]];
+    pthread_mutex_lock(&s->mu);
+    if (--s->users == 0 && s->factor) {
+        j->algo->factor_free(j->o, s->factor);
+        s->factor = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+}
 
 static int lin_compute(void *ctx, size_t k, int tid, fb_err *err) {
     (void)tid;
@@ -210,21 +269,20 @@ static int lin_compute(void *ctx, size_t k, int tid, fb_err *err) {
     double t0 = fb_now();
     size_t R = (size_t)l->R, C = (size_t)l->C, NG = C / l->group;
     float *W = fb_aligned_alloc(R * C * sizeof(float) + 64);
-    float *H = NULL, *sc = NULL;
+    float *sc = NULL;
     float g = 1.0f;
     int rc = fb_tune_load_weight(j->base, l->name, l->R, l->C, W, err);
     if (!rc && l->nvfp4) rc = fused_global_scale(j->base, l, W, &g, err);
     if (!rc) {
         sc = fb_malloc(R * NG * sizeof(float));
         fb_tune_observer_scales(l, W, g, sc);
-        const float *Hs = hessian_of(j->t, l);
-        if (!Hs) {
-            rc = fb_fail(err, "%s: no Hessian was captured for it (the engine reported no input)", l->name);
+        const void *f = factor_get(j, k, err);
+        if (!f) {
+            rc = -1;
         } else {
-            H = fb_aligned_alloc(C * C * sizeof(float) + 64);
-            memcpy(H, Hs, C * C * sizeof(float));
             memset(&j->st[k], 0, sizeof j->st[k]);
-            rc = j->algo->linear(j->o, l, W, H, sc, g, &j->st[k], err);
+            rc = j->algo->linear(j->o, l, W, f, sc, g, &j->st[k], err);
+            factor_put(j, k);
         }
     }
     if (!rc) {
@@ -236,7 +294,6 @@ static int lin_compute(void *ctx, size_t k, int tid, fb_err *err) {
         j->st[k].seconds = fb_now() - t0;
     }
     free(W);
-    free(H);
     free(sc);
     return rc;
 }
@@ -305,6 +362,8 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     size_t *idx = fb_malloc((n + 1) * sizeof *idx);
     float **Wk = fb_calloc(n + 1, sizeof *Wk);
     fb_tune_stat *st = fb_calloc(n + 1, sizeof *st);
+    fslot *fs = fb_calloc(n + 1, sizeof *fs);
+    size_t *fsi = fb_calloc(n + 1, sizeof *fsi);
     int rc = fb_engine_set_tokens(e, S->ids, S->n_tok, S->starts, S->n, err);
     if (!rc && o->resume_layer > 0 && o->resume_layer < cfg->n_layers) {  // the staged input of the first layer to run
         float *ch[1] = {h_in};
@@ -370,15 +429,38 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
         for (size_t x = 0; x < t.n_experts; x++)
             if (t.Hdown[x]) fb_gptq_hessian_scale(t.Hdown[x], t.inter, S->n);
         double t1 = fb_now();
+        // The distinct (Hessian, actorder) pairs: q/k/v share one, every expert's w1/w3 the MoE input's.
+        size_t nfs = 0;
+        for (size_t k = 0; k < m && !rc; k++) {
+            const fb_tune_linear *li = &lin[idx[k]];
+            const float *Hs = hessian_of(&t, li);
+            if (!Hs) {
+                rc = fb_fail(err, "%s: no Hessian was captured for it (the engine reported no input)", li->name);
+                break;
+            }
+            size_t x = 0;
+            while (x < nfs && !(fs[x].H == Hs && fs[x].actorder == li->actorder)) x++;
+            if (x == nfs) {
+                fs[nfs] = (fslot){.H = Hs, .actorder = li->actorder};
+                pthread_mutex_init(&fs[nfs++].mu, NULL);
+            }
+            fs[x].users++;
+            fsi[k] = x;
+        }
         lin_job lj = {.o = o, .algo = algo, .base = base, .overlay = overlay, .t = &t, .lin = lin, .idx = idx,
-                      .W = Wk, .st = st};
+                      .W = Wk, .st = st, .fs = fs, .fsi = fsi};
         fb_blas_threads(1);  // one GPTQ per thread; the engine sets its own BLAS threads again
         fb_ordered_job oj = {.n_items = m, .n_threads = o->threads > 0 ? o->threads : fb_ncpu(),
                              .compute = lin_compute, .commit = lin_commit, .ctx = &lj, .cancel = o->cancel};
-        rc = fb_run_ordered(&oj, err);  // 2. tune
+        if (!rc) rc = fb_run_ordered(&oj, err);  // 2. tune
         for (size_t k = 0; k < m; k++) {
             free(Wk[k]);
             Wk[k] = NULL;
+        }
+        for (size_t x = 0; x < nfs; x++) {  // a failed or cancelled run leaves factors behind
+            if (fs[x].factor) algo->factor_free(o, fs[x].factor);
+            res->n_factorized += fs[x].state != 0;
+            pthread_mutex_destroy(&fs[x].mu);
         }
         free_hessians(&t);
         res->tune_s += fb_now() - t1;
@@ -399,6 +481,8 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
     free(idx);
     free(Wk);
     free(st);
+    free(fs);
+    free(fsi);
     fb_engine_free(e);
     res->seconds = fb_now() - t_start;
     if (rc == -1 && o->cancel && atomic_load(o->cancel)) rc = -2;

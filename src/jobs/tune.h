@@ -149,6 +149,7 @@ typedef struct fb_tune_opts {
 
 typedef struct fb_tune_result {
     size_t n_tuned, n_fallback;
+    size_t n_factorized;       // GPTQ: Hessian factorizations (one per distinct Hessian of a layer)
     double seconds, calib_s, tune_s, propagate_s;
 } fb_tune_result;
 
@@ -156,10 +157,16 @@ typedef struct fb_tune_result {
 typedef struct fb_tune_algo {
     const char *name;          // "GPTQ"
     int hessians;              // 1: the loop accumulates each tuned Linear's input Hessian
-    // Per Linear: W [R x C] (the original weight, f32) is replaced by the weights to write; H the
-    // normalised Hessian [C x C] (may be changed); scales the observer's [R x C/G] (f32 values
-    // of the stored scales); g the NVFP4 global scale (1 for int4).
-    int (*linear)(const fb_tune_opts *o, const fb_tune_linear *l, float *W, float *H,
+    // Per distinct Hessian of a layer: what linear needs of it (GPTQ: its factorization), made
+    // once from H, the normalised Hessian [C x C] (not modified), for the first Linear l that
+    // needs it, shared read-only by every Linear fed by that input with the same l->actorder
+    // (their threads at once), freed by factor_free after the last of them.
+    int (*factorize)(const fb_tune_opts *o, const fb_tune_linear *l, const float *H, void **factor, fb_err *err);
+    void (*factor_free)(const fb_tune_opts *o, void *factor);
+    // Per Linear: W [R x C] (the original weight, f32) is replaced by the weights to write; factor
+    // its Hessian's (above); scales the observer's [R x C/G] (f32 values of the stored scales);
+    // g the NVFP4 global scale (1 for int4).
+    int (*linear)(const fb_tune_opts *o, const fb_tune_linear *l, float *W, const void *factor,
                   const float *scales, float g, fb_tune_stat *st, fb_err *err);
     int block;                 // 1: a per-layer algorithm (AutoRound, above): linear is NULL
 } fb_tune_algo;
