@@ -20,8 +20,17 @@
 //   - a Hessian that is not positive definite: RTN fallback, byte-identical to the CPU's (with
 //     U = I the feedback adds exact zeros), finite;
 //   - fb_cuda_gptq_hessian_add on device memory = fb_gptq_hessian_add within 1e-5 of the
-//     largest element (f32, different summation order).
+//     largest element (f32, different summation order);
+//   - the factored entry (fb_cuda_gptq_factorize + fb_cuda_gptq_quantize_factored) on every case
+//     above (goldens, random, full-size w1, non-PD): W, -W, W again on one GPU factor, each
+//     byte-identical to fb_cuda_gptq_quantize of that weight (same thread, one stream), the
+//     factor's flags the CPU factor's; 4 threads at once on one factor [512, 2048], each within
+//     the bounds above of the CPU (byte-identity with the single-thread result printed: cuBLAS
+//     promises the same bits only with one stream active); a factor of another width, actorder or
+//     dampening refused, W untouched.
+//  The factored entry's argument refusals (0 columns, NaN dampening, no factor) hold without a GPU.
 #include <math.h>
+#include <pthread.h>
 #include <string.h>
 
 #include "calib/gptq.h"
@@ -67,6 +76,14 @@ static void stub(void) {
           "without CUDA, fb_cuda_gptq_quantize fails saying so, weight untouched (%s)", err.msg);
     CHECK(fb_cuda_gptq_hessian_add(s.H, 32, s.W, 4, &err) == -1 && strstr(err.msg, "no CUDA support"),
           "without CUDA, fb_cuda_gptq_hessian_add fails saying so (%s)", err.msg);
+    fb_cuda_gptq_factor *f = (fb_cuda_gptq_factor *)&err;  // must come back NULL
+    o.percdamp = 0.01;
+    CHECK(fb_cuda_gptq_factorize(s.H, 32, &o, &f, &err) == -1 && !f && strstr(err.msg, "no CUDA support"),
+          "without CUDA, fb_cuda_gptq_factorize fails saying so (%s)", err.msg);
+    CHECK(fb_cuda_gptq_quantize_factored(s.W, 4, 32, NULL, s.sc, &o, &res, &err) == -1 &&
+              strstr(err.msg, "no CUDA support") && s.W[5] == w0,
+          "without CUDA, fb_cuda_gptq_quantize_factored fails saying so, weight untouched (%s)", err.msg);
+    fb_cuda_gptq_factor_free(NULL);
     printf("test_cugptq: built without CUDA: the GPU checks are not compiled in\n");
 }
 
@@ -89,6 +106,20 @@ static void host_checks(int have_gpu) {
     CHECK(fb_cuda_gptq_quantize(s.W, 4, 32, s.H, s.sc, &o, &res, &err) == -1 && strstr(err.msg, "global scale") &&
               s.W[5] == w0, "CUDA GPTQ: NVFP4 without a global scale refused (%s)", err.msg);
     CHECK(fb_cuda_gptq_quantize(s.W, 0, 32, s.H, s.sc, &o, &res, &err) == -1, "CUDA GPTQ: 0 rows refused");
+    fb_cuda_gptq_factor *f = (fb_cuda_gptq_factor *)&err;  // must come back NULL
+    o = (fb_gptq_opts){.qtype = FB_GPTQ_INT4, .group = 32, .percdamp = 0.01};
+    CHECK(fb_cuda_gptq_factorize(s.H, 0, &o, &f, &err) == -1 && !f && strstr(err.msg, "0 columns"),
+          "CUDA factorize: a 0-column Hessian refused (%s)", err.msg);
+    o.percdamp = NAN;
+    f = (fb_cuda_gptq_factor *)&err;
+    CHECK(fb_cuda_gptq_factorize(s.H, 32, &o, &f, &err) == -1 && !f && strstr(err.msg, "dampening"),
+          "CUDA factorize: a NaN dampening fraction refused (%s)", err.msg);
+    o.percdamp = 0.01;
+    CHECK(fb_cuda_gptq_quantize_factored(s.W, 4, 32, NULL, s.sc, &o, &res, &err) == -1 &&
+              strstr(err.msg, "no factor") && s.W[5] == w0, "CUDA factored: no factor refused (%s)", err.msg);
+    o.group = 24;
+    CHECK(fb_cuda_gptq_quantize_factored(s.W, 4, 32, NULL, s.sc, &o, &res, &err) == -1 && strstr(err.msg, "group 24") &&
+              s.W[5] == w0, "CUDA factored: 32 columns in groups of 24 refused first (%s)", err.msg);
     if (!have_gpu) {
         o = (fb_gptq_opts){.qtype = FB_GPTQ_INT4, .group = 32};
         CHECK(fb_cuda_gptq_quantize(s.W, 4, 32, s.H, s.sc, &o, &res, &err) == -1 && strstr(err.msg, "no usable GPU") &&
@@ -96,6 +127,9 @@ static void host_checks(int have_gpu) {
               "CUDA GPTQ without a GPU: fails saying so, weight untouched (%s)", err.msg);
         CHECK(fb_cuda_gptq_hessian_add(s.H, 32, s.W, 4, &err) == -1 && strstr(err.msg, "no usable GPU"),
               "CUDA Hessian without a GPU: fails saying so (%s)", err.msg);
+        f = (fb_cuda_gptq_factor *)&err;
+        CHECK(fb_cuda_gptq_factorize(s.H, 32, &o, &f, &err) == -1 && !f && strstr(err.msg, "no usable GPU"),
+              "CUDA factorize without a GPU: fails saying so (%s)", err.msg);
     }
 }
 
@@ -145,6 +179,179 @@ static void compare(const char *label, const float *W0, size_t R, size_t C, cons
     free(Wc), free(Wg), free(Hc), free(Hg);
 }
 
+// ---- the factored entry on the GPU ---------------------------------------------------------------
+
+// fb_cuda_gptq_quantize on copies (H unmodified checked): what the factored entry must equal.
+static void gpu_plain(const float *W0, size_t R, size_t C, const float *H0, const float *sc, const fb_gptq_opts *o,
+                      float *W, fb_gptq_result *res) {
+    float *H = fb_malloc(C * C * sizeof(float));
+    memcpy(H, H0, C * C * sizeof(float)), memcpy(W, W0, R * C * sizeof(float));
+    fb_err err;
+    REQUIRE(fb_cuda_gptq_quantize(W, R, C, H, sc, o, res, &err) == 0, "%s", err.msg);
+    free(H);
+}
+
+// One GPU factor of H0; W0 and -W0 (in that order, then W0 again) on it: each byte-identical to
+// fb_cuda_gptq_quantize of the same weight on this thread (one stream: cuSOLVER and cuBLAS give the
+// same bits for the same calls), the factor's flags the CPU factor's, H unmodified.
+static void factored(const char *label, const float *W0, size_t R, size_t C, const float *H0, const float *sc,
+                     const fb_gptq_opts *o) {
+    float *Wn = fb_malloc(R * C * sizeof(float)), *want[2], *W = fb_malloc(R * C * sizeof(float));
+    for (size_t i = 0; i < R * C; i++) Wn[i] = -W0[i];
+    const float *in[2] = {W0, Wn};
+    fb_gptq_result wr[2], res;
+    for (int k = 0; k < 2; k++) {
+        want[k] = fb_malloc(R * C * sizeof(float));
+        gpu_plain(in[k], R, C, H0, sc, o, want[k], &wr[k]);
+    }
+    float *Hc = fb_malloc(C * C * sizeof(float));
+    memcpy(Hc, H0, C * C * sizeof(float));
+    fb_cuda_gptq_factor *f;
+    fb_gptq_factor *fc;
+    fb_err err;
+    REQUIRE(fb_cuda_gptq_factorize(Hc, C, o, &f, &err) == 0, "%s: %s", label, err.msg);
+    REQUIRE(fb_gptq_factorize(H0, C, o, &fc, &err) == 0, "%s: %s", label, err.msg);
+    fb_cugptq_info fi;
+    fb_cuda_gptq_last_info(&fi);
+    CHECK(!memcmp(Hc, H0, C * C * 4) && fb_cuda_gptq_factor_rtn_fallback(f) == fb_gptq_factor_rtn_fallback(fc) &&
+              fb_cuda_gptq_factor_dead_columns(f) == fb_gptq_factor_dead_columns(fc),
+          "%s: GPU factor: H unmodified, fallback %d (CPU %d), dead %zu (CPU %zu)", label,
+          fb_cuda_gptq_factor_rtn_fallback(f), fb_gptq_factor_rtn_fallback(fc), fb_cuda_gptq_factor_dead_columns(f),
+          fb_gptq_factor_dead_columns(fc));
+    double tq = 0;
+    for (int pass = 0; pass < 3; pass++) {
+        int k = pass == 1;
+        memcpy(W, in[k], R * C * sizeof(float));
+        double t0 = fb_now();
+        REQUIRE(fb_cuda_gptq_quantize_factored(W, R, C, f, sc, o, &res, &err) == 0, "%s: %s", label, err.msg);
+        tq += fb_now() - t0;
+        size_t diff = 0;
+        for (size_t i = 0; i < R * C; i++) diff += memcmp(&W[i], &want[k][i], 4) != 0;
+        CHECK(diff == 0 && res.loss == wr[k].loss && res.rtn_fallback == wr[k].rtn_fallback &&
+                  res.dead_columns == wr[k].dead_columns,
+              "%s: %s on one GPU factor (pass %d) vs fb_cuda_gptq_quantize: %zu of %zu weights differ, loss %.17g vs "
+              "%.17g, fallback %d/%d, dead %zu/%zu", label, k ? "-W" : "W", pass, diff, R * C, res.loss, wr[k].loss,
+              res.rtn_fallback, wr[k].rtn_fallback, res.dead_columns, wr[k].dead_columns);
+    }
+    printf("test_cugptq: factored %-34s W, -W, W on one GPU factor: byte-identical to fb_cuda_gptq_quantize; "
+           "factorize %.3f s, 3 factored solves %.3f s\n", label, fi.factor_s + fi.upload_s, tq);
+    fb_cuda_gptq_factor_free(f);
+    fb_gptq_factor_free(fc);
+    free(Wn), free(want[0]), free(want[1]), free(W), free(Hc);
+}
+
+typedef struct gjob {
+    const fb_cuda_gptq_factor *f;
+    const fb_gptq_opts *o;
+    size_t R, C;
+    const float *W0, *sc;
+    float *W;
+    fb_gptq_result res;
+    int rc;
+    fb_err err;
+} gjob;
+
+static void *gjob_run(void *arg) {
+    gjob *j = arg;
+    for (int rep = 0; rep < 3 && !j->rc; rep++) {
+        memcpy(j->W, j->W0, j->R * j->C * sizeof(float));
+        j->rc = fb_cuda_gptq_quantize_factored(j->W, j->R, j->C, j->f, j->sc, j->o, &j->res, &j->err);
+    }
+    return NULL;
+}
+
+// NTHREADS threads at once on one GPU factor (each its own stream), each its own weight: each result
+// within compare()'s bounds of the CPU's (the truth) and, when cuBLAS picked the same kernels as
+// alone, byte-identical to the single-thread GPU result (printed, not required: cuBLAS promises
+// the same bits only with one stream active).
+#define NTHREADS 4
+static void concurrent(size_t R, size_t C, uint64_t seed) {
+    uint64_t st = seed;
+    const size_t G = 128, NG = C / G;
+    float *H = fb_malloc(C * C * sizeof(float)), *x = fb_malloc(512 * C * sizeof(float));
+    for (size_t i = 0; i < 512 * C; i++) x[i] = urand(&st) + (i % C ? 0.7f * x[i - 1] : 0.0f);
+    memset(H, 0, C * C * sizeof(float));
+    fb_gptq_hessian_add(H, C, x, 512);
+    fb_gptq_opts o = {.qtype = FB_GPTQ_INT4, .group = G, .actorder = 1, .blocksize = 128, .percdamp = 0.01};
+    fb_cuda_gptq_factor *f;
+    fb_gptq_factor *fc;
+    fb_err err;
+    REQUIRE(fb_cuda_gptq_factorize(H, C, &o, &f, &err) == 0, "%s", err.msg);
+    REQUIRE(fb_gptq_factorize(H, C, &o, &fc, &err) == 0, "%s", err.msg);
+    gjob jb[NTHREADS];
+    pthread_t th[NTHREADS];
+    float *W0[NTHREADS], *sc[NTHREADS], *solo[NTHREADS];
+    for (int t = 0; t < NTHREADS; t++) {
+        W0[t] = fb_malloc(R * C * 4), sc[t] = fb_malloc(R * NG * 4), solo[t] = fb_malloc(R * C * 4);
+        for (size_t i = 0; i < R * C; i++) W0[t][i] = 0.02f * (urand(&st) + urand(&st));
+        for (size_t r = 0; r < R; r++)
+            for (size_t g = 0; g < NG; g++) {
+                float a = 0;
+                for (size_t k = 0; k < G; k++) a = fmaxf(a, fabsf(W0[t][r * C + g * G + k]));
+                sc[t][r * NG + g] = fmaxf(fb_bf16_to_f32(fb_f32_to_bf16(a / 8.0f)), 1e-5f);
+            }
+        memcpy(solo[t], W0[t], R * C * 4);
+        fb_gptq_result rs;
+        REQUIRE(fb_cuda_gptq_quantize_factored(solo[t], R, C, f, sc[t], &o, &rs, &err) == 0, "%s", err.msg);
+        jb[t] = (gjob){.f = f, .o = &o, .R = R, .C = C, .W0 = W0[t], .sc = sc[t], .W = fb_malloc(R * C * 4)};
+    }
+    for (int t = 0; t < NTHREADS; t++) REQUIRE(pthread_create(&th[t], NULL, gjob_run, &jb[t]) == 0, "thread %d", t);
+    for (int t = 0; t < NTHREADS; t++) pthread_join(th[t], NULL);
+    for (int t = 0; t < NTHREADS; t++) {
+        REQUIRE(jb[t].rc == 0, "thread %d: %s", t, jb[t].err.msg);
+        float *Wc = fb_malloc(R * C * 4);
+        memcpy(Wc, W0[t], R * C * 4);
+        fb_gptq_result rc;
+        REQUIRE(fb_gptq_quantize_factored(Wc, R, C, fc, sc[t], &o, &rc, &err) == 0, "%s", err.msg);
+        size_t same = 0, far = 0, solo_same = 0;
+        for (size_t r = 0; r < R; r++)
+            for (size_t j = 0; j < C; j++) {
+                size_t i = r * C + j;
+                solo_same += !memcmp(&jb[t].W[i], &solo[t][i], 4);
+                if (jb[t].W[i] == Wc[i]) { same++; continue; }
+                if (fabs((double)jb[t].W[i] - Wc[i]) / sc[t][r * NG + j / G] > 1.0 + 0x1p-5 + 1e-6) far++;
+            }
+        double lrel = fabs(jb[t].res.loss - rc.loss) / fmax(fabs(rc.loss), 1e-30);
+        CHECK(same >= (size_t)(SAME_FRAC * (double)(R * C)) && far == 0 && lrel <= LOSS_REL,
+              "thread %d of %d on one GPU factor vs the CPU: %zu/%zu identical, %zu more than a level apart, loss rel %.2g",
+              t, NTHREADS, same, R * C, far, lrel);
+        printf("test_cugptq: thread %d of %d on one GPU factor [%zu, %zu]: vs CPU identical %.4f%%, loss rel %.1e; "
+               "byte-identical to the single-thread GPU result in %zu of %zu\n", t, NTHREADS, R, C,
+               100.0 * (double)same / (double)(R * C), lrel, solo_same, R * C);
+        free(Wc), free(jb[t].W), free(W0[t]), free(sc[t]), free(solo[t]);
+    }
+    fb_cuda_gptq_factor_free(f);
+    fb_gptq_factor_free(fc);
+    free(H), free(x);
+}
+
+// Refusals of the factored entry that need a factor (so a GPU), W untouched.
+static void factored_refusals(void) {
+    small s;
+    small_make(&s);
+    float w0[4 * 32];
+    memcpy(w0, s.W, sizeof w0);
+    fb_gptq_opts o = {.qtype = FB_GPTQ_INT4, .group = 32, .actorder = 1, .percdamp = 0.01};
+    fb_cuda_gptq_factor *f;
+    fb_gptq_result res;
+    fb_err err;
+    REQUIRE(fb_cuda_gptq_factorize(s.H, 32, &o, &f, &err) == 0, "%s", err.msg);
+    fb_gptq_opts ow = {.qtype = FB_GPTQ_INT4, .group = 16, .actorder = 1, .percdamp = 0.01};
+    CHECK(fb_cuda_gptq_quantize_factored(s.W, 8, 16, f, s.sc, &ow, &res, &err) == -1 &&
+              strstr(err.msg, "32-column Hessian for a [8, 16]") && !memcmp(s.W, w0, sizeof w0),
+          "CUDA factored: a factor of another width refused (%s)", err.msg);
+    fb_gptq_opts oa = o;
+    oa.actorder = 0;
+    CHECK(fb_cuda_gptq_quantize_factored(s.W, 4, 32, f, s.sc, &oa, &res, &err) == -1 && strstr(err.msg, "actorder 1") &&
+              !memcmp(s.W, w0, sizeof w0), "CUDA factored: another actorder refused (%s)", err.msg);
+    oa = o;
+    oa.percdamp = 0.1;
+    CHECK(fb_cuda_gptq_quantize_factored(s.W, 4, 32, f, s.sc, &oa, &res, &err) == -1 &&
+              strstr(err.msg, "dampening 0.1") && !memcmp(s.W, w0, sizeof w0),
+          "CUDA factored: another dampening refused (%s)", err.msg);
+    fb_cuda_gptq_factor_free(f);
+}
+
 static float *get(fb_st_file *f, const char *name) {
     const fb_st_tensor *t = fb_st_find(f, name);
     if (!t || t->dtype != FB_F32) return NULL;
@@ -179,6 +386,7 @@ static void goldens(void) {
                           .actorder = cases[c].actorder, .blocksize = 128, .percdamp = 0.01};
         snprintf(nm, sizeof nm, "golden %s", cases[c].key);
         compare(nm, W0, R, C, Hc, sc, &o);
+        factored(nm, W0, R, C, Hc, sc, &o);
         free(Hc), free(sc), free(gs);
     }
     free(W0);
@@ -223,6 +431,7 @@ static void random_case(const char *label, size_t R, size_t C, fb_gptq_qtype qt,
     fb_gptq_opts o = {.qtype = qt, .group = G, .global_scale = qt == FB_GPTQ_NVFP4 ? gs : 0, .actorder = actorder,
                       .blocksize = blocksize, .percdamp = 0.01};
     compare(label, W, R, C, H, sc, &o);
+    factored(label, W, R, C, H, sc, &o);
     free(W), free(M), free(x), free(H), free(sc);
 }
 
@@ -237,6 +446,10 @@ static void nonpd(void) {
     fb_err err;
     REQUIRE(fb_gptq_quantize(Wc, R, n, H, sc, &o, &rc, &err) == 0, "%s", err.msg);
     for (size_t i = 0; i < n; i++) H[i * n + i] = i == 3 ? -100.0f : 1.0f;
+    float *W0 = fb_malloc(R * n * 4);
+    for (size_t i = 0; i < R * n; i++) W0[i] = Wg[i];
+    factored("non-PD Hessian", W0, R, n, H, sc, &o);
+    free(W0);
     REQUIRE(fb_cuda_gptq_quantize(Wg, R, n, H, sc, &o, &rg, &err) == 0, "%s", err.msg);
     int finite = 1;
     for (size_t i = 0; i < R * n; i++) finite &= isfinite(Wg[i]);
@@ -290,6 +503,8 @@ static void gpu_checks(void) {
     random_case("full-size expert w1 INT4 act-order", 1536, 3072, FB_GPTQ_INT4, 1, 128, 5000, 6);
     nonpd();
     hessian();
+    concurrent(512, 2048, 11);
+    factored_refusals();
 }
 
 #endif
