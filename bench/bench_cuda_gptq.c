@@ -12,14 +12,18 @@
 //    every expert's own input). The inputs are random and correlated (x = z M, z uniform, M a
 //    random mixing matrix), made on the device before each part is timed (they stand in for the
 //    layer's forward, which is not GPTQ work and is not timed).
-// 2. The solves (fb_cuda_gptq_quantize, W4A16 int4 group 128, act-order static, block 128,
-//    dampening 0.01; weights random ~0.02, the observer's bf16(absmax/8) scales): q, k, v, o, and
-//    per expert w1, w3, w2, on T host threads (tune.c's per-Linear workers; each thread has its own
-//    stream). Each call uploads its Hessian and weight and downloads the result: the Hessians come
-//    from the host engine in today's pipeline, so that traffic is part of the figure.
-// Prints the time per part, per layer, a 62-layer projection, the per-call breakdown (factor,
-// update, transfers) and the device memory (the inputs and Hessians the bench holds, and the
-// solver's own allocations per call).
+// 2. The solves (W4A16 int4 group 128, act-order static, block 128, dampening 0.01; weights random
+//    ~0.02, the observer's bf16(absmax/8) scales) as jobs/tune.c runs them since the shared
+//    factorization: each distinct Hessian factorized once (fb_cuda_gptq_factorize: the attention
+//    input's for q/k/v, o_proj's, the MoE input's for all 2E w1/w3, on the main thread before their
+//    solves; each w2's inside its own job), then fb_cuda_gptq_quantize_factored per Linear: q, k, v,
+//    o, and per expert w1, w3, w2, on T host threads (tune.c's per-Linear workers; each thread has
+//    its own stream). A factorization uploads its Hessian (host memory: the Hessians come from the
+//    host engine in today's pipeline, so that traffic is part of the figure); a solve uploads its
+//    weight and scales and downloads the result through its thread's pinned buffer.
+// Prints the time per part, per layer, a 62-layer projection, the factorizations' total, the
+// per-solve breakdown (update, transfers) and the device memory (the inputs and Hessians the bench
+// holds, and the solver's own allocations per call, the factor's included).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,11 +127,12 @@ static double hessian(dev *d, float *dH, size_t C, size_t S, size_t L) {
 typedef struct shape {
     size_t R, C;
     const float *H;
+    const fb_cuda_gptq_factor *f;  // the shared factor of H, or NULL: the job factorizes H itself
     float *W, *sc;
 } shape;
 
 static void make_shape(shape *sh, size_t R, size_t C, const float *H, uint64_t seed) {
-    sh->R = R, sh->C = C, sh->H = H;
+    sh->R = R, sh->C = C, sh->H = H, sh->f = NULL;
     sh->W = xmalloc(R * C * sizeof(float));
     sh->sc = xmalloc(R * (C / 128) * sizeof(float));
     uint64_t s = seed;
@@ -154,6 +159,9 @@ typedef struct pool {
     pthread_mutex_t mu;
 } pool;
 
+static const fb_gptq_opts OPTS = {.qtype = FB_GPTQ_INT4, .group = 128, .actorder = 1, .blocksize = 128,
+                                  .percdamp = 0.01};
+
 static void *worker(void *arg) {
     pool *p = arg;
     double fs = 0, us = 0, xs = 0;
@@ -164,19 +172,32 @@ static void *worker(void *arg) {
         const shape *sh = p->jobs[i];
         float *W = xmalloc(sh->R * sh->C * sizeof(float));
         memcpy(W, sh->W, sh->R * sh->C * sizeof(float));
-        fb_gptq_opts o = {.qtype = FB_GPTQ_INT4, .group = 128, .actorder = 1, .blocksize = 128, .percdamp = 0.01};
         fb_gptq_result r;
         fb_err err;
-        if (fb_cuda_gptq_quantize(W, sh->R, sh->C, (float *)sh->H, sh->sc, &o, &r, &err)) {
+        fb_cugptq_info in;
+        fb_cuda_gptq_factor *own = NULL;
+        size_t fbytes = 0;
+        if (!sh->f) {  // its own Hessian (w2): factorized in the job, as tune.c does
+            if (fb_cuda_gptq_factorize(sh->H, sh->C, &OPTS, &own, &err)) {
+                fprintf(stderr, "bench_cuda_gptq: factorize %zu columns: %s\n", sh->C, err.msg);
+                atomic_store(&p->failed, 1);
+                free(W);
+                break;
+            }
+            fb_cuda_gptq_last_info(&in);
+            fs += in.upload_s + in.factor_s;
+            fbytes = in.device_bytes;
+        }
+        if (fb_cuda_gptq_quantize_factored(W, sh->R, sh->C, own ? own : sh->f, sh->sc, &OPTS, &r, &err)) {
             fprintf(stderr, "bench_cuda_gptq: [%zu, %zu]: %s\n", sh->R, sh->C, err.msg);
             atomic_store(&p->failed, 1);
         } else {
-            fb_cugptq_info in;
             fb_cuda_gptq_last_info(&in);
-            fs += in.factor_s, us += in.update_s, xs += in.upload_s + in.download_s;
-            mb = mb > in.device_bytes ? mb : in.device_bytes;
+            us += in.update_s, xs += in.upload_s + in.download_s;
+            mb = mb > in.device_bytes + fbytes ? mb : in.device_bytes + fbytes;
             if (r.rtn_fallback) atomic_fetch_add(&p->fallbacks, 1);
         }
+        fb_cuda_gptq_factor_free(own);
         free(W);
     }
     pthread_mutex_lock(&p->mu);
@@ -184,6 +205,22 @@ static void *worker(void *arg) {
     p->max_bytes = p->max_bytes > mb ? p->max_bytes : mb;
     pthread_mutex_unlock(&p->mu);
     return NULL;
+}
+
+// Factorizes a shared Hessian on the main thread; adds its seconds to *secs.
+static fb_cuda_gptq_factor *shared_factor(const float *H, size_t C, double *secs, size_t *bytes) {
+    fb_cuda_gptq_factor *f;
+    fb_err err;
+    double t0 = now();
+    if (fb_cuda_gptq_factorize(H, C, &OPTS, &f, &err)) {
+        fprintf(stderr, "bench_cuda_gptq: factorize %zu columns: %s\n", C, err.msg);
+        exit(1);
+    }
+    *secs += now() - t0;
+    fb_cugptq_info in;
+    fb_cuda_gptq_last_info(&in);
+    *bytes = *bytes > in.device_bytes ? *bytes : in.device_bytes;
+    return f;
 }
 
 // Runs the solves on T threads; returns the wall seconds.
@@ -288,8 +325,23 @@ int main(int argc, char **argv) {
     const shape *att[3] = {&sq, &sk, &sv}, *oo[1] = {&so};
     const shape **w13 = xmalloc(2 * E * sizeof(shape *)), **w2 = xmalloc(E * sizeof(shape *));
     for (size_t e = 0; e < E; e++) w13[2 * e] = s1, w13[2 * e + 1] = s3, w2[e] = &s2[e];
-    double ts_a = solve(&p, att, 3, (int)threads), ts_o = solve(&p, oo, 1, (int)threads);
-    double ts_13 = solve(&p, w13, 2 * E, (int)threads), ts_2 = solve(&p, w2, E, (int)threads);
+    // each solve part's time includes its shared factorization (tf_*), as the loop's would
+    double tf_a = 0, tf_o = 0, tf_m = 0;
+    size_t fmax_bytes = 0;
+    fb_cuda_gptq_factor *fa = shared_factor(Ha, HID, &tf_a, &fmax_bytes);
+    sq.f = sk.f = sv.f = fa;
+    double ts_a = tf_a + solve(&p, att, 3, (int)threads);
+    fb_cuda_gptq_factor_free(fa);
+    fb_cuda_gptq_factor *fo = shared_factor(Ho, DQ, &tf_o, &fmax_bytes);
+    so.f = fo;
+    double ts_o = tf_o + solve(&p, oo, 1, (int)threads);
+    fb_cuda_gptq_factor_free(fo);
+    fb_cuda_gptq_factor *fm = shared_factor(Hm, HID, &tf_m, &fmax_bytes);
+    s1->f = s3->f = fm;
+    double ts_13 = tf_m + solve(&p, w13, 2 * E, (int)threads);
+    fb_cuda_gptq_factor_free(fm);
+    double ts_2 = solve(&p, w2, E, (int)threads);
+    double tf_shared = tf_a + tf_o + tf_m;
     double th = th_a + th_o + th_m + th_d, ts = ts_a + ts_o + ts_13 + ts_2, layer = th + th_dl + ts;
     const double gi = 1.0 / (1u << 30);
     printf("cuda gptq layer on %s: hidden %zu, q %zu, k/v %zu, %zu experts of %zu; %zu x %zu tokens; W4A16 g128, "
@@ -298,13 +350,16 @@ int main(int argc, char **argv) {
            "%zu x w2 %.3f s; to the host %.3f s\n", S, L, th_a, th_o, th_m, E, th_d, th_dl);
     printf("  solves: q/k/v %.3f s, o_proj %.3f s, %zu x w1/w3 %.3f s (%.1f ms each), %zu x w2 %.3f s (%.1f ms each)\n",
            ts_a, ts_o, 2 * E, ts_13, 1e3 * ts_13 / (double)(2 * E), E, ts_2, 1e3 * ts_2 / (double)E);
-    printf("  per call, summed over all %zu solves: factorization %.3f s, error feedback %.3f s, transfers %.3f s; "
-           "RTN fallbacks %d\n", 4 + 3 * E, p.factor_s, p.update_s, p.xfer_s, atomic_load(&p.fallbacks));
+    printf("  factorizations, one per distinct Hessian: %zu, %.3f s (q/k/v %.3f, o_proj %.3f, MoE input %.3f, "
+           "%zu x w2 %.3f in their jobs, Hessian uploads included)\n", 3 + E, tf_shared + p.factor_s, tf_a, tf_o, tf_m,
+           E, p.factor_s);
+    printf("  per solve, summed over all %zu: error feedback %.3f s, transfers (weight, scales, result) %.3f s; "
+           "RTN fallbacks %d\n", 4 + 3 * E, p.update_s, p.xfer_s, atomic_load(&p.fallbacks));
     printf("  one layer: %.2f s (Hessians %.2f + to host %.2f + solves %.2f); 62 layers: %.1f min\n", layer, th, th_dl,
            ts, 62.0 * layer / 60.0);
     printf("  device memory: inputs and Hessians held by the bench %.2f GiB (of %.2f), the solver's largest call %.2f "
            "GiB per thread; input synthesis (not GPTQ work, not counted) %.1f s, setup %.1f s\n", held * gi, tot * gi,
-           p.max_bytes * gi, t_in, t_setup);
+           (p.max_bytes > fmax_bytes ? p.max_bytes : fmax_bytes) * gi, t_in, t_setup);
     return 0;
 }
 
