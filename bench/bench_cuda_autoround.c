@@ -136,6 +136,11 @@ int main(int argc, char **argv) {
            in.setup_s - in.check_s, in.download_s);
     printf("  per iteration %.3f s (%.2f TFLOP of GEMMs, %.1f TFLOP/s); full passes %.1f TFLOP/s\n", per_it,
            in.iter_flop / (double)iters * 1e-12, in.iter_flop / in.iters_s * 1e-12, in.full_flop / in.full_s * 1e-12);
+    printf("  per iteration on the device: attention + router fwd %.1f ms, experts fwd %.1f ms (host issue %.1f ms), "
+           "loss + snapshot %.1f ms, experts bwd + steps %.1f ms (host issue %.1f ms), attention bwd %.1f ms\n",
+           1e3 * in.sect_s[0] / iters, 1e3 * in.sect_s[1] / iters, 1e3 * in.moe_issue_s[0] / iters,
+           1e3 * in.sect_s[2] / iters, 1e3 * in.sect_s[3] / iters, 1e3 * in.moe_issue_s[1] / iters,
+           1e3 * in.sect_s[4] / iters);
     printf("  one layer at 200 iterations: %.1f s%s\n", other + 200.0 * per_it,
            iters == 200 ? " (measured)" : " (projection: the rest of this run + 200 x the per-iteration time)");
     printf("  device memory allocated by the tuner (peak): %.2f GiB; MSE RTN %.4g -> %.4g (best iteration %d; "

@@ -87,6 +87,8 @@ if grep -q self_attn "$T_TMP/differ.txt"; then fail "attention differs from RTN:
 [ "$(grep -c 'experts.*weight_scale' "$T_TMP/differ.txt")" -ge 90 ] && ok || fail "tuned scales: only $(grep -c 'experts.*weight_scale' "$T_TMP/differ.txt") of 96 differ from RTN"
 grep -q '^# AutoRound: 96 modules tuned on 8 samples (512 tokens)' "$T_TMP/c1/recipe.yaml" && ok || fail "recipe.yaml notes the tuning data"
 grep -q '"fourbit.tuning":"AutoRound"' "$T_TMP"/c1/*.safetensors && ok || fail "provenance: fourbit.tuning AutoRound"
+grep -q '"fourbit.tuning_device":"cpu"' "$T_TMP"/c1/*.safetensors && grep -q '^# AutoRound: .*, device cpu$' "$T_TMP/c1/recipe.yaml" \
+    && ok || fail "provenance: tuned on the cpu (shard metadata, recipe.yaml)"
 expect_rc 0 "validate (pack-quantized)" -- "$BIN/validate-ignore-list" "$T_TMP/c1"
 
 # Under qemu-user (CI's aarch64 step) every tuning run takes minutes; the end-to-end checks below

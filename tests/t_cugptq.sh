@@ -35,6 +35,7 @@ expect_rc 0 "GPTQ on the CPU" -- "$Q4" -q --recipe $R4 $D $M "$T_TMP/c1"
 if [ "$rc" = 0 ]; then
     echo "t_cugptq: GPU run finished"
     expect_rc 0 "validate the GPU GPTQ output" -- "$BIN/validate-ignore-list" "$T_TMP/g1"
+    grep -q '"fourbit.tuning_device":"cuda"' "$T_TMP"/g1/*.safetensors && ok || fail "provenance: fourbit.tuning_device cuda"
     expect_rc 0 "round-to-nearest for comparison" -- "$Q4" -q --recipe recipes/minimax-w4a16.yaml -t 2 $M "$T_TMP/r1"
     "$BIN/st-diff" --json --max-report 0 "$T_TMP/g1" "$T_TMP/c1" > "$T_TMP/gc.json" 2>/dev/null
     "$BIN/st-diff" --json --max-report 0 "$T_TMP/r1" "$T_TMP/c1" > "$T_TMP/rc.json" 2>/dev/null

@@ -51,6 +51,9 @@ if [ "$rc" = 0 ]; then
     [ "$n" -ge 90 ] && ok || fail "GPU-tuned experts: only $n of 96 differ from round-to-nearest"
     expect_rc 0 "--gemm tf32 (tensor cores)" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm tf32 $M "$T_TMP/g2"
     expect_rc 0 "validate the tf32-GEMM output" -- "$BIN/validate-ignore-list" "$T_TMP/g2"
+    grep -q '"fourbit.tuning_device":"cuda"' "$T_TMP"/g1/*.safetensors && grep -q ', device cuda$' "$T_TMP/g1/recipe.yaml" &&
+        grep -q '"fourbit.tuning_device":"cuda (tf32 GEMMs)"' "$T_TMP"/g2/*.safetensors && ok ||
+        fail "provenance: the tuning device (cuda, cuda (tf32 GEMMs)) in the shards' metadata and recipe.yaml"
 elif [ "$rc" = 1 ] && grep -Eq "no usable GPU|no CUDA support" "$T_TMP/out"; then
     echo "t_cutune: no GPU here: $(grep -Eo 'no usable GPU.*|no CUDA support.*' "$T_TMP/out" | head -1)"
     ok

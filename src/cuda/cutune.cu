@@ -406,6 +406,10 @@ struct DLin {
     float *gsave = nullptr;  // host: gradient checks keep dLoss/dW here
 };
 
+// events per iteration (tune_block): start, experts' forward start / end, backward start, experts'
+// backward end, end
+constexpr int NEV = 6;
+
 struct Blk {
     fb_err *err = nullptr;
     const fb_ar_block *b = nullptr;
@@ -415,6 +419,12 @@ struct Blk {
     int softmax = 0;
     cublasHandle_t h = nullptr;
     cublasComputeType_t ct = CUBLAS_COMPUTE_32F;  // CUBLAS_COMPUTE_32F: cublasSgemm (fb_ar_opts.gemm)
+    // where an iteration's time goes (fb_cutune_info.sect_s): NEV events per iteration, recorded
+    // on the stream at the section boundaries and read after the last iteration's sync, so the
+    // timing adds no synchronisation; ev points at the current iteration's (NULL: none)
+    std::vector<cudaEvent_t> evs;
+    cudaEvent_t *ev = nullptr;
+    double moe_issue[2] = {0, 0};  // host seconds spent issuing the experts' forward / backward
     // allocations: dry (sizing) or real
     int dry = 0;
     size_t bytes = 0, by_part[4] = {0, 0, 0, 0};
@@ -438,6 +448,7 @@ struct Blk {
     std::vector<int> hpos;
     std::vector<size_t> off;
     ~Blk() {
+        for (cudaEvent_t e : evs) cudaEventDestroy(e);
         for (void *p : mem) cudaFree(p);
         if (h) cublasDestroy(h);
     }
@@ -929,7 +940,13 @@ int blk_forward(Blk &u, size_t n) {
         CK(cudaMemcpy(u.pos, u.hpos.data(), tot * sizeof(int), cudaMemcpyHostToDevice));
         CK(cudaMemcpy(u.re, u.hre.data(), tot * sizeof(float), cudaMemcpyHostToDevice));
     }
+    if (u.ev) CK(cudaEventRecord(u.ev[1]));
+    double th = now_s();
     TRY(moe_pass(u, n, u.out, nullptr, 0, 0, 0));
+    if (u.ev) {
+        u.moe_issue[0] += now_s() - th;
+        CK(cudaEventRecord(u.ev[2]));
+    }
     k_add<<<ew_grid(n * H), 256>>>(u.h1, u.out, u.out, n * H);
     KC();
     return 0;
@@ -941,7 +958,12 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     size_t H = u.H, Dq = u.Dq, Dk = u.Dk, hd = u.hd, E = u.E, K = u.K, L = u.seq;
     CK(cudaMemsetAsync(u.dxn2, 0, n * H * sizeof(float)));
     CK(cudaMemsetAsync(u.dr, 0, n * E * sizeof(float)));
+    double th = now_s();
     TRY(moe_pass(u, n, nullptr, u.grad, lr, mlr, minmax));
+    if (u.ev) {
+        u.moe_issue[1] += now_s() - th;
+        CK(cudaEventRecord(u.ev[4]));
+    }
     k_router_bwd<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.idx, u.dr, (int)n, (int)E, (int)K, u.softmax,
                                                        u.c->norm_topk_prob, u.rscr, u.dlg);
     KC();
@@ -1087,11 +1109,15 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     double t2 = now_s(), full_flop = u.flop;
     double best = 3.4028234663852886e38;  // torch.finfo(float).max
     float lr_i = lr, mlr_i = mlr;
+    u.evs.assign((size_t)o->iters * NEV, nullptr);
+    for (cudaEvent_t &e : u.evs) CK(cudaEventCreate(&e));
     for (int it = 0; it < o->iters; it++) {
         if (o->cancel && o->cancel->load()) {  // Ctrl-C: nothing replaced
             fb_fail(u.err, "AutoRound: interrupted");
             return -2;
         }
+        u.ev = &u.evs[(size_t)it * NEV];
+        CK(cudaEventRecord(u.ev[0]));
         for (size_t k = 0; k < bs; k++) {  // the batch's samples (whole sequences) in order
             size_t smp = order[(size_t)it * bs + k];
             CK(cudaMemcpyAsync(u.xb + k * seq * H, u.x + smp * seq * H, seq * H * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -1121,7 +1147,9 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
                 CK(cudaMemcpyAsync(a.bmx, a.mx, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
             }
         }
+        CK(cudaEventRecord(u.ev[3]));
         TRY(blk_backward(u, n, lr_i, mlr_i, minmax));
+        CK(cudaEventRecord(u.ev[5]));
         // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
         float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
         lr_i = lr_i * f;
@@ -1129,6 +1157,16 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     }
     CK(cudaDeviceSynchronize());
     double t3 = now_s(), iter_flop = u.flop - full_flop;
+    memset(g_info.sect_s, 0, sizeof g_info.sect_s);
+    for (int it = 0; it < o->iters; it++)
+        for (int k = 0; k < NEV - 1; k++) {
+            float ms = 0;
+            CK(cudaEventElapsedTime(&ms, u.evs[(size_t)it * NEV + k], u.evs[(size_t)it * NEV + k + 1]));
+            g_info.sect_s[k] += 1e-3 * ms;
+        }
+    g_info.moe_issue_s[0] = u.moe_issue[0];
+    g_info.moe_issue_s[1] = u.moe_issue[1];
+    u.ev = nullptr;
     if (o->not_use_best_mse) res->best_loss = best;
     // the kept parameters become the current ones: the final pass and the results read them
     for (DLin &a : u.lin) {

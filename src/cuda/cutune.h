@@ -58,6 +58,13 @@ typedef struct fb_cutune_info {
     double full_s;          // the two full-data MSE passes (RTN and final)
     double iter_flop;       // GEMM flops of all iterations (divide by iters for one)
     double full_flop;       // GEMM flops of the two full passes
+    // the iterations' device time by section (CUDA events on the stream, summed over iterations):
+    // [0] the fake-quantized attention weights, attention and router forward, the routing lists
+    // (a host round trip); [1] the experts' forward; [2] the loss and the best-iteration snapshot;
+    // [3] the experts' backward and SignSGD steps; [4] the router, attention backward and steps
+    double sect_s[5];
+    double moe_issue_s[2];  // host seconds issuing the experts' forward / backward (launch-bound
+                            // when close to sect_s[1] / sect_s[3])
 } fb_cutune_info;
 void fb_cuda_autoround_last_info(fb_cutune_info *info);
 

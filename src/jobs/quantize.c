@@ -5,6 +5,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "calib/autoround.h"
 #include "calib/identity.h"
 #include "calib/stats.h"
 #include "common/pool.h"
@@ -803,15 +804,17 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         free(buf);
         if (rc) goto done;
     }
-    const char *mk[6] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format",
-                         "fourbit.dataset_xxh3_128", "fourbit.tuning"};
-    const char *mv[6] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
+    // where the tuning ran: the GPU's results are the CPU's within rounding, not byte-identical
+    const char *tune_device = !o->ar_cuda ? "cpu" : o->ar_gemm == FB_AR_GEMM_TF32 ? "cuda (tf32 GEMMs)" : "cuda";
+    const char *mk[7] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format",
+                         "fourbit.dataset_xxh3_128", "fourbit.tuning", "fourbit.tuning_device"};
+    const char *mv[7] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
                          o->format == FB_QOUT_AUTOROUND ? "auto_round:auto_gptq" : o->format == FB_QOUT_MODELOPT ? "modelopt" : "compressed-tensors",
-                         data_hex ? data_hex : "none", algo_name};
+                         data_hex ? data_hex : "none", algo_name, tune_device};
     fb_cw_opts wo = {.max_shard_size = o->max_shard_size, .resume = o->resume, .force = o->force,
                      .allow_nonfinite = o->allow_nan, .tool = o->tool,
                      .shard_index = o->shard_index, .shard_count = o->shard_count, .merge = o->merge,
-                     .n_meta = n_tuned_plan ? 6 : o->dataset ? 5 : 4, .meta_keys = mk, .meta_vals = mv};
+                     .n_meta = n_tuned_plan ? 7 : o->dataset ? 5 : 4, .meta_keys = mk, .meta_vals = mv};
     if (!o->dry_run) {
         w = fb_cw_create(dst, src, &wo, err);
         if (!w) { rc = -1; goto done; }
@@ -1205,9 +1208,9 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
                            "tokens) of %s (xxh3-128 %s), template %s\n", res->n_samples, res->n_tokens, o->dataset,
                         data_hex ? data_hex : "none", o->template_what ? o->template_what : "none");
             if (n_tuned_plan)
-                fprintf(f, "# %s: %zu modules tuned on %zu samples (%zu tokens) of %s (xxh3-128 %s), template %s\n",
-                        algo_name, res->n_tuned, res->n_samples, res->n_tokens, o->dataset, data_hex ? data_hex : "none",
-                        o->template_what ? o->template_what : "none");
+                fprintf(f, "# %s: %zu modules tuned on %zu samples (%zu tokens) of %s (xxh3-128 %s), template %s, "
+                           "device %s\n", algo_name, res->n_tuned, res->n_samples, res->n_tokens, o->dataset,
+                        data_hex ? data_hex : "none", o->template_what ? o->template_what : "none", tune_device);
             fwrite(rec.text, 1, rec.text_len, f);
             if (fclose(f) != 0) rc = fb_fail(err, "%s: write error: %s", p, strerror(errno));
         }
