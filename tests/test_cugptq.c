@@ -48,10 +48,12 @@
 #define SAME_FRAC 0.99
 #define LOSS_REL 1e-3
 
+#ifdef FB_HAVE_CUDA  // the random cases run only there
 static float urand(uint64_t *s) {  // uniform in [-1, 1), xorshift64
     *s ^= *s << 13, *s ^= *s >> 7, *s ^= *s << 17;
     return (float)((*s >> 40) & 0xFFFFFF) / 8388608.0f - 1.0f;
 }
+#endif
 
 // A small case for the refusals: W [4, 32], H = I, scales 0.005.
 typedef struct small { float W[4 * 32], H[32 * 32], sc[4]; } small;

@@ -459,7 +459,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
         }
         for (size_t x = 0; x < nfs; x++) {  // a failed or cancelled run leaves factors behind
             if (fs[x].factor) algo->factor_free(o, fs[x].factor);
-            res->n_factorized += fs[x].state != 0;
+            res->n_factorized += fs[x].state > 0;
             pthread_mutex_destroy(&fs[x].mu);
         }
         free_hessians(&t);
