@@ -88,13 +88,20 @@ struct fb_gptq_factor {
     float *Uf;             // [C x C] U rounded to f32, row-major upper (lower triangle zero)
 };
 
-static double damp_frac(const fb_gptq_opts *o) { return o->percdamp < 0 ? 0.01 : o->percdamp; }
+double fb_gptq_damp(const fb_gptq_opts *o) { return o->percdamp < 0 ? 0.01 : o->percdamp; }
+#define damp_frac fb_gptq_damp
+
+int fb_gptq_check_hessian(size_t C, const fb_gptq_opts *o, fb_err *err) {
+    if (!C) return fb_fail(err, "GPTQ: a Hessian of 0 columns");
+    if (!isfinite(damp_frac(o)))
+        return fb_fail(err, "GPTQ: dampening fraction %g is not a finite number", o->percdamp);
+    return 0;
+}
 
 int fb_gptq_factorize(const float *H, size_t C, const fb_gptq_opts *o, fb_gptq_factor **out, fb_err *err) {
     *out = NULL;
     double pd = damp_frac(o);
-    if (!C) return fb_fail(err, "GPTQ: a Hessian of 0 columns");
-    if (!isfinite(pd)) return fb_fail(err, "GPTQ: dampening fraction %g is not a finite number", o->percdamp);
+    if (fb_gptq_check_hessian(C, o, err)) return -1;
     fb_gptq_factor *f = fb_calloc(1, sizeof *f);
     f->C = C;
     f->actorder = o->actorder != 0;
@@ -152,7 +159,7 @@ void fb_gptq_factor_free(fb_gptq_factor *f) {
 }
 
 // What fb_gptq_quantize and fb_gptq_quantize_factored refuse about W, its scales and o.
-static int check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err) {
+int fb_gptq_check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err) {
     size_t G = o->group;
     if (!G || C % G || !R || !C)
         return fb_fail(err, "GPTQ: a [%zu, %zu] weight with group %zu", R, C, G);
@@ -161,16 +168,22 @@ static int check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err) 
     return 0;
 }
 
+int fb_gptq_check_factored(size_t R, size_t C, size_t fC, int f_actorder, double f_percdamp, int have_factor,
+                           const fb_gptq_opts *o, fb_err *err) {
+    if (fb_gptq_check_weight(R, C, o, err)) return -1;
+    if (!have_factor) return fb_fail(err, "GPTQ: no factor for a [%zu, %zu] weight", R, C);
+    if (fC != C) return fb_fail(err, "GPTQ: a factor of a %zu-column Hessian for a [%zu, %zu] weight", fC, R, C);
+    if (f_actorder != (o->actorder != 0) || !(f_percdamp == damp_frac(o)))
+        return fb_fail(err, "GPTQ: a factor made with actorder %d, dampening %g used with actorder %d, dampening %g",
+                       f_actorder, f_percdamp, o->actorder != 0, damp_frac(o));
+    return 0;
+}
+
 int fb_gptq_quantize_factored(float *W, size_t R, size_t C, const fb_gptq_factor *f, const float *scales,
                               const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
     memset(res, 0, sizeof *res);
-    if (check_weight(R, C, o, err)) return -1;
-    if (!f) return fb_fail(err, "GPTQ: no factor for a [%zu, %zu] weight", R, C);
-    if (f->C != C)
-        return fb_fail(err, "GPTQ: a factor of a %zu-column Hessian for a [%zu, %zu] weight", f->C, R, C);
-    if (f->actorder != (o->actorder != 0) || !(f->percdamp == damp_frac(o)))
-        return fb_fail(err, "GPTQ: a factor made with actorder %d, dampening %g used with actorder %d, dampening %g",
-                       f->actorder, f->percdamp, o->actorder != 0, damp_frac(o));
+    if (fb_gptq_check_factored(R, C, f ? f->C : 0, f ? f->actorder : 0, f ? f->percdamp : 0, f != NULL, o, err))
+        return -1;
     size_t G = o->group, B = o->blocksize ? o->blocksize : 128, NG = C / G;
     const size_t *perm = f->perm;
     const float *Uf = f->Uf;
@@ -215,7 +228,7 @@ int fb_gptq_quantize_factored(float *W, size_t R, size_t C, const fb_gptq_factor
 int fb_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
                      const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
     memset(res, 0, sizeof *res);
-    if (check_weight(R, C, o, err)) return -1;  // before the O(C^3) work, as before the split
+    if (fb_gptq_check_weight(R, C, o, err)) return -1;  // before the O(C^3) work, as before the split
     fb_gptq_factor *f;
     if (fb_gptq_factorize(H, C, o, &f, err)) return -1;
     int rc = fb_gptq_quantize_factored(W, R, C, f, scales, o, res, err);

@@ -91,4 +91,14 @@ size_t fb_gptq_factor_dead_columns(const fb_gptq_factor *f);
 // Frees a factor (NULL: nothing).
 void fb_gptq_factor_free(fb_gptq_factor *f);
 
+// The argument checks both engines share (cuda/cugptq.cu calls them; messages name what is wrong):
+// the resolved dampening fraction (0.01 when percdamp < 0); a Hessian's width and dampening; a
+// weight's shape, group and NVFP4 global scale; and that plus a factor's fit (its width, act-order
+// and dampening as made; have_factor 0: no factor).
+double fb_gptq_damp(const fb_gptq_opts *o);
+int fb_gptq_check_hessian(size_t C, const fb_gptq_opts *o, fb_err *err);
+int fb_gptq_check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err);
+int fb_gptq_check_factored(size_t R, size_t C, size_t factor_cols, int factor_actorder, double factor_percdamp,
+                           int have_factor, const fb_gptq_opts *o, fb_err *err);
+
 #endif

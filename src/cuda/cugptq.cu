@@ -20,12 +20,6 @@
 
 namespace {
 
-double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 thread_local fb_cugptq_info g_info;
 
 // The calling thread's stream and library handles (cugptq.h: one set per thread, kept), released
@@ -346,15 +340,10 @@ int by_desc(const void *a, const void *b) {
     return x->i < y->i ? -1 : x->i > y->i;
 }
 
-double damp_frac(const fb_gptq_opts *o) { return o->percdamp < 0 ? 0.01 : o->percdamp; }
+inline double damp_frac(const fb_gptq_opts *o) { return fb_gptq_damp(o); }
 
-// What the CPU refuses about W, its scales and o (gptq.c check_weight), then the grid limits.
-int check_weight(size_t R, size_t C, const fb_gptq_opts *o, fb_err *err) {
-    size_t G = o->group;
-    if (!G || C % G || !R || !C)
-        return fb_fail(err, "GPTQ: a [%zu, %zu] weight with group %zu", R, C, G);
-    if (o->qtype == FB_GPTQ_NVFP4 && !(o->global_scale > 0))
-        return fb_fail(err, "GPTQ: NVFP4 needs a positive global scale");
+// The grid limits on top of what the CPU refuses (gptq.h's checks).
+int grid_fits(size_t R, size_t C, fb_err *err) {
     if (C > 65535 || R > 65535)  // a grid's y dimension holds a row or column index; int for cuSOLVER
         return fb_fail(err, "GPTQ on CUDA: a [%zu, %zu] weight: at most 65535 rows and columns", R, C);
     return 0;
@@ -395,10 +384,9 @@ void factor_release(fb_cuda_gptq_factor *f) {
 
 int factorize_run(const float *H, size_t C, const fb_gptq_opts *o, fb_cuda_gptq_factor **out, fb_err *err) {
     double pd = damp_frac(o);
-    if (!C) return fb_fail(err, "GPTQ: a Hessian of 0 columns");
-    if (!isfinite(pd)) return fb_fail(err, "GPTQ: dampening fraction %g is not a finite number", o->percdamp);
+    if (fb_gptq_check_hessian(C, o, err)) return -1;
     if (C > 65535) return fb_fail(err, "GPTQ on CUDA: a Hessian of %zu columns: at most 65535", C);
-    double t0 = now_s();
+    double t0 = fb_now();
     Ctx *cp;
     TRY(ctx_get(&cp, err));
     Ctx &c = *cp;
@@ -446,7 +434,7 @@ int factorize_run(const float *H, size_t C, const fb_gptq_opts *o, fb_cuda_gptq_
     CK(cudaMemcpyAsync(dperm, perm.data(), C * sizeof(int), cudaMemcpyHostToDevice, c.st));
     CK(cudaMemcpyAsync(ddead, dead.data(), C, cudaMemcpyHostToDevice, c.st));
     CK(cudaStreamSynchronize(c.st));
-    double t1 = now_s();
+    double t1 = fb_now();
     dim3 gC(nblk(C, 256), (unsigned)C);
     k_permute_h<<<gC, 256, 0, c.st>>>(dH, dperm, ddg, C, dA);
     KC();
@@ -457,7 +445,7 @@ int factorize_run(const float *H, size_t C, const fb_gptq_opts *o, fb_cuda_gptq_
         KC();
     }
     CK(cudaStreamSynchronize(c.st));
-    double t2 = now_s();
+    double t2 = fb_now();
     fb_cuda_gptq_factor *f = new fb_cuda_gptq_factor;
     f->C = C, f->actorder = o->actorder != 0, f->percdamp = pd, f->perm = std::move(perm);
     f->n_dead = ndead, f->npd = npd;
@@ -482,17 +470,12 @@ int pinned(Ctx &c, size_t bytes, void **out, fb_err *err) {
 
 int factored_run(float *W, size_t R, size_t C, const fb_cuda_gptq_factor *f, const float *scales,
                  const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
-    TRY(check_weight(R, C, o, err));
-    if (!f) return fb_fail(err, "GPTQ: no factor for a [%zu, %zu] weight", R, C);
-    if (f->C != C)
-        return fb_fail(err, "GPTQ: a factor of a %zu-column Hessian for a [%zu, %zu] weight", f->C, R, C);
-    if (f->actorder != (o->actorder != 0) || !(f->percdamp == damp_frac(o)))
-        return fb_fail(err, "GPTQ: a factor made with actorder %d, dampening %g used with actorder %d, dampening %g",
-                       f->actorder, f->percdamp, o->actorder != 0, damp_frac(o));
+    TRY(fb_gptq_check_factored(R, C, f ? f->C : 0, f ? f->actorder : 0, f ? f->percdamp : 0, f != nullptr, o, err));
+    TRY(grid_fits(R, C, err));
     size_t G = o->group, B = o->blocksize ? o->blocksize : 128;
     if (B > C) B = C;
     size_t NG = C / G;
-    double t0 = now_s();
+    double t0 = fb_now();
     Ctx *cp;
     TRY(ctx_get(&cp, err));
     Ctx &c = *cp;
@@ -520,7 +503,7 @@ int factored_run(float *W, size_t R, size_t C, const fb_cuda_gptq_factor *f, con
     CK(cudaMemcpyAsync(dgcol, gcol.data(), C * sizeof(int), cudaMemcpyHostToDevice, c.st));
     CK(cudaMemsetAsync(drl, 0, R * sizeof(double), c.st));
     CK(cudaStreamSynchronize(c.st));
-    double t1 = now_s();
+    double t1 = fb_now();
     const float *dUf = f->dUf;
     dim3 gR(nblk(C, 256), (unsigned)R);
     k_permute_w<<<gR, 256, 0, c.st>>>(dW, f->dperm, f->ddead, C, dWp);
@@ -558,7 +541,7 @@ int factored_run(float *W, size_t R, size_t C, const fb_cuda_gptq_factor *f, con
     k_unpermute_w<<<gR, 256, 0, c.st>>>(dWp, f->dperm, C, dW);
     KC();
     CK(cudaStreamSynchronize(c.st));
-    double t2 = now_s();
+    double t2 = fb_now();
     std::vector<double> rl(R);
     CK(cudaMemcpyAsync(pin, dW, R * C * sizeof(float), cudaMemcpyDeviceToHost, c.st));
     CK(cudaMemcpyAsync(rl.data(), drl, R * sizeof(double), cudaMemcpyDeviceToHost, c.st));
@@ -569,7 +552,7 @@ int factored_run(float *W, size_t R, size_t C, const fb_cuda_gptq_factor *f, con
     res->loss = loss;
     res->rtn_fallback = f->npd;
     res->dead_columns = f->n_dead;
-    double t3 = now_s();
+    double t3 = fb_now();
     g_info = fb_cugptq_info{m.bytes, t1 - t0, 0, t2 - t1, t3 - t2};
     return 0;
 }
@@ -603,7 +586,7 @@ extern "C" void fb_cuda_gptq_factor_free(fb_cuda_gptq_factor *f) {
 extern "C" int fb_cuda_gptq_quantize(float *W, size_t R, size_t C, float *H, const float *scales,
                                      const fb_gptq_opts *o, fb_gptq_result *res, fb_err *err) {
     memset(res, 0, sizeof *res);
-    if (check_weight(R, C, o, err)) return -1;  // before any device work, as the CPU refuses it
+    if (fb_gptq_check_weight(R, C, o, err) || grid_fits(R, C, err)) return -1;  // before any device work, as the CPU refuses it
     fb_cuda_gptq_factor *f;
     if (factorize_run(H, C, o, &f, err)) return -1;
     fb_cugptq_info fi = g_info;

@@ -30,12 +30,6 @@ extern "C" {
 
 namespace {
 
-double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 thread_local fb_cutune_info g_info;
 
 // ---- device helpers (autoround.c's, on the device) -----------------------------------------
@@ -941,10 +935,10 @@ int blk_forward(Blk &u, size_t n) {
         CK(cudaMemcpy(u.re, u.hre.data(), tot * sizeof(float), cudaMemcpyHostToDevice));
     }
     if (u.ev) CK(cudaEventRecord(u.ev[1]));
-    double th = now_s();
+    double th = fb_now();
     TRY(moe_pass(u, n, u.out, nullptr, 0, 0, 0));
     if (u.ev) {
-        u.moe_issue[0] += now_s() - th;
+        u.moe_issue[0] += fb_now() - th;
         CK(cudaEventRecord(u.ev[2]));
     }
     k_add<<<ew_grid(n * H), 256>>>(u.h1, u.out, u.out, n * H);
@@ -958,10 +952,10 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     size_t H = u.H, Dq = u.Dq, Dk = u.Dk, hd = u.hd, E = u.E, K = u.K, L = u.seq;
     CK(cudaMemsetAsync(u.dxn2, 0, n * H * sizeof(float)));
     CK(cudaMemsetAsync(u.dr, 0, n * E * sizeof(float)));
-    double th = now_s();
+    double th = fb_now();
     TRY(moe_pass(u, n, nullptr, u.grad, lr, mlr, minmax));
     if (u.ev) {
-        u.moe_issue[1] += now_s() - th;
+        u.moe_issue[1] += fb_now() - th;
         CK(cudaEventRecord(u.ev[4]));
     }
     k_router_bwd<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.idx, u.dr, (int)n, (int)E, (int)K, u.softmax,
@@ -1085,7 +1079,7 @@ void lin_setup(Blk &u, fb_ar_block *b, std::vector<int> &tuned, int all_fixed) {
 
 int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, size_t seq, fb_ar_block *b,
                const fb_ar_opts *o, fb_ar_result *res) {
-    double t0 = now_s();
+    double t0 = fb_now();
     if (o->iters < 1) return fb_fail(u.err, "AutoRound block: %d iterations", o->iters);
     static const cublasComputeType_t CT[] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32};
     if (o->gemm < 0 || o->gemm > FB_AR_GEMM_TF32) return fb_fail(u.err, "AutoRound on CUDA: GEMM mode %d", o->gemm);
@@ -1093,7 +1087,7 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     size_t bs = o->batch_size ? o->batch_size : 8;
     if (bs > nsamples) bs = nsamples;
     TRY(blk_check(u, b, x, target, nsamples, seq, bs));
-    double tc = now_s();
+    double tc = fb_now();
     std::vector<int> tuned;
     lin_setup(u, b, tuned, 0);
     TRY(blk_setup(u, x, target, tuned, 1));
@@ -1102,11 +1096,11 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     int minmax = !o->disable_minmax;
     std::vector<size_t> order((size_t)o->iters * bs);
     fb_autoround_sample_order(nsamples, o, order.data());
-    double t1 = now_s();
+    double t1 = fb_now();
     TRY(sr_qdq(u));
     TRY(blk_full(u, &res->rtn_mse));
     CK(cudaDeviceSynchronize());
-    double t2 = now_s(), full_flop = u.flop;
+    double t2 = fb_now(), full_flop = u.flop;
     double best = 3.4028234663852886e38;  // torch.finfo(float).max
     float lr_i = lr, mlr_i = mlr;
     u.evs.assign((size_t)o->iters * NEV, nullptr);
@@ -1156,7 +1150,7 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
         mlr_i = mlr_i * f;
     }
     CK(cudaDeviceSynchronize());
-    double t3 = now_s(), iter_flop = u.flop - full_flop;
+    double t3 = fb_now(), iter_flop = u.flop - full_flop;
     memset(g_info.sect_s, 0, sizeof g_info.sect_s);
     for (int it = 0; it < o->iters; it++)
         for (int k = 0; k < NEV - 1; k++) {
@@ -1179,7 +1173,7 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     double f0 = u.flop;
     TRY(blk_full(u, &res->final_mse));
     CK(cudaDeviceSynchronize());
-    double t4 = now_s();
+    double t4 = fb_now();
     full_flop += u.flop - f0;
     // every tuned Linear's scales and codes into host staging first (the caller's weights change
     // only once everything is back); then w = s * q on the host: the device's k_qdq value is that
@@ -1211,7 +1205,7 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     g_info.device_bytes = u.bytes;
     g_info.check_s = tc - t0;
     g_info.setup_s = t1 - t0;
-    g_info.download_s = now_s() - t4;
+    g_info.download_s = fb_now() - t4;
     g_info.iters_s = t3 - t2;
     g_info.full_s = (t2 - t1) + (t4 - t3);
     g_info.iter_flop = iter_flop;
