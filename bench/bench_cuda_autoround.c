@@ -55,7 +55,7 @@ static void make_linear(fb_ar_linear *L, size_t R, size_t C, float amp, uint64_t
 }
 
 int main(int argc, char **argv) {
-    long iters = 10, samples = 64, seq = 2048, batch = 8, experts = 256;
+    long iters = 10, samples = 64, seq = 2048, batch = 8, experts = 256, lanes = 0;
     static const char *GEMM[] = {"f32", "tf32"};
     int gemm = FB_AR_GEMM_F32;
     for (int i = 1; i < argc; i++) {
@@ -72,18 +72,18 @@ int main(int argc, char **argv) {
         }
         long *dst = !strcmp(argv[i], "--iters") ? &iters : !strcmp(argv[i], "--samples") ? &samples
                     : !strcmp(argv[i], "--seq") ? &seq : !strcmp(argv[i], "--batch") ? &batch
-                    : !strcmp(argv[i], "--experts") ? &experts : NULL;
+                    : !strcmp(argv[i], "--experts") ? &experts : !strcmp(argv[i], "--lanes") ? &lanes : NULL;
         char *end = NULL;
         if (!dst || i + 1 >= argc || (*dst = strtol(argv[i + 1], &end, 10), *end)) {
-            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--gemm f32|tf32]\n");
+            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--lanes N] [--gemm f32|tf32]\n");
             return 2;
         }
         i++;
     }
     if (iters < 1 || iters > 100000 || samples < 1 || samples > 4096 || seq < 1 || seq > 32768 || batch < 1 ||
-        batch > samples || experts < 8 || experts > 1024) {
+        batch > samples || experts < 8 || experts > 1024 || lanes < 0 || lanes > 32) {
         fprintf(stderr, "bench_cuda_autoround: iters 1..100000, samples 1..4096, seq 1..32768, batch 1..samples, "
-                        "experts 8..1024\n");
+                        "experts 8..1024, lanes 0..32\n");
         return 2;
     }
     const size_t H = 3072, NH = 48, NKV = 8, HD = 128, FF = 1536, E = (size_t)experts, N = (size_t)(samples * seq);
@@ -117,7 +117,7 @@ int main(int argc, char **argv) {
                      .router_bias = bias, .attn = {&at[0], &at[1], &at[2], &at[3]}, .attn_tuned = {1, 1, 1, 1},
                      .experts = ex, .experts_tuned = 1};
     double t1 = now();
-    fb_ar_opts o = {.iters = (int)iters, .batch_size = (size_t)batch, .seed = 42, .gemm = gemm};
+    fb_ar_opts o = {.iters = (int)iters, .batch_size = (size_t)batch, .seed = 42, .gemm = gemm, .cuda_lanes = (int)lanes};
     fb_ar_result res;
     fb_err err;
     if (fb_cuda_autoround_tune_block(x, t, (size_t)samples, (size_t)seq, &b, &o, &res, &err)) {
@@ -129,7 +129,7 @@ int main(int argc, char **argv) {
     fb_cuda_autoround_last_info(&in);
     double per_it = in.iters_s / (double)iters, other = (t2 - t1) - in.iters_s;
     printf("cuda autoround block: hidden %zu, %zu experts of %zu (top-8), %ld x %ld tokens, batch %ld, %ld iterations, "
-           "%s GEMMs\n", H, E, FF, samples, seq, batch, iters, GEMM[gemm]);
+           "%s GEMMs, %ld expert lanes\n", H, E, FF, samples, seq, batch, iters, GEMM[gemm], lanes ? lanes : 4L);
     printf("  host setup (random weights) %.1f s; tune_block %.1f s: setup + uploads + downloads %.1f s, 2 full-data "
            "passes %.2f s, iterations %.2f s\n", t1 - t0, t2 - t1, other - in.full_s, in.full_s, in.iters_s);
     printf("  of the setup etc.: host checks %.2f s, allocations + uploads %.2f s, results back %.2f s\n", in.check_s,

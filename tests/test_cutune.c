@@ -176,6 +176,12 @@ static void host_checks(int have_gpu) {
     o.iters = 0;
     CHECK(fb_cuda_autoround_tune_block(x, t, 2, 8, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "0 iterations"),
           "CUDA block: 0 iterations refused (%s)", err.msg);
+    o.iters = 2;
+    o.cuda_lanes = 33;
+    CHECK(fb_cuda_autoround_tune_block(x, t, 2, 8, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "33 lanes") &&
+              f.at[0].w[5] == w0,
+          "CUDA block: 33 lanes refused, weights untouched (%s)", err.msg);
+    o.cuda_lanes = 0;
     if (!have_gpu) {
         o.iters = 2;
         CHECK(fb_cuda_autoround_tune_block(x, t, 2, 8, &f.b, &o, &res, &err) != 0 && strstr(err.msg, "no usable GPU") &&
@@ -256,7 +262,7 @@ typedef struct run_out {
     size_t bad, fixed_changed;
 } run_out;
 
-static void tune_run(int gpu, int gemm, run_out *r) {
+static void tune_run(int gpu, int gemm, int lanes, run_out *r) {
     enum { NS = 8, SEQ = 16, ITERS = 20 };
     blkfix f;
     blk_make(&f, FB_QKN_ALL_HEADS, FB_ROUTER_SIGMOID_BIAS, 0, 4242);
@@ -266,7 +272,8 @@ static void tune_run(int gpu, int gemm, run_out *r) {
     memcpy(v0, f.at[2].w, nv * sizeof(float));
     float *x, *t;
     blk_data(NS * SEQ, 5, 0.3f, &x, &t);
-    fb_ar_opts o = {.iters = ITERS, .batch_size = 4, .seed = 42, .loss_trace = r->trace, .gemm = gemm};
+    fb_ar_opts o = {.iters = ITERS, .batch_size = 4, .seed = 42, .loss_trace = r->trace, .gemm = gemm,
+                    .cuda_lanes = lanes};
     fb_err err;
     int rc = gpu ? fb_cuda_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &r->res, &err)
                  : fb_autoround_tune_block(x, t, NS, SEQ, &f.b, &o, &r->res, &err);
@@ -290,10 +297,14 @@ static void tune_run(int gpu, int gemm, run_out *r) {
 }
 
 static void tune_vs_cpu(void) {
-    run_out c, g, g2;
-    tune_run(0, 0, &c);
-    tune_run(1, 0, &g);
-    tune_run(1, 0, &g2);
+    // g: the default 4 lanes; g2: the experts one after another on one lane; g3: 3 lanes (the
+    // fixture's 8 experts spread unevenly). The lanes change only the order of independent work:
+    // the same bytes from all three (and from one run to the next)
+    run_out c, g, g2, g3;
+    tune_run(0, 0, 0, &c);
+    tune_run(1, 0, 0, &g);
+    tune_run(1, 0, 1, &g2);
+    tune_run(1, 0, 3, &g3);
     CHECK(fabs(g.res.rtn_mse - c.res.rtn_mse) <= RTN_TOL * c.res.rtn_mse, "CUDA tune: RTN MSE %.9g vs CPU %.9g",
           g.res.rtn_mse, c.res.rtn_mse);
     int tr = 1;
@@ -306,13 +317,17 @@ static void tune_vs_cpu(void) {
     CHECK(g.bad == 0 && c.bad == 0, "CUDA tune: %zu (CPU %zu) tuned weights are not an fp16 scale times a code in [-8, 7]",
           g.bad, c.bad);
     CHECK(!g.fixed_changed, "CUDA tune: the fixed v_proj was modified");
-    size_t diff = 0;
+    size_t diff = 0, diff3 = 0;
     for (int j = 0; j < FNL; j++) {
         size_t n = j < 4 ? (j == 0 || j == 3 ? (size_t)FH * FNH * FHD : (size_t)FH * FNKV * FHD) : (size_t)FH * FF_;
         diff += memcmp(g.w[j], g2.w[j], n * sizeof(float)) != 0;
-        free(c.w[j]), free(g.w[j]), free(g2.w[j]);
+        diff3 += memcmp(g.w[j], g3.w[j], n * sizeof(float)) != 0;
+        free(c.w[j]), free(g.w[j]), free(g2.w[j]), free(g3.w[j]);
     }
-    CHECK(diff == 0, "CUDA tune: the same seed gave other weights in %zu Linears", diff);
+    CHECK(diff == 0 && diff3 == 0 && g.res.final_mse == g2.res.final_mse && g.res.final_mse == g3.res.final_mse &&
+          g.res.best_iter == g2.res.best_iter && g.res.best_iter == g3.res.best_iter,
+          "CUDA tune: the same seed on 4 / 1 / 3 lanes gave other weights in %zu / %zu Linears (final %.9g %.9g %.9g)",
+          diff, diff3, g.res.final_mse, g2.res.final_mse, g3.res.final_mse);
     printf("test_cutune: tune GPU vs CPU: RTN %.9g / %.9g, trace[0..2] %.7g %.7g %.7g / %.7g %.7g %.7g, final %.7g / "
            "%.7g, best iter %d / %d\n", g.res.rtn_mse, c.res.rtn_mse, g.trace[0], g.trace[1], g.trace[2], c.trace[0],
            c.trace[1], c.trace[2], g.res.final_mse, c.res.final_mse, g.res.best_iter, c.res.best_iter);
@@ -326,11 +341,11 @@ static void tune_vs_cpu(void) {
 static void tune_fast_modes(void) {
     static const char *NAME[] = {"f32", "tf32"};
     run_out f;
-    tune_run(1, FB_AR_GEMM_F32, &f);
+    tune_run(1, FB_AR_GEMM_F32, 0, &f);
     for (int m = FB_AR_GEMM_TF32; m <= FB_AR_GEMM_TF32; m++) {
         run_out g, g2;
-        tune_run(1, m, &g);
-        tune_run(1, m, &g2);
+        tune_run(1, m, 0, &g);
+        tune_run(1, m, 2, &g2);
         CHECK(fabs(g.res.rtn_mse - f.res.rtn_mse) <= FAST_RTN_TOL * f.res.rtn_mse, "CUDA %s: RTN MSE %.9g vs f32 %.9g",
               NAME[m], g.res.rtn_mse, f.res.rtn_mse);
         CHECK(g.res.final_mse < g.res.rtn_mse && fabs(g.res.final_mse - f.res.final_mse) <= FINAL_TOL * f.res.final_mse,
@@ -343,7 +358,7 @@ static void tune_fast_modes(void) {
             diff += memcmp(g.w[j], g2.w[j], n * sizeof(float)) != 0;
             free(g.w[j]), free(g2.w[j]);
         }
-        CHECK(diff == 0, "CUDA %s: the same seed gave other weights in %zu Linears", NAME[m], diff);
+        CHECK(diff == 0, "CUDA %s: the same seed on 4 and 2 lanes gave other weights in %zu Linears", NAME[m], diff);
         printf("test_cutune: tune %s: RTN %.9g (f32 %.9g), final %.7g (f32 %.7g), best iter %d (f32 %d)\n", NAME[m],
                g.res.rtn_mse, f.res.rtn_mse, g.res.final_mse, f.res.final_mse, g.res.best_iter, f.res.best_iter);
     }

@@ -113,6 +113,8 @@ typedef struct fb_ar_opts {
     fb_ar_atomic_int *cancel;  // optional: polled every iteration; set: the tuning functions return
                             // -2 (err says so) with nothing replaced
     int gemm;               // fb_ar_gemm: the GEMMs' arithmetic, CUDA only (the CPU refuses all but f32)
+    int cuda_lanes;         // CUDA only: streams the experts' passes are spread over (0: 4; 1..32);
+                            // speed only, the results are the same for every number
 } fb_ar_opts;
 
 // GEMM arithmetic of the CUDA tuner (cuda/cutune.h). F32: cuBLAS f32 without tensor cores, the

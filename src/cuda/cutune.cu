@@ -1,6 +1,6 @@
 // cutune.cu: SignRound on a whole decoder block on the GPU (see cutune.h). The CPU code it
 // follows step for step is calib/autoround.c from "---- a whole decoder block" on (blk_forward,
-// blk_backward, moe_pass, lin_qdq, lin_step, signround); the names below are the same.
+// blk_backward, moe_pass (here moe_fwd / moe_bwd), lin_qdq, lin_step, signround); the names below are the same.
 //
 // Layout: row-major everywhere, as the CPU. A row-major product C[m,n] = op(A) op(B) is one
 // cublasSgemm on the column-major transposes (C^T = op(B)^T op(A)^T): see gemm() below.
@@ -323,11 +323,16 @@ __global__ void k_swiglu(const float *A, const float *B, float *Hh, size_t n) {
     }
 }
 
-// out[pos[j]] += re[j] * Y[j] (one expert's routing-weighted output), block per j.
-__global__ void k_combine(float *out, const int *pos, const float *re, const float *Y, int H) {
-    float *o = out + (size_t)pos[blockIdx.x] * H, r = re[blockIdx.x];
-    const float *y = Y + (size_t)blockIdx.x * H;
-    for (int k = threadIdx.x; k < H; k += blockDim.x) o[k] = __fadd_rn(o[k], __fmul_rn(r, y[k]));
+// out[t] = sum of re[j] Y[j] over the token's pairs j, experts ascending, from 0: the same
+// additions in the same order as one expert after another adding into a zeroed out. Block per token.
+__global__ void k_combine_tok(float *out, const int *tp, int K, const float *re, const float *Y, int H) {
+    const int *p = tp + (size_t)blockIdx.x * K;
+    float *o = out + (size_t)blockIdx.x * H;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < K && p[j] >= 0; j++) acc = __fadd_rn(acc, __fmul_rn(re[p[j]], Y[(size_t)p[j] * H + k]));
+        o[k] = acc;
+    }
 }
 
 // dY[j] = re[j] * grad[pos[j]] and dr[pos[j], e] = grad[pos[j]] . Y[j] (Y the expert's output).
@@ -353,10 +358,15 @@ __global__ void k_dswiglu(const float *A, float *Bm, float *Hh, const float *Y, 
     }
 }
 
-__global__ void k_scatter_add(float *dx, const int *pos, const float *src, int H) {
-    float *d = dx + (size_t)pos[blockIdx.x] * H;
-    const float *s = src + (size_t)blockIdx.x * H;
-    for (int k = threadIdx.x; k < H; k += blockDim.x) d[k] = __fadd_rn(d[k], s[k]);
+// dx[t] += D[j] over the token's pairs j, experts ascending (the scatter-adds' order).
+__global__ void k_scatter_tok(float *dx, const int *tp, int K, const float *D, int H) {
+    const int *p = tp + (size_t)blockIdx.x * K;
+    float *d = dx + (size_t)blockIdx.x * H;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) {
+        float acc = d[k];
+        for (int j = 0; j < K && p[j] >= 0; j++) acc = __fadd_rn(acc, D[(size_t)p[j] * H + k]);
+        d[k] = acc;
+    }
 }
 
 // mse's partial sums (f32 squares, f64 sum) per block; k_sum_final adds them in block order.
@@ -400,6 +410,20 @@ struct DLin {
     float *gsave = nullptr;  // host: gradient checks keep dLoss/dW here
 };
 
+// A lane: one stream with its own cuBLAS handle (own workspace) and its own expert scratch. The
+// experts' passes are spread over the lanes (the k-th expert with rows on lane k mod lanes; results
+// do not depend on the number); everything else runs on
+// the main lane (the legacy default stream, u.h). Lanes are non-blocking streams ordered against
+// the main one by events only.
+struct Lane {
+    cudaStream_t s = nullptr;
+    cublasHandle_t h = nullptr;
+    cudaEvent_t done = nullptr;
+    float *Hh = nullptr, *dY = nullptr, *T = nullptr, *gw = nullptr, *ewq[3] = {nullptr, nullptr, nullptr};
+};
+
+constexpr int LANES_DEFAULT = 4, LANES_MAX = 32;
+
 // events per iteration (tune_block): start, experts' forward start / end, backward start, experts'
 // backward end, end
 constexpr int NEV = 6;
@@ -412,6 +436,9 @@ struct Blk {
     float eps = 0, scale = 0;
     int softmax = 0;
     cublasHandle_t h = nullptr;
+    Lane main;  // {0, h}: the default stream
+    std::vector<Lane> lanes;
+    cudaEvent_t fork = nullptr;
     cublasComputeType_t ct = CUBLAS_COMPUTE_32F;  // CUBLAS_COMPUTE_32F: cublasSgemm (fb_ar_opts.gemm)
     // where an iteration's time goes (fb_cutune_info.sect_s): NEV events per iteration, recorded
     // on the stream at the section boundaries and read after the last iteration's sync, so the
@@ -431,18 +458,27 @@ struct Blk {
     float *xb, *tb, *xn1, *r1, *Q, *Kp, *V, *Qr, *Kr, *rq, *rk, *AO, *h1, *xn2, *r2, *lg, *out, *grad, *wt;
     int32_t *idx;
     float *dxn2, *dh1, *dAO, *dQ, *dK, *dV, *S, *dP, *dr, *dlg, *rscr;
-    float *gw, *ewq[3], *xe, *re, *A, *Bm, *Hh, *Y, *dY, *sbuf;
+    // the experts' rows of one batch, kept from the forward for the backward, at the (expert, token)
+    // pair's index (experts ascending, u.off): gathered inputs Xe, gate / up products A / Bm, and
+    // outputs Y (the backward's input gradients replace them)
+    float *gw, *Xe, *re, *A, *Bm, *Y, *sbuf;
     int8_t *qbuf;
-    int *pos;
+    int *pos, *tp;  // tp [cap, K]: each token's pair indices, experts ascending, -1 after its last
     double *part;
     std::vector<DLin> lin;
     // the routing of the last forward: experts' token lists (host), their device copy in pos/re
     std::vector<int32_t> hidx;
     std::vector<float> hwt, hre;
-    std::vector<int> hpos;
+    std::vector<int> hpos, htp;
     std::vector<size_t> off;
     ~Blk() {
         for (cudaEvent_t e : evs) cudaEventDestroy(e);
+        for (Lane &l : lanes) {
+            if (l.done) cudaEventDestroy(l.done);
+            if (l.h) cublasDestroy(l.h);
+            if (l.s) cudaStreamDestroy(l.s);
+        }
+        if (fork) cudaEventDestroy(fork);
         for (void *p : mem) cudaFree(p);
         if (h) cublasDestroy(h);
     }
@@ -497,7 +533,7 @@ template <typename T> int dalloc(Blk &u, T **p, size_t n, int part, const char *
 
 // Row-major GEMMs: c[m, n] = op(a) op(b) (+ beta c), as autoround.c's nt / nn / tn, optionally
 // batched (count > 1, element strides sa, sb, sc).
-int gemm(Blk &u, int ta, int tb_, const float *a, size_t lda, long long sa, const float *b, size_t ldb, long long sb,
+int gemm(Blk &u, const Lane &l, int ta, int tb_, const float *a, size_t lda, long long sa, const float *b, size_t ldb, long long sb,
          float *c, size_t ldc, long long sc, size_t m, size_t n, size_t k, float beta, int count) {
     if (!m || !n) return 0;
     const float one = 1.0f;
@@ -506,33 +542,33 @@ int gemm(Blk &u, int ta, int tb_, const float *a, size_t lda, long long sa, cons
     cublasOperation_t ob = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N, oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (u.ct != CUBLAS_COMPUTE_32F) {  // tensor cores (fb_ar_opts.gemm tf32), f32 in and out
         if (count == 1)
-            CB(cublasGemmEx(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, a, CUDA_R_32F, (int)lda,
+            CB(cublasGemmEx(l.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, a, CUDA_R_32F, (int)lda,
                             &beta, c, CUDA_R_32F, (int)ldc, u.ct, CUBLAS_GEMM_DEFAULT));
         else
-            CB(cublasGemmStridedBatchedEx(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, sb, a,
+            CB(cublasGemmStridedBatchedEx(l.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_32F, (int)ldb, sb, a,
                                           CUDA_R_32F, (int)lda, sa, &beta, c, CUDA_R_32F, (int)ldc, sc, count, u.ct,
                                           CUBLAS_GEMM_DEFAULT));
     } else if (count == 1)
-        CB(cublasSgemm(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, a, (int)lda, &beta, c, (int)ldc));
+        CB(cublasSgemm(l.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, a, (int)lda, &beta, c, (int)ldc));
     else
-        CB(cublasSgemmStridedBatched(u.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, sb, a, (int)lda, sa, &beta,
+        CB(cublasSgemmStridedBatched(l.h, ob, oa, (int)n, (int)m, (int)k, &one, b, (int)ldb, sb, a, (int)lda, sa, &beta,
                                      c, (int)ldc, sc, count));
     return 0;
 }
 // c[m, n] = a[m, k] b[n, k]^T
-int nt(Blk &u, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+int nt(Blk &u, const Lane &l, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
        size_t k, float beta) {
-    return gemm(u, 0, 1, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+    return gemm(u, l, 0, 1, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
 }
 // c[m, n] = a[m, k] b[k, n]
-int nn(Blk &u, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+int nn(Blk &u, const Lane &l, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
        size_t k, float beta) {
-    return gemm(u, 0, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+    return gemm(u, l, 0, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
 }
 // c[m, n] = a[k, m]^T b[k, n]
-int tn(Blk &u, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
+int tn(Blk &u, const Lane &l, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
        size_t k, float beta) {
-    return gemm(u, 1, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+    return gemm(u, l, 1, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
 }
 
 // The block's Linears in order: q, k, v, o, then each expert's gate, up, down.
@@ -662,7 +698,7 @@ int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target,
 // Every device buffer (u.dry: only their sizes). tuned[j]: Linear j gets V, snapshots, factors.
 int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
     size_t cap = u.cap, H = u.H, Dq = u.Dq, Dk = u.Dk, E = u.E, FF = u.FF, L = u.seq, K = u.K;
-    size_t HI = H > FF ? H : FF, nr = u.c->qk_norm == FB_QKN_PER_HEAD ? cap * u.nh : cap;
+    size_t nr = u.c->qk_norm == FB_QKN_PER_HEAD ? cap * u.nh : cap;
     size_t qnn = u.c->qk_norm == FB_QKN_ALL_HEADS ? Dq : u.hd, knn = u.c->qk_norm == FB_QKN_ALL_HEADS ? Dk : u.hd;
     TRY(dalloc(u, &u.x, u.N * H, P_INPUTS, "the block input x"));
     TRY(dalloc(u, &u.target, u.N * H, P_INPUTS, "the target"));
@@ -684,10 +720,18 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
     TRY(dalloc(u, &u.idx, cap * K, P_ACT, "one batch's routing"));
     TRY(dalloc(u, &u.pos, cap * K, P_ACT, "one batch's routing"));
     TRY(dalloc(u, &u.part, NB_RED + 1, P_ACT, "the loss reduction"));
-    // the experts' scratch: one expert's rows (at most every token of the batch)
-    struct { float **p; size_t n; } scr[] = {{&u.xe, cap * H}, {&u.A, cap * FF}, {&u.Bm, cap * FF}, {&u.Hh, cap * FF},
-                                             {&u.Y, cap * HI}, {&u.dY, cap * H}};
-    for (auto &a : scr) TRY(dalloc(u, a.p, a.n, P_SCRATCH, "the experts' scratch"));
+    // the experts' rows of the batch (every (token, expert) pair), kept from forward to backward
+    struct { float **p; size_t n; } kept[] = {{&u.Xe, cap * K * H}, {&u.A, cap * K * FF}, {&u.Bm, cap * K * FF},
+                                              {&u.Y, cap * K * H}};
+    for (auto &a : kept) TRY(dalloc(u, a.p, a.n, P_ACT, "the experts' rows of one batch"));
+    TRY(dalloc(u, &u.tp, cap * K, P_ACT, "one batch's routing"));
+    // each lane's scratch: one expert's rows (at most every token of the batch), its weights
+    size_t ew = u.lin.size() > 4 ? FF * H : 1;
+    for (Lane &l : u.lanes) {
+        struct { float **p; size_t n; } scr[] = {{&l.Hh, cap * FF}, {&l.dY, cap * H}, {&l.T, cap * FF}, {&l.gw, ew},
+                                                 {&l.ewq[0], ew}, {&l.ewq[1], ew}, {&l.ewq[2], ew}};
+        for (auto &a : scr) TRY(dalloc(u, a.p, a.n, P_SCRATCH, "the experts' scratch"));
+    }
     size_t maxw = 0, maxg = 0;
     for (size_t j = 0; j < u.lin.size(); j++) {
         DLin &a = u.lin[j];
@@ -708,7 +752,7 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
         for (int i = 0; i < 6; i++) TRY(dalloc(u, f[i], a.NG, P_WEIGHTS, what));
     }
     TRY(dalloc(u, &u.gw, maxw, P_SCRATCH, "the weight-gradient scratch"));
-    for (int i = 0; i < 3; i++) TRY(dalloc(u, &u.ewq[i], u.lin.size() > 4 ? u.FF * H : 1, P_SCRATCH, "an expert's weights"));
+    u.main.gw = u.gw;
     TRY(dalloc(u, &u.sbuf, need_q ? maxg : 1, P_SCRATCH, "the scales' scratch"));
     TRY(dalloc(u, &u.qbuf, need_q ? maxw : 1, P_SCRATCH, "the codes' scratch"));
     return 0;
@@ -746,6 +790,15 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
     TRY(blk_alloc(u, tuned, need_q));
     CB(cublasCreate(&u.h));
     CB(cublasSetMathMode(u.h, CUBLAS_DEFAULT_MATH));  // no TF32: the CPU path is the truth
+    u.main.h = u.h;
+    CK(cudaEventCreateWithFlags(&u.fork, cudaEventDisableTiming));
+    for (Lane &l : u.lanes) {
+        CK(cudaStreamCreateWithFlags(&l.s, cudaStreamNonBlocking));
+        CB(cublasCreate(&l.h));
+        CB(cublasSetMathMode(l.h, CUBLAS_DEFAULT_MATH));
+        CB(cublasSetStream(l.h, l.s));
+        CK(cudaEventCreateWithFlags(&l.done, cudaEventDisableTiming));
+    }
     const fb_ar_block *b = u.b;
     const fb_model_config *c = u.c;
     size_t H = u.H, fl = sizeof(float);
@@ -783,79 +836,119 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
 }
 
 // An expert Linear's fake-quantized weight for this forward / backward (tuned: recomputed into
-// the scratch slot from its current parameters; fixed: its FP weight).
-int expert_wq(Blk &u, DLin &a, int slot, const float **w) {
+// the lane's scratch slot from its current parameters; fixed: its FP weight).
+int expert_wq(Blk &u, const Lane &l, DLin &a, int slot, const float **w) {
     if (a.fixed) {
         *w = a.w0;
         return 0;
     }
-    k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, u.ewq[slot], nullptr, nullptr);
+    k_qdq<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, l.ewq[slot], nullptr, nullptr);
     KC();
-    *w = u.ewq[slot];
+    *w = l.ewq[slot];
     return 0;
 }
 
-// lin_apply: keep the gradient (checks), the SignSGD step (tuned), or nothing (fixed).
-int lin_apply(Blk &u, DLin &a, float lr, float mlr, int minmax) {
-    if (a.gsave) CK(cudaMemcpy(a.gsave, u.gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
-    else if (!a.fixed) {
-        k_step<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, u.gw, lr, mlr, minmax);
+// lin_apply: keep the gradient in l.gw (checks), the SignSGD step (tuned), or nothing (fixed).
+int lin_apply(Blk &u, const Lane &l, DLin &a, float lr, float mlr, int minmax) {
+    if (a.gsave) {
+        CK(cudaStreamSynchronize(l.s));
+        CK(cudaMemcpy(a.gsave, l.gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
+    } else if (!a.fixed) {
+        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, l.gw, lr, mlr, minmax);
         KC();
     }
     return 0;
 }
 inline int wants_grad(const DLin &a) { return a.gsave || !a.fixed; }
 
-// moe_pass over the batch's n rows (xn2): forward into out (grad NULL), or the backward of
-// dLoss/dout = grad (steps each expert Linear, fills dr and adds dLoss/dxn2 into dxn2).
-int moe_pass(Blk &u, size_t n, float *out, const float *grad, float lr, float mlr, int minmax) {
-    size_t H = u.H, FF = u.FF, E = u.E;
-    if (!grad) CK(cudaMemsetAsync(out, 0, n * H * sizeof(float)));
+// The lanes start after the main stream's work so far; lanes_join: the main stream waits for them.
+int lanes_fork(Blk &u) {
+    CK(cudaEventRecord(u.fork, 0));
+    for (Lane &l : u.lanes) CK(cudaStreamWaitEvent(l.s, u.fork, 0));
+    return 0;
+}
+int lanes_join(Blk &u) {
+    for (Lane &l : u.lanes) {
+        CK(cudaEventRecord(l.done, l.s));
+        CK(cudaStreamWaitEvent(0, l.done, 0));
+    }
+    return 0;
+}
+
+// moe_fwd over the batch's n rows (xn2) into out: each expert on its lane keeps its gathered
+// rows, gate / up products and output at its pairs' rows of Xe / A / Bm / Y; then one ordered
+// combine.
+int moe_fwd(Blk &u, size_t n, float *out) {
+    size_t H = u.H, FF = u.FF, E = u.E, nl = u.lanes.size(), k = 0;
+    TRY(lanes_fork(u));
     for (size_t e = 0; e < E; e++) {
-        size_t m = u.off[e + 1] - u.off[e];
+        size_t m = u.off[e + 1] - u.off[e], o = u.off[e];
         if (!m) continue;
+        const Lane &l = u.lanes[k++ % nl];
         DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
         const float *Wg, *Wu, *Wd;
-        TRY(expert_wq(u, g, 0, &Wg));
-        TRY(expert_wq(u, up, 1, &Wu));
-        TRY(expert_wq(u, d, 2, &Wd));
-        const int *pos = u.pos + u.off[e];
-        const float *re = u.re + u.off[e];
-        k_gather<<<(unsigned)m, 256>>>(u.xn2, pos, (int)H, u.xe);
+        TRY(expert_wq(u, l, g, 0, &Wg));
+        TRY(expert_wq(u, l, up, 1, &Wu));
+        TRY(expert_wq(u, l, d, 2, &Wd));
+        float *xe = u.Xe + o * H, *A = u.A + o * FF, *Bm = u.Bm + o * FF;
+        k_gather<<<(unsigned)m, 256, 0, l.s>>>(u.xn2, u.pos + o, (int)H, xe);
         KC();
-        TRY(nt(u, u.xe, H, Wg, H, u.A, FF, m, FF, H, 0.0f));
-        TRY(nt(u, u.xe, H, Wu, H, u.Bm, FF, m, FF, H, 0.0f));
-        k_swiglu<<<ew_grid(m * FF), 256>>>(u.A, u.Bm, u.Hh, m * FF);
+        TRY(nt(u, l, xe, H, Wg, H, A, FF, m, FF, H, 0.0f));
+        TRY(nt(u, l, xe, H, Wu, H, Bm, FF, m, FF, H, 0.0f));
+        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, m * FF);
         KC();
-        TRY(nt(u, u.Hh, FF, Wd, FF, u.Y, H, m, H, FF, 0.0f));  // the expert's output
-        if (!grad) {
-            k_combine<<<(unsigned)m, 256>>>(out, pos, re, u.Y, (int)H);
-            KC();
-            continue;
-        }
-        k_dy_dr<<<(unsigned)m, 256>>>(grad, pos, re, u.Y, (int)H, (int)E, (int)e, u.dY, u.dr);
+        TRY(nt(u, l, l.Hh, FF, Wd, FF, u.Y + o * H, H, m, H, FF, 0.0f));  // the expert's output
+    }
+    TRY(lanes_join(u));
+    k_combine_tok<<<(unsigned)n, 256>>>(out, u.tp, (int)u.K, u.re, u.Y, (int)H);
+    KC();
+    return 0;
+}
+
+// moe_bwd: dLoss/dout = grad to each expert Linear (stepped), dLoss/droute into dr, and
+// dLoss/dxn2 added into dxn2 (an ordered scatter after the lanes). Uses what moe_fwd kept (the
+// experts' fake-quantized weights are recomputed: their parameters have not changed since).
+int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax) {
+    size_t H = u.H, FF = u.FF, E = u.E, nl = u.lanes.size(), k = 0;
+    TRY(lanes_fork(u));
+    for (size_t e = 0; e < E; e++) {
+        size_t m = u.off[e + 1] - u.off[e], o = u.off[e];
+        if (!m) continue;
+        const Lane &l = u.lanes[k++ % nl];
+        DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
+        const float *Wg, *Wu, *Wd;
+        TRY(expert_wq(u, l, g, 0, &Wg));
+        TRY(expert_wq(u, l, up, 1, &Wu));
+        TRY(expert_wq(u, l, d, 2, &Wd));
+        const int *pos = u.pos + o;
+        const float *re = u.re + o, *xe = u.Xe + o * H, *A = u.A + o * FF;
+        float *Bm = u.Bm + o * FF, *Y = u.Y + o * H;
+        k_dy_dr<<<(unsigned)m, 256, 0, l.s>>>(grad, pos, re, Y, (int)H, (int)E, (int)e, l.dY, u.dr);
+        KC();
+        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, m * FF);
         KC();
         if (wants_grad(d)) {  // dWd = dY^T Hh
-            TRY(tn(u, u.dY, H, u.Hh, FF, u.gw, FF, H, FF, m, 0.0f));
-            TRY(lin_apply(u, d, lr, mlr, minmax));  // Wd (the scratch) keeps this iteration's weights
+            TRY(tn(u, l, l.dY, H, l.Hh, FF, l.gw, FF, H, FF, m, 0.0f));
+            TRY(lin_apply(u, l, d, lr, mlr, minmax));  // Wd (the scratch) keeps this iteration's weights
         }
-        TRY(nn(u, u.dY, H, Wd, FF, u.Y, FF, m, FF, H, 0.0f));  // dHh = dY Wd
-        k_dswiglu<<<ew_grid(m * FF), 256>>>(u.A, u.Bm, u.Hh, u.Y, m * FF);
+        TRY(nn(u, l, l.dY, H, Wd, FF, l.T, FF, m, FF, H, 0.0f));  // dHh = dY Wd
+        k_dswiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, l.T, m * FF);
         KC();
         if (wants_grad(g)) {
-            TRY(tn(u, u.Hh, FF, u.xe, H, u.gw, H, FF, H, m, 0.0f));
-            TRY(lin_apply(u, g, lr, mlr, minmax));
+            TRY(tn(u, l, l.Hh, FF, xe, H, l.gw, H, FF, H, m, 0.0f));
+            TRY(lin_apply(u, l, g, lr, mlr, minmax));
         }
         if (wants_grad(up)) {
-            TRY(tn(u, u.Bm, FF, u.xe, H, u.gw, H, FF, H, m, 0.0f));
-            TRY(lin_apply(u, up, lr, mlr, minmax));
+            TRY(tn(u, l, Bm, FF, xe, H, l.gw, H, FF, H, m, 0.0f));
+            TRY(lin_apply(u, l, up, lr, mlr, minmax));
         }
-        // dx = dA Wg + dB Wu (xe is free now)
-        TRY(nn(u, u.Hh, FF, Wg, H, u.xe, H, m, H, FF, 0.0f));
-        TRY(nn(u, u.Bm, FF, Wu, H, u.xe, H, m, H, FF, 1.0f));
-        k_scatter_add<<<(unsigned)m, 256>>>(u.dxn2, pos, u.xe, (int)H);
-        KC();
+        // dx = dA Wg + dB Wu, into the expert's rows of Y (read above by k_dy_dr, on this lane)
+        TRY(nn(u, l, l.Hh, FF, Wg, H, Y, H, m, H, FF, 0.0f));
+        TRY(nn(u, l, Bm, FF, Wu, H, Y, H, m, H, FF, 1.0f));
     }
+    TRY(lanes_join(u));
+    k_scatter_tok<<<(unsigned)n, 256>>>(u.dxn2, u.tp, (int)u.K, u.Y, (int)H);
+    KC();
     return 0;
 }
 
@@ -865,9 +958,9 @@ int blk_forward(Blk &u, size_t n) {
     size_t H = u.H, Dq = u.Dq, Dk = u.Dk, hd = u.hd, E = u.E, K = u.K, L = u.seq;
     k_rms_fwd<<<(unsigned)n, 256>>>(u.xcur, u.ln1, u.eps, (int)H, u.xn1, u.r1);
     KC();
-    TRY(nt(u, u.xn1, H, u.lin[0].wq, H, u.Q, Dq, n, Dq, H, 0.0f));
-    TRY(nt(u, u.xn1, H, u.lin[1].wq, H, u.Kp, Dk, n, Dk, H, 0.0f));
-    TRY(nt(u, u.xn1, H, u.lin[2].wq, H, u.V, Dk, n, Dk, H, 0.0f));
+    TRY(nt(u, u.main, u.xn1, H, u.lin[0].wq, H, u.Q, Dq, n, Dq, H, 0.0f));
+    TRY(nt(u, u.main, u.xn1, H, u.lin[1].wq, H, u.Kp, Dk, n, Dk, H, 0.0f));
+    TRY(nt(u, u.main, u.xn1, H, u.lin[2].wq, H, u.V, Dk, n, Dk, H, 0.0f));
     if (c->qk_norm == FB_QKN_ALL_HEADS) {
         k_rms_fwd<<<(unsigned)n, 256>>>(u.Q, u.qn, u.eps, (int)Dq, u.Qr, u.rq);
         KC();
@@ -893,23 +986,23 @@ int blk_forward(Blk &u, size_t n) {
     for (size_t s = 0; s < n / L; s++)
         for (size_t g = 0; g < u.nkv; g++) {
             size_t r0 = s * L, h0 = g * u.grp;
-            TRY(gemm(u, 0, 1, u.Qr + r0 * Dq + h0 * hd, Dq, (long long)hd, u.Kr + r0 * Dk + g * hd, Dk, 0, u.S, L,
+            TRY(gemm(u, u.main, 0, 1, u.Qr + r0 * Dq + h0 * hd, Dq, (long long)hd, u.Kr + r0 * Dk + g * hd, Dk, 0, u.S, L,
                      (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
             k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
             KC();
-            TRY(gemm(u, 0, 0, u.S, L, (long long)(L * L), u.V + r0 * Dk + g * hd, Dk, 0, u.AO + r0 * Dq + h0 * hd, Dq,
+            TRY(gemm(u, u.main, 0, 0, u.S, L, (long long)(L * L), u.V + r0 * Dk + g * hd, Dk, 0, u.AO + r0 * Dq + h0 * hd, Dq,
                      (long long)hd, L, hd, L, 0.0f, (int)u.grp));
         }
-    TRY(nt(u, u.AO, Dq, u.lin[3].wq, Dq, u.h1, H, n, H, Dq, 0.0f));
+    TRY(nt(u, u.main, u.AO, Dq, u.lin[3].wq, Dq, u.h1, H, n, H, Dq, 0.0f));
     k_add<<<ew_grid(n * H), 256>>>(u.xcur, u.h1, u.h1, n * H);
     KC();
     k_rms_fwd<<<(unsigned)n, 256>>>(u.h1, u.ln2, u.eps, (int)H, u.xn2, u.r2);
     KC();
-    TRY(nt(u, u.xn2, H, u.router, H, u.lg, E, n, E, H, 0.0f));
+    TRY(nt(u, u.main, u.xn2, H, u.router, H, u.lg, E, n, E, H, 0.0f));
     k_route<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.b->router_bias ? u.rbias : nullptr, (int)n, (int)E, (int)K,
                                                   u.softmax, u.c->norm_topk_prob, u.idx, u.wt, u.rscr);
     KC();
-    // each expert's tokens (ascending), as moe_pass gathers them (a weight of exactly 0 skipped)
+    // each expert's tokens (ascending), as moe_fwd gathers them (a weight of exactly 0 skipped)
     u.hidx.resize(n * K);
     u.hwt.resize(n * K);
     CK(cudaMemcpy(u.hidx.data(), u.idx, n * K * sizeof(int32_t), cudaMemcpyDeviceToHost));
@@ -929,14 +1022,22 @@ int blk_forward(Blk &u, size_t n) {
             u.hpos[at] = (int)t;
             u.hre[at] = u.hwt[i];
         }
+    // each token's pairs, experts ascending (the order of the combine and of the scatter)
+    u.htp.assign(n * K, -1);
+    std::vector<unsigned char> cnt(n, 0);
+    for (size_t j = 0; j < u.off[E]; j++) {
+        size_t t = (size_t)u.hpos[j];
+        u.htp[t * K + cnt[t]++] = (int)j;
+    }
     size_t tot = u.off[E];
     if (tot) {
         CK(cudaMemcpy(u.pos, u.hpos.data(), tot * sizeof(int), cudaMemcpyHostToDevice));
         CK(cudaMemcpy(u.re, u.hre.data(), tot * sizeof(float), cudaMemcpyHostToDevice));
     }
+    CK(cudaMemcpy(u.tp, u.htp.data(), n * K * sizeof(int), cudaMemcpyHostToDevice));
     if (u.ev) CK(cudaEventRecord(u.ev[1]));
     double th = fb_now();
-    TRY(moe_pass(u, n, u.out, nullptr, 0, 0, 0));
+    TRY(moe_fwd(u, n, u.out));
     if (u.ev) {
         u.moe_issue[0] += fb_now() - th;
         CK(cudaEventRecord(u.ev[2]));
@@ -953,7 +1054,7 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     CK(cudaMemsetAsync(u.dxn2, 0, n * H * sizeof(float)));
     CK(cudaMemsetAsync(u.dr, 0, n * E * sizeof(float)));
     double th = fb_now();
-    TRY(moe_pass(u, n, nullptr, u.grad, lr, mlr, minmax));
+    TRY(moe_bwd(u, n, u.grad, lr, mlr, minmax));
     if (u.ev) {
         u.moe_issue[1] += fb_now() - th;
         CK(cudaEventRecord(u.ev[4]));
@@ -961,16 +1062,16 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     k_router_bwd<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.idx, u.dr, (int)n, (int)E, (int)K, u.softmax,
                                                        u.c->norm_topk_prob, u.rscr, u.dlg);
     KC();
-    TRY(nn(u, u.dlg, E, u.router, H, u.dxn2, H, n, H, E, 1.0f));
+    TRY(nn(u, u.main, u.dlg, E, u.router, H, u.dxn2, H, n, H, E, 1.0f));
     CK(cudaMemcpyAsync(u.dh1, u.grad, n * H * sizeof(float), cudaMemcpyDeviceToDevice));
     k_rms_bwd<<<(unsigned)n, 256>>>(u.h1, u.ln2, u.r2, u.dxn2, (int)H, u.dh1, 1);
     KC();
     DLin &lo = u.lin[3];
     if (wants_grad(lo)) {
-        TRY(tn(u, u.dh1, H, u.AO, Dq, u.gw, Dq, H, Dq, n, 0.0f));
-        TRY(lin_apply(u, lo, lr, mlr, minmax));
+        TRY(tn(u, u.main, u.dh1, H, u.AO, Dq, u.gw, Dq, H, Dq, n, 0.0f));
+        TRY(lin_apply(u, u.main, lo, lr, mlr, minmax));
     }
-    TRY(nn(u, u.dh1, H, lo.wq, Dq, u.dAO, Dq, n, Dq, H, 0.0f));
+    TRY(nn(u, u.main, u.dh1, H, lo.wq, Dq, u.dAO, Dq, n, Dq, H, 0.0f));
     CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
     CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
     for (size_t s = 0; s < n / L; s++)
@@ -978,18 +1079,18 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
             size_t r0 = s * L, h0 = g * u.grp;
             const float *Qg = u.Qr + r0 * Dq + h0 * hd, *Kg = u.Kr + r0 * Dk + g * hd, *Vg = u.V + r0 * Dk + g * hd;
             const float *dO = u.dAO + r0 * Dq + h0 * hd;
-            TRY(gemm(u, 0, 1, Qg, Dq, (long long)hd, Kg, Dk, 0, u.S, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
+            TRY(gemm(u, u.main, 0, 1, Qg, Dq, (long long)hd, Kg, Dk, 0, u.S, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
             k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
             KC();
-            TRY(gemm(u, 0, 1, dO, Dq, (long long)hd, Vg, Dk, 0, u.dP, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
+            TRY(gemm(u, u.main, 0, 1, dO, Dq, (long long)hd, Vg, Dk, 0, u.dP, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
             for (size_t i = 0; i < u.grp; i++)
-                TRY(tn(u, u.S + i * L * L, L, dO + i * hd, Dq, u.dV + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
+                TRY(tn(u, u.main, u.S + i * L * L, L, dO + i * hd, Dq, u.dV + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
             k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, u.dP, (int)L, u.scale);
             KC();
-            TRY(gemm(u, 0, 0, u.dP, L, (long long)(L * L), Kg, Dk, 0, u.dQ + r0 * Dq + h0 * hd, Dq, (long long)hd, L, hd,
+            TRY(gemm(u, u.main, 0, 0, u.dP, L, (long long)(L * L), Kg, Dk, 0, u.dQ + r0 * Dq + h0 * hd, Dq, (long long)hd, L, hd,
                      L, 0.0f, (int)u.grp));
             for (size_t i = 0; i < u.grp; i++)
-                TRY(tn(u, u.dP + i * L * L, L, Qg + i * hd, Dq, u.dK + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
+                TRY(tn(u, u.main, u.dP + i * L * L, L, Qg + i * hd, Dq, u.dK + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
         }
     int half = c->rotary_dim / 2;
     if (half) {
@@ -1014,8 +1115,8 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     for (int j = 0; j < 3; j++) {
         DLin &a = u.lin[j];
         if (!wants_grad(a)) continue;
-        TRY(tn(u, dY[j], R[j], u.xn1, H, u.gw, H, R[j], H, n, 0.0f));
-        TRY(lin_apply(u, a, lr, mlr, minmax));
+        TRY(tn(u, u.main, dY[j], R[j], u.xn1, H, u.gw, H, R[j], H, n, 0.0f));
+        TRY(lin_apply(u, u.main, a, lr, mlr, minmax));
     }
     return 0;
 }
@@ -1088,8 +1189,11 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     if (bs > nsamples) bs = nsamples;
     TRY(blk_check(u, b, x, target, nsamples, seq, bs));
     double tc = fb_now();
+    if (o->cuda_lanes < 0 || o->cuda_lanes > LANES_MAX)
+        return fb_fail(u.err, "AutoRound on CUDA: %d lanes (1..%d, 0: %d)", o->cuda_lanes, LANES_MAX, LANES_DEFAULT);
     std::vector<int> tuned;
     lin_setup(u, b, tuned, 0);
+    u.lanes.resize(o->cuda_lanes ? (size_t)o->cuda_lanes : LANES_DEFAULT);
     TRY(blk_setup(u, x, target, tuned, 1));
     size_t H = u.H, n = bs * seq;
     float lr = o->lr > 0 ? o->lr : 1.0f / (float)o->iters, mlr = o->minmax_lr > 0 ? o->minmax_lr : lr;
@@ -1219,6 +1323,7 @@ int block_grad(Blk &u, const float *x, const float *target, size_t nsamples, siz
     std::vector<int> tuned;
     lin_setup(u, (fb_ar_block *)b, tuned, 1);
     for (size_t j = 0; j < u.lin.size(); j++) u.lin[j].gsave = grads ? grads[j] : nullptr;
+    u.lanes.resize(LANES_DEFAULT);
     TRY(blk_setup(u, x, target, tuned, 0));
     size_t n = u.N, H = u.H;
     u.xcur = u.x;
@@ -1280,6 +1385,7 @@ extern "C" size_t fb_cuda_autoround_block_bytes(const fb_model_config *cfg, size
         a.fixed = !tuned[j];
     }
     u.dry = 1;
+    u.lanes.resize(LANES_DEFAULT);
     if (blk_alloc(u, tuned, 1)) return 0;
     return u.bytes;
 }
