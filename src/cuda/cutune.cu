@@ -93,28 +93,10 @@ __global__ void k_qdq(const float *w0, const float *v, const float *lo, const fl
     if (q) q[i] = (int8_t)c;
 }
 
-// lin_step: one block of G threads per group; the scale-gradient sums in the CPU's order (one
-// thread, k ascending), so that the fp16 roundings see the same partial sums given equal gw.
-__global__ void k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx,
-                       const float *gw, float lr, float mlr, int minmax) {
-    __shared__ float sq[G], sd[G];
-    __shared__ unsigned char sin_[G];
-    size_t gi = blockIdx.x;
-    int k = threadIdx.x;
-    size_t i = gi * G + k;
-    float sv, s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], &sv);
-    float w = w0[i], g = gw[i];
-    float t = rintf(w / s + v[i]);
-    int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
-    float c = clampq(t);
-    float gvk = in ? __fmul_rn(g, s) : 0.0f;
-    sq[k] = __fmul_rn(g, c);
-    sd[k] = in ? __fmul_rn(gvk, (-(w / s)) / s) : 0.0f;
-    sin_[k] = (unsigned char)in;
-    v[i] = __fsub_rn(v[i], __fmul_rn(lr, sgn(gvk)));
-    if (!minmax) return;
-    __syncthreads();
-    if (k) return;
+// lin_step's min/max factor step of group gi (one thread), then the factors clamped to [0, 1]
+// (the next iteration's sr_qdq clamp, done here once).
+__device__ void step_minmax(size_t gi, const float *sq, const float *sd, const unsigned char *sin_, float sv,
+                            const float *lo, const float *hi, float *mn, float *mx, float mlr) {
     float gq = 0, gd = 0;
     for (int j = 0; j < G; j++) {
         gq = __fadd_rn(gq, sq[j]);
@@ -129,6 +111,39 @@ __global__ void k_step(const float *w0, float *v, const float *lo, const float *
     float gA = A > B ? gm : A == B ? gm / 2 : 0.0f, gB = B > A ? gm : A == B ? gm / 2 : 0.0f;
     mn[gi] = __fsub_rn(mn[gi], __fmul_rn(mlr, sgn(-lo[gi] * gA)));
     mx[gi] = __fsub_rn(mx[gi], __fmul_rn(mlr, sgn(hi[gi] * gB)));
+    mn[gi] = fminf(fmaxf(mn[gi], 0.0f), 1.0f);
+    mx[gi] = fminf(fmaxf(mx[gi], 0.0f), 1.0f);
+}
+
+// lin_step: one block of G threads per group; the scale-gradient sums in the CPU's order (one
+// thread, k ascending), so that the fp16 roundings see the same partial sums given equal gw.
+// Then the next iteration's start for this group (sr_qdq: the factors clamped, the weight
+// fake-quantized into wq), so that wq always holds the current parameters' weight.
+__global__ void k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx,
+                       const float *gw, float lr, float mlr, int minmax, float *wq) {
+    __shared__ float sq[G], sd[G];
+    __shared__ unsigned char sin_[G];
+    size_t gi = blockIdx.x;
+    int k = threadIdx.x;
+    size_t i = gi * G + k;
+    float sv, s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], &sv);
+    float w = w0[i], g = gw[i];
+    float t = rintf(w / s + v[i]);
+    int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
+    float c = clampq(t);
+    float gvk = in ? __fmul_rn(g, s) : 0.0f;
+    sq[k] = __fmul_rn(g, c);
+    sd[k] = in ? __fmul_rn(gvk, (-(w / s)) / s) : 0.0f;
+    sin_[k] = (unsigned char)in;
+    float vn = __fsub_rn(v[i], __fmul_rn(lr, sgn(gvk)));
+    v[i] = vn;
+    if (minmax) {
+        __syncthreads();
+        if (k == 0) step_minmax(gi, sq, sd, sin_, sv, lo, hi, mn, mx, mlr);
+        __syncthreads();
+    }
+    float s2 = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], NULL);
+    wq[i] = s2 * clampq(rintf(w / s2 + vn));
 }
 
 // ---- kernels: the block's forward and backward -----------------------------------------------
@@ -419,7 +434,7 @@ struct Lane {
     cudaStream_t s = nullptr;
     cublasHandle_t h = nullptr;
     cudaEvent_t done = nullptr;
-    float *Hh = nullptr, *dY = nullptr, *T = nullptr, *gw = nullptr, *ewq[3] = {nullptr, nullptr, nullptr};
+    float *Hh = nullptr, *dY = nullptr, *T = nullptr, *gw = nullptr;
 };
 
 constexpr int LANES_DEFAULT = 4, LANES_MAX = 32;
@@ -728,8 +743,7 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
     // each lane's scratch: one expert's rows (at most every token of the batch), its weights
     size_t ew = u.lin.size() > 4 ? FF * H : 1;
     for (Lane &l : u.lanes) {
-        struct { float **p; size_t n; } scr[] = {{&l.Hh, cap * FF}, {&l.dY, cap * H}, {&l.T, cap * FF}, {&l.gw, ew},
-                                                 {&l.ewq[0], ew}, {&l.ewq[1], ew}, {&l.ewq[2], ew}};
+        struct { float **p; size_t n; } scr[] = {{&l.Hh, cap * FF}, {&l.dY, cap * H}, {&l.T, cap * FF}, {&l.gw, ew}};
         for (auto &a : scr) TRY(dalloc(u, a.p, a.n, P_SCRATCH, "the experts' scratch"));
     }
     size_t maxw = 0, maxg = 0;
@@ -745,7 +759,7 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
             a.wq = a.w0;
             continue;
         }
-        if (!a.expert) TRY(dalloc(u, &a.wq, n, P_WEIGHTS, what));
+        TRY(dalloc(u, &a.wq, n, P_WEIGHTS, what));
         TRY(dalloc(u, &a.v, n, P_WEIGHTS, what));
         TRY(dalloc(u, &a.bv, n, P_WEIGHTS, what));
         float **f[6] = {&a.mn, &a.mx, &a.bmn, &a.bmx, &a.lo, &a.hi};
@@ -835,26 +849,15 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
     return 0;
 }
 
-// An expert Linear's fake-quantized weight for this forward / backward (tuned: recomputed into
-// the lane's scratch slot from its current parameters; fixed: its FP weight).
-int expert_wq(Blk &u, const Lane &l, DLin &a, int slot, const float **w) {
-    if (a.fixed) {
-        *w = a.w0;
-        return 0;
-    }
-    k_qdq<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, l.ewq[slot], nullptr, nullptr);
-    KC();
-    *w = l.ewq[slot];
-    return 0;
-}
-
-// lin_apply: keep the gradient in l.gw (checks), the SignSGD step (tuned), or nothing (fixed).
+// lin_apply: keep the gradient in l.gw (checks), the SignSGD step (tuned; it also refreshes a.wq,
+// so every use of this iteration's weight must be issued before it, on the same stream), or
+// nothing (fixed).
 int lin_apply(Blk &u, const Lane &l, DLin &a, float lr, float mlr, int minmax) {
     if (a.gsave) {
         CK(cudaStreamSynchronize(l.s));
         CK(cudaMemcpy(a.gsave, l.gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
     } else if (!a.fixed) {
-        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, l.gw, lr, mlr, minmax);
+        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, l.gw, lr, mlr, minmax, a.wq);
         KC();
     }
     return 0;
@@ -875,7 +878,8 @@ int lanes_join(Blk &u) {
     return 0;
 }
 
-// moe_fwd over the batch's n rows (xn2) into out: each expert on its lane keeps its gathered
+// moe_fwd over the batch's n rows (xn2) into out, with the experts' current weights (wq): each
+// expert on its lane keeps its gathered
 // rows, gate / up products and output at its pairs' rows of Xe / A / Bm / Y; then one ordered
 // combine.
 int moe_fwd(Blk &u, size_t n, float *out) {
@@ -886,10 +890,7 @@ int moe_fwd(Blk &u, size_t n, float *out) {
         if (!m) continue;
         const Lane &l = u.lanes[k++ % nl];
         DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
-        const float *Wg, *Wu, *Wd;
-        TRY(expert_wq(u, l, g, 0, &Wg));
-        TRY(expert_wq(u, l, up, 1, &Wu));
-        TRY(expert_wq(u, l, d, 2, &Wd));
+        const float *Wg = g.wq, *Wu = up.wq, *Wd = d.wq;
         float *xe = u.Xe + o * H, *A = u.A + o * FF, *Bm = u.Bm + o * FF;
         k_gather<<<(unsigned)m, 256, 0, l.s>>>(u.xn2, u.pos + o, (int)H, xe);
         KC();
@@ -906,8 +907,7 @@ int moe_fwd(Blk &u, size_t n, float *out) {
 }
 
 // moe_bwd: dLoss/dout = grad to each expert Linear (stepped), dLoss/droute into dr, and
-// dLoss/dxn2 added into dxn2 (an ordered scatter after the lanes). Uses what moe_fwd kept (the
-// experts' fake-quantized weights are recomputed: their parameters have not changed since).
+// dLoss/dxn2 added into dxn2 (an ordered scatter after the lanes). Uses what moe_fwd kept.
 int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax) {
     size_t H = u.H, FF = u.FF, E = u.E, nl = u.lanes.size(), k = 0;
     TRY(lanes_fork(u));
@@ -916,10 +916,7 @@ int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax
         if (!m) continue;
         const Lane &l = u.lanes[k++ % nl];
         DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
-        const float *Wg, *Wu, *Wd;
-        TRY(expert_wq(u, l, g, 0, &Wg));
-        TRY(expert_wq(u, l, up, 1, &Wu));
-        TRY(expert_wq(u, l, d, 2, &Wd));
+        const float *Wg = g.wq, *Wu = up.wq, *Wd = d.wq;  // this iteration's, until each one's step
         const int *pos = u.pos + o;
         const float *re = u.re + o, *xe = u.Xe + o * H, *A = u.A + o * FF;
         float *Bm = u.Bm + o * FF, *Y = u.Y + o * H;
@@ -927,13 +924,14 @@ int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax
         KC();
         k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, m * FF);
         KC();
-        if (wants_grad(d)) {  // dWd = dY^T Hh
-            TRY(tn(u, l, l.dY, H, l.Hh, FF, l.gw, FF, H, FF, m, 0.0f));
-            TRY(lin_apply(u, l, d, lr, mlr, minmax));  // Wd (the scratch) keeps this iteration's weights
-        }
-        TRY(nn(u, l, l.dY, H, Wd, FF, l.T, FF, m, FF, H, 0.0f));  // dHh = dY Wd
+        if (wants_grad(d)) TRY(tn(u, l, l.dY, H, l.Hh, FF, l.gw, FF, H, FF, m, 0.0f));  // dWd = dY^T Hh
+        TRY(nn(u, l, l.dY, H, Wd, FF, l.T, FF, m, FF, H, 0.0f));                      // dHh = dY Wd
+        if (wants_grad(d)) TRY(lin_apply(u, l, d, lr, mlr, minmax));
         k_dswiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, l.T, m * FF);
         KC();
+        // dx = dA Wg + dB Wu, into the expert's rows of Y (read above by k_dy_dr, on this lane)
+        TRY(nn(u, l, l.Hh, FF, Wg, H, Y, H, m, H, FF, 0.0f));
+        TRY(nn(u, l, Bm, FF, Wu, H, Y, H, m, H, FF, 1.0f));
         if (wants_grad(g)) {
             TRY(tn(u, l, l.Hh, FF, xe, H, l.gw, H, FF, H, m, 0.0f));
             TRY(lin_apply(u, l, g, lr, mlr, minmax));
@@ -942,9 +940,6 @@ int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax
             TRY(tn(u, l, Bm, FF, xe, H, l.gw, H, FF, H, m, 0.0f));
             TRY(lin_apply(u, l, up, lr, mlr, minmax));
         }
-        // dx = dA Wg + dB Wu, into the expert's rows of Y (read above by k_dy_dr, on this lane)
-        TRY(nn(u, l, l.Hh, FF, Wg, H, Y, H, m, H, FF, 0.0f));
-        TRY(nn(u, l, Bm, FF, Wu, H, Y, H, m, H, FF, 1.0f));
     }
     TRY(lanes_join(u));
     k_scatter_tok<<<(unsigned)n, 256>>>(u.dxn2, u.tp, (int)u.K, u.Y, (int)H);
@@ -1067,11 +1062,9 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     k_rms_bwd<<<(unsigned)n, 256>>>(u.h1, u.ln2, u.r2, u.dxn2, (int)H, u.dh1, 1);
     KC();
     DLin &lo = u.lin[3];
-    if (wants_grad(lo)) {
-        TRY(tn(u, u.main, u.dh1, H, u.AO, Dq, u.gw, Dq, H, Dq, n, 0.0f));
-        TRY(lin_apply(u, u.main, lo, lr, mlr, minmax));
-    }
+    if (wants_grad(lo)) TRY(tn(u, u.main, u.dh1, H, u.AO, Dq, u.gw, Dq, H, Dq, n, 0.0f));
     TRY(nn(u, u.main, u.dh1, H, lo.wq, Dq, u.dAO, Dq, n, Dq, H, 0.0f));
+    if (wants_grad(lo)) TRY(lin_apply(u, u.main, lo, lr, mlr, minmax));  // after the last use of lo.wq
     CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
     CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
     for (size_t s = 0; s < n / L; s++)
@@ -1148,17 +1141,16 @@ int blk_full(Blk &u, double *out) {
     return 0;
 }
 
-// sr_qdq: every tuned Linear's factors clamped; the attention's fake-quantized weights (the
-// experts' are made where they are used).
+// sr_qdq: every tuned Linear's factors clamped, its fake-quantized weight into wq. Run where
+// the parameters are set (the start, the kept ones restored); in between, each SignSGD step
+// (k_step) does the same for its group.
 int sr_qdq(Blk &u) {
     for (DLin &a : u.lin) {
         if (a.fixed) continue;
         k_clamp<<<ew_grid(a.NG), 256>>>(a.mn, a.mx, a.NG);
         KC();
-        if (!a.expert) {
-            k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq, nullptr, nullptr);
-            KC();
-        }
+        k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq, nullptr, nullptr);
+        KC();
     }
     return 0;
 }
@@ -1222,7 +1214,6 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
             CK(cudaMemcpyAsync(u.tb + k * seq * H, u.target + smp * seq * H, seq * H * sizeof(float),
                                cudaMemcpyDeviceToDevice));
         }
-        TRY(sr_qdq(u));
         u.xcur = u.xb;
         TRY(blk_forward(u, n));
         double m;
@@ -1287,7 +1278,7 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     for (size_t j = 0; j < u.lin.size(); j++) {
         DLin &a = u.lin[j];
         if (a.fixed) continue;
-        float *wq = a.expert ? u.gw : a.wq;
+        float *wq = a.wq;
         k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, wq, u.sbuf, u.qbuf);
         KC();
         ss[j].resize(a.NG);
