@@ -5,12 +5,18 @@
 // there (w = s * q, scales, codes), nothing modified on failure. Everything else lives on the
 // device: x and target (all samples), one mini-batch's activations, and per tuned Linear its FP
 // weight w0, V, the best-V snapshot (f32, [rows, cols] each) and its per-group min/max factors,
-// snapshots and FP group min/max. The attention Linears also keep their fake-quantized weight;
-// an expert's is recomputed from (w0, V, factors) into a scratch before each use (a forward and
-// a backward read the same parameters, so the same values): 12 bytes per expert weight, which
-// puts a full MiniMax-M2 block (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch
-// 8 x 2048, at 49.9 GiB with activations and inputs (fb_cuda_autoround_block_bytes), inside an
-// 80 GB H100.
+// snapshots and FP group min/max, and its fake-quantized weight wq, refreshed by each SignSGD
+// step for its group (so no Linear is fake-quantized in the forward or again in the backward).
+// The experts' rows of one mini-batch (gathered inputs, gate / up products, outputs: every
+// (token, expert) pair) are kept from the forward for the backward. A full MiniMax-M2 block
+// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 68.6 GiB with
+// activations and inputs (fb_cuda_autoround_block_bytes), inside an 80 GB H100.
+//
+// Streams: the experts' forward and backward are spread over lanes (fb_ar_opts.cuda_lanes, 4 by
+// default), each a non-blocking stream with its own cuBLAS handle and scratch; the lanes start
+// and end on events of the main (default) stream. The experts' outputs are combined, and their
+// input gradients added, by one kernel per token over its experts in ascending order, the order
+// of one expert after another: the results are the same bytes for every number of lanes.
 //
 // Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
 // shapes (fb_ar_opts.gemm tf32: cublasGemmEx on tensor cores, f32 in and out); attention per sample and KV group with cublasSgemmStridedBatched over its query
