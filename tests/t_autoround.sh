@@ -169,6 +169,18 @@ done
 expect_rc 0 "--resume with damaged states" -- "$Q4" $K --resume $M "$T_TMP/k2"
 expect_out "no usable layer state to resume from .*digest mismatch" "says why it starts over"
 expect_rc 0 "still byte-identical" -- "$BIN/st-diff" -q "$T_TMP/k2" "$T_TMP/k0"
+# a crash (SIGKILL: no handler runs) once layer 1 is done: the next layer's input is staged before
+# its shards can finish (fb_tune_layer_end), so whatever the moment of the kill, --resume
+# continues from staged state (before, a signal between a layer's last shard and the next
+# layer's staging left nothing to resume from and the loop started again at layer 0)
+"$Q4" $K $M "$T_TMP/k3" 2> "$T_TMP/kerr" & pid=$!
+i=0
+while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
+kill -KILL $pid 2>/dev/null; wait $pid; rc=$?
+[ "$rc" = 137 ] && ok || fail "killed run: exit $rc, want 137 (the run ended before the signal?)"
+expect_rc 0 "--resume after SIGKILL" -- "$Q4" $K --resume $M "$T_TMP/k3"
+expect_out "resuming the layer loop at layer [12] from its staged input" "resumes from staged state after a crash"
+expect_rc 0 "resumed after SIGKILL == uninterrupted" -- "$BIN/st-diff" -q "$T_TMP/k3" "$T_TMP/k0"
 # the second architecture (Qwen3-MoE fixture: random weights, hidden 128): tuned, valid, closer to
 # the source than RTN on its calibration ids (no held-out text exists for this random model)
 Q3=models/tiny-qwen3-moe

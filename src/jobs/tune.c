@@ -192,6 +192,14 @@ static int hk_all(void *u, fb_role role, int layer, int expert, size_t t0, const
     return 0;
 }
 
+// fb_tune_layer_end with the engine's hidden states (layer l's output) as the next layer's input.
+static int layer_end(const fb_tune_opts *o, fb_engine *e, int l, fb_wsrc *overlay, int n_layers, int rc, size_t ntok,
+                     size_t H, fb_err *err) {
+    const float *next[1] = {NULL};
+    if (!rc && o->state_dir && l + 1 < n_layers && !(next[0] = fb_engine_hidden(e, err))) rc = -1;
+    return fb_tune_layer_end(o, l, overlay, n_layers, rc, next, 1, ntok, H, err);
+}
+
 static float *hessian_of(tctx *t, const fb_tune_linear *l) {
     if (l->role == FB_ROLE_W_DOWN) return t->Hdown && l->expert >= 0 ? t->Hdown[l->expert] : NULL;
     int s = slot_of(l->role);
@@ -376,7 +384,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
             rc = o->layer_done(o->user, l, overlay, err);
             continue;
         }
-        if (o->state_dir) {
+        if (o->state_dir && l == o->resume_layer) {  // later layers' inputs: staged by the layer before
             const float *hs = fb_engine_hidden(e, err);
             const float *ch[1] = {hs};
             if (!hs || fb_tune_state_save(o, l, ch, 1, ntok, H, err)) { rc = -1; break; }
@@ -394,7 +402,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
             t.capture = 0;
             if (!rc) absmax_done(&t, l);
             res->propagate_s += fb_now() - t0;
-            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
+            rc = layer_end(o, e, l, overlay, cfg->n_layers, rc, ntok, H, err);
             continue;
         }
         const float *h = fb_engine_hidden(e, err);
@@ -471,7 +479,7 @@ int fb_tune_run(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, con
         rc = fb_engine_set_hidden(e, l, h_in, err);  // 3. propagate with the tuned weights
         if (!rc) rc = fb_engine_layer(e, l, err);
         res->propagate_s += fb_now() - t2;
-        rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);  // 4. write
+        rc = layer_end(o, e, l, overlay, cfg->n_layers, rc, ntok, H, err);  // 4. stage, write
     }
     if (!rc) fb_tune_state_clear(o->state_dir);
     free_hessians(&t);
@@ -586,7 +594,9 @@ int fb_tune_state_load(const fb_tune_opts *o, int layer, float *const *chains, i
     return state_read(o->state_dir, layer, o->state_key, nchains, n_tok, hidden, chains, err);
 }
 
-int fb_tune_layer_end(const fb_tune_opts *o, int l, fb_wsrc *overlay, int n_layers, int rc, fb_err *err) {
+int fb_tune_layer_end(const fb_tune_opts *o, int l, fb_wsrc *overlay, int n_layers, int rc, const float *const *next,
+                      int nchains, size_t n_tok, size_t hidden, fb_err *err) {
+    if (!rc && l + 1 < n_layers) rc = fb_tune_state_save(o, l + 1, next, nchains, n_tok, hidden, err);
     if (!rc) rc = o->layer_done(o->user, l, overlay, err);
     fb_wsrc_overlay_clear(overlay);
     if (!rc) fb_tune_state_prune(o, n_layers);

@@ -428,13 +428,14 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         rc = fb_tune_state_load(o, o->resume_layer, ch, 2, ntok, H, err);
     }
     fb_blas_threads(o->threads > 0 ? o->threads : fb_ncpu());
+    const float *next[2] = {h_fp, h_q};  // a layer's output chains: the next layer's inputs
     for (int l = 0; l < cfg->n_layers && !rc; l++) {
         if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
         if (l < o->resume_layer) {  // its outputs are in kept shards
             rc = o->layer_done(o->user, l, overlay, err);
             continue;
         }
-        if (o->state_dir) {
+        if (o->state_dir && l == o->resume_layer) {  // later layers' inputs: staged by the layer before
             const float *ch[2] = {h_fp, h_q};
             if (fb_tune_state_save(o, l, ch, 2, ntok, H, err)) { rc = -1; break; }
         }
@@ -485,7 +486,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         if (rc || !m) {  // nothing tuned: the quantized chain runs the same weights
             if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
+            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, next, 2, ntok, H, err);
             continue;
         }
         if (o->ar_iters == 0) {  // auto-round's RTN mode: the FP chain only
@@ -497,7 +498,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
                 for (int j = 0; j < 3 && !rc; j++) rc = rtn_linear(o, base, overlay, ms[x].l[j], NULL, S->n, ntok, 0, res, err);
             res->tune_s += fb_now() - t1;
             memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
+            rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, next, 2, ntok, H, err);
             continue;
         }
         double t1 = fb_now();
@@ -563,7 +564,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         if (!rc) rc = ar_pass(e, &cap, l, h_q, NULL, NULL, NULL, h_q, err);
         res->propagate_s += fb_now() - t2;
         memcpy(h_fp, out_fp, ntok * H * sizeof(float));
-        rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, err);
+        rc = fb_tune_layer_end(o, l, overlay, cfg->n_layers, rc, next, 2, ntok, H, err);
     }
     if (!rc) fb_tune_state_clear(o->state_dir);
     free(ms);

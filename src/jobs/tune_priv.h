@@ -15,9 +15,13 @@ int fb_tune_state_save(const fb_tune_opts *o, int layer, const float *const *cha
 int fb_tune_state_load(const fb_tune_opts *o, int layer, float *const *chains, int nchains, size_t n_tok,
                        size_t hidden, fb_err *err);
 void fb_tune_state_prune(const fb_tune_opts *o, int n_layers);
-// The end of layer l in either loop (rc: the layer's status so far): hands the overlay to
-// o->layer_done when all went well, clears the overlay, drops the states no longer needed.
-int fb_tune_layer_end(const fb_tune_opts *o, int l, fb_wsrc *overlay, int n_layers, int rc, fb_err *err);
+// The end of layer l in either loop (rc: the layer's status so far): when all went well, first
+// stages layer l + 1's input chains (next[0..nchains), the layer's outputs), then hands the
+// overlay to o->layer_done (which may finish shards), then drops the states no longer needed;
+// clears the overlay. So whenever the shards hold layers 0..k-1, layer k's input is staged: a
+// run killed at any point, even between two layers, resumes where it stopped.
+int fb_tune_layer_end(const fb_tune_opts *o, int l, fb_wsrc *overlay, int n_layers, int rc, const float *const *next,
+                      int nchains, size_t n_tok, size_t hidden, fb_err *err);
 
 
 #endif
