@@ -21,14 +21,20 @@ datasets/pydantic imports). Example (one GPU):
     python3 scripts/bench-autoround-ref.py --iters 20 --json out.json
 A small CPU smoke run of the same code path:
     python3 scripts/bench-autoround-ref.py --device cpu --small --iters 2
+The model and the ids come from scripts/minimax_synth.py (shared with bench-gptq-ref.py).
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
 import torch
+
+# the synthetic model and calibration ids, shared with bench-gptq-ref.py
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import minimax_synth  # noqa: E402
 
 
 def main():
@@ -54,35 +60,13 @@ def main():
     from auto_round import AutoRound
     from auto_round.algorithms.quantization.sign_round import sign_sgd
 
-    dims = dict(hidden_size=3072, num_attention_heads=48, head_dim=128, num_key_value_heads=8,
-                num_local_experts=a.experts, intermediate_size=1536, num_experts_per_tok=8, rotary_dim=64)
-    if a.small:
-        dims = dict(hidden_size=256, num_attention_heads=4, head_dim=64, num_key_value_heads=2,
-                    num_local_experts=8, intermediate_size=256, num_experts_per_tok=2, rotary_dim=32)
+    d = minimax_synth.dims(a.experts, a.small)
     tok = transformers.AutoTokenizer.from_pretrained(a.tokenizer)
-    vocab = len(tok)
-    cfg = transformers.MiniMaxM2Config(
-        **dims, num_hidden_layers=a.layers, vocab_size=vocab, bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id, max_position_embeddings=max(a.seqlen, 2048),
-        partial_rotary_factor=dims["rotary_dim"] / dims["head_dim"], rms_norm_eps=1e-6, rope_theta=5e6,
-        scoring_func="sigmoid", use_routing_bias=True, use_qk_norm=True, qk_norm_type="per_layer",
-        tie_word_embeddings=False, use_cache=False)
-    torch.manual_seed(0)
+    cfg = minimax_synth.config(d, a.layers, tok, a.seqlen)
     dev = torch.device(a.device)
-    with torch.device(dev):
-        model = transformers.MiniMaxM2ForCausalLM(cfg).to(torch.bfloat16)
-    model.eval()
+    model = minimax_synth.build_model(cfg, dev)
     n_param = sum(p.numel() for p in model.model.layers[0].parameters())
-
-    # Random ids below the special tokens (the tokenizer's pad id is masked by auto-round); no id
-    # repeats at a sequence's end, which auto-round would also read as padding.
-    top = min(i for i in tok.all_special_ids) if tok.all_special_ids else vocab
-    g = torch.Generator().manual_seed(1)
-    data = []
-    for _ in range(a.nsamples):
-        ids = torch.randint(0, top, (1, a.seqlen), generator=g)
-        ids[0, -2] = (ids[0, -1] + 1) % top
-        data.append(ids)
+    data = minimax_synth.calib_ids(tok, a.nsamples, a.seqlen)
 
     steps = []
     orig_step = sign_sgd.SignSGD.step
@@ -114,7 +98,7 @@ def main():
     res = {
         "auto_round": auto_round.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "dims": dims, "layer_params": n_param, "nsamples": a.nsamples, "seqlen": a.seqlen,
+        "dims": d, "layer_params": n_param, "nsamples": a.nsamples, "seqlen": a.seqlen,
         "batch_size": a.batch_size, "iters": a.iters, "steps_seen": len(steps),
         "quantize_s": t1 - t0,
         "setup_s": (steps[0] - t0) if steps else None,
