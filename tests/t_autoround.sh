@@ -147,11 +147,11 @@ expect_rc 0 "disable_opt_rtn == plain RTN, byte for byte" -- "$BIN/st-diff" -q "
 sed 's/iters: 10/iters: 40/' "$T_TMP/ar.yaml" > "$T_TMP/ar40.yaml"
 K="--recipe $T_TMP/ar40.yaml $D --max-shard-size 600KB"
 expect_rc 0 "uninterrupted run" -- "$Q4" -q $K $M "$T_TMP/k0"
-kill_after_layer1() {  # $1: DST
+kill_after_layer1() {  # $1: DST, $2: the signal (INT unless given); prints the exit status
     "$Q4" $K $M "$1" 2> "$T_TMP/kerr" & pid=$!
     i=0
     while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
-    kill -INT $pid 2>/dev/null; wait $pid; echo $?
+    kill -"${2:-INT}" $pid 2>/dev/null; wait $pid; echo $?
 }
 rc=$(kill_after_layer1 "$T_TMP/k1")
 [ "$rc" = 130 ] && ok || fail "interrupted run: exit $rc, want 130 (the run ended before the signal?)"
@@ -173,10 +173,7 @@ expect_rc 0 "still byte-identical" -- "$BIN/st-diff" -q "$T_TMP/k2" "$T_TMP/k0"
 # its shards can finish (fb_tune_layer_end), so whatever the moment of the kill, --resume
 # continues from staged state (before, a signal between a layer's last shard and the next
 # layer's staging left nothing to resume from and the loop started again at layer 0)
-"$Q4" $K $M "$T_TMP/k3" 2> "$T_TMP/kerr" & pid=$!
-i=0
-while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
-kill -KILL $pid 2>/dev/null; wait $pid; rc=$?
+rc=$(kill_after_layer1 "$T_TMP/k3" KILL)
 [ "$rc" = 137 ] && ok || fail "killed run: exit $rc, want 137 (the run ended before the signal?)"
 expect_rc 0 "--resume after SIGKILL" -- "$Q4" $K --resume $M "$T_TMP/k3"
 expect_out "resuming the layer loop at layer [12] from its staged input" "resumes from staged state after a crash"

@@ -262,10 +262,15 @@ static void *gjob_run(void *arg) {
     return NULL;
 }
 
-// NTHREADS threads at once on one GPU factor (each its own stream), each its own weight: each result
-// within compare()'s bounds of the CPU's (the truth) and, when cuBLAS picked the same kernels as
-// alone, byte-identical to the single-thread GPU result (printed, not required: cuBLAS promises
-// the same bits only with one stream active).
+// NTHREADS threads at once on one GPU factor (each its own stream and cuBLAS handle, so its own
+// workspace), each its own weight: each result byte-identical to the same weight solved alone on
+// the GPU (the property under test: the threads share nothing but the read-only factor), and
+// close to the CPU's (the truth). "Close" is looser here than compare()'s: these random weights on
+// a correlated Hessian let GPTQ's error feedback carry a one-level difference on to later columns,
+// so a few elements end two levels apart; measured on the H100 (2026-12-07): 13 of 1,048,576 in
+// one of the four weights (99.97% identical, loss 1.9e-4 relative), the other three 0 to 6
+// differing elements, all four byte-identical to their single-thread results.
+#define FAR_FRAC 1e-4
 #define NTHREADS 4
 static void concurrent(size_t R, size_t C, uint64_t seed) {
     uint64_t st = seed;
@@ -314,7 +319,10 @@ static void concurrent(size_t R, size_t C, uint64_t seed) {
                 if (fabs((double)jb[t].W[i] - Wc[i]) / sc[t][r * NG + j / G] > 1.0 + 0x1p-5 + 1e-6) far++;
             }
         double lrel = fabs(jb[t].res.loss - rc.loss) / fmax(fabs(rc.loss), 1e-30);
-        CHECK(same >= (size_t)(SAME_FRAC * (double)(R * C)) && far == 0 && lrel <= LOSS_REL,
+        CHECK(solo_same == R * C, "thread %d of %d on one GPU factor: %zu of %zu elements differ from the same "
+              "weight solved alone", t, NTHREADS, R * C - solo_same, R * C);
+        CHECK(same >= (size_t)(SAME_FRAC * (double)(R * C)) && (double)far <= FAR_FRAC * (double)(R * C) &&
+                  lrel <= LOSS_REL,
               "thread %d of %d on one GPU factor vs the CPU: %zu/%zu identical, %zu more than a level apart, loss rel %.2g",
               t, NTHREADS, same, R * C, far, lrel);
         printf("test_cugptq: thread %d of %d on one GPU factor [%zu, %zu]: vs CPU identical %.4f%%, loss rel %.1e; "
