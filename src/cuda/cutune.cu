@@ -331,10 +331,13 @@ __global__ void k_gather(const float *src, const int *pos, int H, float *dst) {
     for (int k = threadIdx.x; k < H; k += blockDim.x) d[k] = s[k];
 }
 
-__global__ void k_swiglu(const float *A, const float *B, float *Hh, size_t n) {
+// Hh [m, FF] = silu(A) * B of the gate / up products AB [m, 2 FF] (A: the first FF columns of
+// each row, B: the last FF), n = m * FF.
+__global__ void k_swiglu(const float *AB, size_t FF, float *Hh, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float a = A[i];
-        Hh[i] = __fmul_rn(a / (1.0f + expf(-a)), B[i]);
+        size_t r = i / FF, c = i - r * FF;
+        float a = AB[r * 2 * FF + c];
+        Hh[i] = __fmul_rn(a / (1.0f + expf(-a)), AB[r * 2 * FF + FF + c]);
     }
 }
 
@@ -364,12 +367,14 @@ __global__ void k_dy_dr(const float *grad, const int *pos, const float *re, cons
     if (threadIdx.x == 0) dr[(size_t)pos[blockIdx.x] * E + e] = acc;
 }
 
-// dHh (in Y) -> dA (into Hh), dB (into Bm), as moe_pass's backward.
-__global__ void k_dswiglu(const float *A, float *Bm, float *Hh, const float *Y, size_t n) {
+// dHh [m, FF] -> [dA | dB] in place of AB [m, 2 FF], as moe_pass's backward; n = m * FF.
+__global__ void k_dswiglu(float *AB, size_t FF, const float *dHh, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        float a = A[i], sg = 1.0f / (1.0f + expf(-a)), dh = Y[i];
-        Hh[i] = __fmul_rn(__fmul_rn(dh, Bm[i]), __fmul_rn(sg, __fadd_rn(1.0f, __fmul_rn(a, 1.0f - sg))));
-        Bm[i] = __fmul_rn(dh, __fmul_rn(a, sg));
+        size_t r = i / FF, c = i - r * FF;
+        float *pa = AB + r * 2 * FF + c, *pb = pa + FF;
+        float a = *pa, b = *pb, sg = 1.0f / (1.0f + expf(-a)), dh = dHh[i];
+        *pa = __fmul_rn(__fmul_rn(dh, b), __fmul_rn(sg, __fadd_rn(1.0f, __fmul_rn(a, 1.0f - sg))));
+        *pb = __fmul_rn(dh, __fmul_rn(a, sg));
     }
 }
 
@@ -474,9 +479,10 @@ struct Blk {
     int32_t *idx;
     float *dxn2, *dh1, *dAO, *dQ, *dK, *dV, *S, *dP, *dr, *dlg, *rscr;
     // the experts' rows of one batch, kept from the forward for the backward, at the (expert, token)
-    // pair's index (experts ascending, u.off): gathered inputs Xe, gate / up products A / Bm, and
-    // outputs Y (the backward's input gradients replace them)
-    float *gw, *Xe, *re, *A, *Bm, *Y, *sbuf;
+    // pair's index (experts ascending, u.off): gathered inputs Xe, gate / up products AB ([rows,
+    // 2 FF]: one product with the expert's gate and up weights stacked, which are adjacent in
+    // device memory), and outputs Y (the backward's input gradients replace them)
+    float *gw, *Xe, *re, *AB, *Y, *sbuf;
     int8_t *qbuf;
     int *pos, *tp;  // tp [cap, K]: each token's pair indices, experts ascending, -1 after its last
     double *part;
@@ -736,12 +742,11 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
     TRY(dalloc(u, &u.pos, cap * K, P_ACT, "one batch's routing"));
     TRY(dalloc(u, &u.part, NB_RED + 1, P_ACT, "the loss reduction"));
     // the experts' rows of the batch (every (token, expert) pair), kept from forward to backward
-    struct { float **p; size_t n; } kept[] = {{&u.Xe, cap * K * H}, {&u.A, cap * K * FF}, {&u.Bm, cap * K * FF},
-                                              {&u.Y, cap * K * H}};
+    struct { float **p; size_t n; } kept[] = {{&u.Xe, cap * K * H}, {&u.AB, cap * K * 2 * FF}, {&u.Y, cap * K * H}};
     for (auto &a : kept) TRY(dalloc(u, a.p, a.n, P_ACT, "the experts' rows of one batch"));
     TRY(dalloc(u, &u.tp, cap * K, P_ACT, "one batch's routing"));
     // each lane's scratch: one expert's rows (at most every token of the batch), its weights
-    size_t ew = u.lin.size() > 4 ? FF * H : 1;
+    size_t ew = u.lin.size() > 4 ? 2 * FF * H : 1;  // gw: the stacked gate / up gradient
     for (Lane &l : u.lanes) {
         struct { float **p; size_t n; } scr[] = {{&l.Hh, cap * FF}, {&l.dY, cap * H}, {&l.T, cap * FF}, {&l.gw, ew}};
         for (auto &a : scr) TRY(dalloc(u, a.p, a.n, P_SCRATCH, "the experts' scratch"));
@@ -754,12 +759,17 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
         if (a.NG > maxg) maxg = a.NG;
         char what[96];
         snprintf(what, sizeof what, "Linear %zu (%zu x %zu)", j, a.R, a.C);
-        TRY(dalloc(u, &a.w0, n, P_WEIGHTS, what));
+        // an expert's gate and up weights adjacent ([2 FF, H], gate first): the up Linear's
+        // w0 / wq point into its gate's allocation
+        int gate = a.expert && (j - 4) % 3 == 0, up = a.expert && (j - 4) % 3 == 1;
+        if (up) a.w0 = u.dry ? nullptr : u.lin[j - 1].w0 + n;
+        else TRY(dalloc(u, &a.w0, gate ? 2 * n : n, P_WEIGHTS, what));
         if (!tuned[j]) {
             a.wq = a.w0;
             continue;
         }
-        TRY(dalloc(u, &a.wq, n, P_WEIGHTS, what));
+        if (up) a.wq = u.dry ? nullptr : u.lin[j - 1].wq + n;
+        else TRY(dalloc(u, &a.wq, gate ? 2 * n : n, P_WEIGHTS, what));
         TRY(dalloc(u, &a.v, n, P_WEIGHTS, what));
         TRY(dalloc(u, &a.bv, n, P_WEIGHTS, what));
         float **f[6] = {&a.mn, &a.mx, &a.bmn, &a.bmx, &a.lo, &a.hi};
@@ -849,15 +859,15 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
     return 0;
 }
 
-// lin_apply: keep the gradient in l.gw (checks), the SignSGD step (tuned; it also refreshes a.wq,
+// lin_apply: keep the gradient gw (checks), the SignSGD step (tuned; it also refreshes a.wq,
 // so every use of this iteration's weight must be issued before it, on the same stream), or
 // nothing (fixed).
-int lin_apply(Blk &u, const Lane &l, DLin &a, float lr, float mlr, int minmax) {
+int lin_apply(Blk &u, const Lane &l, DLin &a, const float *gw, float lr, float mlr, int minmax) {
     if (a.gsave) {
         CK(cudaStreamSynchronize(l.s));
-        CK(cudaMemcpy(a.gsave, l.gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(a.gsave, gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
     } else if (!a.fixed) {
-        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, l.gw, lr, mlr, minmax, a.wq);
+        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, lr, mlr, minmax, a.wq);
         KC();
     }
     return 0;
@@ -879,9 +889,8 @@ int lanes_join(Blk &u) {
 }
 
 // moe_fwd over the batch's n rows (xn2) into out, with the experts' current weights (wq): each
-// expert on its lane keeps its gathered
-// rows, gate / up products and output at its pairs' rows of Xe / A / Bm / Y; then one ordered
-// combine.
+// expert on its lane keeps its gathered rows, gate / up products and output at its pairs' rows
+// of Xe / AB / Y; then one ordered combine.
 int moe_fwd(Blk &u, size_t n, float *out) {
     size_t H = u.H, FF = u.FF, E = u.E, nl = u.lanes.size(), k = 0;
     TRY(lanes_fork(u));
@@ -890,13 +899,12 @@ int moe_fwd(Blk &u, size_t n, float *out) {
         if (!m) continue;
         const Lane &l = u.lanes[k++ % nl];
         DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
-        const float *Wg = g.wq, *Wu = up.wq, *Wd = d.wq;
-        float *xe = u.Xe + o * H, *A = u.A + o * FF, *Bm = u.Bm + o * FF;
+        const float *Wgu = g.wq, *Wd = d.wq;  // [Wg; Wu]: up.wq == g.wq + FF * H
+        float *xe = u.Xe + o * H, *AB = u.AB + o * 2 * FF;
         k_gather<<<(unsigned)m, 256, 0, l.s>>>(u.xn2, u.pos + o, (int)H, xe);
         KC();
-        TRY(nt(u, l, xe, H, Wg, H, A, FF, m, FF, H, 0.0f));
-        TRY(nt(u, l, xe, H, Wu, H, Bm, FF, m, FF, H, 0.0f));
-        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, m * FF);
+        TRY(nt(u, l, xe, H, Wgu, H, AB, 2 * FF, m, 2 * FF, H, 0.0f));  // [A | B] = xe [Wg; Wu]^T
+        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.Hh, m * FF);
         KC();
         TRY(nt(u, l, l.Hh, FF, Wd, FF, u.Y + o * H, H, m, H, FF, 0.0f));  // the expert's output
     }
@@ -916,29 +924,25 @@ int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax
         if (!m) continue;
         const Lane &l = u.lanes[k++ % nl];
         DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
-        const float *Wg = g.wq, *Wu = up.wq, *Wd = d.wq;  // this iteration's, until each one's step
+        const float *Wgu = g.wq, *Wd = d.wq;  // this iteration's, until each one's step
         const int *pos = u.pos + o;
-        const float *re = u.re + o, *xe = u.Xe + o * H, *A = u.A + o * FF;
-        float *Bm = u.Bm + o * FF, *Y = u.Y + o * H;
+        const float *re = u.re + o, *xe = u.Xe + o * H;
+        float *AB = u.AB + o * 2 * FF, *Y = u.Y + o * H;
         k_dy_dr<<<(unsigned)m, 256, 0, l.s>>>(grad, pos, re, Y, (int)H, (int)E, (int)e, l.dY, u.dr);
         KC();
-        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, m * FF);
+        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.Hh, m * FF);
         KC();
         if (wants_grad(d)) TRY(tn(u, l, l.dY, H, l.Hh, FF, l.gw, FF, H, FF, m, 0.0f));  // dWd = dY^T Hh
         TRY(nn(u, l, l.dY, H, Wd, FF, l.T, FF, m, FF, H, 0.0f));                      // dHh = dY Wd
-        if (wants_grad(d)) TRY(lin_apply(u, l, d, lr, mlr, minmax));
-        k_dswiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(A, Bm, l.Hh, l.T, m * FF);
+        if (wants_grad(d)) TRY(lin_apply(u, l, d, l.gw, lr, mlr, minmax));
+        k_dswiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.T, m * FF);  // AB: [dA | dB] now
         KC();
-        // dx = dA Wg + dB Wu, into the expert's rows of Y (read above by k_dy_dr, on this lane)
-        TRY(nn(u, l, l.Hh, FF, Wg, H, Y, H, m, H, FF, 0.0f));
-        TRY(nn(u, l, Bm, FF, Wu, H, Y, H, m, H, FF, 1.0f));
-        if (wants_grad(g)) {
-            TRY(tn(u, l, l.Hh, FF, xe, H, l.gw, H, FF, H, m, 0.0f));
-            TRY(lin_apply(u, l, g, lr, mlr, minmax));
-        }
-        if (wants_grad(up)) {
-            TRY(tn(u, l, Bm, FF, xe, H, l.gw, H, FF, H, m, 0.0f));
-            TRY(lin_apply(u, l, up, lr, mlr, minmax));
+        // dx = [dA | dB] [Wg; Wu], into the expert's rows of Y (read above by k_dy_dr, on this lane)
+        TRY(nn(u, l, AB, 2 * FF, Wgu, H, Y, H, m, H, 2 * FF, 0.0f));
+        if (wants_grad(g) || wants_grad(up)) {  // [dWg; dWu] = [dA | dB]^T xe
+            TRY(tn(u, l, AB, 2 * FF, xe, H, l.gw, H, 2 * FF, H, m, 0.0f));
+            TRY(lin_apply(u, l, g, l.gw, lr, mlr, minmax));
+            TRY(lin_apply(u, l, up, l.gw + FF * H, lr, mlr, minmax));
         }
     }
     TRY(lanes_join(u));
@@ -1064,7 +1068,7 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     DLin &lo = u.lin[3];
     if (wants_grad(lo)) TRY(tn(u, u.main, u.dh1, H, u.AO, Dq, u.gw, Dq, H, Dq, n, 0.0f));
     TRY(nn(u, u.main, u.dh1, H, lo.wq, Dq, u.dAO, Dq, n, Dq, H, 0.0f));
-    if (wants_grad(lo)) TRY(lin_apply(u, u.main, lo, lr, mlr, minmax));  // after the last use of lo.wq
+    if (wants_grad(lo)) TRY(lin_apply(u, u.main, lo, u.gw, lr, mlr, minmax));  // after the last use of lo.wq
     CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
     CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
     for (size_t s = 0; s < n / L; s++)
@@ -1109,7 +1113,7 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
         DLin &a = u.lin[j];
         if (!wants_grad(a)) continue;
         TRY(tn(u, u.main, dY[j], R[j], u.xn1, H, u.gw, H, R[j], H, n, 0.0f));
-        TRY(lin_apply(u, u.main, a, lr, mlr, minmax));
+        TRY(lin_apply(u, u.main, a, u.gw, lr, mlr, minmax));
     }
     return 0;
 }
