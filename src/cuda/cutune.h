@@ -9,7 +9,7 @@
 // step for its group (so no Linear is fake-quantized in the forward or again in the backward).
 // The experts' rows of one mini-batch (gathered inputs, gate / up products, outputs: every
 // (token, expert) pair) are kept from the forward for the backward. A full MiniMax-M2 block
-// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 68.6 GiB with
+// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 68.7 GiB with
 // activations and inputs (fb_cuda_autoround_block_bytes), inside an 80 GB H100.
 //
 // Streams: the experts' forward and backward are spread over lanes (fb_ar_opts.cuda_lanes, 4 by
