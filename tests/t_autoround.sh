@@ -148,6 +148,9 @@ sed 's/iters: 10/iters: 40/' "$T_TMP/ar.yaml" > "$T_TMP/ar40.yaml"
 K="--recipe $T_TMP/ar40.yaml $D --max-shard-size 600KB"
 expect_rc 0 "uninterrupted run" -- "$Q4" -q $K $M "$T_TMP/k0"
 kill_after_layer1() {  # $1: DST, $2: the signal (INT unless given); prints the exit status
+    # the log removed first: the loop below must not read the previous run's "layer 1" line
+    # before this run's redirection has truncated the file (that killed runs at their start)
+    rm -f "$T_TMP/kerr"
     "$Q4" $K $M "$1" 2> "$T_TMP/kerr" & pid=$!
     i=0
     while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done

@@ -122,6 +122,7 @@ case "$BUILD" in *qemu*) RESUME=0 ;; *) RESUME=1 ;; esac
 if [ $RESUME = 1 ]; then
 K="--recipe $R4 --dataset $IDS --samples 16 --no-shuffle -t 2 --max-shard-size 600KB"
 expect_rc 0 "uninterrupted GPTQ run" -- "$Q4" -q $K $M "$T_TMP/k0"
+rm -f "$T_TMP/kerr"  # no earlier log for the loop below to read before the redirection truncates it
 "$Q4" $K $M "$T_TMP/k1" 2> "$T_TMP/kerr" & pid=$!
 i=0
 while ! grep -q "layer 1: .*tuned" "$T_TMP/kerr" 2>/dev/null && [ $i -lt 1200 ]; do sleep 0.1; i=$((i + 1)); done
