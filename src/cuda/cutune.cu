@@ -898,8 +898,8 @@ int moe_fwd(Blk &u, size_t n, float *out) {
         size_t m = u.off[e + 1] - u.off[e], o = u.off[e];
         if (!m) continue;
         const Lane &l = u.lanes[k++ % nl];
-        DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
-        const float *Wgu = g.wq, *Wd = d.wq;  // [Wg; Wu]: up.wq == g.wq + FF * H
+        const DLin &g = u.lin[4 + 3 * e], &d = u.lin[4 + 3 * e + 2];
+        const float *Wgu = g.wq, *Wd = d.wq;  // [Wg; Wu]: the up Linear's wq is g.wq + FF * H
         float *xe = u.Xe + o * H, *AB = u.AB + o * 2 * FF;
         k_gather<<<(unsigned)m, 256, 0, l.s>>>(u.xn2, u.pos + o, (int)H, xe);
         KC();
