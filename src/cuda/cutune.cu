@@ -93,57 +93,77 @@ __global__ void k_qdq(const float *w0, const float *v, const float *lo, const fl
     if (q) q[i] = (int8_t)c;
 }
 
-// lin_step's min/max factor step of group gi (one thread), then the factors clamped to [0, 1]
-// (the next iteration's sr_qdq clamp, done here once).
-__device__ void step_minmax(size_t gi, const float *sq, const float *sd, const unsigned char *sin_, float sv,
-                            const float *lo, const float *hi, float *mn, float *mx, float mlr) {
+// lin_step's min/max factor step of group gi (one thread), the factors clamped to [0, 1] (the
+// next iteration's sr_qdq clamp, done here once) into *mn, *mx. The scale-gradient sums are the
+// CPU's: f32, k ascending. sd[k] is +0 where the clamp passes no gradient, which adds nothing:
+// the sum starts at +0 and can never be -0 (x + -x is +0), so gd + 0 is gd.
+__device__ void step_minmax(size_t gi, const float *sq, const float *sd, float sv, const float *lo, const float *hi,
+                            float *mn, float *mx, float mlr) {
     float gq = 0, gd = 0;
+#pragma unroll 32
     for (int j = 0; j < G; j++) {
         gq = __fadd_rn(gq, sq[j]);
-        if (sin_[j]) gd = __fadd_rn(gd, sd[j]);
+        gd = __fadd_rn(gd, sd[j]);
     }
     const float thr = h16(1e-5f);
     float gs = h16(h16(gq) + h16(gd));
     if (!(sv < 0 ? sv < -thr : sv > thr)) gs = 0;
     float gm = gs / 8.0f;
-    float A = -(lo[gi] * mn[gi]), B = hi[gi] * mx[gi];
+    float m0 = *mn, m1 = *mx;
+    float A = -(lo[gi] * m0), B = hi[gi] * m1;
     gm *= B < A ? 1.0f : -1.0f;
     float gA = A > B ? gm : A == B ? gm / 2 : 0.0f, gB = B > A ? gm : A == B ? gm / 2 : 0.0f;
-    mn[gi] = __fsub_rn(mn[gi], __fmul_rn(mlr, sgn(-lo[gi] * gA)));
-    mx[gi] = __fsub_rn(mx[gi], __fmul_rn(mlr, sgn(hi[gi] * gB)));
-    mn[gi] = fminf(fmaxf(mn[gi], 0.0f), 1.0f);
-    mx[gi] = fminf(fmaxf(mx[gi], 0.0f), 1.0f);
+    m0 = __fsub_rn(m0, __fmul_rn(mlr, sgn(-lo[gi] * gA)));
+    m1 = __fsub_rn(m1, __fmul_rn(mlr, sgn(hi[gi] * gB)));
+    *mn = fminf(fmaxf(m0, 0.0f), 1.0f);
+    *mx = fminf(fmaxf(m1, 0.0f), 1.0f);
 }
 
-// lin_step: one block of G threads per group; the scale-gradient sums in the CPU's order (one
-// thread, k ascending), so that the fp16 roundings see the same partial sums given equal gw.
+// lin_step: one warp per group (STEP_GROUPS groups per block), lane k holding the group's
+// elements k, k + 32, k + 64, k + 96; the scale-gradient sums in the CPU's order (one lane, k
+// ascending), so that the fp16 roundings see the same partial sums given equal gw. A warp per
+// group, not a block, keeps 64 of those sequential sums going per multiprocessor instead of 16.
 // Then the next iteration's start for this group (sr_qdq: the factors clamped, the weight
 // fake-quantized into wq), so that wq always holds the current parameters' weight.
-__global__ void k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx,
-                       const float *gw, float lr, float mlr, int minmax, float *wq) {
-    __shared__ float sq[G], sd[G];
-    __shared__ unsigned char sin_[G];
-    size_t gi = blockIdx.x;
-    int k = threadIdx.x;
-    size_t i = gi * G + k;
-    float sv, s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], &sv);
-    float w = w0[i], g = gw[i];
-    float t = rintf(w / s + v[i]);
-    int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
-    float c = clampq(t);
-    float gvk = in ? __fmul_rn(g, s) : 0.0f;
-    sq[k] = __fmul_rn(g, c);
-    sd[k] = in ? __fmul_rn(gvk, (-(w / s)) / s) : 0.0f;
-    sin_[k] = (unsigned char)in;
-    float vn = __fsub_rn(v[i], __fmul_rn(lr, sgn(gvk)));
-    v[i] = vn;
-    if (minmax) {
-        __syncthreads();
-        if (k == 0) step_minmax(gi, sq, sd, sin_, sv, lo, hi, mn, mx, mlr);
-        __syncthreads();
+constexpr int STEP_GROUPS = 8;
+__global__ void __launch_bounds__(32 * STEP_GROUPS)
+k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx, const float *gw,
+       size_t NG, float lr, float mlr, int minmax, float *wq) {
+    __shared__ float sq[STEP_GROUPS][G], sd[STEP_GROUPS][G];
+    int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    size_t gi = (size_t)blockIdx.x * STEP_GROUPS + wi;
+    if (gi >= NG) return;  // the whole warp: no block-wide barrier below
+    float m0 = mn[gi], m1 = mx[gi];
+    float sv, s = sym_scale(lo[gi], hi[gi], m0, m1, &sv);
+    float w[G / 32], vn[G / 32];
+#pragma unroll
+    for (int r = 0; r < G / 32; r++) {
+        int k = lane + 32 * r;
+        size_t i = gi * G + k;
+        float wk = w0[i], g = gw[i], vk = v[i];
+        float t = rintf(wk / s + vk);
+        int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
+        float c = clampq(t);
+        float gvk = in ? __fmul_rn(g, s) : 0.0f;
+        sq[wi][k] = __fmul_rn(g, c);
+        sd[wi][k] = in ? __fmul_rn(gvk, (-(wk / s)) / s) : 0.0f;
+        vn[r] = __fsub_rn(vk, __fmul_rn(lr, sgn(gvk)));
+        v[i] = vn[r];
+        w[r] = wk;
     }
-    float s2 = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], NULL);
-    wq[i] = s2 * clampq(rintf(w / s2 + vn));
+    if (minmax) {
+        __syncwarp();
+        if (lane == 0) {
+            step_minmax(gi, sq[wi], sd[wi], sv, lo, hi, &m0, &m1, mlr);
+            mn[gi] = m0;
+            mx[gi] = m1;
+        }
+        m0 = __shfl_sync(0xffffffffu, m0, 0);
+        m1 = __shfl_sync(0xffffffffu, m1, 0);
+    }
+    float s2 = sym_scale(lo[gi], hi[gi], m0, m1, NULL);
+#pragma unroll
+    for (int r = 0; r < G / 32; r++) wq[gi * G + lane + 32 * r] = s2 * clampq(rintf(w[r] / s2 + vn[r]));
 }
 
 // ---- kernels: the block's forward and backward -----------------------------------------------
@@ -735,7 +755,7 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
         {&u.V, cap * Dk}, {&u.Qr, cap * Dq}, {&u.Kr, cap * Dk}, {&u.rq, nr}, {&u.rk, nr}, {&u.AO, cap * Dq},
         {&u.h1, cap * H}, {&u.xn2, cap * H}, {&u.r2, cap}, {&u.lg, cap * E}, {&u.out, cap * H}, {&u.grad, cap * H},
         {&u.wt, cap * K}, {&u.dxn2, cap * H}, {&u.dh1, cap * H}, {&u.dAO, cap * Dq}, {&u.dQ, cap * Dq},
-        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.grp * L * L}, {&u.dP, u.grp * L * L}, {&u.dr, cap * E},
+        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.nh * L * L}, {&u.dP, u.nh * L * L}, {&u.dr, cap * E},
         {&u.dlg, cap * E}, {&u.rscr, cap * E}, {&u.re, cap * K}};
     for (auto &a : act) TRY(dalloc(u, a.p, a.n, P_ACT, "one batch's activations"));
     TRY(dalloc(u, &u.idx, cap * K, P_ACT, "one batch's routing"));
@@ -867,7 +887,8 @@ int lin_apply(Blk &u, const Lane &l, DLin &a, const float *gw, float lr, float m
         CK(cudaStreamSynchronize(l.s));
         CK(cudaMemcpy(a.gsave, gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
     } else if (!a.fixed) {
-        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, lr, mlr, minmax, a.wq);
+        k_step<<<(unsigned)((a.NG + STEP_GROUPS - 1) / STEP_GROUPS), 32 * STEP_GROUPS, 0, l.s>>>(
+            a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, a.wq);
         KC();
     }
     return 0;
@@ -951,6 +972,18 @@ int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax
     return 0;
 }
 
+// One sample's attention probabilities (rows r0 .. r0 + L): S of head (g, i) = softmax(scale Q K^T,
+// causal) at u.S + (i nkv + g) L^2, each GEMM batched over the KV groups g.
+int attn_probs(Blk &u, size_t r0) {
+    size_t Dq = u.Dq, Dk = u.Dk, hd = u.hd, L = u.seq;
+    for (size_t i = 0; i < u.grp; i++)
+        TRY(gemm(u, u.main, 0, 1, u.Qr + r0 * Dq + i * hd, Dq, (long long)(u.grp * hd), u.Kr + r0 * Dk, Dk, (long long)hd,
+                 u.S + i * u.nkv * L * L, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.nkv));
+    k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.nh), 128>>>(u.S, (int)L, u.scale);
+    KC();
+    return 0;
+}
+
 // blk_forward on the n rows at u.xcur (whole samples) into u.out.
 int blk_forward(Blk &u, size_t n) {
     const fb_model_config *c = u.c;
@@ -981,17 +1014,14 @@ int blk_forward(Blk &u, size_t n) {
         k_rope<<<(unsigned)n, 256>>>(u.Kr, (int)Dk, (int)u.nkv, (int)hd, half, u.inv_freq, (int)L, 0);
         KC();
     }
-    // attention per sample and KV group, batched over the group's query heads
-    for (size_t s = 0; s < n / L; s++)
-        for (size_t g = 0; g < u.nkv; g++) {
-            size_t r0 = s * L, h0 = g * u.grp;
-            TRY(gemm(u, u.main, 0, 1, u.Qr + r0 * Dq + h0 * hd, Dq, (long long)hd, u.Kr + r0 * Dk + g * hd, Dk, 0, u.S, L,
-                     (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
-            k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
-            KC();
-            TRY(gemm(u, u.main, 0, 0, u.S, L, (long long)(L * L), u.V + r0 * Dk + g * hd, Dk, 0, u.AO + r0 * Dq + h0 * hd, Dq,
-                     (long long)hd, L, hd, L, 0.0f, (int)u.grp));
-        }
+    // attention per sample, all heads: TRY(attn_scores) leaves each head's softmax in S; then AO
+    for (size_t s = 0; s < n / L; s++) {
+        size_t r0 = s * L;
+        TRY(attn_probs(u, r0));
+        for (size_t i = 0; i < u.grp; i++)  // AO of head (g, i) = S (i, g) V_g, batched over g
+            TRY(gemm(u, u.main, 0, 0, u.S + i * u.nkv * L * L, L, (long long)(L * L), u.V + r0 * Dk, Dk, (long long)hd,
+                     u.AO + r0 * Dq + i * hd, Dq, (long long)(u.grp * hd), L, hd, L, 0.0f, (int)u.nkv));
+    }
     TRY(nt(u, u.main, u.AO, Dq, u.lin[3].wq, Dq, u.h1, H, n, H, Dq, 0.0f));
     k_add<<<ew_grid(n * H), 256>>>(u.xcur, u.h1, u.h1, n * H);
     KC();
@@ -1071,24 +1101,29 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     if (wants_grad(lo)) TRY(lin_apply(u, u.main, lo, u.gw, lr, mlr, minmax));  // after the last use of lo.wq
     CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
     CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
-    for (size_t s = 0; s < n / L; s++)
-        for (size_t g = 0; g < u.nkv; g++) {
-            size_t r0 = s * L, h0 = g * u.grp;
-            const float *Qg = u.Qr + r0 * Dq + h0 * hd, *Kg = u.Kr + r0 * Dk + g * hd, *Vg = u.V + r0 * Dk + g * hd;
-            const float *dO = u.dAO + r0 * Dq + h0 * hd;
-            TRY(gemm(u, u.main, 0, 1, Qg, Dq, (long long)hd, Kg, Dk, 0, u.S, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
-            k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
-            KC();
-            TRY(gemm(u, u.main, 0, 1, dO, Dq, (long long)hd, Vg, Dk, 0, u.dP, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
-            for (size_t i = 0; i < u.grp; i++)
-                TRY(tn(u, u.main, u.S + i * L * L, L, dO + i * hd, Dq, u.dV + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
-            k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, u.dP, (int)L, u.scale);
-            KC();
-            TRY(gemm(u, u.main, 0, 0, u.dP, L, (long long)(L * L), Kg, Dk, 0, u.dQ + r0 * Dq + h0 * hd, Dq, (long long)hd, L, hd,
-                     L, 0.0f, (int)u.grp));
-            for (size_t i = 0; i < u.grp; i++)
-                TRY(tn(u, u.main, u.dP + i * L * L, L, Qg + i * hd, Dq, u.dK + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
+    // per sample, all heads; head (g, i) (KV group g, i-th of its query heads) at S / dP + (i nkv +
+    // g) L^2; each GEMM batched over the KV groups, the group's heads one after another, so that
+    // dV_g and dK_g add their heads' products in head order (the CPU's per-head loop)
+    for (size_t s = 0; s < n / L; s++) {
+        size_t r0 = s * L;
+        const long long sq = (long long)(u.grp * hd), sk = (long long)hd, ss = (long long)(L * L);
+        TRY(attn_probs(u, r0));
+        for (size_t i = 0; i < u.grp; i++) {
+            const float *dO = u.dAO + r0 * Dq + i * hd;
+            float *Si = u.S + i * u.nkv * L * L, *dPi = u.dP + i * u.nkv * L * L;
+            TRY(gemm(u, u.main, 0, 1, dO, Dq, sq, u.V + r0 * Dk, Dk, sk, dPi, L, ss, L, L, hd, 0.0f, (int)u.nkv));  // dP = dO V^T
+            TRY(gemm(u, u.main, 1, 0, Si, L, ss, dO, Dq, sq, u.dV + r0 * Dk, Dk, sk, L, hd, L, 1.0f, (int)u.nkv));  // dV += S^T dO
         }
+        k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.nh), 128>>>(u.S, u.dP, (int)L, u.scale);
+        KC();
+        for (size_t i = 0; i < u.grp; i++) {
+            const float *Qi = u.Qr + r0 * Dq + i * hd;
+            const float *dPi = u.dP + i * u.nkv * L * L;
+            TRY(gemm(u, u.main, 0, 0, dPi, L, ss, u.Kr + r0 * Dk, Dk, sk, u.dQ + r0 * Dq + i * hd, Dq, sq, L, hd, L, 0.0f,
+                     (int)u.nkv));  // dQ = dP K
+            TRY(gemm(u, u.main, 1, 0, dPi, L, ss, Qi, Dq, sq, u.dK + r0 * Dk, Dk, sk, L, hd, L, 1.0f, (int)u.nkv));  // dK += dP^T Q
+        }
+    }
     int half = c->rotary_dim / 2;
     if (half) {
         k_rope<<<(unsigned)n, 256>>>(u.dQ, (int)Dq, (int)u.nh, (int)hd, half, u.inv_freq, (int)L, 1);
