@@ -56,15 +56,15 @@ static void make_linear(fb_ar_linear *L, size_t R, size_t C, float amp, uint64_t
 
 int main(int argc, char **argv) {
     long iters = 10, samples = 64, seq = 2048, batch = 8, experts = 256, lanes = 0;
-    static const char *GEMM[] = {"f32", "tf32"};
+    static const char *GEMM[] = {"f32", "tf32", "bf16"};
     int gemm = FB_AR_GEMM_F32;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--gemm") && i + 1 < argc) {
             gemm = -1;
-            for (int g = 0; g < 2; g++)
+            for (int g = 0; g < 3; g++)
                 if (!strcmp(argv[i + 1], GEMM[g])) gemm = g;
             if (gemm < 0) {
-                fprintf(stderr, "bench_cuda_autoround: --gemm f32 or tf32\n");
+                fprintf(stderr, "bench_cuda_autoround: --gemm f32, tf32 or bf16\n");
                 return 2;
             }
             i++;
@@ -75,7 +75,7 @@ int main(int argc, char **argv) {
                     : !strcmp(argv[i], "--experts") ? &experts : !strcmp(argv[i], "--lanes") ? &lanes : NULL;
         char *end = NULL;
         if (!dst || i + 1 >= argc || (*dst = strtol(argv[i + 1], &end, 10), *end)) {
-            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--lanes N] [--gemm f32|tf32]\n");
+            fprintf(stderr, "usage: bench_cuda_autoround [--iters N] [--samples S] [--seq L] [--batch B] [--experts E] [--lanes N] [--gemm f32|tf32|bf16]\n");
             return 2;
         }
         i++;

@@ -35,8 +35,8 @@ expect_rc 2 "cuda with --expert-group" -- "$Q4" --recipe "$T_TMP/ar.yaml" $D --d
 expect_out "--expert-group runs on the CPU only" "says why"
 expect_rc 2 "--gemm without --device cuda" -- "$Q4" --recipe "$T_TMP/ar.yaml" $D --gemm tf32 $M "$T_TMP/o1"
 expect_out "it needs --device cuda" "says why"
-expect_rc 2 "an unknown --gemm" -- "$Q4" --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm bf16 $M "$T_TMP/o1"
-expect_out "--gemm must be f32 or tf32, got 'bf16'" "names the bad value"
+expect_rc 2 "an unknown --gemm" -- "$Q4" --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm fp16 $M "$T_TMP/o1"
+expect_out "--gemm must be f32, tf32 or bf16, got 'fp16'" "names the bad value"
 expect_rc 2 "cuda without AutoRound" -- "$Q4" --recipe "$T_TMP/rtn.yaml" --device cuda $M "$T_TMP/o1"
 expect_out "AutoRoundModifier" "names what --device cuda runs"
 [ ! -e "$T_TMP/o1" ] && [ ! -e "$T_TMP/o1.partial" ] && ok || fail "nothing written on a usage error"
@@ -51,9 +51,15 @@ if [ "$rc" = 0 ]; then
     [ "$n" -ge 90 ] && ok || fail "GPU-tuned experts: only $n of 96 differ from round-to-nearest"
     expect_rc 0 "--gemm tf32 (tensor cores)" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm tf32 $M "$T_TMP/g2"
     expect_rc 0 "validate the tf32-GEMM output" -- "$BIN/validate-ignore-list" "$T_TMP/g2"
+    expect_rc 0 "--gemm bf16 (the experts' operands in bf16)" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm bf16 $M "$T_TMP/g3"
+    expect_rc 0 "validate the bf16-GEMM output" -- "$BIN/validate-ignore-list" "$T_TMP/g3"
+    "$BIN/st-diff" --json "$T_TMP/g3" "$T_TMP/r1" > "$T_TMP/diff3.json" 2>/dev/null
+    n=$(grep -o '"name": "[^"]*experts[^"]*weight_packed"' "$T_TMP/diff3.json" | wc -l)
+    [ "$n" -ge 90 ] && ok || fail "bf16-GEMM-tuned experts: only $n of 96 differ from round-to-nearest"
     grep -q '"fourbit.tuning_device":"cuda"' "$T_TMP"/g1/*.safetensors && grep -q ', device cuda$' "$T_TMP/g1/recipe.yaml" &&
-        grep -q '"fourbit.tuning_device":"cuda (tf32 GEMMs)"' "$T_TMP"/g2/*.safetensors && ok ||
-        fail "provenance: the tuning device (cuda, cuda (tf32 GEMMs)) in the shards' metadata and recipe.yaml"
+        grep -q '"fourbit.tuning_device":"cuda (tf32 GEMMs)"' "$T_TMP"/g2/*.safetensors &&
+        grep -q '"fourbit.tuning_device":"cuda (bf16 expert GEMMs)"' "$T_TMP"/g3/*.safetensors && ok ||
+        fail "provenance: the tuning device (cuda, cuda (tf32 GEMMs), cuda (bf16 expert GEMMs)) in the shards' metadata and recipe.yaml"
 elif [ "$rc" = 1 ] && grep -Eq "no usable GPU|no CUDA support" "$T_TMP/out"; then
     echo "t_cutune: no GPU here: $(grep -Eo 'no usable GPU.*|no CUDA support.*' "$T_TMP/out" | head -1)"
     ok

@@ -66,7 +66,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     if (!(kinds & (1u << FB_QK_NVFP4)))  // AutoRound tunes W4A16 only
     {
         opts[no++] = (fb_opt){"expert-group", 0, FB_OPT_INT, &o.expert_group, "N", "AutoRoundModifier: tune a layer's routed experts N at a time, attention Linears one by one (memory; default: the whole block as one unit)", 1, 1 << 20};
-        opts[no++] = (fb_opt){"gemm", 0, FB_OPT_STR, &gemm, "M", "with --device cuda: the tuner's GEMMs, f32 (default: the CPU's to rounding) or tf32 (tensor cores: products of inputs rounded to 10 mantissa bits, ~2.5x faster on an H100; another sample of the tuning, not the f32 one)", 0, 0};
+        opts[no++] = (fb_opt){"gemm", 0, FB_OPT_STR, &gemm, "M", "with --device cuda: the tuner's GEMMs, f32 (default: the CPU's to rounding), tf32 (tensor cores: products of inputs rounded to 10 mantissa bits, ~2.5x faster on an H100; another sample of the tuning, not the f32 one) or bf16 (as tf32, and the routed experts' GEMMs on bf16 operands, as auto-round's autocast)", 0, 0};
     }
     opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV",
                           (kinds & (1u << FB_QK_NVFP4))
@@ -111,12 +111,12 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
         return 2;
     }
     if (gemm) {
-        static const char *GM[] = {"f32", "tf32"};
+        static const char *GM[] = {"f32", "tf32", "bf16"};
         o.ar_gemm = -1;
-        for (int g = 0; g < 2; g++)
+        for (int g = 0; g < 3; g++)
             if (!strcmp(gemm, GM[g])) o.ar_gemm = g;
         if (o.ar_gemm < 0) {
-            fprintf(stderr, "%s: --gemm must be f32 or tf32, got '%s'\n", tool, gemm);
+            fprintf(stderr, "%s: --gemm must be f32, tf32 or bf16, got '%s'\n", tool, gemm);
             return 2;
         }
         if (!o.ar_cuda) {

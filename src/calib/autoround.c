@@ -1143,7 +1143,7 @@ int fb_autoround_tune_block(const float *x, const float *target, size_t nsamples
     memset(res, 0, sizeof *res);
     if (o->iters < 1) return fb_fail(err, "AutoRound block: %d iterations", o->iters);
     if (o->gemm != FB_AR_GEMM_F32)
-        return fb_fail(err, "AutoRound block: the CPU computes in f32 only (tf32 GEMMs are the CUDA tuner's)");
+        return fb_fail(err, "AutoRound block: the CPU computes in f32 only (tf32 and bf16 GEMMs are the CUDA tuner's)");
     size_t bs = o->batch_size ? o->batch_size : 8;
     if (bs > nsamples) bs = nsamples;
     blk_unit u;

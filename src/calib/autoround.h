@@ -122,9 +122,11 @@ typedef struct fb_ar_opts {
 // and out with the products' inputs rounded to TF32 (cuBLAS COMPUTE_32F_FAST_TF32, f32
 // accumulation; auto-round's bf16 autocast rounds them further): another sample of the same
 // tuning, not the f32 one to rounding. (cuBLAS's COMPUTE_32F_FAST_16BF on f32 operands gave the
-// TF32 results bit for bit on the H100, so there is no separate bf16 mode: a real one would cast
-// the operands to bf16 first.)
-typedef enum fb_ar_gemm { FB_AR_GEMM_F32 = 0, FB_AR_GEMM_TF32 } fb_ar_gemm;
+// TF32 results bit for bit on the H100.) BF16: the routed experts' GEMMs (the bulk of a MoE
+// block's) on operands stored and rounded to bf16 as auto-round's autocast rounds every matmul's
+// (the gathered inputs, the fake-quantized weights, SwiGLU's output, the gradients flowing in),
+// f32 accumulation and f32 results; the attention, router and all elementwise math as TF32 / f32.
+typedef enum fb_ar_gemm { FB_AR_GEMM_F32 = 0, FB_AR_GEMM_TF32, FB_AR_GEMM_BF16 } fb_ar_gemm;
 
 // One quantized Linear: in, its f32 weight; out, the tuned fake-quantized weight and what a
 // packer writes (scales, codes). Buffers are the caller's.

@@ -7,6 +7,7 @@
 // Elementwise steps whose CPU form rounds each operation are written with __fmul_rn /
 // __fadd_rn so that nvcc does not contract them into FMAs (the CPU is built -ffp-contract=off).
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <limits.h>
@@ -31,6 +32,12 @@ extern "C" {
 namespace {
 
 thread_local fb_cutune_info g_info;
+
+typedef __nv_bfloat16 bf16;  // the experts' GEMM operands in fb_ar_opts.gemm bf16
+
+// a store of an f32 result into an f32 or a bf16 (round to nearest even) buffer
+__device__ inline void st(float *p, float v) { *p = v; }
+__device__ inline void st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
 
 // ---- device helpers (autoround.c's, on the device) -----------------------------------------
 
@@ -83,67 +90,96 @@ __global__ void k_fill(float *p, size_t n, float v) {
 }
 
 // lin_qdq without the clamp (k_clamp first): one block of G threads per group.
+template <typename TW>
 __global__ void k_qdq(const float *w0, const float *v, const float *lo, const float *hi, const float *mn,
-                      const float *mx, float *wq, float *scale, int8_t *q) {
+                      const float *mx, TW *wq, float *scale, int8_t *q) {
     size_t gi = blockIdx.x, i = gi * G + threadIdx.x;
     float s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], NULL);
     if (scale && threadIdx.x == 0) scale[gi] = s;
     float c = clampq(rintf(w0[i] / s + v[i]));
-    wq[i] = s * c;
+    if (wq) st(wq + i, s * c);
     if (q) q[i] = (int8_t)c;
 }
 
-// lin_step's min/max factor step of group gi (one thread), then the factors clamped to [0, 1]
-// (the next iteration's sr_qdq clamp, done here once).
-__device__ void step_minmax(size_t gi, const float *sq, const float *sd, const unsigned char *sin_, float sv,
-                            const float *lo, const float *hi, float *mn, float *mx, float mlr) {
+// lin_step's min/max factor step of group gi (one thread), the factors clamped to [0, 1] (the
+// next iteration's sr_qdq clamp, done here once) into *mn, *mx. The scale-gradient sums are the
+// CPU's: f32, k ascending. sd[k] is +0 where the clamp passes no gradient, which adds nothing:
+// the sum starts at +0 and can never be -0 (x + -x is +0), so gd + 0 is gd.
+__device__ void step_minmax(size_t gi, const float *sq, const float *sd, float sv, const float *lo, const float *hi,
+                            float *mn, float *mx, float mlr) {
     float gq = 0, gd = 0;
+#pragma unroll 32
     for (int j = 0; j < G; j++) {
         gq = __fadd_rn(gq, sq[j]);
-        if (sin_[j]) gd = __fadd_rn(gd, sd[j]);
+        gd = __fadd_rn(gd, sd[j]);
     }
     const float thr = h16(1e-5f);
     float gs = h16(h16(gq) + h16(gd));
     if (!(sv < 0 ? sv < -thr : sv > thr)) gs = 0;
     float gm = gs / 8.0f;
-    float A = -(lo[gi] * mn[gi]), B = hi[gi] * mx[gi];
+    float m0 = *mn, m1 = *mx;
+    float A = -(lo[gi] * m0), B = hi[gi] * m1;
     gm *= B < A ? 1.0f : -1.0f;
     float gA = A > B ? gm : A == B ? gm / 2 : 0.0f, gB = B > A ? gm : A == B ? gm / 2 : 0.0f;
-    mn[gi] = __fsub_rn(mn[gi], __fmul_rn(mlr, sgn(-lo[gi] * gA)));
-    mx[gi] = __fsub_rn(mx[gi], __fmul_rn(mlr, sgn(hi[gi] * gB)));
-    mn[gi] = fminf(fmaxf(mn[gi], 0.0f), 1.0f);
-    mx[gi] = fminf(fmaxf(mx[gi], 0.0f), 1.0f);
+    m0 = __fsub_rn(m0, __fmul_rn(mlr, sgn(-lo[gi] * gA)));
+    m1 = __fsub_rn(m1, __fmul_rn(mlr, sgn(hi[gi] * gB)));
+    *mn = fminf(fmaxf(m0, 0.0f), 1.0f);
+    *mx = fminf(fmaxf(m1, 0.0f), 1.0f);
 }
 
-// lin_step: one block of G threads per group; the scale-gradient sums in the CPU's order (one
-// thread, k ascending), so that the fp16 roundings see the same partial sums given equal gw.
+// lin_step: one warp per group (STEP_GROUPS groups per block), lane k holding the group's
+// elements k, k + 32, k + 64, k + 96; the scale-gradient sums in the CPU's order (one lane, k
+// ascending), so that the fp16 roundings see the same partial sums given equal gw. A warp per
+// group, not a block, keeps 64 of those sequential sums going per multiprocessor instead of 16.
 // Then the next iteration's start for this group (sr_qdq: the factors clamped, the weight
-// fake-quantized into wq), so that wq always holds the current parameters' weight.
-__global__ void k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx,
-                       const float *gw, float lr, float mlr, int minmax, float *wq) {
-    __shared__ float sq[G], sd[G];
-    __shared__ unsigned char sin_[G];
-    size_t gi = blockIdx.x;
-    int k = threadIdx.x;
-    size_t i = gi * G + k;
-    float sv, s = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], &sv);
-    float w = w0[i], g = gw[i];
-    float t = rintf(w / s + v[i]);
-    int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
-    float c = clampq(t);
-    float gvk = in ? __fmul_rn(g, s) : 0.0f;
-    sq[k] = __fmul_rn(g, c);
-    sd[k] = in ? __fmul_rn(gvk, (-(w / s)) / s) : 0.0f;
-    sin_[k] = (unsigned char)in;
-    float vn = __fsub_rn(v[i], __fmul_rn(lr, sgn(gvk)));
-    v[i] = vn;
-    if (minmax) {
-        __syncthreads();
-        if (k == 0) step_minmax(gi, sq, sd, sin_, sv, lo, hi, mn, mx, mlr);
-        __syncthreads();
+// fake-quantized into wq), so that wq always holds the current parameters' weight. With bv (the
+// iteration's loss is the best so far), the parameters before the step go there too (bv, bmn,
+// bmx: the best-iteration snapshot, written where they are read anyway).
+constexpr int STEP_GROUPS = 8;
+template <typename TW>
+__global__ void __launch_bounds__(32 * STEP_GROUPS)
+k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx, const float *gw,
+       size_t NG, float lr, float mlr, int minmax, TW *wq, float *bv, float *bmn, float *bmx) {
+    __shared__ float sq[STEP_GROUPS][G], sd[STEP_GROUPS][G];
+    int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    size_t gi = (size_t)blockIdx.x * STEP_GROUPS + wi;
+    if (gi >= NG) return;  // the whole warp: no block-wide barrier below
+    float m0 = mn[gi], m1 = mx[gi];
+    if (bv && lane == 0) {
+        bmn[gi] = m0;
+        bmx[gi] = m1;
     }
-    float s2 = sym_scale(lo[gi], hi[gi], mn[gi], mx[gi], NULL);
-    wq[i] = s2 * clampq(rintf(w / s2 + vn));
+    float sv, s = sym_scale(lo[gi], hi[gi], m0, m1, &sv);
+    float w[G / 32], vn[G / 32];
+#pragma unroll
+    for (int r = 0; r < G / 32; r++) {
+        int k = lane + 32 * r;
+        size_t i = gi * G + k;
+        float wk = w0[i], g = gw[i], vk = v[i];
+        float t = rintf(wk / s + vk);
+        int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
+        float c = clampq(t);
+        float gvk = in ? __fmul_rn(g, s) : 0.0f;
+        sq[wi][k] = __fmul_rn(g, c);
+        sd[wi][k] = in ? __fmul_rn(gvk, (-(wk / s)) / s) : 0.0f;
+        vn[r] = __fsub_rn(vk, __fmul_rn(lr, sgn(gvk)));
+        v[i] = vn[r];
+        if (bv) bv[i] = vk;
+        w[r] = wk;
+    }
+    if (minmax) {
+        __syncwarp();
+        if (lane == 0) {
+            step_minmax(gi, sq[wi], sd[wi], sv, lo, hi, &m0, &m1, mlr);
+            mn[gi] = m0;
+            mx[gi] = m1;
+        }
+        m0 = __shfl_sync(0xffffffffu, m0, 0);
+        m1 = __shfl_sync(0xffffffffu, m1, 0);
+    }
+    float s2 = sym_scale(lo[gi], hi[gi], m0, m1, NULL);
+#pragma unroll
+    for (int r = 0; r < G / 32; r++) st(wq + gi * G + lane + 32 * r, s2 * clampq(rintf(w[r] / s2 + vn[r])));
 }
 
 // ---- kernels: the block's forward and backward -----------------------------------------------
@@ -325,19 +361,24 @@ __global__ void k_router_bwd(const float *lg, const int32_t *idx, const float *d
 }
 
 // Rows pos[0..m) of src [*, H] into dst [m, H].
-__global__ void k_gather(const float *src, const int *pos, int H, float *dst) {
+template <typename T> __global__ void k_gather(const float *src, const int *pos, int H, T *dst) {
     const float *s = src + (size_t)pos[blockIdx.x] * H;
-    float *d = dst + (size_t)blockIdx.x * H;
-    for (int k = threadIdx.x; k < H; k += blockDim.x) d[k] = s[k];
+    T *d = dst + (size_t)blockIdx.x * H;
+    for (int k = threadIdx.x; k < H; k += blockDim.x) st(d + k, s[k]);
+}
+
+__global__ void k_to_bf16(const float *src, size_t n, bf16 *dst) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(src[i]);
 }
 
 // Hh [m, FF] = silu(A) * B of the gate / up products AB [m, 2 FF] (A: the first FF columns of
 // each row, B: the last FF), n = m * FF.
-__global__ void k_swiglu(const float *AB, size_t FF, float *Hh, size_t n) {
+template <typename T> __global__ void k_swiglu(const float *AB, size_t FF, T *Hh, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t r = i / FF, c = i - r * FF;
         float a = AB[r * 2 * FF + c];
-        Hh[i] = __fmul_rn(a / (1.0f + expf(-a)), AB[r * 2 * FF + FF + c]);
+        st(Hh + i, __fmul_rn(a / (1.0f + expf(-a)), AB[r * 2 * FF + FF + c]));
     }
 }
 
@@ -354,12 +395,14 @@ __global__ void k_combine_tok(float *out, const int *tp, int K, const float *re,
 }
 
 // dY[j] = re[j] * grad[pos[j]] and dr[pos[j], e] = grad[pos[j]] . Y[j] (Y the expert's output).
+template <typename T>
 __global__ void k_dy_dr(const float *grad, const int *pos, const float *re, const float *Y, int H, int E, int e,
-                        float *dY, float *dr) {
+                        T *dY, float *dr) {
     const float *gr = grad + (size_t)pos[blockIdx.x] * H, *y = Y + (size_t)blockIdx.x * H;
-    float *d = dY + (size_t)blockIdx.x * H, r = re[blockIdx.x], acc = 0;
+    T *d = dY + (size_t)blockIdx.x * H;
+    float r = re[blockIdx.x], acc = 0;
     for (int k = threadIdx.x; k < H; k += blockDim.x) {
-        d[k] = __fmul_rn(r, gr[k]);
+        st(d + k, __fmul_rn(r, gr[k]));
         if (dr) acc = __fadd_rn(acc, __fmul_rn(gr[k], y[k]));
     }
     if (!dr) return;
@@ -367,14 +410,16 @@ __global__ void k_dy_dr(const float *grad, const int *pos, const float *re, cons
     if (threadIdx.x == 0) dr[(size_t)pos[blockIdx.x] * E + e] = acc;
 }
 
-// dHh [m, FF] -> [dA | dB] in place of AB [m, 2 FF], as moe_pass's backward; n = m * FF.
-__global__ void k_dswiglu(float *AB, size_t FF, const float *dHh, size_t n) {
+// dHh [m, FF] -> [dA | dB] into D [m, 2 FF] (in place of AB when D is AB), as moe_pass's
+// backward; n = m * FF.
+template <typename T> __global__ void k_dswiglu(float *AB, size_t FF, const float *dHh, size_t n, T *D) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         size_t r = i / FF, c = i - r * FF;
-        float *pa = AB + r * 2 * FF + c, *pb = pa + FF;
+        const float *pa = AB + r * 2 * FF + c, *pb = pa + FF;
         float a = *pa, b = *pb, sg = 1.0f / (1.0f + expf(-a)), dh = dHh[i];
-        *pa = __fmul_rn(__fmul_rn(dh, b), __fmul_rn(sg, __fadd_rn(1.0f, __fmul_rn(a, 1.0f - sg))));
-        *pb = __fmul_rn(dh, __fmul_rn(a, sg));
+        T *da = D + r * 2 * FF + c;
+        st(da, __fmul_rn(__fmul_rn(dh, b), __fmul_rn(sg, __fadd_rn(1.0f, __fmul_rn(a, 1.0f - sg)))));
+        st(da + FF, __fmul_rn(dh, __fmul_rn(a, sg)));
     }
 }
 
@@ -427,6 +472,7 @@ struct DLin {
     int fixed = 1, expert = 0;
     float *w0 = nullptr, *wq = nullptr, *v = nullptr, *bv = nullptr, *mn = nullptr, *mx = nullptr;
     float *bmn = nullptr, *bmx = nullptr, *lo = nullptr, *hi = nullptr;
+    bf16 *wq16 = nullptr;    // gemm bf16, experts: the fake-quantized weight, bf16 (no f32 wq)
     float *gsave = nullptr;  // host: gradient checks keep dLoss/dW here
 };
 
@@ -440,6 +486,7 @@ struct Lane {
     cublasHandle_t h = nullptr;
     cudaEvent_t done = nullptr;
     float *Hh = nullptr, *dY = nullptr, *T = nullptr, *gw = nullptr;
+    bf16 *Hh16 = nullptr, *dY16 = nullptr, *dAB16 = nullptr;  // gemm bf16: Hh, dY and [dA | dB] in bf16
 };
 
 constexpr int LANES_DEFAULT = 4, LANES_MAX = 32;
@@ -460,12 +507,18 @@ struct Blk {
     std::vector<Lane> lanes;
     cudaEvent_t fork = nullptr;
     cublasComputeType_t ct = CUBLAS_COMPUTE_32F;  // CUBLAS_COMPUTE_32F: cublasSgemm (fb_ar_opts.gemm)
+    // fb_ar_opts.gemm bf16: the routed experts' GEMMs take bf16 operands (Xe16, wq16, the lanes'
+    // Hh16 / dY16 / dAB16), f32 accumulation and results; the rest as tf32 (ct)
+    int b16 = 0;
     // where an iteration's time goes (fb_cutune_info.sect_s): NEV events per iteration, recorded
     // on the stream at the section boundaries and read after the last iteration's sync, so the
     // timing adds no synchronisation; ev points at the current iteration's (NULL: none)
     std::vector<cudaEvent_t> evs;
     cudaEvent_t *ev = nullptr;
     double moe_issue[2] = {0, 0};  // host seconds spent issuing the experts' forward / backward
+    // this iteration's parameters are the ones to keep (its loss the best so far): each tuned
+    // Linear's step snapshots them before stepping (lin_apply; lin_snap where no step runs)
+    int snap = 0;
     // allocations: dry (sizing) or real
     int dry = 0;
     size_t bytes = 0, by_part[4] = {0, 0, 0, 0};
@@ -482,7 +535,8 @@ struct Blk {
     // pair's index (experts ascending, u.off): gathered inputs Xe, gate / up products AB ([rows,
     // 2 FF]: one product with the expert's gate and up weights stacked, which are adjacent in
     // device memory), and outputs Y (the backward's input gradients replace them)
-    float *gw, *Xe, *re, *AB, *Y, *sbuf;
+    float *gw, *Xe = nullptr, *re, *AB, *Y, *sbuf;
+    bf16 *Xe16 = nullptr;
     int8_t *qbuf;
     int *pos, *tp;  // tp [cap, K]: each token's pair indices, experts ascending, -1 after its last
     double *part;
@@ -590,6 +644,23 @@ int nn(Blk &u, const Lane &l, const float *a, size_t lda, const float *b, size_t
 int tn(Blk &u, const Lane &l, const float *a, size_t lda, const float *b, size_t ldb, float *c, size_t ldc, size_t m, size_t n,
        size_t k, float beta) {
     return gemm(u, l, 1, 0, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+}
+
+// The experts' GEMMs, c[m, n] (f32) = op(a) op(b) + beta c on f32 operands (gemm, the mode's
+// arithmetic) or on bf16 ones (gemm bf16: cuBLAS on bf16 inputs, f32 accumulation and output).
+int egemm(Blk &u, const Lane &l, int ta, int tb_, const float *a, size_t lda, const float *b, size_t ldb, float *c,
+          size_t ldc, size_t m, size_t n, size_t k, float beta) {
+    return gemm(u, l, ta, tb_, a, lda, 0, b, ldb, 0, c, ldc, 0, m, n, k, beta, 1);
+}
+int egemm(Blk &u, const Lane &l, int ta, int tb_, const bf16 *a, size_t lda, const bf16 *b, size_t ldb, float *c,
+          size_t ldc, size_t m, size_t n, size_t k, float beta) {
+    if (!m || !n) return 0;
+    const float one = 1.0f;
+    u.flop += 2.0 * (double)m * (double)n * (double)k;
+    cublasOperation_t ob = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N, oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CB(cublasGemmEx(l.h, ob, oa, (int)n, (int)m, (int)k, &one, b, CUDA_R_16BF, (int)ldb, a, CUDA_R_16BF, (int)lda, &beta,
+                    c, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
 }
 
 // The block's Linears in order: q, k, v, o, then each expert's gate, up, down.
@@ -735,21 +806,31 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
         {&u.V, cap * Dk}, {&u.Qr, cap * Dq}, {&u.Kr, cap * Dk}, {&u.rq, nr}, {&u.rk, nr}, {&u.AO, cap * Dq},
         {&u.h1, cap * H}, {&u.xn2, cap * H}, {&u.r2, cap}, {&u.lg, cap * E}, {&u.out, cap * H}, {&u.grad, cap * H},
         {&u.wt, cap * K}, {&u.dxn2, cap * H}, {&u.dh1, cap * H}, {&u.dAO, cap * Dq}, {&u.dQ, cap * Dq},
-        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.grp * L * L}, {&u.dP, u.grp * L * L}, {&u.dr, cap * E},
+        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.nh * L * L}, {&u.dP, u.nh * L * L}, {&u.dr, cap * E},
         {&u.dlg, cap * E}, {&u.rscr, cap * E}, {&u.re, cap * K}};
     for (auto &a : act) TRY(dalloc(u, a.p, a.n, P_ACT, "one batch's activations"));
     TRY(dalloc(u, &u.idx, cap * K, P_ACT, "one batch's routing"));
     TRY(dalloc(u, &u.pos, cap * K, P_ACT, "one batch's routing"));
     TRY(dalloc(u, &u.part, NB_RED + 1, P_ACT, "the loss reduction"));
     // the experts' rows of the batch (every (token, expert) pair), kept from forward to backward
-    struct { float **p; size_t n; } kept[] = {{&u.Xe, cap * K * H}, {&u.AB, cap * K * 2 * FF}, {&u.Y, cap * K * H}};
+    struct { float **p; size_t n; } kept[] = {{&u.AB, cap * K * 2 * FF}, {&u.Y, cap * K * H}};
     for (auto &a : kept) TRY(dalloc(u, a.p, a.n, P_ACT, "the experts' rows of one batch"));
+    if (u.b16) TRY(dalloc(u, &u.Xe16, cap * K * H, P_ACT, "the experts' rows of one batch"));
+    else TRY(dalloc(u, &u.Xe, cap * K * H, P_ACT, "the experts' rows of one batch"));
     TRY(dalloc(u, &u.tp, cap * K, P_ACT, "one batch's routing"));
     // each lane's scratch: one expert's rows (at most every token of the batch), its weights
     size_t ew = u.lin.size() > 4 ? 2 * FF * H : 1;  // gw: the stacked gate / up gradient
     for (Lane &l : u.lanes) {
-        struct { float **p; size_t n; } scr[] = {{&l.Hh, cap * FF}, {&l.dY, cap * H}, {&l.T, cap * FF}, {&l.gw, ew}};
-        for (auto &a : scr) TRY(dalloc(u, a.p, a.n, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.T, cap * FF, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.gw, ew, P_SCRATCH, "the experts' scratch"));
+        if (!u.b16) {
+            TRY(dalloc(u, &l.Hh, cap * FF, P_SCRATCH, "the experts' scratch"));
+            TRY(dalloc(u, &l.dY, cap * H, P_SCRATCH, "the experts' scratch"));
+            continue;
+        }
+        TRY(dalloc(u, &l.Hh16, cap * FF, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.dY16, cap * H, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.dAB16, cap * 2 * FF, P_SCRATCH, "the experts' scratch"));
     }
     size_t maxw = 0, maxg = 0;
     for (size_t j = 0; j < u.lin.size(); j++) {
@@ -764,11 +845,16 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
         int gate = a.expert && (j - 4) % 3 == 0, up = a.expert && (j - 4) % 3 == 1;
         if (up) a.w0 = u.dry ? nullptr : u.lin[j - 1].w0 + n;
         else TRY(dalloc(u, &a.w0, gate ? 2 * n : n, P_WEIGHTS, what));
+        if (a.expert && u.b16) {  // bf16 only, tuned or fixed (blk_setup converts a fixed one)
+            if (up) a.wq16 = u.dry ? nullptr : u.lin[j - 1].wq16 + n;
+            else TRY(dalloc(u, &a.wq16, gate ? 2 * n : n, P_WEIGHTS, what));
+        }
         if (!tuned[j]) {
             a.wq = a.w0;
             continue;
         }
-        if (up) a.wq = u.dry ? nullptr : u.lin[j - 1].wq + n;
+        if (a.expert && u.b16) a.wq = nullptr;
+        else if (up) a.wq = u.dry ? nullptr : u.lin[j - 1].wq + n;
         else TRY(dalloc(u, &a.wq, gate ? 2 * n : n, P_WEIGHTS, what));
         TRY(dalloc(u, &a.v, n, P_WEIGHTS, what));
         TRY(dalloc(u, &a.bv, n, P_WEIGHTS, what));
@@ -844,7 +930,13 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
         DLin &a = u.lin[j];
         size_t n = a.R * a.C;
         CK(cudaMemcpy(a.w0, a.L->w, n * fl, cudaMemcpyHostToDevice));
-        if (!tuned[j]) continue;
+        if (!tuned[j]) {
+            if (a.wq16) {
+                k_to_bf16<<<ew_grid(n), 256>>>(a.w0, n, a.wq16);
+                KC();
+            }
+            continue;
+        }
         CK(cudaMemset(a.v, 0, n * fl));
         CK(cudaMemset(a.bv, 0, n * fl));
         float *ones[4] = {a.mn, a.mx, a.bmn, a.bmx};
@@ -867,12 +959,29 @@ int lin_apply(Blk &u, const Lane &l, DLin &a, const float *gw, float lr, float m
         CK(cudaStreamSynchronize(l.s));
         CK(cudaMemcpy(a.gsave, gw, a.R * a.C * sizeof(float), cudaMemcpyDeviceToHost));
     } else if (!a.fixed) {
-        k_step<<<(unsigned)a.NG, G, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, lr, mlr, minmax, a.wq);
+        unsigned nb = (unsigned)((a.NG + STEP_GROUPS - 1) / STEP_GROUPS);
+        float *bv = u.snap ? a.bv : nullptr;
+        if (a.wq16)
+            k_step<<<nb, 32 * STEP_GROUPS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, a.wq16,
+                                                     bv, a.bmn, a.bmx);
+        else
+            k_step<<<nb, 32 * STEP_GROUPS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, a.wq,
+                                                     bv, a.bmn, a.bmx);
         KC();
     }
     return 0;
 }
 inline int wants_grad(const DLin &a) { return a.gsave || !a.fixed; }
+
+// The snapshot of a tuned Linear that takes no step this iteration (an expert no token of the
+// batch was routed to): its parameters copied as they are.
+int lin_snap(Blk &u, const Lane &l, DLin &a) {
+    if (!u.snap || a.fixed || a.gsave) return 0;
+    CK(cudaMemcpyAsync(a.bv, a.v, a.R * a.C * sizeof(float), cudaMemcpyDeviceToDevice, l.s));
+    CK(cudaMemcpyAsync(a.bmn, a.mn, a.NG * sizeof(float), cudaMemcpyDeviceToDevice, l.s));
+    CK(cudaMemcpyAsync(a.bmx, a.mx, a.NG * sizeof(float), cudaMemcpyDeviceToDevice, l.s));
+    return 0;
+}
 
 // The lanes start after the main stream's work so far; lanes_join: the main stream waits for them.
 int lanes_fork(Blk &u) {
@@ -888,10 +997,28 @@ int lanes_join(Blk &u) {
     return 0;
 }
 
+// The experts' GEMM operands of one arithmetic: f32 (wq, Xe, the lanes' Hh / dY; [dA | dB] in
+// place of AB) or bf16 (gemm bf16: wq16, Xe16, Hh16, dY16, dAB16).
+template <typename T> struct Ops;
+template <> struct Ops<float> {
+    static const float *W(const DLin &a) { return a.wq; }
+    static float *Xe(const Blk &u) { return u.Xe; }
+    static float *Hh(const Lane &l) { return l.Hh; }
+    static float *dY(const Lane &l) { return l.dY; }
+    static float *dAB(const Lane &, float *AB) { return AB; }
+};
+template <> struct Ops<bf16> {
+    static const bf16 *W(const DLin &a) { return a.wq16; }
+    static bf16 *Xe(const Blk &u) { return u.Xe16; }
+    static bf16 *Hh(const Lane &l) { return l.Hh16; }
+    static bf16 *dY(const Lane &l) { return l.dY16; }
+    static bf16 *dAB(const Lane &l, float *) { return l.dAB16; }
+};
+
 // moe_fwd over the batch's n rows (xn2) into out, with the experts' current weights (wq): each
 // expert on its lane keeps its gathered rows, gate / up products and output at its pairs' rows
 // of Xe / AB / Y; then one ordered combine.
-int moe_fwd(Blk &u, size_t n, float *out) {
+template <typename T> int moe_fwd_t(Blk &u, size_t n, float *out) {
     size_t H = u.H, FF = u.FF, E = u.E, nl = u.lanes.size(), k = 0;
     TRY(lanes_fork(u));
     for (size_t e = 0; e < E; e++) {
@@ -899,14 +1026,15 @@ int moe_fwd(Blk &u, size_t n, float *out) {
         if (!m) continue;
         const Lane &l = u.lanes[k++ % nl];
         const DLin &g = u.lin[4 + 3 * e], &d = u.lin[4 + 3 * e + 2];
-        const float *Wgu = g.wq, *Wd = d.wq;  // [Wg; Wu]: the up Linear's wq is g.wq + FF * H
-        float *xe = u.Xe + o * H, *AB = u.AB + o * 2 * FF;
+        const T *Wgu = Ops<T>::W(g), *Wd = Ops<T>::W(d);  // [Wg; Wu]: the up Linear's weight follows the gate's
+        T *xe = Ops<T>::Xe(u) + o * H, *Hh = Ops<T>::Hh(l);
+        float *AB = u.AB + o * 2 * FF;
         k_gather<<<(unsigned)m, 256, 0, l.s>>>(u.xn2, u.pos + o, (int)H, xe);
         KC();
-        TRY(nt(u, l, xe, H, Wgu, H, AB, 2 * FF, m, 2 * FF, H, 0.0f));  // [A | B] = xe [Wg; Wu]^T
-        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.Hh, m * FF);
+        TRY(egemm(u, l, 0, 1, xe, H, Wgu, H, AB, 2 * FF, m, 2 * FF, H, 0.0f));  // [A | B] = xe [Wg; Wu]^T
+        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, Hh, m * FF);
         KC();
-        TRY(nt(u, l, l.Hh, FF, Wd, FF, u.Y + o * H, H, m, H, FF, 0.0f));  // the expert's output
+        TRY(egemm(u, l, 0, 1, Hh, FF, Wd, FF, u.Y + o * H, H, m, H, FF, 0.0f));  // the expert's output
     }
     TRY(lanes_join(u));
     k_combine_tok<<<(unsigned)n, 256>>>(out, u.tp, (int)u.K, u.re, u.Y, (int)H);
@@ -916,37 +1044,60 @@ int moe_fwd(Blk &u, size_t n, float *out) {
 
 // moe_bwd: dLoss/dout = grad to each expert Linear (stepped), dLoss/droute into dr, and
 // dLoss/dxn2 added into dxn2 (an ordered scatter after the lanes). Uses what moe_fwd kept.
-int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax) {
+template <typename T> int moe_bwd_t(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax) {
     size_t H = u.H, FF = u.FF, E = u.E, nl = u.lanes.size(), k = 0;
     TRY(lanes_fork(u));
     for (size_t e = 0; e < E; e++) {
         size_t m = u.off[e + 1] - u.off[e], o = u.off[e];
-        if (!m) continue;
+        if (!m) {
+            for (int t = 0; t < 3; t++) TRY(lin_snap(u, u.main, u.lin[4 + 3 * e + t]));
+            continue;
+        }
         const Lane &l = u.lanes[k++ % nl];
         DLin &g = u.lin[4 + 3 * e], &up = u.lin[4 + 3 * e + 1], &d = u.lin[4 + 3 * e + 2];
-        const float *Wgu = g.wq, *Wd = d.wq;  // this iteration's, until each one's step
+        const T *Wgu = Ops<T>::W(g), *Wd = Ops<T>::W(d);  // this iteration's, until each one's step
         const int *pos = u.pos + o;
-        const float *re = u.re + o, *xe = u.Xe + o * H;
+        const float *re = u.re + o;
+        const T *xe = Ops<T>::Xe(u) + o * H;
+        T *Hh = Ops<T>::Hh(l), *dY = Ops<T>::dY(l);
         float *AB = u.AB + o * 2 * FF, *Y = u.Y + o * H;
-        k_dy_dr<<<(unsigned)m, 256, 0, l.s>>>(grad, pos, re, Y, (int)H, (int)E, (int)e, l.dY, u.dr);
+        T *dAB = Ops<T>::dAB(l, AB);
+        k_dy_dr<<<(unsigned)m, 256, 0, l.s>>>(grad, pos, re, Y, (int)H, (int)E, (int)e, dY, u.dr);
         KC();
-        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.Hh, m * FF);
+        k_swiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, Hh, m * FF);
         KC();
-        if (wants_grad(d)) TRY(tn(u, l, l.dY, H, l.Hh, FF, l.gw, FF, H, FF, m, 0.0f));  // dWd = dY^T Hh
-        TRY(nn(u, l, l.dY, H, Wd, FF, l.T, FF, m, FF, H, 0.0f));                      // dHh = dY Wd
+        if (wants_grad(d)) TRY(egemm(u, l, 1, 0, dY, H, Hh, FF, l.gw, FF, H, FF, m, 0.0f));  // dWd = dY^T Hh
+        TRY(egemm(u, l, 0, 0, dY, H, Wd, FF, l.T, FF, m, FF, H, 0.0f));                      // dHh = dY Wd
         if (wants_grad(d)) TRY(lin_apply(u, l, d, l.gw, lr, mlr, minmax));
-        k_dswiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.T, m * FF);  // AB: [dA | dB] now
+        k_dswiglu<<<ew_grid(m * FF), 256, 0, l.s>>>(AB, FF, l.T, m * FF, dAB);  // [dA | dB] (f32: in AB)
         KC();
         // dx = [dA | dB] [Wg; Wu], into the expert's rows of Y (read above by k_dy_dr, on this lane)
-        TRY(nn(u, l, AB, 2 * FF, Wgu, H, Y, H, m, H, 2 * FF, 0.0f));
+        TRY(egemm(u, l, 0, 0, dAB, 2 * FF, Wgu, H, Y, H, m, H, 2 * FF, 0.0f));
         if (wants_grad(g) || wants_grad(up)) {  // [dWg; dWu] = [dA | dB]^T xe
-            TRY(tn(u, l, AB, 2 * FF, xe, H, l.gw, H, 2 * FF, H, m, 0.0f));
+            TRY(egemm(u, l, 1, 0, dAB, 2 * FF, xe, H, l.gw, H, 2 * FF, H, m, 0.0f));
             TRY(lin_apply(u, l, g, l.gw, lr, mlr, minmax));
             TRY(lin_apply(u, l, up, l.gw + FF * H, lr, mlr, minmax));
         }
     }
     TRY(lanes_join(u));
     k_scatter_tok<<<(unsigned)n, 256>>>(u.dxn2, u.tp, (int)u.K, u.Y, (int)H);
+    KC();
+    return 0;
+}
+
+int moe_fwd(Blk &u, size_t n, float *out) { return u.b16 ? moe_fwd_t<bf16>(u, n, out) : moe_fwd_t<float>(u, n, out); }
+int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax) {
+    return u.b16 ? moe_bwd_t<bf16>(u, n, grad, lr, mlr, minmax) : moe_bwd_t<float>(u, n, grad, lr, mlr, minmax);
+}
+
+// One sample's attention probabilities (rows r0 .. r0 + L): S of head (g, i) = softmax(scale Q K^T,
+// causal) at u.S + (i nkv + g) L^2, each GEMM batched over the KV groups g.
+int attn_probs(Blk &u, size_t r0) {
+    size_t Dq = u.Dq, Dk = u.Dk, hd = u.hd, L = u.seq;
+    for (size_t i = 0; i < u.grp; i++)
+        TRY(gemm(u, u.main, 0, 1, u.Qr + r0 * Dq + i * hd, Dq, (long long)(u.grp * hd), u.Kr + r0 * Dk, Dk, (long long)hd,
+                 u.S + i * u.nkv * L * L, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.nkv));
+    k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.nh), 128>>>(u.S, (int)L, u.scale);
     KC();
     return 0;
 }
@@ -981,17 +1132,14 @@ int blk_forward(Blk &u, size_t n) {
         k_rope<<<(unsigned)n, 256>>>(u.Kr, (int)Dk, (int)u.nkv, (int)hd, half, u.inv_freq, (int)L, 0);
         KC();
     }
-    // attention per sample and KV group, batched over the group's query heads
-    for (size_t s = 0; s < n / L; s++)
-        for (size_t g = 0; g < u.nkv; g++) {
-            size_t r0 = s * L, h0 = g * u.grp;
-            TRY(gemm(u, u.main, 0, 1, u.Qr + r0 * Dq + h0 * hd, Dq, (long long)hd, u.Kr + r0 * Dk + g * hd, Dk, 0, u.S, L,
-                     (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
-            k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
-            KC();
-            TRY(gemm(u, u.main, 0, 0, u.S, L, (long long)(L * L), u.V + r0 * Dk + g * hd, Dk, 0, u.AO + r0 * Dq + h0 * hd, Dq,
-                     (long long)hd, L, hd, L, 0.0f, (int)u.grp));
-        }
+    // attention per sample, all heads: TRY(attn_scores) leaves each head's softmax in S; then AO
+    for (size_t s = 0; s < n / L; s++) {
+        size_t r0 = s * L;
+        TRY(attn_probs(u, r0));
+        for (size_t i = 0; i < u.grp; i++)  // AO of head (g, i) = S (i, g) V_g, batched over g
+            TRY(gemm(u, u.main, 0, 0, u.S + i * u.nkv * L * L, L, (long long)(L * L), u.V + r0 * Dk, Dk, (long long)hd,
+                     u.AO + r0 * Dq + i * hd, Dq, (long long)(u.grp * hd), L, hd, L, 0.0f, (int)u.nkv));
+    }
     TRY(nt(u, u.main, u.AO, Dq, u.lin[3].wq, Dq, u.h1, H, n, H, Dq, 0.0f));
     k_add<<<ew_grid(n * H), 256>>>(u.xcur, u.h1, u.h1, n * H);
     KC();
@@ -1071,24 +1219,29 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     if (wants_grad(lo)) TRY(lin_apply(u, u.main, lo, u.gw, lr, mlr, minmax));  // after the last use of lo.wq
     CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
     CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
-    for (size_t s = 0; s < n / L; s++)
-        for (size_t g = 0; g < u.nkv; g++) {
-            size_t r0 = s * L, h0 = g * u.grp;
-            const float *Qg = u.Qr + r0 * Dq + h0 * hd, *Kg = u.Kr + r0 * Dk + g * hd, *Vg = u.V + r0 * Dk + g * hd;
-            const float *dO = u.dAO + r0 * Dq + h0 * hd;
-            TRY(gemm(u, u.main, 0, 1, Qg, Dq, (long long)hd, Kg, Dk, 0, u.S, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
-            k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, (int)L, u.scale);
-            KC();
-            TRY(gemm(u, u.main, 0, 1, dO, Dq, (long long)hd, Vg, Dk, 0, u.dP, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.grp));
-            for (size_t i = 0; i < u.grp; i++)
-                TRY(tn(u, u.main, u.S + i * L * L, L, dO + i * hd, Dq, u.dV + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
-            k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.grp), 128>>>(u.S, u.dP, (int)L, u.scale);
-            KC();
-            TRY(gemm(u, u.main, 0, 0, u.dP, L, (long long)(L * L), Kg, Dk, 0, u.dQ + r0 * Dq + h0 * hd, Dq, (long long)hd, L, hd,
-                     L, 0.0f, (int)u.grp));
-            for (size_t i = 0; i < u.grp; i++)
-                TRY(tn(u, u.main, u.dP + i * L * L, L, Qg + i * hd, Dq, u.dK + r0 * Dk + g * hd, Dk, L, hd, L, 1.0f));
+    // per sample, all heads; head (g, i) (KV group g, i-th of its query heads) at S / dP + (i nkv +
+    // g) L^2; each GEMM batched over the KV groups, the group's heads one after another, so that
+    // dV_g and dK_g add their heads' products in head order (the CPU's per-head loop)
+    for (size_t s = 0; s < n / L; s++) {
+        size_t r0 = s * L;
+        const long long sq = (long long)(u.grp * hd), sk = (long long)hd, ss = (long long)(L * L);
+        TRY(attn_probs(u, r0));
+        for (size_t i = 0; i < u.grp; i++) {
+            const float *dO = u.dAO + r0 * Dq + i * hd;
+            float *Si = u.S + i * u.nkv * L * L, *dPi = u.dP + i * u.nkv * L * L;
+            TRY(gemm(u, u.main, 0, 1, dO, Dq, sq, u.V + r0 * Dk, Dk, sk, dPi, L, ss, L, L, hd, 0.0f, (int)u.nkv));  // dP = dO V^T
+            TRY(gemm(u, u.main, 1, 0, Si, L, ss, dO, Dq, sq, u.dV + r0 * Dk, Dk, sk, L, hd, L, 1.0f, (int)u.nkv));  // dV += S^T dO
         }
+        k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.nh), 128>>>(u.S, u.dP, (int)L, u.scale);
+        KC();
+        for (size_t i = 0; i < u.grp; i++) {
+            const float *Qi = u.Qr + r0 * Dq + i * hd;
+            const float *dPi = u.dP + i * u.nkv * L * L;
+            TRY(gemm(u, u.main, 0, 0, dPi, L, ss, u.Kr + r0 * Dk, Dk, sk, u.dQ + r0 * Dq + i * hd, Dq, sq, L, hd, L, 0.0f,
+                     (int)u.nkv));  // dQ = dP K
+            TRY(gemm(u, u.main, 1, 0, dPi, L, ss, Qi, Dq, sq, u.dK + r0 * Dk, Dk, sk, L, hd, L, 1.0f, (int)u.nkv));  // dK += dP^T Q
+        }
+    }
     int half = c->rotary_dim / 2;
     if (half) {
         k_rope<<<(unsigned)n, 256>>>(u.dQ, (int)Dq, (int)u.nh, (int)hd, half, u.inv_freq, (int)L, 1);
@@ -1153,7 +1306,8 @@ int sr_qdq(Blk &u) {
         if (a.fixed) continue;
         k_clamp<<<ew_grid(a.NG), 256>>>(a.mn, a.mx, a.NG);
         KC();
-        k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq, nullptr, nullptr);
+        if (a.wq16) k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq16, nullptr, nullptr);
+        else k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq, nullptr, nullptr);
         KC();
     }
     return 0;
@@ -1178,9 +1332,11 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
                const fb_ar_opts *o, fb_ar_result *res) {
     double t0 = fb_now();
     if (o->iters < 1) return fb_fail(u.err, "AutoRound block: %d iterations", o->iters);
-    static const cublasComputeType_t CT[] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32};
-    if (o->gemm < 0 || o->gemm > FB_AR_GEMM_TF32) return fb_fail(u.err, "AutoRound on CUDA: GEMM mode %d", o->gemm);
+    static const cublasComputeType_t CT[] = {CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32,
+                                             CUBLAS_COMPUTE_32F_FAST_TF32};
+    if (o->gemm < 0 || o->gemm > FB_AR_GEMM_BF16) return fb_fail(u.err, "AutoRound on CUDA: GEMM mode %d", o->gemm);
     u.ct = CT[o->gemm];
+    u.b16 = o->gemm == FB_AR_GEMM_BF16;
     size_t bs = o->batch_size ? o->batch_size : 8;
     if (bs > nsamples) bs = nsamples;
     TRY(blk_check(u, b, x, target, nsamples, seq, bs));
@@ -1233,15 +1389,11 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
                 res->best_iter = it;
                 res->best_loss = loss;
             }
-            for (DLin &a : u.lin) {
-                if (a.fixed) continue;
-                CK(cudaMemcpyAsync(a.bv, a.v, a.R * a.C * sizeof(float), cudaMemcpyDeviceToDevice));
-                CK(cudaMemcpyAsync(a.bmn, a.mn, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
-                CK(cudaMemcpyAsync(a.bmx, a.mx, a.NG * sizeof(float), cudaMemcpyDeviceToDevice));
-            }
+            u.snap = 1;  // taken by each Linear's step in the backward below (or lin_snap)
         }
         CK(cudaEventRecord(u.ev[3]));
         TRY(blk_backward(u, n, lr_i, mlr_i, minmax));
+        u.snap = 0;
         CK(cudaEventRecord(u.ev[5]));
         // LinearLR(1 -> 0): lr *= 1 - 1 / (iters - it), in f32 as torch scales a tensor lr
         float f = (float)(1.0 + -1.0 / ((double)o->iters + (double)it * -1.0));
@@ -1282,7 +1434,7 @@ int tune_block(Blk &u, const float *x, const float *target, size_t nsamples, siz
     for (size_t j = 0; j < u.lin.size(); j++) {
         DLin &a = u.lin[j];
         if (a.fixed) continue;
-        float *wq = a.wq;
+        float *wq = a.wq16 ? nullptr : a.wq;  // (its values are not used)
         k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, wq, u.sbuf, u.qbuf);
         KC();
         ss[j].resize(a.NG);

@@ -805,7 +805,8 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         if (rc) goto done;
     }
     // where the tuning ran: the GPU's results are the CPU's within rounding, not byte-identical
-    const char *tune_device = !o->ar_cuda ? "cpu" : o->ar_gemm == FB_AR_GEMM_TF32 ? "cuda (tf32 GEMMs)" : "cuda";
+    const char *tune_device = !o->ar_cuda ? "cpu" : o->ar_gemm == FB_AR_GEMM_TF32 ? "cuda (tf32 GEMMs)"
+                              : o->ar_gemm == FB_AR_GEMM_BF16 ? "cuda (bf16 expert GEMMs)" : "cuda";
     const char *mk[7] = {"fourbit.scheme", "fourbit.recipe_xxh3_128", "fourbit.calib_xxh3_128", "fourbit.format",
                          "fourbit.dataset_xxh3_128", "fourbit.tuning", "fourbit.tuning_device"};
     const char *mv[7] = {res->scheme, recipe_hex, calib_hex ? calib_hex : "none",
