@@ -9,8 +9,10 @@
 // step for its group (so no Linear is fake-quantized in the forward or again in the backward).
 // The experts' rows of one mini-batch (gathered inputs, gate / up products, outputs: every
 // (token, expert) pair) are kept from the forward for the backward. A full MiniMax-M2 block
-// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 68.7 GiB with
-// activations and inputs (fb_cuda_autoround_block_bytes), inside an 80 GB H100.
+// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 70.0 GiB with
+// activations and inputs (fb_cuda_autoround_block_bytes; f32 / tf32 GEMMs, bf16 about 8 GiB
+// less), inside an 80 GB H100. The best-iteration snapshot is written by each Linear's step of
+// an iteration whose loss is the best so far (the parameters it read before stepping).
 //
 // Streams: the experts' forward and backward are spread over lanes (fb_ar_opts.cuda_lanes, 4 by
 // default), each a non-blocking stream with its own cuBLAS handle and scratch; the lanes start
@@ -19,12 +21,14 @@
 // of one expert after another: the results are the same bytes for every number of lanes.
 //
 // Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
-// shapes (fb_ar_opts.gemm tf32: cublasGemmEx on tensor cores, f32 in and out); attention per sample and KV group with cublasSgemmStridedBatched over its query
-// heads; the experts as per-expert gathered GEMMs over the tokens routed to them (lists built
+// shapes (fb_ar_opts.gemm tf32: cublasGemmEx on tensor cores, f32 in and out; gemm bf16: the
+// same, and the routed experts' GEMMs on operands stored in bf16, f32 accumulation and results);
+// attention per sample, each GEMM strided-batched over the KV groups for one query head of each
+// group at a time (so dK and dV add a group's heads in head order); the experts as per-expert gathered GEMMs over the tokens routed to them (lists built
 // on the host from the routing, ascending token order, expert outputs added in ascending expert
 // order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),
 // RoPE, causal softmax, routers (one thread per token, the CPU's sequential loops), SwiGLU, the
-// fake quantizer and the SignSGD step (the group's scale-gradient sums in the CPU's order, the
+// fake quantizer and the SignSGD step (a warp per group; its scale-gradient sums in the CPU's order, the
 // fp16 roundings, the clamp-gradient and sign rules). The mini-batches are the CPU's
 // (fb_autoround_sample_order), the LinearLR factors and best-iteration rule signround()'s.
 // The GEMMs' and reductions' summation order differs from the BLAS's: gradients agree to f32
