@@ -951,6 +951,12 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
     return 0;
 }
 
+// f(the Linear's fake-quantized weight buffer): bf16 (an expert's in gemm bf16) or f32.
+template <typename F> void on_wq(const DLin &a, F f) {
+    if (a.wq16) f(a.wq16);
+    else f(a.wq);
+}
+
 // lin_apply: keep the gradient gw (checks), the SignSGD step (tuned; it also refreshes a.wq,
 // so every use of this iteration's weight must be issued before it, on the same stream), or
 // nothing (fixed).
@@ -961,12 +967,10 @@ int lin_apply(Blk &u, const Lane &l, DLin &a, const float *gw, float lr, float m
     } else if (!a.fixed) {
         unsigned nb = (unsigned)((a.NG + STEP_GROUPS - 1) / STEP_GROUPS);
         float *bv = u.snap ? a.bv : nullptr;
-        if (a.wq16)
-            k_step<<<nb, 32 * STEP_GROUPS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, a.wq16,
-                                                     bv, a.bmn, a.bmx);
-        else
-            k_step<<<nb, 32 * STEP_GROUPS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, a.wq,
-                                                     bv, a.bmn, a.bmx);
+        on_wq(a, [&](auto *wq) {
+            k_step<<<nb, 32 * STEP_GROUPS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, wq, bv,
+                                                     a.bmn, a.bmx);
+        });
         KC();
     }
     return 0;
@@ -1132,7 +1136,7 @@ int blk_forward(Blk &u, size_t n) {
         k_rope<<<(unsigned)n, 256>>>(u.Kr, (int)Dk, (int)u.nkv, (int)hd, half, u.inv_freq, (int)L, 0);
         KC();
     }
-    // attention per sample, all heads: TRY(attn_scores) leaves each head's softmax in S; then AO
+    // attention per sample, all heads: attn_probs leaves each head's probabilities in S; then AO
     for (size_t s = 0; s < n / L; s++) {
         size_t r0 = s * L;
         TRY(attn_probs(u, r0));
@@ -1306,8 +1310,7 @@ int sr_qdq(Blk &u) {
         if (a.fixed) continue;
         k_clamp<<<ew_grid(a.NG), 256>>>(a.mn, a.mx, a.NG);
         KC();
-        if (a.wq16) k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq16, nullptr, nullptr);
-        else k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, a.wq, nullptr, nullptr);
+        on_wq(a, [&](auto *wq) { k_qdq<<<(unsigned)a.NG, G>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, wq, nullptr, nullptr); });
         KC();
     }
     return 0;
