@@ -262,11 +262,20 @@ typedef struct run_out {
     size_t bad, fixed_changed;
 } run_out;
 
-static void tune_run(int gpu, int gemm, int lanes, run_out *r) {
+// fixed_experts: the experts are not tuned (their forward and backward still run, on the weights
+// as they are); r->fixed_changed then also counts any change to them.
+static void tune_run_x(int gpu, int gemm, int lanes, int fixed_experts, run_out *r) {
     enum { NS = 8, SEQ = 16, ITERS = 20 };
     blkfix f;
     blk_make(&f, FB_QKN_ALL_HEADS, FB_ROUTER_SIGMOID_BIAS, 0, 4242);
     f.b.attn_tuned[2] = 0;  // v_proj fixed
+    f.b.experts_tuned = !fixed_experts;
+    float *e0[FNL] = {0};
+    for (int j = 4; fixed_experts && j < FNL; j++) {
+        fb_ar_linear *L = blk_lin(&f, j);
+        e0[j] = fb_malloc(L->rows * L->cols * sizeof(float));
+        memcpy(e0[j], L->w, L->rows * L->cols * sizeof(float));
+    }
     size_t nv = f.at[2].rows * f.at[2].cols;
     float *v0 = fb_malloc(nv * sizeof(float));
     memcpy(v0, f.at[2].w, nv * sizeof(float));
@@ -285,7 +294,11 @@ static void tune_run(int gpu, int gemm, int lanes, run_out *r) {
         size_t n = L->rows * L->cols;
         r->w[j] = fb_malloc(n * sizeof(float));
         memcpy(r->w[j], L->w, n * sizeof(float));
-        if (j == 2) continue;
+        if (e0[j]) {
+            r->fixed_changed += memcmp(e0[j], L->w, n * sizeof(float)) != 0;
+            free(e0[j]);
+        }
+        if (j == 2 || e0[j]) continue;
         for (size_t i = 0; i < n; i++) {
             float s = L->scale[i / 128], q = (float)L->q[i];
             uint16_t h = fb_f32_to_f16(s);
@@ -295,6 +308,7 @@ static void tune_run(int gpu, int gemm, int lanes, run_out *r) {
     free(v0); free(x); free(t);
     blk_drop(&f);
 }
+static void tune_run(int gpu, int gemm, int lanes, run_out *r) { tune_run_x(gpu, gemm, lanes, 0, r); }
 
 static void tune_vs_cpu(void) {
     // g: the default 4 lanes; g2: the experts one after another on one lane; g3: 3 lanes (the
@@ -369,6 +383,31 @@ static void tune_fast_modes(void) {
     for (int j = 0; j < FNL; j++) free(f.w[j]);
 }
 
+// Experts not tuned, only the attention (gemm bf16 converts their weights to bf16 once at the
+// start instead of each step writing them): the f32 mode against the CPU, the bf16 mode
+// against f32, the experts untouched in all three.
+static void tune_fixed_experts(void) {
+    run_out c, f, b;
+    tune_run_x(0, FB_AR_GEMM_F32, 0, 1, &c);
+    tune_run_x(1, FB_AR_GEMM_F32, 0, 1, &f);
+    tune_run_x(1, FB_AR_GEMM_BF16, 0, 1, &b);
+    CHECK(c.fixed_changed == 0 && f.fixed_changed == 0 && b.fixed_changed == 0,
+          "CUDA tune, fixed experts: fixed Linears changed (CPU %zu, f32 %zu, bf16 %zu)", c.fixed_changed,
+          f.fixed_changed, b.fixed_changed);
+    CHECK(fabs(f.res.rtn_mse - c.res.rtn_mse) <= RTN_TOL * c.res.rtn_mse &&
+              fabs(f.res.final_mse - c.res.final_mse) <= FINAL_TOL * c.res.final_mse,
+          "CUDA tune, fixed experts: f32 RTN %.9g final %.9g vs CPU %.9g %.9g", f.res.rtn_mse, f.res.final_mse,
+          c.res.rtn_mse, c.res.final_mse);
+    CHECK(fabs(b.res.rtn_mse - f.res.rtn_mse) <= BF16_RTN_TOL * f.res.rtn_mse && b.res.final_mse < b.res.rtn_mse &&
+              fabs(b.res.final_mse - f.res.final_mse) <= FINAL_TOL * f.res.final_mse,
+          "CUDA tune, fixed experts: bf16 RTN %.9g final %.9g vs f32 %.9g %.9g", b.res.rtn_mse, b.res.final_mse,
+          f.res.rtn_mse, f.res.final_mse);
+    CHECK(c.bad == 0 && f.bad == 0 && b.bad == 0, "CUDA tune, fixed experts: tuned weights not a code times a scale");
+    printf("test_cutune: fixed experts: RTN %.9g / %.9g / %.9g, final %.7g / %.7g / %.7g (CPU / f32 / bf16)\n",
+           c.res.rtn_mse, f.res.rtn_mse, b.res.rtn_mse, c.res.final_mse, f.res.final_mse, b.res.final_mse);
+    for (int j = 0; j < FNL; j++) free(c.w[j]), free(f.w[j]), free(b.w[j]);
+}
+
 static void gpu_checks(void) {
     char name[256], why[512];
     int have = fb_engine_cuda_available(name, sizeof name, why, sizeof why);
@@ -384,6 +423,7 @@ static void gpu_checks(void) {
     grad_vs_cpu(FB_QKN_NONE, FB_ROUTER_SOFTMAX, 0, "no q/k norm, softmax router");
     tune_vs_cpu();
     tune_fast_modes();
+    tune_fixed_experts();
 }
 
 #endif
