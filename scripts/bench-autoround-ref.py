@@ -16,6 +16,13 @@ consecutive optimizer steps, CUDA synchronised); the time after the last step (b
 restore, packing). Printed as text and, with --json FILE, as JSON. With --iters below 200 the
 200-iteration time is PROJECTED as setup + 200 x the median iteration + tail, and says so.
 
+On an 80 GB card auto-round runs out of memory at 256 experts with the batch of 8 in one piece
+(76.7 GiB allocated, 2026-12-07). `--batch-size 4 --grad-acc 2` is auto-round's own memory
+setting for that (gradient_accumulate_steps): the same SignSGD step on a global batch of 8, its
+gradient summed over two halves of 4 (sum-reduced MSE: the signs are those of batch 8's mean, up
+to rounding), in about half the activation memory. `--low-gpu-mem` is its low_gpu_mem_usage
+(block inputs and outputs kept on the host). Both are recorded in the JSON.
+
 Needs torch with CUDA, transformers (5.x, with minimax_m2) and auto-round 0.16.1 (plus its
 datasets/pydantic imports). Example (one GPU):
     python3 scripts/bench-autoround-ref.py --iters 20 --json out.json
@@ -43,6 +50,9 @@ def main():
     ap.add_argument("--nsamples", type=int, default=64)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--grad-acc", type=int, default=1,
+                    help="auto-round's gradient_accumulate_steps (the step's batch is batch-size x this)")
+    ap.add_argument("--low-gpu-mem", action="store_true", help="auto-round's low_gpu_mem_usage")
     ap.add_argument("--layers", type=int, default=1,
                     help="decoder layers (2+: the later layers' time is the steady state, after torch.compile's "
                          "first compilation, which auto-round enables and which lands in layer 0's setup)")
@@ -57,7 +67,7 @@ def main():
 
     import auto_round
     import transformers
-    from auto_round import AutoRound
+    from auto_round import AutoRound, SignRoundConfig
     from auto_round.algorithms.quantization.sign_round import sign_sgd
 
     d = minimax_synth.dims(a.experts, a.small)
@@ -83,8 +93,12 @@ def main():
     sign_sgd.SignSGD.step = timed_step
 
     t0 = time.perf_counter()  # re-read below; here for the progress lines of model set-up
-    ar = AutoRound(model, tokenizer=tok, scheme="W4A16", iters=a.iters, nsamples=a.nsamples, seqlen=a.seqlen,
-                   batch_size=a.batch_size, dataset=data, device_map=a.device if dev.type == "cuda" else "cpu")
+    # gradient_accumulate_steps is a SignRoundConfig option (AutoRound's keyword arguments ignore it)
+    alg = dict(alg_configs=SignRoundConfig(iters=a.iters, gradient_accumulate_steps=a.grad_acc)) if a.grad_acc != 1 \
+        else dict(iters=a.iters)
+    ar = AutoRound(model, tokenizer=tok, scheme="W4A16", nsamples=a.nsamples, seqlen=a.seqlen,
+                   batch_size=a.batch_size, low_gpu_mem_usage=a.low_gpu_mem, dataset=data,
+                   device_map=a.device if dev.type == "cuda" else "cpu", **alg)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -99,7 +113,8 @@ def main():
         "auto_round": auto_round.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "dims": d, "layer_params": n_param, "nsamples": a.nsamples, "seqlen": a.seqlen,
-        "batch_size": a.batch_size, "iters": a.iters, "steps_seen": len(steps),
+        "batch_size": a.batch_size, "gradient_accumulate_steps": a.grad_acc, "low_gpu_mem_usage": a.low_gpu_mem,
+        "iters": a.iters, "steps_seen": len(steps),
         "quantize_s": t1 - t0,
         "setup_s": (steps[0] - t0) if steps else None,
         "first_iter_s": (steps[0] - t0) if steps else None,
