@@ -294,11 +294,10 @@ static void tune_run_x(int gpu, int gemm, int lanes, int fixed_experts, run_out 
         size_t n = L->rows * L->cols;
         r->w[j] = fb_malloc(n * sizeof(float));
         memcpy(r->w[j], L->w, n * sizeof(float));
-        if (e0[j]) {
-            r->fixed_changed += memcmp(e0[j], L->w, n * sizeof(float)) != 0;
-            free(e0[j]);
-        }
-        if (j == 2 || e0[j]) continue;
+        int fixed = j == 2 || e0[j];
+        if (e0[j]) r->fixed_changed += memcmp(e0[j], L->w, n * sizeof(float)) != 0;
+        free(e0[j]);
+        if (fixed) continue;
         for (size_t i = 0; i < n; i++) {
             float s = L->scale[i / 128], q = (float)L->q[i];
             uint16_t h = fb_f32_to_f16(s);
