@@ -1,15 +1,25 @@
 #!/bin/sh
-# A device call (H200: auto-round does not fit 256 experts on an H100): fourbit at 256 experts, 64 samples (tf32, bf16), then auto-round 0.16.1 on the same block, 2 layers
+# A device call: auto-round 0.16.1 on one full-size MiniMax-M2 block at 256 experts (2 layers, the
+# second the steady state), then fourbit on the same block and card (tf32 10 iterations, bf16 40:
+# its per-shape GEMM choice warms up). `h100` as the argument: an 80 GB card, where auto-round runs
+# out of memory with the batch of 8 in one piece, so it runs its own memory setting, the batch as
+# 2 x 4 with gradient_accumulate_steps 2 (the same SignSGD step); without: the batch in one piece,
+# which needs an H200 (kind nvidia-h200, needs_h200).
 # Usage: scripts/device/make-devdeps.sh; the wheels the device lacks into .whl/ (git-ignored):
 # auto-round==0.16.1 datasets dill multiprocess pydantic pydantic-core annotated-types
 # typing-inspection (pip download --no-deps --only-binary=:all: --python-version 3.12 ..., as
-# /work/.library/device/README.md says); then `bash scripts/device/call-ar256.sh` with carry
-# [".devdeps", ".whl"], kind nvidia-h200, needs_h200. Its outputs land in $OUT.
+# /work/.library/device/README.md says); then `bash scripts/device/call-ar256.sh [h100]` with carry
+# [".devdeps", ".whl"]. Its outputs land in $OUT.
 . .devdeps/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit
-(make -j16 CUDA_ARCH="-gencode arch=compute_90,code=sm_90" build/bench/bench_cuda_autoround) > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }
-for g in tf32 bf16; do echo "== fourbit $g"; timeout 120 build/bench/bench_cuda_autoround --experts 256 --gemm $g --iters 20 2>&1 | tail -9 | tee $OUT/fb256-$g.txt; done
+(make -j16 CUDA_ARCH="-gencode arch=compute_90,code=sm_90" build/bench/bench_cuda_autoround > $OUT/build.log 2>&1) &
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-timeout 400 python3 scripts/bench-autoround-ref.py --experts 256 --layers 2 --iters 5 --json $OUT/ar256.json > $OUT/ar256.log 2>&1; echo "ar rc=$?"
-grep -v "^step" $OUT/ar256.log | tail -25; grep "^step" $OUT/ar256.log | tail -12
+B="--batch-size 8"
+[ "${1:-}" = h100 ] && B="--batch-size 4 --grad-acc 2" && export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+timeout 330 python3 scripts/bench-autoround-ref.py --experts 256 --layers 2 --iters 3 $B --json $OUT/ar256.json \
+    > $OUT/ar256.log 2>&1; echo "ar rc=$?"
+grep -v "^step" $OUT/ar256.log | tail -25; grep "^step" $OUT/ar256.log | tail -8
+wait; test -x build/bench/bench_cuda_autoround || { tail -30 $OUT/build.log; exit 1; }
+for x in "tf32 10" "bf16 40"; do set -- $x; echo "== fourbit 256 $1 $2 iterations"
+  timeout 100 build/bench/bench_cuda_autoround --experts 256 --gemm $1 --iters $2 2>&1 | tail -8 | tee -a $OUT/fb256.txt; done

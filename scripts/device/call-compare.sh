@@ -13,7 +13,7 @@ mkdir -p /tmp/old && tar cf - --exclude=./build --exclude=./.whl --exclude=./.de
 (make -j16 CUDA_ARCH="$A" build/bench/bench_cuda_autoround build/tests/test_cutune all > $OUT/build.log 2>&1 || { tail -30 $OUT/build.log; exit 1; }) &
 (cd /tmp/old && make -j8 CUDA_ARCH="$A" build/bench/bench_cuda_autoround > $OUT/build-old.log 2>&1 || tail -30 $OUT/build-old.log) &
 wait
-timeout 150 build/tests/test_cutune > $OUT/test_cutune.log 2>&1; echo "test_cutune rc=$?"; grep -E "FAIL|passed|tune |grad" $OUT/test_cutune.log | tail -20
+timeout 150 build/tests/test_cutune > $OUT/test_cutune.log 2>&1; echo "test_cutune rc=$?"; grep -E "FAIL|passed|tune |grad|fixed" $OUT/test_cutune.log | tail -20
 b() { echo "== $*"; timeout 100 "$@" 2>&1 | tail -9; }
 NEW=build/bench/bench_cuda_autoround OLD=/tmp/old/build/bench/bench_cuda_autoround
 b $NEW --experts 256 --samples 16 --gemm tf32 --iters 10 | tee -a $OUT/bench.txt
