@@ -101,18 +101,11 @@ __global__ void k_qdq(const float *w0, const float *v, const float *lo, const fl
     if (q) q[i] = (int8_t)c;
 }
 
-// lin_step's min/max factor step of group gi (one thread), the factors clamped to [0, 1] (the
-// next iteration's sr_qdq clamp, done here once) into *mn, *mx. The scale-gradient sums are the
-// CPU's: f32, k ascending. sd[k] is +0 where the clamp passes no gradient, which adds nothing:
-// the sum starts at +0 and can never be -0 (x + -x is +0), so gd + 0 is gd.
-__device__ void step_minmax(size_t gi, const float *sq, const float *sd, float sv, const float *lo, const float *hi,
-                            float *mn, float *mx, float mlr) {
-    float gq = 0, gd = 0;
-#pragma unroll 32
-    for (int j = 0; j < G; j++) {
-        gq = __fadd_rn(gq, sq[j]);
-        gd = __fadd_rn(gd, sd[j]);
-    }
+// lin_step's min/max factor step of group gi (one thread) from the group's scale-gradient sums
+// gq, gd (the CPU's: f32, k ascending), the factors clamped to [0, 1] (the next iteration's
+// sr_qdq clamp, done here once) into *mn, *mx.
+__device__ void step_minmax(size_t gi, float gq, float gd, float sv, const float *lo, const float *hi, float *mn,
+                            float *mx, float mlr) {
     const float thr = h16(1e-5f);
     float gs = h16(h16(gq) + h16(gd));
     if (!(sv < 0 ? sv < -thr : sv > thr)) gs = 0;
@@ -127,59 +120,84 @@ __device__ void step_minmax(size_t gi, const float *sq, const float *sd, float s
     *mx = fminf(fmaxf(m1, 0.0f), 1.0f);
 }
 
-// lin_step: one warp per group (STEP_GROUPS groups per block), lane k holding the group's
-// elements k, k + 32, k + 64, k + 96; the scale-gradient sums in the CPU's order (one lane, k
-// ascending), so that the fp16 roundings see the same partial sums given equal gw. A warp per
-// group, not a block, keeps 64 of those sequential sums going per multiprocessor instead of 16.
-// Then the next iteration's start for this group (sr_qdq: the factors clamped, the weight
+// lin_step: STEP_GROUPS groups per block of STEP_THREADS threads. The elementwise part runs on
+// every thread (consecutive threads on consecutive elements); each group's two scale-gradient
+// sums are the CPU's, f32 in k ascending order, each added by one lane: warp 0 adds the sq sums
+// of the block's groups (lane g: group g), warp 1 the sd sums, so one instruction stream adds
+// 2 x 32 sums at once instead of one lane adding both sums of one group (2 x 128 dependent adds
+// and their loads issued per group). sd[k] is +0 where the clamp passes no gradient, which
+// adds nothing: the sum starts at +0 and can never be -0 (x + -x is +0), so gd + 0 is gd. Then
+// the next iteration's start for each group (sr_qdq: the factors clamped, the weight
 // fake-quantized into wq), so that wq always holds the current parameters' weight. With bv (the
 // iteration's loss is the best so far), the parameters before the step go there too (bv, bmn,
 // bmx: the best-iteration snapshot, written where they are read anyway).
-constexpr int STEP_GROUPS = 8;
+constexpr int STEP_GROUPS = 32, STEP_THREADS = 256, STEP_PER = STEP_GROUPS * G / STEP_THREADS;
 template <typename TW>
-__global__ void __launch_bounds__(32 * STEP_GROUPS)
+__global__ void __launch_bounds__(STEP_THREADS)
 k_step(const float *w0, float *v, const float *lo, const float *hi, float *mn, float *mx, const float *gw,
        size_t NG, float lr, float mlr, int minmax, TW *wq, float *bv, float *bmn, float *bmx) {
-    __shared__ float sq[STEP_GROUPS][G], sd[STEP_GROUPS][G];
-    int wi = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    size_t gi = (size_t)blockIdx.x * STEP_GROUPS + wi;
-    if (gi >= NG) return;  // the whole warp: no block-wide barrier below
-    float m0 = mn[gi], m1 = mx[gi];
-    if (bv && lane == 0) {
-        bmn[gi] = m0;
-        bmx[gi] = m1;
+    // G + 1 floats per group: lane g's k-th term is in bank (g + k) mod 32, no two lanes alike
+    __shared__ float sq[STEP_GROUPS][G + 1], sd[STEP_GROUPS][G + 1];
+    __shared__ float ss[STEP_GROUPS], ssv[STEP_GROUPS], ssum[2][STEP_GROUPS];
+    const size_t g0 = (size_t)blockIdx.x * STEP_GROUPS;
+    const int t = threadIdx.x, ng = NG - g0 < (size_t)STEP_GROUPS ? (int)(NG - g0) : STEP_GROUPS;
+    if (t < ng) {
+        size_t gi = g0 + t;
+        float m0 = mn[gi], m1 = mx[gi], sv;
+        if (bv) {
+            bmn[gi] = m0;
+            bmx[gi] = m1;
+        }
+        ss[t] = sym_scale(lo[gi], hi[gi], m0, m1, &sv);
+        ssv[t] = sv;
     }
-    float sv, s = sym_scale(lo[gi], hi[gi], m0, m1, &sv);
-    float w[G / 32], vn[G / 32];
+    __syncthreads();
+    float w[STEP_PER], vn[STEP_PER];
 #pragma unroll
-    for (int r = 0; r < G / 32; r++) {
-        int k = lane + 32 * r;
-        size_t i = gi * G + k;
-        float wk = w0[i], g = gw[i], vk = v[i];
-        float t = rintf(wk / s + vk);
-        int in = t > -8.0f && t < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
-        float c = clampq(t);
-        float gvk = in ? __fmul_rn(g, s) : 0.0f;
-        sq[wi][k] = __fmul_rn(g, c);
-        sd[wi][k] = in ? __fmul_rn(gvk, (-(wk / s)) / s) : 0.0f;
+    for (int r = 0; r < STEP_PER; r++) {
+        int e = t + STEP_THREADS * r, g = e / G, k = e % G;
+        if (g >= ng) break;
+        size_t i = g0 * G + e;
+        float s = ss[g], wk = w0[i], gr = gw[i], vk = v[i];
+        float tq = rintf(wk / s + vk);
+        int in = tq > -8.0f && tq < 7.0f;  // torch 2.15's clamp passes no gradient at the bounds
+        float c = clampq(tq);
+        float gvk = in ? __fmul_rn(gr, s) : 0.0f;
+        sq[g][k] = __fmul_rn(gr, c);
+        sd[g][k] = in ? __fmul_rn(gvk, (-(wk / s)) / s) : 0.0f;
         vn[r] = __fsub_rn(vk, __fmul_rn(lr, sgn(gvk)));
         v[i] = vn[r];
         if (bv) bv[i] = vk;
         w[r] = wk;
     }
     if (minmax) {
-        __syncwarp();
-        if (lane == 0) {
-            step_minmax(gi, sq[wi], sd[wi], sv, lo, hi, &m0, &m1, mlr);
+        __syncthreads();
+        if (t < 2 * STEP_GROUPS) {  // warp 0: the sq sums, warp 1: the sd sums
+            int g = t % STEP_GROUPS;
+            const float *p = t < STEP_GROUPS ? sq[g] : sd[g];
+            float acc = 0;
+#pragma unroll 32
+            for (int k = 0; k < G; k++) acc = __fadd_rn(acc, p[k]);
+            ssum[t / STEP_GROUPS][g] = acc;
+        }
+        __syncthreads();
+        if (t < ng) {
+            size_t gi = g0 + t;
+            float m0 = mn[gi], m1 = mx[gi];
+            step_minmax(gi, ssum[0][t], ssum[1][t], ssv[t], lo, hi, &m0, &m1, mlr);
             mn[gi] = m0;
             mx[gi] = m1;
+            ss[t] = sym_scale(lo[gi], hi[gi], m0, m1, NULL);
         }
-        m0 = __shfl_sync(0xffffffffu, m0, 0);
-        m1 = __shfl_sync(0xffffffffu, m1, 0);
-    }
-    float s2 = sym_scale(lo[gi], hi[gi], m0, m1, NULL);
+    }  // (without the min/max step the factors and so ss stay as they were)
+    __syncthreads();
 #pragma unroll
-    for (int r = 0; r < G / 32; r++) st(wq + gi * G + lane + 32 * r, s2 * clampq(rintf(w[r] / s2 + vn[r])));
+    for (int r = 0; r < STEP_PER; r++) {
+        int e = t + STEP_THREADS * r, g = e / G;
+        if (g >= ng) break;
+        float s2 = ss[g];
+        st(wq + g0 * G + e, s2 * clampq(rintf(w[r] / s2 + vn[r])));
+    }
 }
 
 // ---- kernels: the block's forward and backward -----------------------------------------------
@@ -231,10 +249,11 @@ __global__ void k_rope(float *x, int ld, int nheads, int hd, int half, const flo
     }
 }
 
-// blk_probs' causal softmax: S [heads][L][L] of raw scores -> probabilities (block per row r of
-// head blockIdx.y): scaled, softmax over keys 0..r, the rest 0.
-__global__ void k_softmax_fwd(float *S, int L, float scale) {
-    int r = blockIdx.x;
+// attn_probs' causal softmax: S [heads][L][L] of raw scores -> probabilities (block per row r of
+// head blockIdx.y): scaled, softmax over keys 0..r, 0 on keys r+1 .. to the end of r's causal
+// block (lb rows; the keys after it are never read).
+__global__ void k_softmax_fwd(float *S, int L, int lb, float scale) {
+    int r = blockIdx.x, kend = min(L, (r / lb + 1) * lb);
     float *s = S + ((size_t)blockIdx.y * L + r) * L;
     float m = -INFINITY;
     for (int k = threadIdx.x; k <= r; k += blockDim.x) {
@@ -248,19 +267,20 @@ __global__ void k_softmax_fwd(float *S, int L, float scale) {
         sum += s[k];
     }
     sum = bsum_f(sum);
-    for (int k = threadIdx.x; k < L; k += blockDim.x) s[k] = k <= r ? s[k] / sum : 0.0f;
+    for (int k = threadIdx.x; k < kend; k += blockDim.x) s[k] = k <= r ? s[k] / sum : 0.0f;
 }
 
-// The softmax backward of blk_backward: dp = p (dp - sum p dp) * scale on keys 0..r, 0 after.
-__global__ void k_softmax_bwd(const float *S, float *dP, int L, float scale) {
-    int r = blockIdx.x;
+// The softmax backward of blk_backward: dp = p (dp - sum p dp) * scale on keys 0..r, 0 after (to
+// the end of r's causal block, as k_softmax_fwd).
+__global__ void k_softmax_bwd(const float *S, float *dP, int L, int lb, float scale) {
+    int r = blockIdx.x, kend = min(L, (r / lb + 1) * lb);
     size_t o = ((size_t)blockIdx.y * L + r) * L;
     const float *p = S + o;
     float *dp = dP + o;
     float dot = 0;
     for (int k = threadIdx.x; k <= r; k += blockDim.x) dot = __fadd_rn(dot, __fmul_rn(p[k], dp[k]));
     dot = bsum_f(dot);
-    for (int k = threadIdx.x; k < L; k += blockDim.x) dp[k] = k <= r ? __fmul_rn(__fmul_rn(p[k], dp[k] - dot), scale) : 0.0f;
+    for (int k = threadIdx.x; k < kend; k += blockDim.x) dp[k] = k <= r ? __fmul_rn(__fmul_rn(p[k], dp[k] - dot), scale) : 0.0f;
 }
 
 __global__ void k_add(const float *a, const float *b, float *out, size_t n) {
@@ -360,10 +380,15 @@ __global__ void k_router_bwd(const float *lg, const int32_t *idx, const float *d
     }
 }
 
-// Rows pos[0..m) of src [*, H] into dst [m, H].
+// Rows pos[0..m) of src [*, H] into dst [m, H]; a padding row (pos -1) of zeros.
 template <typename T> __global__ void k_gather(const float *src, const int *pos, int H, T *dst) {
-    const float *s = src + (size_t)pos[blockIdx.x] * H;
+    int p = pos[blockIdx.x];
     T *d = dst + (size_t)blockIdx.x * H;
+    if (p < 0) {
+        for (int k = threadIdx.x; k < H; k += blockDim.x) st(d + k, 0.0f);
+        return;
+    }
+    const float *s = src + (size_t)p * H;
     for (int k = threadIdx.x; k < H; k += blockDim.x) st(d + k, s[k]);
 }
 
@@ -394,12 +419,18 @@ __global__ void k_combine_tok(float *out, const int *tp, int K, const float *re,
     }
 }
 
-// dY[j] = re[j] * grad[pos[j]] and dr[pos[j], e] = grad[pos[j]] . Y[j] (Y the expert's output).
+// dY[j] = re[j] * grad[pos[j]] and dr[pos[j], e] = grad[pos[j]] . Y[j] (Y the expert's output);
+// a padding row (pos -1): dY 0.
 template <typename T>
 __global__ void k_dy_dr(const float *grad, const int *pos, const float *re, const float *Y, int H, int E, int e,
                         T *dY, float *dr) {
-    const float *gr = grad + (size_t)pos[blockIdx.x] * H, *y = Y + (size_t)blockIdx.x * H;
+    int p = pos[blockIdx.x];
     T *d = dY + (size_t)blockIdx.x * H;
+    if (p < 0) {
+        for (int k = threadIdx.x; k < H; k += blockDim.x) st(d + k, 0.0f);
+        return;
+    }
+    const float *gr = grad + (size_t)p * H, *y = Y + (size_t)blockIdx.x * H;
     float r = re[blockIdx.x], acc = 0;
     for (int k = threadIdx.x; k < H; k += blockDim.x) {
         st(d + k, __fmul_rn(r, gr[k]));
@@ -407,7 +438,7 @@ __global__ void k_dy_dr(const float *grad, const int *pos, const float *re, cons
     }
     if (!dr) return;
     acc = bsum_f(acc);
-    if (threadIdx.x == 0) dr[(size_t)pos[blockIdx.x] * E + e] = acc;
+    if (threadIdx.x == 0) dr[(size_t)p * E + e] = acc;
 }
 
 // dHh [m, FF] -> [dA | dB] into D [m, 2 FF] (in place of AB when D is AB), as moe_pass's
@@ -491,6 +522,16 @@ struct Lane {
 
 constexpr int LANES_DEFAULT = 4, LANES_MAX = 32;
 
+// The attention's GEMMs, each batched over the (sample, KV group) pairs of a chunk of samples for
+// the i-th query head of each group and one causal block of rows (their operand lists: attn_ptrs).
+enum { AK_S, AK_AO, AK_DP, AK_DV, AK_DQ, AK_DK, AK_N };
+
+// Each expert's rows padded with zero rows to a multiple of EPAD: its GEMMs then come in a few
+// dozen shapes instead of one per row count, which cuBLAS's per-shape algorithm choice (cached
+// by shape) sees again from one iteration to the next. The zero rows add nothing to the weight
+// gradients and are never combined into a token's output or input gradient.
+constexpr size_t EPAD = 16;
+
 // events per iteration (tune_block): start, experts' forward start / end, backward start, experts'
 // backward end, end
 constexpr int NEV = 6;
@@ -502,6 +543,12 @@ struct Blk {
     size_t N = 0, seq = 0, cap = 0, H = 0, Dq = 0, Dk = 0, hd = 0, nh = 0, nkv = 0, E = 0, K = 0, FF = 0, grp = 0;
     float eps = 0, scale = 0;
     int softmax = 0;
+    // causal row blocks of a sample: rows [r0, r0 + n) attend to keys [0, r0 + n), so each
+    // attention GEMM skips the keys after its block (the upper triangle's zeros); cb = rows per
+    // block, nb blocks. The attention runs per chunk of spc samples (S / dP: one query head per KV
+    // group of each, spc x nkv L x L matrices); aptr: the operand pointers of its batched GEMMs
+    size_t cb = 0, nb = 0, spc = 0, nchunk = 0;
+    void **aptr = nullptr;
     cublasHandle_t h = nullptr;
     Lane main;  // {0, h}: the default stream
     std::vector<Lane> lanes;
@@ -713,6 +760,15 @@ int weight_finite(Blk &u, const fb_ar_linear *l, const char *what, size_t e) {
     return 0;
 }
 
+// Rows per causal block of a sample of L tokens: L / 8 rounded up, to a multiple of 32 from L 256
+// on (aligned operands; 8 blocks do 9/16 of the full L x L products), of 4 below (so that short
+// test sequences run several blocks too).
+size_t causal_rows(size_t L) {
+    size_t q = L >= 256 ? 32 : 4, b = (L + 7) / 8;
+    b = (b + q - 1) / q * q;
+    return b < L ? b : L;
+}
+
 // The configuration's sizes into u (blk_check's first half).
 int blk_sizes(Blk &u, const fb_model_config *c, size_t nsamples, size_t seq, size_t bs) {
     u.c = c, u.seq = seq;
@@ -727,6 +783,12 @@ int blk_sizes(Blk &u, const fb_model_config *c, size_t nsamples, size_t seq, siz
     u.FF = (size_t)c->inter, u.grp = u.nh / u.nkv;
     u.N = nsamples * seq, u.cap = bs * seq, u.eps = (float)c->eps;
     u.scale = (float)pow((double)u.hd, -0.5);
+    u.cb = causal_rows(seq);
+    u.nb = (seq + u.cb - 1) / u.cb;
+    size_t hb = u.nh > 64 ? u.nh : 64;  // the L x L matrices S and dP hold (at least nh, as one sample's heads)
+    u.spc = bs < hb / u.nkv ? bs : hb / u.nkv;
+    if (!u.spc) u.spc = 1;
+    u.nchunk = (bs + u.spc - 1) / u.spc;
     u.softmax = c->router == FB_ROUTER_SOFTMAX;
     size_t H = u.H, FF = u.FF, big = u.Dq > H ? u.Dq : H;
     if (big < FF) big = FF;
@@ -790,6 +852,7 @@ int blk_check(Blk &u, const fb_ar_block *b, const float *x, const float *target,
 // Every device buffer (u.dry: only their sizes). tuned[j]: Linear j gets V, snapshots, factors.
 int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
     size_t cap = u.cap, H = u.H, Dq = u.Dq, Dk = u.Dk, E = u.E, FF = u.FF, L = u.seq, K = u.K;
+    size_t pr = cap * K + E * (EPAD - 1), er = cap + EPAD - 1;  // pair rows, one expert's rows (padded)
     size_t nr = u.c->qk_norm == FB_QKN_PER_HEAD ? cap * u.nh : cap;
     size_t qnn = u.c->qk_norm == FB_QKN_ALL_HEADS ? Dq : u.hd, knn = u.c->qk_norm == FB_QKN_ALL_HEADS ? Dk : u.hd;
     TRY(dalloc(u, &u.x, u.N * H, P_INPUTS, "the block input x"));
@@ -806,31 +869,32 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
         {&u.V, cap * Dk}, {&u.Qr, cap * Dq}, {&u.Kr, cap * Dk}, {&u.rq, nr}, {&u.rk, nr}, {&u.AO, cap * Dq},
         {&u.h1, cap * H}, {&u.xn2, cap * H}, {&u.r2, cap}, {&u.lg, cap * E}, {&u.out, cap * H}, {&u.grad, cap * H},
         {&u.wt, cap * K}, {&u.dxn2, cap * H}, {&u.dh1, cap * H}, {&u.dAO, cap * Dq}, {&u.dQ, cap * Dq},
-        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.nh * L * L}, {&u.dP, u.nh * L * L}, {&u.dr, cap * E},
-        {&u.dlg, cap * E}, {&u.rscr, cap * E}, {&u.re, cap * K}};
+        {&u.dK, cap * Dk}, {&u.dV, cap * Dk}, {&u.S, u.spc * u.nkv * L * L}, {&u.dP, u.spc * u.nkv * L * L}, {&u.dr, cap * E},
+        {&u.dlg, cap * E}, {&u.rscr, cap * E}, {&u.re, pr}};
     for (auto &a : act) TRY(dalloc(u, a.p, a.n, P_ACT, "one batch's activations"));
     TRY(dalloc(u, &u.idx, cap * K, P_ACT, "one batch's routing"));
-    TRY(dalloc(u, &u.pos, cap * K, P_ACT, "one batch's routing"));
+    TRY(dalloc(u, &u.pos, pr, P_ACT, "one batch's routing"));
     TRY(dalloc(u, &u.part, NB_RED + 1, P_ACT, "the loss reduction"));
+    TRY(dalloc(u, &u.aptr, AK_N * u.grp * u.nb * u.nchunk * 3 * u.spc * u.nkv, P_ACT, "the attention's GEMM operand lists"));
     // the experts' rows of the batch (every (token, expert) pair), kept from forward to backward
-    struct { float **p; size_t n; } kept[] = {{&u.AB, cap * K * 2 * FF}, {&u.Y, cap * K * H}};
+    struct { float **p; size_t n; } kept[] = {{&u.AB, pr * 2 * FF}, {&u.Y, pr * H}};
     for (auto &a : kept) TRY(dalloc(u, a.p, a.n, P_ACT, "the experts' rows of one batch"));
-    if (u.b16) TRY(dalloc(u, &u.Xe16, cap * K * H, P_ACT, "the experts' rows of one batch"));
-    else TRY(dalloc(u, &u.Xe, cap * K * H, P_ACT, "the experts' rows of one batch"));
+    if (u.b16) TRY(dalloc(u, &u.Xe16, pr * H, P_ACT, "the experts' rows of one batch"));
+    else TRY(dalloc(u, &u.Xe, pr * H, P_ACT, "the experts' rows of one batch"));
     TRY(dalloc(u, &u.tp, cap * K, P_ACT, "one batch's routing"));
     // each lane's scratch: one expert's rows (at most every token of the batch), its weights
     size_t ew = u.lin.size() > 4 ? 2 * FF * H : 1;  // gw: the stacked gate / up gradient
     for (Lane &l : u.lanes) {
-        TRY(dalloc(u, &l.T, cap * FF, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.T, er * FF, P_SCRATCH, "the experts' scratch"));
         TRY(dalloc(u, &l.gw, ew, P_SCRATCH, "the experts' scratch"));
         if (!u.b16) {
-            TRY(dalloc(u, &l.Hh, cap * FF, P_SCRATCH, "the experts' scratch"));
-            TRY(dalloc(u, &l.dY, cap * H, P_SCRATCH, "the experts' scratch"));
+            TRY(dalloc(u, &l.Hh, er * FF, P_SCRATCH, "the experts' scratch"));
+            TRY(dalloc(u, &l.dY, er * H, P_SCRATCH, "the experts' scratch"));
             continue;
         }
-        TRY(dalloc(u, &l.Hh16, cap * FF, P_SCRATCH, "the experts' scratch"));
-        TRY(dalloc(u, &l.dY16, cap * H, P_SCRATCH, "the experts' scratch"));
-        TRY(dalloc(u, &l.dAB16, cap * 2 * FF, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.Hh16, er * FF, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.dY16, er * H, P_SCRATCH, "the experts' scratch"));
+        TRY(dalloc(u, &l.dAB16, er * 2 * FF, P_SCRATCH, "the experts' scratch"));
     }
     size_t maxw = 0, maxg = 0;
     for (size_t j = 0; j < u.lin.size(); j++) {
@@ -868,6 +932,8 @@ int blk_alloc(Blk &u, const std::vector<int> &tuned, int need_q) {
     return 0;
 }
 
+int attn_ptrs(Blk &u);
+
 // Sizes every buffer, checks them against the device's free memory, allocates, uploads.
 int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int> &tuned, int need_q) {
     int ndev = 0;
@@ -898,6 +964,7 @@ int blk_setup(Blk &u, const float *x, const float *target, const std::vector<int
     u.bytes = 0;
     memset(u.by_part, 0, sizeof u.by_part);
     TRY(blk_alloc(u, tuned, need_q));
+    TRY(attn_ptrs(u));
     CB(cublasCreate(&u.h));
     CB(cublasSetMathMode(u.h, CUBLAS_DEFAULT_MATH));  // no TF32: the CPU path is the truth
     u.main.h = u.h;
@@ -968,7 +1035,7 @@ int lin_apply(Blk &u, const Lane &l, DLin &a, const float *gw, float lr, float m
         unsigned nb = (unsigned)((a.NG + STEP_GROUPS - 1) / STEP_GROUPS);
         float *bv = u.snap ? a.bv : nullptr;
         on_wq(a, [&](auto *wq) {
-            k_step<<<nb, 32 * STEP_GROUPS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, wq, bv,
+            k_step<<<nb, STEP_THREADS, 0, l.s>>>(a.w0, a.v, a.lo, a.hi, a.mn, a.mx, gw, a.NG, lr, mlr, minmax, wq, bv,
                                                      a.bmn, a.bmx);
         });
         KC();
@@ -1094,14 +1161,75 @@ int moe_bwd(Blk &u, size_t n, const float *grad, float lr, float mlr, int minmax
     return u.b16 ? moe_bwd_t<bf16>(u, n, grad, lr, mlr, minmax) : moe_bwd_t<float>(u, n, grad, lr, mlr, minmax);
 }
 
-// One sample's attention probabilities (rows r0 .. r0 + L): S of head (g, i) = softmax(scale Q K^T,
-// causal) at u.S + (i nkv + g) L^2, each GEMM batched over the KV groups g.
-int attn_probs(Blk &u, size_t r0) {
-    size_t Dq = u.Dq, Dk = u.Dk, hd = u.hd, L = u.seq;
-    for (size_t i = 0; i < u.grp; i++)
-        TRY(gemm(u, u.main, 0, 1, u.Qr + r0 * Dq + i * hd, Dq, (long long)(u.grp * hd), u.Kr + r0 * Dk, Dk, (long long)hd,
-                 u.S + i * u.nkv * L * L, L, (long long)(L * L), L, L, hd, 0.0f, (int)u.nkv));
-    k_softmax_fwd<<<dim3((unsigned)L, (unsigned)u.nh), 128>>>(u.S, (int)L, u.scale);
+// The operand lists of the attention's GEMM (kind k, query head i of each KV group, causal block
+// b, chunk c of samples): A, B and C pointers of each (sample, group) pair, sample-major.
+size_t aidx(const Blk &u, int k, size_t i, size_t b, size_t c) {
+    return ((((size_t)k * u.grp + i) * u.nb + b) * u.nchunk + c) * 3 * u.spc * u.nkv;
+}
+
+// Fills u.aptr once (the buffers do not move): for the pair (sample s, group g), head g grp + i
+// reads Qr / dAO columns (g grp + i) hd and Kr / V columns g hd of the sample's rows; its L x L
+// matrices are S / dP + (s - c spc) nkv + g (only the current i is held). Block b: rows [b0, b0 +
+// m), b0 = b cb; S, AO, dP and dQ of those rows against the keys up to b0 + m; dV and dK of those
+// keys from the rows from b0 on.
+int attn_ptrs(Blk &u) {
+    size_t L = u.seq, Dq = u.Dq, Dk = u.Dk, hd = u.hd, nkv = u.nkv, grp = u.grp, bs = u.spc * nkv, LL = L * L;
+    std::vector<void *> h(aidx(u, AK_N, 0, 0, 0), nullptr);
+    for (int k = 0; k < AK_N; k++)
+        for (size_t i = 0; i < grp; i++)
+            for (size_t b = 0; b < u.nb; b++)
+                for (size_t c = 0; c < u.nchunk; c++) {
+                    void **p = h.data() + aidx(u, k, i, b, c);
+                    size_t b0 = b * u.cb;
+                    for (size_t sl = 0; sl < u.spc && (c * u.spc + sl) * L < u.cap; sl++)
+                        for (size_t g = 0; g < nkv; g++) {
+                            size_t r0 = (c * u.spc + sl) * L, j = sl * nkv + g, qh = (g * grp + i) * hd;
+                            float *S = u.S + j * LL + b0 * L, *dP = u.dP + j * LL + b0 * L;
+                            float *q = u.Qr + (r0 + b0) * Dq + qh, *dO = u.dAO + (r0 + b0) * Dq + qh;
+                            float *kk = u.Kr + r0 * Dk + g * hd, *v = u.V + r0 * Dk + g * hd;
+                            float *ABC[AK_N][3] = {
+                                {q, kk, S},                                          // S = Q K^T
+                                {S, v, u.AO + (r0 + b0) * Dq + qh},                  // AO = P V
+                                {dO, v, dP},                                         // dP = dO V^T
+                                {S + b0, dO, u.dV + (r0 + b0) * Dk + g * hd},        // dV += P^T dO
+                                {dP, kk, u.dQ + (r0 + b0) * Dq + qh},                // dQ = dS K
+                                {dP + b0, q, u.dK + (r0 + b0) * Dk + g * hd}};       // dK += dS^T Q
+                            for (int t = 0; t < 3; t++) p[t * bs + j] = ABC[k][t];
+                        }
+                }
+    CK(cudaMemcpy(u.aptr, h.data(), h.size() * sizeof(void *), cudaMemcpyHostToDevice));
+    return 0;
+}
+
+// c[m, n] = op(a) op(b) (+ beta c) over the count pairs of the operand list (kind k, head i,
+// block b, chunk c), as gemm.
+int gemm_list(Blk &u, int k, size_t i, size_t b, size_t c, int ta, int tb_, size_t lda, size_t ldb, size_t ldc,
+              size_t m, size_t n, size_t kk, float beta, int count) {
+    if (!m || !n || !count) return 0;
+    const float one = 1.0f;
+    u.flop += 2.0 * (double)m * (double)n * (double)kk * count;
+    void **p = u.aptr + aidx(u, k, i, b, c);
+    size_t bs = u.spc * u.nkv;
+    cublasOperation_t ob = tb_ ? CUBLAS_OP_T : CUBLAS_OP_N, oa = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (u.ct != CUBLAS_COMPUTE_32F)
+        CB(cublasGemmBatchedEx(u.h, ob, oa, (int)n, (int)m, (int)kk, &one, (const void *const *)(p + bs), CUDA_R_32F,
+                               (int)ldb, (const void *const *)p, CUDA_R_32F, (int)lda, &beta, p + 2 * bs, CUDA_R_32F,
+                               (int)ldc, count, u.ct, CUBLAS_GEMM_DEFAULT));
+    else
+        CB(cublasSgemmBatched(u.h, ob, oa, (int)n, (int)m, (int)kk, &one, (const float *const *)(p + bs), (int)ldb,
+                              (const float *const *)p, (int)lda, &beta, (float *const *)(p + 2 * bs), (int)ldc, count));
+    return 0;
+}
+
+// The probabilities of query head i of each KV group for the ns samples of chunk c into S:
+// softmax(scale Q K^T, causal), per causal block of rows.
+int attn_probs(Blk &u, size_t c, size_t ns, size_t i) {
+    size_t L = u.seq, nbat = ns * u.nkv;
+    for (size_t b = 0; b < u.nb; b++) {
+        size_t b0 = b * u.cb, m = L - b0 < u.cb ? L - b0 : u.cb;
+        TRY(gemm_list(u, AK_S, i, b, c, 0, 1, u.Dq, u.Dk, L, m, b0 + m, u.hd, 0.0f, (int)nbat));
+    }
+    k_softmax_fwd<<<dim3((unsigned)L, (unsigned)nbat), 128>>>(u.S, (int)L, (int)u.cb, u.scale);
     KC();
     return 0;
 }
@@ -1136,13 +1264,17 @@ int blk_forward(Blk &u, size_t n) {
         k_rope<<<(unsigned)n, 256>>>(u.Kr, (int)Dk, (int)u.nkv, (int)hd, half, u.inv_freq, (int)L, 0);
         KC();
     }
-    // attention per sample, all heads: attn_probs leaves each head's probabilities in S; then AO
-    for (size_t s = 0; s < n / L; s++) {
-        size_t r0 = s * L;
-        TRY(attn_probs(u, r0));
-        for (size_t i = 0; i < u.grp; i++)  // AO of head (g, i) = S (i, g) V_g, batched over g
-            TRY(gemm(u, u.main, 0, 0, u.S + i * u.nkv * L * L, L, (long long)(L * L), u.V + r0 * Dk, Dk, (long long)hd,
-                     u.AO + r0 * Dq + i * hd, Dq, (long long)(u.grp * hd), L, hd, L, 0.0f, (int)u.nkv));
+    // attention per chunk of samples and query head i of each KV group: the probabilities, then
+    // AO of head (g, i) = P V_g per causal block, batched over the chunk's (sample, group) pairs
+    for (size_t c = 0; c * u.spc < n / L; c++) {
+        size_t ns = n / L - c * u.spc < u.spc ? n / L - c * u.spc : u.spc;
+        for (size_t i = 0; i < u.grp; i++) {
+            TRY(attn_probs(u, c, ns, i));
+            for (size_t b = 0; b < u.nb; b++) {
+                size_t b0 = b * u.cb, m = L - b0 < u.cb ? L - b0 : u.cb;
+                TRY(gemm_list(u, AK_AO, i, b, c, 0, 0, L, Dk, Dq, m, hd, b0 + m, 0.0f, (int)(ns * u.nkv)));
+            }
+        }
     }
     TRY(nt(u, u.main, u.AO, Dq, u.lin[3].wq, Dq, u.h1, H, n, H, Dq, 0.0f));
     k_add<<<ew_grid(n * H), 256>>>(u.xcur, u.h1, u.h1, n * H);
@@ -1153,7 +1285,8 @@ int blk_forward(Blk &u, size_t n) {
     k_route<<<(unsigned)((n + 127) / 128), 128>>>(u.lg, u.b->router_bias ? u.rbias : nullptr, (int)n, (int)E, (int)K,
                                                   u.softmax, u.c->norm_topk_prob, u.idx, u.wt, u.rscr);
     KC();
-    // each expert's tokens (ascending), as moe_fwd gathers them (a weight of exactly 0 skipped)
+    // each expert's tokens (ascending), as moe_fwd gathers them (a weight of exactly 0 skipped),
+    // its rows padded with zero rows (pos -1) to a multiple of EPAD
     u.hidx.resize(n * K);
     u.hwt.resize(n * K);
     CK(cudaMemcpy(u.hidx.data(), u.idx, n * K * sizeof(int32_t), cudaMemcpyDeviceToHost));
@@ -1161,9 +1294,9 @@ int blk_forward(Blk &u, size_t n) {
     u.off.assign(E + 1, 0);
     for (size_t i = 0; i < n * K; i++)
         if (u.hwt[i] != 0) u.off[(size_t)u.hidx[i] + 1]++;
-    for (size_t e = 0; e < E; e++) u.off[e + 1] += u.off[e];
-    u.hpos.resize(n * K);
-    u.hre.resize(n * K);
+    for (size_t e = 0; e < E; e++) u.off[e + 1] = u.off[e] + (u.off[e + 1] + EPAD - 1) / EPAD * EPAD;
+    u.hpos.assign(u.off[E], -1);
+    u.hre.assign(u.off[E], 0.0f);
     std::vector<size_t> fill(u.off.begin(), u.off.end() - 1);
     for (size_t t = 0; t < n; t++)
         for (size_t j = 0; j < K; j++) {
@@ -1177,6 +1310,7 @@ int blk_forward(Blk &u, size_t n) {
     u.htp.assign(n * K, -1);
     std::vector<unsigned char> cnt(n, 0);
     for (size_t j = 0; j < u.off[E]; j++) {
+        if (u.hpos[j] < 0) continue;
         size_t t = (size_t)u.hpos[j];
         u.htp[t * K + cnt[t]++] = (int)j;
     }
@@ -1223,27 +1357,28 @@ int blk_backward(Blk &u, size_t n, float lr, float mlr, int minmax) {
     if (wants_grad(lo)) TRY(lin_apply(u, u.main, lo, u.gw, lr, mlr, minmax));  // after the last use of lo.wq
     CK(cudaMemsetAsync(u.dK, 0, n * Dk * sizeof(float)));
     CK(cudaMemsetAsync(u.dV, 0, n * Dk * sizeof(float)));
-    // per sample, all heads; head (g, i) (KV group g, i-th of its query heads) at S / dP + (i nkv +
-    // g) L^2; each GEMM batched over the KV groups, the group's heads one after another, so that
-    // dV_g and dK_g add their heads' products in head order (the CPU's per-head loop)
-    for (size_t s = 0; s < n / L; s++) {
-        size_t r0 = s * L;
-        const long long sq = (long long)(u.grp * hd), sk = (long long)hd, ss = (long long)(L * L);
-        TRY(attn_probs(u, r0));
+    // per chunk of samples and query head i of each KV group (the heads of a group one after
+    // another, so that dV_g and dK_g add their heads' products in head order, the CPU's per-head
+    // loop), each GEMM batched over the chunk's (sample, group) pairs, per causal block: dP and dQ
+    // of a block of rows against the keys up to its end, dV and dK of a block of keys from the
+    // rows from its start on (the zeros of the upper triangle skipped)
+    for (size_t c = 0; c * u.spc < n / L; c++) {
+        size_t ns = n / L - c * u.spc < u.spc ? n / L - c * u.spc : u.spc;
+        int nbat = (int)(ns * u.nkv);
         for (size_t i = 0; i < u.grp; i++) {
-            const float *dO = u.dAO + r0 * Dq + i * hd;
-            float *Si = u.S + i * u.nkv * L * L, *dPi = u.dP + i * u.nkv * L * L;
-            TRY(gemm(u, u.main, 0, 1, dO, Dq, sq, u.V + r0 * Dk, Dk, sk, dPi, L, ss, L, L, hd, 0.0f, (int)u.nkv));  // dP = dO V^T
-            TRY(gemm(u, u.main, 1, 0, Si, L, ss, dO, Dq, sq, u.dV + r0 * Dk, Dk, sk, L, hd, L, 1.0f, (int)u.nkv));  // dV += S^T dO
-        }
-        k_softmax_bwd<<<dim3((unsigned)L, (unsigned)u.nh), 128>>>(u.S, u.dP, (int)L, u.scale);
-        KC();
-        for (size_t i = 0; i < u.grp; i++) {
-            const float *Qi = u.Qr + r0 * Dq + i * hd;
-            const float *dPi = u.dP + i * u.nkv * L * L;
-            TRY(gemm(u, u.main, 0, 0, dPi, L, ss, u.Kr + r0 * Dk, Dk, sk, u.dQ + r0 * Dq + i * hd, Dq, sq, L, hd, L, 0.0f,
-                     (int)u.nkv));  // dQ = dP K
-            TRY(gemm(u, u.main, 1, 0, dPi, L, ss, Qi, Dq, sq, u.dK + r0 * Dk, Dk, sk, L, hd, L, 1.0f, (int)u.nkv));  // dK += dP^T Q
+            TRY(attn_probs(u, c, ns, i));
+            for (size_t b = 0; b < u.nb; b++) {
+                size_t b0 = b * u.cb, m = L - b0 < u.cb ? L - b0 : u.cb;
+                TRY(gemm_list(u, AK_DP, i, b, c, 0, 1, Dq, Dk, L, m, b0 + m, hd, 0.0f, nbat));  // dP = dO V^T
+                TRY(gemm_list(u, AK_DV, i, b, c, 1, 0, L, Dq, Dk, m, hd, L - b0, 1.0f, nbat));  // dV += P^T dO
+            }
+            k_softmax_bwd<<<dim3((unsigned)L, (unsigned)nbat), 128>>>(u.S, u.dP, (int)L, (int)u.cb, u.scale);
+            KC();
+            for (size_t b = 0; b < u.nb; b++) {
+                size_t b0 = b * u.cb, m = L - b0 < u.cb ? L - b0 : u.cb;
+                TRY(gemm_list(u, AK_DQ, i, b, c, 0, 0, L, Dk, Dq, m, hd, b0 + m, 0.0f, nbat));  // dQ = dS K
+                TRY(gemm_list(u, AK_DK, i, b, c, 1, 0, L, Dq, Dk, m, hd, L - b0, 1.0f, nbat));  // dK += dS^T Q
+            }
         }
     }
     int half = c->rotary_dim / 2;

@@ -9,7 +9,7 @@
 // step for its group (so no Linear is fake-quantized in the forward or again in the backward).
 // The experts' rows of one mini-batch (gathered inputs, gate / up products, outputs: every
 // (token, expert) pair) are kept from the forward for the backward. A full MiniMax-M2 block
-// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 70.0 GiB with
+// (768 expert Linears of 3072 x 1536) on 64 x 2048 tokens, batch 8 x 2048, takes 70.6 GiB with
 // activations and inputs (fb_cuda_autoround_block_bytes; f32 / tf32 GEMMs, bf16 about 8 GiB
 // less), inside an 80 GB H100. The best-iteration snapshot is written by each Linear's step of
 // an iteration whose loss is the best so far (the parameters it read before stepping).
@@ -23,10 +23,13 @@
 // Math: f32 throughout. GEMMs are cublasSgemm (no TF32: CUBLAS_DEFAULT_MATH) in the CPU's
 // shapes (fb_ar_opts.gemm tf32: cublasGemmEx on tensor cores, f32 in and out; gemm bf16: the
 // same, and the routed experts' GEMMs on operands stored in bf16, f32 accumulation and results);
-// attention per sample, each GEMM strided-batched over the KV groups for one query head of each
-// group at a time (so dK and dV add a group's heads in head order); the experts as per-expert gathered GEMMs over the tokens routed to them (lists built
-// on the host from the routing, ascending token order, expert outputs added in ascending expert
-// order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),
+// attention per causal block of rows (L / 8 rows: the block's queries against the keys up to
+// its end, its keys' dV / dK from the rows from its start on: 9/16 of the L x L products), each
+// GEMM batched over the (sample, KV group) pairs of up to 8 samples for one query head of each
+// group at a time (so dK and dV add a group's heads in head order); the experts as per-expert
+// gathered GEMMs over the tokens routed to them (lists built on the host from the routing,
+// ascending token order, each expert's rows padded with zero rows to a multiple of 16 so that
+// its GEMMs come in few shapes, expert outputs added in ascending expert order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),
 // RoPE, causal softmax, routers (one thread per token, the CPU's sequential loops), SwiGLU, the
 // fake quantizer and the SignSGD step (a warp per group; its scale-gradient sums in the CPU's order, the
 // fp16 roundings, the clamp-gradient and sign rules). The mini-batches are the CPU's
