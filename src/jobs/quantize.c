@@ -1123,6 +1123,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         res->n_tune_fallback = tr.n_fallback;
         res->n_tune_factorized = tr.n_factorized;
         res->tune_seconds = tr.seconds;
+        res->tune_calib_s = tr.calib_s, res->tune_tune_s = tr.tune_s, res->tune_propagate_s = tr.propagate_s;
     } else {
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, o->quiet);
         r = run_segment(&j, 0, n_items, nt, err);

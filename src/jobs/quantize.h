@@ -75,6 +75,8 @@ typedef struct fb_quantize_result {
     size_t n_tune_factorized;         // GPTQ: Hessian factorizations (one per distinct Hessian of a layer)
     size_t n_samples, n_tokens;       // calibration data used for tuning
     double tune_seconds;              // the layer loop (calibration, tuning, propagation passes)
+    double tune_calib_s, tune_tune_s, tune_propagate_s;  // of it: the passes before tuning, the
+                                      // tuning (GPTQ solves / AutoRound blocks), the passes after
     char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")
     json_t *left_out;          // entries of SRC not carried over, [{"name", "why"}] (source.h
                                // fb_side_files_left_out); NULL unless written; caller decrefs
