@@ -60,7 +60,7 @@ expect_rc 0 "chained GPTQ run" -- "$Q4" --recipe "$T_TMP/chain.yaml" --dataset $
 expect_out '"gptq":\{"algorithm":"GPTQ","tuned_modules":84,"rtn_fallbacks":0,"samples":4,"tokens":256' "--json gptq summary"
 # one factorization per distinct Hessian and layer: every expert's w1/w3 share the MoE input's, each
 # w2 has its own: 4 layers x (1 + 7), not one per tuned module (84)
-expect_out '"factorizations":32\}' "each distinct Hessian factorized once per layer"
+expect_out '"factorizations":32,"calibrate_s"' "each distinct Hessian factorized once per layer"
 expect_out "layer 3: 21 modules tuned \(GPTQ\)" "progress per layer"
 cat > "$T_TMP/rtn.yaml" <<'Y'
 quant_stage:
