@@ -1,11 +1,12 @@
 // bench_calib.c: throughput of the calibration forward (src/calib).
 //
-//   build/bench/bench_calib [--tokens N] [--seq S] [--threads T] [--group G] [--skip-full]
+//   build/bench/bench_calib [--tokens N] [--seq S] [--threads T] [--group G] [--skip-full] [--routed]
 //
 // 1. cblas_sgemm on the expert GEMM shape (token_chunk x hidden) @ (hidden x inter), with all
 //    threads: the reference FLOP rate of this machine, measured in this run.
 // 2. One synthetic full-size MiniMax-M2 layer (hidden 3072, 48 heads / 8 kv / head_dim 128,
-//    rotary 64, 256 experts of 1536, top-8, all-experts mode) over N tokens (S per sequence):
+//    rotary 64, 256 experts of 1536, top-8, all-experts mode; --routed: each token through its
+//    8 routed experts, the mode of the AutoRound loop's passes) over N tokens (S per sequence):
 //    tokens/s, the expert GEMMs' achieved FLOP rate and its ratio to (1) (target >= 0.5), and
 //    peak RSS. Weights come from a synthetic weight source that generates them on the fly
 //    (a hash of name and index), so the time to generate them stands in for reading and
@@ -113,17 +114,18 @@ static double sgemm_rate(int m, int n, int k, int threads) {
 }
 
 int main(int argc, char **argv) {
-    int ntok = 512, seq = 256, threads = 0, group = 32, chunk = 512, skip_full = 0;
+    int ntok = 512, seq = 256, threads = 0, group = 32, chunk = 512, skip_full = 0, routed = 0, chunk_set = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tokens") && i + 1 < argc) ntok = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--seq") && i + 1 < argc) seq = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--group") && i + 1 < argc) group = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--chunk") && i + 1 < argc) chunk = atoi(argv[++i]), chunk_set = 1;
         else if (!strcmp(argv[i], "--skip-full")) skip_full = 1;
+        else if (!strcmp(argv[i], "--routed")) routed = 1;
         else {
             fprintf(stderr, "usage: %s [--tokens N] [--seq S] [--threads T] [--group G] "
-                            "[--chunk C] [--skip-full]\n", argv[0]);
+                            "[--chunk C] [--skip-full] [--routed]\n", argv[0]);
             return 2;
         }
     }
@@ -149,8 +151,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < ntok; i++) ids[i] = (int32_t)((i * 2654435761u) % 1024u);
         for (size_t s = 0; s <= nseq; s++) starts[s] = s * (size_t)seq < (size_t)ntok ? s * (size_t)seq : (size_t)ntok;
         fb_calib_stats *st = fb_calib_stats_new(1, 256);
-        fb_fwd_opts o = {.threads = threads, .all_experts = 1, .expert_group = group,
-                         .token_chunk = chunk, .stats = st};
+        // routed without --chunk: the engine's routed default (4096 rows), as the tools run it
+        int tchunk = routed && !chunk_set ? 4096 : chunk;
+        fb_fwd_opts o = {.threads = threads, .all_experts = !routed, .expert_group = group,
+                         .token_chunk = tchunk, .stats = st};
         fb_fwd *f = fb_fwd_new(src, &c, &o, &err);
         double t0 = fb_now();
         if (!f || fb_fwd_set_tokens(f, ids, (size_t)ntok, starts, nseq, &err) ||
@@ -167,8 +171,8 @@ int main(int argc, char **argv) {
         double ref2 = sgemm_rate(chunk, 1536, 3072, threads);
         printf("cblas_sgemm after the layer: %.1f GFLOP/s (before: %.1f)\n", ref2 / 1e9, ref / 1e9);
         double refm = (ref + ref2) / 2;
-        printf("full-size MiniMax-M2 layer, all-experts, %d tokens (%zu x %d), expert group %d, "
-               "chunk %d:\n", ntok, nseq, seq, group, chunk);
+        printf("full-size MiniMax-M2 layer, %s, %d tokens (%zu x %d), expert group %d, "
+               "chunk %d:\n", routed ? "routed" : "all-experts", ntok, nseq, seq, group, tchunk);
         printf("  wall %.2f s = weights %.2f s (synthetic generation, f32) + attention %.2f s + "
                "router %.2f s + experts %.2f s\n", wall, tm->load_s, tm->attn_s, tm->router_s,
                tm->expert_s);
@@ -179,6 +183,10 @@ int main(int argc, char **argv) {
                tm->attn_flops / tm->attn_s / 1e9);
         printf("  62-layer projection: %.1f h for %d tokens (compute only, this machine)\n",
                compute * 62 / 3600, ntok);
+        if (routed)  // the AutoRound loop's pass over 64 x 2048 tokens, from this rate (attention
+                     // grows with the sequence length: exact only at --seq 2048)
+            printf("  one pass over 64 x 2048 tokens: %.1f s (compute only, this machine, %s)\n",
+                   compute * 131072.0 / ntok, seq == 2048 ? "same sequence length" : "other sequence length");
         printf("  peak RSS %.2f GB\n", (double)fb_peak_rss() / 1e9);
         fb_fwd_free(f);
         fb_calib_stats_free(st);

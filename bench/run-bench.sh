@@ -106,6 +106,8 @@ $BUILD/bench/bench_validate "$DIR" 2>&1 | grep -E "^(fp8|nvfp4|broken)"
 echo
 echo "-- 4. calibration forward --"
 $BUILD/bench/bench_calib 2>&1 | tail -n 12
+echo "-- 4a. the routed forward of the AutoRound loop's passes, full-size layer, 8 x 2048 tokens --"
+$BUILD/bench/bench_calib --tokens 16384 --seq 2048 --routed 2>&1 | sed -n '/full-size/,/peak RSS/p'
 echo "-- 4b. GPTQ per full-size Linear (CPU, $THREADS threads) --"
 $BUILD/bench/bench_gptq --threads "$THREADS" 2>&1
 echo
