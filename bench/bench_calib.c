@@ -151,8 +151,8 @@ int main(int argc, char **argv) {
         for (int i = 0; i < ntok; i++) ids[i] = (int32_t)((i * 2654435761u) % 1024u);
         for (size_t s = 0; s <= nseq; s++) starts[s] = s * (size_t)seq < (size_t)ntok ? s * (size_t)seq : (size_t)ntok;
         fb_calib_stats *st = fb_calib_stats_new(1, 256);
-        // routed without --chunk: the engine's routed default (4096 rows), as the tools run it
-        int tchunk = routed && !chunk_set ? 4096 : chunk;
+        // routed without --chunk: 0, the engine's own routed default, as the tools run it
+        int tchunk = routed && !chunk_set ? 0 : chunk;
         fb_fwd_opts o = {.threads = threads, .all_experts = !routed, .expert_group = group,
                          .token_chunk = tchunk, .stats = st};
         fb_fwd *f = fb_fwd_new(src, &c, &o, &err);
@@ -171,8 +171,10 @@ int main(int argc, char **argv) {
         double ref2 = sgemm_rate(chunk, 1536, 3072, threads);
         printf("cblas_sgemm after the layer: %.1f GFLOP/s (before: %.1f)\n", ref2 / 1e9, ref / 1e9);
         double refm = (ref + ref2) / 2;
+        char ch[32];
+        snprintf(ch, sizeof ch, tchunk ? "%d" : "the engine's default", tchunk);
         printf("full-size MiniMax-M2 layer, %s, %d tokens (%zu x %d), expert group %d, "
-               "chunk %d:\n", routed ? "routed" : "all-experts", ntok, nseq, seq, group, tchunk);
+               "chunk %s:\n", routed ? "routed" : "all-experts", ntok, nseq, seq, group, ch);
         printf("  wall %.2f s = weights %.2f s (synthetic generation, f32) + attention %.2f s + "
                "router %.2f s + experts %.2f s\n", wall, tm->load_s, tm->attn_s, tm->router_s,
                tm->expert_s);

@@ -20,8 +20,10 @@ On an 80 GB card auto-round runs out of memory at 256 experts with the batch of 
 (76.7 GiB allocated, 2026-12-07). `--batch-size 4 --grad-acc 2` is auto-round's own memory
 setting for that (gradient_accumulate_steps): the same SignSGD step on a global batch of 8, its
 gradient summed over two halves of 4 (sum-reduced MSE: the signs are those of batch 8's mean, up
-to rounding), in about half the activation memory. `--low-gpu-mem` is its low_gpu_mem_usage
-(block inputs and outputs kept on the host). Both are recorded in the JSON.
+to rounding), in about half the activation memory; at 256 experts on the H100 that alone still
+runs out (78 GiB in use in layer 0's first forward, also as 2 x 4). `--low-gpu-mem` is its
+low_gpu_mem_usage (block inputs and outputs kept on the host): with it and 4 x 2 the block runs
+(peak 73.7 GiB, 2026-12-07). Both are recorded in the JSON.
 
 Needs torch with CUDA, transformers (5.x, with minimax_m2) and auto-round 0.16.1 (plus its
 datasets/pydantic imports). Example (one GPU):

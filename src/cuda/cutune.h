@@ -31,7 +31,7 @@
 // ascending token order, each expert's rows padded with zero rows to a multiple of 16 so that
 // its GEMMs come in few shapes, expert outputs added in ascending expert order as the CPU). Own kernels mirror calib/autoround.c step for step: RMSNorm (f64 sums),
 // RoPE, causal softmax, routers (one thread per token, the CPU's sequential loops), SwiGLU, the
-// fake quantizer and the SignSGD step (a warp per group; its scale-gradient sums in the CPU's order, the
+// fake quantizer and the SignSGD step (32 groups per block, each group's scale-gradient sums added by one lane in the CPU's order, the
 // fp16 roundings, the clamp-gradient and sign rules). The mini-batches are the CPU's
 // (fb_autoround_sample_order), the LinearLR factors and best-iteration rule signround()'s.
 // The GEMMs' and reductions' summation order differs from the BLAS's: gradients agree to f32
