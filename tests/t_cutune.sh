@@ -2,7 +2,8 @@
 # t_cutune: w4a16-quantize --device cuda (AutoRound's block tuning on the GPU, cuda/cutune.h) on
 # the embedded model: usage refusals (an unknown device, with --expert-group, a recipe without an
 # AutoRoundModifier); then a small run (8 samples x 64 tokens, 10 iterations): with a GPU it
-# finishes, validates and its tuned experts differ from round-to-nearest; without one (or in a
+# finishes, validates, its tuned experts differ from round-to-nearest and its KL on held-out tokens
+# is within 5% of the same tuning on the CPU's; without one (or in a
 # build without CUDA) it fails with exit 1 saying so and writes no DST. The numerics against the
 # CPU's are tests/test_cutune.c's.
 . tests/lib.sh
@@ -49,6 +50,18 @@ if [ "$rc" = 0 ]; then
     "$BIN/st-diff" --json "$T_TMP/g1" "$T_TMP/r1" > "$T_TMP/diff.json" 2>/dev/null
     n=$(grep -o '"name": "[^"]*experts[^"]*weight_packed"' "$T_TMP/diff.json" | wc -l)
     [ "$n" -ge 90 ] && ok || fail "GPU-tuned experts: only $n of 96 differ from round-to-nearest"
+    # the same tuning on the CPU: with f32 GEMMs the GPU run (the tuner and, since the loop's
+    # passes run on the CUDA engine, the layer passes) follows the CPU's arithmetic to f32 rounding,
+    # so the two outputs' KL on held-out tokens agree closely
+    expect_rc 0 "the same tuning on the CPU" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D $M "$T_TMP/c1"
+    kl() { "$BIN/ref-runner" --reference $M --quantized "$1" --data tests/golden/gptq-model/eval-ids.jsonl --samples 8 \
+        --seq-len 128 -t 2 2>&1 | sed -n 's/.*KL divergence *mean \([0-9.e-]*\).*/\1/p'; }
+    k_g=$(kl "$T_TMP/g1"); k_c=$(kl "$T_TMP/c1")
+    echo "t_cutune: KL on 8 x 128 held-out tokens: GPU (f32) $k_g, CPU $k_c"
+    awk -v g="$k_g" -v c="$k_c" 'BEGIN { d = g - c; if (d < 0) d = -d; exit !(g > 0 && c > 0 && d <= 0.05 * c) }' && ok ||
+        fail "GPU (f32) KL $k_g is not within 5% of the CPU's $k_c"
+    "$Q4" --json -q --recipe "$T_TMP/ar.yaml" $D --device cuda $M "$T_TMP/g4" > "$T_TMP/g4.json" 2>&1
+    grep -o '"autoround":{[^}]*}' "$T_TMP/g4.json" | sed 's/^/t_cutune: /'
     expect_rc 0 "--gemm tf32 (tensor cores)" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm tf32 $M "$T_TMP/g2"
     expect_rc 0 "validate the tf32-GEMM output" -- "$BIN/validate-ignore-list" "$T_TMP/g2"
     expect_rc 0 "--gemm bf16 (the experts' operands in bf16)" -- "$Q4" -q --recipe "$T_TMP/ar.yaml" $D --device cuda --gemm bf16 $M "$T_TMP/g3"

@@ -71,7 +71,7 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
     opts[no++] = (fb_opt){"device", 0, FB_OPT_STR, &device, "DEV",
                           (kinds & (1u << FB_QK_NVFP4))
                               ? "GPTQModifier: where each Linear's GPTQ solve runs, cpu (default) or cuda (a GPU; the same result within f32 rounding, not byte-identical to cpu; the layer passes and the Hessians still run on the CPU, --json says how long: calibrate_s, propagate_s)"
-                              : "GPTQModifier / AutoRoundModifier: where each Linear's GPTQ solve or each AutoRound block is tuned, cpu (default) or cuda (a GPU; the same result within f32 rounding, not byte-identical to cpu; the layer passes and GPTQ's Hessians still run on the CPU, --json says how long: calibrate_s, propagate_s)",
+                              : "GPTQModifier / AutoRoundModifier: where each Linear's GPTQ solve or each AutoRound block is tuned, cpu (default) or cuda (a GPU; the same result within f32 rounding, not byte-identical to cpu; AutoRound's layer passes run on the GPU too, GPTQ's passes and Hessians still on the CPU; --json says how long: calibrate_s, tune_s, propagate_s)",
                           0, 0};
     opts[no++] = (fb_opt){"seed", 0, FB_OPT_DOUBLE, &seed_d, "S", "shuffle seed (with --dataset)", 0, 0};
     opts[no++] = (fb_opt){"no-shuffle", 0, FB_OPT_FLAG, &no_shuffle, NULL, "take records in file order (with --dataset)", 0, 0};

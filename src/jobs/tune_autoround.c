@@ -10,6 +10,7 @@
 #include "calib/forward.h"
 #include "quant/formats.h"
 #include "common/cancel.h"
+#include "cuda/cuengine.h"
 #include "cuda/cutune.h"
 #include "jobs/tune_autoround.h"
 #include "jobs/tune_priv.h"
@@ -368,6 +369,17 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
     return rc;
 }
 
+// The loop's engine with the calibration tokens set: the CPU engine, or (gpu) the CUDA engine.
+static fb_engine *ar_engine(fb_wsrc *overlay, const fb_model_config *cfg, const fb_engine_opts *eo, int gpu,
+                            const fb_ds_tokens *S, fb_err *err) {
+    fb_engine *e = gpu ? fb_engine_cuda_new(overlay, cfg, eo, err) : fb_engine_cpu_new(overlay, cfg, eo, err);
+    if (e && fb_engine_set_tokens(e, S->ids, S->n_tok, S->starts, S->n, err)) {
+        fb_engine_free(e);
+        e = NULL;
+    }
+    return e;
+}
+
 int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config *cfg, const fb_ds_tokens *S,
                           const fb_tune_linear *lin, size_t n, const fb_tune_opts *o, fb_tune_result *res,
                           fb_err *err) {
@@ -403,7 +415,14 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
     // optimized-RTN golden was matched with; the joint block reads only the layer outputs.
     int grouped = o->ar_iters > 0 && o->expert_group > 0 && (size_t)o->expert_group < E;
     fb_engine_opts eo = {.threads = o->threads, .all_experts = grouped || o->ar_iters == 0, .hooks = &hk};
-    fb_engine *e = fb_engine_cpu_new(overlay, cfg, &eo, err);
+    // --device cuda (each block tuned whole on the GPU, iters > 0): the two chains' passes run on
+    // the CUDA engine too, with f32 GEMMs (the CPU engine's arithmetic, to f32 rounding). Without
+    // hooks: the whole block reads only layer outputs, and a host hook would copy every Linear's
+    // input off the device. The engine is freed while a block is tuned (the tuner takes up to
+    // ~70 GiB at MiniMax-M2's size) and made again for the propagation pass.
+    int gpu = o->ar_cuda && o->ar_iters > 0 && !grouped;
+    if (gpu) eo.hooks = NULL, eo.gemm_f32 = 1;
+    fb_engine *e = ar_engine(overlay, cfg, &eo, gpu, S, err);
     if (!e) {
         free(ms);
         free(attn);
@@ -414,14 +433,12 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
     float *xa_fp = fb_malloc(ntok * H * sizeof(float)), *xa_q = fb_malloc(ntok * H * sizeof(float));
     float *xo_fp = fb_malloc(ntok * Dq * sizeof(float)), *xo_q = fb_malloc(ntok * Dq * sizeof(float));
     float *xm = fb_malloc(ntok * H * sizeof(float)), *route = fb_malloc(ntok * (E ? E : 1) * sizeof(float));
-    int rc = fb_engine_set_tokens(e, S->ids, S->n_tok, S->starts, S->n, err);
-    if (!rc) {
-        const float *h = fb_engine_hidden(e, err);
-        if (!h) rc = -1;
-        else {
-            memcpy(h_fp, h, ntok * H * sizeof(float));
-            memcpy(h_q, h, ntok * H * sizeof(float));
-        }
+    int rc = 0;
+    const float *h0 = fb_engine_hidden(e, err);  // the embeddings
+    if (!h0) rc = -1;
+    else {
+        memcpy(h_fp, h0, ntok * H * sizeof(float));
+        memcpy(h_q, h0, ntok * H * sizeof(float));
     }
     if (!rc && o->resume_layer > 0 && o->resume_layer < cfg->n_layers) {  // the staged inputs of the first layer to run
         float *ch[2] = {h_fp, h_q};
@@ -503,7 +520,9 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
         }
         double t1 = fb_now();
         if (joint) {
+            if (gpu) fb_engine_free(e), e = NULL;  // the device memory to the tuner
             rc = tune_block(o, base, overlay, cfg, l, attn, na, ms, nx, h_q, out_fp, S->n, seq, res, err);
+            if (gpu && !rc && !(e = ar_engine(overlay, cfg, &eo, gpu, S, err))) rc = -1;
         } else {
             // 2. attention: q/k/v on the quantized chain's input, then o_proj behind the tuned q/k/v
             if (has_qkv) rc = ar_pass(e, &cap, l, h_q, xa_q, NULL, NULL, NULL, err);
