@@ -79,12 +79,13 @@ D="--dataset $IDS --samples 8 --seq-len 64 --no-shuffle -t 2"
 expect_rc 0 "chained AutoRound run" -- "$Q4" --recipe "$T_TMP/chain.yaml" $D --json $M "$T_TMP/c1"
 expect_out '"autoround":\{"algorithm":"AutoRound","tuned_modules":96,"rtn_fallbacks":0,"samples":8,"tokens":512' "--json summary"
 expect_out "layer 3: 24 modules tuned \(AutoRound" "progress per layer"
-# the loop's time split (passes before tuning, tuning, passes after): each part > 0 and their sum
-# within the loop's own seconds
+# the loop's time split (passes before tuning, tuning, passes after, each layer's outputs written):
+# each part > 0 and their sum within the loop's own seconds; the weights' loading is part of tuning
 grep -o '"autoround":{[^}]*}' "$T_TMP/out" | tr ',' '\n' | sed 's/[{}"]//g' > "$T_TMP/split"
-awk -F: '{v[$1] = $2} END {s = v["calibrate_s"] + v["tune_s"] + v["propagate_s"];
-    exit !(v["calibrate_s"] > 0 && v["tune_s"] > 0 && v["propagate_s"] > 0 && s <= v["seconds"] + 1e-3)}' "$T_TMP/split" \
-    && ok || fail "--json: calibrate_s / tune_s / propagate_s missing or above the loop's seconds: $(tr '\n' ' ' < "$T_TMP/split")"
+awk -F: '{v[$1] = $2} END {s = v["calibrate_s"] + v["tune_s"] + v["propagate_s"] + v["write_s"];
+    exit !(v["calibrate_s"] > 0 && v["tune_s"] > 0 && v["propagate_s"] > 0 && v["write_s"] > 0 && s <= v["seconds"] + 1e-3 &&
+           v["load_s"] > 0 && v["load_s"] <= v["tune_s"])}' "$T_TMP/split" \
+    && ok || fail "--json: calibrate_s / tune_s / propagate_s / write_s / load_s missing or inconsistent: $(tr '\n' ' ' < "$T_TMP/split")"
 expect_rc 0 "RTN run" -- "$Q4" -q --recipe "$T_TMP/rtn.yaml" -t 2 $M "$T_TMP/r1"
 "$BIN/st-diff" --json "$T_TMP/c1" "$T_TMP/r1" > "$T_TMP/diff.json" 2>/dev/null
 grep -o '"name": "[^"]*"' "$T_TMP/diff.json" | sed 's/"name": //; s/"//g' > "$T_TMP/differ.txt"

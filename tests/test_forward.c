@@ -581,6 +581,33 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "--write-fixture")) return write_fixture(argv[2]);
     test_kernels();
 
+    {   // the overlay: put (copied) and put_owned (taken: no copy), replace in place, read back
+        fb_wsrc *base = fb_wsrc_mem_new(NULL), *ov = fb_wsrc_overlay_new(base);
+        int64_t sh[2] = {2, 3}, sh6[1] = {6}, sh4[1] = {4};
+        float a[6] = {1, 2, 3, 4, 5, 6}, got[6];
+        fb_err e2;
+        REQUIRE(fb_wsrc_mem_add(base, "w", 2, sh, a, &e2) == 0, "%s", e2.msg);
+        float *own = fb_malloc(6 * sizeof(float));
+        for (int i = 0; i < 6; i++) own[i] = -(float)i;
+        CHECK(fb_wsrc_overlay_put_owned(ov, "w", 2, sh, &own, &e2) == 0 && own == NULL, "put_owned takes the buffer");
+        CHECK(fb_wsrc_load_full(ov, "w", 2, sh, got, &e2) == 0 && got[5] == -5.0f && got[0] == 0.0f,
+              "the overlay's taken tensor replaces the base's: %g", (double)got[5]);
+        own = fb_malloc(6 * sizeof(float));
+        for (int i = 0; i < 6; i++) own[i] = 10.0f + (float)i;
+        CHECK(fb_wsrc_overlay_put_owned(ov, "w", 1, sh6, &own, &e2) == 0 && own == NULL, "put_owned replaces in place");
+        CHECK(fb_wsrc_load_full(ov, "w", 2, sh, got, &e2) == 0 && got[1] == 11.0f, "replaced: %g", (double)got[1]);
+        own = fb_malloc(4 * sizeof(float));
+        CHECK(fb_wsrc_overlay_put_owned(ov, "w", 1, sh4, &own, &e2) != 0 && own != NULL && strstr(e2.msg, "changes size"),
+              "a size change is refused and the buffer stays the caller's: %s", e2.msg);
+        free(own);
+        CHECK(fb_wsrc_overlay_put(ov, "w", 2, sh, a, &e2) == 0 && fb_wsrc_load_full(ov, "w", 2, sh, got, &e2) == 0 &&
+              got[2] == 3.0f, "put copies over a taken tensor");
+        fb_wsrc_overlay_clear(ov);
+        CHECK(fb_wsrc_load_full(ov, "w", 2, sh, got, &e2) == 0 && got[4] == 5.0f, "cleared: the base's again");
+        fb_wsrc_close(ov);
+        fb_wsrc_close(base);
+    }
+
     make_model();
     json_t *cj = tiny_config();
     fb_model_config cfg;

@@ -265,15 +265,18 @@ static int fb_quantize_main(int argc, char **argv, const char *tool, unsigned ki
                               "bytes_out", (json_int_t)r.bytes_out, "seconds", r.seconds, "quantized_elements_per_s",
                               el_per_s, "peak_rss_bytes", (json_int_t)fb_peak_rss(), "threads", o.threads);
         json_object_set_new(j, "not_carried_over", r.left_out ? json_incref(r.left_out) : json_array());
-        if (r.n_tuned || dataset)
-            json_object_set_new(j, r.tune_algo && !strcmp(r.tune_algo, "AutoRound") ? "autoround" : "gptq",
-                                json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:f, s:f, s:f}", "algorithm",
-                                          r.tune_algo ? r.tune_algo : "none", "tuned_modules", (json_int_t)r.n_tuned,
-                                          "rtn_fallbacks", (json_int_t)r.n_tune_fallback, "samples",
-                                          (json_int_t)r.n_samples, "tokens", (json_int_t)r.n_tokens, "seconds",
-                                          r.tune_seconds, "factorizations", (json_int_t)r.n_tune_factorized,
-                                          "calibrate_s", r.tune_calib_s, "tune_s", r.tune_tune_s, "propagate_s",
-                                          r.tune_propagate_s));
+        if (r.n_tuned || dataset) {
+            int ar = r.tune_algo && !strcmp(r.tune_algo, "AutoRound");
+            json_t *t = json_pack("{s:s, s:I, s:I, s:I, s:I, s:f, s:I, s:f, s:f, s:f, s:f}", "algorithm",
+                                  r.tune_algo ? r.tune_algo : "none", "tuned_modules", (json_int_t)r.n_tuned,
+                                  "rtn_fallbacks", (json_int_t)r.n_tune_fallback, "samples",
+                                  (json_int_t)r.n_samples, "tokens", (json_int_t)r.n_tokens, "seconds",
+                                  r.tune_seconds, "factorizations", (json_int_t)r.n_tune_factorized,
+                                  "calibrate_s", r.tune_calib_s, "tune_s", r.tune_tune_s, "propagate_s",
+                                  r.tune_propagate_s, "write_s", r.tune_write_s);
+            if (ar) json_object_set_new(t, "load_s", json_real(r.tune_load_s));  // of tune_s
+            json_object_set_new(j, ar ? "autoround" : "gptq", t);
+        }
         json_dumpf(j, stdout, JSON_COMPACT);
         putchar('\n');
         json_decref(j);

@@ -236,8 +236,9 @@ fb_wsrc *fb_wsrc_mem_new(json_t *config) {
     return s;
 }
 
-int fb_wsrc_mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
-                    const float *data, fb_err *err) {
+// Adds a tensor whose data is `data` (taken when own, else copied).
+static int mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, float *data, int own,
+                   fb_err *err) {
     mem_ctx *m = s->ctx;
     if (mem_find(m, name)) return fb_fail(err, "<memory>: duplicate tensor %s", name);
     if (m->n == m->cap) {
@@ -253,9 +254,17 @@ int fb_wsrc_mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape
         t->shape[i] = shape[i];
         n *= (uint64_t)shape[i];
     }
-    t->data = fb_malloc((size_t)n * sizeof(float) + 1);
-    memcpy(t->data, data, (size_t)n * sizeof(float));
+    if (own) t->data = data;
+    else {
+        t->data = fb_malloc((size_t)n * sizeof(float) + 1);
+        memcpy(t->data, data, (size_t)n * sizeof(float));
+    }
     return 0;
+}
+
+int fb_wsrc_mem_add(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
+                    const float *data, fb_err *err) {
+    return mem_add(s, name, ndim, shape, (float *)data, 0, err);
 }
 
 // ---- overlay: in-memory replacements over another source -----------------------------------------
@@ -311,8 +320,8 @@ fb_wsrc *fb_wsrc_overlay_new(fb_wsrc *base) {
     return s;
 }
 
-int fb_wsrc_overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, const float *data,
-                        fb_err *err) {
+static int overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, float *data, int own,
+                       fb_err *err) {
     ovl_ctx *o = s->ctx;
     mem_ctx *m = o->mem->ctx;
     for (size_t i = 0; i < m->n; i++)
@@ -321,10 +330,25 @@ int fb_wsrc_overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *s
             for (int d = 0; d < m->t[i].ndim; d++) a *= (uint64_t)m->t[i].shape[d];
             for (int d = 0; d < ndim; d++) b *= (uint64_t)shape[d];
             if (a != b) return fb_fail(err, "overlay: tensor %s changes size", name);
-            memcpy(m->t[i].data, data, (size_t)b * sizeof(float));
+            if (own) {
+                free(m->t[i].data);
+                m->t[i].data = data;
+            } else memcpy(m->t[i].data, data, (size_t)b * sizeof(float));
             return 0;
         }
-    return fb_wsrc_mem_add(o->mem, name, ndim, shape, data, err);
+    return mem_add(o->mem, name, ndim, shape, data, own, err);
+}
+
+int fb_wsrc_overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, const float *data,
+                        fb_err *err) {
+    return overlay_put(s, name, ndim, shape, (float *)data, 0, err);
+}
+
+int fb_wsrc_overlay_put_owned(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, float **data,
+                              fb_err *err) {
+    if (overlay_put(s, name, ndim, shape, *data, 1, err)) return -1;
+    *data = NULL;
+    return 0;
 }
 
 void fb_wsrc_overlay_clear(fb_wsrc *s) {

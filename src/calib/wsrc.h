@@ -71,6 +71,11 @@ fb_wsrc *fb_wsrc_overlay_new(fb_wsrc *base);
 // Adds or replaces (same element count) a tensor of the overlay (copied).
 int fb_wsrc_overlay_put(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
                         const float *data, fb_err *err);
+// As fb_wsrc_overlay_put, but the overlay takes *data (malloc'ed; freed by it) and sets *data to
+// NULL: no copy of what a tuner already holds (a MiniMax-M2 block's experts are 14.5 GB in f32).
+// On failure *data stays the caller's.
+int fb_wsrc_overlay_put_owned(fb_wsrc *s, const char *name, int ndim, const int64_t *shape,
+                              float **data, fb_err *err);
 // Drops every replacement.
 void fb_wsrc_overlay_clear(fb_wsrc *s);
 

@@ -474,6 +474,7 @@ typedef struct tune_ctx {
     size_t layer_fallback, layer_n;
     int autoround;
     size_t open_item;        // resume: first item whose shards may still be open
+    double write_s;          // in tune_layer_done: the layers' outputs quantized and written
 } tune_ctx;
 
 // 1 when every output of item it lies in a finished shard (or a kept / another job's one).
@@ -552,7 +553,9 @@ static int tune_layer_done(void *u, int layer, fb_wsrc *ov, fb_err *err) {
                 it->m[mm].igs = fb_nvfp4_input_global_scale(a);
         }
     }
+    double t0 = fb_now();
     if (!rc) rc = run_segment(j, t->next, b, t->nt, err);
+    t->write_s += fb_now() - t0;
     t->next = b;
     if (!rc && !j->o->quiet && t->layer_n)
         fprintf(t->report, "%s: layer %d: %zu modules tuned (%s), loss %.6g%s, %.2f s\n", j->o->tool, layer,
@@ -1124,6 +1127,7 @@ int fb_quantize_run(const char *src, const char *dst, const fb_quantize_opts *o,
         res->n_tune_factorized = tr.n_factorized;
         res->tune_seconds = tr.seconds;
         res->tune_calib_s = tr.calib_s, res->tune_tune_s = tr.tune_s, res->tune_propagate_s = tr.propagate_s;
+        res->tune_load_s = tr.load_s, res->tune_write_s = tc.write_s;
     } else {
         j.prog = fb_progress_start(o->tool, logical_in, res->n_kept + res->n_quantized, o->quiet);
         r = run_segment(&j, 0, n_items, nt, err);

@@ -77,6 +77,8 @@ typedef struct fb_quantize_result {
     double tune_seconds;              // the layer loop (calibration, tuning, propagation passes)
     double tune_calib_s, tune_tune_s, tune_propagate_s;  // of it: the passes before tuning, the
                                       // tuning (GPTQ solves / AutoRound blocks), the passes after
+    double tune_load_s;               // AutoRound, of tune_s: the tuned weights read (dequantized)
+    double tune_write_s;              // of the loop: each layer's outputs quantized and written
     char scheme[64];           // "NVFP4", "NVFP4A16", "W4A16" (or "mixed")
     json_t *left_out;          // entries of SRC not carried over, [{"name", "why"}] (source.h
                                // fb_side_files_left_out); NULL unless written; caller decrefs

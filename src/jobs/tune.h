@@ -151,6 +151,7 @@ typedef struct fb_tune_result {
     size_t n_tuned, n_fallback;
     size_t n_factorized;       // GPTQ: Hessian factorizations (one per distinct Hessian of a layer)
     double seconds, calib_s, tune_s, propagate_s;
+    double load_s;             // AutoRound, of tune_s: the weights to tune read and dequantized
 } fb_tune_result;
 
 // A tuning algorithm: one entry of the table.

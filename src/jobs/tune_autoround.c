@@ -10,6 +10,7 @@
 #include "calib/forward.h"
 #include "quant/formats.h"
 #include "common/cancel.h"
+#include "common/pool.h"
 #include "cuda/cuengine.h"
 #include "cuda/cutune.h"
 #include "jobs/tune_autoround.h"
@@ -78,13 +79,15 @@ static int ar_pass(fb_engine *e, arcap *c, int l, const float *h, float *xa, flo
     return 0;
 }
 
-static int put_tuned(fb_wsrc *ov, const fb_tune_linear *l, const float *W, const float *scale, fb_err *err) {
+// The tuned weights and their scales into the overlay, which takes both buffers (*W, *scale NULL
+// after; on failure they stay the caller's).
+static int put_tuned(fb_wsrc *ov, const fb_tune_linear *l, float **W, float **scale, fb_err *err) {
     int64_t sh[2] = {l->R, l->C}, ss[2] = {l->R, l->C / (int64_t)l->group};
     char name[1024];
     if (snprintf(name, sizeof name, "%s%s", l->name, FB_TUNE_SCALE_SUFFIX) >= (int)sizeof name)
         return fb_fail(err, "%s: name too long", l->name);
-    if (fb_wsrc_overlay_put(ov, l->name, 2, sh, W, err)) return -1;
-    return fb_wsrc_overlay_put(ov, name, 2, ss, scale, err);
+    if (fb_wsrc_overlay_put_owned(ov, l->name, 2, sh, W, err)) return -1;
+    return fb_wsrc_overlay_put_owned(ov, name, 2, ss, scale, err);
 }
 
 // The weight as the reference's bf16 model holds it.
@@ -113,7 +116,7 @@ static int rtn_linear(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
     if (!rc) {
         for (size_t r = 0; r < R; r++)  // s * q exactly: what the export packs
             for (size_t c = 0; c < C; c++) W[r * C + c] = sc[r * NG + c / l->group] * (float)q[r * C + c];
-        rc = put_tuned(ov, l, W, sc, err);
+        rc = put_tuned(ov, l, &W, &sc, err);
     }
     if (!rc && o->module_done) {
         fb_tune_stat st = {.seconds = fb_now() - t0};
@@ -148,7 +151,7 @@ static int tune_attn(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb
         rc = fb_autoround_tune_linear(x, T, nsamples, seq, &L, &a, &ar, err);
         if (rc) fb_err_prefix(err, "%s", l->name);
     }
-    if (!rc) rc = put_tuned(ov, l, W, sc, err);
+    if (!rc) rc = put_tuned(ov, l, &W, &sc, err);
     if (!rc && o->module_done) {
         fb_tune_stat st = {.loss = ar.final_mse, .loss_rtn = ar.rtn_mse, .seconds = fb_now() - t0};
         o->module_done(o->user, l, &st);
@@ -164,12 +167,71 @@ typedef struct moe_set {
     const fb_tune_linear *l[3];  // gate, up, down of one expert
 } moe_set;
 
+// A tensor of layer l by its role, f32 as the engine reads it (norms, router, fixed Linears).
+static int load_role(fb_wsrc *base, const fb_model_config *cfg, fb_role r, int l, int x, int ndim, int64_t d0,
+                     int64_t d1, float *out, fb_err *err) {
+    char n[1024];
+    if (fb_arch_tensor(cfg->arch, r, l, x, n, sizeof n))
+        return fb_fail(err, "AutoRound: layer %d: %s has no tensor name in %s", l, fb_role_name(r), cfg->arch->label);
+    int64_t sh[2] = {d0, d1};
+    if (fb_wsrc_load_full(base, n, ndim, sh, out, err)) return -1;
+    int64_t at = fb_find_nonfinite(FB_F32, out, (size_t)(ndim == 2 ? d0 * d1 : d0), 1);
+    if (at >= 0) return fb_fail(err, "%s: tensor %s: not finite at element %lld", base->desc, n, (long long)at);
+    return 0;
+}
+
+// Loading routed experts' weights, one Linear per item on the job's threads: at MiniMax-M2's
+// size a block is 768 FP8 Linears of 4.7M elements each, dequantized (and with ms rounded to
+// bf16 as the reference's model holds them), seconds per layer on one thread.
+typedef struct xload {
+    fb_wsrc *base;
+    const fb_model_config *cfg;
+    int layer;
+    const moe_set *ms;  // the experts' tuned Linears (load_bf16), or NULL: as the engine reads them (load_role)
+    size_t e0;          // ex[k] is expert e0 + k
+    fb_ar_expert *ex;
+    int scales;         // allocate each Linear's scales [rows, cols / 128] too
+} xload;
+
+static int xload_one(void *u, size_t k, int tid, fb_err *err) {
+    (void)tid;
+    static const fb_role xr[3] = {FB_ROLE_W_GATE, FB_ROLE_W_UP, FB_ROLE_W_DOWN};
+    const xload *x = u;
+    size_t e = k / 3, FF = (size_t)x->cfg->inter, H = (size_t)x->cfg->hidden;
+    int j = (int)(k % 3);
+    fb_ar_linear *L = j == 0 ? &x->ex[e].gate : j == 1 ? &x->ex[e].up : &x->ex[e].down;
+    L->rows = j < 2 ? FF : H, L->cols = j < 2 ? H : FF;
+    const fb_tune_linear *t = x->ms ? x->ms[x->e0 + e].l[j] : NULL;
+    if (t && ((size_t)t->R != L->rows || (size_t)t->C != L->cols))
+        return fb_fail(err, "%s: [%lld, %lld], the configuration says [%zu, %zu]", t->name, (long long)t->R,
+                       (long long)t->C, L->rows, L->cols);
+    L->w = fb_aligned_alloc(L->rows * L->cols * sizeof(float) + 64);
+    if (x->scales) L->scale = fb_malloc(L->rows * (L->cols / 128) * sizeof(float));
+    return t ? load_bf16(x->base, t, L->w, err)
+             : load_role(x->base, x->cfg, xr[j], x->layer, (int)(x->e0 + e), 2, (int64_t)L->rows, (int64_t)L->cols,
+                         L->w, err);
+}
+
+static int xload_commit(void *u, size_t k, int tid, fb_err *err) {
+    (void)u, (void)k, (void)tid, (void)err;
+    return 0;
+}
+
+// Experts e0 .. e0 + n - 1 of layer l into ex[0 .. n) (rows, cols, w and, with scales, scale set).
+static int load_experts(const fb_tune_opts *o, fb_wsrc *base, const fb_model_config *cfg, int l, const moe_set *ms,
+                        size_t e0, size_t n, fb_ar_expert *ex, int scales, fb_err *err) {
+    xload x = {.base = base, .cfg = cfg, .layer = l, .ms = ms, .e0 = e0, .ex = ex, .scales = scales};
+    fb_ordered_job j = {.n_items = 3 * n, .n_threads = o->threads > 0 ? o->threads : fb_ncpu(),
+                        .compute = xload_one, .commit = xload_commit, .ctx = &x, .cancel = o->cancel};
+    return fb_run_ordered(&j, err);
+}
+
 // The routed experts of layer l, jointly, in groups: x the MoE input and route [N, E] the
 // routing of the quantized chain; T [N, H] the target of the experts' sum (the FP block output
 // minus the rest of the quantized block's output); acc [N, H] the experts' sum with their FP
 // weights, updated as groups are tuned.
-static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const moe_set *ms, size_t E,
-                        const float *x, const float *route, const float *T, float *acc, size_t nsamples, size_t seq,
+static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb_model_config *cfg,
+                        const moe_set *ms, size_t E, const float *x, const float *route, const float *T, float *acc, size_t nsamples, size_t seq,
                         size_t H, fb_tune_result *res, fb_err *err) {
     size_t N = nsamples * seq;
     size_t gsz = o->expert_group > 0 && (size_t)o->expert_group < E ? (size_t)o->expert_group : E;
@@ -181,17 +243,8 @@ static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const
         double t0 = fb_now();
         size_t ng = E - g0 < gsz ? E - g0 : gsz;
         if (o->cancel && atomic_load(o->cancel)) { rc = -2; break; }
-        for (size_t k = 0; k < ng && !rc; k++) {
-            const moe_set *m = &ms[g0 + k];
-            fb_ar_linear *L[3] = {&ex[k].gate, &ex[k].up, &ex[k].down};
-            for (int j = 0; j < 3 && !rc; j++) {
-                size_t R = (size_t)m->l[j]->R, C = (size_t)m->l[j]->C;
-                L[j]->rows = R, L[j]->cols = C;
-                L[j]->w = fb_aligned_alloc(R * C * sizeof(float) + 64);
-                L[j]->scale = fb_malloc(R * (C / 128) * sizeof(float));
-                rc = load_bf16(base, m->l[j], L[j]->w, err);
-            }
-        }
+        rc = load_experts(o, base, cfg, ms[g0].l[0]->layer, ms, g0, ng, ex, 1, err);
+        res->load_s += fb_now() - t0;
         if (rc) break;
         for (size_t t = 0; t < N; t++)
             for (size_t k = 0; k < ng; k++) rg[t * ng + k] = route[t * E + g0 + k];
@@ -214,7 +267,7 @@ static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const
         for (size_t k = 0; k < ng && !rc; k++) {
             fb_ar_linear *L[3] = {&ex[k].gate, &ex[k].up, &ex[k].down};
             for (int j = 0; j < 3 && !rc; j++) {
-                rc = put_tuned(ov, ms[g0 + k].l[j], L[j]->w, L[j]->scale, err);
+                rc = put_tuned(ov, ms[g0 + k].l[j], &L[j]->w, &L[j]->scale, err);
                 if (!rc && o->module_done) {
                     int first = k == 0 && j == 0;
                     fb_tune_stat st = {.loss = first ? ar.final_mse : 0, .loss_rtn = first ? ar.rtn_mse : 0,
@@ -243,19 +296,6 @@ static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const
     return rc;
 }
 
-// A tensor of layer l by its role, f32 as the engine reads it (norms, router, fixed Linears).
-static int load_role(fb_wsrc *base, const fb_model_config *cfg, fb_role r, int l, int x, int ndim, int64_t d0,
-                     int64_t d1, float *out, fb_err *err) {
-    char n[1024];
-    if (fb_arch_tensor(cfg->arch, r, l, x, n, sizeof n))
-        return fb_fail(err, "AutoRound: layer %d: %s has no tensor name in %s", l, fb_role_name(r), cfg->arch->label);
-    int64_t sh[2] = {d0, d1};
-    if (fb_wsrc_load_full(base, n, ndim, sh, out, err)) return -1;
-    int64_t at = fb_find_nonfinite(FB_F32, out, (size_t)(ndim == 2 ? d0 * d1 : d0), 1);
-    if (at >= 0) return fb_fail(err, "%s: tensor %s: not finite at element %lld", base->desc, n, (long long)at);
-    return 0;
-}
-
 // The whole block l tuned at once (auto-round's unit): x the quantized chain's block input, T
 // the FP block's output. Tuned Linears (attn[0..na), the experts in ms when nx) are loaded as the
 // reference's bf16 model holds them; the rest of the block (norms, router, untuned Linears) as
@@ -264,7 +304,7 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
                       const fb_tune_linear *const *attn, size_t na, const moe_set *ms, size_t nx, const float *x,
                       const float *T, size_t nsamples, size_t seq, fb_tune_result *res, fb_err *err) {
     double t0 = fb_now();
-    size_t H = (size_t)cfg->hidden, E = (size_t)cfg->n_experts, FF = (size_t)cfg->inter, hd = (size_t)cfg->head_dim;
+    size_t H = (size_t)cfg->hidden, E = (size_t)cfg->n_experts, hd = (size_t)cfg->head_dim;
     size_t Dq = (size_t)cfg->n_heads * hd, Dk = (size_t)cfg->n_kv_heads * hd;
     int all = cfg->qk_norm == FB_QKN_ALL_HEADS;
     float *ln1 = fb_malloc(H * sizeof(float)), *ln2 = fb_malloc(H * sizeof(float));
@@ -311,24 +351,9 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
             at[j].scale = fb_malloc(R[j] * (C[j] / 128) * sizeof(float));
         } else rc = load_role(base, cfg, roles[j], l, 0, 2, (int64_t)R[j], (int64_t)C[j], at[j].w, err);
     }
-    static const fb_role xr[3] = {FB_ROLE_W_GATE, FB_ROLE_W_UP, FB_ROLE_W_DOWN};
-    for (size_t e = 0; e < E && !rc; e++) {
-        fb_ar_linear *L[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
-        for (int j = 0; j < 3 && !rc; j++) {
-            L[j]->rows = j < 2 ? FF : H, L[j]->cols = j < 2 ? H : FF;
-            L[j]->w = fb_aligned_alloc(FF * H * sizeof(float) + 64);
-            if (nx) {
-                if ((size_t)ms[e].l[j]->R != L[j]->rows || (size_t)ms[e].l[j]->C != L[j]->cols)
-                    rc = fb_fail(err, "%s: [%lld, %lld], the configuration says [%zu, %zu]", ms[e].l[j]->name,
-                                 (long long)ms[e].l[j]->R, (long long)ms[e].l[j]->C, L[j]->rows, L[j]->cols);
-                else rc = load_bf16(base, ms[e].l[j], L[j]->w, err);
-                L[j]->scale = fb_malloc(FF * H / 128 * sizeof(float));
-            } else {
-                rc = load_role(base, cfg, xr[j], l, (int)e, 2, (int64_t)L[j]->rows, (int64_t)L[j]->cols, L[j]->w, err);
-            }
-        }
-    }
+    if (!rc) rc = load_experts(o, base, cfg, l, nx ? ms : NULL, 0, E, ex, nx > 0, err);
     fb_ar_result ar;
+    res->load_s += fb_now() - t0;
     if (!rc) {
         fb_ar_opts a = ar_opts(o);
         rc = (o->ar_cuda ? fb_cuda_autoround_tune_block : fb_autoround_tune_block)(x, T, nsamples, seq, &b, &a, &ar, err);
@@ -338,7 +363,7 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
     int first = 1;
     for (int j = 0; j < 4 && !rc; j++) {
         if (!who[j]) continue;
-        rc = put_tuned(ov, who[j], at[j].w, at[j].scale, err);
+        rc = put_tuned(ov, who[j], &at[j].w, &at[j].scale, err);
         if (!rc && o->module_done) {
             fb_tune_stat st = {.loss = first ? ar.final_mse : 0, .loss_rtn = first ? ar.rtn_mse : 0, .joint = 2,
                                .seconds = first ? dt : 0};
@@ -350,7 +375,7 @@ static int tune_block(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const f
     for (size_t e = 0; e < E && nx && !rc; e++) {
         fb_ar_linear *L[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
         for (int j = 0; j < 3 && !rc; j++) {
-            rc = put_tuned(ov, ms[e].l[j], L[j]->w, L[j]->scale, err);
+            rc = put_tuned(ov, ms[e].l[j], &L[j]->w, &L[j]->scale, err);
             if (!rc && o->module_done) {
                 fb_tune_stat st = {.loss = first ? ar.final_mse : 0, .loss_rtn = first ? ar.rtn_mse : 0, .joint = 2,
                                    .seconds = first ? dt : 0};
@@ -555,14 +580,9 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
                     // block gives (its output with FP experts minus those experts' sum).
                     float *T = out_q, *fp = xa_q;  // xa_q is free now: ntok x H
                     fb_ar_expert *ex = fb_calloc(E, sizeof *ex);
-                    for (size_t x = 0; x < E && !rc; x++) {
-                        fb_ar_linear *L[3] = {&ex[x].gate, &ex[x].up, &ex[x].down};
-                        for (int j = 0; j < 3 && !rc; j++) {
-                            L[j]->rows = (size_t)ms[x].l[j]->R, L[j]->cols = (size_t)ms[x].l[j]->C;
-                            L[j]->w = fb_aligned_alloc(L[j]->rows * L[j]->cols * sizeof(float) + 64);
-                            rc = load_bf16(base, ms[x].l[j], L[j]->w, err);
-                        }
-                    }
+                    double tl = fb_now();
+                    rc = load_experts(o, base, cfg, l, ms, 0, E, ex, 0, err);
+                    res->load_s += fb_now() - tl;
                     if (!rc) fb_autoround_moe_forward(xm, ntok, H, route, E, ex, fp);
                     for (size_t x = 0; x < E; x++) {
                         free(ex[x].gate.w);
@@ -572,7 +592,7 @@ int fb_tune_run_autoround(fb_wsrc *base, fb_wsrc *overlay, const fb_model_config
                     free(ex);
                     if (!rc) {
                         for (size_t i = 0; i < ntok * H; i++) T[i] = out_fp[i] - (out_q[i] - fp[i]);
-                        rc = tune_experts(o, base, overlay, ms, E, xm, route, T, fp, S->n, seq, H, res, err);
+                        rc = tune_experts(o, base, overlay, cfg, ms, E, xm, route, T, fp, S->n, seq, H, res, err);
                     }
                 }
             }
