@@ -271,12 +271,11 @@ int fb_fwd_set_tokens(fb_fwd *f, const int32_t *ids, size_t n_tok, const size_t 
     f->max_seq = max_seq;
     f->next_layer = 0;
     double t0 = fb_now();
-    for (size_t t = 0; t < n_tok; t++) {
+    for (size_t t = 0; t < n_tok; t++)
         if (ids[t] < 0 || ids[t] >= sh[0])
             return fb_fail(err, "forward: token %zu: id %d outside the vocabulary [0, %lld)", t,
                            ids[t], (long long)sh[0]);
-        if (f->src->load(f->src, ename, ids[t], 1, f->h + t * (size_t)c->hidden, err)) return -1;
-    }
+    if (fb_wsrc_gather_rows(f->src, ename, c->hidden, ids, n_tok, f->h, err)) return -1;
     f->tm.load_s += fb_now() - t0;
     if (f->o.stats) f->o.stats->n_tokens = n_tok;
     return 0;

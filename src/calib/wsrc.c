@@ -42,6 +42,43 @@ int fb_wsrc_load_full(fb_wsrc *s, const char *name, int ndim, const int64_t *sha
     return s->load(s, name, 0, ndim ? shape[0] : 1, out, err);
 }
 
+typedef struct gather_ix {
+    int32_t id;
+    size_t t;
+} gather_ix;
+
+static int gather_cmp(const void *a, const void *b) {
+    const gather_ix *x = a, *y = b;
+    if (x->id != y->id) return x->id < y->id ? -1 : 1;
+    return x->t < y->t ? -1 : x->t > y->t;
+}
+
+#define GATHER_SPAN 64
+
+int fb_wsrc_gather_rows(fb_wsrc *s, const char *name, int64_t cols, const int32_t *ids, size_t n,
+                        float *out, fb_err *err) {
+    if (n == 0) return 0;
+    gather_ix *ix = fb_malloc(n * sizeof *ix);
+    for (size_t t = 0; t < n; t++) ix[t].id = ids[t], ix[t].t = t;
+    qsort(ix, n, sizeof *ix, gather_cmp);
+    float *buf = fb_malloc((size_t)GATHER_SPAN * (size_t)cols * sizeof(float));
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc;) {
+        int32_t r0 = ix[i].id;
+        size_t j = i;
+        while (j < n && ix[j].id - r0 < GATHER_SPAN) j++;  // ix[i..j): rows [r0, ix[j - 1].id]
+        int64_t nr = (int64_t)ix[j - 1].id - r0 + 1;
+        rc = s->load(s, name, r0, nr, buf, err);
+        for (size_t k = i; k < j && !rc; k++)
+            memcpy(out + ix[k].t * (size_t)cols, buf + (size_t)(ix[k].id - r0) * (size_t)cols,
+                   (size_t)cols * sizeof(float));
+        i = j;
+    }
+    free(buf);
+    free(ix);
+    return rc;
+}
+
 // ---- checkpoint source (quant/source.h: FP8 pairing checked once at open) -------------------
 
 static int ck_shape(fb_wsrc *s, const char *name, int *ndim, int64_t shape[FB_MAX_DIMS]) {

@@ -87,4 +87,11 @@ void fb_wsrc_close(fb_wsrc *s);
 int fb_wsrc_load_full(fb_wsrc *s, const char *name, int ndim, const int64_t *shape, float *out,
                       fb_err *err);
 
+// Rows ids[0..n) of the 2-D tensor `name` (cols per row; every id already checked against its
+// rows) into out [n, cols], as s->load gives them: each distinct row read once, in ascending
+// order, rows less than 64 apart in one read. An embedding lookup of 131,072 tokens is then a
+// few reads, not one pread (and page-cache release) per token.
+int fb_wsrc_gather_rows(fb_wsrc *s, const char *name, int64_t cols, const int32_t *ids, size_t n,
+                        float *out, fb_err *err);
+
 #endif

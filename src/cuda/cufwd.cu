@@ -897,11 +897,10 @@ extern "C" int fb_cufwd_set_tokens(fb_cufwd *f, const int32_t *ids, size_t n_tok
                        c->hidden);
     double t0 = now_s();
     float *hb = host_buf(f, n_tok * H);
-    for (size_t t = 0; t < n_tok; t++) {
+    for (size_t t = 0; t < n_tok; t++)
         if (ids[t] < 0 || ids[t] >= sh[0])
             return fb_fail(err, "forward: token %zu: id %d outside the vocabulary", t, ids[t]);
-        if (f->src->load(f->src, en, ids[t], 1, hb + t * H, err)) return -1;
-    }
+    if (fb_wsrc_gather_rows(f->src, en, (int64_t)H, ids, n_tok, hb, err)) return -1;
     CK(cudaMemcpy(f->h, hb, n_tok * H * 4, cudaMemcpyHostToDevice));
     f->tm.load_s += now_s() - t0;
     if (f->o.stats) f->o.stats->n_tokens = n_tok;
