@@ -167,10 +167,12 @@ static int compute_quant(job *j, item *it, int tid, fb_err *err) {
         }
         for (size_t r = 0; r < R && !rc; r += per) {
             size_t nr = R - r < per ? R - r : per;
-            rc = fb_source_read_rows_f32(j->s, m->src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
-            if (!rc && !qf->global_scale) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
-            if (rc) break;
-            qf->quantize_rows(rows, nr, R, C, G, r, g, it->res[k]);
+            if (!tscale) {  // with tuned scales pack_scaled writes all that quantize_rows would (qformat.h)
+                rc = fb_source_read_rows_f32(j->s, m->src, scale[k], r, nr, rows, raw, j->o->allow_nan, err);
+                if (!rc && !qf->global_scale) rc = check_finite_rows(j, m->src, rows, r, nr, C, err);
+                if (rc) break;
+                qf->quantize_rows(rows, nr, R, C, G, r, g, it->res[k]);
+            }
             if (tuned) {  // GPTQ: the observer's scales of the original rows, GPTQ's codes;
                           // AutoRound: its tuned scales (in the overlay beside the weights) and codes
                 rc = j->overlay->load(j->overlay, t->name, (int64_t)r, (int64_t)nr, tuned, err);

@@ -83,8 +83,9 @@ typedef struct fb_qfmt {
     // Optional (int4 formats): stores rows [r0, r0+nr) with the given scales instead of the
     // observer's (AutoRound's tuned scales: scales [nr, C/G], f32 values, signed as auto-round's
     // are): each scale rounded to the format's scale dtype, each code clamp(round(w / s), -8, 7)
-    // as the format's own quantization computes it against that stored scale. quantize_rows on
-    // the original rows comes first (the other outputs); this overwrites the rows' scales/codes.
+    // as the format's own quantization computes it against that stored scale. It writes every
+    // byte that quantize_rows writes for those rows (the rest comes from finish), so the
+    // quantizer does not read or quantize the original rows of a module stored this way.
     void (*pack_scaled)(const float *rows, const float *scales, size_t nr, size_t R, size_t C,
                         size_t G, size_t r0, void *const out[]);
     // Reading. `prefix` is the module name ("model.layers.0.self_attn.q_proj").
