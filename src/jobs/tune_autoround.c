@@ -181,7 +181,7 @@ static int load_role(fb_wsrc *base, const fb_model_config *cfg, fb_role r, int l
 }
 
 // Loading routed experts' weights, one Linear per item on the job's threads: at MiniMax-M2's
-// size a block is 768 FP8 Linears of 4.7M elements each, dequantized (and with ms rounded to
+// size a block has 768 expert Linears of 4.7M FP8 elements each, dequantized (and with ms rounded to
 // bf16 as the reference's model holds them), seconds per layer on one thread.
 typedef struct xload {
     fb_wsrc *base;
@@ -231,8 +231,8 @@ static int load_experts(const fb_tune_opts *o, fb_wsrc *base, const fb_model_con
 // minus the rest of the quantized block's output); acc [N, H] the experts' sum with their FP
 // weights, updated as groups are tuned.
 static int tune_experts(const fb_tune_opts *o, fb_wsrc *base, fb_wsrc *ov, const fb_model_config *cfg,
-                        const moe_set *ms, size_t E, const float *x, const float *route, const float *T, float *acc, size_t nsamples, size_t seq,
-                        size_t H, fb_tune_result *res, fb_err *err) {
+                        const moe_set *ms, size_t E, const float *x, const float *route, const float *T, float *acc,
+                        size_t nsamples, size_t seq, size_t H, fb_tune_result *res, fb_err *err) {
     size_t N = nsamples * seq;
     size_t gsz = o->expert_group > 0 && (size_t)o->expert_group < E ? (size_t)o->expert_group : E;
     fb_ar_expert *ex = fb_calloc(gsz, sizeof *ex);
